@@ -1,0 +1,536 @@
+//! The decision for one request: route policy, credential, verdict, scopes, ownership, rate
+//! limit, and what reaches the upstream. Pure: the host hands in headers, time and a store.
+//!
+//! Order: identity headers from the client are always removed; the route decides whether a
+//! credential is needed; a credential is parsed (400 on malformed/conflicting input, 401 when
+//! missing); the verdict comes from a store (401 when refused); scopes (403), ownership (403/404)
+//! are checked before the rate limiter, so a request refused for those spends no token; then the
+//! bucket (429). Only then are carriers hidden and identity headers set.
+
+use serde_json::Value;
+
+use crate::config::{Config, ResetStyle};
+use crate::credential::{self, Carriers, CredError, Credential, Style};
+use crate::problem::{instance_of, Kind, ProblemBuilder, Reply};
+use crate::query;
+use crate::ratelimit::{self, RateDecision, RateError, Scope};
+use crate::route::{self, Access, Ownership, Route};
+use crate::store::SharedStore;
+use crate::verdict::{Identity, Refusal, Verdict};
+
+/// What the access log learns about a request (never the secret).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogFields {
+    /// `allowed`, `public`, or the problem slug of the denial.
+    pub decision: &'static str,
+    pub key_id: String,
+    pub account: String,
+    pub plan: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Allow {
+    /// Request headers to remove (forged identity headers, hidden credential carriers).
+    pub remove: Vec<String>,
+    /// Request headers to set (identity).
+    pub set: Vec<(String, String)>,
+    /// A new `:path` (the credential parameter removed).
+    pub path: Option<Vec<u8>>,
+    /// Headers to add to the upstream's response (rate limit).
+    pub response_headers: Vec<(String, String)>,
+    pub log: LogFields,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Allow(Allow),
+    Deny(Reply, LogFields),
+}
+
+impl Decision {
+    pub fn log(&self) -> &LogFields {
+        match self {
+            Decision::Allow(a) => &a.log,
+            Decision::Deny(_, l) => l,
+        }
+    }
+}
+
+/// A request that needs a verdict before it can be decided.
+#[derive(Clone, Debug)]
+pub struct Pending {
+    pub credential: Credential,
+    carriers: Carriers,
+    route: Option<usize>,
+    path: Vec<u8>,
+    instance: String,
+    request_id: Option<String>,
+    /// Identity / API-key headers the client sent (to remove).
+    strip: Vec<String>,
+}
+
+pub enum Step {
+    Done(Decision),
+    Verify(Pending),
+}
+
+pub struct Gate {
+    pub cfg: Config,
+}
+
+fn quoted(s: &str) -> String {
+    // Only fixed ASCII phrases and config-checked text reach here; quotes are dropped defensively.
+    s.chars().filter(|&c| c != '"' && c != '\\').collect()
+}
+
+impl Gate {
+    pub fn new(cfg: Config) -> Self {
+        Gate { cfg }
+    }
+
+    fn problems(&self, instance: String, request_id: Option<String>) -> ProblemBuilder<'_> {
+        ProblemBuilder {
+            type_base: &self.cfg.problem_base,
+            instance,
+            request_id,
+        }
+    }
+
+    /// `WWW-Authenticate` challenges for a 401 (and for 400 `invalid_request`).
+    fn challenges(&self, bearer_error: Option<(&str, &str)>) -> Vec<(String, String)> {
+        let c = &self.cfg.credentials;
+        let realm = &self.cfg.realm;
+        let mut out = Vec::with_capacity(2);
+        let token_styles = c.bearer || !c.api_key_headers.is_empty() || c.query_param.is_some();
+        if token_styles {
+            let scheme = if c.bearer { "Bearer" } else { "APIKey" };
+            let v = match bearer_error {
+                Some((code, desc)) => format!(
+                    "{scheme} realm=\"{realm}\", error=\"{code}\", error_description=\"{}\"",
+                    quoted(desc)
+                ),
+                None => format!("{scheme} realm=\"{realm}\""),
+            };
+            out.push(("www-authenticate".to_string(), v));
+        }
+        if c.basic {
+            out.push((
+                "www-authenticate".to_string(),
+                format!("Basic realm=\"{realm}\", charset=\"UTF-8\""),
+            ));
+        }
+        out
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn deny(
+        &self,
+        pb: &ProblemBuilder<'_>,
+        status: u32,
+        kind: Kind,
+        detail: &str,
+        extra: Vec<(&'static str, Value)>,
+        headers: Vec<(String, String)>,
+        id: Option<&Identity>,
+    ) -> Decision {
+        let reply = pb.reply(status, kind, detail, extra, headers);
+        let mut log = LogFields {
+            decision: kind.slug(),
+            ..Default::default()
+        };
+        if let Some(id) = id {
+            log.key_id.clone_from(&id.key_id);
+            log.account.clone_from(&id.account);
+            log.plan.clone_from(&id.plan);
+        }
+        Decision::Deny(reply, log)
+    }
+
+    /// Phase one: everything that needs no verdict. `headers` have lower-case names.
+    pub fn begin(&self, headers: &[(String, Vec<u8>)]) -> Step {
+        let mut method: &[u8] = b"";
+        let mut path: &[u8] = b"/";
+        let mut request_id = None;
+        let mut strip: Vec<String> = Vec::new();
+        let idh = self.cfg.identity_headers.names();
+        for (name, value) in headers {
+            match name.as_str() {
+                ":method" => method = value,
+                ":path" => path = value,
+                "x-request-id"
+                    if value.len() <= 128 && value.iter().all(|c| (0x21..0x7f).contains(c)) =>
+                {
+                    request_id = Some(String::from_utf8_lossy(value).into_owned())
+                }
+                n => {
+                    if idh.contains(&n) && !strip.iter().any(|s| s == n) {
+                        strip.push(n.to_string());
+                    }
+                }
+            }
+        }
+        let (path_only, _) = query::split_path(path);
+        let route_idx = self
+            .cfg
+            .routes
+            .iter()
+            .position(|r| r.matches(method, path_only));
+        let access = route_idx
+            .and_then(|i| self.cfg.routes.get(i))
+            .map_or(self.cfg.default_access, |r| r.access);
+        let instance = instance_of(path);
+        let pb = self.problems(instance, request_id);
+
+        match access {
+            Access::Closed => {
+                return Step::Done(self.deny(
+                    &pb,
+                    403,
+                    Kind::RouteClosed,
+                    "this route is closed",
+                    vec![],
+                    vec![],
+                    None,
+                ))
+            }
+            Access::Public => return Step::Done(self.public(headers, path, strip)),
+            Access::Key => {}
+        }
+
+        let ex = match credential::extract(&self.cfg.credentials, headers, path) {
+            Ok(ex) => ex,
+            Err(e) => return Step::Done(self.credential_error(&pb, e)),
+        };
+        let Some(credential) = ex.credential else {
+            let detail = if ex.foreign_authorization {
+                "the Authorization scheme is not accepted here; send an API key"
+            } else {
+                "this endpoint needs an API key"
+            };
+            let h = self.challenges(None);
+            return Step::Done(self.deny(
+                &pb,
+                401,
+                Kind::CredentialMissing,
+                detail,
+                vec![],
+                h,
+                None,
+            ));
+        };
+        Step::Verify(Pending {
+            credential,
+            carriers: ex.carriers,
+            route: route_idx,
+            path: path.to_vec(),
+            instance: pb.instance,
+            request_id: pb.request_id,
+            strip,
+        })
+    }
+
+    fn credential_error(&self, pb: &ProblemBuilder<'_>, e: CredError) -> Decision {
+        let (kind, detail) = match e {
+            CredError::Malformed(_, why) => (Kind::CredentialMalformed, why),
+            CredError::TooLarge(_) => (
+                Kind::CredentialTooLarge,
+                "the credential is longer than allowed",
+            ),
+            CredError::Conflict(why) => (Kind::CredentialConflict, why),
+        };
+        let h = if self.cfg.credentials.bearer {
+            self.challenges(Some(("invalid_request", detail)))
+        } else {
+            Vec::new()
+        };
+        self.deny(pb, 400, kind, detail, vec![], h, None)
+    }
+
+    fn public(
+        &self,
+        headers: &[(String, Vec<u8>)],
+        path: &[u8],
+        mut strip: Vec<String>,
+    ) -> Decision {
+        let mut new_path = None;
+        if self.cfg.hide_credentials {
+            let c = &self.cfg.credentials;
+            for (name, value) in headers {
+                let carrier = c.api_key_headers.iter().any(|h| h == name)
+                    || (name == "authorization" && is_our_scheme(c, value));
+                if carrier && !strip.iter().any(|s| s == name) {
+                    strip.push(name.clone());
+                }
+            }
+            if let Some(p) = &c.query_param {
+                if has_param(path, p) {
+                    new_path = Some(query::strip_param(path, p));
+                }
+            }
+        }
+        Decision::Allow(Allow {
+            remove: strip,
+            path: new_path,
+            log: LogFields {
+                decision: "public",
+                ..Default::default()
+            },
+            ..Default::default()
+        })
+    }
+
+    /// The embedded store's verdict, or `None` when the key is not declared there.
+    pub fn embedded_verdict(&self, p: &Pending, now_s: u64) -> Option<Verdict> {
+        match self.cfg.keys.verify(&p.credential, now_s) {
+            Verdict::Refused(Refusal::Unknown) if self.has_remote() => None,
+            v => Some(v),
+        }
+    }
+
+    /// Whether a key service is configured behind the embedded store.
+    pub fn has_remote(&self) -> bool {
+        false
+    }
+
+    /// Phase two: the verdict is known.
+    pub fn finish(
+        &self,
+        p: Pending,
+        verdict: Verdict,
+        store: &dyn SharedStore,
+        now_us: u64,
+    ) -> Decision {
+        let pb = self.problems(p.instance.clone(), p.request_id.clone());
+        let presented_token = p.credential.style != Style::Basic;
+        let id = match verdict {
+            Verdict::Valid(id) => id,
+            Verdict::Refused(r) => {
+                let (kind, detail) = match r {
+                    Refusal::Unknown => (Kind::CredentialInvalid, "the credential is not valid"),
+                    Refusal::Expired => (Kind::CredentialExpired, "the credential has expired"),
+                    Refusal::Revoked => {
+                        (Kind::CredentialRevoked, "the credential has been revoked")
+                    }
+                    Refusal::Disabled => (Kind::CredentialDisabled, "the credential is disabled"),
+                };
+                let h = self.challenges(presented_token.then_some(("invalid_token", detail)));
+                return self.deny(&pb, 401, kind, detail, vec![], h, None);
+            }
+        };
+
+        let route: Option<&Route> = p.route.and_then(|i| self.cfg.routes.get(i));
+        if let Some(route) = route {
+            if let Some(missing) = route::missing_scope(route, &id) {
+                let mut h = Vec::new();
+                if p.credential.style == Style::Bearer {
+                    let scopes = route.scopes.join(" ");
+                    h.push((
+                        "www-authenticate".to_string(),
+                        format!(
+                            "Bearer realm=\"{}\", error=\"insufficient_scope\", scope=\"{}\"",
+                            self.cfg.realm,
+                            quoted(&scopes)
+                        ),
+                    ));
+                }
+                let detail = format!("the key lacks the scope `{}`", quoted(missing));
+                let extra = vec![("missing_scope", Value::String(missing.to_string()))];
+                return self.deny(
+                    &pb,
+                    403,
+                    Kind::InsufficientScope,
+                    &detail,
+                    extra,
+                    h,
+                    Some(&id),
+                );
+            }
+            if let Some(owner) = &route.owner {
+                let detail = match route::check_owner(owner, &p.path, &id) {
+                    Ownership::Owned => None,
+                    Ownership::Unnamed => Some(format!(
+                        "the request does not name a {}",
+                        quoted(&owner.resource)
+                    )),
+                    Ownership::NotOwned => Some(format!(
+                        "no such {} for this account",
+                        quoted(&owner.resource)
+                    )),
+                };
+                if let Some(detail) = detail {
+                    return self.deny(
+                        &pb,
+                        owner.status,
+                        Kind::ResourceForbidden,
+                        &detail,
+                        vec![],
+                        vec![],
+                        Some(&id),
+                    );
+                }
+            }
+        }
+
+        let mut response_headers = Vec::new();
+        if let Some((policy_name, limit, scope)) = self.limit_for(&id) {
+            let owner = match scope {
+                Scope::Key => &id.key_id,
+                Scope::Subject => &id.subject,
+                Scope::Account if !id.account.is_empty() => &id.account,
+                Scope::Account => &id.key_id,
+            };
+            let key = format!("{}:rl:{}:{}", self.cfg.shared_prefix, scope.letter(), owner);
+            match ratelimit::take(store, &key, &limit, now_us) {
+                Ok(d) => {
+                    response_headers = self.rate_headers(&d, policy_name, &limit, now_us);
+                    if !d.allowed {
+                        let retry = d.retry_after_ms.div_ceil(1000).max(1);
+                        let mut h = response_headers;
+                        h.push(("retry-after".into(), retry.to_string()));
+                        let extra = vec![
+                            ("policy", Value::String(policy_name.to_string())),
+                            ("limit", Value::from(d.limit)),
+                            ("remaining", Value::from(0)),
+                            (
+                                "resetTime",
+                                Value::from(now_us / 1_000_000 + d.reset_ms.div_ceil(1000)),
+                            ),
+                        ];
+                        let detail =
+                            format!(
+                            "the `{}` policy allows {} requests per {} s (burst {}); retry in {} s",
+                            quoted(policy_name), limit.requests, limit.window_s, limit.burst, retry
+                        );
+                        return self.deny(
+                            &pb,
+                            429,
+                            Kind::RateLimited,
+                            &detail,
+                            extra,
+                            h,
+                            Some(&id),
+                        );
+                    }
+                }
+                Err(e) => {
+                    let detail = match e {
+                        RateError::Contended => "the rate limiter is contended; retry shortly",
+                        RateError::StoreFailed => "the rate limiter could not record the request",
+                    };
+                    let h = vec![("retry-after".to_string(), "1".to_string())];
+                    return self.deny(&pb, 429, Kind::RateLimited, detail, vec![], h, Some(&id));
+                }
+            }
+        }
+
+        let mut allow = Allow {
+            remove: p.strip,
+            response_headers,
+            log: LogFields {
+                decision: "allowed",
+                key_id: id.key_id.clone(),
+                account: id.account.clone(),
+                plan: id.plan.clone(),
+            },
+            ..Default::default()
+        };
+        if self.cfg.hide_credentials {
+            if p.carriers.authorization {
+                allow.remove.push("authorization".into());
+            }
+            for h in &self.cfg.credentials.api_key_headers {
+                // removing an absent header is harmless; only configured names are touched.
+                if !allow.remove.iter().any(|r| r == h) {
+                    allow.remove.push(h.clone());
+                }
+            }
+            if p.carriers.query {
+                if let Some(param) = &self.cfg.credentials.query_param {
+                    allow.path = Some(query::strip_param(&p.path, param));
+                }
+            }
+        }
+        let ih = &self.cfg.identity_headers;
+        allow.set = vec![
+            (ih.key_id.clone(), id.key_id.clone()),
+            (ih.subject.clone(), id.subject.clone()),
+            (ih.account.clone(), id.account.clone()),
+            (ih.plan.clone(), id.plan.clone()),
+            (ih.scopes.clone(), id.scopes.join(" ")),
+        ];
+        Decision::Allow(allow)
+    }
+
+    fn limit_for<'a>(&'a self, id: &'a Identity) -> Option<(&'a str, ratelimit::Limit, Scope)> {
+        if let Some(l) = id.rate_limit {
+            return Some(("key", l, Scope::Key));
+        }
+        self.cfg
+            .rate
+            .policy_for(&id.plan)
+            .map(|p| (p.name.as_str(), p.limit, p.scope))
+    }
+
+    fn rate_headers(
+        &self,
+        d: &RateDecision,
+        policy: &str,
+        limit: &ratelimit::Limit,
+        now_us: u64,
+    ) -> Vec<(String, String)> {
+        let reset_s = d.reset_ms.div_ceil(1000);
+        let reset = match self.cfg.rate.reset_style() {
+            ResetStyle::Seconds => reset_s,
+            ResetStyle::Unix => now_us / 1_000_000 + reset_s,
+        };
+        let mut h = vec![
+            ("x-ratelimit-limit".to_string(), d.limit.to_string()),
+            ("x-ratelimit-remaining".to_string(), d.remaining.to_string()),
+            ("x-ratelimit-reset".to_string(), reset.to_string()),
+        ];
+        if self.cfg.rate.ietf_headers {
+            let name = quoted(policy);
+            h.push((
+                "ratelimit-policy".to_string(),
+                format!("\"{name}\";q={};w={}", limit.requests, limit.window_s),
+            ));
+            h.push((
+                "ratelimit".to_string(),
+                format!("\"{name}\";r={};t={}", d.remaining, reset_s),
+            ));
+        }
+        h
+    }
+}
+
+fn is_our_scheme(c: &credential::CredentialConfig, value: &[u8]) -> bool {
+    let v: &[u8] = value.strip_prefix(b" ").unwrap_or(value);
+    let scheme = v.split(|&b| b == b' ').next().unwrap_or(b"");
+    (c.basic && scheme.eq_ignore_ascii_case(b"basic"))
+        || (c.bearer && scheme.eq_ignore_ascii_case(b"bearer"))
+}
+
+fn has_param(path: &[u8], name: &str) -> bool {
+    match query::split_path(path) {
+        (_, Some(q)) => query::params(q).any(|p| query::name_is(p.name, name)),
+        _ => false,
+    }
+}
+
+/// Convenience for a store-only gate: phase one, the embedded verdict, phase two.
+pub fn decide(
+    gate: &Gate,
+    headers: &[(String, Vec<u8>)],
+    store: &dyn SharedStore,
+    now_us: u64,
+) -> Decision {
+    match gate.begin(headers) {
+        Step::Done(d) => d,
+        Step::Verify(p) => {
+            let v = gate
+                .embedded_verdict(&p, now_us / 1_000_000)
+                .unwrap_or(Verdict::Refused(Refusal::Unknown));
+            gate.finish(p, v, store, now_us)
+        }
+    }
+}

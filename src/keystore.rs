@@ -1,0 +1,49 @@
+//! The embedded key store: keys declared in the plugin config by their SHA-256, never in clear.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use crate::credential::{Credential, Style};
+use crate::hash::{sha256, Digest32};
+use crate::verdict::{Identity, Refusal, Verdict};
+
+#[derive(Clone, Debug)]
+pub struct KeyEntry {
+    /// Checked when the key is presented with Basic: a Basic credential is (user, token), so an
+    /// entry without a user never matches Basic, and one with a user matches only that user.
+    pub user: Option<String>,
+    pub disabled: bool,
+    pub identity: Rc<Identity>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct KeyStore {
+    by_hash: HashMap<Digest32, KeyEntry>,
+}
+
+impl KeyStore {
+    pub fn insert(&mut self, sha256: Digest32, entry: KeyEntry) -> bool {
+        self.by_hash.insert(sha256, entry).is_none()
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_hash.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_hash.is_empty()
+    }
+
+    pub fn verify(&self, cred: &Credential, now_s: u64) -> Verdict {
+        let Some(entry) = self.by_hash.get(&sha256(cred.secret.as_bytes())) else {
+            return Verdict::Refused(Refusal::Unknown);
+        };
+        if cred.style == Style::Basic && entry.user.as_deref() != cred.user.as_deref() {
+            return Verdict::Refused(Refusal::Unknown);
+        }
+        if entry.disabled {
+            return Verdict::Refused(Refusal::Disabled);
+        }
+        Verdict::Valid(entry.identity.clone()).at(now_s)
+    }
+}

@@ -1,0 +1,19 @@
+//! keygate: an API-key gateway that runs inside Envoy as a proxy-wasm HTTP filter.
+//!
+//! Everything but `host` is the pure core: it never imports `proxy_wasm` (that crate is only a
+//! dependency on wasm32), and it is tested natively with `cargo test`.
+
+pub mod config;
+pub mod credential;
+pub mod gate;
+pub mod hash;
+pub mod keystore;
+pub mod problem;
+pub mod query;
+pub mod ratelimit;
+pub mod route;
+pub mod store;
+pub mod verdict;
+
+#[cfg(target_arch = "wasm32")]
+mod host;

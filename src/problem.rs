@@ -1,0 +1,184 @@
+//! RFC 9457 problem details for every denial, with stable `type` URIs (base + slug).
+//!
+//! Nothing here ever receives a secret: details are fixed phrases chosen by the caller, and
+//! `instance` is the request path without its query string (which may hold `_apikey`).
+
+use serde_json::{Map, Value};
+
+/// The kinds of denial, each with a stable slug documented in the README.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    CredentialMissing,
+    CredentialMalformed,
+    CredentialTooLarge,
+    CredentialConflict,
+    CredentialInvalid,
+    CredentialExpired,
+    CredentialRevoked,
+    CredentialDisabled,
+    InsufficientScope,
+    ResourceForbidden,
+    RouteClosed,
+    RateLimited,
+    KeyServiceUnavailable,
+    Internal,
+}
+
+impl Kind {
+    pub fn slug(self) -> &'static str {
+        match self {
+            Kind::CredentialMissing => "credential-missing",
+            Kind::CredentialMalformed => "credential-malformed",
+            Kind::CredentialTooLarge => "credential-too-large",
+            Kind::CredentialConflict => "credential-conflict",
+            Kind::CredentialInvalid => "credential-invalid",
+            Kind::CredentialExpired => "credential-expired",
+            Kind::CredentialRevoked => "credential-revoked",
+            Kind::CredentialDisabled => "credential-disabled",
+            Kind::InsufficientScope => "insufficient-scope",
+            Kind::ResourceForbidden => "resource-forbidden",
+            Kind::RouteClosed => "route-closed",
+            Kind::RateLimited => "rate-limited",
+            Kind::KeyServiceUnavailable => "key-service-unavailable",
+            Kind::Internal => "internal",
+        }
+    }
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Kind::CredentialMissing => "Credential required",
+            Kind::CredentialMalformed => "Malformed credential",
+            Kind::CredentialTooLarge => "Credential too large",
+            Kind::CredentialConflict => "Conflicting credentials",
+            Kind::CredentialInvalid => "Invalid credential",
+            Kind::CredentialExpired => "Credential expired",
+            Kind::CredentialRevoked => "Credential revoked",
+            Kind::CredentialDisabled => "Credential disabled",
+            Kind::InsufficientScope => "Insufficient scope",
+            Kind::ResourceForbidden => "Resource not accessible",
+            Kind::RouteClosed => "Route closed",
+            Kind::RateLimited => "Too many requests",
+            Kind::KeyServiceUnavailable => "Key service unavailable",
+            Kind::Internal => "Gateway error",
+        }
+    }
+}
+
+/// A local reply ready for `send_http_response`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reply {
+    pub status: u32,
+    pub kind: Kind,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// At most this many bytes of the path go into `instance`.
+const MAX_INSTANCE: usize = 256;
+
+/// The path part of `:path`, lossily decoded and bounded, never the query.
+pub fn instance_of(path: &[u8]) -> String {
+    let end = path
+        .iter()
+        .position(|&c| c == b'?' || c == b'#')
+        .unwrap_or(path.len());
+    let p = &path[..end.min(MAX_INSTANCE)];
+    String::from_utf8_lossy(p).into_owned()
+}
+
+pub struct ProblemBuilder<'a> {
+    pub type_base: &'a str,
+    pub instance: String,
+    pub request_id: Option<String>,
+}
+
+impl ProblemBuilder<'_> {
+    pub fn reply(
+        &self,
+        status: u32,
+        kind: Kind,
+        detail: &str,
+        extra: Vec<(&'static str, Value)>,
+        mut headers: Vec<(String, String)>,
+    ) -> Reply {
+        let mut m = Map::new();
+        m.insert(
+            "type".into(),
+            Value::String(format!("{}{}", self.type_base, kind.slug())),
+        );
+        m.insert("title".into(), Value::String(kind.title().into()));
+        m.insert("status".into(), Value::from(status));
+        m.insert("detail".into(), Value::String(detail.into()));
+        m.insert("instance".into(), Value::String(self.instance.clone()));
+        if let Some(id) = &self.request_id {
+            m.insert("request_id".into(), Value::String(id.clone()));
+        }
+        for (k, v) in extra {
+            m.insert(k.into(), v);
+        }
+        let body = Value::Object(m).to_string();
+        headers.push(("content-type".into(), "application/problem+json".into()));
+        headers.push(("cache-control".into(), "no-store".into()));
+        Reply {
+            status,
+            kind,
+            headers,
+            body,
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_has_rfc9457_members_and_no_query() {
+        let b = ProblemBuilder {
+            type_base: "urn:keygate:problem:",
+            instance: instance_of(b"/v1/x?_apikey=SECRET"),
+            request_id: Some("r1".into()),
+        };
+        let r = b.reply(
+            401,
+            Kind::CredentialInvalid,
+            "d",
+            vec![("limit", Value::from(3))],
+            vec![],
+        );
+        let v: Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v["type"], "urn:keygate:problem:credential-invalid");
+        assert_eq!(v["title"], "Invalid credential");
+        assert_eq!(v["status"], 401);
+        assert_eq!(v["instance"], "/v1/x");
+        assert_eq!(v["request_id"], "r1");
+        assert_eq!(v["limit"], 3);
+        assert!(!r.body.contains("SECRET"));
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+        assert_eq!(r.header("cache-control"), Some("no-store"));
+    }
+
+    #[test]
+    fn instance_is_bounded_and_escaped() {
+        let long = vec![b'a'; 5000];
+        assert_eq!(instance_of(&long).len(), 256);
+        let b = ProblemBuilder {
+            type_base: "x:",
+            instance: instance_of(b"/\"\\\xff"),
+            request_id: None,
+        };
+        let r = b.reply(400, Kind::CredentialMalformed, "d", vec![], vec![]);
+        let v: Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v["instance"], "/\"\\\u{fffd}");
+    }
+}

@@ -1,0 +1,241 @@
+"""End-to-end harness: a real Envoy loading the built keygate.wasm, real services on loopback.
+
+Nothing here stands in for Envoy. If Envoy cannot be found or installed, `Envoy.start` raises and
+the tests fail; they never skip.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shlex
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "keygate.wasm"
+
+ACCESS_LOG_FORMAT = (
+    "decision=%FILTER_STATE(wasm.keygate.decision:PLAIN)% key_id=%FILTER_STATE(wasm.keygate.key_id:PLAIN)% "
+    "account=%FILTER_STATE(wasm.keygate.account:PLAIN)% plan=%FILTER_STATE(wasm.keygate.plan:PLAIN)% "
+    "status=%RESPONSE_CODE% method=%REQ(:METHOD)% path=%PATH(NQ)%\n"
+)
+
+
+def envoy_command() -> list[str]:
+    out = subprocess.run([str(ROOT / "envoy" / "find-envoy.sh")], check=True, capture_output=True, text=True)
+    return shlex.split(out.stdout.strip())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Resp:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+    def all(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k == name]
+
+    def json(self):
+        return json.loads(self.body)
+
+
+def request(port: int, method: str, path: str, headers=(), body: bytes | None = None, timeout: float = 10) -> Resp:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+        if not any(k.lower() == "host" for k, _ in headers):
+            conn.putheader("Host", "api.test")
+        for k, v in headers:
+            conn.putheader(k, v)
+        if body is not None:
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        r = conn.getresponse()
+        data = r.read()
+        return Resp(r.status, [(k.lower(), v) for k, v in r.getheaders()], data)
+    finally:
+        conn.close()
+
+
+def cluster(name: str, port: int, timeout: str = "5s") -> dict:
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}],
+        },
+    }
+
+
+@dataclass
+class Envoy:
+    plugin_config: dict | str
+    upstream_port: int
+    concurrency: int = 2
+    extra_clusters: list = field(default_factory=list)
+    port: int = 0
+    admin_port: int = 0
+    workdir: Path | None = None
+    proc: subprocess.Popen | None = None
+
+    def config(self) -> dict:
+        conf = self.plugin_config if isinstance(self.plugin_config, str) else json.dumps(self.plugin_config)
+        return {
+            "static_resources": {
+                "listeners": [{
+                    "name": "main",
+                    "address": {"socket_address": {"address": "127.0.0.1", "port_value": self.port}},
+                    "filter_chains": [{"filters": [{
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                            "stat_prefix": "ingress",
+                            "normalize_path": True,
+                            "merge_slashes": True,
+                            "access_log": [{
+                                "name": "envoy.access_loggers.file",
+                                "typed_config": {
+                                    "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                                    "path": str(self.access_log_path),
+                                    "log_format": {"text_format_source": {"inline_string": ACCESS_LOG_FORMAT}},
+                                },
+                            }],
+                            "route_config": {"virtual_hosts": [{
+                                "name": "all", "domains": ["*"],
+                                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}],
+                            }]},
+                            "http_filters": [
+                                {
+                                    "name": "envoy.filters.http.wasm",
+                                    "typed_config": {
+                                        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                                        "config": {
+                                            "name": "keygate",
+                                            "root_id": "keygate",
+                                            "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": conf},
+                                            "vm_config": {
+                                                "vm_id": "keygate",
+                                                "runtime": "envoy.wasm.runtime.v8",
+                                                "code": {"local": {"filename": str(WASM)}},
+                                            },
+                                        },
+                                    },
+                                },
+                                {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
+                            ],
+                        },
+                    }]}],
+                }],
+                "clusters": [cluster("upstream", self.upstream_port)] + self.extra_clusters,
+            },
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": self.admin_port}}},
+        }
+
+    @property
+    def access_log_path(self) -> Path:
+        assert self.workdir is not None
+        return self.workdir / "access.log"
+
+    @property
+    def log_path(self) -> Path:
+        assert self.workdir is not None
+        return self.workdir / "envoy.log"
+
+    def start(self, wait_ready: bool = True, log_level: str = "info") -> "Envoy":
+        if not WASM.exists():
+            raise RuntimeError(f"{WASM} is missing: build it with `cargo wasm`")
+        self.workdir = Path(tempfile.mkdtemp(prefix="keygate-e2e-"))
+        self.port = self.port or free_port()
+        self.admin_port = self.admin_port or free_port()
+        cfg = self.workdir / "envoy.json"
+        cfg.write_text(json.dumps(self.config(), indent=1))
+        cmd = envoy_command() + [
+            "-c", str(cfg), "--concurrency", str(self.concurrency), "--disable-hot-restart",
+            "--log-path", str(self.log_path), "-l", log_level,
+        ]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if wait_ready:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc and self.proc.poll() is not None:
+                raise RuntimeError(f"envoy exited with {self.proc.returncode}:\n{self.logs()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/ready", timeout=1) as r:
+                    if r.status == 200:
+                        with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                            return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"envoy not ready after {timeout}s:\n{self.logs()[-3000:]}")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def logs(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def access_log(self) -> str:
+        try:
+            return self.access_log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def admin(self, path: str) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=5) as r:
+            return r.read().decode(errors="replace")
+
+    def req(self, method: str, path: str, headers=(), body: bytes | None = None, timeout: float = 10) -> Resp:
+        return request(self.port, method, path, headers, body, timeout)
+
+
+class Upstream:
+    """The echo upstream in a thread of the test process: a real HTTP server on loopback."""
+
+    def __init__(self):
+        import sys
+        sys.path.insert(0, str(ROOT / "tests" / "services"))
+        import echo  # noqa: E402
+
+        self.port = free_port()
+        self.srv = echo.serve(self.port)
+        self.thread = threading.Thread(target=self.srv.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.srv.shutdown()
+        self.srv.server_close()
