@@ -112,6 +112,14 @@ fn parse_authorization(
         None => (value, &value[value.len()..]),
     };
     let param = trim_ows(rest);
+    let ours = (cfg.basic && eq_ignore_case(scheme, "basic")) || (cfg.bearer && eq_ignore_case(scheme, "bearer"));
+    // Envoy folds repeated `Authorization` headers into one comma-joined value; neither base64
+    // nor a b64token holds a comma, so a comma means several credentials.
+    if ours && param.contains(&b',') {
+        return Err(CredError::Conflict(
+            "the request has more than one Authorization header (or a list of credentials)",
+        ));
+    }
     if cfg.basic && eq_ignore_case(scheme, "basic") {
         if value.len() > cfg.max_bytes {
             return Err(CredError::TooLarge(Style::Basic));

