@@ -112,7 +112,8 @@ fn parse_authorization(
         None => (value, &value[value.len()..]),
     };
     let param = trim_ows(rest);
-    let ours = (cfg.basic && eq_ignore_case(scheme, "basic")) || (cfg.bearer && eq_ignore_case(scheme, "bearer"));
+    let ours = (cfg.basic && eq_ignore_case(scheme, "basic"))
+        || (cfg.bearer && eq_ignore_case(scheme, "bearer"));
     // Envoy folds repeated `Authorization` headers into one comma-joined value; neither base64
     // nor a b64token holds a comma, so a comma means several credentials.
     if ours && param.contains(&b',') {

@@ -209,11 +209,11 @@ class Envoy:
         except OSError:
             return ""
 
-    def wait_for(self, what, needle: str, timeout: float = 5) -> str:
-        """Polls `what()` (logs or access_log) until it contains `needle`; returns the text."""
+    def wait_for(self, what, *needles: str, timeout: float = 5) -> str:
+        """Polls `what()` (logs or access_log) until it contains every needle; returns the text."""
         deadline = time.time() + timeout
         text = what()
-        while needle not in text and time.time() < deadline:
+        while not all(n in text for n in needles) and time.time() < deadline:
             time.sleep(0.05)
             text = what()
         return text
