@@ -9,6 +9,7 @@ use std::rc::Rc;
 
 use serde_json::{Map, Value};
 
+use crate::cache::CachePolicy;
 use crate::credential::CredentialConfig;
 use crate::hash::parse_hex32;
 use crate::keystore::{KeyEntry, KeyStore};
@@ -95,6 +96,30 @@ impl IdentityHeaders {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnFailure {
+    /// 503 `key-service-unavailable` (the default).
+    Closed,
+    /// Let the request through without identity, marked with `x-keygate-fail-open`.
+    Open,
+}
+
+#[derive(Clone, Debug)]
+pub struct KeyServiceConfig {
+    /// The Envoy cluster of the key service (Istio: `outbound|8080||keys.ns.svc.cluster.local`).
+    pub cluster: String,
+    pub authority: String,
+    pub verify_path: String,
+    /// `None` switches the revocation feed off.
+    pub revocations_path: Option<String>,
+    pub timeout_ms: u64,
+    pub poll_ms: u64,
+    pub max_response_bytes: usize,
+    pub on_failure: OnFailure,
+    pub retry_after_s: u64,
+    pub cache: CachePolicy,
+}
+
 #[derive(Clone, Debug)]
 pub struct Config {
     pub realm: String,
@@ -109,6 +134,7 @@ pub struct Config {
     pub default_access: Access,
     /// Prefix of every shared-data key, so plugins sharing a VM id (Istio) never collide.
     pub shared_prefix: String,
+    pub key_service: Option<KeyServiceConfig>,
 }
 
 struct Obj<'a> {
@@ -498,6 +524,91 @@ fn parse_route(mut o: Obj<'_>, strict: bool, w: &mut Vec<String>) -> Result<Rout
     })
 }
 
+fn path_value(field: &str, s: &str) -> Result<String, ConfigError> {
+    if !s.starts_with('/') || s.bytes().any(|c| c <= b' ' || c == 0x7f) || s.len() > 1024 {
+        return Err(err(
+            field,
+            "must start with '/' and hold no spaces or control characters",
+        ));
+    }
+    Ok(s.to_string())
+}
+
+fn bounded(
+    o: &mut Obj<'_>,
+    name: &'static str,
+    default: u64,
+    min: u64,
+    max: u64,
+) -> Result<u64, ConfigError> {
+    let v = o.opt_u64(name)?.unwrap_or(default);
+    if !(min..=max).contains(&v) {
+        return Err(err(&o.field(name), format!("must be {min} to {max}")));
+    }
+    Ok(v)
+}
+
+fn parse_key_service(
+    mut o: Obj<'_>,
+    strict: bool,
+    w: &mut Vec<String>,
+) -> Result<KeyServiceConfig, ConfigError> {
+    let cluster = o.str_req("cluster")?.to_string();
+    if cluster.bytes().any(|c| c <= b' ' || c == 0x7f) {
+        return Err(err(
+            &o.field("cluster"),
+            "must hold no spaces or control characters",
+        ));
+    }
+    let af = o.field("authority");
+    let authority = plain_text(&af, o.opt_str("authority")?.unwrap_or(&cluster), 256)?;
+    let vf = o.field("verify_path");
+    let verify_path = path_value(&vf, o.opt_str("verify_path")?.unwrap_or("/v1/keys/verify"))?;
+    let rf = o.field("revocations_path");
+    let revocations_path = match o.get("revocations_path") {
+        None => Some("/v1/keys/revocations".to_string()),
+        Some(Value::Bool(false)) => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(Value::String(s)) => Some(path_value(&rf, s)?),
+        Some(_) => return Err(err(&rf, "expected a path, \"\" or false")),
+    };
+    let timeout_ms = bounded(&mut o, "timeout_ms", 500, 1, 60_000)?;
+    let poll_ms = bounded(&mut o, "revocation_poll_ms", 1000, 100, 3_600_000)?;
+    let max_response_bytes =
+        bounded(&mut o, "max_response_bytes", 65_536, 256, 4_194_304)? as usize;
+    let retry_after_s = bounded(&mut o, "retry_after_s", 1, 1, 3600)?;
+    let cache = CachePolicy {
+        positive_ttl_ms: bounded(&mut o, "positive_ttl_s", 300, 1, 86_400)? * 1000,
+        negative_ttl_ms: bounded(&mut o, "negative_ttl_s", 30, 1, 86_400)? * 1000,
+        stale_ms: bounded(&mut o, "stale_ttl_s", 600, 0, 604_800)? * 1000,
+        negative_entries: bounded(&mut o, "negative_cache_entries", 10_000, 16, 1_000_000)?
+            as usize,
+    };
+    let on_failure = match o.opt_str("on_failure")? {
+        None | Some("closed") => OnFailure::Closed,
+        Some("open") => OnFailure::Open,
+        Some(other) => {
+            return Err(err(
+                &o.field("on_failure"),
+                format!("`{other}` is not one of closed, open"),
+            ))
+        }
+    };
+    o.finish(strict, w)?;
+    Ok(KeyServiceConfig {
+        cluster,
+        authority,
+        verify_path,
+        revocations_path,
+        timeout_ms,
+        poll_ms,
+        max_response_bytes,
+        on_failure,
+        retry_after_s,
+        cache,
+    })
+}
+
 fn parse_key(
     mut o: Obj<'_>,
     strict: bool,
@@ -760,6 +871,10 @@ pub fn parse(bytes: &[u8], warnings: &mut Vec<String>) -> Result<Config, ConfigE
             )?);
         }
     }
+    let key_service = match o.child("key_service")? {
+        Some(c) => Some(parse_key_service(c, strict, w)?),
+        None => None,
+    };
     let da_field = o.field("default_access");
     let da = o.opt_str("default_access")?;
     let default_access = parse_access(&da_field, da, Access::Key)?;
@@ -776,6 +891,7 @@ pub fn parse(bytes: &[u8], warnings: &mut Vec<String>) -> Result<Config, ConfigE
         routes,
         default_access,
         shared_prefix,
+        key_service,
     })
 }
 
@@ -897,6 +1013,28 @@ mod tests {
         assert!(c.rate.policy_for("ent").is_none());
         assert_eq!(c.rate.policy_for("other").unwrap().limit.burst, 10);
         assert_eq!(c.rate.reset_style(), ResetStyle::Unix);
+    }
+
+    #[test]
+    fn key_service_section() {
+        let c = p(r#"{"key_service":{"cluster":"outbound|8080||keys.default.svc.cluster.local","timeout_ms":250,
+                     "revocations_path":false,"on_failure":"open","positive_ttl_s":60}}"#).unwrap();
+        let ks = c.key_service.unwrap();
+        assert_eq!(ks.cluster, "outbound|8080||keys.default.svc.cluster.local");
+        assert_eq!(ks.authority, ks.cluster);
+        assert_eq!(ks.timeout_ms, 250);
+        assert!(ks.revocations_path.is_none());
+        assert_eq!(ks.on_failure, OnFailure::Open);
+        assert_eq!(ks.cache.positive_ttl_ms, 60_000);
+        assert_eq!(field_of(r#"{"key_service":{}}"#), "key_service.cluster");
+        assert_eq!(
+            field_of(r#"{"key_service":{"cluster":"k","timeout_ms":0}}"#),
+            "key_service.timeout_ms"
+        );
+        assert_eq!(
+            field_of(r#"{"key_service":{"cluster":"k","verify_path":"x"}}"#),
+            "key_service.verify_path"
+        );
     }
 
     #[test]

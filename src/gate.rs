@@ -18,6 +18,9 @@ use crate::route::{self, Access, Ownership, Route};
 use crate::store::SharedStore;
 use crate::verdict::{Identity, Refusal, Verdict};
 
+/// Marks a request let through by `on_failure: open` while the key service was failing.
+pub const FAIL_OPEN_HEADER: &str = "x-keygate-fail-open";
+
 /// What the access log learns about a request (never the secret).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LogFields {
@@ -163,7 +166,9 @@ impl Gate {
                     request_id = Some(String::from_utf8_lossy(value).into_owned())
                 }
                 n => {
-                    if idh.contains(&n) && !strip.iter().any(|s| s == n) {
+                    // identity headers and the fail-open marker are keygate's to set, never the client's
+                    if (idh.contains(&n) || n == FAIL_OPEN_HEADER) && !strip.iter().any(|s| s == n)
+                    {
                         strip.push(n.to_string());
                     }
                 }
@@ -289,7 +294,49 @@ impl Gate {
 
     /// Whether a key service is configured behind the embedded store.
     pub fn has_remote(&self) -> bool {
-        false
+        self.cfg.key_service.is_some()
+    }
+
+    /// The key service failed and no stale verdict may serve: 503, fail closed.
+    pub fn unavailable(&self, p: &Pending, retry_after_s: u64) -> Decision {
+        let pb = self.problems(p.instance.clone(), p.request_id.clone());
+        let h = vec![("retry-after".to_string(), retry_after_s.to_string())];
+        let detail = "the key service could not verify the credential; retry shortly";
+        self.deny(
+            &pb,
+            503,
+            Kind::KeyServiceUnavailable,
+            detail,
+            vec![],
+            h,
+            None,
+        )
+    }
+
+    /// The key service failed and the operator opted into fail-open: the request goes upstream
+    /// without identity, marked `x-keygate-fail-open`, credentials still hidden.
+    pub fn fail_open(&self, p: Pending, reason: &str) -> Decision {
+        let mut remove = p.strip;
+        let mut path = None;
+        if self.cfg.hide_credentials {
+            if p.carriers.authorization {
+                remove.push("authorization".into());
+            }
+            remove.extend(self.cfg.credentials.api_key_headers.iter().cloned());
+            if let (true, Some(param)) = (p.carriers.query, &self.cfg.credentials.query_param) {
+                path = Some(query::strip_param(&p.path, param));
+            }
+        }
+        Decision::Allow(Allow {
+            remove,
+            set: vec![(FAIL_OPEN_HEADER.to_string(), reason.to_string())],
+            path,
+            response_headers: Vec::new(),
+            log: LogFields {
+                decision: "fail-open",
+                ..Default::default()
+            },
+        })
     }
 
     /// Phase two: the verdict is known.

@@ -13,7 +13,11 @@ pub fn sha256(data: &[u8]) -> Digest32 {
 /// Built on the secret's own hash so that a key service that stores only `sha256(secret)` and the
 /// key's user can name the same identity (for revocation) without ever holding the secret.
 pub fn credential_id(user: Option<&str>, secret: &str) -> Digest32 {
-    let key_hash = sha256(secret.as_bytes());
+    credential_id_from_hash(user, &sha256(secret.as_bytes()))
+}
+
+/// The same identity from the secret's hash, as a key service's revocation feed names it.
+pub fn credential_id_from_hash(user: Option<&str>, key_hash: &Digest32) -> Digest32 {
     let mut h = Sha256::new();
     h.update(user.unwrap_or("").as_bytes());
     h.update([0u8]);

@@ -3,7 +3,9 @@
 //! Everything but `host` is the pure core: it never imports `proxy_wasm` (that crate is only a
 //! dependency on wasm32), and it is tested natively with `cargo test`.
 
+pub mod cache;
 pub mod config;
+pub mod contract;
 pub mod credential;
 pub mod gate;
 pub mod hash;

@@ -1,0 +1,364 @@
+//! Verdict caching. Policy, in one place:
+//!
+//! - **Positive verdicts** live in Envoy shared data (every worker benefits), keyed by
+//!   `{prefix}:v:{hex(credential_id)}` where `credential_id = SHA-256(user, SHA-256(secret))`:
+//!   neither key nor value holds the secret. An entry is *fresh* until
+//!   `min(now + positive_ttl, now + service hint, key expiry)`, then *stale* for `stale_ttl` more
+//!   (served only while the key service is failing). Entries are only ever created for
+//!   credentials the key service (or operator) accepted, so their number is bounded by the key
+//!   inventory (at most two per key: with its Basic user and without), never by attacker input.
+//! - **Negative verdicts** (unknown, revoked, expired, disabled) stay in a per-worker map capped
+//!   at `negative_entries`: random garbage keys cost bounded VM memory and nothing in shared data.
+//! - **Revocation** overwrites an *existing* positive entry with a revoked mark (no new keys).
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use crate::contract;
+use crate::hash::{to_hex, Digest32};
+use crate::store::{SetOutcome, SharedStore};
+use crate::verdict::{Identity, Refusal, Verdict};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CachePolicy {
+    pub positive_ttl_ms: u64,
+    pub negative_ttl_ms: u64,
+    pub stale_ms: u64,
+    pub negative_entries: usize,
+}
+
+impl Default for CachePolicy {
+    fn default() -> Self {
+        CachePolicy {
+            positive_ttl_ms: 300_000,
+            negative_ttl_ms: 30_000,
+            stale_ms: 600_000,
+            negative_entries: 10_000,
+        }
+    }
+}
+
+pub fn entry_key(prefix: &str, id: &Digest32) -> String {
+    let mut k = String::with_capacity(prefix.len() + 3 + 64);
+    k.push_str(prefix);
+    k.push_str(":v:");
+    k.push_str(&to_hex(id));
+    k
+}
+
+const MAGIC: &[u8; 3] = b"KG1";
+const HEADER: usize = 3 + 8 + 8 + 1;
+
+/// One cached verdict as stored in shared data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub fresh_until_ms: u64,
+    pub stale_until_ms: u64,
+    /// `Valid`, or `Refused(Revoked)` once the revocation feed has marked it.
+    pub verdict: Verdict,
+}
+
+pub fn encode(e: &Entry) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER + 200);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&e.fresh_until_ms.to_le_bytes());
+    out.extend_from_slice(&e.stale_until_ms.to_le_bytes());
+    match &e.verdict {
+        Verdict::Valid(id) => {
+            out.push(0);
+            out.extend_from_slice(contract::identity_json(id).to_string().as_bytes());
+        }
+        Verdict::Refused(_) => out.push(1),
+    }
+    out
+}
+
+pub fn decode(b: &[u8]) -> Option<Entry> {
+    if b.len() < HEADER || &b[..3] != MAGIC {
+        return None;
+    }
+    let fresh = u64::from_le_bytes(b[3..11].try_into().ok()?);
+    let stale = u64::from_le_bytes(b[11..19].try_into().ok()?);
+    let verdict = match b[19] {
+        0 => {
+            contract::parse_verify(Some(200), &b[HEADER..])
+                .ok()?
+                .verdict
+        }
+        _ => Verdict::Refused(Refusal::Revoked),
+    };
+    Some(Entry {
+        fresh_until_ms: fresh,
+        stale_until_ms: stale,
+        verdict,
+    })
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    Fresh(Verdict),
+    /// Past its freshness: re-verify, and serve this only if the service fails.
+    Stale(Verdict),
+    Miss,
+}
+
+/// Per-worker memo of decoded entries, keyed by credential id and validated by the shared-data
+/// CAS token: a hit costs one shared-data read and no JSON parsing. Any write to the entry
+/// (refresh, revocation) changes the token and so invalidates the memo.
+#[derive(Default)]
+pub struct Memo {
+    map: HashMap<Digest32, (u32, Entry)>,
+}
+
+const MEMO_MAX: usize = 4096;
+
+impl Memo {
+    pub fn lookup(
+        &mut self,
+        store: &dyn SharedStore,
+        key: &str,
+        id: &Digest32,
+        now_ms: u64,
+    ) -> Lookup {
+        let Some((bytes, cas)) = store.get(key) else {
+            return Lookup::Miss;
+        };
+        let entry = match self.map.get(id) {
+            Some((c, e)) if *c == cas => e.clone(),
+            _ => {
+                let Some(e) = decode(&bytes) else {
+                    return Lookup::Miss;
+                };
+                if self.map.len() >= MEMO_MAX {
+                    self.map.clear();
+                }
+                self.map.insert(*id, (cas, e.clone()));
+                e
+            }
+        };
+        let verdict = entry.verdict.at(now_ms / 1000);
+        if now_ms < entry.fresh_until_ms {
+            Lookup::Fresh(verdict)
+        } else if now_ms < entry.stale_until_ms {
+            Lookup::Stale(verdict)
+        } else {
+            Lookup::Miss
+        }
+    }
+}
+
+/// Stores a positive verdict (unconditional write: the newest answer wins).
+pub fn store_valid(
+    store: &dyn SharedStore,
+    key: &str,
+    id: &Rc<Identity>,
+    policy: &CachePolicy,
+    ttl_hint_s: Option<u64>,
+    now_ms: u64,
+) -> SetOutcome {
+    let mut ttl = policy.positive_ttl_ms;
+    if let Some(h) = ttl_hint_s {
+        ttl = ttl.min(h.saturating_mul(1000));
+    }
+    let mut fresh = now_ms.saturating_add(ttl);
+    let mut stale = fresh.saturating_add(policy.stale_ms);
+    if let Some(exp) = id.expires_at {
+        let exp_ms = exp.saturating_mul(1000);
+        fresh = fresh.min(exp_ms);
+        stale = stale.min(exp_ms);
+    }
+    let e = Entry {
+        fresh_until_ms: fresh,
+        stale_until_ms: stale,
+        verdict: Verdict::Valid(id.clone()),
+    };
+    store.set(key, &encode(&e), 0)
+}
+
+/// Marks an existing entry revoked; returns whether there was one. Never creates an entry.
+pub fn mark_revoked(store: &dyn SharedStore, key: &str, policy: &CachePolicy, now_ms: u64) -> bool {
+    for _ in 0..4 {
+        let Some((bytes, cas)) = store.get(key) else {
+            return false;
+        };
+        if decode(&bytes).is_some_and(|e| e.verdict == Verdict::Refused(Refusal::Revoked)) {
+            return true;
+        }
+        let until = now_ms.saturating_add(policy.positive_ttl_ms.max(policy.stale_ms));
+        let e = Entry {
+            fresh_until_ms: until,
+            stale_until_ms: until,
+            verdict: Verdict::Refused(Refusal::Revoked),
+        };
+        match store.set(key, &encode(&e), cas) {
+            SetOutcome::Written => return true,
+            SetOutcome::CasMismatch => continue,
+            SetOutcome::Failed => return false,
+        }
+    }
+    false
+}
+
+/// Per-worker cache of refusals, bounded: at capacity, expired entries go first, then arbitrary
+/// ones (HashMap order is randomly seeded on wasm32-wasip1, so an attacker cannot aim evictions).
+pub struct NegativeCache {
+    map: HashMap<Digest32, (Refusal, u64)>,
+    cap: usize,
+}
+
+impl NegativeCache {
+    pub fn new(cap: usize) -> Self {
+        NegativeCache {
+            map: HashMap::new(),
+            cap: cap.max(1),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    pub fn get(&self, id: &Digest32, now_ms: u64) -> Option<Refusal> {
+        match self.map.get(id) {
+            Some((r, until)) if now_ms < *until => Some(*r),
+            _ => None,
+        }
+    }
+
+    pub fn insert(&mut self, id: Digest32, r: Refusal, until_ms: u64, now_ms: u64) {
+        if self.map.len() >= self.cap && !self.map.contains_key(&id) {
+            self.map.retain(|_, (_, u)| *u > now_ms);
+            while self.map.len() >= self.cap {
+                let Some(k) = self.map.keys().next().copied() else {
+                    break;
+                };
+                self.map.remove(&k);
+            }
+        }
+        self.map.insert(id, (r, until_ms));
+    }
+
+    pub fn remove(&mut self, id: &Digest32) {
+        self.map.remove(id);
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::hash::credential_id;
+    use crate::store::memory::MemoryStore;
+
+    fn ident(expires_at: Option<u64>) -> Rc<Identity> {
+        Rc::new(Identity {
+            key_id: "k".into(),
+            subject: "s".into(),
+            account: "a".into(),
+            plan: "p".into(),
+            scopes: vec!["read".into()],
+            expires_at,
+            rate_limit: None,
+            resources: vec![("agg".into(), vec!["x".into()])],
+        })
+    }
+
+    const NOW: u64 = 1_800_000_000_000;
+
+    #[test]
+    fn fresh_then_stale_then_miss() {
+        let st = MemoryStore::default();
+        let p = CachePolicy {
+            positive_ttl_ms: 1000,
+            stale_ms: 5000,
+            ..Default::default()
+        };
+        let id = credential_id(None, "secret");
+        let key = entry_key("kg", &id);
+        assert!(!key.contains("secret"));
+        store_valid(&st, &key, &ident(None), &p, None, NOW);
+        let mut m = Memo::default();
+        assert!(matches!(
+            m.lookup(&st, &key, &id, NOW + 999),
+            Lookup::Fresh(Verdict::Valid(_))
+        ));
+        assert!(matches!(
+            m.lookup(&st, &key, &id, NOW + 1000),
+            Lookup::Stale(Verdict::Valid(_))
+        ));
+        assert_eq!(m.lookup(&st, &key, &id, NOW + 6000), Lookup::Miss);
+    }
+
+    #[test]
+    fn hint_and_key_expiry_shorten_the_ttl() {
+        let st = MemoryStore::default();
+        let p = CachePolicy::default();
+        let id = credential_id(None, "s");
+        let key = entry_key("kg", &id);
+        store_valid(&st, &key, &ident(None), &p, Some(2), NOW);
+        let mut m = Memo::default();
+        assert!(matches!(
+            m.lookup(&st, &key, &id, NOW + 2000),
+            Lookup::Stale(_)
+        ));
+        // the key expires in 1.5 s: fresh never outlives it, and stale never serves past it
+        store_valid(&st, &key, &ident(Some(NOW / 1000 + 1)), &p, None, NOW + 500);
+        assert!(matches!(
+            m.lookup(&st, &key, &id, NOW + 900),
+            Lookup::Fresh(Verdict::Valid(_))
+        ));
+        assert_eq!(m.lookup(&st, &key, &id, NOW + 1000), Lookup::Miss);
+    }
+
+    #[test]
+    fn revocation_overwrites_only_existing_entries_and_invalidates_memos() {
+        let st = MemoryStore::default();
+        let p = CachePolicy::default();
+        let id = credential_id(Some("alice"), "s");
+        let key = entry_key("kg", &id);
+        assert!(!mark_revoked(&st, &key, &p, NOW));
+        assert!(st.map.borrow().is_empty());
+        store_valid(&st, &key, &ident(None), &p, None, NOW);
+        let mut m = Memo::default();
+        assert!(matches!(
+            m.lookup(&st, &key, &id, NOW),
+            Lookup::Fresh(Verdict::Valid(_))
+        ));
+        assert!(mark_revoked(&st, &key, &p, NOW));
+        assert_eq!(
+            m.lookup(&st, &key, &id, NOW + 1),
+            Lookup::Fresh(Verdict::Refused(Refusal::Revoked))
+        );
+    }
+
+    #[test]
+    fn entries_round_trip_and_garbage_is_a_miss() {
+        let e = Entry {
+            fresh_until_ms: 5,
+            stale_until_ms: 9,
+            verdict: Verdict::Valid(ident(Some(7))),
+        };
+        assert_eq!(decode(&encode(&e)), Some(e));
+        assert_eq!(decode(b"KG1short"), None);
+        assert_eq!(decode(b"junk junk junk junk junk"), None);
+    }
+
+    #[test]
+    fn negative_cache_is_bounded() {
+        let mut n = NegativeCache::new(100);
+        for i in 0..10_000u32 {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&i.to_le_bytes());
+            n.insert(id, Refusal::Unknown, NOW + 1000, NOW);
+            assert!(n.len() <= 100);
+        }
+        let mut last = [0u8; 32];
+        last[..4].copy_from_slice(&9999u32.to_le_bytes());
+        assert_eq!(n.get(&last, NOW), Some(Refusal::Unknown));
+        assert_eq!(n.get(&last, NOW + 1000), None);
+    }
+}

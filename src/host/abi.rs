@@ -1,0 +1,324 @@
+//! The proxy-wasm ABI (0.2.1) as keygate uses it: raw imports and safe wrappers that return
+//! `Result`/`Option` and never panic.
+//!
+//! keygate implements the ABI itself instead of linking the Rust SDK's dispatcher: the SDK
+//! exports every callback (Envoy then enters the VM ~7 times a request) and its dispatcher
+//! panics on paths keygate can reach (an unknown call token, a context gone while a call was
+//! in flight). Here only the callbacks keygate needs are exported, and a call to the key service
+//! is owned by the root context, so a client reset cannot orphan the requests waiting on it.
+
+#![allow(unsafe_code)]
+
+use std::ptr::{null, null_mut};
+
+pub const STATUS_OK: u32 = 0;
+pub const STATUS_CAS_MISMATCH: u32 = 8;
+
+pub const LOG_INFO: u32 = 2;
+pub const LOG_WARN: u32 = 3;
+pub const LOG_ERROR: u32 = 4;
+
+pub const MAP_REQUEST_HEADERS: u32 = 0;
+pub const MAP_RESPONSE_HEADERS: u32 = 2;
+pub const MAP_CALL_RESPONSE_HEADERS: u32 = 6;
+
+pub const BUFFER_CALL_RESPONSE_BODY: u32 = 4;
+pub const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
+
+pub const STREAM_HTTP_REQUEST: u32 = 0;
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_log(level: u32, data: *const u8, size: usize) -> u32;
+    fn proxy_get_current_time_nanoseconds(ret: *mut u64) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_get_buffer_bytes(
+        kind: u32,
+        start: usize,
+        max: usize,
+        ret_data: *mut *mut u8,
+        ret_size: *mut usize,
+    ) -> u32;
+    fn proxy_get_header_map_pairs(map: u32, ret_data: *mut *mut u8, ret_size: *mut usize) -> u32;
+    fn proxy_get_header_map_value(
+        map: u32,
+        key: *const u8,
+        key_size: usize,
+        ret_data: *mut *mut u8,
+        ret_size: *mut usize,
+    ) -> u32;
+    fn proxy_replace_header_map_value(
+        map: u32,
+        key: *const u8,
+        key_size: usize,
+        value: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_remove_header_map_value(map: u32, key: *const u8, key_size: usize) -> u32;
+    fn proxy_add_header_map_value(
+        map: u32,
+        key: *const u8,
+        key_size: usize,
+        value: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_set_property(
+        path: *const u8,
+        path_size: usize,
+        value: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_get_shared_data(
+        key: *const u8,
+        key_size: usize,
+        ret_data: *mut *mut u8,
+        ret_size: *mut usize,
+        ret_cas: *mut u32,
+    ) -> u32;
+    fn proxy_set_shared_data(
+        key: *const u8,
+        key_size: usize,
+        value: *const u8,
+        value_size: usize,
+        cas: u32,
+    ) -> u32;
+    fn proxy_continue_stream(stream: u32) -> u32;
+    #[allow(clippy::too_many_arguments)]
+    fn proxy_send_local_response(
+        status: u32,
+        details: *const u8,
+        details_size: usize,
+        body: *const u8,
+        body_size: usize,
+        headers: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> u32;
+    #[allow(clippy::too_many_arguments)]
+    fn proxy_http_call(
+        upstream: *const u8,
+        upstream_size: usize,
+        headers: *const u8,
+        headers_size: usize,
+        body: *const u8,
+        body_size: usize,
+        trailers: *const u8,
+        trailers_size: usize,
+        timeout_ms: u32,
+        ret_token: *mut u32,
+    ) -> u32;
+    fn proxy_set_effective_context(context_id: u32) -> u32;
+}
+
+/// Memory the host fills for us (returned buffers): an exact-size boxed slice, so that
+/// `Vec::from_raw_parts(ptr, size, size)` reclaims it.
+#[no_mangle]
+pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
+    let b: Box<[u8]> = vec![0u8; size].into_boxed_slice();
+    Box::into_raw(b) as *mut u8
+}
+
+/// Takes ownership of a buffer the host allocated through `proxy_on_memory_allocate`.
+fn take(ptr: *mut u8, size: usize) -> Vec<u8> {
+    if ptr.is_null() {
+        return Vec::new();
+    }
+    // SAFETY: the host allocated exactly `size` bytes with `proxy_on_memory_allocate` (a boxed
+    // slice of that length) and hands ownership to us.
+    unsafe { Vec::from_raw_parts(ptr, size, size) }
+}
+
+pub fn log(level: u32, msg: &str) {
+    // SAFETY: pointer and length describe a live &str.
+    unsafe {
+        proxy_log(level, msg.as_ptr(), msg.len());
+    }
+}
+
+pub fn now_ns() -> u64 {
+    let mut t = 0u64;
+    // SAFETY: `t` is a valid out-pointer.
+    unsafe {
+        proxy_get_current_time_nanoseconds(&mut t);
+    }
+    t
+}
+
+pub fn set_tick_period_ms(ms: u32) -> bool {
+    // SAFETY: no pointers.
+    unsafe { proxy_set_tick_period_milliseconds(ms) == STATUS_OK }
+}
+
+pub fn get_buffer(kind: u32, start: usize, max: usize) -> Option<Vec<u8>> {
+    let (mut p, mut n) = (null_mut(), 0usize);
+    // SAFETY: valid out-pointers; the host allocates the result with proxy_on_memory_allocate.
+    let st = unsafe { proxy_get_buffer_bytes(kind, start, max, &mut p, &mut n) };
+    (st == STATUS_OK).then(|| take(p, n))
+}
+
+fn read_u32(b: &[u8], at: usize) -> Option<usize> {
+    let s = b.get(at..at + 4)?;
+    Some(u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize)
+}
+
+/// Decodes the host's header-map wire format: count, (key len, value len) pairs, then each key and
+/// value followed by a NUL. Names are lower-case tokens in Envoy; values stay raw bytes.
+fn decode_map(b: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let Some(count) = read_u32(b, 0) else {
+        return Vec::new();
+    };
+    let mut out = Vec::with_capacity(count.min(256));
+    let mut sizes = 4usize;
+    let mut data = 4 + count.saturating_mul(8);
+    for _ in 0..count {
+        let (Some(kl), Some(vl)) = (read_u32(b, sizes), read_u32(b, sizes + 4)) else {
+            break;
+        };
+        sizes += 8;
+        let Some(k) = b.get(data..data + kl) else {
+            break;
+        };
+        data += kl + 1;
+        let Some(v) = b.get(data..data + vl) else {
+            break;
+        };
+        data += vl + 1;
+        out.push((String::from_utf8_lossy(k).into_owned(), v.to_vec()));
+    }
+    out
+}
+
+fn encode_map(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let mut size = 4;
+    for (k, v) in pairs {
+        size += 8 + k.len() + v.len() + 2;
+    }
+    let mut b = Vec::with_capacity(size);
+    b.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+    for (k, v) in pairs {
+        b.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        b.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in pairs {
+        b.extend_from_slice(k.as_bytes());
+        b.push(0);
+        b.extend_from_slice(v.as_bytes());
+        b.push(0);
+    }
+    b
+}
+
+pub fn get_headers(map: u32) -> Vec<(String, Vec<u8>)> {
+    let (mut p, mut n) = (null_mut(), 0usize);
+    // SAFETY: valid out-pointers; the result is ours.
+    let st = unsafe { proxy_get_header_map_pairs(map, &mut p, &mut n) };
+    if st != STATUS_OK {
+        return Vec::new();
+    }
+    decode_map(&take(p, n))
+}
+
+pub fn get_header(map: u32, name: &str) -> Option<Vec<u8>> {
+    let (mut p, mut n) = (null_mut(), 0usize);
+    // SAFETY: valid key slice and out-pointers.
+    let st = unsafe { proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut p, &mut n) };
+    (st == STATUS_OK).then(|| take(p, n))
+}
+
+pub fn replace_header(map: u32, name: &str, value: &[u8]) {
+    // SAFETY: valid slices.
+    unsafe {
+        proxy_replace_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len());
+    }
+}
+
+pub fn remove_header(map: u32, name: &str) {
+    // SAFETY: valid slice.
+    unsafe {
+        proxy_remove_header_map_value(map, name.as_ptr(), name.len());
+    }
+}
+
+pub fn add_header(map: u32, name: &str, value: &str) {
+    // SAFETY: valid slices.
+    unsafe {
+        proxy_add_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len());
+    }
+}
+
+pub fn set_property(name: &str, value: &[u8]) {
+    // SAFETY: valid slices (a one-segment path needs no separators).
+    unsafe {
+        proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len());
+    }
+}
+
+pub fn shared_get(key: &str) -> Option<(Vec<u8>, u32)> {
+    let (mut p, mut n, mut cas) = (null_mut(), 0usize, 0u32);
+    // SAFETY: valid slice and out-pointers.
+    let st = unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut p, &mut n, &mut cas) };
+    (st == STATUS_OK && !p.is_null()).then(|| (take(p, n), cas))
+}
+
+pub fn shared_set(key: &str, value: &[u8], cas: u32) -> u32 {
+    // SAFETY: valid slices.
+    unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) }
+}
+
+pub fn continue_request() -> bool {
+    // SAFETY: no pointers.
+    unsafe { proxy_continue_stream(STREAM_HTTP_REQUEST) == STATUS_OK }
+}
+
+pub fn send_local_response(status: u32, headers: &[(String, String)], body: &[u8]) -> bool {
+    let pairs: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let h = encode_map(&pairs);
+    // SAFETY: valid slices; no details string.
+    unsafe {
+        proxy_send_local_response(
+            status,
+            null(),
+            0,
+            body.as_ptr(),
+            body.len(),
+            h.as_ptr(),
+            h.len(),
+            -1,
+        ) == STATUS_OK
+    }
+}
+
+pub fn http_call(
+    cluster: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout_ms: u32,
+) -> Option<u32> {
+    let h = encode_map(headers);
+    let t = encode_map(&[]);
+    let mut token = 0u32;
+    // SAFETY: valid slices and out-pointer.
+    let st = unsafe {
+        proxy_http_call(
+            cluster.as_ptr(),
+            cluster.len(),
+            h.as_ptr(),
+            h.len(),
+            body.as_ptr(),
+            body.len(),
+            t.as_ptr(),
+            t.len(),
+            timeout_ms,
+            &mut token,
+        )
+    };
+    (st == STATUS_OK).then_some(token)
+}
+
+pub fn set_effective_context(id: u32) -> bool {
+    // SAFETY: no pointers.
+    unsafe { proxy_set_effective_context(id) == STATUS_OK }
+}

@@ -1,0 +1,581 @@
+//! The host edge: the proxy-wasm callbacks keygate exports, adapting Envoy to the pure core.
+//!
+//! Exported per request: `proxy_on_request_headers` and `proxy_on_response_headers` (two VM
+//! entries; the SDK's dispatcher costs seven). Per plugin: `proxy_on_vm_start`,
+//! `proxy_on_configure`, `proxy_on_tick` (revocation feed), `proxy_on_http_call_response`.
+//!
+//! State is per VM (one VM per worker thread): the compiled config, a memo of decoded cache
+//! entries, the bounded negative cache, in-flight key-service calls (one per credential per
+//! worker; concurrent misses wait on it), and the requests waiting on them.
+
+mod abi;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+use crate::cache::{self, Lookup, Memo, NegativeCache};
+use crate::config::{self, KeyServiceConfig, OnFailure};
+use crate::contract::{self, ServiceFailure};
+use crate::gate::{Decision, Gate, LogFields, Pending, Step};
+use crate::hash::{credential_id, credential_id_from_hash, Digest32};
+use crate::store::{SetOutcome, SharedStore};
+use crate::verdict::{Refusal, Verdict};
+
+const ACTION_CONTINUE: u32 = 0;
+const ACTION_PAUSE: u32 = 1;
+
+/// Envoy shared data behind the core's `SharedStore`.
+struct EnvoyStore;
+
+impl SharedStore for EnvoyStore {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        abi::shared_get(key)
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> SetOutcome {
+        match abi::shared_set(key, value, cas) {
+            abi::STATUS_OK => SetOutcome::Written,
+            abi::STATUS_CAS_MISMATCH => SetOutcome::CasMismatch,
+            _ => SetOutcome::Failed,
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    abi::now_ns() / 1_000_000
+}
+
+struct Waiter {
+    pending: Pending,
+    /// A stale verdict to serve if the key service fails.
+    stale: Option<Verdict>,
+}
+
+struct Flight {
+    started_ms: u64,
+    waiters: Vec<u32>,
+}
+
+enum Call {
+    Verify(Digest32),
+    Revocations,
+}
+
+struct Plugin {
+    root_id: u32,
+    gate: Rc<Gate>,
+    memo: Memo,
+    negative: NegativeCache,
+    flights: HashMap<Digest32, Flight>,
+    calls: HashMap<u32, Call>,
+    waiting: HashMap<u32, Waiter>,
+    /// Rate-limit headers for the upstream's response, by context id, with the time they were
+    /// stored (entries of streams reset before their response are swept by age).
+    response_headers: HashMap<u32, (Vec<(String, String)>, u64)>,
+}
+
+thread_local! {
+    static PLUGIN: RefCell<Option<Plugin>> = const { RefCell::new(None) };
+}
+
+const RESPONSE_HEADERS_SWEEP: usize = 1024;
+const RESPONSE_HEADERS_MAX_AGE_MS: u64 = 600_000;
+
+#[no_mangle]
+pub extern "C" fn proxy_abi_version_0_2_1() {}
+
+extern "C" {
+    fn __wasm_call_ctors();
+}
+
+#[no_mangle]
+pub extern "C" fn _initialize() {
+    // SAFETY: the WASI reactor's static constructors, run once before any callback.
+    unsafe { __wasm_call_ctors() }
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_vm_start(_root_id: u32, _size: usize) -> u32 {
+    1
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_configure(root_id: u32, size: usize) -> u32 {
+    let bytes = if size == 0 {
+        Vec::new()
+    } else {
+        match abi::get_buffer(abi::BUFFER_PLUGIN_CONFIGURATION, 0, size) {
+            Some(b) => b,
+            None => {
+                abi::log(
+                    abi::LOG_ERROR,
+                    "keygate: configuration refused: the plugin configuration could not be read",
+                );
+                return 0;
+            }
+        }
+    };
+    let mut warnings = Vec::new();
+    let cfg = match config::parse(&bytes, &mut warnings) {
+        Ok(c) => c,
+        Err(e) => {
+            abi::log(abi::LOG_ERROR, &e.to_string());
+            return 0;
+        }
+    };
+    for w in &warnings {
+        abi::log(abi::LOG_WARN, w);
+    }
+    abi::log(
+        abi::LOG_INFO,
+        &format!(
+            "keygate: configured ({} embedded keys, {} routes, key service: {})",
+            cfg.keys.len(),
+            cfg.routes.len(),
+            cfg.key_service
+                .as_ref()
+                .map_or("none", |k| k.cluster.as_str())
+        ),
+    );
+    let negative_cap = cfg
+        .key_service
+        .as_ref()
+        .map_or(16, |k| k.cache.negative_entries);
+    if let Some(ks) = &cfg.key_service {
+        if ks.revocations_path.is_some() {
+            abi::set_tick_period_ms(u32::try_from(ks.poll_ms).unwrap_or(u32::MAX));
+        }
+    }
+    let plugin = Plugin {
+        root_id,
+        gate: Rc::new(Gate::new(cfg)),
+        memo: Memo::default(),
+        negative: NegativeCache::new(negative_cap),
+        flights: HashMap::new(),
+        calls: HashMap::new(),
+        waiting: HashMap::new(),
+        response_headers: HashMap::new(),
+    };
+    PLUGIN.with(|p| *p.borrow_mut() = Some(plugin));
+    1
+}
+
+fn with_plugin<R>(f: impl FnOnce(&mut Plugin) -> R) -> Option<R> {
+    PLUGIN.with(|p| p.try_borrow_mut().ok().and_then(|mut g| g.as_mut().map(f)))
+}
+
+fn set_log_fields(l: &LogFields) {
+    abi::set_property("keygate.decision", l.decision.as_bytes());
+    if !l.key_id.is_empty() {
+        abi::set_property("keygate.key_id", l.key_id.as_bytes());
+        abi::set_property("keygate.account", l.account.as_bytes());
+        abi::set_property("keygate.plan", l.plan.as_bytes());
+    }
+}
+
+impl Plugin {
+    /// Applies a decision to the current (effective) stream. Returns the action for a callback
+    /// still in progress; `resume` continues a paused request instead.
+    fn apply(&mut self, ctx: u32, d: Decision, resume: bool) -> u32 {
+        set_log_fields(d.log());
+        match d {
+            Decision::Deny(reply, _) => {
+                if !abi::send_local_response(reply.status, &reply.headers, reply.body.as_bytes()) {
+                    abi::log(abi::LOG_ERROR, "keygate: could not send a local reply");
+                }
+                ACTION_PAUSE
+            }
+            Decision::Allow(a) => {
+                for name in &a.remove {
+                    abi::remove_header(abi::MAP_REQUEST_HEADERS, name);
+                }
+                for (n, v) in &a.set {
+                    abi::replace_header(abi::MAP_REQUEST_HEADERS, n, v.as_bytes());
+                }
+                if let Some(p) = &a.path {
+                    abi::replace_header(abi::MAP_REQUEST_HEADERS, ":path", p);
+                }
+                if !a.response_headers.is_empty() {
+                    let now = now_ms();
+                    if self.response_headers.len() >= RESPONSE_HEADERS_SWEEP {
+                        self.response_headers.retain(|_, (_, t)| {
+                            now.saturating_sub(*t) < RESPONSE_HEADERS_MAX_AGE_MS
+                        });
+                    }
+                    self.response_headers.insert(ctx, (a.response_headers, now));
+                }
+                if resume {
+                    abi::continue_request();
+                }
+                ACTION_CONTINUE
+            }
+        }
+    }
+
+    fn on_request_headers(&mut self, ctx: u32) -> u32 {
+        let headers = abi::get_headers(abi::MAP_REQUEST_HEADERS);
+        let gate = self.gate.clone();
+        let pending = match gate.begin(&headers) {
+            Step::Done(d) => return self.apply(ctx, d, false),
+            Step::Verify(p) => p,
+        };
+        let now = now_ms();
+        if let Some(v) = gate.embedded_verdict(&pending, now / 1000) {
+            let d = gate.finish(pending, v, &EnvoyStore, now * 1000);
+            return self.apply(ctx, d, false);
+        }
+        let Some(ks) = gate.cfg.key_service.as_ref() else {
+            // unreachable in practice: embedded_verdict only defers when a service is configured
+            let d = gate.finish(
+                pending,
+                Verdict::Refused(Refusal::Unknown),
+                &EnvoyStore,
+                now * 1000,
+            );
+            return self.apply(ctx, d, false);
+        };
+        let c = &pending.credential;
+        let id = credential_id(c.user.as_deref(), &c.secret);
+        if let Some(r) = self.negative.get(&id, now) {
+            let d = gate.finish(pending, Verdict::Refused(r), &EnvoyStore, now * 1000);
+            return self.apply(ctx, d, false);
+        }
+        let key = cache::entry_key(&gate.cfg.shared_prefix, &id);
+        let stale = match self.memo.lookup(&EnvoyStore, &key, &id, now) {
+            Lookup::Fresh(v) => {
+                let d = gate.finish(pending, v, &EnvoyStore, now * 1000);
+                return self.apply(ctx, d, false);
+            }
+            Lookup::Stale(v) => Some(v),
+            Lookup::Miss => None,
+        };
+        // Join a call already in flight for this credential, unless it is overdue.
+        if let Some(f) = self.flights.get_mut(&id) {
+            if now.saturating_sub(f.started_ms) <= ks.timeout_ms + 1000 {
+                f.waiters.push(ctx);
+                self.waiting.insert(ctx, Waiter { pending, stale });
+                return ACTION_PAUSE;
+            }
+        }
+        let body = contract::verify_request_body(&pending.credential);
+        match self.dispatch(ctx, ks, &ks.verify_path, "POST", &body) {
+            Some(token) => {
+                let mut waiters = self
+                    .flights
+                    .remove(&id)
+                    .map(|f| f.waiters)
+                    .unwrap_or_default();
+                waiters.push(ctx);
+                self.flights.insert(
+                    id,
+                    Flight {
+                        started_ms: now,
+                        waiters,
+                    },
+                );
+                self.calls.insert(token, Call::Verify(id));
+                self.waiting.insert(ctx, Waiter { pending, stale });
+                ACTION_PAUSE
+            }
+            None => {
+                let d = self.failed(Waiter { pending, stale }, ServiceFailure::NoResponse);
+                self.apply(ctx, d, false)
+            }
+        }
+    }
+
+    /// Dispatches a call owned by the root context, then restores `ctx` as the effective one.
+    fn dispatch(
+        &self,
+        ctx: u32,
+        ks: &KeyServiceConfig,
+        path: &str,
+        method: &str,
+        body: &[u8],
+    ) -> Option<u32> {
+        if ctx != self.root_id {
+            abi::set_effective_context(self.root_id);
+        }
+        let mut headers = vec![
+            (":method", method),
+            (":path", path),
+            (":authority", ks.authority.as_str()),
+            ("x-keygate-contract", "1"),
+        ];
+        if !body.is_empty() {
+            headers.push(("content-type", "application/json"));
+        }
+        let timeout = u32::try_from(ks.timeout_ms).unwrap_or(u32::MAX);
+        let token = abi::http_call(&ks.cluster, &headers, body, timeout);
+        if ctx != self.root_id {
+            abi::set_effective_context(ctx);
+        }
+        if token.is_none() {
+            abi::log(
+                abi::LOG_WARN,
+                "keygate: the key service call could not be dispatched (check key_service.cluster)",
+            );
+        }
+        token
+    }
+
+    /// The decision when the key service failed: a stale verdict, fail-open, or 503.
+    fn failed(&self, w: Waiter, f: ServiceFailure) -> Decision {
+        let gate = &self.gate;
+        let now = now_ms();
+        if let Some(v) = w.stale {
+            return gate.finish(w.pending, v.at(now / 1000), &EnvoyStore, now * 1000);
+        }
+        match gate.cfg.key_service.as_ref() {
+            Some(ks) if ks.on_failure == OnFailure::Open => gate.fail_open(w.pending, f.as_str()),
+            Some(ks) => gate.unavailable(&w.pending, ks.retry_after_s),
+            None => gate.unavailable(&w.pending, 1),
+        }
+    }
+
+    fn call_response(&mut self, token: u32, body_size: usize) {
+        let Some(call) = self.calls.remove(&token) else {
+            return;
+        };
+        let Some(ks) = self.gate.cfg.key_service.clone() else {
+            return;
+        };
+        let status = abi::get_header(abi::MAP_CALL_RESPONSE_HEADERS, ":status").and_then(|s| {
+            std::str::from_utf8(&s)
+                .ok()
+                .and_then(|s| s.parse::<u32>().ok())
+        });
+        let body = if body_size > ks.max_response_bytes {
+            None
+        } else if body_size == 0 {
+            Some(Vec::new())
+        } else {
+            abi::get_buffer(abi::BUFFER_CALL_RESPONSE_BODY, 0, body_size)
+        };
+        match call {
+            Call::Verify(id) => self.verify_response(&ks, id, status, body),
+            Call::Revocations => self.revocations_response(&ks, status, body),
+        }
+    }
+
+    fn verify_response(
+        &mut self,
+        ks: &KeyServiceConfig,
+        id: Digest32,
+        status: Option<u32>,
+        body: Option<Vec<u8>>,
+    ) {
+        let now = now_ms();
+        let result = match body {
+            None => Err(ServiceFailure::BodyTooLarge),
+            Some(b) => contract::parse_verify(status, &b),
+        };
+        let gate = self.gate.clone();
+        match &result {
+            Ok(a) => match &a.verdict {
+                Verdict::Valid(identity) => {
+                    let key = cache::entry_key(&gate.cfg.shared_prefix, &id);
+                    cache::store_valid(&EnvoyStore, &key, identity, &ks.cache, a.ttl_hint_s, now);
+                    self.negative.remove(&id);
+                }
+                Verdict::Refused(r) => {
+                    let mut ttl = ks.cache.negative_ttl_ms;
+                    if let Some(h) = a.ttl_hint_s {
+                        ttl = ttl.min(h.saturating_mul(1000));
+                    }
+                    self.negative.insert(id, *r, now + ttl, now);
+                }
+            },
+            Err(f) => abi::log(
+                abi::LOG_WARN,
+                &format!(
+                    "keygate: key service failure: {} (status {:?})",
+                    f.as_str(),
+                    status
+                ),
+            ),
+        }
+        let waiters = self
+            .flights
+            .remove(&id)
+            .map(|f| f.waiters)
+            .unwrap_or_default();
+        for ctx in waiters {
+            let Some(w) = self.waiting.remove(&ctx) else {
+                continue;
+            };
+            if !abi::set_effective_context(ctx) {
+                continue; // the client went away meanwhile
+            }
+            let d = match &result {
+                Ok(a) => gate.finish(
+                    w.pending,
+                    a.verdict.clone().at(now / 1000),
+                    &EnvoyStore,
+                    now * 1000,
+                ),
+                Err(f) => self.failed(w, *f),
+            };
+            self.apply(ctx, d, true);
+        }
+        abi::set_effective_context(self.root_id);
+    }
+
+    fn lease_key(&self) -> String {
+        format!("{}:rev:lease", self.gate.cfg.shared_prefix)
+    }
+
+    fn cursor_key(&self) -> String {
+        format!("{}:rev:cursor", self.gate.cfg.shared_prefix)
+    }
+
+    /// One worker at a time polls the revocation feed: a lease in shared data taken by CAS.
+    fn tick(&mut self) {
+        let Some(ks) = self.gate.cfg.key_service.clone() else {
+            return;
+        };
+        let Some(path) = ks.revocations_path.as_deref() else {
+            return;
+        };
+        if self.calls.values().any(|c| matches!(c, Call::Revocations)) {
+            return;
+        }
+        let now = now_ms();
+        let lease = self.lease_key();
+        let (held_until, cas) = match EnvoyStore.get(&lease) {
+            Some((v, cas)) => (v.try_into().map(u64::from_le_bytes).unwrap_or(0), cas),
+            None => (0, crate::store::ABSENT_CAS),
+        };
+        if held_until > now {
+            return;
+        }
+        let until = now + ks.timeout_ms + ks.poll_ms / 2;
+        if EnvoyStore.set(&lease, &until.to_le_bytes(), cas) != SetOutcome::Written {
+            return;
+        }
+        let since = EnvoyStore
+            .get(&self.cursor_key())
+            .and_then(|(v, _)| String::from_utf8(v).ok())
+            .and_then(|s| s.parse::<i64>().ok())
+            .unwrap_or(-1);
+        let full = format!("{path}?since={since}");
+        if let Some(token) = self.dispatch(self.root_id, &ks, &full, "GET", b"") {
+            self.calls.insert(token, Call::Revocations);
+        } else {
+            EnvoyStore.set(&lease, &0u64.to_le_bytes(), 0);
+        }
+    }
+
+    fn revocations_response(
+        &mut self,
+        ks: &KeyServiceConfig,
+        status: Option<u32>,
+        body: Option<Vec<u8>>,
+    ) {
+        let now = now_ms();
+        let parsed = match body {
+            None => Err(ServiceFailure::BodyTooLarge),
+            Some(b) => contract::parse_revocations(status, &b),
+        };
+        match parsed {
+            Ok(r) => {
+                let prefix = self.gate.cfg.shared_prefix.clone();
+                let mut marked = 0usize;
+                for (hash, user) in &r.revoked {
+                    let mut ids = vec![credential_id_from_hash(None, hash)];
+                    if let Some(u) = user.as_deref().filter(|u| !u.is_empty()) {
+                        ids.push(credential_id_from_hash(Some(u), hash));
+                    }
+                    for id in ids {
+                        self.negative.insert(
+                            id,
+                            Refusal::Revoked,
+                            now + ks.cache.negative_ttl_ms,
+                            now,
+                        );
+                        if cache::mark_revoked(
+                            &EnvoyStore,
+                            &cache::entry_key(&prefix, &id),
+                            &ks.cache,
+                            now,
+                        ) {
+                            marked += 1;
+                        }
+                    }
+                }
+                EnvoyStore.set(&self.cursor_key(), r.cursor.to_string().as_bytes(), 0);
+                if !r.revoked.is_empty() {
+                    abi::log(
+                        abi::LOG_INFO,
+                        &format!(
+                            "keygate: revocation feed: {} revoked keys, {} cached verdicts marked (cursor {})",
+                            r.revoked.len(),
+                            marked,
+                            r.cursor
+                        ),
+                    );
+                }
+                // release the lease; with more pages, poll again at once
+                EnvoyStore.set(&self.lease_key(), &0u64.to_le_bytes(), 0);
+                if r.more {
+                    self.tick();
+                }
+            }
+            Err(f) => {
+                abi::log(
+                    abi::LOG_WARN,
+                    &format!("keygate: revocation feed failure: {}", f.as_str()),
+                );
+                EnvoyStore.set(&self.lease_key(), &0u64.to_le_bytes(), 0);
+            }
+        }
+    }
+
+    fn on_response_headers(&mut self, ctx: u32) {
+        if let Some((headers, _)) = self.response_headers.remove(&ctx) {
+            for (n, v) in &headers {
+                abi::add_header(abi::MAP_RESPONSE_HEADERS, n, v);
+            }
+        }
+    }
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_request_headers(
+    ctx: u32,
+    _num_headers: usize,
+    _end_of_stream: u32,
+) -> u32 {
+    with_plugin(|p| p.on_request_headers(ctx)).unwrap_or_else(|| {
+        // No configured plugin (cannot happen once on_configure succeeded): never a free pass.
+        abi::send_local_response(500, &[], b"keygate is not configured\n");
+        ACTION_PAUSE
+    })
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_response_headers(
+    ctx: u32,
+    _num_headers: usize,
+    _end_of_stream: u32,
+) -> u32 {
+    with_plugin(|p| p.on_response_headers(ctx));
+    ACTION_CONTINUE
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_http_call_response(
+    _root: u32,
+    token: u32,
+    _headers: usize,
+    body_size: usize,
+    _trailers: usize,
+) {
+    with_plugin(|p| p.call_response(token, body_size));
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_tick(_root: u32) {
+    with_plugin(|p| p.tick());
+}
