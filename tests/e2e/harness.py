@@ -94,6 +94,8 @@ class Envoy:
     upstream_port: int
     concurrency: int = 2
     extra_clusters: list = field(default_factory=list)
+    # (prefix, cluster) routes placed before the catch-all route to the upstream
+    routes: list = field(default_factory=list)
     port: int = 0
     admin_port: int = 0
     workdir: Path | None = None
@@ -123,7 +125,8 @@ class Envoy:
                             }],
                             "route_config": {"virtual_hosts": [{
                                 "name": "all", "domains": ["*"],
-                                "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}],
+                                "routes": [{"match": {"prefix": p}, "route": {"cluster": c}} for p, c in self.routes]
+                                + [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}],
                             }]},
                             "http_filters": [
                                 {
@@ -248,3 +251,69 @@ class Upstream:
     def stop(self):
         self.srv.shutdown()
         self.srv.server_close()
+
+
+class KeyService:
+    """The reference key service (tests/services/keyservice.py) as a real process on loopback."""
+
+    ADMIN_TOKEN = "e2e-admin-token"
+
+    def __init__(self, seed_demo: bool = True):
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="keygate-ks-"))
+        self.db = self.dir / "keys.sqlite"
+        self.seed_demo = seed_demo
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "KeyService":
+        import sys
+        cmd = [sys.executable, str(ROOT / "tests" / "services" / "keyservice.py"), "--port", str(self.port),
+               "--db", str(self.db), "--admin-token", self.ADMIN_TOKEN]
+        if self.seed_demo:
+            cmd.append("--seed-demo")
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(self.dir / "ks.log", "ab"))
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            try:
+                self.admin("GET", "/admin/stats")
+                return self
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"key service exited: {(self.dir / 'ks.log').read_text()}")
+                time.sleep(0.05)
+        raise RuntimeError("key service did not come up")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def admin(self, method: str, path: str, body: dict | None = None) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method,
+                                     headers={"x-admin-token": self.ADMIN_TOKEN, "content-type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            raw = r.read()
+            return json.loads(raw) if raw else {}
+
+    def verify_calls(self) -> int:
+        return int(self.admin("GET", "/admin/stats")["verify_calls"])
+
+    def mode(self, verify: str = "ok", revocations: str = "ok") -> None:
+        self.admin("POST", "/admin/mode", {"verify": verify, "revocations": revocations})
+
+    def add_key(self, secret: str, key_id: str, **kw) -> dict:
+        body = {"key": secret, "id": key_id, "kind": "business", "account": "acme", "plan": "free",
+                "user": None, "scopes": ["read"], "expires_at": None, "ratelimit": None, "resources": {}}
+        body.update(kw)
+        return self.admin("POST", "/admin/keys", body)
+
+    def revoke(self, key_id: str) -> None:
+        self.admin("POST", "/admin/revoke", {"id": key_id})
+
+    def cluster(self, name: str = "keyservice") -> dict:
+        return cluster(name, self.port)
