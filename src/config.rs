@@ -15,6 +15,7 @@ use crate::hash::parse_hex32;
 use crate::keystore::{KeyEntry, KeyStore};
 use crate::ratelimit::{Limit, Scope};
 use crate::route::{Access, Owner, OwnerSource, PathMatch, Route};
+use crate::throttle::ThrottleConfig;
 use crate::verdict::Identity;
 
 #[derive(Debug, PartialEq, Eq)]
@@ -135,6 +136,8 @@ pub struct Config {
     /// Prefix of every shared-data key, so plugins sharing a VM id (Istio) never collide.
     pub shared_prefix: String,
     pub key_service: Option<KeyServiceConfig>,
+    /// Failed-authentication throttle per client address (`None`: off).
+    pub auth_throttle: Option<ThrottleConfig>,
 }
 
 struct Obj<'a> {
@@ -875,6 +878,26 @@ pub fn parse(bytes: &[u8], warnings: &mut Vec<String>) -> Result<Config, ConfigE
         Some(c) => Some(parse_key_service(c, strict, w)?),
         None => None,
     };
+    let auth_throttle = match o.get("auth_throttle") {
+        Some(Value::Bool(false)) => None,
+        None | Some(Value::Bool(true)) => Some(ThrottleConfig {
+            failures: 100,
+            window_s: 60,
+            clients: 10_000,
+        }),
+        Some(v) => {
+            let mut t = Obj::new("auth_throttle".into(), v)?;
+            let failures = bounded(&mut t, "failures", 100, 1, 1_000_000)?;
+            let window_s = bounded(&mut t, "window_s", 60, 1, 86_400)?;
+            let clients = bounded(&mut t, "clients", 10_000, 16, 1_000_000)? as usize;
+            t.finish(strict, w)?;
+            Some(ThrottleConfig {
+                failures,
+                window_s,
+                clients,
+            })
+        }
+    };
     let da_field = o.field("default_access");
     let da = o.opt_str("default_access")?;
     let default_access = parse_access(&da_field, da, Access::Key)?;
@@ -892,6 +915,7 @@ pub fn parse(bytes: &[u8], warnings: &mut Vec<String>) -> Result<Config, ConfigE
         default_access,
         shared_prefix,
         key_service,
+        auth_throttle,
     })
 }
 

@@ -297,6 +297,16 @@ impl Gate {
         self.cfg.key_service.is_some()
     }
 
+    /// Too many failed authentications from this client: 429 without verifying anything.
+    pub fn throttled(&self, p: &Pending, retry_after_ms: u64) -> Decision {
+        let pb = self.problems(p.instance.clone(), p.request_id.clone());
+        let retry = retry_after_ms.div_ceil(1000).max(1);
+        let h = vec![("retry-after".to_string(), retry.to_string())];
+        let detail =
+            format!("too many failed authentications from this client; retry in {retry} s");
+        self.deny(&pb, 429, Kind::AuthThrottled, &detail, vec![], h, None)
+    }
+
     /// The key service failed and no stale verdict may serve: 503, fail closed.
     pub fn unavailable(&self, p: &Pending, retry_after_s: u64) -> Decision {
         let pb = self.problems(p.instance.clone(), p.request_id.clone());

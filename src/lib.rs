@@ -15,6 +15,7 @@ pub mod query;
 pub mod ratelimit;
 pub mod route;
 pub mod store;
+pub mod throttle;
 pub mod verdict;
 
 #[cfg(target_arch = "wasm32")]

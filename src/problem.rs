@@ -20,6 +20,7 @@ pub enum Kind {
     ResourceForbidden,
     RouteClosed,
     RateLimited,
+    AuthThrottled,
     KeyServiceUnavailable,
     Internal,
 }
@@ -39,6 +40,7 @@ impl Kind {
             Kind::ResourceForbidden => "resource-forbidden",
             Kind::RouteClosed => "route-closed",
             Kind::RateLimited => "rate-limited",
+            Kind::AuthThrottled => "auth-throttled",
             Kind::KeyServiceUnavailable => "key-service-unavailable",
             Kind::Internal => "internal",
         }
@@ -58,6 +60,7 @@ impl Kind {
             Kind::ResourceForbidden => "Resource not accessible",
             Kind::RouteClosed => "Route closed",
             Kind::RateLimited => "Too many requests",
+            Kind::AuthThrottled => "Too many failed authentications",
             Kind::KeyServiceUnavailable => "Key service unavailable",
             Kind::Internal => "Gateway error",
         }

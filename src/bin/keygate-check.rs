@@ -16,7 +16,9 @@ fn check(name: &str, bytes: &[u8]) -> bool {
                 "{name}: ok ({} embedded keys, {} routes, key service: {})",
                 cfg.keys.len(),
                 cfg.routes.len(),
-                cfg.key_service.as_ref().map_or("none", |k| k.cluster.as_str())
+                cfg.key_service
+                    .as_ref()
+                    .map_or("none", |k| k.cluster.as_str())
             );
             true
         }

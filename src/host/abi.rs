@@ -27,6 +27,9 @@ pub const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
 
 pub const STREAM_HTTP_REQUEST: u32 = 0;
 
+pub const METRIC_COUNTER: u32 = 0;
+pub const METRIC_HISTOGRAM: u32 = 2;
+
 #[link(wasm_import_module = "env")]
 extern "C" {
     fn proxy_log(level: u32, data: *const u8, size: usize) -> u32;
@@ -108,6 +111,15 @@ extern "C" {
         ret_token: *mut u32,
     ) -> u32;
     fn proxy_set_effective_context(context_id: u32) -> u32;
+    fn proxy_get_property(
+        path: *const u8,
+        path_size: usize,
+        ret_data: *mut *mut u8,
+        ret_size: *mut usize,
+    ) -> u32;
+    fn proxy_define_metric(kind: u32, name: *const u8, name_size: usize, ret_id: *mut u32) -> u32;
+    fn proxy_increment_metric(id: u32, offset: i64) -> u32;
+    fn proxy_record_metric(id: u32, value: u64) -> u32;
 }
 
 /// Memory the host fills for us (returned buffers): an exact-size boxed slice, so that
@@ -321,4 +333,34 @@ pub fn http_call(
 pub fn set_effective_context(id: u32) -> bool {
     // SAFETY: no pointers.
     unsafe { proxy_set_effective_context(id) == STATUS_OK }
+}
+
+/// A property by path segments (joined with NUL, as the ABI wants), e.g. `["source", "address"]`.
+pub fn get_property(path: &[&str]) -> Option<Vec<u8>> {
+    let joined = path.join("\0");
+    let (mut p, mut n) = (null_mut(), 0usize);
+    // SAFETY: valid slice and out-pointers.
+    let st = unsafe { proxy_get_property(joined.as_ptr(), joined.len(), &mut p, &mut n) };
+    (st == STATUS_OK).then(|| take(p, n))
+}
+
+pub fn define_metric(kind: u32, name: &str) -> Option<u32> {
+    let mut id = 0u32;
+    // SAFETY: valid slice and out-pointer.
+    let st = unsafe { proxy_define_metric(kind, name.as_ptr(), name.len(), &mut id) };
+    (st == STATUS_OK).then_some(id)
+}
+
+pub fn increment_metric(id: u32, by: i64) {
+    // SAFETY: no pointers.
+    unsafe {
+        proxy_increment_metric(id, by);
+    }
+}
+
+pub fn record_metric(id: u32, value: u64) {
+    // SAFETY: no pointers.
+    unsafe {
+        proxy_record_metric(id, value);
+    }
 }

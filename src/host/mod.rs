@@ -20,6 +20,7 @@ use crate::contract::{self, ServiceFailure};
 use crate::gate::{Decision, Gate, LogFields, Pending, Step};
 use crate::hash::{credential_id, credential_id_from_hash, Digest32};
 use crate::store::{SetOutcome, SharedStore};
+use crate::throttle::{client_of, Throttle};
 use crate::verdict::{Refusal, Verdict};
 
 const ACTION_CONTINUE: u32 = 0;
@@ -50,6 +51,78 @@ struct Waiter {
     pending: Pending,
     /// A stale verdict to serve if the key service fails.
     stale: Option<Verdict>,
+    client: Vec<u8>,
+}
+
+/// Counters and a histogram in Envoy's stats (`wasmcustom.keygate.*`; summed over workers).
+/// Names come from fixed sets (decisions, failure kinds, configured plan names): no per-key
+/// series, so cardinality is bounded by the config.
+#[derive(Default)]
+struct Metrics {
+    ids: HashMap<String, u32>,
+}
+
+impl Metrics {
+    fn id(&mut self, kind: u32, name: &str) -> Option<u32> {
+        if let Some(id) = self.ids.get(name) {
+            return Some(*id);
+        }
+        let id = abi::define_metric(kind, name)?;
+        self.ids.insert(name.to_string(), id);
+        Some(id)
+    }
+
+    fn inc(&mut self, name: &str) {
+        if let Some(id) = self.id(abi::METRIC_COUNTER, name) {
+            abi::increment_metric(id, 1);
+        }
+    }
+
+    fn record(&mut self, name: &str, value: u64) {
+        if let Some(id) = self.id(abi::METRIC_HISTOGRAM, name) {
+            abi::record_metric(id, value);
+        }
+    }
+}
+
+/// The metric name for a decision, without allocating on the hot path.
+fn decision_metric(decision: &str) -> &'static str {
+    match decision {
+        "allowed" => "keygate.requests.allowed",
+        "public" => "keygate.requests.public",
+        "fail-open" => "keygate.requests.fail_open",
+        "credential-missing" => "keygate.requests.credential_missing",
+        "credential-malformed" => "keygate.requests.credential_malformed",
+        "credential-too-large" => "keygate.requests.credential_too_large",
+        "credential-conflict" => "keygate.requests.credential_conflict",
+        "credential-invalid" => "keygate.requests.credential_invalid",
+        "credential-expired" => "keygate.requests.credential_expired",
+        "credential-revoked" => "keygate.requests.credential_revoked",
+        "credential-disabled" => "keygate.requests.credential_disabled",
+        "insufficient-scope" => "keygate.requests.insufficient_scope",
+        "resource-forbidden" => "keygate.requests.resource_forbidden",
+        "route-closed" => "keygate.requests.route_closed",
+        "rate-limited" => "keygate.requests.rate_limited",
+        "auth-throttled" => "keygate.requests.auth_throttled",
+        "key-service-unavailable" => "keygate.requests.key_service_unavailable",
+        _ => "keygate.requests.other",
+    }
+}
+
+fn failure_metric(f: ServiceFailure) -> &'static str {
+    match f {
+        ServiceFailure::Status(504) => "keygate.keyservice.failure.timeout",
+        ServiceFailure::Status(_) => "keygate.keyservice.failure.status",
+        ServiceFailure::NoResponse => "keygate.keyservice.failure.no_response",
+        ServiceFailure::BodyTooLarge => "keygate.keyservice.failure.body_too_large",
+        ServiceFailure::BadBody => "keygate.keyservice.failure.bad_body",
+    }
+}
+
+fn client_address() -> Vec<u8> {
+    abi::get_property(&["source", "address"])
+        .map(|a| client_of(&a).to_vec())
+        .unwrap_or_default()
 }
 
 struct Flight {
@@ -58,7 +131,8 @@ struct Flight {
 }
 
 enum Call {
-    Verify(Digest32),
+    /// A verify call for a credential id, started at (ms).
+    Verify(Digest32, u64),
     Revocations,
 }
 
@@ -73,6 +147,8 @@ struct Plugin {
     /// Rate-limit headers for the upstream's response, by context id, with the time they were
     /// stored (entries of streams reset before their response are swept by age).
     response_headers: HashMap<u32, (Vec<(String, String)>, u64)>,
+    throttle: Option<Throttle>,
+    metrics: Metrics,
 }
 
 thread_local! {
@@ -147,6 +223,7 @@ pub extern "C" fn proxy_on_configure(root_id: u32, size: usize) -> u32 {
             abi::set_tick_period_ms(u32::try_from(ks.poll_ms).unwrap_or(u32::MAX));
         }
     }
+    let throttle = cfg.auth_throttle.map(Throttle::new);
     let plugin = Plugin {
         root_id,
         gate: Rc::new(Gate::new(cfg)),
@@ -156,6 +233,8 @@ pub extern "C" fn proxy_on_configure(root_id: u32, size: usize) -> u32 {
         calls: HashMap::new(),
         waiting: HashMap::new(),
         response_headers: HashMap::new(),
+        throttle,
+        metrics: Metrics::default(),
     };
     PLUGIN.with(|p| *p.borrow_mut() = Some(plugin));
     1
@@ -178,7 +257,15 @@ impl Plugin {
     /// Applies a decision to the current (effective) stream. Returns the action for a callback
     /// still in progress; `resume` continues a paused request instead.
     fn apply(&mut self, ctx: u32, d: Decision, resume: bool) -> u32 {
-        set_log_fields(d.log());
+        let log = d.log();
+        set_log_fields(log);
+        self.metrics.inc(decision_metric(log.decision));
+        if log.decision == "rate-limited" {
+            let known = self.gate.cfg.rate.plans.iter().any(|(n, _)| *n == log.plan);
+            let plan = if known { log.plan.as_str() } else { "other" };
+            self.metrics
+                .inc(&format!("keygate.ratelimit.rejected.{plan}"));
+        }
         match d {
             Decision::Deny(reply, _) => {
                 if !abi::send_local_response(reply.status, &reply.headers, reply.body.as_bytes()) {
@@ -217,50 +304,73 @@ impl Plugin {
         let headers = abi::get_headers(abi::MAP_REQUEST_HEADERS);
         let gate = self.gate.clone();
         let pending = match gate.begin(&headers) {
-            Step::Done(d) => return self.apply(ctx, d, false),
+            Step::Done(d) => {
+                if matches!(
+                    d.log().decision,
+                    "credential-malformed" | "credential-conflict" | "credential-too-large"
+                ) {
+                    self.note_failure(&client_address());
+                }
+                return self.apply(ctx, d, false);
+            }
             Step::Verify(p) => p,
         };
         let now = now_ms();
         if let Some(v) = gate.embedded_verdict(&pending, now / 1000) {
-            let d = gate.finish(pending, v, &EnvoyStore, now * 1000);
+            let d = self.conclude(pending, v, now);
             return self.apply(ctx, d, false);
         }
         let Some(ks) = gate.cfg.key_service.as_ref() else {
             // unreachable in practice: embedded_verdict only defers when a service is configured
-            let d = gate.finish(
-                pending,
-                Verdict::Refused(Refusal::Unknown),
-                &EnvoyStore,
-                now * 1000,
-            );
+            let d = self.conclude(pending, Verdict::Refused(Refusal::Unknown), now);
             return self.apply(ctx, d, false);
         };
         let c = &pending.credential;
         let id = credential_id(c.user.as_deref(), &c.secret);
         if let Some(r) = self.negative.get(&id, now) {
-            let d = gate.finish(pending, Verdict::Refused(r), &EnvoyStore, now * 1000);
+            self.metrics.inc("keygate.cache.negative_hit");
+            let d = self.conclude(pending, Verdict::Refused(r), now);
             return self.apply(ctx, d, false);
         }
         let key = cache::entry_key(&gate.cfg.shared_prefix, &id);
         let stale = match self.memo.lookup(&EnvoyStore, &key, &id, now) {
             Lookup::Fresh(v) => {
-                let d = gate.finish(pending, v, &EnvoyStore, now * 1000);
+                self.metrics.inc("keygate.cache.hit");
+                let d = self.conclude(pending, v, now);
                 return self.apply(ctx, d, false);
             }
             Lookup::Stale(v) => Some(v),
             Lookup::Miss => None,
         };
+        self.metrics.inc("keygate.cache.miss");
+        // A client over its failed-authentication budget gets no call to the key service. The
+        // attempt is counted now (refunded if the key turns out valid), so concurrent misses
+        // cannot overshoot the budget while their calls are in flight.
+        let client = client_address();
+        if let Some(t) = self.throttle.as_mut() {
+            if let Some(wait) = t.blocked(&client, now * 1000) {
+                let d = gate.throttled(&pending, wait);
+                return self.apply(ctx, d, false);
+            }
+            t.record_failure(&client, now * 1000);
+        }
+        let waiter = Waiter {
+            pending,
+            stale,
+            client,
+        };
         // Join a call already in flight for this credential, unless it is overdue.
         if let Some(f) = self.flights.get_mut(&id) {
             if now.saturating_sub(f.started_ms) <= ks.timeout_ms + 1000 {
                 f.waiters.push(ctx);
-                self.waiting.insert(ctx, Waiter { pending, stale });
+                self.waiting.insert(ctx, waiter);
                 return ACTION_PAUSE;
             }
         }
-        let body = contract::verify_request_body(&pending.credential);
+        let body = contract::verify_request_body(&waiter.pending.credential);
         match self.dispatch(ctx, ks, &ks.verify_path, "POST", &body) {
             Some(token) => {
+                self.metrics.inc("keygate.keyservice.calls");
                 let mut waiters = self
                     .flights
                     .remove(&id)
@@ -274,15 +384,42 @@ impl Plugin {
                         waiters,
                     },
                 );
-                self.calls.insert(token, Call::Verify(id));
-                self.waiting.insert(ctx, Waiter { pending, stale });
+                self.calls.insert(token, Call::Verify(id, now));
+                self.waiting.insert(ctx, waiter);
                 ACTION_PAUSE
             }
             None => {
-                let d = self.failed(Waiter { pending, stale }, ServiceFailure::NoResponse);
+                self.metrics.inc("keygate.keyservice.failure.dispatch");
+                let d = self.failed(waiter, ServiceFailure::NoResponse);
                 self.apply(ctx, d, false)
             }
         }
+    }
+
+    /// Records a failed authentication for `client` (throttle on).
+    fn note_failure(&mut self, client: &[u8]) {
+        let now_us = now_ms() * 1000;
+        if let Some(t) = self.throttle.as_mut() {
+            t.record_failure(client, now_us);
+        }
+    }
+
+    /// The decision once a verdict is known. A refusal counts against the client's
+    /// failed-authentication budget; over budget, the answer is 429 instead of 401.
+    fn conclude(&mut self, pending: Pending, v: Verdict, now: u64) -> Decision {
+        let gate = self.gate.clone();
+        if matches!(v, Verdict::Refused(_)) && self.throttle.is_some() {
+            let client = client_address();
+            if let Some(wait) = self
+                .throttle
+                .as_ref()
+                .and_then(|t| t.blocked(&client, now * 1000))
+            {
+                return gate.throttled(&pending, wait);
+            }
+            self.note_failure(&client);
+        }
+        gate.finish(pending, v, &EnvoyStore, now * 1000)
     }
 
     /// Dispatches a call owned by the root context, then restores `ctx` as the effective one.
@@ -321,10 +458,11 @@ impl Plugin {
     }
 
     /// The decision when the key service failed: a stale verdict, fail-open, or 503.
-    fn failed(&self, w: Waiter, f: ServiceFailure) -> Decision {
-        let gate = &self.gate;
+    fn failed(&mut self, w: Waiter, f: ServiceFailure) -> Decision {
+        let gate = self.gate.clone();
         let now = now_ms();
         if let Some(v) = w.stale {
+            self.metrics.inc("keygate.cache.stale_served");
             return gate.finish(w.pending, v.at(now / 1000), &EnvoyStore, now * 1000);
         }
         match gate.cfg.key_service.as_ref() {
@@ -354,7 +492,13 @@ impl Plugin {
             abi::get_buffer(abi::BUFFER_CALL_RESPONSE_BODY, 0, body_size)
         };
         match call {
-            Call::Verify(id) => self.verify_response(&ks, id, status, body),
+            Call::Verify(id, started) => {
+                self.metrics.record(
+                    "keygate.keyservice.latency_ms",
+                    now_ms().saturating_sub(started),
+                );
+                self.verify_response(&ks, id, status, body)
+            }
             Call::Revocations => self.revocations_response(&ks, status, body),
         }
     }
@@ -387,14 +531,17 @@ impl Plugin {
                     self.negative.insert(id, *r, now + ttl, now);
                 }
             },
-            Err(f) => abi::log(
-                abi::LOG_WARN,
-                &format!(
-                    "keygate: key service failure: {} (status {:?})",
-                    f.as_str(),
-                    status
-                ),
-            ),
+            Err(f) => {
+                self.metrics.inc(failure_metric(*f));
+                abi::log(
+                    abi::LOG_WARN,
+                    &format!(
+                        "keygate: key service failure: {} (status {:?})",
+                        f.as_str(),
+                        status
+                    ),
+                );
+            }
         }
         let waiters = self
             .flights
@@ -409,12 +556,14 @@ impl Plugin {
                 continue; // the client went away meanwhile
             }
             let d = match &result {
-                Ok(a) => gate.finish(
-                    w.pending,
-                    a.verdict.clone().at(now / 1000),
-                    &EnvoyStore,
-                    now * 1000,
-                ),
+                Ok(a) => {
+                    // the attempt was counted at dispatch: refund it for a valid key
+                    let v = a.verdict.clone().at(now / 1000);
+                    if let (Verdict::Valid(_), Some(t)) = (&v, self.throttle.as_mut()) {
+                        t.refund(&w.client, now * 1000);
+                    }
+                    gate.finish(w.pending, v, &EnvoyStore, now * 1000)
+                }
                 Err(f) => self.failed(w, *f),
             };
             self.apply(ctx, d, true);
@@ -505,6 +654,14 @@ impl Plugin {
                     }
                 }
                 EnvoyStore.set(&self.cursor_key(), r.cursor.to_string().as_bytes(), 0);
+                if marked > 0 {
+                    if let Some(id) = self
+                        .metrics
+                        .id(abi::METRIC_COUNTER, "keygate.revocations.marked")
+                    {
+                        abi::increment_metric(id, i64::try_from(marked).unwrap_or(i64::MAX));
+                    }
+                }
                 if !r.revoked.is_empty() {
                     abi::log(
                         abi::LOG_INFO,

@@ -21,6 +21,13 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "keygate.wasm"
 
+# Envoy's tag extraction turns keygate's flat metric names into labelled Prometheus series.
+STATS_TAGS = [
+    {"tag_name": "decision", "regex": r"^wasmcustom\.keygate\.requests(\.(.+))$"},
+    {"tag_name": "plan", "regex": r"^wasmcustom\.keygate\.ratelimit\.rejected(\.(.+))$"},
+    {"tag_name": "kind", "regex": r"^wasmcustom\.keygate\.keyservice\.failure(\.(.+))$"},
+]
+
 ACCESS_LOG_FORMAT = (
     "decision=%FILTER_STATE(wasm.keygate.decision:PLAIN)% key_id=%FILTER_STATE(wasm.keygate.key_id:PLAIN)% "
     "account=%FILTER_STATE(wasm.keygate.account:PLAIN)% plan=%FILTER_STATE(wasm.keygate.plan:PLAIN)% "
@@ -153,6 +160,7 @@ class Envoy:
                 "clusters": [cluster("upstream", self.upstream_port)] + self.extra_clusters,
             },
             "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": self.admin_port}}},
+            "stats_config": {"stats_tags": STATS_TAGS},
         }
 
     @property
@@ -165,7 +173,7 @@ class Envoy:
         assert self.workdir is not None
         return self.workdir / "envoy.log"
 
-    def start(self, wait_ready: bool = True, log_level: str = "info") -> "Envoy":
+    def start(self, wait_ready: bool = True, log_level: str = "info", component_levels: str = "") -> "Envoy":
         if not WASM.exists():
             raise RuntimeError(f"{WASM} is missing: build it with `cargo wasm`")
         self.workdir = Path(tempfile.mkdtemp(prefix="keygate-e2e-"))
@@ -177,6 +185,8 @@ class Envoy:
             "-c", str(cfg), "--concurrency", str(self.concurrency), "--disable-hot-restart",
             "--log-path", str(self.log_path), "-l", log_level, "--file-flush-interval-msec", "100",
         ]
+        if component_levels:
+            cmd += ["--component-log-level", component_levels]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if wait_ready:
             self.wait_ready()
