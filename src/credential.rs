@@ -207,7 +207,7 @@ fn ascii_string(b: &[u8]) -> String {
 /// Reads the credential of a request from its headers (lower-case names, raw values) and `:path`.
 pub fn extract(
     cfg: &CredentialConfig,
-    headers: &[(String, Vec<u8>)],
+    headers: &[(&str, &[u8])],
     path: &[u8],
 ) -> Result<Extraction, CredError> {
     let mut out = Extraction::default();
@@ -216,7 +216,7 @@ pub fn extract(
     let mut seen_auth = false;
     let mut seen_header: u64 = 0; // bit i: api_key_headers[i] seen
 
-    for (name, value) in headers {
+    for &(name, value) in headers {
         if auth_is_ours && name == "authorization" {
             if seen_auth {
                 return Err(CredError::Conflict(
@@ -338,11 +338,8 @@ mod tests {
     use super::*;
     use base64::engine::general_purpose::STANDARD;
 
-    fn h(pairs: &[(&str, &[u8])]) -> Vec<(String, Vec<u8>)> {
-        pairs
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.to_vec()))
-            .collect()
+    fn h<'a>(pairs: &[(&'a str, &'a [u8])]) -> Vec<(&'a str, &'a [u8])> {
+        pairs.iter().map(|(n, v)| (*n, *v)).collect()
     }
 
     fn ex(pairs: &[(&str, &[u8])], path: &str) -> Result<Extraction, CredError> {

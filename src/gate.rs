@@ -150,14 +150,14 @@ impl Gate {
     }
 
     /// Phase one: everything that needs no verdict. `headers` have lower-case names.
-    pub fn begin(&self, headers: &[(String, Vec<u8>)]) -> Step {
+    pub fn begin(&self, headers: &[(&str, &[u8])]) -> Step {
         let mut method: &[u8] = b"";
         let mut path: &[u8] = b"/";
         let mut request_id = None;
         let mut strip: Vec<String> = Vec::new();
         let idh = self.cfg.identity_headers.names();
-        for (name, value) in headers {
-            match name.as_str() {
+        for &(name, value) in headers {
+            match name {
                 ":method" => method = value,
                 ":path" => path = value,
                 "x-request-id"
@@ -166,9 +166,13 @@ impl Gate {
                     request_id = Some(String::from_utf8_lossy(value).into_owned())
                 }
                 n => {
-                    // identity headers and the fail-open marker are keygate's to set, never the client's
-                    if (idh.contains(&n) || n == FAIL_OPEN_HEADER) && !strip.iter().any(|s| s == n)
-                    {
+                    // identity headers and the fail-open marker are keygate's to set, never the
+                    // client's; API-key headers present are noted so only they get removed
+                    let ours = idh.contains(&n)
+                        || n == FAIL_OPEN_HEADER
+                        || (self.cfg.hide_credentials
+                            && self.cfg.credentials.api_key_headers.iter().any(|h| h == n));
+                    if ours && !strip.iter().any(|s| s == n) {
                         strip.push(n.to_string());
                     }
                 }
@@ -251,20 +255,15 @@ impl Gate {
         self.deny(pb, 400, kind, detail, vec![], h, None)
     }
 
-    fn public(
-        &self,
-        headers: &[(String, Vec<u8>)],
-        path: &[u8],
-        mut strip: Vec<String>,
-    ) -> Decision {
+    fn public(&self, headers: &[(&str, &[u8])], path: &[u8], mut strip: Vec<String>) -> Decision {
         let mut new_path = None;
         if self.cfg.hide_credentials {
             let c = &self.cfg.credentials;
-            for (name, value) in headers {
+            for &(name, value) in headers {
                 let carrier = c.api_key_headers.iter().any(|h| h == name)
                     || (name == "authorization" && is_our_scheme(c, value));
                 if carrier && !strip.iter().any(|s| s == name) {
-                    strip.push(name.clone());
+                    strip.push(name.to_string());
                 }
             }
             if let Some(p) = &c.query_param {
@@ -332,7 +331,7 @@ impl Gate {
             if p.carriers.authorization {
                 remove.push("authorization".into());
             }
-            remove.extend(self.cfg.credentials.api_key_headers.iter().cloned());
+
             if let (true, Some(param)) = (p.carriers.query, &self.cfg.credentials.query_param) {
                 path = Some(query::strip_param(&p.path, param));
             }
@@ -495,12 +494,7 @@ impl Gate {
             if p.carriers.authorization {
                 allow.remove.push("authorization".into());
             }
-            for h in &self.cfg.credentials.api_key_headers {
-                // removing an absent header is harmless; only configured names are touched.
-                if !allow.remove.iter().any(|r| r == h) {
-                    allow.remove.push(h.clone());
-                }
-            }
+
             if p.carriers.query {
                 if let Some(param) = &self.cfg.credentials.query_param {
                     allow.path = Some(query::strip_param(&p.path, param));
@@ -577,7 +571,7 @@ fn has_param(path: &[u8], name: &str) -> bool {
 /// Convenience for a store-only gate: phase one, the embedded verdict, phase two.
 pub fn decide(
     gate: &Gate,
-    headers: &[(String, Vec<u8>)],
+    headers: &[(&str, &[u8])],
     store: &dyn SharedStore,
     now_us: u64,
 ) -> Decision {

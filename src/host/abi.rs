@@ -175,7 +175,7 @@ fn read_u32(b: &[u8], at: usize) -> Option<usize> {
 
 /// Decodes the host's header-map wire format: count, (key len, value len) pairs, then each key and
 /// value followed by a NUL. Names are lower-case tokens in Envoy; values stay raw bytes.
-fn decode_map(b: &[u8]) -> Vec<(String, Vec<u8>)> {
+fn decode_map(b: &[u8]) -> Vec<(&str, &[u8])> {
     let Some(count) = read_u32(b, 0) else {
         return Vec::new();
     };
@@ -195,7 +195,10 @@ fn decode_map(b: &[u8]) -> Vec<(String, Vec<u8>)> {
             break;
         };
         data += vl + 1;
-        out.push((String::from_utf8_lossy(k).into_owned(), v.to_vec()));
+        // Envoy's header names are lower-case tokens (ASCII); anything else is skipped.
+        if let Ok(k) = std::str::from_utf8(k) {
+            out.push((k, v));
+        }
     }
     out
 }
@@ -220,14 +223,29 @@ fn encode_map(pairs: &[(&str, &str)]) -> Vec<u8> {
     b
 }
 
-pub fn get_headers(map: u32) -> Vec<(String, Vec<u8>)> {
+/// All headers of a map in one host call, as the raw wire buffer; `HeaderMap::pairs` borrows
+/// names and values from it without copying.
+pub struct HeaderMap {
+    raw: Vec<u8>,
+}
+
+impl HeaderMap {
+    pub fn pairs(&self) -> Vec<(&str, &[u8])> {
+        decode_map(&self.raw)
+    }
+}
+
+pub fn get_headers(map: u32) -> HeaderMap {
     let (mut p, mut n) = (null_mut(), 0usize);
     // SAFETY: valid out-pointers; the result is ours.
     let st = unsafe { proxy_get_header_map_pairs(map, &mut p, &mut n) };
-    if st != STATUS_OK {
-        return Vec::new();
+    HeaderMap {
+        raw: if st == STATUS_OK {
+            take(p, n)
+        } else {
+            Vec::new()
+        },
     }
-    decode_map(&take(p, n))
 }
 
 pub fn get_header(map: u32, name: &str) -> Option<Vec<u8>> {

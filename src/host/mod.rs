@@ -301,7 +301,8 @@ impl Plugin {
     }
 
     fn on_request_headers(&mut self, ctx: u32) -> u32 {
-        let headers = abi::get_headers(abi::MAP_REQUEST_HEADERS);
+        let map = abi::get_headers(abi::MAP_REQUEST_HEADERS);
+        let headers = map.pairs();
         let gate = self.gate.clone();
         let pending = match gate.begin(&headers) {
             Step::Done(d) => {
