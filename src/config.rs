@@ -140,6 +140,34 @@ pub struct Config {
     pub auth_throttle: Option<ThrottleConfig>,
 }
 
+thread_local! {
+    /// When set, every field name the parser asks for is recorded (see `known_fields`).
+    static FIELDS_ASKED: std::cell::RefCell<Option<Vec<String>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Every configuration field the parser knows, as `a.b[].c` paths (`<name>` for map keys), found by
+/// parsing a configuration that sets every group. The config reference is tested against it.
+pub fn known_fields() -> Vec<String> {
+    let sample = br#"{
+      "credentials": {}, "identity_headers": {},
+      "keys": [{"id": "k", "sha256": "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
+                "rate_limit": {"requests": 1}, "resources": {}}],
+      "rate_limit": {"plans": {"p": {"requests": 1}}, "default": {"requests": 1}},
+      "routes": [{"prefix": "/", "owner": {"query": "q", "resource": "r"}}],
+      "key_service": {"cluster": "c"},
+      "auth_throttle": {}
+    }"#;
+    FIELDS_ASKED.with(|c| *c.borrow_mut() = Some(Vec::new()));
+    let _ = parse(sample, &mut Vec::new());
+    let mut asked = FIELDS_ASKED.with(|c| c.borrow_mut().take()).unwrap_or_default();
+    for f in asked.iter_mut() {
+        *f = f.replace("[0]", "[]").replace("plans.p.", "plans.<name>.");
+    }
+    asked.sort();
+    asked.dedup();
+    asked
+}
+
 struct Obj<'a> {
     path: String,
     map: &'a Map<String, Value>,
@@ -191,8 +219,13 @@ impl<'a> Obj<'a> {
         join(&self.path, name)
     }
 
-    fn get(&mut self, name: &'static str) -> Option<&'a Value> {
+        fn get(&mut self, name: &'static str) -> Option<&'a Value> {
         self.seen.push(name);
+        FIELDS_ASKED.with(|c| {
+            if let Some(v) = c.borrow_mut().as_mut() {
+                v.push(self.field(name));
+            }
+        });
         match self.map.get(name) {
             None | Some(Value::Null) => None,
             Some(v) => Some(v),
