@@ -159,7 +159,9 @@ pub fn known_fields() -> Vec<String> {
     }"#;
     FIELDS_ASKED.with(|c| *c.borrow_mut() = Some(Vec::new()));
     let _ = parse(sample, &mut Vec::new());
-    let mut asked = FIELDS_ASKED.with(|c| c.borrow_mut().take()).unwrap_or_default();
+    let mut asked = FIELDS_ASKED
+        .with(|c| c.borrow_mut().take())
+        .unwrap_or_default();
     for f in asked.iter_mut() {
         *f = f.replace("[0]", "[]").replace("plans.p.", "plans.<name>.");
     }
@@ -219,7 +221,7 @@ impl<'a> Obj<'a> {
         join(&self.path, name)
     }
 
-        fn get(&mut self, name: &'static str) -> Option<&'a Value> {
+    fn get(&mut self, name: &'static str) -> Option<&'a Value> {
         self.seen.push(name);
         FIELDS_ASKED.with(|c| {
             if let Some(v) = c.borrow_mut().as_mut() {

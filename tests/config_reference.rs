@@ -1,5 +1,6 @@
 //! The config reference (envoy/config-reference.md) is kept true: every JSON example in it parses
 //! with no warning, and every field the parser knows is documented there.
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 
@@ -32,7 +33,11 @@ fn json_blocks(doc: &str) -> Vec<String> {
 fn every_example_parses_without_warnings() {
     let doc = reference();
     let blocks = json_blocks(&doc);
-    assert!(blocks.len() >= 8, "expected an example per field group, found {}", blocks.len());
+    assert!(
+        blocks.len() >= 8,
+        "expected an example per field group, found {}",
+        blocks.len()
+    );
     for b in blocks {
         let mut warnings = Vec::new();
         match keygate::config::parse(b.as_bytes(), &mut warnings) {
@@ -51,5 +56,8 @@ fn every_field_is_documented() {
         .iter()
         .filter(|f| !doc.contains(&format!("`{f}`")))
         .collect();
-    assert!(missing.is_empty(), "undocumented config fields: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "undocumented config fields: {missing:?}"
+    );
 }
