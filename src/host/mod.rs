@@ -131,8 +131,8 @@ struct Flight {
 }
 
 enum Call {
-    /// A verify call for a credential id, started at (ms).
-    Verify(Digest32, u64),
+    /// A verify call for a credential id, started at (ms), and whether its verdict may be cached.
+    Verify(Digest32, u64, bool),
     Revocations,
 }
 
@@ -149,6 +149,10 @@ struct Plugin {
     response_headers: HashMap<u32, (Vec<(String, String)>, u64)>,
     throttle: Option<Throttle>,
     metrics: Metrics,
+    /// The revocation feed's cursor exists (or there is no feed): verdicts may be cached.
+    feed_ready: bool,
+    /// The tick period was switched from the startup period to `poll_ms`.
+    steady_ticks: bool,
 }
 
 thread_local! {
@@ -156,6 +160,7 @@ thread_local! {
 }
 
 const RESPONSE_HEADERS_SWEEP: usize = 1024;
+const STARTUP_TICK_MS: u32 = 100;
 const RESPONSE_HEADERS_MAX_AGE_MS: u64 = 600_000;
 
 #[no_mangle]
@@ -220,7 +225,8 @@ pub extern "C" fn proxy_on_configure(root_id: u32, size: usize) -> u32 {
         .map_or(16, |k| k.cache.negative_entries);
     if let Some(ks) = &cfg.key_service {
         if ks.revocations_path.is_some() {
-            abi::set_tick_period_ms(u32::try_from(ks.poll_ms).unwrap_or(u32::MAX));
+            // poll at once until the feed's cursor is known, then every poll_ms (see `feed_ready`)
+            abi::set_tick_period_ms(STARTUP_TICK_MS);
         }
     }
     let throttle = cfg.auth_throttle.map(Throttle::new);
@@ -235,6 +241,8 @@ pub extern "C" fn proxy_on_configure(root_id: u32, size: usize) -> u32 {
         response_headers: HashMap::new(),
         throttle,
         metrics: Metrics::default(),
+        feed_ready: false,
+        steady_ticks: false,
     };
     PLUGIN.with(|p| *p.borrow_mut() = Some(plugin));
     1
@@ -385,7 +393,8 @@ impl Plugin {
                         waiters,
                     },
                 );
-                self.calls.insert(token, Call::Verify(id, now));
+                let cacheable = self.feed_ready();
+                self.calls.insert(token, Call::Verify(id, now, cacheable));
                 self.waiting.insert(ctx, waiter);
                 ACTION_PAUSE
             }
@@ -493,12 +502,12 @@ impl Plugin {
             abi::get_buffer(abi::BUFFER_CALL_RESPONSE_BODY, 0, body_size)
         };
         match call {
-            Call::Verify(id, started) => {
+            Call::Verify(id, started, cacheable) => {
                 self.metrics.record(
                     "keygate.keyservice.latency_ms",
                     now_ms().saturating_sub(started),
                 );
-                self.verify_response(&ks, id, status, body)
+                self.verify_response(&ks, id, status, body, cacheable)
             }
             Call::Revocations => self.revocations_response(&ks, status, body),
         }
@@ -510,6 +519,7 @@ impl Plugin {
         id: Digest32,
         status: Option<u32>,
         body: Option<Vec<u8>>,
+        cacheable: bool,
     ) {
         let now = now_ms();
         let result = match body {
@@ -519,11 +529,12 @@ impl Plugin {
         let gate = self.gate.clone();
         match &result {
             Ok(a) => match &a.verdict {
-                Verdict::Valid(identity) => {
+                Verdict::Valid(identity) if cacheable => {
                     let key = cache::entry_key(&gate.cfg.shared_prefix, &id);
                     cache::store_valid(&EnvoyStore, &key, identity, &ks.cache, a.ttl_hint_s, now);
                     self.negative.remove(&id);
                 }
+                Verdict::Valid(_) => {}
                 Verdict::Refused(r) => {
                     let mut ttl = ks.cache.negative_ttl_ms;
                     if let Some(h) = a.ttl_hint_s {
@@ -572,6 +583,23 @@ impl Plugin {
         abi::set_effective_context(self.root_id);
     }
 
+    /// Whether a valid verdict may be cached now. Not before the revocation feed's cursor is
+    /// known: a verdict cached earlier could miss a revocation that falls before the cursor the
+    /// first poll starts from. Checked when a call is dispatched, so every revocation after the
+    /// service's answer has a sequence number past the cursor.
+    fn feed_ready(&mut self) -> bool {
+        if !self.feed_ready {
+            let no_feed = self
+                .gate
+                .cfg
+                .key_service
+                .as_ref()
+                .is_none_or(|k| k.revocations_path.is_none());
+            self.feed_ready = no_feed || EnvoyStore.get(&self.cursor_key()).is_some();
+        }
+        self.feed_ready
+    }
+
     fn lease_key(&self) -> String {
         format!("{}:rev:lease", self.gate.cfg.shared_prefix)
     }
@@ -588,6 +616,10 @@ impl Plugin {
         let Some(path) = ks.revocations_path.as_deref() else {
             return;
         };
+        if !self.steady_ticks && self.feed_ready() {
+            self.steady_ticks = true;
+            abi::set_tick_period_ms(u32::try_from(ks.poll_ms).unwrap_or(u32::MAX));
+        }
         if self.calls.values().any(|c| matches!(c, Call::Revocations)) {
             return;
         }
@@ -630,6 +662,7 @@ impl Plugin {
         };
         match parsed {
             Ok(r) => {
+                self.metrics.inc("keygate.revocations.polls");
                 let prefix = self.gate.cfg.shared_prefix.clone();
                 let mut marked = 0usize;
                 for (hash, user) in &r.revoked {
@@ -681,6 +714,7 @@ impl Plugin {
                 }
             }
             Err(f) => {
+                self.metrics.inc("keygate.revocations.failures");
                 abi::log(
                     abi::LOG_WARN,
                     &format!("keygate: revocation feed failure: {}", f.as_str()),

@@ -241,6 +241,15 @@ class Envoy:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=5) as r:
             return r.read().decode(errors="replace")
 
+    def wait_feed_polled(self, timeout: float = 5) -> "Envoy":
+        """Waits for keygate's first revocation-feed poll: it caches valid verdicts only then."""
+        deadline = time.time() + timeout
+        while "keygate.revocations.polls: " not in self.admin("/stats?filter=keygate.revocations.polls"):
+            if time.time() > deadline:
+                raise RuntimeError("keygate never polled the revocation feed")
+            time.sleep(0.02)
+        return self
+
     def req(self, method: str, path: str, headers=(), body: bytes | None = None, timeout: float = 10) -> Resp:
         return request(self.port, method, path, headers, body, timeout)
 
@@ -309,6 +318,9 @@ class KeyService:
         with urllib.request.urlopen(req, timeout=10) as r:
             raw = r.read()
             return json.loads(raw) if raw else {}
+
+    def revocation_calls(self) -> int:
+        return int(self.admin("GET", "/admin/stats")["revocation_calls"])
 
     def verify_calls(self) -> int:
         return int(self.admin("GET", "/admin/stats")["verify_calls"])

@@ -35,13 +35,19 @@ def ks_config(**extra):
     return cfg
 
 
+def started(e: Envoy, ks: KeyService) -> Envoy:
+    """Starts Envoy and waits for keygate's first revocation-feed poll (caching starts then)."""
+    e.start().wait_feed_polled()
+    return e
+
+
 def memory_allocated(e: Envoy) -> int:
     import json
     return int(json.loads(e.admin("/memory"))["allocated"])
 
 
 def test_flood_of_random_keys_is_throttled_and_bounded(upstream, ks):
-    e = Envoy(ks_config(), upstream.port, extra_clusters=[ks.cluster()]).start()
+    e = started(Envoy(ks_config(), upstream.port, extra_clusters=[ks.cluster()]), ks)
     try:
         valid = "kgt_" + uuid.uuid4().hex
         ks.add_key(valid, "k_flood_valid")
@@ -142,7 +148,8 @@ def test_chaos_flapping_key_service(upstream, ks):
     documented answer within the timeout plus a margin, and traffic recovers."""
     e = Envoy(ks_config(auth_throttle=False, key_service={"cluster": "keyservice", "timeout_ms": 300,
                                                           "positive_ttl_s": 1, "stale_ttl_s": 30}),
-              upstream.port, extra_clusters=[ks.cluster()]).start()
+              upstream.port, extra_clusters=[ks.cluster()])
+    started(e, ks)
     stop = threading.Event()
 
     def flap():
@@ -188,7 +195,7 @@ def test_chaos_flapping_key_service(upstream, ks):
 
 
 def test_metrics_in_prometheus(upstream, ks):
-    e = Envoy(ks_config(), upstream.port, extra_clusters=[ks.cluster()]).start()
+    e = started(Envoy(ks_config(), upstream.port, extra_clusters=[ks.cluster()]), ks)
     try:
         valid = "kgt_" + uuid.uuid4().hex
         ks.add_key(valid, "k_metrics", plan="free")

@@ -37,7 +37,8 @@ def start_envoy(upstream, ks, started, **cfg):
     e = Envoy(plugin_config(**cfg), upstream.port, extra_clusters=[ks.cluster()],
               routes=[("/v1/auth", "keyservice"), ("/v1/tokens", "keyservice")])
     started.append(e)
-    return e.start()
+    e.start().wait_feed_polled()
+    return e
 
 
 @pytest.fixture(scope="module")
@@ -230,3 +231,24 @@ def test_service_down_then_back(envoys, upstream):
         for x in started:
             x.stop()
         k.stop()
+
+
+def test_revocation_right_after_startup_is_not_missed(upstream, ks):
+    """A key used before keygate's first feed poll, then revoked: the first poll starts from the
+    feed's head, so a verdict cached before it could miss that revocation for positive_ttl_s.
+    keygate caches nothing until the feed's cursor is known."""
+    started = []
+    try:
+        e = Envoy(plugin_config(revocation_poll_ms=1000), upstream.port, extra_clusters=[ks.cluster()])
+        started.append(e)
+        secret, key_id = new_key(ks)
+        e.start()  # no wait: use the key at once
+        assert get(e, secret).status == 200
+        ks.revoke(key_id)
+        t0 = time.time()
+        while get(e, secret).status != 401:
+            assert time.time() - t0 < 3, "a revocation right after startup was missed"
+            time.sleep(0.05)
+    finally:
+        for x in started:
+            x.stop()

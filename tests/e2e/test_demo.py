@@ -1,0 +1,105 @@
+"""The README's demo, as a newcomer runs it: envoy/demo.yaml and envoy/demo-remote.yaml load in a
+real Envoy and answer the README's curls as documented (ports rewritten to free ones)."""
+import base64
+import json
+import time
+
+import pytest
+import yaml
+
+from harness import ROOT, WASM, Envoy, KeyService, free_port, request
+
+
+class YamlEnvoy(Envoy):
+    """An Envoy started from one of the repo's YAML configs, ports and paths rewritten."""
+
+    def __init__(self, path, ports):
+        super().__init__({}, 0)
+        self.source = yaml.safe_load((ROOT / path).read_text())
+        self.ports = ports  # original port -> new port
+
+    def config(self):
+        cfg = json.loads(json.dumps(self.source))
+
+        def walk(node):
+            if isinstance(node, dict):
+                for k, v in list(node.items()):
+                    if k == "port_value" and v in self.ports:
+                        node[k] = self.ports[v]
+                    elif k == "filename" and str(v).endswith("keygate.wasm"):
+                        node[k] = str(WASM)
+                    elif k == "access_log":
+                        node[k] = [{"name": "envoy.access_loggers.file", "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+                            "path": str(self.access_log_path),
+                            "log_format": v[0]["typed_config"]["log_format"]}}]
+                    else:
+                        walk(v)
+            elif isinstance(node, list):
+                for x in node:
+                    walk(x)
+
+        walk(cfg)
+        return cfg
+
+
+@pytest.fixture(scope="module")
+def demo(upstream):
+    ports = {10000: free_port(), 9901: free_port(), 8080: upstream.port}
+    e = YamlEnvoy("envoy/demo.yaml", ports)
+    e.port, e.admin_port = ports[10000], ports[9901]
+    e.start()
+    yield e
+    e.stop()
+
+
+def test_readme_curls_embedded(demo):
+    r = demo.req("GET", "/v1/organization", [("X-API-Key", "evon-demo-key-0001")])
+    assert r.status == 200 and r.header("x-ratelimit-limit") == "100"
+    assert demo.req("GET", "/v1/objects/events", [("Authorization", "Bearer esa-business-demo-0001")]).status == 200
+    b = base64.b64encode(b"alice:pat-alice-demo-0001").decode()
+    assert demo.req("GET", "/api/records/contacts", [("Authorization", f"Basic {b}")]).status == 200
+    r = demo.req("GET", "/api/event?_id=agg-demo-1&_apikey=cat-demo-key-0001&name=x")
+    assert r.status == 200 and r.json()["path"] == "/api/event?_id=agg-demo-1&name=x"
+    assert demo.req("GET", "/api/event?_id=someone-else&_apikey=cat-demo-key-0001").status == 404
+    assert demo.req("GET", "/v1/organization").status == 401
+    r = demo.req("GET", "/v1/organization", [("X-API-Key", "nope")])
+    assert r.status == 401 and 'error="invalid_token"' in r.header("www-authenticate")
+    assert demo.req("GET", "/v1/organization", [("X-API-Key", "expired-demo-key-0001")]).json()["type"].endswith("credential-expired")
+    assert demo.req("GET", "/v1/organization", [("Authorization", "Basic !!!")]).status == 400
+    r = demo.req("POST", "/v1/objects/events", [("Authorization", "Bearer evon-demo-key-0001")])
+    assert r.status == 403 and 'error="insufficient_scope"' in r.header("www-authenticate")
+    assert [demo.req("GET", "/x", [("X-API-Key", "tiny-demo-key-0001")]).status for _ in range(4)] == [200, 200, 200, 429]
+    assert demo.req("GET", "/health").status == 200
+    assert demo.req("GET", "/admin/anything", [("X-API-Key", "evon-demo-key-0001")]).status == 403
+    prom = demo.admin("/stats/prometheus")
+    assert 'keygate_requests{decision="allowed"}' in prom
+    log = demo.wait_for(demo.access_log, "keygate=allowed key=evon-demo account=evon plan=evon")
+    assert "evon-demo-key-0001" not in log
+
+
+def test_readme_lifecycle_remote(upstream):
+    ks = KeyService().start()
+    ports = {10000: free_port(), 9901: free_port(), 8080: upstream.port, 8081: ks.port}
+    e = YamlEnvoy("envoy/demo-remote.yaml", ports)
+    e.port, e.admin_port = ports[10000], ports[9901]
+    e.start().wait_feed_polled()
+    try:
+        login = e.req("POST", "/v1/auth/login", [("content-type", "application/json")],
+                      body=b'{"email":"alice@example.com","password":"alice-password"}')
+        token = login.json()["data"]["access_token"]
+        auth = [("Authorization", f"Bearer {token}"), ("content-type", "application/json")]
+        assert "bk_demo_acme" in e.req("GET", "/v1/tokens/business", auth).body.decode()
+        new = e.req("POST", "/v1/tokens/business", auth, body=b'{"name":"ci"}').json()["data"]
+        assert e.req("GET", "/v1/objects/events", [("Authorization", f"Bearer {new['key']}")]).status == 200
+        assert e.req("DELETE", f"/v1/tokens/business/{new['id']}", auth).status == 200
+        deadline = time.time() + 3  # README: "sleep 2" then 401
+        while e.req("GET", "/v1/objects/events", [("Authorization", f"Bearer {new['key']}")]).status != 401:
+            assert time.time() < deadline
+            time.sleep(0.1)
+        b = base64.b64encode(b"alice:kgn_demo_alice_pat_0001").decode()
+        assert e.req("GET", "/api/records/contacts", [("Authorization", f"Basic {b}")]).status == 200
+        assert e.req("GET", "/v1/objects/events", [("Authorization", "Bearer kgb_demo_acme_business_0001")]).status == 200
+    finally:
+        e.stop()
+        ks.stop()
