@@ -447,10 +447,7 @@ impl Gate {
                             ("policy", Value::String(policy_name.to_string())),
                             ("limit", Value::from(d.limit)),
                             ("remaining", Value::from(0)),
-                            (
-                                "resetTime",
-                                Value::from(now_us / 1_000_000 + d.reset_ms.div_ceil(1000)),
-                            ),
+                            ("resetTime", Value::from(unix_reset(now_us, d.reset_ms))),
                         ];
                         let detail =
                             format!(
@@ -532,7 +529,7 @@ impl Gate {
         let reset_s = d.reset_ms.div_ceil(1000);
         let reset = match self.cfg.rate.reset_style() {
             ResetStyle::Seconds => reset_s,
-            ResetStyle::Unix => now_us / 1_000_000 + reset_s,
+            ResetStyle::Unix => unix_reset(now_us, d.reset_ms),
         };
         let mut h = vec![
             ("x-ratelimit-limit".to_string(), d.limit.to_string()),
@@ -552,6 +549,14 @@ impl Gate {
         }
         h
     }
+}
+
+/// The unix second at which the bucket is full again, rounded up: a client that waits until
+/// then is never early.
+fn unix_reset(now_us: u64, reset_ms: u64) -> u64 {
+    now_us
+        .saturating_add(reset_ms.saturating_mul(1000))
+        .div_ceil(1_000_000)
 }
 
 fn is_our_scheme(c: &credential::CredentialConfig, value: &[u8]) -> bool {
@@ -583,5 +588,164 @@ pub fn decide(
                 .unwrap_or(Verdict::Refused(Refusal::Unknown));
             gate.finish(p, v, store, now_us)
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::config;
+    use crate::store::memory::MemoryStore;
+
+    const NOW_US: u64 = 1_800_000_000_400_000; // .4 s past a whole second
+
+    fn gate(json: &str) -> Gate {
+        Gate::new(config::parse(json.as_bytes(), &mut Vec::new()).unwrap())
+    }
+
+    fn key_json(extra: &str) -> String {
+        format!(
+            r#"{{"keys":[{{"id":"k1","sha256":"{}","account":"acme","plan":"p","scopes":["read"]}}]{extra}}}"#,
+            crate::hash::to_hex(&crate::hash::sha256(b"secret-1"))
+        )
+    }
+
+    fn run(g: &Gate, st: &MemoryStore, h: &[(&str, &[u8])]) -> Decision {
+        decide(g, h, st, NOW_US)
+    }
+
+    #[test]
+    fn allowed_request_sets_identity_and_hides_the_carrier() {
+        let g = gate(&key_json(""));
+        let st = MemoryStore::default();
+        let d = run(
+            &g,
+            &st,
+            &[
+                (":method", b"GET"),
+                (":path", b"/a?x=1&_apikey=secret-1"),
+                ("x-keygate-plan", b"forged"),
+            ],
+        );
+        let Decision::Allow(a) = d else {
+            panic!("{d:?}")
+        };
+        assert_eq!(a.path.as_deref(), Some(&b"/a?x=1"[..]));
+        assert!(a.remove.contains(&"x-keygate-plan".to_string()));
+        assert!(a
+            .set
+            .contains(&("x-keygate-key-id".to_string(), "k1".to_string())));
+        assert_eq!(a.log.decision, "allowed");
+    }
+
+    #[test]
+    fn refusals_are_problems_with_challenges() {
+        let g = gate(&key_json(""));
+        let st = MemoryStore::default();
+        let Decision::Deny(r, log) = run(&g, &st, &[(":path", b"/a"), ("x-api-key", b"wrong")])
+        else {
+            panic!()
+        };
+        assert_eq!((r.status, log.decision), (401, "credential-invalid"));
+        assert!(r
+            .header("www-authenticate")
+            .unwrap()
+            .contains("invalid_token"));
+        assert!(!r.body.contains("wrong"));
+        let Decision::Deny(r, _) = run(&g, &st, &[(":path", b"/a")]) else {
+            panic!()
+        };
+        assert_eq!(r.status, 401);
+        let Decision::Deny(r, _) =
+            run(&g, &st, &[(":path", b"/a"), ("authorization", b"Basic %%")])
+        else {
+            panic!()
+        };
+        assert_eq!(r.status, 400);
+    }
+
+    #[test]
+    fn unix_reset_is_never_early() {
+        let g = gate(&key_json(
+            r#","rate_limit":{"plans":{"p":{"requests":1,"window_s":2}},"reset":"unix"}"#,
+        ));
+        let st = MemoryStore::default();
+        let h: &[(&str, &[u8])] = &[(":path", b"/a"), ("x-api-key", b"secret-1")];
+        let Decision::Allow(a) = run(&g, &st, h) else {
+            panic!()
+        };
+        let reset: u64 = a
+            .response_headers
+            .iter()
+            .find(|(n, _)| n == "x-ratelimit-reset")
+            .unwrap()
+            .1
+            .parse()
+            .unwrap();
+        // full again at now + 2 s = ...2.4 s: the header must say ...3, not ...2
+        assert_eq!(reset, 1_800_000_003);
+        assert_eq!(unix_reset(NOW_US, 2000), 1_800_000_003);
+        assert_eq!(unix_reset(1_800_000_000_000_000, 2000), 1_800_000_002);
+        let Decision::Deny(r, _) = run(&g, &st, h) else {
+            panic!()
+        };
+        let body: Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(body["resetTime"], 1_800_000_003u64);
+        assert_eq!(r.header("retry-after"), Some("2"));
+    }
+
+    #[test]
+    fn public_routes_strip_but_do_not_verify() {
+        let g = gate(&key_json(
+            r#","routes":[{"exact":"/health","access":"public"}]"#,
+        ));
+        let st = MemoryStore::default();
+        let d = run(
+            &g,
+            &st,
+            &[
+                (":path", b"/health?_apikey=zzz"),
+                ("x-api-key", b"not-checked"),
+                ("x-keygate-key-id", b"f"),
+            ],
+        );
+        let Decision::Allow(a) = d else { panic!() };
+        assert_eq!(a.log.decision, "public");
+        assert_eq!(a.path.as_deref(), Some(&b"/health"[..]));
+        assert!(
+            a.remove.contains(&"x-api-key".to_string())
+                && a.remove.contains(&"x-keygate-key-id".to_string())
+        );
+        assert!(a.set.is_empty());
+    }
+
+    #[test]
+    fn fail_open_and_throttled_and_unavailable() {
+        let g = gate(&key_json(r#","key_service":{"cluster":"ks"}"#));
+        let Step::Verify(p) = g.begin(&[
+            (":path", b"/a?_apikey=unknown"),
+            (FAIL_OPEN_HEADER, b"forged"),
+        ]) else {
+            panic!()
+        };
+        assert!(g.embedded_verdict(&p, NOW_US / 1_000_000).is_none()); // defers to the service
+        let Decision::Deny(r, _) = g.unavailable(&p, 3) else {
+            panic!()
+        };
+        assert_eq!((r.status, r.header("retry-after")), (503, Some("3")));
+        let Decision::Deny(r, _) = g.throttled(&p, 1500) else {
+            panic!()
+        };
+        assert_eq!((r.status, r.header("retry-after")), (429, Some("2")));
+        let Decision::Allow(a) = g.fail_open(p, "timeout") else {
+            panic!()
+        };
+        assert_eq!(
+            a.set,
+            vec![(FAIL_OPEN_HEADER.to_string(), "timeout".to_string())]
+        );
+        assert!(a.remove.contains(&FAIL_OPEN_HEADER.to_string()));
+        assert_eq!(a.path.as_deref(), Some(&b"/a"[..]));
     }
 }

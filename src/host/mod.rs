@@ -156,7 +156,7 @@ struct Plugin {
 }
 
 thread_local! {
-    static PLUGIN: RefCell<Option<Plugin>> = const { RefCell::new(None) };
+        static VM: RefCell<Vm> = RefCell::new(Vm::default());
 }
 
 const RESPONSE_HEADERS_SWEEP: usize = 1024;
@@ -244,12 +244,51 @@ pub extern "C" fn proxy_on_configure(root_id: u32, size: usize) -> u32 {
         feed_ready: false,
         steady_ticks: false,
     };
-    PLUGIN.with(|p| *p.borrow_mut() = Some(plugin));
+    let name = abi::get_property(&["plugin_name"]).unwrap_or_default();
+    VM.with(|vm| {
+        let Ok(mut vm) = vm.try_borrow_mut() else { return };
+        if vm.by_name.get(&name).is_some_and(|r| *r != root_id) {
+            abi::log(
+                abi::LOG_WARN,
+                "keygate: two keygate plugins with the same name share this VM; give them distinct names or vm_ids",
+            );
+        }
+        vm.by_name.insert(name, root_id);
+        vm.plugins.insert(root_id, plugin);
+    });
     1
 }
 
-fn with_plugin<R>(f: impl FnOnce(&mut Plugin) -> R) -> Option<R> {
-    PLUGIN.with(|p| p.try_borrow_mut().ok().and_then(|mut g| g.as_mut().map(f)))
+/// Every keygate plugin (root context) configured in this VM. Usually one; several when filters
+/// share a `vm_id` and code (Istio gives every WasmPlugin the VM id ""), each with its own config.
+#[derive(Default)]
+struct Vm {
+    plugins: HashMap<u32, Plugin>,
+    /// `plugin_name` -> root context, to route a stream to its plugin when there are several.
+    by_name: HashMap<Vec<u8>, u32>,
+}
+
+fn with_root<R>(root: u32, f: impl FnOnce(&mut Plugin) -> R) -> Option<R> {
+    VM.with(|vm| {
+        vm.try_borrow_mut()
+            .ok()
+            .and_then(|mut vm| vm.plugins.get_mut(&root).map(f))
+    })
+}
+
+/// The plugin of the current stream: the only one (no host call), or the one named by the
+/// stream's `plugin_name` property. keygate does not export `proxy_on_context_create` (a VM
+/// entry per request), so this is how a stream finds its root when a VM holds several.
+fn with_stream<R>(f: impl FnOnce(&mut Plugin) -> R) -> Option<R> {
+    VM.with(|vm| {
+        let mut vm = vm.try_borrow_mut().ok()?;
+        if vm.plugins.len() == 1 {
+            return vm.plugins.values_mut().next().map(f);
+        }
+        let name = abi::get_property(&["plugin_name"]).unwrap_or_default();
+        let root = *vm.by_name.get(&name)?;
+        vm.plugins.get_mut(&root).map(f)
+    })
 }
 
 fn set_log_fields(l: &LogFields) {
@@ -739,7 +778,7 @@ pub extern "C" fn proxy_on_request_headers(
     _num_headers: usize,
     _end_of_stream: u32,
 ) -> u32 {
-    with_plugin(|p| p.on_request_headers(ctx)).unwrap_or_else(|| {
+    with_stream(|p| p.on_request_headers(ctx)).unwrap_or_else(|| {
         // No configured plugin (cannot happen once on_configure succeeded): never a free pass.
         abi::send_local_response(500, &[], b"keygate is not configured\n");
         ACTION_PAUSE
@@ -752,22 +791,22 @@ pub extern "C" fn proxy_on_response_headers(
     _num_headers: usize,
     _end_of_stream: u32,
 ) -> u32 {
-    with_plugin(|p| p.on_response_headers(ctx));
+    with_stream(|p| p.on_response_headers(ctx));
     ACTION_CONTINUE
 }
 
 #[no_mangle]
 pub extern "C" fn proxy_on_http_call_response(
-    _root: u32,
+    root: u32,
     token: u32,
     _headers: usize,
     body_size: usize,
     _trailers: usize,
 ) {
-    with_plugin(|p| p.call_response(token, body_size));
+    with_root(root, |p| p.call_response(token, body_size));
 }
 
 #[no_mangle]
-pub extern "C" fn proxy_on_tick(_root: u32) {
-    with_plugin(|p| p.tick());
+pub extern "C" fn proxy_on_tick(root: u32) {
+    with_root(root, |p| p.tick());
 }

@@ -11,8 +11,10 @@ import threading
 from collections import Counter
 
 
-def _read_responses(sock: socket.socket, n: int, buf: bytearray) -> list[int]:
+def _read_responses(sock: socket.socket, n: int, buf: bytearray) -> tuple[list[int], bool]:
+    """Reads n responses; also says whether the server asked to close the connection."""
     statuses = []
+    close = False
     while len(statuses) < n:
         head_end = buf.find(b"\r\n\r\n")
         if head_end < 0:
@@ -29,6 +31,8 @@ def _read_responses(sock: socket.socket, n: int, buf: bytearray) -> list[int]:
             k, _, v = line.partition(":")
             if k.strip().lower() == "content-length":
                 length = int(v.strip())
+            elif k.strip().lower() == "connection" and v.strip().lower() == "close":
+                close = True
         total = head_end + 4 + length
         while len(buf) < total:
             chunk = sock.recv(65536)
@@ -37,7 +41,9 @@ def _read_responses(sock: socket.socket, n: int, buf: bytearray) -> list[int]:
             buf.extend(chunk)
         del buf[:total]
         statuses.append(status)
-    return statuses
+        if close:
+            break
+    return statuses, close
 
 
 def flood(port: int, requests: list[bytes], connections: int = 4, batch: int = 1, timeout: float = 30) -> Counter:
@@ -50,12 +56,18 @@ def flood(port: int, requests: list[bytes], connections: int = 4, batch: int = 1
         try:
             sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
             buf = bytearray()
-            for i in range(0, len(part), batch):
+            i = 0
+            while i < len(part):
                 chunk = part[i:i + batch]
                 sock.sendall(b"".join(chunk))
-                got = _read_responses(sock, len(chunk), buf)
+                got, close = _read_responses(sock, len(chunk), buf)
                 with lock:
                     counts.update(got)
+                i += len(got)
+                if close:  # Envoy closes after some local replies (e.g. 400): reconnect
+                    sock.close()
+                    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+                    buf = bytearray()
             sock.close()
         except BaseException as e:  # reported to the caller
             errors.append(e)
