@@ -228,7 +228,7 @@ def test_profile_has_the_demo_shape(name):
     assert [f["name"] for f in h["http_filters"]] == ["envoy.filters.http.wasm", "envoy.filters.http.router"]
     w = wasm_config(cfg)
     assert w["vm_config"]["code"]["local"]["filename"] == WASM_REL
-    assert w.get("failure_policy", "FAIL_CLOSED") == "FAIL_CLOSED"
+    assert w.get("failure_policy") == "FAIL_RELOAD"  # never FAIL_OPEN: see envoy/failure-policy.md
     # the demo's metric tags (labelled Prometheus series), kept in step with envoy/demo.yaml
     demo = yaml.safe_load((ROOT / "envoy" / "demo.yaml").read_text())
     assert cfg.get("stats_config") == demo.get("stats_config")
