@@ -888,13 +888,22 @@ pub fn parse(bytes: &[u8], warnings: &mut Vec<String>) -> Result<Config, ConfigE
         ih.finish(strict, w)?;
     }
     for n in identity_headers.names() {
-        if n == "authorization"
+        // headers keygate reads or Envoy manages cannot carry identity: a client could forge them
+        let reserved = [
+            "authorization",
+            "x-request-id",
+            "host",
+            "content-length",
+            "transfer-encoding",
+            "x-keygate-fail-open",
+        ];
+        if reserved.contains(&n)
             || credentials.api_key_headers.iter().any(|h| h == n)
             || n.starts_with(':')
         {
             return Err(err(
                 "identity_headers",
-                format!("`{n}` clashes with a credential or pseudo header"),
+                format!("`{n}` is a header keygate reads or Envoy manages"),
             ));
         }
     }
@@ -1022,6 +1031,14 @@ mod tests {
             "credentials"
         );
         assert_eq!(field_of("[1]"), "");
+        assert_eq!(
+            field_of(r#"{"identity_headers":{"subject":"x-request-id"}}"#),
+            "identity_headers"
+        );
+        assert_eq!(
+            field_of(r#"{"identity_headers":{"plan":"x-api-key"}}"#),
+            "identity_headers"
+        );
         let e = p("{nope").unwrap_err();
         assert!(e
             .to_string()

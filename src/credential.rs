@@ -102,18 +102,29 @@ fn eq_ignore_case(a: &[u8], b: &str) -> bool {
     a.eq_ignore_ascii_case(b.as_bytes())
 }
 
+/// The scheme and the parameter of an `Authorization` value, optional whitespace trimmed. The one
+/// place that splits it, so every reader agrees on what is a credential.
+fn split_authorization(value: &[u8]) -> (&[u8], &[u8]) {
+    let value = trim_ows(value);
+    match value.iter().position(|&c| c == b' ') {
+        Some(i) => (&value[..i], trim_ows(&value[i..])),
+        None => (value, &value[value.len()..]),
+    }
+}
+
+/// Whether an `Authorization` value uses a scheme keygate reads (Basic or Bearer, when on).
+pub fn is_our_scheme(cfg: &CredentialConfig, value: &[u8]) -> bool {
+    let (scheme, _) = split_authorization(value);
+    (cfg.basic && eq_ignore_case(scheme, "basic"))
+        || (cfg.bearer && eq_ignore_case(scheme, "bearer"))
+}
+
 fn parse_authorization(
     cfg: &CredentialConfig,
     value: &[u8],
 ) -> Result<Option<Credential>, CredError> {
-    let value = trim_ows(value);
-    let (scheme, rest) = match value.iter().position(|&c| c == b' ') {
-        Some(i) => (&value[..i], &value[i..]),
-        None => (value, &value[value.len()..]),
-    };
-    let param = trim_ows(rest);
-    let ours = (cfg.basic && eq_ignore_case(scheme, "basic"))
-        || (cfg.bearer && eq_ignore_case(scheme, "bearer"));
+    let (scheme, param) = split_authorization(value);
+    let ours = is_our_scheme(cfg, value);
     // Envoy folds repeated `Authorization` headers into one comma-joined value; neither base64
     // nor a b64token holds a comma, so a comma means several credentials.
     if ours && param.contains(&b',') {
@@ -514,6 +525,26 @@ mod tests {
             ),
             Err(CredError::Conflict(_))
         ));
+    }
+
+    #[test]
+    fn leading_whitespace_does_not_change_what_is_a_credential() {
+        let c = CredentialConfig::default();
+        for v in [
+            &b"\tBearer k"[..],
+            b"  Bearer k",
+            b"Bearer   k",
+            b" basic Zm9vOmJhcg==",
+        ] {
+            assert!(is_our_scheme(&c, v), "{:?}", String::from_utf8_lossy(v));
+            assert!(
+                ex(&[("authorization", v)], "/")
+                    .unwrap()
+                    .carriers
+                    .authorization
+            );
+        }
+        assert!(!is_our_scheme(&c, b"\tDigest x"));
     }
 
     #[test]

@@ -261,7 +261,7 @@ impl Gate {
             let c = &self.cfg.credentials;
             for &(name, value) in headers {
                 let carrier = c.api_key_headers.iter().any(|h| h == name)
-                    || (name == "authorization" && is_our_scheme(c, value));
+                    || (name == "authorization" && credential::is_our_scheme(c, value));
                 if carrier && !strip.iter().any(|s| s == name) {
                     strip.push(name.to_string());
                 }
@@ -557,13 +557,6 @@ fn unix_reset(now_us: u64, reset_ms: u64) -> u64 {
     now_us
         .saturating_add(reset_ms.saturating_mul(1000))
         .div_ceil(1_000_000)
-}
-
-fn is_our_scheme(c: &credential::CredentialConfig, value: &[u8]) -> bool {
-    let v: &[u8] = value.strip_prefix(b" ").unwrap_or(value);
-    let scheme = v.split(|&b| b == b' ').next().unwrap_or(b"");
-    (c.basic && scheme.eq_ignore_ascii_case(b"basic"))
-        || (c.bearer && scheme.eq_ignore_ascii_case(b"bearer"))
 }
 
 fn has_param(path: &[u8], name: &str) -> bool {
