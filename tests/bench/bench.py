@@ -1,0 +1,842 @@
+#!/usr/bin/env python3
+"""Side-by-side throughput/latency/CPU benchmark of keygate against Envoy's own filters.
+
+    python3 tests/bench/bench.py [--rounds 3] [--seconds 5] [--connections 32] [--quick]
+
+Method
+------
+* One Envoy process (``--concurrency 1``, pinned to CPU 0 with ``taskset``) serves every variant,
+  each on its own listener (port chosen by Envoy, read back from the admin API), so all variants
+  share one binary, one config and one warm process.
+* The "upstream" of every variant is a ``direct_response`` route (200, ``ok\\n``) in that
+  listener's own route table: the HTTP connection manager, the filter chain and the router run
+  as usual, but no second hop is made. The upstream therefore costs the same for every variant
+  and nothing outside CPU 0, and the ratios isolate the cost of the filters. (Ratios against a
+  proxied upstream would be closer to 1, because the baseline would then do more work.)
+* Variants: ``router`` (HCM + router, the baseline), ``native`` (``api_key_auth`` +
+  ``local_ratelimit`` with x-ratelimit headers: the nearest native equivalent of keygate),
+  ``ext_authz`` (HTTP ext_authz to a second Envoy answering 200 with ``direct_response``, pinned to
+  CPU 1 next to wrk; its CPU is not counted), ``noop_wasm`` (a Rust proxy-wasm 0.2.5 filter that
+  implements nothing: ``tests/bench/noop-filter``) and the keygate scenarios of
+  ``KEYGATE_SCENARIOS`` (all the same ``keygate.wasm`` and configuration, one listener each).
+* Load: ``wrk -t1 -c<connections> --latency`` pinned to CPU 1, keep-alive connections. Each run
+  is a short warm-up (discarded) and then a timed run of ``--seconds``. Variants are interleaved
+  (A B C ... A B C) over ``--rounds`` rounds, so slow drift of the machine hits every variant.
+* Per run: requests/s, p50 and p99 latency (wrk's latency distribution), non-2xx/3xx and socket
+  errors, and Envoy CPU time per request: utime+stime of the Envoy process (all threads) from
+  ``/proc/<pid>/stat`` before and after the timed run, divided by the requests wrk completed.
+  (The kernel charges the loopback TCP softirq work to the task it interrupts, so this includes
+  most of Envoy's share of the network stack.) ``/proc/stat`` is read too, to check that CPU 0
+  was saturated (else the run was client-bound) and that nothing else ran on it. Such a
+  "disturbed" run is measured again after the rounds (``--retries``, bounded), the less
+  disturbed attempt is kept, and variants with disturbed runs left are flagged in the table.
+* Summary: per variant, the median over rounds of rps, p50, p99 and CPU/request, and the median
+  of the per-round ratios to ``router`` measured in the same round.
+* Before the timed rounds every variant is checked once with urllib (status, and the rate-limit
+  headers where they are expected); a misconfigured variant aborts the run.
+
+Outputs a markdown table on stdout and the raw per-round results in ``tests/bench/last-run.json``.
+The generated Envoy configs and logs are left in ``tests/bench/.run/`` for inspection.
+All traffic goes to 127.0.0.1. Every process started here is stopped on exit, error or Ctrl-C.
+
+Adding a keygate scenario: append a dict to ``KEYGATE_SCENARIOS`` (see the comment there); a
+scenario may bring its own keygate configuration and extra Envoy clusters (e.g. a remote key
+service), and a wrk Lua script when one fixed request is not enough.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import copy
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH_DIR = ROOT / "tests" / "bench"
+RUN_DIR = BENCH_DIR / ".run"
+RESULTS_JSON = BENCH_DIR / "last-run.json"
+KEYGATE_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "keygate.wasm"
+NOOP_MANIFEST = BENCH_DIR / "noop-filter" / "Cargo.toml"
+NOOP_WASM = BENCH_DIR / "noop-filter" / "target" / "wasm32-wasip1" / "release" / "noop_filter.wasm"
+# Envoy loads copies, so a rebuild during the run cannot change what is measured.
+STAGED = {KEYGATE_WASM: RUN_DIR / "keygate.wasm", NOOP_WASM: RUN_DIR / "noop_filter.wasm"}
+
+ENVOY_CPU = "0"  # the Envoy under test
+CLIENT_CPU = "1"  # wrk and the ext_authz authorizer
+
+# --------------------------------------------------------------------------------------------
+# Keys, keygate configuration and scenarios
+# --------------------------------------------------------------------------------------------
+
+BENCH_KEY = "bench-key-0001"  # plan "big": allowed, the bucket and headers are exercised
+LIMITED_KEY = "bench-key-limited"  # plan "tiny": 1 request a day, then always 429
+UNKNOWN_KEY = "bench-key-unknown"  # not in the store: 401
+
+
+def sha256_hex(s: str) -> str:
+    return hashlib.sha256(s.encode()).hexdigest()
+
+
+def basic(user: str, password: str) -> str:
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+
+
+KEYGATE_CONFIG = {
+    "keys": [
+        {"id": "bench", "sha256": sha256_hex(BENCH_KEY), "user": "alice", "account": "acme", "plan": "big"},
+        {"id": "slow", "sha256": sha256_hex(LIMITED_KEY), "account": "acme", "plan": "tiny"},
+    ],
+    "rate_limit": {
+        "plans": {
+            "big": {"requests": 1_000_000_000, "window_s": 1},
+            "tiny": {"requests": 1, "window_s": 86_400},
+        }
+    },
+}
+
+RATELIMIT_HEADERS = ["x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"]
+
+# One dict per keygate scenario, each served on its own listener. Fields:
+#   name      variant name (table row)
+#   headers   request headers sent by wrk and by the sanity check
+#   path      request path (with query string), default "/bench"
+#   expect    HTTP status every request should get once `prime` requests were sent (default 200)
+#   prime     requests sent before the sanity check to reach the steady state (default 0)
+#   expect_headers  response headers the sanity check requires (lower-case names)
+#   config    keygate configuration for this listener (default KEYGATE_CONFIG); listeners whose
+#             configurations differ get separate plugin instances (same vm_id, same VM)
+#   clusters  extra Envoy clusters this scenario needs (e.g. a remote key service)
+#   lua       path of a wrk Lua script (e.g. to vary keys per request); optional
+#   note      free text for the table
+KEYGATE_SCENARIOS: list[dict] = [
+    {"name": "kg_header", "headers": {"X-API-Key": BENCH_KEY}, "expect_headers": RATELIMIT_HEADERS},
+    {"name": "kg_bearer", "headers": {"Authorization": f"Bearer {BENCH_KEY}"},
+     "expect_headers": RATELIMIT_HEADERS},
+    {"name": "kg_basic", "headers": {"Authorization": basic("alice", BENCH_KEY)},
+     "expect_headers": RATELIMIT_HEADERS},
+    {"name": "kg_query", "path": f"/bench?_apikey={BENCH_KEY}", "expect_headers": RATELIMIT_HEADERS},
+    {"name": "kg_429", "headers": {"X-API-Key": LIMITED_KEY}, "expect": 429, "prime": 1,
+     "note": "429 expected"},
+    {"name": "kg_unknown", "headers": {"X-API-Key": UNKNOWN_KEY}, "expect": 401, "note": "401 expected"},
+]
+
+# --------------------------------------------------------------------------------------------
+# Envoy configuration
+# --------------------------------------------------------------------------------------------
+
+ROUTER = {
+    "name": "envoy.filters.http.router",
+    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+}
+
+
+def wasm_filter(name: str, vm_id: str, wasm: Path, configuration: str) -> dict:
+    return {
+        "name": "envoy.filters.http.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+            "config": {
+                "name": name,
+                "root_id": name,
+                "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                  "value": configuration},
+                "vm_config": {"vm_id": vm_id, "runtime": "envoy.wasm.runtime.v8",
+                              "code": {"local": {"filename": str(wasm)}}},
+            },
+        },
+    }
+
+
+NATIVE_FILTERS = [
+    {
+        "name": "envoy.filters.http.api_key_auth",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuth",
+            "credentials": [{"key": BENCH_KEY, "client": "bench"}, {"key": LIMITED_KEY, "client": "slow"}],
+            "key_sources": [{"header": "x-api-key"}],
+        },
+    },
+    {
+        "name": "envoy.filters.http.local_ratelimit",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+            "stat_prefix": "native_rl",
+            # Large enough never to trip during a run: the bucket is consulted on every request.
+            "token_bucket": {"max_tokens": 1_000_000_000, "tokens_per_fill": 1_000_000_000,
+                             "fill_interval": "1s"},
+            "filter_enabled": {"runtime_key": "native_rl_enabled",
+                               "default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+            "filter_enforced": {"runtime_key": "native_rl_enforced",
+                                "default_value": {"numerator": 100, "denominator": "HUNDRED"}},
+            "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
+        },
+    },
+]
+
+EXT_AUTHZ_FILTERS = [
+    {
+        "name": "envoy.filters.http.ext_authz",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+            "transport_api_version": "V3",
+            "http_service": {
+                "server_uri": {"uri": "http://127.0.0.1", "cluster": "authz", "timeout": "2s"},
+            },
+        },
+    },
+]
+
+
+def variants() -> list[dict]:
+    """The benchmarked variants in run order; `router` first (every ratio is relative to it)."""
+    out = [
+        {"name": "router", "filters": []},
+        {"name": "native", "filters": NATIVE_FILTERS, "headers": {"X-API-Key": BENCH_KEY},
+         "expect_headers": RATELIMIT_HEADERS},
+        {"name": "ext_authz", "filters": EXT_AUTHZ_FILTERS},
+        {"name": "noop_wasm", "filters": [wasm_filter("noop", "noop", STAGED[NOOP_WASM], "")]},
+    ]
+    for s in KEYGATE_SCENARIOS:
+        v = copy.deepcopy(s)
+        cfg = json.dumps(v.pop("config", KEYGATE_CONFIG), separators=(",", ":"))
+        v["filters"] = [wasm_filter("keygate", "keygate", STAGED[KEYGATE_WASM], cfg)]
+        out.append(v)
+    for v in out:
+        v.setdefault("headers", {})
+        v.setdefault("path", "/bench")
+        v.setdefault("expect", 200)
+        v.setdefault("prime", 0)
+        v.setdefault("expect_headers", [])
+        v.setdefault("clusters", [])
+        v.setdefault("note", "")
+    return out
+
+
+def static_cluster(name: str, port: int) -> dict:
+    return {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]},
+    }
+
+
+def listener(name: str, http_filters: list[dict], status: int = 200) -> dict:
+    """A listener on an Envoy-chosen loopback port whose only route is a direct response."""
+    return {
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+                         ".HttpConnectionManager",
+                "stat_prefix": name,
+                "route_config": {"name": name, "virtual_hosts": [{
+                    "name": "all", "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"},
+                                "direct_response": {"status": status, "body": {"inline_string": "ok\n"}}}],
+                }]},
+                "http_filters": http_filters + [ROUTER],
+            },
+        }]}],
+    }
+
+
+def envoy_config(listeners: list[dict], clusters: list[dict]) -> dict:
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
+        "static_resources": {"listeners": listeners, "clusters": clusters},
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Processes
+# --------------------------------------------------------------------------------------------
+
+
+class Procs:
+    """Every process we start, each in its own process group; `stop_all` ends them all."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, cmd: list[str], **kw) -> subprocess.Popen:
+        p = subprocess.Popen(cmd, start_new_session=True, **kw)
+        self.procs.append(p)
+        return p
+
+    def stop(self, p: subprocess.Popen, grace: float = 5.0) -> None:
+        if p.poll() is None:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                p.wait(grace)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait()
+        if p in self.procs:
+            self.procs.remove(p)
+
+    def stop_all(self) -> None:
+        for p in reversed(list(self.procs)):
+            self.stop(p)
+
+
+class BenchError(Exception):
+    pass
+
+
+def envoy_command() -> list[str]:
+    r = subprocess.run([str(ROOT / "envoy" / "find-envoy.sh")], capture_output=True, text=True)
+    if r.returncode != 0 or not r.stdout.strip():
+        raise BenchError(f"envoy/find-envoy.sh failed: {r.stderr.strip()} (set ENVOY_BIN?)")
+    return shlex.split(r.stdout.strip())
+
+
+def http_get(url: str, timeout: float = 2.0) -> bytes:
+    with urllib.request.urlopen(url, timeout=timeout) as r:
+        return r.read()
+
+
+class Envoy:
+    """One Envoy process, pinned to `cpu`, with an admin port and listeners on chosen ports."""
+
+    def __init__(self, procs: Procs, name: str, config: dict, cpu: str) -> None:
+        self.name = name
+        self.cfg_path = RUN_DIR / f"{name}.json"
+        self.log_path = RUN_DIR / f"{name}.log"
+        self.admin_path = RUN_DIR / f"{name}.admin"
+        self.cfg_path.write_text(json.dumps(config, indent=1))
+        self.admin_path.unlink(missing_ok=True)
+        cmd = ["taskset", "-c", cpu, *envoy_command(), "-c", str(self.cfg_path), "--concurrency", "1",
+               "--disable-hot-restart", "--admin-address-path", str(self.admin_path)]
+        self.log = open(self.log_path, "wb")
+        self.proc = procs.start(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        self.admin = ""
+        self.ports: dict[str, int] = {}
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BenchError(f"{self.name} Envoy exited ({self.proc.returncode}):\n{self.log_tail()}")
+            if not self.admin and self.admin_path.exists():
+                self.admin = self.admin_path.read_text().strip()
+            if self.admin:
+                try:
+                    if http_get(f"http://{self.admin}/ready").strip() == b"LIVE":
+                        self._read_ports()
+                        return
+                except (OSError, urllib.error.URLError):
+                    pass
+            time.sleep(0.1)
+        raise BenchError(f"{self.name} Envoy not ready after {timeout:.0f}s:\n{self.log_tail()}")
+
+    def _read_ports(self) -> None:
+        data = json.loads(http_get(f"http://{self.admin}/listeners?format=json"))
+        for ls in data.get("listener_statuses", []):
+            self.ports[ls["name"]] = int(ls["local_address"]["socket_address"]["port_value"])
+
+    def cpu_ticks(self) -> int:
+        """utime + stime of the whole process (all threads), in clock ticks."""
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            # fields after the parenthesised comm; utime and stime are fields 14 and 15.
+            rest = f.read().rsplit(")", 1)[1].split()
+        return int(rest[11]) + int(rest[12])
+
+    def check_pid(self) -> None:
+        """`taskset` and a Python `envoy` wrapper both exec: the pid must now be Envoy itself."""
+        comm = Path(f"/proc/{self.proc.pid}/comm").read_text().strip()
+        if comm != "envoy":
+            raise BenchError(f"pid {self.proc.pid} is `{comm}`, not envoy: the CPU readings would be wrong")
+
+    def memory(self) -> dict:
+        return json.loads(http_get(f"http://{self.admin}/memory"))
+
+    def version(self) -> str:
+        try:
+            info = json.loads(http_get(f"http://{self.admin}/server_info"))
+            return info.get("version", "?")
+        except (OSError, ValueError):
+            return "?"
+
+    def log_tail(self, n: int = 30) -> str:
+        self.log.flush()
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(lines[-n:])
+
+
+# --------------------------------------------------------------------------------------------
+# Sanity check, wrk, parsing
+# --------------------------------------------------------------------------------------------
+
+
+def fetch(port: int, path: str, headers: dict) -> tuple[int, dict]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            r.read()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}
+    except urllib.error.HTTPError as e:
+        e.read()
+        return e.code, {k.lower(): v for k, v in e.headers.items()}
+
+
+def sanity_check(v: dict, port: int) -> None:
+    for _ in range(v["prime"]):
+        fetch(port, v["path"], v["headers"])
+    status, headers = fetch(port, v["path"], v["headers"])
+    if status != v["expect"]:
+        raise BenchError(f"variant {v['name']} is misconfigured: GET {v['path']} on :{port} gave {status}, "
+                         f"expected {v['expect']} (headers: {headers})")
+    missing = [h for h in v["expect_headers"] if h not in headers]
+    if missing:
+        raise BenchError(f"variant {v['name']}: response lacks {missing} (headers: {headers})")
+
+
+UNIT_US = {"us": 1.0, "ms": 1000.0, "s": 1_000_000.0, "m": 60_000_000.0}
+
+
+def to_us(s: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", s)
+    if not m:
+        raise ValueError(s)
+    return float(m.group(1)) * UNIT_US[m.group(2)]
+
+
+def parse_wrk(out: str) -> dict:
+    def grab(pattern: str, default: tuple) -> tuple:
+        m = re.search(pattern, out, re.M)
+        return m.groups() if m else default
+
+    requests, = grab(r"^\s*(\d+) requests in", ("0",))
+    rps, = grab(r"^Requests/sec:\s*([\d.]+)", ("0",))
+    p50, = grab(r"^\s*50%\s+(\S+)", ("0us",))
+    p99, = grab(r"^\s*99%\s+(\S+)", ("0us",))
+    non2xx, = grab(r"^\s*Non-2xx or 3xx responses:\s*(\d+)", ("0",))
+    sock = grab(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", ("0",) * 4)
+    return {"requests": int(requests), "rps": float(rps), "p50_us": to_us(p50), "p99_us": to_us(p99),
+            "non2xx": int(non2xx), "socket_errors": sum(int(x) for x in sock)}
+
+
+def wrk(procs: Procs, v: dict, port: int, seconds: int, connections: int) -> str:
+    """One wrk run (wrk 4 takes whole seconds only); returns its report."""
+    cmd = ["taskset", "-c", CLIENT_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency",
+           "--timeout", "5s"]
+    for k, val in v["headers"].items():
+        cmd += ["-H", f"{k}: {val}"]
+    if v.get("lua"):
+        cmd += ["-s", str(v["lua"])]
+    cmd.append(f"http://127.0.0.1:{port}{v['path']}")
+    p = procs.start(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = p.communicate(timeout=seconds + 30)
+    finally:
+        procs.stop(p)
+    if p.returncode != 0:
+        raise BenchError(f"wrk failed for {v['name']} ({p.returncode}): {(err or out).strip()[:2000]}")
+    return out
+
+
+def cpu_times() -> dict[str, list[int]]:
+    """Per-CPU tick counters from /proc/stat: user nice system idle iowait irq softirq steal."""
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if re.match(r"cpu\d+ ", line):
+                name, *vals = line.split()
+                out[name] = [int(x) for x in vals[:8]]
+    return out
+
+
+def cpu_usage(before: list[int], after: list[int], envoy_ticks: int = 0) -> dict:
+    """Shares of one CPU over a run, in percent. `other` is busy time not charged to Envoy (the
+    kernel charges irq/softirq ticks to the task they interrupt, so Envoy's own time includes most
+    of the loopback network stack)."""
+    d = [a - b for a, b in zip(after, before)]
+    user, nice, system, idle, iowait, irq, softirq, steal = d
+    total = sum(d) or 1
+    return {"busy_pct": 100 * (total - idle - iowait) / total,
+            "softirq_pct": 100 * (irq + softirq) / total,
+            "steal_pct": 100 * steal / total,
+            "other_pct": 100 * max(0, total - idle - iowait - steal - envoy_ticks) / total}
+
+
+def disturbance(r: dict) -> str | None:
+    """Why a run's numbers are suspect, or None: something else ran on Envoy's CPU, or that CPU
+    was not saturated (the client was starved, e.g. by other work on its CPU)."""
+    e = r["envoy_cpu"]
+    if e["other_pct"] > 5:
+        return f"other processes took {e['other_pct']:.0f}% of CPU {ENVOY_CPU}"
+    if e["busy_pct"] < 90:
+        return f"CPU {ENVOY_CPU} only {e['busy_pct']:.0f}% busy (client-bound?)"
+    return None
+
+
+def busy_now(seconds: float = 1.0) -> dict[str, float]:
+    """How busy each CPU is over `seconds` (while we send no load): others' load makes noise."""
+    t0 = cpu_times()
+    time.sleep(seconds)
+    t1 = cpu_times()
+    return {cpu: cpu_usage(t0[cpu], t1[cpu])["busy_pct"] for cpu in t0}
+
+
+def wait_for_quiet(limit_s: float, busy_pct: float = 10.0) -> bool:
+    """Waits up to `limit_s` for every CPU to be under `busy_pct`; True if it got quiet."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if max(busy_now(0.5).values()) < busy_pct:
+            return True
+    return False
+
+
+def measure(procs: Procs, envoy: Envoy, v: dict, port: int, seconds: int, warmup: int,
+            connections: int) -> dict:
+    if warmup > 0:
+        wrk(procs, v, port, warmup, connections)
+    stat0, before = cpu_times(), envoy.cpu_ticks()
+    out = wrk(procs, v, port, seconds, connections)
+    stat1, after = cpu_times(), envoy.cpu_ticks()
+    r = parse_wrk(out)
+    if r["requests"] == 0:
+        raise BenchError(f"no request completed for {v['name']}:\n{out}")
+    tick_us = 1_000_000 / os.sysconf("SC_CLK_TCK")
+    r["cpu_us"] = (after - before) * tick_us
+    r["cpu_us_per_req"] = r["cpu_us"] / r["requests"]
+    envoy_cpu, client_cpu = f"cpu{ENVOY_CPU}", f"cpu{CLIENT_CPU}"
+    r["envoy_cpu"] = cpu_usage(stat0[envoy_cpu], stat1[envoy_cpu], after - before)
+    r["client_cpu"] = cpu_usage(stat0[client_cpu], stat1[client_cpu])
+    r["wrk_output"] = out
+    return r
+
+
+# --------------------------------------------------------------------------------------------
+# Build, report
+# --------------------------------------------------------------------------------------------
+
+
+def build(skip: bool) -> None:
+    steps = [("noop-filter", ["cargo", "build", "--release", "--target", "wasm32-wasip1", "--manifest-path",
+                              str(NOOP_MANIFEST)])]
+    if not skip:
+        steps.insert(0, ("keygate", ["cargo", "wasm"]))
+    for name, cmd in steps:
+        print(f"building {name}: {' '.join(cmd)}", file=sys.stderr, flush=True)
+        r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise BenchError(f"building {name} failed:\n{r.stderr[-3000:]}")
+    for p in (KEYGATE_WASM, NOOP_WASM):
+        if not p.exists():
+            raise BenchError(f"{p} is missing (run `cargo wasm` in {ROOT})")
+
+
+def median(xs: list[float]) -> float:
+    xs = [x for x in xs if x == x]  # drop NaN
+    return statistics.median(xs) if xs else float("nan")
+
+
+def summarize(vs: list[dict], rounds: list[dict]) -> list[dict]:
+    rows = []
+    for v in vs:
+        n = v["name"]
+        runs = [r[n] for r in rounds]
+        rps_ratio = [r[n]["rps"] / r["router"]["rps"] for r in rounds if r["router"]["rps"]]
+        cpu_ratio = [r[n]["cpu_us_per_req"] / r["router"]["cpu_us_per_req"] for r in rounds
+                     if r["router"]["cpu_us_per_req"]]
+        non2xx = sum(x["non2xx"] for x in runs)
+        requests = sum(x["requests"] for x in runs)
+        sock = sum(x["socket_errors"] for x in runs)
+        problems = []
+        if v["expect"] < 400 and non2xx:
+            problems.append(f"{non2xx} unexpected non-2xx")
+        if v["expect"] >= 400 and non2xx != requests:
+            problems.append(f"{requests - non2xx} unexpected 2xx")
+        if sock:
+            problems.append(f"{sock} socket errors")
+        # Not failures, but they make the numbers suspect.
+        disturbed = [d for d in map(disturbance, runs) if d]
+        warnings = [f"{len(disturbed)}/{len(runs)} runs disturbed ({disturbed[0]})"] if disturbed else []
+        rows.append({
+            "name": n,
+            "rps": median([x["rps"] for x in runs]),
+            "ratio": median(rps_ratio),
+            "p50_us": median([x["p50_us"] for x in runs]),
+            "p99_us": median([x["p99_us"] for x in runs]),
+            "cpu_us_per_req": median([x["cpu_us_per_req"] for x in runs]),
+            "cpu_ratio": median(cpu_ratio),
+            "non2xx": non2xx,
+            "requests": requests,
+            "note": "; ".join([v["note"]] * bool(v["note"]) + problems + warnings),
+            "problems": problems,
+            "warnings": warnings,
+        })
+    return rows
+
+
+def fmt_us(us: float) -> str:
+    return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.0f} µs"
+
+
+def table(rows: list[dict]) -> str:
+    head = ["variant", "rps (median)", "× router", "p50", "p99", "CPU µs/req", "CPU × router", "non-2xx/3xx",
+            "note"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * 7 + ["---"]) + "|"]
+    for r in rows:
+        lines.append("| " + " | ".join([
+            r["name"], f"{r['rps']:,.0f}", f"{r['ratio']:.2f}", fmt_us(r["p50_us"]), fmt_us(r["p99_us"]),
+            f"{r['cpu_us_per_req']:.1f}", f"{r['cpu_ratio']:.2f}", f"{r['non2xx']:,} / {r['requests']:,}",
+            r["note"],
+        ]) + " |")
+    return "\n".join(lines)
+
+
+def shared_data_estimate(log_text: str) -> str | None:
+    """The last line in which keygate reports a shared-data size, if it prints one."""
+    hits = [ln for ln in log_text.splitlines()
+            if "keygate" in ln and re.search(r"shared", ln, re.I) and re.search(r"bytes", ln, re.I)]
+    return hits[-1].split("]")[-1].replace("wasm log", "", 1).strip() if hits else None
+
+
+def tool_version(cmd: list[str]) -> str:
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        return (r.stdout + r.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "?"
+
+
+def mib(n) -> str:
+    return f"{int(n) / 1048576:.1f} MiB"
+
+
+# --------------------------------------------------------------------------------------------
+# Main
+# --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all variants (3)")
+    ap.add_argument("--seconds", type=int, default=5, help="timed wrk run per variant and round, whole s (5)")
+    ap.add_argument("--warmup", type=int, default=1, help="discarded wrk run before each timed run, s; 0: none (1)")
+    ap.add_argument("--connections", type=int, default=32, help="wrk connections (32)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 1 round of 2 s, 1 s warm-up")
+    ap.add_argument("--retries", type=int, default=1,
+                    help="re-measure a disturbed run up to this many times; at most a quarter of the "
+                         "runs in all (1; 0: off)")
+    ap.add_argument("--only", default="", help="comma-separated variant names (router is always kept)")
+    ap.add_argument("--no-build", action="store_true",
+                    help="use the existing keygate.wasm instead of running `cargo wasm` first")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.rounds, a.seconds, a.warmup = 1, 2, 1
+    if a.rounds < 1 or a.seconds < 1 or a.warmup < 0 or a.connections < 1:
+        ap.error("--rounds, --seconds and --connections must be positive")
+    return a
+
+
+def lock_run_dir():
+    """One benchmark at a time: two would skew each other. The lock lasts as long as the file."""
+    RUN_DIR.mkdir(exist_ok=True)
+    lock = open(RUN_DIR / "lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise BenchError("another bench.py is running (tests/bench/.run/lock); two runs would skew each other")
+    return lock
+
+
+def stage_wasm() -> dict:
+    """Copies the modules to where Envoy loads them; returns the size and digest of each."""
+    info = {}
+    for src, dst in STAGED.items():
+        data = src.read_bytes()
+        dst.write_bytes(data)
+        info[src.name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "built": str(src)}
+    return info
+
+
+def benchmark(args: argparse.Namespace, vs: list[dict]) -> dict:
+    """Starts both Envoys, checks every variant, runs the rounds and the retries; stops everything."""
+    procs = Procs()
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    old_term = signal.signal(signal.SIGTERM, on_term)
+    # Also when started in the background by a shell, which leaves SIGINT ignored.
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        # The authorizer for ext_authz: a second Envoy answering 200, on the client CPU.
+        authz = Envoy(procs, "authz", envoy_config([listener("authz", [])], []), CLIENT_CPU)
+        authz.wait_ready()
+        clusters = [static_cluster("authz", authz.ports["authz"])]
+        for v in vs:
+            clusters += [c for c in v["clusters"] if c["name"] not in {x["name"] for x in clusters}]
+        envoy = Envoy(procs, "envoy", envoy_config([listener(v["name"], v["filters"]) for v in vs], clusters),
+                      ENVOY_CPU)
+        envoy.wait_ready()
+        envoy.check_pid()
+
+        for v in vs:
+            sanity_check(v, envoy.ports[v["name"]])
+        print("sanity check passed: " + ", ".join(f"{v['name']}={v['expect']}" for v in vs), file=sys.stderr)
+
+        def run(v: dict, label: str) -> dict:
+            r = measure(procs, envoy, v, envoy.ports[v["name"]], args.seconds, args.warmup, args.connections)
+            d = disturbance(r)
+            print(f"{label} {v['name']:<11} {r['rps']:>9,.0f} rps  p50 {fmt_us(r['p50_us']):>9}  "
+                  f"p99 {fmt_us(r['p99_us']):>9}  cpu {r['cpu_us_per_req']:.1f} µs/req  non-2xx {r['non2xx']}"
+                  + (f"  [disturbed: {d}]" if d else ""), file=sys.stderr, flush=True)
+            return r
+
+        rounds: list[dict] = []
+        for i in range(args.rounds):
+            rounds.append({v["name"]: run(v, f"round {i + 1}/{args.rounds}") for v in vs})
+
+        # Disturbed runs are measured again at the end, when the other load may be gone (after
+        # waiting up to 2 x --seconds for quiet CPUs): each up to --retries times, a quarter of the
+        # runs in all (bounded time). The less disturbed attempt is kept; the others are recorded
+        # under "discarded".
+        budget = retry_budget(args, vs)
+        for i, rnd in enumerate(rounds):
+            for v in vs:
+                for _ in range(args.retries):
+                    if budget == 0 or not disturbance(rnd[v["name"]]):
+                        break
+                    budget -= 1
+                    wait_for_quiet(2 * args.seconds)
+                    old, new = rnd[v["name"]], run(v, f"retry {i + 1}/{args.rounds}")
+                    worse, better = sorted([old, new], key=lambda x: (
+                        x["envoy_cpu"]["other_pct"] + max(0.0, 90 - x["envoy_cpu"]["busy_pct"])), reverse=True)
+                    better["discarded"] = better.pop("discarded", []) + worse.pop("discarded", []) + [worse]
+                    rnd[v["name"]] = better
+
+        return {"rounds": rounds, "memory": envoy.memory(), "envoy_version": envoy.version(),
+                "shared_data_estimate": shared_data_estimate(envoy.log_path.read_text(errors="replace"))}
+    finally:
+        procs.stop_all()
+        signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGINT, old_int)
+
+
+def retry_budget(args: argparse.Namespace, vs: list[dict]) -> int:
+    return max(2, len(vs) * args.rounds // 4) if args.retries else 0
+
+
+def report(args: argparse.Namespace, rows: list[dict], res: dict, wasm: dict) -> None:
+    """The markdown table and the notes under it, on stdout."""
+    runs = [r for rnd in res["rounds"] for r in rnd.values()]
+    busy = [r["envoy_cpu"]["busy_pct"] for r in runs]
+    memory = res["memory"]
+    print(f"## keygate benchmark: {args.rounds} round(s) x {args.seconds} s, wrk -t1 -c{args.connections}, "
+          f"Envoy --concurrency 1 on CPU {ENVOY_CPU}, wrk on CPU {CLIENT_CPU}\n")
+    print(table(rows))
+    print()
+    print("Upstream: a direct_response route (200 `ok`) in every variant's listener; ratios are medians of "
+          "per-round ratios to `router`.")
+    print(f"- wasm sizes: keygate.wasm {wasm['keygate.wasm']['bytes']:,} B, "
+          f"noop_filter.wasm {wasm['noop_filter.wasm']['bytes']:,} B")
+    print(f"- Envoy memory after the run: allocated {mib(memory.get('allocated', 0))}, "
+          f"heap_size {mib(memory.get('heap_size', 0))}")
+    if res["shared_data_estimate"]:
+        print(f"- keygate shared data: {res['shared_data_estimate']}")
+    print(f"- CPU {ENVOY_CPU} (Envoy) during the timed runs: busy {min(busy):.0f}-{max(busy):.0f}%, of which "
+          f"irq/softirq (loopback TCP) {median([r['envoy_cpu']['softirq_pct'] for r in runs]):.0f}% (median); "
+          f"other processes up to {max(r['envoy_cpu']['other_pct'] for r in runs):.0f}%; "
+          f"CPU {CLIENT_CPU} (wrk) busy up to {max(r['client_cpu']['busy_pct'] for r in runs):.0f}%")
+    print(f"- Envoy {res['envoy_version']}; {tool_version(['wrk', '--version'])}")
+    print(f"- raw results: {RESULTS_JSON.relative_to(ROOT)}")
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    if not shutil.which("wrk"):
+        print("wrk not found: apt-get install -y wrk", file=sys.stderr)
+        return 2
+    if not shutil.which("taskset"):
+        print("taskset not found: apt-get install -y util-linux", file=sys.stderr)
+        return 2
+    if (os.cpu_count() or 1) < 2:
+        print("warning: fewer than 2 CPUs; Envoy and wrk will share a core", file=sys.stderr)
+
+    vs = variants()
+    if args.only:
+        keep = {"router", *args.only.split(",")}
+        unknown = keep - {v["name"] for v in vs}
+        if unknown:
+            print(f"unknown variant(s): {', '.join(sorted(unknown))}", file=sys.stderr)
+            return 2
+        vs = [v for v in vs if v["name"] in keep]
+
+    lock = lock_run_dir()
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    build(skip=args.no_build)
+    wasm = stage_wasm()
+    busy_before = busy_now()
+    if max(busy_before.values()) > 10:
+        print("warning: the machine is not idle before the run ("
+              + ", ".join(f"{c} {b:.0f}% busy" for c, b in busy_before.items())
+              + "); expect noisy numbers", file=sys.stderr)
+    per_run = args.seconds + args.warmup + 0.3
+    print(f"{len(vs)} variants x {args.rounds} rounds x ({args.warmup}+{args.seconds}) s, "
+          f"{args.connections} connections: about {(args.rounds * len(vs) * per_run + 10) / 60:.1f} min "
+          f"(+{retry_budget(args, vs) * (per_run + 2 * args.seconds) / 60:.1f} at most if runs are retried)", file=sys.stderr, flush=True)
+
+    res = benchmark(args, vs)
+    rows = summarize(vs, res["rounds"])
+    report(args, rows, res, wasm)
+    RESULTS_JSON.write_text(json.dumps({
+        "started": started,
+        "args": vars(args),
+        "method": {"envoy_cpu": ENVOY_CPU, "client_cpu": CLIENT_CPU, "concurrency": 1,
+                   "upstream": "direct_response 200 in each listener", "clk_tck": os.sysconf("SC_CLK_TCK")},
+        "host": {"platform": platform.platform(), "cpus": os.cpu_count(), "busy_before_pct": busy_before},
+        "envoy_version": res["envoy_version"],
+        "wasm": wasm,
+        "memory": res["memory"],
+        "shared_data_estimate": res["shared_data_estimate"],
+        "variants": [{k: v[k] for k in ("name", "path", "headers", "expect", "prime", "note")} for v in vs],
+        "summary": rows,
+        "rounds": res["rounds"],
+    }, indent=1))
+    lock.close()
+
+    problems = [f"{r['name']}: {p}" for r in rows for p in r["problems"]]
+    if problems:
+        print("\nproblems:\n" + "\n".join(f"- {p}" for p in problems), file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except BenchError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("bench: interrupted; all processes stopped", file=sys.stderr)
+        sys.exit(130)
