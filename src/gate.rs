@@ -7,6 +7,8 @@
 //! are checked before the rate limiter, so a request refused for those spends no token; then the
 //! bucket (429). Only then are carriers hidden and identity headers set.
 
+use std::rc::Rc;
+
 use serde_json::Value;
 
 use crate::config::{Config, ResetStyle};
@@ -26,21 +28,43 @@ pub const FAIL_OPEN_HEADER: &str = "x-keygate-fail-open";
 pub struct LogFields {
     /// `allowed`, `public`, or the problem slug of the denial.
     pub decision: &'static str,
-    pub key_id: String,
-    pub account: String,
-    pub plan: String,
+    /// Who, when the credential was verified (key id, account and plan go to the access log).
+    pub identity: Option<Rc<Identity>>,
+}
+
+impl LogFields {
+    fn of(decision: &'static str, identity: Option<&Rc<Identity>>) -> Self {
+        LogFields {
+            decision,
+            identity: identity.cloned(),
+        }
+    }
+
+    pub fn key_id(&self) -> &str {
+        self.identity.as_deref().map_or("", |i| i.key_id.as_str())
+    }
+
+    pub fn account(&self) -> &str {
+        self.identity.as_deref().map_or("", |i| i.account.as_str())
+    }
+
+    pub fn plan(&self) -> &str {
+        self.identity.as_deref().map_or("", |i| i.plan.as_str())
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Allow {
     /// Request headers to remove (forged identity headers, hidden credential carriers).
     pub remove: Vec<String>,
-    /// Request headers to set (identity).
+    /// Request headers to set besides identity (the fail-open marker).
     pub set: Vec<(String, String)>,
+    /// The verified identity, sent upstream in the configured identity headers.
+    pub identity: Option<Rc<Identity>>,
     /// A new `:path` (the credential parameter removed).
     pub path: Option<Vec<u8>>,
     /// Headers to add to the upstream's response (rate limit).
-    pub response_headers: Vec<(String, String)>,
+    pub response_headers: Vec<(&'static str, String)>,
     pub log: LogFields,
 }
 
@@ -134,19 +158,29 @@ impl Gate {
         detail: &str,
         extra: Vec<(&'static str, Value)>,
         headers: Vec<(String, String)>,
-        id: Option<&Identity>,
+        id: Option<&Rc<Identity>>,
     ) -> Decision {
         let reply = pb.reply(status, kind, detail, extra, headers);
-        let mut log = LogFields {
-            decision: kind.slug(),
-            ..Default::default()
+        Decision::Deny(reply, LogFields::of(kind.slug(), id))
+    }
+
+    /// The identity headers for the upstream: (configured name, value).
+    pub fn identity_headers<'a>(
+        &'a self,
+        id: &'a Identity,
+    ) -> [(&'a str, std::borrow::Cow<'a, str>); 5] {
+        let ih = &self.cfg.identity_headers;
+        let scopes = match id.scopes.as_slice() {
+            [one] => std::borrow::Cow::Borrowed(one.as_str()),
+            many => std::borrow::Cow::Owned(many.join(" ")),
         };
-        if let Some(id) = id {
-            log.key_id.clone_from(&id.key_id);
-            log.account.clone_from(&id.account);
-            log.plan.clone_from(&id.plan);
-        }
-        Decision::Deny(reply, log)
+        [
+            (ih.key_id.as_str(), id.key_id.as_str().into()),
+            (ih.subject.as_str(), id.subject.as_str().into()),
+            (ih.account.as_str(), id.account.as_str().into()),
+            (ih.plan.as_str(), id.plan.as_str().into()),
+            (ih.scopes.as_str(), scopes),
+        ]
     }
 
     /// Phase one: everything that needs no verdict. `headers` have lower-case names.
@@ -275,10 +309,7 @@ impl Gate {
         Decision::Allow(Allow {
             remove: strip,
             path: new_path,
-            log: LogFields {
-                decision: "public",
-                ..Default::default()
-            },
+            log: LogFields::of("public", None),
             ..Default::default()
         })
     }
@@ -339,12 +370,10 @@ impl Gate {
         Decision::Allow(Allow {
             remove,
             set: vec![(FAIL_OPEN_HEADER.to_string(), reason.to_string())],
+            identity: None,
             path,
             response_headers: Vec::new(),
-            log: LogFields {
-                decision: "fail-open",
-                ..Default::default()
-            },
+            log: LogFields::of("fail-open", None),
         })
     }
 
@@ -356,7 +385,9 @@ impl Gate {
         store: &dyn SharedStore,
         now_us: u64,
     ) -> Decision {
-        let pb = self.problems(p.instance.clone(), p.request_id.clone());
+        // built only on a denial: the allowed path allocates no problem
+        let (instance, request_id) = (p.instance, p.request_id);
+        let problems = || self.problems(instance.clone(), request_id.clone());
         let presented_token = p.credential.style != Style::Basic;
         let id = match verdict {
             Verdict::Valid(id) => id,
@@ -370,7 +401,7 @@ impl Gate {
                     Refusal::Disabled => (Kind::CredentialDisabled, "the credential is disabled"),
                 };
                 let h = self.challenges(presented_token.then_some(("invalid_token", detail)));
-                return self.deny(&pb, 401, kind, detail, vec![], h, None);
+                return self.deny(&problems(), 401, kind, detail, vec![], h, None);
             }
         };
 
@@ -392,7 +423,7 @@ impl Gate {
                 let detail = format!("the key lacks the scope `{}`", quoted(missing));
                 let extra = vec![("missing_scope", Value::String(missing.to_string()))];
                 return self.deny(
-                    &pb,
+                    &problems(),
                     403,
                     Kind::InsufficientScope,
                     &detail,
@@ -415,7 +446,7 @@ impl Gate {
                 };
                 if let Some(detail) = detail {
                     return self.deny(
-                        &pb,
+                        &problems(),
                         owner.status,
                         Kind::ResourceForbidden,
                         &detail,
@@ -441,7 +472,10 @@ impl Gate {
                     response_headers = self.rate_headers(&d, policy_name, &limit, now_us);
                     if !d.allowed {
                         let retry = d.retry_after_ms.div_ceil(1000).max(1);
-                        let mut h = response_headers;
+                        let mut h: Vec<(String, String)> = response_headers
+                            .into_iter()
+                            .map(|(n, v)| (n.to_string(), v))
+                            .collect();
                         h.push(("retry-after".into(), retry.to_string()));
                         let extra = vec![
                             ("policy", Value::String(policy_name.to_string())),
@@ -455,7 +489,7 @@ impl Gate {
                             quoted(policy_name), limit.requests, limit.window_s, limit.burst, retry
                         );
                         return self.deny(
-                            &pb,
+                            &problems(),
                             429,
                             Kind::RateLimited,
                             &detail,
@@ -471,7 +505,15 @@ impl Gate {
                         RateError::StoreFailed => "the rate limiter could not record the request",
                     };
                     let h = vec![("retry-after".to_string(), "1".to_string())];
-                    return self.deny(&pb, 429, Kind::RateLimited, detail, vec![], h, Some(&id));
+                    return self.deny(
+                        &problems(),
+                        429,
+                        Kind::RateLimited,
+                        detail,
+                        vec![],
+                        h,
+                        Some(&id),
+                    );
                 }
             }
         }
@@ -479,12 +521,7 @@ impl Gate {
         let mut allow = Allow {
             remove: p.strip,
             response_headers,
-            log: LogFields {
-                decision: "allowed",
-                key_id: id.key_id.clone(),
-                account: id.account.clone(),
-                plan: id.plan.clone(),
-            },
+            log: LogFields::of("allowed", Some(&id)),
             ..Default::default()
         };
         if self.cfg.hide_credentials {
@@ -498,14 +535,7 @@ impl Gate {
                 }
             }
         }
-        let ih = &self.cfg.identity_headers;
-        allow.set = vec![
-            (ih.key_id.clone(), id.key_id.clone()),
-            (ih.subject.clone(), id.subject.clone()),
-            (ih.account.clone(), id.account.clone()),
-            (ih.plan.clone(), id.plan.clone()),
-            (ih.scopes.clone(), id.scopes.join(" ")),
-        ];
+        allow.identity = Some(id);
         Decision::Allow(allow)
     }
 
@@ -525,25 +555,25 @@ impl Gate {
         policy: &str,
         limit: &ratelimit::Limit,
         now_us: u64,
-    ) -> Vec<(String, String)> {
+    ) -> Vec<(&'static str, String)> {
         let reset_s = d.reset_ms.div_ceil(1000);
         let reset = match self.cfg.rate.reset_style() {
             ResetStyle::Seconds => reset_s,
             ResetStyle::Unix => unix_reset(now_us, d.reset_ms),
         };
         let mut h = vec![
-            ("x-ratelimit-limit".to_string(), d.limit.to_string()),
-            ("x-ratelimit-remaining".to_string(), d.remaining.to_string()),
-            ("x-ratelimit-reset".to_string(), reset.to_string()),
+            ("x-ratelimit-limit", d.limit.to_string()),
+            ("x-ratelimit-remaining", d.remaining.to_string()),
+            ("x-ratelimit-reset", reset.to_string()),
         ];
         if self.cfg.rate.ietf_headers {
             let name = quoted(policy);
             h.push((
-                "ratelimit-policy".to_string(),
+                "ratelimit-policy",
                 format!("\"{name}\";q={};w={}", limit.requests, limit.window_s),
             ));
             h.push((
-                "ratelimit".to_string(),
+                "ratelimit",
                 format!("\"{name}\";r={};t={}", d.remaining, reset_s),
             ));
         }
@@ -626,9 +656,11 @@ mod tests {
         };
         assert_eq!(a.path.as_deref(), Some(&b"/a?x=1"[..]));
         assert!(a.remove.contains(&"x-keygate-plan".to_string()));
-        assert!(a
-            .set
-            .contains(&("x-keygate-key-id".to_string(), "k1".to_string())));
+        let id = a.identity.as_deref().unwrap();
+        let h = g.identity_headers(id);
+        assert_eq!((h[0].0, h[0].1.as_ref()), ("x-keygate-key-id", "k1"));
+        assert_eq!((h[4].0, h[4].1.as_ref()), ("x-keygate-scopes", "read"));
+        assert_eq!(a.log.key_id(), "k1");
         assert_eq!(a.log.decision, "allowed");
     }
 
@@ -671,7 +703,7 @@ mod tests {
         let reset: u64 = a
             .response_headers
             .iter()
-            .find(|(n, _)| n == "x-ratelimit-reset")
+            .find(|(n, _)| *n == "x-ratelimit-reset")
             .unwrap()
             .1
             .parse()
@@ -710,7 +742,7 @@ mod tests {
             a.remove.contains(&"x-api-key".to_string())
                 && a.remove.contains(&"x-keygate-key-id".to_string())
         );
-        assert!(a.set.is_empty());
+        assert!(a.set.is_empty() && a.identity.is_none());
     }
 
     #[test]

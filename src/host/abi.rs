@@ -58,6 +58,7 @@ extern "C" {
         value_size: usize,
     ) -> u32;
     fn proxy_remove_header_map_value(map: u32, key: *const u8, key_size: usize) -> u32;
+    fn proxy_set_header_map_pairs(map: u32, data: *const u8, size: usize) -> u32;
     fn proxy_add_header_map_value(
         map: u32,
         key: *const u8,
@@ -203,24 +204,31 @@ fn decode_map(b: &[u8]) -> Vec<(&str, &[u8])> {
     out
 }
 
-fn encode_map(pairs: &[(&str, &str)]) -> Vec<u8> {
+fn encode_map<V: AsRef<[u8]>>(pairs: &[(&str, V)]) -> Vec<u8> {
     let mut size = 4;
     for (k, v) in pairs {
-        size += 8 + k.len() + v.len() + 2;
+        size += 8 + k.len() + v.as_ref().len() + 2;
     }
     let mut b = Vec::with_capacity(size);
     b.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
     for (k, v) in pairs {
         b.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        b.extend_from_slice(&(v.len() as u32).to_le_bytes());
+        b.extend_from_slice(&(v.as_ref().len() as u32).to_le_bytes());
     }
     for (k, v) in pairs {
         b.extend_from_slice(k.as_bytes());
         b.push(0);
-        b.extend_from_slice(v.as_bytes());
+        b.extend_from_slice(v.as_ref());
         b.push(0);
     }
     b
+}
+
+/// Replaces a whole header map in one host call.
+pub fn set_headers(map: u32, pairs: &[(&str, &[u8])]) -> bool {
+    let b = encode_map(pairs);
+    // SAFETY: valid slice.
+    unsafe { proxy_set_header_map_pairs(map, b.as_ptr(), b.len()) == STATUS_OK }
 }
 
 /// All headers of a map in one host call, as the raw wire buffer; `HeaderMap::pairs` borrows
@@ -328,7 +336,7 @@ pub fn http_call(
     timeout_ms: u32,
 ) -> Option<u32> {
     let h = encode_map(headers);
-    let t = encode_map(&[]);
+    let t = encode_map::<&str>(&[]);
     let mut token = 0u32;
     // SAFETY: valid slices and out-pointer.
     let st = unsafe {

@@ -29,8 +29,7 @@ STATS_TAGS = [
 ]
 
 ACCESS_LOG_FORMAT = (
-    "decision=%FILTER_STATE(wasm.keygate.decision:PLAIN)% key_id=%FILTER_STATE(wasm.keygate.key_id:PLAIN)% "
-    "account=%FILTER_STATE(wasm.keygate.account:PLAIN)% plan=%FILTER_STATE(wasm.keygate.plan:PLAIN)% "
+    "%FILTER_STATE(wasm.keygate:PLAIN)% "
     "status=%RESPONSE_CODE% method=%REQ(:METHOD)% path=%PATH(NQ)%\n"
 )
 

@@ -74,7 +74,7 @@ def test_readme_curls_embedded(demo):
     assert demo.req("GET", "/admin/anything", [("X-API-Key", "evon-demo-key-0001")]).status == 403
     prom = demo.admin("/stats/prometheus")
     assert 'keygate_requests{decision="allowed"}' in prom
-    log = demo.wait_for(demo.access_log, "keygate=allowed key=evon-demo account=evon plan=evon")
+    log = demo.wait_for(demo.access_log, "decision=allowed key_id=evon-demo account=evon plan=evon")
     assert "evon-demo-key-0001" not in log
 
 
