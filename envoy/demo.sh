@@ -3,6 +3,8 @@
 #   envoy/demo.sh          embedded key store (envoy/demo.yaml)
 #   envoy/demo.sh remote   the reference key service on 127.0.0.1:8081 (envoy/demo-remote.yaml),
 #                          its SQLite database in .demo/keys.sqlite (kept across runs)
+#   envoy/demo.sh PROFILE  a seed-API profile, envoy/profiles/PROFILE.yaml (eventlyte, evon,
+#                          eventstaff, eventicat, astalty); the key service too when it uses one
 # Listener 127.0.0.1:10000, admin 127.0.0.1:9901, upstream 127.0.0.1:8080. Builds the wasm,
 # finds or installs Envoy, starts the services, runs Envoy in the foreground; Ctrl-C stops all.
 set -euo pipefail
@@ -18,14 +20,16 @@ pids=()
 trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT INT TERM
 python3 tests/services/echo.py --port 8080 &
 pids+=($!)
-config=envoy/demo.yaml
-if [ "$mode" = remote ]; then
+case "$mode" in
+  embedded) config=envoy/demo.yaml ;;
+  remote) config=envoy/demo-remote.yaml ;;
+  *) config=envoy/profiles/$mode.yaml
+     [ -f "$config" ] || { echo "usage: envoy/demo.sh [embedded|remote|$(ls envoy/profiles | sed 's/\.yaml$//' | paste -sd'|')] [envoy args...]" >&2; exit 2; } ;;
+esac
+if grep -q 'cluster_name: keyservice' "$config"; then
   mkdir -p .demo
   python3 tests/services/keyservice.py --port 8081 --db .demo/keys.sqlite --seed-demo &
   pids+=($!)
-  config=envoy/demo-remote.yaml
-elif [ "$mode" != embedded ]; then
-  echo "usage: envoy/demo.sh [embedded|remote] [envoy args...]" >&2; exit 2
 fi
 sleep 0.5
 echo "keygate demo ($mode): http://127.0.0.1:10000 (admin http://127.0.0.1:9901); Ctrl-C stops it" >&2
