@@ -170,6 +170,20 @@ pub fn known_fields() -> Vec<String> {
     asked
 }
 
+impl Config {
+    /// One line for logs: what this configuration holds.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} embedded keys, {} routes, key service: {}",
+            self.keys.len(),
+            self.routes.len(),
+            self.key_service
+                .as_ref()
+                .map_or("none", |k| k.cluster.as_str())
+        )
+    }
+}
+
 struct Obj<'a> {
     path: String,
     map: &'a Map<String, Value>,

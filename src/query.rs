@@ -1,6 +1,8 @@
 //! The query string of `:path`: finding a parameter (percent-decoded, RFC 3986: `+` is a literal
 //! plus, not a space) and removing it while keeping every other byte in place and in order.
 
+use crate::hash::hex_val;
+
 /// Percent-decodes `raw`. `None` when a `%` is not followed by two hex digits.
 pub fn percent_decode(raw: &[u8]) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(raw.len());
@@ -8,8 +10,8 @@ pub fn percent_decode(raw: &[u8]) -> Option<Vec<u8>> {
     while i < raw.len() {
         let c = raw[i];
         if c == b'%' {
-            let hi = raw.get(i + 1).copied().and_then(hex)?;
-            let lo = raw.get(i + 2).copied().and_then(hex)?;
+            let hi = raw.get(i + 1).copied().and_then(hex_val)?;
+            let lo = raw.get(i + 2).copied().and_then(hex_val)?;
             out.push((hi << 4) | lo);
             i += 3;
         } else {
@@ -18,15 +20,6 @@ pub fn percent_decode(raw: &[u8]) -> Option<Vec<u8>> {
         }
     }
     Some(out)
-}
-
-fn hex(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
 }
 
 /// Splits a `:path` into (path, query) at the first `?`. The fragment never reaches a proxy.

@@ -12,14 +12,7 @@ fn check(name: &str, bytes: &[u8]) -> bool {
             for w in warnings {
                 eprintln!("{name}: {w}");
             }
-            println!(
-                "{name}: ok ({} embedded keys, {} routes, key service: {})",
-                cfg.keys.len(),
-                cfg.routes.len(),
-                cfg.key_service
-                    .as_ref()
-                    .map_or("none", |k| k.cluster.as_str())
-            );
+            println!("{name}: ok ({})", cfg.summary());
             true
         }
         Err(e) => {

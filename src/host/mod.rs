@@ -215,14 +215,7 @@ pub extern "C" fn proxy_on_configure(root_id: u32, size: usize) -> u32 {
     }
     abi::log(
         abi::LOG_INFO,
-        &format!(
-            "keygate: configured ({} embedded keys, {} routes, key service: {})",
-            cfg.keys.len(),
-            cfg.routes.len(),
-            cfg.key_service
-                .as_ref()
-                .map_or("none", |k| k.cluster.as_str())
-        ),
+        &format!("keygate: configured ({})", cfg.summary()),
     );
     let negative_cap = cfg
         .key_service
