@@ -362,3 +362,80 @@ mod tests {
         assert_eq!(n.get(&last, NOW + 1000), None);
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod secrets_tests {
+    use super::*;
+    use crate::config;
+    use crate::gate::{decide, Gate};
+    use crate::hash::credential_id;
+    use crate::store::memory::MemoryStore;
+
+    /// Everything keygate writes to shared data, for a known key through every path (cache
+    /// entries, revocation marks, rate-limit buckets), holds no byte run of the secret.
+    #[test]
+    fn shared_data_never_holds_a_secret() {
+        let secret = "sk_live_THE-SECRET-VALUE-0001";
+        let cfg = format!(
+            r#"{{"keys":[{{"id":"k1","sha256":"{}","user":"alice","account":"acme","plan":"p"}}],
+                "rate_limit":{{"plans":{{"p":{{"requests":2,"window_s":60,"per":"account"}}}}}}}}"#,
+            crate::hash::to_hex(&crate::hash::sha256(secret.as_bytes()))
+        );
+        let g = Gate::new(config::parse(cfg.as_bytes(), &mut Vec::new()).unwrap());
+        let st = MemoryStore::default();
+        let now = 1_800_000_000_000_000u64;
+        let basic = format!(
+            "Basic {}",
+            base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                format!("alice:{secret}")
+            )
+        );
+        let path = format!("/x?_apikey={secret}");
+        for h in [
+            vec![(":path", path.as_bytes()), ("x-api-key", b"x" as &[u8])],
+            vec![(":path", b"/x" as &[u8]), ("x-api-key", secret.as_bytes())],
+            vec![
+                (":path", b"/x" as &[u8]),
+                ("authorization", basic.as_bytes()),
+            ],
+            vec![(":path", path.as_bytes())],
+            vec![(":path", path.as_bytes())],
+        ] {
+            decide(&g, &h, &st, now);
+        }
+        let policy = CachePolicy::default();
+        for user in [None, Some("alice")] {
+            let key = entry_key("kg", &credential_id(user, secret));
+            store_valid(&st, &key, &Rc::new(ident()), &policy, None, now / 1000);
+            mark_revoked(&st, &key, &policy, now / 1000);
+        }
+        let map = st.map.borrow();
+        assert!(map.len() >= 3, "{:?}", map.keys().collect::<Vec<_>>());
+        let needle = &secret.as_bytes()[8..20];
+        for (k, (v, _)) in map.iter() {
+            assert!(
+                !k.as_bytes().windows(needle.len()).any(|w| w == needle),
+                "key {k}"
+            );
+            assert!(
+                !v.windows(needle.len()).any(|w| w == needle),
+                "value of {k}"
+            );
+        }
+    }
+
+    fn ident() -> Identity {
+        Identity {
+            key_id: "k1".into(),
+            subject: "alice".into(),
+            account: "acme".into(),
+            plan: "p".into(),
+            scopes: vec![],
+            expires_at: None,
+            rate_limit: None,
+            resources: vec![],
+        }
+    }
+}
