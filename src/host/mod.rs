@@ -490,6 +490,21 @@ impl Plugin {
             }
             None => {
                 self.metrics.inc("keygate.keyservice.failure.dispatch");
+                // requests still waiting on an overdue call for this credential fail with us
+                let overdue = self
+                    .flights
+                    .remove(&id)
+                    .map(|f| f.waiters)
+                    .unwrap_or_default();
+                for other in overdue {
+                    if let Some(w) = self.waiting.remove(&other) {
+                        if abi::set_effective_context(other) {
+                            let d = self.failed(w, ServiceFailure::NoResponse);
+                            self.apply(other, d, true);
+                        }
+                    }
+                }
+                abi::set_effective_context(ctx);
                 let d = self.failed(waiter, ServiceFailure::NoResponse);
                 self.apply_with(ctx, d, false, Some(&headers))
             }

@@ -252,3 +252,14 @@ def test_revocation_right_after_startup_is_not_missed(upstream, ks):
     finally:
         for x in started:
             x.stop()
+
+
+def test_unknown_cluster_fails_closed_at_once(upstream, make_envoy):
+    """dispatch_http_call to a cluster Envoy does not know fails without a callback: 503 now,
+    and one warning naming the setting, not a hung request."""
+    e = make_envoy({"key_service": {"cluster": "no-such-cluster", "timeout_ms": 300, "revocations_path": False}})
+    t0 = time.time()
+    r = e.req("GET", "/x", [("X-API-Key", "kgt_whatever_123")])
+    assert r.status == 503 and time.time() - t0 < 0.5
+    assert r.json()["type"] == "urn:keygate:problem:key-service-unavailable"
+    assert "check key_service.cluster" in e.wait_for(e.logs, "check key_service.cluster")
