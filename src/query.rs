@@ -117,4 +117,27 @@ mod tests {
             "/e?_apikeyx=1&x_apikey=2"
         );
     }
+
+    proptest::proptest! {
+        /// Whatever the query, no parameter named `_apikey` (after decoding) survives, and every
+        /// other pair is kept, in order, byte for byte.
+        #[test]
+        fn strip_param_removes_only_the_credential(pairs in proptest::collection::vec(
+            ("(_apikey|%5Fapikey|%5fapikey|a|b%20|_apikeyx|)", proptest::option::of("[a-zA-Z0-9%=+&]{0,6}")), 0..8)) {
+            let query: Vec<String> = pairs.iter().map(|(n, v)| match v {
+                Some(v) => format!("{n}={}", v.replace('&', "")),
+                None => n.clone(),
+            }).collect();
+            let path = format!("/p?{}", query.join("&"));
+            let out = String::from_utf8(strip_param(path.as_bytes(), "_apikey")).unwrap();
+            let (base, q) = split_path(out.as_bytes());
+            proptest::prop_assert_eq!(base, b"/p");
+            let original = query.join("&");
+            let kept: Vec<&str> = original.split('&')
+                .filter(|pair| !name_is(pair.split('=').next().unwrap_or("").as_bytes(), "_apikey"))
+                .collect();
+            let got: Vec<&str> = q.map(|q| std::str::from_utf8(q).unwrap().split('&').collect()).unwrap_or_default();
+            proptest::prop_assert_eq!(got, kept);
+        }
+    }
 }
