@@ -204,6 +204,9 @@ pub fn mark_revoked(store: &dyn SharedStore, key: &str, policy: &CachePolicy, no
 pub struct NegativeCache {
     map: HashMap<Digest32, (Refusal, u64)>,
     cap: usize,
+    /// Expired entries are swept at most once a second, so a full cache under a flood of random
+    /// keys costs O(1) per insert, not a scan.
+    next_sweep_ms: u64,
 }
 
 impl NegativeCache {
@@ -211,6 +214,7 @@ impl NegativeCache {
         NegativeCache {
             map: HashMap::new(),
             cap: cap.max(1),
+            next_sweep_ms: 0,
         }
     }
 
@@ -231,7 +235,10 @@ impl NegativeCache {
 
     pub fn insert(&mut self, id: Digest32, r: Refusal, until_ms: u64, now_ms: u64) {
         if self.map.len() >= self.cap && !self.map.contains_key(&id) {
-            self.map.retain(|_, (_, u)| *u > now_ms);
+            if now_ms >= self.next_sweep_ms {
+                self.map.retain(|_, (_, u)| *u > now_ms);
+                self.next_sweep_ms = now_ms.saturating_add(1000);
+            }
             while self.map.len() >= self.cap {
                 let Some(k) = self.map.keys().next().copied() else {
                     break;

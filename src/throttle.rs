@@ -21,6 +21,8 @@ pub struct Throttle {
     cfg: ThrottleConfig,
     limit: Limit,
     tat: HashMap<Vec<u8>, u128>,
+    /// Idle clients are swept at most once a second (O(1) per insert when full).
+    next_sweep_us: u64,
 }
 
 /// The address part of Envoy's `source.address` ("1.2.3.4:5678", "[::1]:5678").
@@ -47,6 +49,7 @@ impl Throttle {
                 burst: cfg.failures,
             },
             tat: HashMap::new(),
+            next_sweep_us: 0,
         }
     }
 
@@ -61,8 +64,11 @@ impl Throttle {
         let now = u128::from(now_us);
         if !self.tat.contains_key(client) && self.tat.len() >= self.cfg.clients {
             // Forget clients whose bucket is full again, then arbitrary ones (random order).
-            let t = now * u128::from(self.limit.requests.max(1));
-            self.tat.retain(|_, tat| *tat > t);
+            if now_us >= self.next_sweep_us {
+                let t = now * u128::from(self.limit.requests.max(1));
+                self.tat.retain(|_, tat| *tat > t);
+                self.next_sweep_us = now_us.saturating_add(1_000_000);
+            }
             while self.tat.len() >= self.cfg.clients {
                 let Some(k) = self.tat.keys().next().cloned() else {
                     break;

@@ -18,7 +18,14 @@ Method
   ``ext_authz`` (HTTP ext_authz to a second Envoy answering 200 with ``direct_response``, pinned to
   CPU 1 next to wrk; its CPU is not counted), ``noop_wasm`` (a Rust proxy-wasm 0.2.5 filter that
   implements nothing: ``tests/bench/noop-filter``) and the keygate scenarios of
-  ``KEYGATE_SCENARIOS`` (all the same ``keygate.wasm`` and configuration, one listener each).
+  ``KEYGATE_SCENARIOS`` (all the same ``keygate.wasm``, one listener each; scenarios with the same
+  configuration share one VM, each other configuration gets a VM of its own).
+* The ``kg_remote_*`` scenarios verify keys with the reference key service
+  (``tests/services/keyservice.py``, Python + SQLite), started on a free loopback port and pinned
+  to CPU 1 like the authorizer (its CPU is not counted) when a selected scenario needs it. The
+  verify calls it answers during each timed run and keygate's key-service failure counters are
+  recorded, so a "cache hit" scenario that calls the service, or 503s counted as expected
+  non-2xx, show up in the table.
 * Load: ``wrk -t1 -c<connections> --latency`` pinned to CPU 1, keep-alive connections. Each run
   is a short warm-up (discarded) and then a timed run of ``--seconds``. Variants are interleaved
   (A B C ... A B C) over ``--rounds`` rounds, so slow drift of the machine hits every variant.
@@ -40,8 +47,8 @@ The generated Envoy configs and logs are left in ``tests/bench/.run/`` for inspe
 All traffic goes to 127.0.0.1. Every process started here is stopped on exit, error or Ctrl-C.
 
 Adding a keygate scenario: append a dict to ``KEYGATE_SCENARIOS`` (see the comment there); a
-scenario may bring its own keygate configuration and extra Envoy clusters (e.g. a remote key
-service), and a wrk Lua script when one fixed request is not enough.
+scenario may bring its own keygate configuration, extra Envoy clusters, keys to create in the
+key service, and a wrk Lua script when one fixed request is not enough.
 """
 from __future__ import annotations
 
@@ -54,6 +61,7 @@ import json
 import os
 import platform
 import re
+import secrets
 import shlex
 import shutil
 import signal
@@ -62,6 +70,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -72,11 +81,13 @@ RESULTS_JSON = BENCH_DIR / "last-run.json"
 KEYGATE_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "keygate.wasm"
 NOOP_MANIFEST = BENCH_DIR / "noop-filter" / "Cargo.toml"
 NOOP_WASM = BENCH_DIR / "noop-filter" / "target" / "wasm32-wasip1" / "release" / "noop_filter.wasm"
+KEYSERVICE_PY = ROOT / "tests" / "services" / "keyservice.py"
+RANDOM_KEY_LUA = BENCH_DIR / "random-key.lua"
 # Envoy loads copies, so a rebuild during the run cannot change what is measured.
 STAGED = {KEYGATE_WASM: RUN_DIR / "keygate.wasm", NOOP_WASM: RUN_DIR / "noop_filter.wasm"}
 
 ENVOY_CPU = "0"  # the Envoy under test
-CLIENT_CPU = "1"  # wrk and the ext_authz authorizer
+CLIENT_CPU = "1"  # wrk, the ext_authz authorizer and the key service
 
 # --------------------------------------------------------------------------------------------
 # Keys, keygate configuration and scenarios
@@ -85,6 +96,8 @@ CLIENT_CPU = "1"  # wrk and the ext_authz authorizer
 BENCH_KEY = "bench-key-0001"  # plan "big": allowed, the bucket and headers are exercised
 LIMITED_KEY = "bench-key-limited"  # plan "tiny": 1 request a day, then always 429
 UNKNOWN_KEY = "bench-key-unknown"  # not in the store: 401
+REMOTE_KEY = "kg_bench_remote_0001"  # created in the key service at start (plan "big")
+REMOTE_UNKNOWN_KEY = "kg_bench_remote_unknown"  # not in the key service: NOT_FOUND, 401
 
 
 def sha256_hex(s: str) -> str:
@@ -110,6 +123,28 @@ KEYGATE_CONFIG = {
 
 RATELIMIT_HEADERS = ["x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"]
 
+KEYSERVICE_CLUSTER = "keyservice"  # the Envoy cluster of the key service (its port is known at start)
+
+# No embedded keys: every key is verified by the key service, then cached. Default TTLs (the
+# service's own cache_ttl_s, 60 s valid / 10 s refused, shortens them).
+REMOTE_CONFIG = {
+    "key_service": {"cluster": KEYSERVICE_CLUSTER, "revocation_poll_ms": 1000},
+    "rate_limit": KEYGATE_CONFIG["rate_limit"],
+}
+# Refused keys at full speed: the failed-auth throttle would answer 429 after 100 failures.
+REMOTE_CONFIG_NO_THROTTLE = {**REMOTE_CONFIG, "auth_throttle": False}
+
+# The key service's record of REMOTE_KEY (body of its POST /admin/keys).
+REMOTE_KEY_RECORD = {"key": REMOTE_KEY, "id": "bench_remote", "kind": "business", "account": "acme",
+                     "plan": "big", "user": None, "scopes": ["read"], "expires_at": None, "ratelimit": None,
+                     "resources": {}}
+
+
+def random_key_headers() -> dict:
+    """What random-key.lua sends: a key nobody has, so every request is a cache miss."""
+    return {"X-API-Key": f"kg_rand_{secrets.randbelow(10**18)}"}
+
+
 # One dict per keygate scenario, each served on its own listener. Fields:
 #   name      variant name (table row)
 #   headers   request headers sent by wrk and by the sanity check
@@ -117,10 +152,23 @@ RATELIMIT_HEADERS = ["x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-
 #   expect    HTTP status every request should get once `prime` requests were sent (default 200)
 #   prime     requests sent before the sanity check to reach the steady state (default 0)
 #   expect_headers  response headers the sanity check requires (lower-case names)
-#   config    keygate configuration for this listener (default KEYGATE_CONFIG); listeners whose
-#             configurations differ get separate plugin instances (same vm_id, same VM)
-#   clusters  extra Envoy clusters this scenario needs (e.g. a remote key service)
+#   config    keygate configuration for this listener (default KEYGATE_CONFIG); each distinct
+#             configuration gets its own VM (vm_id `keygate` for the default, `keygate-<hash>`
+#             else; each VM has its own shared data). Not one VM with several plugins: keygate
+#             then finds a stream's plugin by `plugin_name` (a host call per request), and with
+#             the same name every listener of the VM would get the last configured plugin.
+#   clusters  extra static Envoy clusters this scenario needs
+#   keyservice  key records (POST /admin/keys bodies) this scenario needs in the key service;
+#             [] or more: the key service runs and the cluster KEYSERVICE_CLUSTER points at it.
+#             Envoy must be up ~1 s before priming: keygate caches no verdict until its first
+#             revocation-feed poll has answered.
+#   keyservice_calls  verify calls each request should cause once primed (0: a cache hit, 1: a
+#             miss); the sanity check counts them at the key service
+#   sanity_headers  a function returning the sanity check's headers for each request (default
+#             `headers`), for scenarios whose Lua script varies them
 #   lua       path of a wrk Lua script (e.g. to vary keys per request); optional
+#   saturates False when something other than Envoy bounds the throughput (then an idle CPU 0
+#             does not mark the run as disturbed); default True
 #   note      free text for the table
 KEYGATE_SCENARIOS: list[dict] = [
     {"name": "kg_header", "headers": {"X-API-Key": BENCH_KEY}, "expect_headers": RATELIMIT_HEADERS},
@@ -132,6 +180,20 @@ KEYGATE_SCENARIOS: list[dict] = [
     {"name": "kg_429", "headers": {"X-API-Key": LIMITED_KEY}, "expect": 429, "prime": 1,
      "note": "429 expected"},
     {"name": "kg_unknown", "headers": {"X-API-Key": UNKNOWN_KEY}, "expect": 401, "note": "401 expected"},
+    # Remote key service. A valid key, after the first request a shared-data cache hit.
+    {"name": "kg_remote_cached", "headers": {"X-API-Key": REMOTE_KEY}, "config": REMOTE_CONFIG,
+     "keyservice": [REMOTE_KEY_RECORD], "keyservice_calls": 0, "prime": 1,
+     "expect_headers": RATELIMIT_HEADERS, "note": "key service, cached valid verdict"},
+    # An unknown key, after the first request a per-worker negative-cache hit.
+    {"name": "kg_remote_unknown", "headers": {"X-API-Key": REMOTE_UNKNOWN_KEY}, "config": REMOTE_CONFIG_NO_THROTTLE,
+     "keyservice": [], "keyservice_calls": 0, "prime": 1, "expect": 401,
+     "note": "401 expected; key service, cached refusal"},
+    # A new random key on every request: every request is a miss that calls the key service.
+    {"name": "kg_remote_first", "lua": RANDOM_KEY_LUA, "sanity_headers": random_key_headers,
+     "config": REMOTE_CONFIG_NO_THROTTLE, "keyservice": [], "keyservice_calls": 1, "expect": 401,
+     "saturates": False,
+     "note": "401 expected; every request a miss calling the Python key service (CPU 1, with wrk), "
+             "which bounds rps; CPU 0 is not saturated, so CPU/req is only roughly comparable"},
 ]
 
 # --------------------------------------------------------------------------------------------
@@ -210,10 +272,12 @@ def variants() -> list[dict]:
         {"name": "ext_authz", "filters": EXT_AUTHZ_FILTERS},
         {"name": "noop_wasm", "filters": [wasm_filter("noop", "noop", STAGED[NOOP_WASM], "")]},
     ]
+    default_cfg = json.dumps(KEYGATE_CONFIG, separators=(",", ":"))
     for s in KEYGATE_SCENARIOS:
         v = copy.deepcopy(s)
         cfg = json.dumps(v.pop("config", KEYGATE_CONFIG), separators=(",", ":"))
-        v["filters"] = [wasm_filter("keygate", "keygate", STAGED[KEYGATE_WASM], cfg)]
+        vm_id = "keygate" if cfg == default_cfg else f"keygate-{sha256_hex(cfg)[:8]}"
+        v["filters"] = [wasm_filter("keygate", vm_id, STAGED[KEYGATE_WASM], cfg)]
         out.append(v)
     for v in out:
         v.setdefault("headers", {})
@@ -222,6 +286,11 @@ def variants() -> list[dict]:
         v.setdefault("prime", 0)
         v.setdefault("expect_headers", [])
         v.setdefault("clusters", [])
+        v.setdefault("keyservice", None)
+        v.setdefault("keyservice_calls", None)
+        v.setdefault("sanity_headers", None)
+        v.setdefault("lua", None)
+        v.setdefault("saturates", True)
         v.setdefault("note", "")
     return out
 
@@ -374,6 +443,13 @@ class Envoy:
     def memory(self) -> dict:
         return json.loads(http_get(f"http://{self.admin}/memory"))
 
+    def keygate_counters(self) -> dict[str, int]:
+        """keygate's counters (`wasmcustom.keygate.*`, summed over workers and VMs)."""
+        q = urllib.parse.urlencode({"filter": r"^wasmcustom\.keygate\.", "format": "json"})
+        data = json.loads(http_get(f"http://{self.admin}/stats?{q}"))
+        return {st["name"]: int(st["value"]) for st in data.get("stats", [])
+                if "name" in st and isinstance(st.get("value"), int)}
+
     def version(self) -> str:
         try:
             info = json.loads(http_get(f"http://{self.admin}/server_info"))
@@ -385,6 +461,78 @@ class Envoy:
         self.log.flush()
         lines = self.log_path.read_text(errors="replace").splitlines()
         return "\n".join(lines[-n:])
+
+
+class KeyService:
+    """The reference key service (tests/services/keyservice.py, SQLite) on a free loopback port,
+    pinned to `cpu`, with the /admin test endpoints enabled (a token made for this run)."""
+
+    def __init__(self, procs: Procs, cpu: str) -> None:
+        self.db = RUN_DIR / "keyservice.sqlite"
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(f"{self.db}{suffix}").unlink(missing_ok=True)
+        self.log_path = RUN_DIR / "keyservice.log"
+        self.token = secrets.token_hex(16)
+        self.log = open(self.log_path, "wb")
+        cmd = ["taskset", "-c", cpu, sys.executable, str(KEYSERVICE_PY), "--db", str(self.db),
+               "--admin-token", self.token, "--host", "127.0.0.1", "--port", "0"]
+        self.proc = procs.start(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        self.port = 0
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BenchError(f"key service exited ({self.proc.returncode}):\n{self.log_tail()}")
+            if not self.port:
+                m = re.search(r"keyservice listening on http://127\.0\.0\.1:(\d+)",
+                              self.log_path.read_text(errors="replace"))
+                self.port = int(m.group(1)) if m else 0
+            if self.port:
+                try:
+                    self.stats()
+                    return
+                except (OSError, urllib.error.URLError):
+                    pass
+            time.sleep(0.05)
+        raise BenchError(f"key service not ready after {timeout:.0f}s:\n{self.log_tail()}")
+
+    def admin(self, method: str, path: str, body: dict | None = None) -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", data=data, method=method,
+                                     headers={"x-admin-token": self.token, "content-type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                raw = r.read()
+        except urllib.error.HTTPError as e:
+            raise BenchError(f"key service: {method} {path} gave {e.code}: {e.read()[:500]!r}") from None
+        return json.loads(raw) if raw else {}
+
+    def add_key(self, record: dict) -> None:
+        self.admin("POST", "/admin/keys", record)
+
+    def stats(self) -> dict:
+        return self.admin("GET", "/admin/stats")
+
+    def verify_calls(self) -> int:
+        return int(self.stats()["verify_calls"])
+
+    def wait_for_feed(self, since: float, timeout: float = 10.0) -> None:
+        """keygate caches no verdict until its first revocation-feed poll has answered (it polls
+        every 100 ms until then): wait until the service has answered a poll and Envoy has been
+        up for 1 s (several polls), so that priming caches the verdict."""
+        deadline = time.monotonic() + timeout
+        while int(self.stats()["revocation_calls"]) == 0:
+            if time.monotonic() > deadline:
+                raise BenchError(f"keygate did not poll the key service's revocation feed within {timeout:.0f}s "
+                                 f"(cluster `{KEYSERVICE_CLUSTER}` -> 127.0.0.1:{self.port}); see "
+                                 f"{self.log_path} and the Envoy log")
+            time.sleep(0.05)
+        time.sleep(max(0.0, since + 1.0 - time.monotonic()))
+
+    def log_tail(self, n: int = 30) -> str:
+        self.log.flush()
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
 
 
 # --------------------------------------------------------------------------------------------
@@ -403,16 +551,29 @@ def fetch(port: int, path: str, headers: dict) -> tuple[int, dict]:
         return e.code, {k.lower(): v for k, v in e.headers.items()}
 
 
-def sanity_check(v: dict, port: int) -> None:
+def sanity_check(v: dict, port: int, ks: KeyService | None = None) -> None:
+    def request_headers() -> dict:
+        return v["sanity_headers"]() if v["sanity_headers"] else v["headers"]
+
     for _ in range(v["prime"]):
-        fetch(port, v["path"], v["headers"])
-    status, headers = fetch(port, v["path"], v["headers"])
-    if status != v["expect"]:
-        raise BenchError(f"variant {v['name']} is misconfigured: GET {v['path']} on :{port} gave {status}, "
-                         f"expected {v['expect']} (headers: {headers})")
-    missing = [h for h in v["expect_headers"] if h not in headers]
-    if missing:
-        raise BenchError(f"variant {v['name']}: response lacks {missing} (headers: {headers})")
+        fetch(port, v["path"], request_headers())
+    count_calls = ks is not None and v["keyservice_calls"] is not None
+    n = 3 if count_calls else 1  # a few requests, to see the steady state's calls per request
+    calls0 = ks.verify_calls() if count_calls else 0
+    for _ in range(n):
+        status, headers = fetch(port, v["path"], request_headers())
+        if status != v["expect"]:
+            raise BenchError(f"variant {v['name']} is misconfigured: GET {v['path']} on :{port} gave {status}, "
+                             f"expected {v['expect']} (headers: {headers})")
+        missing = [h for h in v["expect_headers"] if h not in headers]
+        if missing:
+            raise BenchError(f"variant {v['name']}: response lacks {missing} (headers: {headers})")
+    if count_calls:
+        calls = ks.verify_calls() - calls0
+        if calls != n * v["keyservice_calls"]:
+            raise BenchError(f"variant {v['name']}: {n} requests made {calls} key-service verify calls, expected "
+                             f"{n * v['keyservice_calls']} ({'a cache hit' if not v['keyservice_calls'] else 'a miss'}"
+                             f" each)")
 
 
 UNIT_US = {"us": 1.0, "ms": 1000.0, "s": 1_000_000.0, "m": 60_000_000.0}
@@ -489,7 +650,7 @@ def disturbance(r: dict) -> str | None:
     e = r["envoy_cpu"]
     if e["other_pct"] > 5:
         return f"other processes took {e['other_pct']:.0f}% of CPU {ENVOY_CPU}"
-    if e["busy_pct"] < 90:
+    if e["busy_pct"] < 90 and r.get("saturates", True):
         return f"CPU {ENVOY_CPU} only {e['busy_pct']:.0f}% busy (client-bound?)"
     return None
 
@@ -512,13 +673,24 @@ def wait_for_quiet(limit_s: float, busy_pct: float = 10.0) -> bool:
 
 
 def measure(procs: Procs, envoy: Envoy, v: dict, port: int, seconds: int, warmup: int,
-            connections: int) -> dict:
+            connections: int, ks: KeyService | None = None) -> dict:
     if warmup > 0:
         wrk(procs, v, port, warmup, connections)
+    remote = ks is not None and v["keyservice"] is not None
+    if remote:
+        calls0, counters0 = ks.verify_calls(), envoy.keygate_counters()
     stat0, before = cpu_times(), envoy.cpu_ticks()
     out = wrk(procs, v, port, seconds, connections)
     stat1, after = cpu_times(), envoy.cpu_ticks()
     r = parse_wrk(out)
+    r["saturates"] = v["saturates"]
+    if remote:
+        # Read after the CPU counters, so these admin calls are not charged to the run. A few calls
+        # of requests wrk abandoned at the end of the previous run may be counted here.
+        r["keyservice_calls"] = ks.verify_calls() - calls0
+        counters1 = envoy.keygate_counters()
+        r["keygate_counters"] = {k: n - counters0.get(k, 0) for k, n in counters1.items()
+                                 if n != counters0.get(k, 0)}
     if r["requests"] == 0:
         raise BenchError(f"no request completed for {v['name']}:\n{out}")
     tick_us = 1_000_000 / os.sysconf("SC_CLK_TCK")
@@ -574,6 +746,17 @@ def summarize(vs: list[dict], rounds: list[dict]) -> list[dict]:
             problems.append(f"{requests - non2xx} unexpected 2xx")
         if sock:
             problems.append(f"{sock} socket errors")
+        info = []
+        remote = [x for x in runs if "keyservice_calls" in x]
+        calls_per_req = None
+        if remote:
+            calls_per_req = sum(x["keyservice_calls"] for x in remote) / max(1, sum(x["requests"] for x in remote))
+            info.append(f"key-service calls/req {calls_per_req:.2f}")
+            # A failing key service gives 503s, which would pass as the expected non-2xx.
+            failed = sum(n for x in remote for k, n in x["keygate_counters"].items()
+                         if ".keyservice.failure." in k or k.endswith(".requests.key_service_unavailable"))
+            if failed:
+                problems.append(f"{failed} key-service failures or 503s (see keygate_counters)")
         # Not failures, but they make the numbers suspect.
         disturbed = [d for d in map(disturbance, runs) if d]
         warnings = [f"{len(disturbed)}/{len(runs)} runs disturbed ({disturbed[0]})"] if disturbed else []
@@ -587,7 +770,8 @@ def summarize(vs: list[dict], rounds: list[dict]) -> list[dict]:
             "cpu_ratio": median(cpu_ratio),
             "non2xx": non2xx,
             "requests": requests,
-            "note": "; ".join([v["note"]] * bool(v["note"]) + problems + warnings),
+            "keyservice_calls_per_req": calls_per_req,
+            "note": "; ".join([v["note"]] * bool(v["note"]) + info + problems + warnings),
             "problems": problems,
             "warnings": warnings,
         })
@@ -693,22 +877,38 @@ def benchmark(args: argparse.Namespace, vs: list[dict]) -> dict:
         authz = Envoy(procs, "authz", envoy_config([listener("authz", [])], []), CLIENT_CPU)
         authz.wait_ready()
         clusters = [static_cluster("authz", authz.ports["authz"])]
+        # The key service, on the client CPU too, when a scenario verifies keys remotely.
+        ks = None
+        if any(v["keyservice"] is not None for v in vs):
+            ks = KeyService(procs, CLIENT_CPU)
+            ks.wait_ready()
+            created = set()
+            for v in vs:
+                for rec in v["keyservice"] or []:
+                    if rec["id"] not in created:
+                        ks.add_key(rec)
+                        created.add(rec["id"])
+            clusters.append(static_cluster(KEYSERVICE_CLUSTER, ks.port))
         for v in vs:
             clusters += [c for c in v["clusters"] if c["name"] not in {x["name"] for x in clusters}]
         envoy = Envoy(procs, "envoy", envoy_config([listener(v["name"], v["filters"]) for v in vs], clusters),
                       ENVOY_CPU)
         envoy.wait_ready()
+        ready_at = time.monotonic()
         envoy.check_pid()
+        if ks:
+            ks.wait_for_feed(ready_at)
 
         for v in vs:
-            sanity_check(v, envoy.ports[v["name"]])
+            sanity_check(v, envoy.ports[v["name"]], ks)
         print("sanity check passed: " + ", ".join(f"{v['name']}={v['expect']}" for v in vs), file=sys.stderr)
 
         def run(v: dict, label: str) -> dict:
-            r = measure(procs, envoy, v, envoy.ports[v["name"]], args.seconds, args.warmup, args.connections)
+            r = measure(procs, envoy, v, envoy.ports[v["name"]], args.seconds, args.warmup, args.connections, ks)
             d = disturbance(r)
-            print(f"{label} {v['name']:<11} {r['rps']:>9,.0f} rps  p50 {fmt_us(r['p50_us']):>9}  "
+            print(f"{label} {v['name']:<17} {r['rps']:>9,.0f} rps  p50 {fmt_us(r['p50_us']):>9}  "
                   f"p99 {fmt_us(r['p99_us']):>9}  cpu {r['cpu_us_per_req']:.1f} µs/req  non-2xx {r['non2xx']}"
+                  + (f"  key-service calls {r['keyservice_calls']}" if "keyservice_calls" in r else "")
                   + (f"  [disturbed: {d}]" if d else ""), file=sys.stderr, flush=True)
             return r
 
@@ -766,7 +966,7 @@ def report(args: argparse.Namespace, rows: list[dict], res: dict, wasm: dict) ->
     print(f"- CPU {ENVOY_CPU} (Envoy) during the timed runs: busy {min(busy):.0f}-{max(busy):.0f}%, of which "
           f"irq/softirq (loopback TCP) {median([r['envoy_cpu']['softirq_pct'] for r in runs]):.0f}% (median); "
           f"other processes up to {max(r['envoy_cpu']['other_pct'] for r in runs):.0f}%; "
-          f"CPU {CLIENT_CPU} (wrk) busy up to {max(r['client_cpu']['busy_pct'] for r in runs):.0f}%")
+          f"CPU {CLIENT_CPU} (wrk, authorizer, key service) busy up to {max(r['client_cpu']['busy_pct'] for r in runs):.0f}%")
     print(f"- Envoy {res['envoy_version']}; {tool_version(['wrk', '--version'])}")
     print(f"- raw results: {RESULTS_JSON.relative_to(ROOT)}")
 
@@ -818,7 +1018,8 @@ def main(argv: list[str]) -> int:
         "wasm": wasm,
         "memory": res["memory"],
         "shared_data_estimate": res["shared_data_estimate"],
-        "variants": [{k: v[k] for k in ("name", "path", "headers", "expect", "prime", "note")} for v in vs],
+        "variants": [{**{k: v[k] for k in ("name", "path", "headers", "expect", "prime", "keyservice_calls", "note")},
+                      "lua": str(v["lua"]) if v["lua"] else None} for v in vs],
         "summary": rows,
         "rounds": res["rounds"],
     }, indent=1))

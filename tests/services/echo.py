@@ -14,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class Echo(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # one write for headers, one for the body: no delayed-ACK stall
 
     def _answer(self):
         length = int(self.headers.get("content-length") or 0)
@@ -39,6 +40,7 @@ class Echo(BaseHTTPRequestHandler):
 
 
 def serve(port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
+    ThreadingHTTPServer.request_queue_size = 128
     srv = ThreadingHTTPServer((host, port), Echo)
     srv.daemon_threads = True
     return srv

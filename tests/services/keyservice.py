@@ -621,6 +621,8 @@ class KeyServiceServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    # Envoy opens many connections at once under load; Python's default backlog of 5 refuses some.
+    request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], store: Store, *, admin_token: str | None,
                  verbose: bool) -> None:
@@ -639,6 +641,9 @@ class Handler(BaseHTTPRequestHandler):
     # Answer even an unparseable request line with a status line (the default, HTTP/0.9, has none).
     default_request_version = "HTTP/1.0"
     server_version = "keyservice/1"
+    # Headers and body go out in two writes: without TCP_NODELAY every call after the first on a
+    # keep-alive connection waits ~40 ms for the peer's delayed ACK (measured: 44 ms vs 0.4 ms).
+    disable_nagle_algorithm = True
     server: KeyServiceServer
     routes: ClassVar[list[Route]] = []  # filled in below the class
 
