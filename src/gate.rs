@@ -90,7 +90,6 @@ pub struct Pending {
     carriers: Carriers,
     route: Option<usize>,
     path: Vec<u8>,
-    instance: String,
     request_id: Option<String>,
     /// Identity / API-key headers the client sent (to remove).
     strip: Vec<String>,
@@ -221,13 +220,13 @@ impl Gate {
         let access = route_idx
             .and_then(|i| self.cfg.routes.get(i))
             .map_or(self.cfg.default_access, |r| r.access);
-        let instance = instance_of(path);
-        let pb = self.problems(instance, request_id);
+        // the problem builder (and its `instance` string) only on a denial
+        let pb = || self.problems(instance_of(path), request_id.clone());
 
         match access {
             Access::Closed => {
                 return Step::Done(self.deny(
-                    &pb,
+                    &pb(),
                     403,
                     Kind::RouteClosed,
                     "this route is closed",
@@ -242,7 +241,7 @@ impl Gate {
 
         let ex = match credential::extract(&self.cfg.credentials, headers, path) {
             Ok(ex) => ex,
-            Err(e) => return Step::Done(self.credential_error(&pb, e)),
+            Err(e) => return Step::Done(self.credential_error(&pb(), e)),
         };
         let Some(credential) = ex.credential else {
             let detail = if ex.foreign_authorization {
@@ -252,7 +251,7 @@ impl Gate {
             };
             let h = self.challenges(None);
             return Step::Done(self.deny(
-                &pb,
+                &pb(),
                 401,
                 Kind::CredentialMissing,
                 detail,
@@ -266,8 +265,7 @@ impl Gate {
             carriers: ex.carriers,
             route: route_idx,
             path: path.to_vec(),
-            instance: pb.instance,
-            request_id: pb.request_id,
+            request_id,
             strip,
         })
     }
@@ -329,7 +327,7 @@ impl Gate {
 
     /// Too many failed authentications from this client: 429 without verifying anything.
     pub fn throttled(&self, p: &Pending, retry_after_ms: u64) -> Decision {
-        let pb = self.problems(p.instance.clone(), p.request_id.clone());
+        let pb = self.problems(instance_of(&p.path), p.request_id.clone());
         let retry = retry_after_ms.div_ceil(1000).max(1);
         let h = vec![("retry-after".to_string(), retry.to_string())];
         let detail =
@@ -339,7 +337,7 @@ impl Gate {
 
     /// The key service failed and no stale verdict may serve: 503, fail closed.
     pub fn unavailable(&self, p: &Pending, retry_after_s: u64) -> Decision {
-        let pb = self.problems(p.instance.clone(), p.request_id.clone());
+        let pb = self.problems(instance_of(&p.path), p.request_id.clone());
         let h = vec![("retry-after".to_string(), retry_after_s.to_string())];
         let detail = "the key service could not verify the credential; retry shortly";
         self.deny(
@@ -386,8 +384,7 @@ impl Gate {
         now_us: u64,
     ) -> Decision {
         // built only on a denial: the allowed path allocates no problem
-        let (instance, request_id) = (p.instance, p.request_id);
-        let problems = || self.problems(instance.clone(), request_id.clone());
+        let problems = || self.problems(instance_of(&p.path), p.request_id.clone());
         let presented_token = p.credential.style != Style::Basic;
         let id = match verdict {
             Verdict::Valid(id) => id,
