@@ -143,3 +143,14 @@ def test_hide_credentials_can_be_turned_off(make_envoy):
     got = echo(e.req("GET", f"/v1/x?_apikey={KEY}", [("Authorization", f"Bearer {KEY}")]))
     assert got["path"] == f"/v1/x?_apikey={KEY}"
     assert values(got, "authorization") == [f"Bearer {KEY}"]
+
+
+def test_request_body_and_framing_survive_the_header_rewrite(envoy):
+    """keygate writes the request-header map back in one call: the body, content-length and the
+    pseudo headers must come through intact."""
+    body = b"x" * 5000
+    e = echo(envoy.req("POST", f"/v1/upload?a=1&_apikey={KEY}", [("Content-Type", "application/octet-stream")], body=body))
+    assert e["method"] == "POST" and e["path"] == "/v1/upload?a=1"
+    assert e["body_bytes"] == 5000
+    assert values(e, "content-length") == ["5000"]
+    assert values(e, "host") == ["api.test"]
