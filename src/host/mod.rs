@@ -63,6 +63,9 @@ struct Waiter {
 #[derive(Default)]
 struct Metrics {
     ids: HashMap<String, u32>,
+    /// Per-request counts, added to Envoy's counters on the next tick (at most a second later):
+    /// one host call a request less.
+    pending: HashMap<u32, i64>,
 }
 
 impl Metrics {
@@ -75,9 +78,23 @@ impl Metrics {
         Some(id)
     }
 
+    /// Counts one, batched until the next tick.
     fn inc(&mut self, name: &str) {
         if let Some(id) = self.id(abi::METRIC_COUNTER, name) {
-            abi::increment_metric(id, 1);
+            *self.pending.entry(id).or_insert(0) += 1;
+        }
+    }
+
+    /// Adds `by` now (rare events).
+    fn add_now(&mut self, name: &str, by: i64) {
+        if let Some(id) = self.id(abi::METRIC_COUNTER, name) {
+            abi::increment_metric(id, by);
+        }
+    }
+
+    fn flush(&mut self) {
+        for (id, n) in self.pending.drain() {
+            abi::increment_metric(id, n);
         }
     }
 
@@ -166,6 +183,7 @@ thread_local! {
 
 const RESPONSE_HEADERS_SWEEP: usize = 1024;
 const STARTUP_TICK_MS: u32 = 100;
+const METRICS_FLUSH_MS: u32 = 1000;
 const RESPONSE_HEADERS_MAX_AGE_MS: u64 = 600_000;
 
 #[no_mangle]
@@ -221,12 +239,17 @@ pub extern "C" fn proxy_on_configure(root_id: u32, size: usize) -> u32 {
         .key_service
         .as_ref()
         .map_or(16, |k| k.cache.negative_entries);
-    if let Some(ks) = &cfg.key_service {
-        if ks.revocations_path.is_some() {
-            // poll at once until the feed's cursor is known, then every poll_ms (see `feed_ready`)
-            abi::set_tick_period_ms(STARTUP_TICK_MS);
-        }
-    }
+    // Ticks flush the batched metrics; with a revocation feed they poll it, fast until the feed's
+    // cursor is known (see `feed_ready`), then at min(poll_ms, the metrics period).
+    let feed = cfg
+        .key_service
+        .as_ref()
+        .is_some_and(|k| k.revocations_path.is_some());
+    abi::set_tick_period_ms(if feed {
+        STARTUP_TICK_MS
+    } else {
+        METRICS_FLUSH_MS
+    });
     let throttle = cfg.auth_throttle.map(Throttle::new);
     let plugin = Plugin {
         root_id,
@@ -716,6 +739,7 @@ impl Plugin {
 
     /// One worker at a time polls the revocation feed: a lease in shared data taken by CAS.
     fn tick(&mut self) {
+        self.metrics.flush();
         let Some(ks) = self.gate.cfg.key_service.clone() else {
             return;
         };
@@ -724,7 +748,10 @@ impl Plugin {
         };
         if !self.steady_ticks && self.feed_ready() {
             self.steady_ticks = true;
-            abi::set_tick_period_ms(u32::try_from(ks.poll_ms).unwrap_or(u32::MAX));
+            let period = u32::try_from(ks.poll_ms)
+                .unwrap_or(u32::MAX)
+                .min(METRICS_FLUSH_MS);
+            abi::set_tick_period_ms(period);
         }
         if self.calls.values().any(|c| matches!(c, Call::Revocations)) {
             return;
@@ -768,7 +795,7 @@ impl Plugin {
         };
         match parsed {
             Ok(r) => {
-                self.metrics.inc("keygate.revocations.polls");
+                self.metrics.add_now("keygate.revocations.polls", 1);
                 let prefix = self.gate.cfg.shared_prefix.clone();
                 let mut marked = 0usize;
                 for (hash, user) in &r.revoked {
@@ -795,12 +822,8 @@ impl Plugin {
                 }
                 EnvoyStore.set(&self.cursor_key(), r.cursor.to_string().as_bytes(), 0);
                 if marked > 0 {
-                    if let Some(id) = self
-                        .metrics
-                        .id(abi::METRIC_COUNTER, "keygate.revocations.marked")
-                    {
-                        abi::increment_metric(id, i64::try_from(marked).unwrap_or(i64::MAX));
-                    }
+                    let n = i64::try_from(marked).unwrap_or(i64::MAX);
+                    self.metrics.add_now("keygate.revocations.marked", n);
                 }
                 if !r.revoked.is_empty() {
                     abi::log(
@@ -813,19 +836,23 @@ impl Plugin {
                         ),
                     );
                 }
-                // release the lease; with more pages, poll again at once
-                EnvoyStore.set(&self.lease_key(), &0u64.to_le_bytes(), 0);
+                // with more pages, poll again at once; else no worker polls before poll_ms
                 if r.more {
+                    EnvoyStore.set(&self.lease_key(), &0u64.to_le_bytes(), 0);
                     self.tick();
+                } else {
+                    let next = now.saturating_add(ks.poll_ms);
+                    EnvoyStore.set(&self.lease_key(), &next.to_le_bytes(), 0);
                 }
             }
             Err(f) => {
-                self.metrics.inc("keygate.revocations.failures");
+                self.metrics.add_now("keygate.revocations.failures", 1);
                 abi::log(
                     abi::LOG_WARN,
                     &format!("keygate: revocation feed failure: {}", f.as_str()),
                 );
-                EnvoyStore.set(&self.lease_key(), &0u64.to_le_bytes(), 0);
+                let next = now.saturating_add(ks.poll_ms);
+                EnvoyStore.set(&self.lease_key(), &next.to_le_bytes(), 0);
             }
         }
     }

@@ -240,6 +240,12 @@ class Envoy:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=5) as r:
             return r.read().decode(errors="replace")
 
+    def prometheus(self) -> str:
+        """/stats/prometheus once keygate's batched counters are in: it adds per-request counts to
+        Envoy's counters on its tick (every second at most)."""
+        time.sleep(1.2)
+        return self.admin("/stats/prometheus")
+
     def wait_feed_polled(self, timeout: float = 5) -> "Envoy":
         """Waits for keygate's first revocation-feed poll: it caches valid verdicts only then."""
         deadline = time.time() + timeout

@@ -72,7 +72,7 @@ def test_readme_curls_embedded(demo):
     assert [demo.req("GET", "/x", [("X-API-Key", "tiny-demo-key-0001")]).status for _ in range(4)] == [200, 200, 200, 429]
     assert demo.req("GET", "/health").status == 200
     assert demo.req("GET", "/admin/anything", [("X-API-Key", "evon-demo-key-0001")]).status == 403
-    prom = demo.admin("/stats/prometheus")
+    prom = demo.prometheus()
     assert 'keygate_requests{decision="allowed"}' in prom
     log = demo.wait_for(demo.access_log, "decision=allowed key_id=evon-demo account=evon plan=evon")
     assert "evon-demo-key-0001" not in log

@@ -74,7 +74,7 @@ def test_flood_of_random_keys_is_throttled_and_bounded(upstream, ks):
         assert growth < 3_000_000, growth
         # a valid cached key from the same client still passes; metrics saw the throttle
         assert e.req("GET", "/ok", [("Authorization", f"Bearer {valid}")]).status == 200
-        prom = e.admin("/stats/prometheus")
+        prom = e.prometheus()
         assert re.search(r'keygate_requests\{decision="auth_throttled"\} (\d+)', prom)
     finally:
         e.stop()
@@ -130,7 +130,7 @@ def test_secrets_appear_nowhere(upstream, ks):
             "envoy log": e.logs(),
             "access log": e.access_log(),
             "stats": e.admin("/stats"),
-            "prometheus": e.admin("/stats/prometheus"),
+            "prometheus": e.prometheus(),
             "config dump": e.admin("/config_dump"),
             "upstream": "\n".join(upstream_saw),
         }
@@ -206,7 +206,7 @@ def test_metrics_in_prometheus(upstream, ks):
         ks.mode(verify="status:500")
         e.req("GET", "/x", [("X-API-Key", "kgt_" + uuid.uuid4().hex)])
         ks.mode(verify="ok")
-        prom = e.admin("/stats/prometheus")
+        prom = e.prometheus()
 
         def val(series):
             m = re.search(re.escape(series) + r" (\d+)", prom)
