@@ -39,6 +39,17 @@ def envoy_command() -> list[str]:
     return shlex.split(out.stdout.strip())
 
 
+def stop_process(proc: subprocess.Popen | None, grace: float) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds."""
+    if proc and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -207,13 +218,7 @@ class Envoy:
         raise RuntimeError(f"envoy not ready after {timeout}s:\n{self.logs()[-3000:]}")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, grace=10)
 
     def logs(self) -> str:
         try:
@@ -308,13 +313,7 @@ class KeyService:
         raise RuntimeError("key service did not come up")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, grace=5)
 
     def admin(self, method: str, path: str, body: dict | None = None) -> dict:
         data = json.dumps(body).encode() if body is not None else None
