@@ -514,19 +514,7 @@ impl Plugin {
             None => {
                 self.metrics.inc("keygate.keyservice.failure.dispatch");
                 // requests still waiting on an overdue call for this credential fail with us
-                let overdue = self
-                    .flights
-                    .remove(&id)
-                    .map(|f| f.waiters)
-                    .unwrap_or_default();
-                for other in overdue {
-                    if let Some(w) = self.waiting.remove(&other) {
-                        if abi::set_effective_context(other) {
-                            let d = self.failed(w, ServiceFailure::NoResponse);
-                            self.apply(other, d, true);
-                        }
-                    }
-                }
+                self.settle_flight(&id, |p, w| p.failed(w, ServiceFailure::NoResponse));
                 abi::set_effective_context(ctx);
                 let d = self.failed(waiter, ServiceFailure::NoResponse);
                 self.apply_with(ctx, d, false, Some(&headers))
@@ -684,9 +672,30 @@ impl Plugin {
                 );
             }
         }
+        self.settle_flight(&id, |p, w| match &result {
+            Ok(a) => {
+                // the attempt was counted at dispatch: refund it for a valid key
+                let v = a.verdict.clone().at(now / 1000);
+                if let (Verdict::Valid(_), Some(t)) = (&v, p.throttle.as_mut()) {
+                    t.refund(&w.client, now * 1000);
+                }
+                gate.finish(w.pending, v, &EnvoyStore, now * 1000)
+            }
+            Err(f) => p.failed(w, *f),
+        });
+        abi::set_effective_context(self.root_id);
+    }
+
+    /// Ends the flight for credential `id`: every request still waiting on it gets `decide`'s
+    /// decision and resumes. The caller restores the effective context afterwards.
+    fn settle_flight(
+        &mut self,
+        id: &Digest32,
+        mut decide: impl FnMut(&mut Self, Waiter) -> Decision,
+    ) {
         let waiters = self
             .flights
-            .remove(&id)
+            .remove(id)
             .map(|f| f.waiters)
             .unwrap_or_default();
         for ctx in waiters {
@@ -696,20 +705,9 @@ impl Plugin {
             if !abi::set_effective_context(ctx) {
                 continue; // the client went away meanwhile
             }
-            let d = match &result {
-                Ok(a) => {
-                    // the attempt was counted at dispatch: refund it for a valid key
-                    let v = a.verdict.clone().at(now / 1000);
-                    if let (Verdict::Valid(_), Some(t)) = (&v, self.throttle.as_mut()) {
-                        t.refund(&w.client, now * 1000);
-                    }
-                    gate.finish(w.pending, v, &EnvoyStore, now * 1000)
-                }
-                Err(f) => self.failed(w, *f),
-            };
+            let d = decide(self, w);
             self.apply(ctx, d, true);
         }
-        abi::set_effective_context(self.root_id);
     }
 
     /// Whether a valid verdict may be cached now. Not before the revocation feed's cursor is
