@@ -25,6 +25,8 @@ pub struct CachePolicy {
     pub negative_ttl_ms: u64,
     pub stale_ms: u64,
     pub negative_entries: usize,
+    /// How long a worker uses a verdict it read from shared data before reading it again.
+    pub recheck_ms: u64,
 }
 
 impl Default for CachePolicy {
@@ -34,6 +36,7 @@ impl Default for CachePolicy {
             negative_ttl_ms: 30_000,
             stale_ms: 600_000,
             negative_entries: 10_000,
+            recheck_ms: 250,
         }
     }
 }
@@ -103,37 +106,70 @@ pub enum Lookup {
 }
 
 /// Per-worker memo of decoded entries, keyed by credential id and validated by the shared-data
-/// CAS token: a hit costs one shared-data read and no JSON parsing. Any write to the entry
-/// (refresh, revocation) changes the token and so invalidates the memo.
+/// CAS token: a hit costs at most one shared-data read and no JSON parsing. Any write to the
+/// entry (refresh, revocation) changes the token and so invalidates the memo.
+///
+/// Within `recheck_ms` of its last read, an entry is used without reading shared data at all:
+/// a read that returns data is the costliest host call keygate makes (~9k instructions in Envoy
+/// 1.40, the host calls back into the VM to allocate). The price is that a revocation marked by
+/// another worker is seen up to `recheck_ms` later; the worker that marks it forgets its memo
+/// at once ([`Memo::forget`]).
 #[derive(Default)]
 pub struct Memo {
-    map: HashMap<Digest32, (u32, Entry)>,
+    map: HashMap<Digest32, Memoed>,
+}
+
+struct Memoed {
+    cas: u32,
+    entry: Entry,
+    read_ms: u64,
 }
 
 const MEMO_MAX: usize = 4096;
 
 impl Memo {
+    /// `key` builds the entry's shared-data key (only when shared data is read).
     pub fn lookup(
         &mut self,
         store: &dyn SharedStore,
-        key: &str,
+        key: impl FnOnce() -> String,
         id: &Digest32,
         now_ms: u64,
+        recheck_ms: u64,
     ) -> Lookup {
-        let Some((bytes, cas)) = store.get(key) else {
-            return Lookup::Miss;
-        };
-        let entry = match self.map.get(id) {
-            Some((c, e)) if *c == cas => e.clone(),
-            _ => {
-                let Some(e) = decode(&bytes) else {
+        let recent = self
+            .map
+            .get(id)
+            .filter(|m| now_ms >= m.read_ms && now_ms - m.read_ms < recheck_ms);
+        let entry = match recent {
+            Some(m) => m.entry.clone(),
+            None => {
+                let Some((bytes, cas)) = store.get(&key()) else {
+                    self.map.remove(id);
                     return Lookup::Miss;
                 };
-                if self.map.len() >= MEMO_MAX {
-                    self.map.clear();
+                match self.map.get_mut(id) {
+                    Some(m) if m.cas == cas => {
+                        m.read_ms = now_ms;
+                        m.entry.clone()
+                    }
+                    _ => {
+                        let Some(e) = decode(&bytes) else {
+                            self.map.remove(id);
+                            return Lookup::Miss;
+                        };
+                        if self.map.len() >= MEMO_MAX {
+                            self.map.clear();
+                        }
+                        let m = Memoed {
+                            cas,
+                            entry: e.clone(),
+                            read_ms: now_ms,
+                        };
+                        self.map.insert(*id, m);
+                        e
+                    }
                 }
-                self.map.insert(*id, (cas, e.clone()));
-                e
             }
         };
         let verdict = entry.verdict.at(now_ms / 1000);
@@ -144,6 +180,11 @@ impl Memo {
         } else {
             Lookup::Miss
         }
+    }
+
+    /// Drops what this worker remembers of `id` (it just wrote or revoked the entry).
+    pub fn forget(&mut self, id: &Digest32) {
+        self.map.remove(id);
     }
 }
 
@@ -290,14 +331,17 @@ mod tests {
         store_valid(&st, &key, &ident(None), &p, None, NOW);
         let mut m = Memo::default();
         assert!(matches!(
-            m.lookup(&st, &key, &id, NOW + 999),
+            m.lookup(&st, || key.clone(), &id, NOW + 999, 0),
             Lookup::Fresh(Verdict::Valid(_))
         ));
         assert!(matches!(
-            m.lookup(&st, &key, &id, NOW + 1000),
+            m.lookup(&st, || key.clone(), &id, NOW + 1000, 0),
             Lookup::Stale(Verdict::Valid(_))
         ));
-        assert_eq!(m.lookup(&st, &key, &id, NOW + 6000), Lookup::Miss);
+        assert_eq!(
+            m.lookup(&st, || key.clone(), &id, NOW + 6000, 0),
+            Lookup::Miss
+        );
     }
 
     #[test]
@@ -309,16 +353,19 @@ mod tests {
         store_valid(&st, &key, &ident(None), &p, Some(2), NOW);
         let mut m = Memo::default();
         assert!(matches!(
-            m.lookup(&st, &key, &id, NOW + 2000),
+            m.lookup(&st, || key.clone(), &id, NOW + 2000, 0),
             Lookup::Stale(_)
         ));
         // the key expires in 1.5 s: fresh never outlives it, and stale never serves past it
         store_valid(&st, &key, &ident(Some(NOW / 1000 + 1)), &p, None, NOW + 500);
         assert!(matches!(
-            m.lookup(&st, &key, &id, NOW + 900),
+            m.lookup(&st, || key.clone(), &id, NOW + 900, 0),
             Lookup::Fresh(Verdict::Valid(_))
         ));
-        assert_eq!(m.lookup(&st, &key, &id, NOW + 1000), Lookup::Miss);
+        assert_eq!(
+            m.lookup(&st, || key.clone(), &id, NOW + 1000, 0),
+            Lookup::Miss
+        );
     }
 
     #[test]
@@ -332,14 +379,48 @@ mod tests {
         store_valid(&st, &key, &ident(None), &p, None, NOW);
         let mut m = Memo::default();
         assert!(matches!(
-            m.lookup(&st, &key, &id, NOW),
+            m.lookup(&st, || key.clone(), &id, NOW, 0),
             Lookup::Fresh(Verdict::Valid(_))
         ));
         assert!(mark_revoked(&st, &key, &p, NOW));
         assert_eq!(
-            m.lookup(&st, &key, &id, NOW + 1),
+            m.lookup(&st, || key.clone(), &id, NOW + 1, 0),
             Lookup::Fresh(Verdict::Refused(Refusal::Revoked))
         );
+    }
+
+    #[test]
+    fn recent_reads_are_trusted_for_recheck_ms_only() {
+        let st = MemoryStore::default();
+        let p = CachePolicy::default();
+        let id = credential_id(None, "s");
+        let key = entry_key("kg", &id);
+        store_valid(&st, &key, &ident(None), &p, None, NOW);
+        let mut m = Memo::default();
+        let fresh = |l: Lookup| matches!(l, Lookup::Fresh(Verdict::Valid(_)));
+        assert!(fresh(m.lookup(&st, || key.clone(), &id, NOW, 250)));
+        let reads = st.gets.get();
+        assert!(fresh(m.lookup(&st, || key.clone(), &id, NOW + 249, 250)));
+        assert_eq!(st.gets.get(), reads, "a recent read is not repeated");
+        // another worker revokes: seen once the window has passed
+        assert!(mark_revoked(&st, &key, &p, NOW + 100));
+        assert!(fresh(m.lookup(&st, || key.clone(), &id, NOW + 200, 250)));
+        assert_eq!(
+            m.lookup(&st, || key.clone(), &id, NOW + 250, 250),
+            Lookup::Fresh(Verdict::Refused(Refusal::Revoked))
+        );
+        // the worker that revokes forgets at once; a clock going back never extends trust
+        store_valid(&st, &key, &ident(None), &p, None, NOW + 300);
+        m.forget(&id); // as the host does after writing an entry
+        assert!(fresh(m.lookup(&st, || key.clone(), &id, NOW + 300, 250)));
+        assert!(mark_revoked(&st, &key, &p, NOW + 301));
+        m.forget(&id);
+        assert!(!fresh(m.lookup(&st, || key.clone(), &id, NOW + 302, 250)));
+        store_valid(&st, &key, &ident(None), &p, None, NOW + 400);
+        m.forget(&id);
+        assert!(fresh(m.lookup(&st, || key.clone(), &id, NOW + 400, 250)));
+        assert!(mark_revoked(&st, &key, &p, NOW + 401));
+        assert!(!fresh(m.lookup(&st, || key.clone(), &id, NOW + 10, 250)));
     }
 
     #[test]

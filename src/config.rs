@@ -635,6 +635,7 @@ fn parse_key_service(
         stale_ms: bounded(&mut o, "stale_ttl_s", 600, 0, 604_800)? * 1000,
         negative_entries: bounded(&mut o, "negative_cache_entries", 10_000, 16, 1_000_000)?
             as usize,
+        recheck_ms: bounded(&mut o, "shared_recheck_ms", 250, 0, 60_000)?,
     };
     let on_failure = match o.opt_str("on_failure")? {
         None | Some("closed") => OnFailure::Closed,

@@ -64,6 +64,17 @@ pub const MAX_ATTEMPTS: u32 = 16;
 
 const US_PER_MS: u128 = 1000;
 
+/// `a / b` rounded down or up, in 64-bit arithmetic when both fit (every quotient `step` takes is
+/// of a difference of instants, which fits for any sane limit): 128-bit division is a slow
+/// library call in wasm.
+fn div(a: u128, b: u128, up: bool) -> u128 {
+    match (u64::try_from(a), u64::try_from(b)) {
+        (Ok(a), Ok(b)) if b > 0 => u128::from(if up { a.div_ceil(b) } else { a / b }),
+        _ if up => a.div_ceil(b.max(1)),
+        _ => a / b.max(1),
+    }
+}
+
 /// One GCRA step. `tat` and `now` are in scaled units (µs × requests). Returns the decision and
 /// the new TAT to store when allowed.
 pub fn step(limit: &Limit, tat: Option<u128>, now_us: u128) -> (RateDecision, Option<u128>) {
@@ -75,11 +86,11 @@ pub fn step(limit: &Limit, tat: Option<u128>, now_us: u128) -> (RateDecision, Op
     let new_tat = base + t;
     let horizon = now + burst * t;
     let to_ms = |scaled: u128| -> u64 {
-        let us = scaled.div_ceil(req);
-        u64::try_from(us.div_ceil(US_PER_MS)).unwrap_or(u64::MAX)
+        let us = div(scaled, req, true);
+        u64::try_from(div(us, US_PER_MS, true)).unwrap_or(u64::MAX)
     };
     if new_tat <= horizon {
-        let remaining = u64::try_from((horizon - new_tat) / t).unwrap_or(u64::MAX);
+        let remaining = u64::try_from(div(horizon - new_tat, t, false)).unwrap_or(u64::MAX);
         let d = RateDecision {
             allowed: true,
             limit: limit.burst,
@@ -120,6 +131,11 @@ pub fn take(
         };
         let (decision, new_tat) = step(limit, tat, u128::from(now_us));
         let Some(new_tat) = new_tat else {
+            // a denial writes nothing, so a guessed read is not confirmed by a CAS: read again
+            // (a guess can only be behind, so the denial stands, but its headers must be exact)
+            if store.last_was_guess() {
+                continue;
+            }
             return Ok(decision);
         };
         match store.set(key, &new_tat.to_le_bytes(), cas) {
@@ -249,7 +265,67 @@ mod tests {
         assert!(d.allowed && d.remaining == 4);
     }
 
+    #[test]
+    fn guessed_reads_skip_the_host_and_stay_exact() {
+        use crate::store::{Guesses, Speculative};
+        use std::cell::RefCell;
+        let st = MemoryStore::default();
+        let guesses = RefCell::new(Guesses::default());
+        let l = lim(1000, 1, 5);
+        let mut remaining = Vec::new();
+        for _ in 0..5 {
+            let sp = Speculative::new(&st, &guesses, T0 / 1000);
+            remaining.push(take(&sp, "b", &l, T0).unwrap().remaining);
+        }
+        assert_eq!(remaining, vec![4, 3, 2, 1, 0]);
+        // the insert and the first CAS write read the host; the next three used their guess
+        assert_eq!(st.gets.get(), 2);
+        // a write to another key after ours leaves our entry (and its token) alone: still a hit
+        st.set("other", b"x", 0);
+        let sp = Speculative::new(&st, &guesses, T0 / 1000);
+        assert!(take(&sp, "b", &l, T0 + 1000).unwrap().allowed);
+        assert_eq!(st.gets.get(), 2);
+        // but it came between our last two writes: that write's token is one further than the
+        // guess, so the next guess misses and the retry reads the host
+        let sp = Speculative::new(&st, &guesses, T0 / 1000);
+        let d = take(&sp, "b", &l, T0 + 2000).unwrap();
+        assert!(d.allowed && d.remaining == 0);
+        assert_eq!(st.gets.get(), 3);
+        // a denial from a guess is re-read before it is answered
+        let gets = st.gets.get();
+        let sp = Speculative::new(&st, &guesses, T0 / 1000);
+        assert!(!take(&sp, "b", &l, T0 + 2000).unwrap().allowed);
+        assert_eq!(st.gets.get(), gets + 1);
+    }
+
     proptest::proptest! {
+        /// Several workers, each with its own guesses, on one bucket, with writes to other keys
+        /// in between: every decision is the one a store without guesses gives.
+        #[test]
+        fn guesses_never_change_a_decision(ops in proptest::collection::vec((0usize..3, 0u8..4, 0u64..250, 0u64..400), 1..160)) {
+            use crate::store::{Guesses, Speculative};
+            use std::cell::RefCell;
+            let plain = MemoryStore::default();
+            let spec = MemoryStore::default();
+            let guesses: Vec<RefCell<Guesses>> = (0..3).map(|_| RefCell::new(Guesses::default())).collect();
+            let l = lim(100, 1, 4);
+            let mut t = T0;
+            for (worker, kind, gap, behind) in ops {
+                // workers' clocks are not in step: a request may carry an earlier time
+                t += gap * 100;
+                let now = t - behind * 100;
+                if kind == 0 {
+                    plain.set("other", b"x", 0);
+                    spec.set("other", b"x", 0);
+                    continue;
+                }
+                let want = take(&plain, "b", &l, now);
+                let sp = Speculative::new(&spec, &guesses[worker], now / 1000);
+                let got = take(&sp, "b", &l, now);
+                proptest::prop_assert_eq!(want, got);
+            }
+        }
+
         /// Over any arrival pattern, allowed ≤ burst + rate × elapsed (the token bucket's promise).
         #[test]
         fn never_exceeds_the_bucket(req in 1u64..5000, win in 1u64..3600, burst in 1u64..100,

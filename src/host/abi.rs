@@ -58,7 +58,6 @@ extern "C" {
         value_size: usize,
     ) -> u32;
     fn proxy_remove_header_map_value(map: u32, key: *const u8, key_size: usize) -> u32;
-    fn proxy_set_header_map_pairs(map: u32, data: *const u8, size: usize) -> u32;
     fn proxy_add_header_map_value(
         map: u32,
         key: *const u8,
@@ -222,13 +221,6 @@ fn encode_map<V: AsRef<[u8]>>(pairs: &[(&str, V)]) -> Vec<u8> {
         b.push(0);
     }
     b
-}
-
-/// Replaces a whole header map in one host call.
-pub fn set_headers(map: u32, pairs: &[(&str, &[u8])]) -> bool {
-    let b = encode_map(pairs);
-    // SAFETY: valid slice.
-    unsafe { proxy_set_header_map_pairs(map, b.as_ptr(), b.len()) == STATUS_OK }
 }
 
 /// All headers of a map in one host call, as the raw wire buffer; `HeaderMap::pairs` borrows

@@ -19,7 +19,7 @@ use crate::config::{self, KeyServiceConfig, OnFailure};
 use crate::contract::{self, ServiceFailure};
 use crate::gate::{Decision, Gate, LogFields, Pending, Step};
 use crate::hash::{credential_id, credential_id_from_hash, Digest32};
-use crate::store::{SetOutcome, SharedStore};
+use crate::store::{Guesses, SetOutcome, SharedStore, Speculative};
 use crate::throttle::{client_of, Throttle};
 use crate::verdict::{Refusal, Verdict};
 
@@ -63,9 +63,11 @@ struct Waiter {
 #[derive(Default)]
 struct Metrics {
     ids: HashMap<String, u32>,
-    /// Per-request counts, added to Envoy's counters on the next tick (at most a second later):
-    /// one host call a request less.
-    pending: HashMap<u32, i64>,
+    /// Metric ids of the fixed names, found by the name's address: no hashing on the hot path.
+    fixed: Vec<(&'static str, u32)>,
+    /// Per-request counts by metric id, added to Envoy's counters on the next tick (at most a
+    /// second later): one host call a request less. A request counts 1-3 of ~25 names.
+    pending: Vec<(u32, i64)>,
 }
 
 impl Metrics {
@@ -79,9 +81,31 @@ impl Metrics {
     }
 
     /// Counts one, batched until the next tick.
-    fn inc(&mut self, name: &str) {
+    fn inc(&mut self, name: &'static str) {
+        let id = match self.fixed.iter().find(|(n, _)| std::ptr::eq(*n, name)) {
+            Some((_, id)) => *id,
+            None => {
+                let Some(id) = self.id(abi::METRIC_COUNTER, name) else {
+                    return;
+                };
+                self.fixed.push((name, id));
+                id
+            }
+        };
+        self.count(id);
+    }
+
+    /// Counts one for a name built at run time (bounded by the config: plan names).
+    fn inc_dyn(&mut self, name: &str) {
         if let Some(id) = self.id(abi::METRIC_COUNTER, name) {
-            *self.pending.entry(id).or_insert(0) += 1;
+            self.count(id);
+        }
+    }
+
+    fn count(&mut self, id: u32) {
+        match self.pending.iter_mut().find(|(i, _)| *i == id) {
+            Some(slot) => slot.1 += 1,
+            None => self.pending.push((id, 1)),
         }
     }
 
@@ -93,8 +117,11 @@ impl Metrics {
     }
 
     fn flush(&mut self) {
-        for (id, n) in self.pending.drain() {
-            abi::increment_metric(id, n);
+        for (id, n) in self.pending.iter_mut() {
+            if *n != 0 {
+                abi::increment_metric(*id, *n);
+                *n = 0;
+            }
         }
     }
 
@@ -160,6 +187,7 @@ struct Plugin {
     root_id: u32,
     gate: Rc<Gate>,
     memo: Memo,
+    guesses: RefCell<Guesses>,
     negative: NegativeCache,
     flights: HashMap<Digest32, Flight>,
     calls: HashMap<u32, Call>,
@@ -255,6 +283,7 @@ pub extern "C" fn proxy_on_configure(root_id: u32, size: usize) -> u32 {
         root_id,
         gate: Rc::new(Gate::new(cfg)),
         memo: Memo::default(),
+        guesses: RefCell::new(Guesses::default()),
         negative: NegativeCache::new(negative_cap),
         flights: HashMap::new(),
         calls: HashMap::new(),
@@ -335,19 +364,13 @@ fn set_log_fields(l: &LogFields) {
 impl Plugin {
     /// Applies a decision to the current (effective) stream. Returns the action for a callback
     /// still in progress; `resume` continues a paused request instead.
+    ///
+    /// Request headers change one host call per header: a header removed (only those present),
+    /// one added per non-empty identity value. Measured in Envoy 1.40 (instructions per request,
+    /// callgrind): rewriting the whole map in one `proxy_set_header_map_pairs` cost ~21k for a
+    /// small request and grows with every header the client sends; a removal ~2k, an addition
+    /// ~3.7k.
     fn apply(&mut self, ctx: u32, d: Decision, resume: bool) -> u32 {
-        self.apply_with(ctx, d, resume, None)
-    }
-
-    /// `current`: the request's headers as read in this callback. With them, every request-header
-    /// change is written back in one host call instead of one call per header.
-    fn apply_with(
-        &mut self,
-        ctx: u32,
-        d: Decision,
-        resume: bool,
-        current: Option<&[(&str, &[u8])]>,
-    ) -> u32 {
         let log = d.log();
         set_log_fields(log);
         self.metrics.inc(decision_metric(log.decision));
@@ -361,7 +384,7 @@ impl Plugin {
                 .any(|(n, _)| n == log.plan());
             let plan = if known { log.plan() } else { "other" };
             self.metrics
-                .inc(&format!("keygate.ratelimit.rejected.{plan}"));
+                .inc_dyn(&format!("keygate.ratelimit.rejected.{plan}"));
         }
         match d {
             Decision::Deny(reply, _) => {
@@ -371,35 +394,20 @@ impl Plugin {
                 ACTION_PAUSE
             }
             Decision::Allow(a) => {
-                let gate = self.gate.clone();
-                let identity = a.identity.as_deref().map(|id| gate.identity_headers(id));
-                let added = a.set.iter().map(|(n, v)| (n.as_str(), v.as_bytes()));
-                let added = added.chain(identity.iter().flatten().map(|(n, v)| (*n, v.as_bytes())));
-                match current {
-                    Some(cur) => {
-                        // one host call writes the whole request-header map
-                        let mut out: Vec<(&str, &[u8])> = Vec::with_capacity(cur.len() + 6);
-                        for &(n, v) in cur {
-                            if a.remove.iter().any(|r| r == n) {
-                                continue;
-                            }
-                            match (&a.path, n) {
-                                (Some(p), ":path") => out.push((n, p.as_slice())),
-                                _ => out.push((n, v)),
-                            }
-                        }
-                        out.extend(added);
-                        abi::set_headers(abi::MAP_REQUEST_HEADERS, &out);
-                    }
-                    None => {
-                        for name in &a.remove {
-                            abi::remove_header(abi::MAP_REQUEST_HEADERS, name);
-                        }
-                        for (n, v) in added {
-                            abi::replace_header(abi::MAP_REQUEST_HEADERS, n, v);
-                        }
-                        if let Some(p) = &a.path {
-                            abi::replace_header(abi::MAP_REQUEST_HEADERS, ":path", p);
+                for name in &a.remove {
+                    abi::remove_header(abi::MAP_REQUEST_HEADERS, name);
+                }
+                if let Some(p) = &a.path {
+                    abi::replace_header(abi::MAP_REQUEST_HEADERS, ":path", p);
+                }
+                for (n, v) in &a.set {
+                    abi::add_header(abi::MAP_REQUEST_HEADERS, n, v);
+                }
+                if let Some(id) = a.identity.as_deref() {
+                    // forged copies were removed above; an empty value is not sent
+                    for (n, v) in self.gate.identity_headers(id) {
+                        if !v.is_empty() {
+                            abi::add_header(abi::MAP_REQUEST_HEADERS, n, &v);
                         }
                     }
                 }
@@ -433,33 +441,37 @@ impl Plugin {
                 ) {
                     self.note_failure(&client_address());
                 }
-                return self.apply_with(ctx, d, false, Some(&headers));
+                return self.apply(ctx, d, false);
             }
             Step::Verify(p) => p,
         };
         let now = self.now;
         if let Some(v) = gate.embedded_verdict(&pending, now / 1000) {
             let d = self.conclude(pending, v, now);
-            return self.apply_with(ctx, d, false, Some(&headers));
+            return self.apply(ctx, d, false);
         }
         let Some(ks) = gate.cfg.key_service.as_ref() else {
             // unreachable in practice: embedded_verdict only defers when a service is configured
             let d = self.conclude(pending, Verdict::Refused(Refusal::Unknown), now);
-            return self.apply_with(ctx, d, false, Some(&headers));
+            return self.apply(ctx, d, false);
         };
         let c = &pending.credential;
         let id = credential_id(c.user.as_deref(), &c.secret);
         if let Some(r) = self.negative.get(&id, now) {
             self.metrics.inc("keygate.cache.negative_hit");
             let d = self.conclude(pending, Verdict::Refused(r), now);
-            return self.apply_with(ctx, d, false, Some(&headers));
+            return self.apply(ctx, d, false);
         }
-        let key = cache::entry_key(&gate.cfg.shared_prefix, &id);
-        let stale = match self.memo.lookup(&EnvoyStore, &key, &id, now) {
+        let prefix = &gate.cfg.shared_prefix;
+        let key = || cache::entry_key(prefix, &id);
+        let stale = match self
+            .memo
+            .lookup(&EnvoyStore, key, &id, now, ks.cache.recheck_ms)
+        {
             Lookup::Fresh(v) => {
                 self.metrics.inc("keygate.cache.hit");
                 let d = self.conclude(pending, v, now);
-                return self.apply_with(ctx, d, false, Some(&headers));
+                return self.apply(ctx, d, false);
             }
             Lookup::Stale(v) => Some(v),
             Lookup::Miss => None,
@@ -472,7 +484,7 @@ impl Plugin {
         if let Some(t) = self.throttle.as_mut() {
             if let Some(wait) = t.blocked(&client, now * 1000) {
                 let d = gate.throttled(&pending, wait);
-                return self.apply_with(ctx, d, false, Some(&headers));
+                return self.apply(ctx, d, false);
             }
             t.record_failure(&client, now * 1000);
         }
@@ -517,9 +529,15 @@ impl Plugin {
                 self.settle_flight(&id, |p, w| p.failed(w, ServiceFailure::NoResponse));
                 abi::set_effective_context(ctx);
                 let d = self.failed(waiter, ServiceFailure::NoResponse);
-                self.apply_with(ctx, d, false, Some(&headers))
+                self.apply(ctx, d, false)
             }
         }
+    }
+
+    /// The store the token buckets go through: Envoy shared data, with this worker's guesses of
+    /// its own last writes (`store::Speculative`: one host call a request instead of two).
+    fn buckets(&self, now_ms: u64) -> Speculative<'_> {
+        Speculative::new(&EnvoyStore, &self.guesses, now_ms)
     }
 
     /// Records a failed authentication for `client` (throttle on).
@@ -545,7 +563,7 @@ impl Plugin {
             }
             self.note_failure(&client);
         }
-        gate.finish(pending, v, &EnvoyStore, now * 1000)
+        gate.finish(pending, v, &self.buckets(now), now * 1000)
     }
 
     /// Dispatches a call owned by the root context, then restores `ctx` as the effective one.
@@ -589,7 +607,7 @@ impl Plugin {
         let now = now_ms();
         if let Some(v) = w.stale {
             self.metrics.inc("keygate.cache.stale_served");
-            return gate.finish(w.pending, v.at(now / 1000), &EnvoyStore, now * 1000);
+            return gate.finish(w.pending, v.at(now / 1000), &self.buckets(now), now * 1000);
         }
         match gate.cfg.key_service.as_ref() {
             Some(ks) if ks.on_failure == OnFailure::Open => gate.fail_open(w.pending, f.as_str()),
@@ -650,6 +668,7 @@ impl Plugin {
                     let key = cache::entry_key(&gate.cfg.shared_prefix, &id);
                     cache::store_valid(&EnvoyStore, &key, identity, &ks.cache, a.ttl_hint_s, now);
                     self.negative.remove(&id);
+                    self.memo.forget(&id);
                 }
                 Verdict::Valid(_) => {}
                 Verdict::Refused(r) => {
@@ -679,7 +698,7 @@ impl Plugin {
                 if let (Verdict::Valid(_), Some(t)) = (&v, p.throttle.as_mut()) {
                     t.refund(&w.client, now * 1000);
                 }
-                gate.finish(w.pending, v, &EnvoyStore, now * 1000)
+                gate.finish(w.pending, v, &p.buckets(now), now * 1000)
             }
             Err(f) => p.failed(w, *f),
         });
@@ -802,6 +821,7 @@ impl Plugin {
                         ids.push(credential_id_from_hash(Some(u), hash));
                     }
                     for id in ids {
+                        self.memo.forget(&id);
                         self.negative.insert(
                             id,
                             Refusal::Revoked,
