@@ -77,6 +77,7 @@ impl RateConfig {
 }
 
 #[derive(Clone, Debug)]
+/// Header names for the identity sent upstream; `""` when the operator turned one off (`false`).
 pub struct IdentityHeaders {
     pub key_id: String,
     pub subject: String,
@@ -896,13 +897,23 @@ pub fn parse(bytes: &[u8], warnings: &mut Vec<String>) -> Result<Config, ConfigE
             ("plan", &mut identity_headers.plan),
             ("scopes", &mut identity_headers.scopes),
         ] {
-            if let Some(s) = ih.opt_str(name)? {
-                *slot = header_name(&ih.field(name), s)?;
+            match ih.get(name) {
+                None => {}
+                // not sent, and a client's header of the default name is left alone
+                Some(Value::Bool(false)) => slot.clear(),
+                Some(_) => {
+                    let s = ih.opt_str(name)?.unwrap_or_default();
+                    *slot = header_name(&ih.field(name), s)?;
+                }
             }
         }
         ih.finish(strict, w)?;
     }
-    for n in identity_headers.names() {
+    for n in identity_headers
+        .names()
+        .into_iter()
+        .filter(|n| !n.is_empty())
+    {
         // headers keygate reads or Envoy manages cannot carry identity: a client could forge them
         let reserved = [
             "authorization",

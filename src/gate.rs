@@ -683,6 +683,26 @@ mod tests {
     }
 
     #[test]
+    fn identity_headers_turned_off_are_neither_set_nor_removed() {
+        let g = gate(&key_json(r#","identity_headers":{"plan":false}"#));
+        let st = MemoryStore::default();
+        let d = run(
+            &g,
+            &st,
+            &[
+                (":path", b"/a?_apikey=secret-1"),
+                ("x-keygate-plan", b"client's"),
+            ],
+        );
+        let Decision::Allow(a) = d else {
+            panic!("{d:?}")
+        };
+        assert!(!a.remove.contains(&"x-keygate-plan".to_string()));
+        let h = g.identity_headers(a.identity.as_deref().unwrap());
+        assert_eq!(h[3].0, "");
+    }
+
+    #[test]
     fn refusals_are_problems_with_challenges() {
         let g = gate(&key_json(""));
         let st = MemoryStore::default();

@@ -404,9 +404,10 @@ impl Plugin {
                     abi::add_header(abi::MAP_REQUEST_HEADERS, n, v);
                 }
                 if let Some(id) = a.identity.as_deref() {
-                    // forged copies were removed above; an empty value is not sent
+                    // forged copies were removed above; an empty value, or a header the
+                    // operator turned off (no name), is not sent
                     for (n, v) in self.gate.identity_headers(id) {
-                        if !v.is_empty() {
+                        if !n.is_empty() && !v.is_empty() {
                             abi::add_header(abi::MAP_REQUEST_HEADERS, n, &v);
                         }
                     }

@@ -57,6 +57,25 @@ def test_x_api_key(envoy):
     assert hdr(echo, "x-api-key") == []
 
 
+def test_empty_identity_values_are_not_sent(envoy):
+    # k-query has no scopes: no empty x-keygate-scopes reaches the upstream (a forged one is removed)
+    echo = upstream_saw(envoy.req("GET", "/v1/x", [("X-API-Key", QUERY_KEY), ("x-keygate-scopes", "admin")]))
+    assert hdr(echo, "x-keygate-key-id") == ["k-query"]
+    assert hdr(echo, "x-keygate-scopes") == []
+
+
+def test_identity_headers_can_be_renamed_or_turned_off(make_envoy):
+    e = make_envoy({"keys": KEYS, "identity_headers": {"key_id": "x-client-id", "subject": False,
+                                                       "scopes": False}})
+    echo = upstream_saw(e.req("GET", "/v1/x", [("X-API-Key", HEADER_KEY), ("x-client-id", "forged"),
+                                                ("x-keygate-scopes", "client's own")]))
+    assert hdr(echo, "x-client-id") == ["k-header"]
+    assert hdr(echo, "x-keygate-account") == ["evon"]
+    # turned off: keygate neither sets nor removes it
+    assert hdr(echo, "x-keygate-scopes") == ["client's own"]
+    assert hdr(echo, "x-keygate-subject") == []
+
+
 @pytest.mark.parametrize("scheme", ["Bearer", "bearer", "BEARER"])
 def test_bearer_scheme_is_case_insensitive(envoy, scheme):
     echo = upstream_saw(envoy.req("GET", "/v1/objects/events", [("Authorization", f"{scheme} {BEARER_KEY}")]))
