@@ -315,7 +315,22 @@ impl Gate {
 
     /// The embedded store's verdict, or `None` when the key is not declared there.
     pub fn embedded_verdict(&self, p: &Pending, now_s: u64) -> Option<Verdict> {
-        match self.cfg.keys.verify(&p.credential, now_s) {
+        let digest = crate::hash::sha256(p.credential.secret.as_bytes());
+        self.embedded_verdict_hashed(p, &digest, now_s)
+    }
+
+    /// `embedded_verdict` given the secret's SHA-256.
+    pub fn embedded_verdict_hashed(
+        &self,
+        p: &Pending,
+        secret_sha256: &crate::hash::Digest32,
+        now_s: u64,
+    ) -> Option<Verdict> {
+        match self
+            .cfg
+            .keys
+            .verify_hashed(&p.credential, secret_sha256, now_s)
+        {
             Verdict::Refused(Refusal::Unknown) if self.has_remote() => None,
             v => Some(v),
         }

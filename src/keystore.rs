@@ -35,7 +35,17 @@ impl KeyStore {
     }
 
     pub fn verify(&self, cred: &Credential, now_s: u64) -> Verdict {
-        let Some(entry) = self.by_hash.get(&sha256(cred.secret.as_bytes())) else {
+        self.verify_hashed(cred, &sha256(cred.secret.as_bytes()), now_s)
+    }
+
+    /// `verify` with the secret's SHA-256 already computed (the host needs it for the cache too).
+    pub fn verify_hashed(
+        &self,
+        cred: &Credential,
+        secret_sha256: &Digest32,
+        now_s: u64,
+    ) -> Verdict {
+        let Some(entry) = self.by_hash.get(secret_sha256) else {
             return Verdict::Refused(Refusal::Unknown);
         };
         if cred.style == Style::Basic && entry.user.as_deref() != cred.user.as_deref() {

@@ -131,10 +131,19 @@ pub fn take(
         };
         let (decision, new_tat) = step(limit, tat, u128::from(now_us));
         let Some(new_tat) = new_tat else {
-            // a denial writes nothing, so a guessed read is not confirmed by a CAS: read again
-            // (a guess can only be behind, so the denial stands, but its headers must be exact)
-            if store.last_was_guess() {
-                continue;
+            // A denial changes nothing. Through a guessing store, the value is written back
+            // unchanged under its CAS: that confirms a guessed read (a guess can only be behind,
+            // so the denial would stand, but its headers must be exact) and seeds the next
+            // guess, so a flood of 429s costs a write each instead of a read.
+            if store.guesses() {
+                if let Some(t) = tat {
+                    match store.set(key, &t.to_le_bytes(), cas) {
+                        SetOutcome::Written => return Ok(decision),
+                        // exact as of a real read; a guess that missed reads again
+                        _ if !store.last_was_guess() => return Ok(decision),
+                        _ => continue,
+                    }
+                }
             }
             return Ok(decision);
         };
@@ -291,11 +300,21 @@ mod tests {
         let d = take(&sp, "b", &l, T0 + 2000).unwrap();
         assert!(d.allowed && d.remaining == 0);
         assert_eq!(st.gets.get(), 3);
-        // a denial from a guess is re-read before it is answered
+        // denials write the value back unchanged: that confirms the guess they used and seeds
+        // the next one, so a run of 429s reads nothing
         let gets = st.gets.get();
-        let sp = Speculative::new(&st, &guesses, T0 / 1000);
-        assert!(!take(&sp, "b", &l, T0 + 2000).unwrap().allowed);
-        assert_eq!(st.gets.get(), gets + 1);
+        let tat = st.map.borrow()["b"].0.clone();
+        for _ in 0..3 {
+            let sp = Speculative::new(&st, &guesses, T0 / 1000);
+            let d = take(&sp, "b", &l, T0 + 2000).unwrap();
+            assert!(!d.allowed && d.retry_after_ms == 1);
+        }
+        assert_eq!(st.gets.get(), gets);
+        assert_eq!(
+            st.map.borrow()["b"].0,
+            tat,
+            "a denial never changes the bucket"
+        );
     }
 
     proptest::proptest! {

@@ -11,8 +11,14 @@ pub trait SharedStore {
     fn get(&self, key: &str) -> Option<(Vec<u8>, u32)>;
     fn set(&self, key: &str, value: &[u8], cas: u32) -> SetOutcome;
     /// Whether the last `get` answered from a worker-local guess (see [`Speculative`]) rather
-    /// than from the store: a decision no CAS write confirms must read again.
+    /// than from the store: a decision must then be confirmed by a CAS write.
     fn last_was_guess(&self) -> bool {
+        false
+    }
+
+    /// Whether writing a value back unchanged is worth it (it confirms a guess, and seeds the
+    /// next one): true for [`Speculative`].
+    fn guesses(&self) -> bool {
         false
     }
 }
@@ -95,6 +101,10 @@ impl SharedStore for Speculative<'_> {
 
     fn last_was_guess(&self) -> bool {
         self.guessed.get()
+    }
+
+    fn guesses(&self) -> bool {
+        true
     }
 
     fn set(&self, key: &str, value: &[u8], cas: u32) -> SetOutcome {
