@@ -611,7 +611,9 @@ fn decimal(mut n: u64) -> String {
             break;
         }
     }
-    buf[i..].iter().map(|&b| char::from(b)).collect()
+    std::str::from_utf8(&buf[i..])
+        .map(str::to_owned)
+        .unwrap_or_default()
 }
 
 /// The unix second at which the bucket is full again, rounded up: a client that waits until

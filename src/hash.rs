@@ -1,5 +1,8 @@
 //! SHA-256 helpers. Every secret is hashed before it is compared, cached or stored.
 
+use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
+
 use sha2::{Digest, Sha256};
 
 pub type Digest32 = [u8; 32];
@@ -61,6 +64,73 @@ pub(crate) fn hex_val(c: u8) -> Option<u8> {
     }
 }
 
+/// A worker's memo of recent secrets' SHA-256, so a key presented again skips the hash (SHA-256
+/// is about a third of keygate's own compute per request; in wasm, without SHA instructions, it
+/// is several thousand instructions a block).
+///
+/// The memo never holds a secret: it maps a 128-bit tag of the secret to its digest. The tag is
+/// two SipHash outputs under two keys drawn at random per VM (std's `RandomState`, seeded from
+/// WASI's `random_get`), so a client cannot choose a secret whose tag matches another key's
+/// without knowing those keys; a blind match has probability 2^-128 per try. Bounded: cleared
+/// when full.
+pub struct DigestMemo {
+    keys: (RandomState, RandomState),
+    map: HashMap<u128, Digest32, BuildHasherDefault<TagHasher>>,
+    cap: usize,
+}
+
+impl DigestMemo {
+    pub fn new(cap: usize) -> Self {
+        DigestMemo {
+            keys: (RandomState::new(), RandomState::new()),
+            map: HashMap::default(),
+            cap: cap.max(1),
+        }
+    }
+
+    pub fn sha256(&mut self, secret: &[u8]) -> Digest32 {
+        let tag = (u128::from(self.keys.0.hash_one(secret)) << 64)
+            | u128::from(self.keys.1.hash_one(secret));
+        if let Some(d) = self.map.get(&tag) {
+            return *d;
+        }
+        let d = sha256(secret);
+        if self.map.len() >= self.cap {
+            self.map.clear();
+        }
+        self.map.insert(tag, d);
+        d
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+}
+
+/// The memo's tags are already keyed hashes: its map uses their low bits as they are.
+#[derive(Default)]
+pub struct TagHasher(u64);
+
+impl Hasher for TagHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes.iter().take(8) {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+
+    fn write_u128(&mut self, n: u128) {
+        self.0 = n as u64;
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -91,5 +161,35 @@ mod tests {
         );
         assert_ne!(credential_id(None, "t"), credential_id(Some("a"), "t"));
         assert_eq!(credential_id(None, "t"), credential_id(Some(""), "t"));
+    }
+
+    #[test]
+    fn digest_memo_agrees_with_sha256_and_is_bounded() {
+        let mut m = DigestMemo::new(8);
+        for round in 0..3 {
+            for i in 0..20 {
+                let secret = format!("secret-{i}");
+                assert_eq!(
+                    m.sha256(secret.as_bytes()),
+                    sha256(secret.as_bytes()),
+                    "{round} {i}"
+                );
+                assert!(m.len() <= 8);
+            }
+        }
+        // two memos (two VMs) tag differently: the tags are keyed
+        let (a, b) = (DigestMemo::new(1), DigestMemo::new(1));
+        let t = |m: &DigestMemo| m.keys.0.hash_one(b"k");
+        assert_ne!(t(&a), t(&b));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn digest_memo_never_answers_another_secret(secrets in proptest::collection::vec(proptest::collection::vec(proptest::num::u8::ANY, 0..40), 1..60)) {
+            let mut m = DigestMemo::new(16);
+            for s in secrets.iter().chain(secrets.iter().rev()) {
+                proptest::prop_assert_eq!(m.sha256(s), sha256(s));
+            }
+        }
     }
 }

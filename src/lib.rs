@@ -1,7 +1,7 @@
 //! keygate: an API-key gateway that runs inside Envoy as a proxy-wasm HTTP filter.
 //!
-//! Everything but `host` is the pure core: it never imports `proxy_wasm` (that crate is only a
-//! dependency on wasm32), and it is tested natively with `cargo test`.
+//! Everything but `host` is the pure core: no host calls (keygate implements the proxy-wasm ABI
+//! itself, in `host::abi`), tested natively with `cargo test`.
 
 pub mod cache;
 pub mod config;

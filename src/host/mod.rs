@@ -18,7 +18,7 @@ use crate::cache::{self, Lookup, Memo, NegativeCache};
 use crate::config::{self, KeyServiceConfig, OnFailure};
 use crate::contract::{self, ServiceFailure};
 use crate::gate::{Decision, Gate, LogFields, Pending, Step};
-use crate::hash::{credential_id_from_hash, Digest32};
+use crate::hash::{credential_id_from_hash, Digest32, DigestMemo};
 use crate::store::{Guesses, SetOutcome, SharedStore, Speculative};
 use crate::throttle::{client_of, Throttle};
 use crate::verdict::{Refusal, Verdict};
@@ -188,6 +188,7 @@ struct Plugin {
     gate: Rc<Gate>,
     memo: Memo,
     guesses: RefCell<Guesses>,
+    digests: DigestMemo,
     negative: NegativeCache,
     flights: HashMap<Digest32, Flight>,
     calls: HashMap<u32, Call>,
@@ -210,6 +211,8 @@ thread_local! {
 }
 
 const RESPONSE_HEADERS_SWEEP: usize = 1024;
+/// Secrets whose SHA-256 a worker remembers (by keyed tag, never the secret): ~100 KB at most.
+const DIGEST_MEMO_ENTRIES: usize = 2048;
 const STARTUP_TICK_MS: u32 = 100;
 const METRICS_FLUSH_MS: u32 = 1000;
 const RESPONSE_HEADERS_MAX_AGE_MS: u64 = 600_000;
@@ -284,6 +287,7 @@ pub extern "C" fn proxy_on_configure(root_id: u32, size: usize) -> u32 {
         gate: Rc::new(Gate::new(cfg)),
         memo: Memo::default(),
         guesses: RefCell::new(Guesses::default()),
+        digests: DigestMemo::new(DIGEST_MEMO_ENTRIES),
         negative: NegativeCache::new(negative_cap),
         flights: HashMap::new(),
         calls: HashMap::new(),
@@ -447,9 +451,9 @@ impl Plugin {
             Step::Verify(p) => p,
         };
         let now = self.now;
-        // one SHA-256 of the secret serves the embedded store and the cache id (~4k instructions
-        // each in wasm)
-        let secret_sha256 = crate::hash::sha256(pending.credential.secret.as_bytes());
+        // one SHA-256 of the secret (memoized per worker) serves the embedded store and the
+        // cache id
+        let secret_sha256 = self.digests.sha256(pending.credential.secret.as_bytes());
         if let Some(v) = gate.embedded_verdict_hashed(&pending, &secret_sha256, now / 1000) {
             let d = self.conclude(pending, v, now);
             return self.apply(ctx, d, false);
