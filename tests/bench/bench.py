@@ -799,6 +799,22 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def shared_data_sizes() -> str:
+    """Bytes keygate keeps in shared data per token bucket and per cached verdict, from the
+    formats in src/ratelimit.rs and src/cache.rs (default `shared_prefix`, the bench's keys)."""
+    prefix = "keygate.v1"
+    bucket_key = f"{prefix}:rl:k:bench"
+    verdict_key = f"{prefix}:v:" + "0" * 64
+    rec = REMOTE_KEY_RECORD
+    identity = {"valid": True, "key_id": rec["id"], "subject": rec["user"] or rec["id"], "account": rec["account"],
+                "plan": rec["plan"], "scopes": rec["scopes"], "expires_at": rec["expires_at"],
+                "ratelimit": rec["ratelimit"], "resources": rec["resources"]}
+    verdict_value = 3 + 8 + 8 + 1 + len(json.dumps(identity, separators=(",", ":"), sort_keys=True))
+    return (f"per token bucket {len(bucket_key)} B key (`{bucket_key}`) + 16 B value; per cached verdict "
+            f"{len(verdict_key)} B key + {verdict_value} B value (20 B header + the identity JSON of "
+            f"the remote bench key; it grows with scopes and resources)")
+
+
 def shared_data_estimate(log_text: str) -> str | None:
     """The last line in which keygate reports a shared-data size, if it prints one."""
     hits = [ln for ln in log_text.splitlines()
@@ -965,6 +981,8 @@ def report(args: argparse.Namespace, rows: list[dict], res: dict, wasm: dict) ->
           f"noop_filter.wasm {wasm['noop_filter.wasm']['bytes']:,} B")
     print(f"- Envoy memory after the run: allocated {mib(memory.get('allocated', 0))}, "
           f"heap_size {mib(memory.get('heap_size', 0))}")
+    print(f"- keygate shared data (Envoy adds its own per-entry overhead: a hash-map node and two strings): "
+          f"{shared_data_sizes()}")
     if res["shared_data_estimate"]:
         print(f"- keygate shared data: {res['shared_data_estimate']}")
     print(f"- CPU {ENVOY_CPU} (Envoy) during the timed runs: busy {min(busy):.0f}-{max(busy):.0f}%, of which "
