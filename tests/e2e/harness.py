@@ -39,6 +39,11 @@ def envoy_command() -> list[str]:
     return shlex.split(out.stdout.strip())
 
 
+# Work directories made by this process (Envoy configs and logs, key-service databases): the
+# pytest session removes them when every test passed, and keeps them for a look when one failed.
+CREATED_DIRS: list[Path] = []
+
+
 def stop_process(proc: subprocess.Popen | None, grace: float) -> None:
     """SIGTERM, then SIGKILL after `grace` seconds."""
     if proc and proc.poll() is None:
@@ -187,6 +192,7 @@ class Envoy:
         if not WASM.exists():
             raise RuntimeError(f"{WASM} is missing: build it with `cargo wasm`")
         self.workdir = Path(tempfile.mkdtemp(prefix="keygate-e2e-"))
+        CREATED_DIRS.append(self.workdir)
         self.port = self.port or free_port()
         self.admin_port = self.admin_port or free_port()
         cfg = self.workdir / "envoy.json"
@@ -290,6 +296,7 @@ class KeyService:
     def __init__(self, seed_demo: bool = True):
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="keygate-ks-"))
+        CREATED_DIRS.append(self.dir)
         self.db = self.dir / "keys.sqlite"
         self.seed_demo = seed_demo
         self.proc: subprocess.Popen | None = None
