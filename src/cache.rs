@@ -137,40 +137,12 @@ impl Memo {
         now_ms: u64,
         recheck_ms: u64,
     ) -> Lookup {
-        let recent = self
-            .map
-            .get(id)
-            .filter(|m| now_ms >= m.read_ms && now_ms - m.read_ms < recheck_ms);
-        let entry = match recent {
-            Some(m) => m.entry.clone(),
-            None => {
-                let Some((bytes, cas)) = store.get(&key()) else {
-                    self.map.remove(id);
-                    return Lookup::Miss;
-                };
-                match self.map.get_mut(id) {
-                    Some(m) if m.cas == cas => {
-                        m.read_ms = now_ms;
-                        m.entry.clone()
-                    }
-                    _ => {
-                        let Some(e) = decode(&bytes) else {
-                            self.map.remove(id);
-                            return Lookup::Miss;
-                        };
-                        if self.map.len() >= MEMO_MAX {
-                            self.map.clear();
-                        }
-                        let m = Memoed {
-                            cas,
-                            entry: e.clone(),
-                            read_ms: now_ms,
-                        };
-                        self.map.insert(*id, m);
-                        e
-                    }
-                }
-            }
+        let entry = match self.map.get(id) {
+            Some(m) if now_ms >= m.read_ms && now_ms - m.read_ms < recheck_ms => m.entry.clone(),
+            _ => match self.read(store, &key(), id, now_ms) {
+                Some(e) => e,
+                None => return Lookup::Miss,
+            },
         };
         let verdict = entry.verdict.at(now_ms / 1000);
         if now_ms < entry.fresh_until_ms {
@@ -180,6 +152,38 @@ impl Memo {
         } else {
             Lookup::Miss
         }
+    }
+
+    /// Reads the entry from shared data; decodes it only when its CAS token changed.
+    fn read(
+        &mut self,
+        store: &dyn SharedStore,
+        key: &str,
+        id: &Digest32,
+        now_ms: u64,
+    ) -> Option<Entry> {
+        let Some((bytes, cas)) = store.get(key) else {
+            self.map.remove(id);
+            return None;
+        };
+        if let Some(m) = self.map.get_mut(id).filter(|m| m.cas == cas) {
+            m.read_ms = now_ms;
+            return Some(m.entry.clone());
+        }
+        let Some(entry) = decode(&bytes) else {
+            self.map.remove(id);
+            return None;
+        };
+        if self.map.len() >= MEMO_MAX {
+            self.map.clear();
+        }
+        let m = Memoed {
+            cas,
+            entry: entry.clone(),
+            read_ms: now_ms,
+        };
+        self.map.insert(*id, m);
+        Some(entry)
     }
 
     /// Drops what this worker remembers of `id` (it just wrote or revoked the entry).

@@ -314,23 +314,14 @@ impl Gate {
     }
 
     /// The embedded store's verdict, or `None` when the key is not declared there.
-    pub fn embedded_verdict(&self, p: &Pending, now_s: u64) -> Option<Verdict> {
-        let digest = crate::hash::sha256(p.credential.secret.as_bytes());
-        self.embedded_verdict_hashed(p, &digest, now_s)
-    }
-
-    /// `embedded_verdict` given the secret's SHA-256.
-    pub fn embedded_verdict_hashed(
+    /// `secret_sha256`: the SHA-256 of the credential's secret.
+    pub fn embedded_verdict(
         &self,
         p: &Pending,
         secret_sha256: &crate::hash::Digest32,
         now_s: u64,
     ) -> Option<Verdict> {
-        match self
-            .cfg
-            .keys
-            .verify_hashed(&p.credential, secret_sha256, now_s)
-        {
+        match self.cfg.keys.verify(&p.credential, secret_sha256, now_s) {
             Verdict::Refused(Refusal::Unknown) if self.has_remote() => None,
             v => Some(v),
         }
@@ -641,8 +632,9 @@ pub fn decide(
     match gate.begin(headers) {
         Step::Done(d) => d,
         Step::Verify(p) => {
+            let digest = crate::hash::sha256(p.credential.secret.as_bytes());
             let v = gate
-                .embedded_verdict(&p, now_us / 1_000_000)
+                .embedded_verdict(&p, &digest, now_us / 1_000_000)
                 .unwrap_or(Verdict::Refused(Refusal::Unknown));
             gate.finish(p, v, store, now_us)
         }
@@ -816,7 +808,10 @@ mod tests {
         ]) else {
             panic!()
         };
-        assert!(g.embedded_verdict(&p, NOW_US / 1_000_000).is_none()); // defers to the service
+        let digest = crate::hash::sha256(p.credential.secret.as_bytes());
+        assert!(g
+            .embedded_verdict(&p, &digest, NOW_US / 1_000_000)
+            .is_none()); // defers to the service
         let Decision::Deny(r, _) = g.unavailable(&p, 3) else {
             panic!()
         };

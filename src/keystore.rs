@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use crate::credential::{Credential, Style};
-use crate::hash::{sha256, Digest32};
+use crate::hash::Digest32;
 use crate::verdict::{Identity, Refusal, Verdict};
 
 #[derive(Clone, Debug)]
@@ -34,17 +34,9 @@ impl KeyStore {
         self.by_hash.is_empty()
     }
 
-    pub fn verify(&self, cred: &Credential, now_s: u64) -> Verdict {
-        self.verify_hashed(cred, &sha256(cred.secret.as_bytes()), now_s)
-    }
-
-    /// `verify` with the secret's SHA-256 already computed (the host needs it for the cache too).
-    pub fn verify_hashed(
-        &self,
-        cred: &Credential,
-        secret_sha256: &Digest32,
-        now_s: u64,
-    ) -> Verdict {
+    /// The verdict for `cred`, given its secret's SHA-256 (computed once by the caller, which
+    /// also needs it for the cache id).
+    pub fn verify(&self, cred: &Credential, secret_sha256: &Digest32, now_s: u64) -> Verdict {
         let Some(entry) = self.by_hash.get(secret_sha256) else {
             return Verdict::Refused(Refusal::Unknown);
         };

@@ -30,6 +30,11 @@ if [ -f tests/bench/noop-filter/Cargo.toml ] && [ -f tests/bench/bench.py ]; the
   python3 -m py_compile tests/bench/bench.py tests/bench/instructions.py
 fi
 
+if [ -f tests/fuzz/Cargo.toml ]; then
+  step "type-check the fuzz targets (run with tests/fuzz/run-all.sh, nightly; not here)"
+  cargo check --quiet --manifest-path tests/fuzz/Cargo.toml --bins
+fi
+
 step "python test environment"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt

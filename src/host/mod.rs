@@ -454,7 +454,7 @@ impl Plugin {
         // one SHA-256 of the secret (memoized per worker) serves the embedded store and the
         // cache id
         let secret_sha256 = self.digests.sha256(pending.credential.secret.as_bytes());
-        if let Some(v) = gate.embedded_verdict_hashed(&pending, &secret_sha256, now / 1000) {
+        if let Some(v) = gate.embedded_verdict(&pending, &secret_sha256, now / 1000) {
             let d = self.conclude(pending, v, now);
             return self.apply(ctx, d, false);
         }

@@ -882,6 +882,30 @@ def stage_wasm() -> dict:
     return info
 
 
+def start_backends(procs: Procs, vs: list[dict]) -> tuple[list[dict], KeyService | None]:
+    """What the variants' Envoy calls, started on the client CPU: the ext_authz authorizer (a
+    second Envoy answering 200) and, when a scenario verifies keys remotely, the key service with
+    the scenarios' keys. Returns the Envoy clusters for them (and the scenarios' own) and the key
+    service."""
+    authz = Envoy(procs, "authz", envoy_config([listener("authz", [])], []), CLIENT_CPU)
+    authz.wait_ready()
+    clusters = [static_cluster("authz", authz.ports["authz"])]
+    ks = None
+    if any(v["keyservice"] is not None for v in vs):
+        ks = KeyService(procs, CLIENT_CPU)
+        ks.wait_ready()
+        created = set()
+        for v in vs:
+            for rec in v["keyservice"] or []:
+                if rec["id"] not in created:
+                    ks.add_key(rec)
+                    created.add(rec["id"])
+        clusters.append(static_cluster(KEYSERVICE_CLUSTER, ks.port))
+    for v in vs:
+        clusters += [c for c in v["clusters"] if c["name"] not in {x["name"] for x in clusters}]
+    return clusters, ks
+
+
 def benchmark(args: argparse.Namespace, vs: list[dict]) -> dict:
     """Starts both Envoys, checks every variant, runs the rounds and the retries; stops everything."""
     procs = Procs()
@@ -893,24 +917,7 @@ def benchmark(args: argparse.Namespace, vs: list[dict]) -> dict:
     # Also when started in the background by a shell, which leaves SIGINT ignored.
     old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        # The authorizer for ext_authz: a second Envoy answering 200, on the client CPU.
-        authz = Envoy(procs, "authz", envoy_config([listener("authz", [])], []), CLIENT_CPU)
-        authz.wait_ready()
-        clusters = [static_cluster("authz", authz.ports["authz"])]
-        # The key service, on the client CPU too, when a scenario verifies keys remotely.
-        ks = None
-        if any(v["keyservice"] is not None for v in vs):
-            ks = KeyService(procs, CLIENT_CPU)
-            ks.wait_ready()
-            created = set()
-            for v in vs:
-                for rec in v["keyservice"] or []:
-                    if rec["id"] not in created:
-                        ks.add_key(rec)
-                        created.add(rec["id"])
-            clusters.append(static_cluster(KEYSERVICE_CLUSTER, ks.port))
-        for v in vs:
-            clusters += [c for c in v["clusters"] if c["name"] not in {x["name"] for x in clusters}]
+        clusters, ks = start_backends(procs, vs)
         envoy = Envoy(procs, "envoy", envoy_config([listener(v["name"], v["filters"]) for v in vs], clusters),
                       ENVOY_CPU)
         envoy.wait_ready()

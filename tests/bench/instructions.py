@@ -90,26 +90,10 @@ def groups(vs: list[dict]) -> list[list[dict]]:
     return out
 
 
-def measure_group(vs: list[dict], n: int, ks_needed: bool) -> dict[str, float]:
+def measure_group(vs: list[dict], n: int) -> dict[str, float]:
     procs = bench.Procs()
     try:
-        authz = bench.Envoy(procs, "authz", bench.envoy_config([bench.listener("authz", [])], []),
-                            bench.CLIENT_CPU)
-        authz.wait_ready()
-        clusters = [bench.static_cluster("authz", authz.ports["authz"])]
-        ks = None
-        if ks_needed:
-            ks = bench.KeyService(procs, bench.CLIENT_CPU)
-            ks.wait_ready()
-            seen = set()
-            for v in vs:
-                for rec in v["keyservice"] or []:
-                    if rec["id"] not in seen:
-                        ks.add_key(rec)
-                        seen.add(rec["id"])
-            clusters.append(bench.static_cluster(bench.KEYSERVICE_CLUSTER, ks.port))
-        for v in vs:
-            clusters += [c for c in v["clusters"] if c["name"] not in {x["name"] for x in clusters}]
+        clusters, ks = bench.start_backends(procs, vs)
         cfg = bench.envoy_config([bench.listener(v["name"], v["filters"]) for v in vs], clusters)
         wrap = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--smc-check=all-non-file",
                 f"--callgrind-out-file={bench.RUN_DIR}/callgrind.out.%p"]
@@ -157,7 +141,7 @@ def main(argv: list[str]) -> int:
     results: list[tuple[str, float, float]] = []
     for g in groups(vs):
         print(f"Envoy under callgrind with {', '.join(v['name'] for v in g)}", file=sys.stderr, flush=True)
-        best = measure_group(g, args.requests, any(v["keyservice"] is not None for v in g))
+        best = measure_group(g, args.requests)
         for v in g:
             if v["name"] != "router" or not results:
                 results.append((v["name"], best[v["name"]], best["router"]))

@@ -89,14 +89,15 @@ use keygate::query;
 ///   fail-open marker) left in place, nor, when `hide_from_upstream` is on, with the credential's
 ///   query parameter or an API-key header still there.
 pub fn check_decision(cfg: &Config, headers: &[(&str, &[u8])], d: &Decision) {
-    let printable = |h: &[(String, String)]| {
+    fn printable<N: AsRef<str>>(h: &[(N, String)]) {
         for (n, v) in h {
+            let n = n.as_ref();
             assert!(
                 !n.is_empty() && !v.chars().any(char::is_control),
                 "control character in emitted header {n}: {v:?}"
             );
         }
-    };
+    }
     let path: &[u8] = headers
         .iter()
         .rev()
@@ -144,11 +145,13 @@ pub fn check_decision(cfg: &Config, headers: &[(&str, &[u8])], d: &Decision) {
                 }
             }
             if a.log.decision == "allowed" {
-                assert!(!a.log.key_id.is_empty());
-                assert!(a
-                    .set
-                    .iter()
-                    .any(|(n, v)| *n == cfg.identity_headers.key_id && *v == a.log.key_id));
+                // the host sends the identity's headers; an allowed request must carry one
+                let id = a
+                    .identity
+                    .as_deref()
+                    .expect("an allowed request carries its identity");
+                assert!(!id.key_id.is_empty());
+                assert_eq!(a.log.key_id(), id.key_id);
             }
             if cfg.hide_credentials {
                 let c = &cfg.credentials;

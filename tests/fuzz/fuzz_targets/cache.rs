@@ -38,16 +38,16 @@ fuzz_target!(|data: &[u8]| {
     let key = cache::entry_key("kg", &id);
     store.set(&key, data, 0);
     let mut memo = Memo::default();
-    let before = memo.lookup(&store, &key, &id, NOW_MS);
+    let before = memo.lookup(&store, || key.clone(), &id, NOW_MS, 0);
     if cache::decode(data).is_none() {
         assert_eq!(before, Lookup::Miss);
     }
     // Second lookup hits the memo: it must agree with the first.
-    assert_eq!(memo.lookup(&store, &key, &id, NOW_MS), before);
+    assert_eq!(memo.lookup(&store, || key.clone(), &id, NOW_MS, 0), before);
 
     let policy = CachePolicy::default();
     if cache::mark_revoked(&store, &key, &policy, NOW_MS) {
-        match memo.lookup(&store, &key, &id, NOW_MS) {
+        match memo.lookup(&store, || key.clone(), &id, NOW_MS, 0) {
             Lookup::Fresh(Verdict::Valid(_)) | Lookup::Stale(Verdict::Valid(_)) => {
                 panic!("a revoked entry still serves Valid")
             }

@@ -100,7 +100,7 @@ fn run(gate: &Gate, data: &[u8]) {
         if let Decision::Allow(a) = &d {
             if a.log.decision == "allowed" {
                 allowed += 1;
-                key.clone_from(&a.log.key_id);
+                key = a.log.key_id().to_string();
             }
         }
     }
@@ -115,7 +115,11 @@ fn run(gate: &Gate, data: &[u8]) {
     // never called) service, which then times out (fail-open), is unavailable, or the client is
     // throttled. Each decision keeps the same invariants.
     if let Step::Verify(p) = gate.begin(&headers) {
-        if gate.embedded_verdict(&p, NOW_US / 1_000_000).is_none() {
+        let digest = keygate::hash::sha256(p.credential.secret.as_bytes());
+        if gate
+            .embedded_verdict(&p, &digest, NOW_US / 1_000_000)
+            .is_none()
+        {
             let ms = u64::from(data.last().copied().unwrap_or(0)) * 97;
             for d in [
                 gate.unavailable(&p, ms / 100),
