@@ -27,6 +27,7 @@ ls -l target/wasm32-wasip1/release/keygate.wasm
 if [ -f tests/bench/noop-filter/Cargo.toml ] && [ -f tests/bench/bench.py ]; then
   step "build the benchmark (not run here: benchmarks are not tests)"
   cargo build --quiet --release --target wasm32-wasip1 --manifest-path tests/bench/noop-filter/Cargo.toml
+  cargo build --quiet --release --target wasm32-wasip1 --manifest-path tests/bench/floor-filter/Cargo.toml
   python3 -m py_compile tests/bench/bench.py tests/bench/instructions.py
 fi
 

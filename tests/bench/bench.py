@@ -81,10 +81,13 @@ RESULTS_JSON = BENCH_DIR / "last-run.json"
 KEYGATE_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "keygate.wasm"
 NOOP_MANIFEST = BENCH_DIR / "noop-filter" / "Cargo.toml"
 NOOP_WASM = BENCH_DIR / "noop-filter" / "target" / "wasm32-wasip1" / "release" / "noop_filter.wasm"
+FLOOR_MANIFEST = BENCH_DIR / "floor-filter" / "Cargo.toml"
+FLOOR_WASM = BENCH_DIR / "floor-filter" / "target" / "wasm32-wasip1" / "release" / "floor_filter.wasm"
 KEYSERVICE_PY = ROOT / "tests" / "services" / "keyservice.py"
 RANDOM_KEY_LUA = BENCH_DIR / "random-key.lua"
 # Envoy loads copies, so a rebuild during the run cannot change what is measured.
-STAGED = {KEYGATE_WASM: RUN_DIR / "keygate.wasm", NOOP_WASM: RUN_DIR / "noop_filter.wasm"}
+STAGED = {KEYGATE_WASM: RUN_DIR / "keygate.wasm", NOOP_WASM: RUN_DIR / "noop_filter.wasm",
+          FLOOR_WASM: RUN_DIR / "floor_filter.wasm"}
 
 ENVOY_CPU = "0"  # the Envoy under test
 CLIENT_CPU = "1"  # wrk, the ext_authz authorizer and the key service
@@ -274,6 +277,15 @@ def variants() -> list[dict]:
          "expect_headers": RATELIMIT_HEADERS},
         {"name": "ext_authz", "filters": EXT_AUTHZ_FILTERS},
         {"name": "noop_wasm", "filters": [wasm_filter("noop", "noop", STAGED[NOOP_WASM], "")]},
+        # keygate's host calls for a cached X-API-Key request, constant data, no logic: the floor
+        # under kg_header (tests/bench/floor-filter)
+        {"name": "floor_keygate", "filters": [wasm_filter("floor", "floor-keygate", STAGED[FLOOR_WASM], "keygate")],
+         "headers": {"X-API-Key": BENCH_KEY}, "expect_headers": RATELIMIT_HEADERS,
+         "note": "keygate's host calls only"},
+        # the issue's reference filter: headers once, one shared get + CAS set, 3 response headers
+        {"name": "floor_reference", "filters": [wasm_filter("floor", "floor-reference", STAGED[FLOOR_WASM],
+                                                            "reference")],
+         "expect_headers": RATELIMIT_HEADERS, "note": "issue #6's reference filter"},
     ]
     default_cfg = json.dumps(KEYGATE_CONFIG, separators=(",", ":"))
     for s in KEYGATE_SCENARIOS:
@@ -713,8 +725,8 @@ def measure(procs: Procs, envoy: Envoy, v: dict, port: int, seconds: int, warmup
 
 
 def build(skip: bool) -> None:
-    steps = [("noop-filter", ["cargo", "build", "--release", "--target", "wasm32-wasip1", "--manifest-path",
-                              str(NOOP_MANIFEST)])]
+    steps = [(m.parent.name, ["cargo", "build", "--release", "--target", "wasm32-wasip1", "--manifest-path",
+                              str(m)]) for m in (NOOP_MANIFEST, FLOOR_MANIFEST)]
     if not skip:
         steps.insert(0, ("keygate", ["cargo", "wasm"]))
     for name, cmd in steps:
@@ -722,7 +734,7 @@ def build(skip: bool) -> None:
         r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         if r.returncode != 0:
             raise BenchError(f"building {name} failed:\n{r.stderr[-3000:]}")
-    for p in (KEYGATE_WASM, NOOP_WASM):
+    for p in (KEYGATE_WASM, NOOP_WASM, FLOOR_WASM):
         if not p.exists():
             raise BenchError(f"{p} is missing (run `cargo wasm` in {ROOT})")
 
@@ -985,7 +997,8 @@ def report(args: argparse.Namespace, rows: list[dict], res: dict, wasm: dict) ->
     print("Upstream: a direct_response route (200 `ok`) in every variant's listener; ratios are medians of "
           "per-round ratios to `router`.")
     print(f"- wasm sizes: keygate.wasm {wasm['keygate.wasm']['bytes']:,} B, "
-          f"noop_filter.wasm {wasm['noop_filter.wasm']['bytes']:,} B")
+          f"noop_filter.wasm {wasm['noop_filter.wasm']['bytes']:,} B, "
+          f"floor_filter.wasm {wasm['floor_filter.wasm']['bytes']:,} B")
     print(f"- Envoy memory after the run: allocated {mib(memory.get('allocated', 0))}, "
           f"heap_size {mib(memory.get('heap_size', 0))}")
     print(f"- keygate shared data (Envoy adds its own per-entry overhead: a hash-map node and two strings): "
