@@ -61,6 +61,10 @@ pub struct RateConfig {
     pub default: Option<Policy>,
     pub reset: Option<ResetStyle>,
     pub ietf_headers: bool,
+    /// Rate-limit headers on allowed responses (`X-RateLimit-*`, and the IETF pair when on).
+    /// A 429 carries them regardless: it is keygate's own reply and the client needs them to
+    /// back off.
+    pub headers: bool,
 }
 
 impl RateConfig {
@@ -137,6 +141,9 @@ pub struct Config {
     /// Prefix of every shared-data key, so plugins sharing a VM id (Istio) never collide.
     pub shared_prefix: String,
     pub key_service: Option<KeyServiceConfig>,
+    /// The decision, key id, account and plan in filter state for the access log
+    /// (`%FILTER_STATE(wasm.keygate:PLAIN)%`).
+    pub access_log_state: bool,
     /// Failed-authentication throttle per client address (`None`: off).
     pub auth_throttle: Option<ThrottleConfig>,
 }
@@ -767,6 +774,7 @@ pub fn parse(bytes: &[u8], warnings: &mut Vec<String>) -> Result<Config, ConfigE
     if problem_base.is_empty() || problem_base.chars().any(|c| c.is_control() || c == ' ') {
         return Err(err(&pb_field, "must be a URI prefix without spaces"));
     }
+    let access_log_state = o.bool("access_log_state", true)?;
     let shared_prefix = o
         .opt_str("shared_prefix")?
         .unwrap_or("keygate.v1")
@@ -851,7 +859,10 @@ pub fn parse(bytes: &[u8], warnings: &mut Vec<String>) -> Result<Config, ConfigE
         }
     }
 
-    let mut rate = RateConfig::default();
+    let mut rate = RateConfig {
+        headers: true,
+        ..RateConfig::default()
+    };
     if let Some(mut r) = o.child("rate_limit")? {
         if let Some(mut plans) = r.child("plans")? {
             let names: Vec<&String> = plans.map.keys().collect();
@@ -879,6 +890,7 @@ pub fn parse(bytes: &[u8], warnings: &mut Vec<String>) -> Result<Config, ConfigE
             }
         };
         rate.ietf_headers = r.bool("ietf_headers", false)?;
+        rate.headers = r.bool("headers", true)?;
         r.finish(strict, w)?;
     }
 
@@ -984,6 +996,7 @@ pub fn parse(bytes: &[u8], warnings: &mut Vec<String>) -> Result<Config, ConfigE
         routes,
         default_access,
         shared_prefix,
+        access_log_state,
         key_service,
         auth_throttle,
     })
@@ -1014,6 +1027,20 @@ mod tests {
         assert_eq!(c.credentials.query_param.as_deref(), Some("_apikey"));
         assert_eq!(c.default_access, Access::Key);
         assert!(c.keys.is_empty());
+        assert!(c.rate.headers && c.access_log_state);
+    }
+
+    #[test]
+    fn rate_headers_and_log_state_can_be_turned_off() {
+        let c = p(r#"{"access_log_state":false,"rate_limit":{"headers":false}}"#).unwrap();
+        assert!(!c.rate.headers && !c.access_log_state);
+        let c = p(r#"{"rate_limit":{"plans":{}}}"#).unwrap();
+        assert!(c.rate.headers);
+        assert_eq!(field_of(r#"{"access_log_state":"no"}"#), "access_log_state");
+        assert_eq!(
+            field_of(r#"{"rate_limit":{"headers":1}}"#),
+            "rate_limit.headers"
+        );
     }
 
     #[test]

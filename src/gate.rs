@@ -479,10 +479,11 @@ impl Gate {
             key.push_str(owner);
             match ratelimit::take(store, &key, &limit, now_us) {
                 Ok(d) => {
-                    response_headers = self.rate_headers(&d, policy_name, &limit, now_us);
                     if !d.allowed {
                         let retry = d.retry_after_ms.div_ceil(1000).max(1);
-                        let mut h: Vec<(String, String)> = response_headers
+                        // on the 429 always, whatever `rate_limit.headers` says
+                        let mut h: Vec<(String, String)> = self
+                            .rate_headers(&d, policy_name, &limit, now_us)
                             .into_iter()
                             .map(|(n, v)| (n.to_string(), v))
                             .collect();
@@ -507,6 +508,9 @@ impl Gate {
                             h,
                             Some(&id),
                         );
+                    }
+                    if self.cfg.rate.headers {
+                        response_headers = self.rate_headers(&d, policy_name, &limit, now_us);
                     }
                 }
                 Err(e) => {
@@ -772,6 +776,49 @@ mod tests {
         let body: Value = serde_json::from_str(&r.body).unwrap();
         assert_eq!(body["resetTime"], 1_800_000_003u64);
         assert_eq!(r.header("retry-after"), Some("2"));
+    }
+
+    #[test]
+    fn rate_headers_turned_off_leave_allowed_responses_alone_but_not_the_429() {
+        let g = gate(&key_json(
+            r#","rate_limit":{"plans":{"p":{"requests":1,"window_s":60}},"headers":false,"ietf_headers":true}"#,
+        ));
+        let st = MemoryStore::default();
+        let h: &[(&str, &[u8])] = &[(":path", b"/a"), ("x-api-key", b"secret-1")];
+        let Decision::Allow(a) = run(&g, &st, h) else {
+            panic!()
+        };
+        assert!(a.response_headers.is_empty(), "{:?}", a.response_headers);
+        // the token was still taken: the next request is over the limit
+        let Decision::Deny(r, log) = run(&g, &st, h) else {
+            panic!()
+        };
+        assert_eq!((r.status, log.decision), (429, "rate-limited"));
+        assert_eq!(r.header("x-ratelimit-limit"), Some("1"));
+        assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
+        assert_eq!(r.header("ratelimit-policy"), Some("\"p\";q=1;w=60"));
+        assert!(r.header("retry-after").is_some());
+    }
+
+    #[test]
+    fn rate_headers_are_on_by_default() {
+        let g = gate(&key_json(
+            r#","rate_limit":{"plans":{"p":{"requests":5,"window_s":60}}}"#,
+        ));
+        let st = MemoryStore::default();
+        let h: &[(&str, &[u8])] = &[(":path", b"/a"), ("x-api-key", b"secret-1")];
+        let Decision::Allow(a) = run(&g, &st, h) else {
+            panic!()
+        };
+        let names: Vec<&str> = a.response_headers.iter().map(|(n, _)| *n).collect();
+        assert_eq!(
+            names,
+            [
+                "x-ratelimit-limit",
+                "x-ratelimit-remaining",
+                "x-ratelimit-reset"
+            ]
+        );
     }
 
     #[test]

@@ -376,7 +376,9 @@ impl Plugin {
     /// ~3.7k.
     fn apply(&mut self, ctx: u32, d: Decision, resume: bool) -> u32 {
         let log = d.log();
-        set_log_fields(log);
+        if self.gate.cfg.access_log_state {
+            set_log_fields(log);
+        }
         self.metrics.inc(decision_metric(log.decision));
         if log.decision == "rate-limited" {
             let known = self

@@ -126,6 +126,14 @@ KEYGATE_CONFIG = {
 
 RATELIMIT_HEADERS = ["x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset"]
 
+# Operator options that drop per-request host calls (envoy/config-reference.md).
+LEAN_CONFIG = {
+    **KEYGATE_CONFIG,
+    "identity_headers": {"subject": False, "account": False, "plan": False, "scopes": False},
+    "rate_limit": {**KEYGATE_CONFIG["rate_limit"], "headers": False},
+    "access_log_state": False,
+}
+
 KEYSERVICE_CLUSTER = "keyservice"  # the Envoy cluster of the key service (its port is known at start)
 
 # No embedded keys: every key is verified by the key service, then cached. Default TTLs (the
@@ -180,6 +188,10 @@ KEYGATE_SCENARIOS: list[dict] = [
     {"name": "kg_basic", "headers": {"Authorization": basic("alice", BENCH_KEY)},
      "expect_headers": RATELIMIT_HEADERS},
     {"name": "kg_query", "path": f"/bench?_apikey={BENCH_KEY}", "expect_headers": RATELIMIT_HEADERS},
+    # The same request, keygate configured lean: the key-id identity header only, no rate-limit
+    # headers on allowed responses, no access-log filter state (each is a host call or three).
+    {"name": "kg_lean", "headers": {"X-API-Key": BENCH_KEY}, "config": LEAN_CONFIG,
+     "note": "key-id header only, no rate headers on 200, no log state"},
     {"name": "kg_429", "headers": {"X-API-Key": LIMITED_KEY}, "expect": 429, "prime": 1,
      "note": "429 expected"},
     # The failed-auth throttle off: with it (100 failures/min per client), all but the first 100

@@ -114,3 +114,18 @@ def test_reset_as_unix_time(make_envoy):
     r = call(e, "u")
     reset = int(r.header("x-ratelimit-reset"))
     assert abs(reset - (time.time() + 30)) < 5
+
+
+def test_rate_headers_can_be_turned_off(make_envoy):
+    cfg = {"keys": [key("quiet", plan="p")],
+           "rate_limit": {"plans": {"p": {"requests": 1, "window_s": 3600}}, "headers": False}}
+    e = make_envoy(cfg)
+    r = call(e, "quiet")
+    assert r.status == 200
+    assert [h for h in ("x-ratelimit-limit", "x-ratelimit-remaining", "x-ratelimit-reset")
+            if r.header(h) is not None] == []
+    # the bucket still counts, and the 429 still tells the client when to come back
+    r = call(e, "quiet")
+    assert r.status == 429
+    assert r.header("x-ratelimit-limit") == "1" and r.header("x-ratelimit-remaining") == "0"
+    assert 3000 <= int(r.header("retry-after")) <= 3600

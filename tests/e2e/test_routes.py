@@ -137,6 +137,17 @@ def test_access_log_records_who_and_what_without_secret(envoy):
     assert KEY not in log and "wrong-key-xyz" not in log
 
 
+def test_access_log_state_can_be_turned_off(make_envoy):
+    e = make_envoy(dict(CONFIG, access_log_state=False))
+    assert e.req("GET", "/v1/logged", [("X-API-Key", KEY)]).status == 200
+    assert e.req("GET", "/v1/logged", [("X-API-Key", "wrong-key-xyz")]).status == 401
+    allowed, refused = "status=200 method=GET path=/v1/logged", "status=401 method=GET path=/v1/logged"
+    log = e.wait_for(e.access_log, allowed, refused)
+    # %FILTER_STATE(wasm.keygate:PLAIN)% renders "-" when keygate set nothing
+    assert f"- {allowed}" in log and f"- {refused}" in log, log
+    assert "decision=" not in log
+
+
 def test_hide_credentials_can_be_turned_off(make_envoy):
     cfg = dict(CONFIG, credentials={"hide_from_upstream": False})
     e = make_envoy(cfg)
@@ -146,8 +157,8 @@ def test_hide_credentials_can_be_turned_off(make_envoy):
 
 
 def test_request_body_and_framing_survive_the_header_rewrite(envoy):
-    """keygate writes the request-header map back in one call: the body, content-length and the
-    pseudo headers must come through intact."""
+    """keygate rewrites request headers (removes the carrier, adds identity): the body,
+    content-length and the pseudo headers must come through intact."""
     body = b"x" * 5000
     e = echo(envoy.req("POST", f"/v1/upload?a=1&_apikey={KEY}", [("Content-Type", "application/octet-stream")], body=body))
     assert e["method"] == "POST" and e["path"] == "/v1/upload?a=1"
