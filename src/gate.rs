@@ -90,7 +90,8 @@ pub struct Pending {
     carriers: Carriers,
     route: Option<usize>,
     path: Vec<u8>,
-    request_id: Option<String>,
+    /// The client's `x-request-id` as sent: checked (`printable_id`) only if a problem is built.
+    request_id: Option<Vec<u8>>,
     /// Identity / API-key headers the client sent (to remove).
     strip: Vec<String>,
 }
@@ -114,11 +115,11 @@ impl Gate {
         Gate { cfg }
     }
 
-    fn problems(&self, instance: String, request_id: Option<String>) -> ProblemBuilder<'_> {
+    fn problems(&self, instance: String, request_id: Option<&[u8]>) -> ProblemBuilder<'_> {
         ProblemBuilder {
             type_base: &self.cfg.problem_base,
             instance,
-            request_id,
+            request_id: request_id.and_then(printable_id),
         }
     }
 
@@ -193,12 +194,7 @@ impl Gate {
             match name {
                 ":method" => method = value,
                 ":path" => path = value,
-                "x-request-id"
-                    if value.len() <= 128 && value.iter().all(|c| (0x21..0x7f).contains(c)) =>
-                {
-                    // printable ASCII, checked above
-                    request_id = std::str::from_utf8(value).ok().map(str::to_owned)
-                }
+                "x-request-id" => request_id = Some(value),
                 n => {
                     // identity headers and the fail-open marker are keygate's to set, never the
                     // client's; API-key headers present are noted so only they get removed
@@ -222,7 +218,7 @@ impl Gate {
             .and_then(|i| self.cfg.routes.get(i))
             .map_or(self.cfg.default_access, |r| r.access);
         // the problem builder (and its `instance` string) only on a denial
-        let pb = || self.problems(instance_of(path), request_id.clone());
+        let pb = || self.problems(instance_of(path), request_id);
 
         match access {
             Access::Closed => {
@@ -266,7 +262,7 @@ impl Gate {
             carriers: ex.carriers,
             route: route_idx,
             path: path.to_vec(),
-            request_id,
+            request_id: request_id.map(<[u8]>::to_vec),
             strip,
         })
     }
@@ -334,7 +330,7 @@ impl Gate {
 
     /// Too many failed authentications from this client: 429 without verifying anything.
     pub fn throttled(&self, p: &Pending, retry_after_ms: u64) -> Decision {
-        let pb = self.problems(instance_of(&p.path), p.request_id.clone());
+        let pb = self.problems(instance_of(&p.path), p.request_id.as_deref());
         let retry = retry_after_ms.div_ceil(1000).max(1);
         let h = vec![("retry-after".to_string(), retry.to_string())];
         let detail =
@@ -344,7 +340,7 @@ impl Gate {
 
     /// The key service failed and no stale verdict may serve: 503, fail closed.
     pub fn unavailable(&self, p: &Pending, retry_after_s: u64) -> Decision {
-        let pb = self.problems(instance_of(&p.path), p.request_id.clone());
+        let pb = self.problems(instance_of(&p.path), p.request_id.as_deref());
         let h = vec![("retry-after".to_string(), retry_after_s.to_string())];
         let detail = "the key service could not verify the credential; retry shortly";
         self.deny(
@@ -391,7 +387,7 @@ impl Gate {
         now_us: u64,
     ) -> Decision {
         // built only on a denial: the allowed path allocates no problem
-        let problems = || self.problems(instance_of(&p.path), p.request_id.clone());
+        let problems = || self.problems(instance_of(&p.path), p.request_id.as_deref());
         let presented_token = p.credential.style != Style::Basic;
         let id = match verdict {
             Verdict::Valid(id) => id,
@@ -594,6 +590,14 @@ impl Gate {
     }
 }
 
+/// A request id fit to echo in a problem: printable ASCII, at most 128 bytes.
+fn printable_id(v: &[u8]) -> Option<String> {
+    if v.is_empty() || v.len() > 128 || !v.iter().all(|c| (0x21..0x7f).contains(c)) {
+        return None;
+    }
+    std::str::from_utf8(v).ok().map(str::to_owned)
+}
+
 /// `n` in decimal, without the formatting machinery (three of these a request).
 fn decimal(mut n: u64) -> String {
     let mut buf = [0u8; 20];
@@ -606,9 +610,11 @@ fn decimal(mut n: u64) -> String {
             break;
         }
     }
-    std::str::from_utf8(&buf[i..])
-        .map(str::to_owned)
-        .unwrap_or_default()
+    let mut s = String::with_capacity(buf.len() - i);
+    for &d in &buf[i..] {
+        s.push(char::from(d));
+    }
+    s
 }
 
 /// The unix second at which the bucket is full again, rounded up: a client that waits until

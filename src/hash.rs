@@ -111,7 +111,11 @@ impl DigestMemo {
     }
 }
 
-/// The memo's tags are already keyed hashes: its map uses their low bits as they are.
+/// For keys that are already uniform hashes (the memo's keyed tags, SHA-256 digests of
+/// config-declared keys) or host-assigned ids: the map uses the key's bits as they are (the first
+/// 8 bytes of the last write), or for an integer id, the id times an odd constant (sequential ids
+/// get distinct low bits, which pick the bucket, and mixed high bits). Never for keys a client can
+/// choose.
 #[derive(Default)]
 pub struct TagHasher(u64);
 
@@ -126,6 +130,10 @@ impl Hasher for TagHasher {
         }
     }
 
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
     fn write_u128(&mut self, n: u128) {
         self.0 = n as u64;
     }
@@ -135,6 +143,19 @@ impl Hasher for TagHasher {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tag_hasher_spreads_sequential_ids_and_keeps_digest_bits() {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let b = BuildHasherDefault::<TagHasher>::default();
+        // context ids count up: their low bits (the bucket) must all differ
+        let low: std::collections::HashSet<u64> =
+            (0u32..1024).map(|i| b.hash_one(i) & 1023).collect();
+        assert_eq!(low.len(), 1024);
+        let d = sha256(b"k");
+        let first8 = u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]);
+        assert_eq!(b.hash_one(d), first8);
+    }
 
     #[test]
     fn sha256_known_vector() {

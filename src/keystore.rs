@@ -1,10 +1,11 @@
 //! The embedded key store: keys declared in the plugin config by their SHA-256, never in clear.
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::rc::Rc;
 
 use crate::credential::{Credential, Style};
-use crate::hash::Digest32;
+use crate::hash::{Digest32, TagHasher};
 use crate::verdict::{Identity, Refusal, Verdict};
 
 #[derive(Clone, Debug)]
@@ -18,7 +19,9 @@ pub struct KeyEntry {
 
 #[derive(Clone, Debug, Default)]
 pub struct KeyStore {
-    by_hash: HashMap<Digest32, KeyEntry>,
+    /// Hashed by the digest's first 8 bytes as they are (`TagHasher`): SHA-256 output is already
+    /// uniform, entries come only from the config, and a client's digest only looks one up.
+    by_hash: HashMap<Digest32, KeyEntry, BuildHasherDefault<TagHasher>>,
 }
 
 impl KeyStore {

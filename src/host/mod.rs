@@ -12,13 +12,14 @@ mod abi;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::rc::Rc;
 
 use crate::cache::{self, Lookup, Memo, NegativeCache};
 use crate::config::{self, KeyServiceConfig, OnFailure};
 use crate::contract::{self, ServiceFailure};
 use crate::gate::{Decision, Gate, LogFields, Pending, Step};
-use crate::hash::{credential_id_from_hash, Digest32, DigestMemo};
+use crate::hash::{credential_id_from_hash, Digest32, DigestMemo, TagHasher};
 use crate::store::{Guesses, SetOutcome, SharedStore, Speculative};
 use crate::throttle::{client_of, Throttle};
 use crate::verdict::{Refusal, Verdict};
@@ -195,7 +196,7 @@ struct Plugin {
     waiting: HashMap<u32, Waiter>,
     /// Rate-limit headers for the upstream's response, by context id, with the time they were
     /// stored (entries of streams reset before their response are swept by age).
-    response_headers: HashMap<u32, (ResponseHeaders, u64)>,
+    response_headers: HashMap<u32, (ResponseHeaders, u64), BuildHasherDefault<TagHasher>>,
     throttle: Option<Throttle>,
     metrics: Metrics,
     /// Wall-clock ms read once at the start of the current callback.
@@ -292,7 +293,7 @@ pub extern "C" fn proxy_on_configure(root_id: u32, size: usize) -> u32 {
         flights: HashMap::new(),
         calls: HashMap::new(),
         waiting: HashMap::new(),
-        response_headers: HashMap::new(),
+        response_headers: HashMap::default(),
         throttle,
         metrics: Metrics::default(),
         now: 0,
