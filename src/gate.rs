@@ -63,8 +63,8 @@ pub struct Allow {
     pub identity: Option<Rc<Identity>>,
     /// A new `:path` (the credential parameter removed).
     pub path: Option<Vec<u8>>,
-    /// Headers to add to the upstream's response (rate limit).
-    pub response_headers: Vec<(&'static str, String)>,
+    /// Rate-limit headers to add to the upstream's response.
+    pub rate: Option<RateHeaders>,
     pub log: LogFields,
 }
 
@@ -103,6 +103,8 @@ pub enum Step {
 
 pub struct Gate {
     pub cfg: Config,
+    /// The token bucket's shared-data key is built here, reused across requests.
+    bucket_key: std::cell::Cell<String>,
 }
 
 fn quoted(s: &str) -> String {
@@ -112,7 +114,10 @@ fn quoted(s: &str) -> String {
 
 impl Gate {
     pub fn new(cfg: Config) -> Self {
-        Gate { cfg }
+        Gate {
+            cfg,
+            bucket_key: std::cell::Cell::new(String::new()),
+        }
     }
 
     fn problems(&self, instance: String, request_id: Option<&[u8]>) -> ProblemBuilder<'_> {
@@ -373,7 +378,7 @@ impl Gate {
             set: vec![(FAIL_OPEN_HEADER.to_string(), reason.to_string())],
             identity: None,
             path,
-            response_headers: Vec::new(),
+            rate: None,
             log: LogFields::of("fail-open", None),
         })
     }
@@ -458,7 +463,7 @@ impl Gate {
             }
         }
 
-        let mut response_headers = Vec::new();
+        let mut rate = None;
         if let Some((policy_name, limit, scope)) = self.limit_for(&id) {
             let owner = match scope {
                 Scope::Key => &id.key_id,
@@ -466,20 +471,23 @@ impl Gate {
                 Scope::Account if !id.account.is_empty() => &id.account,
                 Scope::Account => &id.key_id,
             };
-            let prefix = &self.cfg.shared_prefix;
-            let mut key = String::with_capacity(prefix.len() + 6 + owner.len());
-            key.push_str(prefix);
+            let mut key = self.bucket_key.take();
+            key.clear();
+            key.push_str(&self.cfg.shared_prefix);
             key.push_str(":rl:");
             key.push(scope.letter());
             key.push(':');
             key.push_str(owner);
-            match ratelimit::take(store, &key, &limit, now_us) {
+            let taken = ratelimit::take(store, &key, &limit, now_us);
+            self.bucket_key.set(key);
+            match taken {
                 Ok(d) => {
                     if !d.allowed {
                         let retry = d.retry_after_ms.div_ceil(1000).max(1);
                         // on the 429 always, whatever `rate_limit.headers` says
                         let mut h: Vec<(String, String)> = self
                             .rate_headers(&d, policy_name, &limit, now_us)
+                            .pairs()
                             .into_iter()
                             .map(|(n, v)| (n.to_string(), v))
                             .collect();
@@ -506,7 +514,7 @@ impl Gate {
                         );
                     }
                     if self.cfg.rate.headers {
-                        response_headers = self.rate_headers(&d, policy_name, &limit, now_us);
+                        rate = Some(self.rate_headers(&d, policy_name, &limit, now_us));
                     }
                 }
                 Err(e) => {
@@ -530,7 +538,7 @@ impl Gate {
 
         let mut allow = Allow {
             remove: p.strip,
-            response_headers,
+            rate,
             log: LogFields::of("allowed", Some(&id)),
             ..Default::default()
         };
@@ -565,28 +573,68 @@ impl Gate {
         policy: &str,
         limit: &ratelimit::Limit,
         now_us: u64,
-    ) -> Vec<(&'static str, String)> {
+    ) -> RateHeaders {
         let reset_s = d.reset_ms.div_ceil(1000);
         let reset = match self.cfg.rate.reset_style() {
             ResetStyle::Seconds => reset_s,
             ResetStyle::Unix => unix_reset(now_us, d.reset_ms),
         };
-        let mut h = Vec::with_capacity(if self.cfg.rate.ietf_headers { 5 } else { 3 });
-        h.push(("x-ratelimit-limit", decimal(d.limit)));
-        h.push(("x-ratelimit-remaining", decimal(d.remaining)));
-        h.push(("x-ratelimit-reset", decimal(reset)));
-        if self.cfg.rate.ietf_headers {
-            let name = quoted(policy);
-            h.push((
-                "ratelimit-policy",
-                format!("\"{name}\";q={};w={}", limit.requests, limit.window_s),
-            ));
-            h.push((
-                "ratelimit",
-                format!("\"{name}\";r={};t={}", d.remaining, reset_s),
-            ));
+        RateHeaders {
+            limit: d.limit,
+            remaining: d.remaining,
+            reset,
+            ietf: self.cfg.rate.ietf_headers.then(|| IetfRate {
+                policy: quoted(policy),
+                quota: limit.requests,
+                window_s: limit.window_s,
+                reset_s,
+            }),
         }
-        h
+    }
+}
+
+/// The rate-limit headers of one response, kept as numbers until they are written: the allowed
+/// path allocates nothing for them (`for_each` formats on the stack).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RateHeaders {
+    pub limit: u64,
+    pub remaining: u64,
+    /// `X-RateLimit-Reset` as configured: seconds, or a unix time.
+    pub reset: u64,
+    /// `RateLimit-Policy` and `RateLimit` (`rate_limit.ietf_headers`).
+    pub ietf: Option<IetfRate>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IetfRate {
+    /// Quote-free (`quoted`).
+    pub policy: String,
+    pub quota: u64,
+    pub window_s: u64,
+    pub reset_s: u64,
+}
+
+impl RateHeaders {
+    /// Calls `f` with each header's name and value, in order.
+    pub fn for_each(&self, mut f: impl FnMut(&'static str, &str)) {
+        f("x-ratelimit-limit", Decimal::new(self.limit).as_str());
+        f(
+            "x-ratelimit-remaining",
+            Decimal::new(self.remaining).as_str(),
+        );
+        f("x-ratelimit-reset", Decimal::new(self.reset).as_str());
+        if let Some(i) = &self.ietf {
+            let policy = format!("\"{}\";q={};w={}", i.policy, i.quota, i.window_s);
+            f("ratelimit-policy", &policy);
+            let now = format!("\"{}\";r={};t={}", i.policy, self.remaining, i.reset_s);
+            f("ratelimit", &now);
+        }
+    }
+
+    pub fn pairs(&self) -> Vec<(&'static str, String)> {
+        let mut v = Vec::with_capacity(5);
+        self.for_each(|n, val| v.push((n, val.to_string())));
+        v
     }
 }
 
@@ -598,23 +646,31 @@ fn printable_id(v: &[u8]) -> Option<String> {
     std::str::from_utf8(v).ok().map(str::to_owned)
 }
 
-/// `n` in decimal, without the formatting machinery (three of these a request).
-fn decimal(mut n: u64) -> String {
-    let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
+/// `n` in decimal on the stack, without the formatting machinery (three of these a request).
+struct Decimal {
+    buf: [u8; 20],
+    start: usize,
+}
+
+impl Decimal {
+    fn new(mut n: u64) -> Self {
+        let mut buf = [0u8; 20];
+        let mut i = buf.len();
+        while i > 0 {
+            i -= 1;
+            buf[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
         }
+        Decimal { buf, start: i }
     }
-    let mut s = String::with_capacity(buf.len() - i);
-    for &d in &buf[i..] {
-        s.push(char::from(d));
+
+    fn as_str(&self) -> &str {
+        // ASCII digits only: always valid
+        std::str::from_utf8(self.buf.get(self.start..).unwrap_or_default()).unwrap_or("0")
     }
-    s
 }
 
 /// The unix second at which the bucket is full again, rounded up: a client that waits until
@@ -750,7 +806,7 @@ mod tests {
     #[test]
     fn decimal_matches_display() {
         for n in [0, 1, 9, 10, 99, 100, 4_294_967_296, u64::MAX - 1, u64::MAX] {
-            assert_eq!(decimal(n), n.to_string());
+            assert_eq!(Decimal::new(n).as_str(), n.to_string());
         }
     }
 
@@ -765,8 +821,10 @@ mod tests {
             panic!()
         };
         let reset: u64 = a
-            .response_headers
-            .iter()
+            .rate
+            .unwrap()
+            .pairs()
+            .into_iter()
             .find(|(n, _)| *n == "x-ratelimit-reset")
             .unwrap()
             .1
@@ -794,7 +852,7 @@ mod tests {
         let Decision::Allow(a) = run(&g, &st, h) else {
             panic!()
         };
-        assert!(a.response_headers.is_empty(), "{:?}", a.response_headers);
+        assert_eq!(a.rate, None);
         // the token was still taken: the next request is over the limit
         let Decision::Deny(r, log) = run(&g, &st, h) else {
             panic!()
@@ -816,7 +874,7 @@ mod tests {
         let Decision::Allow(a) = run(&g, &st, h) else {
             panic!()
         };
-        let names: Vec<&str> = a.response_headers.iter().map(|(n, _)| *n).collect();
+        let names: Vec<&str> = a.rate.unwrap().pairs().iter().map(|(n, _)| *n).collect();
         assert_eq!(
             names,
             [

@@ -174,12 +174,12 @@ fn read_u32(b: &[u8], at: usize) -> Option<usize> {
 }
 
 /// Decodes the host's header-map wire format: count, (key len, value len) pairs, then each key and
-/// value followed by a NUL. Names are lower-case tokens in Envoy; values stay raw bytes.
-fn decode_map(b: &[u8]) -> Vec<(&str, &[u8])> {
+/// value followed by a NUL. Names are lower-case tokens in Envoy; values stay raw bytes. Calls
+/// `each` per pair; a truncated buffer ends the walk.
+fn decode_map<'a>(b: &'a [u8], mut each: impl FnMut(&'a str, &'a [u8])) {
     let Some(count) = read_u32(b, 0) else {
-        return Vec::new();
+        return;
     };
-    let mut out = Vec::with_capacity(count.min(256));
     let mut sizes = 4usize;
     let mut data = 4 + count.saturating_mul(8);
     for _ in 0..count {
@@ -199,10 +199,9 @@ fn decode_map(b: &[u8]) -> Vec<(&str, &[u8])> {
         if k.is_ascii() {
             // SAFETY: ASCII is valid UTF-8 (checked just above, word-at-a-time: cheaper than
             // `from_utf8` for eight-odd short names a request).
-            out.push((unsafe { std::str::from_utf8_unchecked(k) }, v));
+            each(unsafe { std::str::from_utf8_unchecked(k) }, v);
         }
     }
-    out
 }
 
 fn encode_map<V: AsRef<[u8]>>(pairs: &[(&str, V)]) -> Vec<u8> {
@@ -231,9 +230,33 @@ pub struct HeaderMap {
     raw: Vec<u8>,
 }
 
+/// Requests with more headers than this spill the pairs into a `Vec`.
+const STACK_PAIRS: usize = 32;
+
 impl HeaderMap {
-    pub fn pairs(&self) -> Vec<(&str, &[u8])> {
-        decode_map(&self.raw)
+    /// Calls `f` with the (name, value) pairs, borrowed from the buffer: in an array on the stack
+    /// for up to `STACK_PAIRS` headers (no allocation a request), else in a `Vec`.
+    pub fn with_pairs<R>(&self, f: impl FnOnce(&[(&str, &[u8])]) -> R) -> R {
+        let mut stack: [(&str, &[u8]); STACK_PAIRS] = [("", &[]); STACK_PAIRS];
+        let mut n = 0usize;
+        let mut spill: Vec<(&str, &[u8])> = Vec::new();
+        decode_map(&self.raw, |k, v| match stack.get_mut(n) {
+            Some(slot) if spill.is_empty() => {
+                *slot = (k, v);
+                n += 1;
+            }
+            _ => {
+                if spill.is_empty() {
+                    spill.extend_from_slice(&stack);
+                }
+                spill.push((k, v));
+            }
+        });
+        if spill.is_empty() {
+            f(stack.get(..n).unwrap_or_default())
+        } else {
+            f(&spill)
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use std::rc::Rc;
 use crate::cache::{self, Lookup, Memo, NegativeCache};
 use crate::config::{self, KeyServiceConfig, OnFailure};
 use crate::contract::{self, ServiceFailure};
-use crate::gate::{Decision, Gate, LogFields, Pending, Step};
+use crate::gate::{Decision, Gate, LogFields, Pending, RateHeaders, Step};
 use crate::hash::{credential_id_from_hash, Digest32, DigestMemo, TagHasher};
 use crate::store::{Guesses, SetOutcome, SharedStore, Speculative};
 use crate::throttle::{client_of, Throttle};
@@ -47,9 +47,6 @@ impl SharedStore for EnvoyStore {
 fn now_ms() -> u64 {
     abi::now_ns() / 1_000_000
 }
-
-/// Headers for the upstream's response: (name, value).
-type ResponseHeaders = Vec<(&'static str, String)>;
 
 struct Waiter {
     pending: Pending,
@@ -196,9 +193,11 @@ struct Plugin {
     waiting: HashMap<u32, Waiter>,
     /// Rate-limit headers for the upstream's response, by context id, with the time they were
     /// stored (entries of streams reset before their response are swept by age).
-    response_headers: HashMap<u32, (ResponseHeaders, u64), BuildHasherDefault<TagHasher>>,
+    response_headers: HashMap<u32, (RateHeaders, u64), BuildHasherDefault<TagHasher>>,
     throttle: Option<Throttle>,
     metrics: Metrics,
+    /// The access-log value is written here (kept across requests: no allocation each time).
+    log_buf: String,
     /// Wall-clock ms read once at the start of the current callback.
     now: u64,
     /// The revocation feed's cursor exists (or there is no feed): verdicts may be cached.
@@ -296,6 +295,7 @@ pub extern "C" fn proxy_on_configure(root_id: u32, size: usize) -> u32 {
         response_headers: HashMap::default(),
         throttle,
         metrics: Metrics::default(),
+        log_buf: String::with_capacity(128),
         now: 0,
         feed_ready: false,
         steady_ticks: false,
@@ -351,8 +351,8 @@ fn with_stream<R>(f: impl FnOnce(&mut Plugin) -> R) -> Option<R> {
 /// `decision=allowed key_id=k1 account=acme plan=free` (`-` for none). One host call a request:
 /// four separate properties cost ~2-3 us more per request here (each `set_property` creates a
 /// filter-state object in Envoy).
-fn set_log_fields(l: &LogFields) {
-    let mut v = String::with_capacity(96);
+fn set_log_fields(v: &mut String, l: &LogFields) {
+    v.clear();
     v.push_str("decision=");
     v.push_str(l.decision);
     for (k, val) in [
@@ -378,7 +378,7 @@ impl Plugin {
     fn apply(&mut self, ctx: u32, d: Decision, resume: bool) -> u32 {
         let log = d.log();
         if self.gate.cfg.access_log_state {
-            set_log_fields(log);
+            set_log_fields(&mut self.log_buf, log);
         }
         self.metrics.inc(decision_metric(log.decision));
         if log.decision == "rate-limited" {
@@ -419,14 +419,14 @@ impl Plugin {
                         }
                     }
                 }
-                if !a.response_headers.is_empty() {
+                if let Some(rate) = a.rate {
                     let now = self.now;
                     if self.response_headers.len() >= RESPONSE_HEADERS_SWEEP {
                         self.response_headers.retain(|_, (_, t)| {
                             now.saturating_sub(*t) < RESPONSE_HEADERS_MAX_AGE_MS
                         });
                     }
-                    self.response_headers.insert(ctx, (a.response_headers, now));
+                    self.response_headers.insert(ctx, (rate, now));
                 }
                 if resume {
                     abi::continue_request();
@@ -439,9 +439,12 @@ impl Plugin {
     fn on_request_headers(&mut self, ctx: u32) -> u32 {
         self.now = now_ms();
         let map = abi::get_headers(abi::MAP_REQUEST_HEADERS);
-        let headers = map.pairs();
+        map.with_pairs(|headers| self.request(ctx, headers))
+    }
+
+    fn request(&mut self, ctx: u32, headers: &[(&str, &[u8])]) -> u32 {
         let gate = self.gate.clone();
-        let pending = match gate.begin(&headers) {
+        let pending = match gate.begin(headers) {
             Step::Done(d) => {
                 if matches!(
                     d.log().decision,
@@ -887,10 +890,8 @@ impl Plugin {
     }
 
     fn on_response_headers(&mut self, ctx: u32) {
-        if let Some((headers, _)) = self.response_headers.remove(&ctx) {
-            for (n, v) in &headers {
-                abi::add_header(abi::MAP_RESPONSE_HEADERS, n, v);
-            }
+        if let Some((rate, _)) = self.response_headers.remove(&ctx) {
+            rate.for_each(|n, v| abi::add_header(abi::MAP_RESPONSE_HEADERS, n, v));
         }
     }
 }

@@ -61,6 +61,18 @@ def test_upstream_sees_identity_not_credentials_nor_forgeries(envoy, headers, pa
     assert "forged" not in str(e)
 
 
+@pytest.mark.parametrize("fillers", [20, 27, 28, 29, 60])
+def test_credential_and_forgeries_found_among_many_headers(envoy, fillers):
+    """keygate walks the request's headers in a stack array of 32 and spills into a Vec beyond:
+    the key and a forged identity header after the spill point are still found."""
+    filler = [(f"X-Fill-{i}", f"v{i}") for i in range(fillers)]
+    e = echo(envoy.req("GET", "/v1/x", filler + [("X-Keygate-Plan", "forged"), ("X-API-Key", KEY)]))
+    assert values(e, "x-keygate-key-id") == ["kw"]
+    assert values(e, "x-keygate-plan") == ["p"]
+    assert "x-api-key" not in names(e)
+    assert [values(e, f"x-fill-{i}") for i in range(fillers)] == [[f"v{i}"] for i in range(fillers)]
+
+
 @pytest.mark.parametrize("query,kept", [
     (f"_apikey={KEY}&b=2&c=3", "b=2&c=3"),
     (f"b=2&_apikey={KEY}&c=3", "b=2&c=3"),

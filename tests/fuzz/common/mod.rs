@@ -130,7 +130,9 @@ pub fn check_decision(cfg: &Config, headers: &[(&str, &[u8])], d: &Decision) {
         }
         Decision::Allow(a) => {
             printable(&a.set);
-            printable(&a.response_headers);
+            if let Some(r) = &a.rate {
+                printable(&r.pairs());
+            }
             let overwritten = |n: &str| a.set.iter().any(|(s, _)| s == n);
             let removed = |n: &str| a.remove.iter().any(|r| r == n);
             let mut forgeable: Vec<&str> = cfg.identity_headers.names().to_vec();
