@@ -212,7 +212,10 @@ fn trim_ows(b: &[u8]) -> &[u8] {
 
 /// Callers have checked the bytes are VCHAR, so this never replaces anything.
 fn ascii_string(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
+    match std::str::from_utf8(b) {
+        Ok(s) => s.to_owned(),
+        Err(_) => String::from_utf8_lossy(b).into_owned(),
+    }
 }
 
 /// Reads the credential of a request from its headers (lower-case names, raw values) and `:path`.
