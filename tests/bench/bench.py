@@ -17,7 +17,11 @@ Method
   ``local_ratelimit`` with x-ratelimit headers: the nearest native equivalent of keygate),
   ``ext_authz`` (HTTP ext_authz to a second Envoy answering 200 with ``direct_response``, pinned to
   CPU 1 next to wrk; its CPU is not counted), ``noop_wasm`` (a Rust proxy-wasm 0.2.5 filter that
-  implements nothing: ``tests/bench/noop-filter``) and the keygate scenarios of
+  implements nothing: ``tests/bench/noop-filter``), ``floor_keygate`` (a module making exactly the
+  host calls of keygate's cached ``X-API-Key`` path with constant data and no logic: the floor
+  under ``kg_header``), ``floor_reference`` (the "reference filter" of issue #6: all headers
+  once, one shared-data get and CAS set, three response headers; both ``tests/bench/floor-filter``)
+  and the keygate scenarios of
   ``KEYGATE_SCENARIOS`` (all the same ``keygate.wasm``, one listener each; scenarios with the same
   configuration share one VM, each other configuration gets a VM of its own).
 * The ``kg_remote_*`` scenarios verify keys with the reference key service
