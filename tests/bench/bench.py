@@ -32,7 +32,10 @@ Method
   non-2xx, show up in the table.
 * Load: ``wrk -t1 -c<connections> --latency`` pinned to CPU 1, keep-alive connections. Each run
   is a short warm-up (discarded) and then a timed run of ``--seconds``. Variants are interleaved
-  (A B C ... A B C) over ``--rounds`` rounds, so slow drift of the machine hits every variant.
+  (A B C ... A B C) over ``--rounds`` rounds, so slow drift of the machine hits every variant,
+  and within a round ``router`` runs again after every ``BRACKET`` (3) variants
+  (R A B C R D E F R ...): each variant is compared with the two router runs around it, seconds
+  away rather than a round's minutes (this machine's speed wanders by ±10% over minutes).
 * Per run: requests/s, p50 and p99 latency (wrk's latency distribution), non-2xx/3xx and socket
   errors, and Envoy CPU time per request: utime+stime of the Envoy process (all threads) from
   ``/proc/<pid>/stat`` before and after the timed run, divided by the requests wrk completed.
@@ -42,7 +45,8 @@ Method
   "disturbed" run is measured again after the rounds (``--retries``, bounded), the less
   disturbed attempt is kept, and variants with disturbed runs left are flagged in the table.
 * Summary: per variant, the median over rounds of rps, p50, p99 and CPU/request, and the median
-  of the per-round ratios to ``router`` measured in the same round.
+  of the per-round ratios to the mean of the router runs bracketing it (the router row: the
+  median of its runs in the round).
 * Before the timed rounds every variant is checked once with urllib (status, and the rate-limit
   headers where they are expected); a misconfigured variant aborts the run.
 
@@ -94,6 +98,7 @@ STAGED = {KEYGATE_WASM: RUN_DIR / "keygate.wasm", NOOP_WASM: RUN_DIR / "noop_fil
           FLOOR_WASM: RUN_DIR / "floor_filter.wasm"}
 
 ENVOY_CPU = "0"  # the Envoy under test
+BRACKET = 3  # variants between two router runs in a round
 CLIENT_CPU = "1"  # wrk, the ext_authz authorizer and the key service
 
 # --------------------------------------------------------------------------------------------
@@ -765,9 +770,10 @@ def summarize(vs: list[dict], rounds: list[dict]) -> list[dict]:
     for v in vs:
         n = v["name"]
         runs = [r[n] for r in rounds]
-        rps_ratio = [r[n]["rps"] / r["router"]["rps"] for r in rounds if r["router"]["rps"]]
-        cpu_ratio = [r[n]["cpu_us_per_req"] / r["router"]["cpu_us_per_req"] for r in rounds
-                     if r["router"]["cpu_us_per_req"]]
+        refs = [r[n].get("router_ref", r["router"]) for r in rounds]
+        rps_ratio = [r[n]["rps"] / ref["rps"] for r, ref in zip(rounds, refs) if ref["rps"]]
+        cpu_ratio = [r[n]["cpu_us_per_req"] / ref["cpu_us_per_req"] for r, ref in zip(rounds, refs)
+                     if ref["cpu_us_per_req"]]
         non2xx = sum(x["non2xx"] for x in runs)
         requests = sum(x["requests"] for x in runs)
         sock = sum(x["socket_errors"] for x in runs)
@@ -968,8 +974,28 @@ def benchmark(args: argparse.Namespace, vs: list[dict]) -> dict:
             return r
 
         rounds: list[dict] = []
+        router, others = vs[0], vs[1:]
         for i in range(args.rounds):
-            rounds.append({v["name"]: run(v, f"round {i + 1}/{args.rounds}") for v in vs})
+            label = f"round {i + 1}/{args.rounds}"
+            # router, then BRACKET variants, router again, ...: each variant's ratio is taken
+            # against the mean of the router runs just before and after it (drift of the machine
+            # over a round's minutes then cancels), and the router row shows their median
+            rnd: dict = {}
+            before = run(router, label)
+            router_runs = [before]
+            for start in range(0, len(others), BRACKET):
+                chunk = [(v, run(v, label)) for v in others[start:start + BRACKET]]
+                after = run(router, label)
+                router_runs.append(after)
+                for v, r in chunk:
+                    r["router_ref"] = {"rps": (before["rps"] + after["rps"]) / 2,
+                                       "cpu_us_per_req": (before["cpu_us_per_req"] + after["cpu_us_per_req"]) / 2}
+                    rnd[v["name"]] = r
+                before = after
+            mid = sorted(router_runs, key=lambda r: r["rps"])[len(router_runs) // 2]
+            rnd[router["name"]] = dict(mid, router_runs=[{"rps": r["rps"], "cpu_us_per_req": r["cpu_us_per_req"]}
+                                                         for r in router_runs])
+            rounds.append({v["name"]: rnd[v["name"]] for v in vs})
 
         # Disturbed runs are measured again at the end, when the other load may be gone (after
         # waiting up to 2 x --seconds for quiet CPUs): each up to --retries times, a quarter of the
@@ -984,6 +1010,8 @@ def benchmark(args: argparse.Namespace, vs: list[dict]) -> dict:
                     budget -= 1
                     wait_for_quiet(2 * args.seconds)
                     old, new = rnd[v["name"]], run(v, f"retry {i + 1}/{args.rounds}")
+                    if "router_ref" in old:
+                        new["router_ref"] = old["router_ref"]
                     worse, better = sorted([old, new], key=lambda x: (
                         x["envoy_cpu"]["other_pct"] + max(0.0, 90 - x["envoy_cpu"]["busy_pct"])), reverse=True)
                     better["discarded"] = better.pop("discarded", []) + worse.pop("discarded", []) + [worse]
@@ -1011,7 +1039,7 @@ def report(args: argparse.Namespace, rows: list[dict], res: dict, wasm: dict) ->
     print(table(rows))
     print()
     print("Upstream: a direct_response route (200 `ok`) in every variant's listener; ratios are medians of "
-          "per-round ratios to `router`.")
+          "per-round ratios to the mean of the two `router` runs around each variant's run.")
     print(f"- wasm sizes: keygate.wasm {wasm['keygate.wasm']['bytes']:,} B, "
           f"noop_filter.wasm {wasm['noop_filter.wasm']['bytes']:,} B, "
           f"floor_filter.wasm {wasm['floor_filter.wasm']['bytes']:,} B")
@@ -1059,8 +1087,9 @@ def main(argv: list[str]) -> int:
               + ", ".join(f"{c} {b:.0f}% busy" for c, b in busy_before.items())
               + "); expect noisy numbers", file=sys.stderr)
     per_run = args.seconds + args.warmup + 0.3
+    runs_per_round = len(vs) + -(-(len(vs) - 1) // BRACKET)
     print(f"{len(vs)} variants x {args.rounds} rounds x ({args.warmup}+{args.seconds}) s, "
-          f"{args.connections} connections: about {(args.rounds * len(vs) * per_run + 10) / 60:.1f} min "
+          f"{args.connections} connections: about {(args.rounds * runs_per_round * per_run + 10) / 60:.1f} min "
           f"(+{retry_budget(args, vs) * (per_run + 2 * args.seconds) / 60:.1f} at most if runs are retried)", file=sys.stderr, flush=True)
 
     res = benchmark(args, vs)
