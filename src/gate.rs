@@ -199,7 +199,8 @@ impl Gate {
             match name {
                 ":method" => method = value,
                 ":path" => path = value,
-                "x-request-id" => request_id = Some(value),
+                // kept only when it could be echoed (at most 128 bytes): a huge one is not copied
+                "x-request-id" => request_id = (value.len() <= 128).then_some(value),
                 n => {
                     // identity headers and the fail-open marker are keygate's to set, never the
                     // client's; API-key headers present are noted so only they get removed
@@ -862,6 +863,42 @@ mod tests {
         assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
         assert_eq!(r.header("ratelimit-policy"), Some("\"p\";q=1;w=60"));
         assert!(r.header("retry-after").is_some());
+    }
+
+    #[test]
+    fn problems_echo_only_a_printable_request_id_of_at_most_128_bytes() {
+        let g = gate(&key_json(""));
+        let st = MemoryStore::default();
+        let long = "r".repeat(128);
+        let too_long = "r".repeat(129);
+        for (id, echoed) in [
+            ("abc-123", true),
+            (long.as_str(), true),
+            (too_long.as_str(), false),
+            ("has space", false),
+            ("", false),
+        ] {
+            // a 400 from phase one (bad percent-encoding), a 401 from phase two (unknown key)
+            for (path, key, status) in [
+                (&b"/a?_apikey=%zz"[..], &b"secret-1"[..], 400),
+                (&b"/a"[..], &b"wrong"[..], 401),
+            ] {
+                let h: &[(&str, &[u8])] = &[
+                    (":path", path),
+                    ("x-request-id", id.as_bytes()),
+                    ("x-api-key", key),
+                ];
+                let Decision::Deny(r, _) = run(&g, &st, h) else {
+                    panic!()
+                };
+                assert_eq!(r.status, status);
+                let body: Value = serde_json::from_str(&r.body).unwrap();
+                assert_eq!(body.get("request_id").is_some(), echoed, "{id:?}");
+                if echoed {
+                    assert_eq!(body["request_id"], id);
+                }
+            }
+        }
     }
 
     #[test]
