@@ -373,8 +373,8 @@ impl Plugin {
     /// Request headers change one host call per header: a header removed (only those present),
     /// one added per non-empty identity value. Measured in Envoy 1.40 (instructions per request,
     /// callgrind): rewriting the whole map in one `proxy_set_header_map_pairs` cost ~21k for a
-    /// small request and grows with every header the client sends; a removal ~2k, an addition
-    /// ~3.7k.
+    /// small request and grows with every header the client sends; removing a present custom
+    /// header (`x-api-key`) ~5.6k, an inline one (`authorization`) less; an addition ~2.9k.
     fn apply(&mut self, ctx: u32, d: Decision, resume: bool) -> u32 {
         let log = d.log();
         if self.gate.cfg.access_log_state {
