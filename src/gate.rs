@@ -9,11 +9,9 @@
 
 use std::rc::Rc;
 
-use serde_json::Value;
-
 use crate::config::{Config, ResetStyle};
 use crate::credential::{self, Carriers, CredError, Credential, Style};
-use crate::problem::{instance_of, Kind, ProblemBuilder, Reply};
+use crate::problem::{instance_of, Decimal, Extra, Kind, ProblemBuilder, Reply};
 use crate::query;
 use crate::ratelimit::{self, RateDecision, RateError, Scope};
 use crate::route::{self, Access, Ownership, Route};
@@ -161,7 +159,7 @@ impl Gate {
         status: u32,
         kind: Kind,
         detail: &str,
-        extra: Vec<(&'static str, Value)>,
+        extra: &[(&'static str, Extra<'_>)],
         headers: Vec<(String, String)>,
         id: Option<&Rc<Identity>>,
     ) -> Decision {
@@ -233,7 +231,7 @@ impl Gate {
                     403,
                     Kind::RouteClosed,
                     "this route is closed",
-                    vec![],
+                    &[],
                     vec![],
                     None,
                 ))
@@ -258,7 +256,7 @@ impl Gate {
                 401,
                 Kind::CredentialMissing,
                 detail,
-                vec![],
+                &[],
                 h,
                 None,
             ));
@@ -287,7 +285,7 @@ impl Gate {
         } else {
             Vec::new()
         };
-        self.deny(pb, 400, kind, detail, vec![], h, None)
+        self.deny(pb, 400, kind, detail, &[], h, None)
     }
 
     fn public(&self, headers: &[(&str, &[u8])], path: &[u8], mut strip: Vec<String>) -> Decision {
@@ -341,7 +339,7 @@ impl Gate {
         let h = vec![("retry-after".to_string(), retry.to_string())];
         let detail =
             format!("too many failed authentications from this client; retry in {retry} s");
-        self.deny(&pb, 429, Kind::AuthThrottled, &detail, vec![], h, None)
+        self.deny(&pb, 429, Kind::AuthThrottled, &detail, &[], h, None)
     }
 
     /// The key service failed and no stale verdict may serve: 503, fail closed.
@@ -349,15 +347,7 @@ impl Gate {
         let pb = self.problems(instance_of(&p.path), p.request_id.as_deref());
         let h = vec![("retry-after".to_string(), retry_after_s.to_string())];
         let detail = "the key service could not verify the credential; retry shortly";
-        self.deny(
-            &pb,
-            503,
-            Kind::KeyServiceUnavailable,
-            detail,
-            vec![],
-            h,
-            None,
-        )
+        self.deny(&pb, 503, Kind::KeyServiceUnavailable, detail, &[], h, None)
     }
 
     /// The key service failed and the operator opted into fail-open: the request goes upstream
@@ -407,7 +397,7 @@ impl Gate {
                     Refusal::Disabled => (Kind::CredentialDisabled, "the credential is disabled"),
                 };
                 let h = self.challenges(presented_token.then_some(("invalid_token", detail)));
-                return self.deny(&problems(), 401, kind, detail, vec![], h, None);
+                return self.deny(&problems(), 401, kind, detail, &[], h, None);
             }
         };
 
@@ -427,13 +417,13 @@ impl Gate {
                     ));
                 }
                 let detail = format!("the key lacks the scope `{}`", quoted(missing));
-                let extra = vec![("missing_scope", Value::String(missing.to_string()))];
+                let extra = [("missing_scope", Extra::Text(missing))];
                 return self.deny(
                     &problems(),
                     403,
                     Kind::InsufficientScope,
                     &detail,
-                    extra,
+                    &extra,
                     h,
                     Some(&id),
                 );
@@ -456,7 +446,7 @@ impl Gate {
                         owner.status,
                         Kind::ResourceForbidden,
                         &detail,
-                        vec![],
+                        &[],
                         vec![],
                         Some(&id),
                     );
@@ -493,23 +483,33 @@ impl Gate {
                             .map(|(n, v)| (n.to_string(), v))
                             .collect();
                         h.push(("retry-after".into(), retry.to_string()));
-                        let extra = vec![
-                            ("policy", Value::String(policy_name.to_string())),
-                            ("limit", Value::from(d.limit)),
-                            ("remaining", Value::from(0)),
-                            ("resetTime", Value::from(unix_reset(now_us, d.reset_ms))),
+                        let extra = [
+                            ("policy", Extra::Text(policy_name)),
+                            ("limit", Extra::Int(d.limit)),
+                            ("remaining", Extra::Int(0)),
+                            ("resetTime", Extra::Int(unix_reset(now_us, d.reset_ms))),
                         ];
-                        let detail =
-                            format!(
-                            "the `{}` policy allows {} requests per {} s (burst {}); retry in {} s",
-                            quoted(policy_name), limit.requests, limit.window_s, limit.burst, retry
-                        );
+                        // "the `p` policy allows N requests per W s (burst B); retry in R s",
+                        // without the formatting machinery (a 429 flood is the hot path then)
+                        let mut detail = String::with_capacity(96);
+                        detail.push_str("the `");
+                        detail.push_str(&quoted(policy_name));
+                        for (text, n) in [
+                            ("` policy allows ", limit.requests),
+                            (" requests per ", limit.window_s),
+                            (" s (burst ", limit.burst),
+                            ("); retry in ", retry),
+                        ] {
+                            detail.push_str(text);
+                            detail.push_str(Decimal::new(n).as_str());
+                        }
+                        detail.push_str(" s");
                         return self.deny(
                             &problems(),
                             429,
                             Kind::RateLimited,
                             &detail,
-                            extra,
+                            &extra,
                             h,
                             Some(&id),
                         );
@@ -529,7 +529,7 @@ impl Gate {
                         429,
                         Kind::RateLimited,
                         detail,
-                        vec![],
+                        &[],
                         h,
                         Some(&id),
                     );
@@ -647,33 +647,6 @@ fn printable_id(v: &[u8]) -> Option<String> {
     std::str::from_utf8(v).ok().map(str::to_owned)
 }
 
-/// `n` in decimal on the stack, without the formatting machinery (three of these a request).
-struct Decimal {
-    buf: [u8; 20],
-    start: usize,
-}
-
-impl Decimal {
-    fn new(mut n: u64) -> Self {
-        let mut buf = [0u8; 20];
-        let mut i = buf.len();
-        while i > 0 {
-            i -= 1;
-            buf[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        Decimal { buf, start: i }
-    }
-
-    fn as_str(&self) -> &str {
-        // ASCII digits only: always valid
-        std::str::from_utf8(self.buf.get(self.start..).unwrap_or_default()).unwrap_or("0")
-    }
-}
-
 /// The unix second at which the bucket is full again, rounded up: a client that waits until
 /// then is never early.
 fn unix_reset(now_us: u64, reset_ms: u64) -> u64 {
@@ -714,6 +687,7 @@ mod tests {
     use super::*;
     use crate::config;
     use crate::store::memory::MemoryStore;
+    use serde_json::Value;
 
     const NOW_US: u64 = 1_800_000_000_400_000; // .4 s past a whole second
 
@@ -805,13 +779,6 @@ mod tests {
     }
 
     #[test]
-    fn decimal_matches_display() {
-        for n in [0, 1, 9, 10, 99, 100, 4_294_967_296, u64::MAX - 1, u64::MAX] {
-            assert_eq!(Decimal::new(n).as_str(), n.to_string());
-        }
-    }
-
-    #[test]
     fn unix_reset_is_never_early() {
         let g = gate(&key_json(
             r#","rate_limit":{"plans":{"p":{"requests":1,"window_s":2}},"reset":"unix"}"#,
@@ -840,6 +807,11 @@ mod tests {
         };
         let body: Value = serde_json::from_str(&r.body).unwrap();
         assert_eq!(body["resetTime"], 1_800_000_003u64);
+        assert_eq!(
+            body["detail"],
+            "the `p` policy allows 1 requests per 2 s (burst 1); retry in 2 s"
+        );
+        assert_eq!(body["policy"], "p");
         assert_eq!(r.header("retry-after"), Some("2"));
     }
 

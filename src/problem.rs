@@ -3,7 +3,39 @@
 //! Nothing here ever receives a secret: details are fixed phrases chosen by the caller, and
 //! `instance` is the request path without its query string (which may hold `_apikey`).
 
-use serde_json::Value;
+/// An extension member of a problem: text (escaped) or a non-negative integer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Extra<'a> {
+    Text(&'a str),
+    Int(u64),
+}
+
+/// `n` in decimal on the stack, without the formatting machinery.
+pub(crate) struct Decimal {
+    buf: [u8; 20],
+    start: usize,
+}
+
+impl Decimal {
+    pub(crate) fn new(mut n: u64) -> Self {
+        let mut buf = [0u8; 20];
+        let mut i = buf.len();
+        while i > 0 {
+            i -= 1;
+            buf[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        Decimal { buf, start: i }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        // ASCII digits only: always valid
+        std::str::from_utf8(self.buf.get(self.start..).unwrap_or_default()).unwrap_or("0")
+    }
+}
 
 /// The kinds of denial, each with a stable slug documented in the README.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,7 +159,7 @@ impl ProblemBuilder<'_> {
         status: u32,
         kind: Kind,
         detail: &str,
-        extra: Vec<(&'static str, Value)>,
+        extra: &[(&'static str, Extra<'_>)],
         mut headers: Vec<(String, String)>,
     ) -> Reply {
         // written directly (members in RFC 9457's order, then the extensions): a serde_json Map
@@ -139,7 +171,7 @@ impl ProblemBuilder<'_> {
         body.push_str("\",\"title\":\"");
         escape_into(&mut body, kind.title());
         body.push_str("\",\"status\":");
-        body.push_str(&status.to_string());
+        body.push_str(Decimal::new(u64::from(status)).as_str());
         body.push_str(",\"detail\":\"");
         escape_into(&mut body, detail);
         body.push_str("\",\"instance\":\"");
@@ -154,7 +186,14 @@ impl ProblemBuilder<'_> {
             body.push_str(",\"");
             escape_into(&mut body, k);
             body.push_str("\":");
-            body.push_str(&v.to_string());
+            match v {
+                Extra::Text(t) => {
+                    body.push('"');
+                    escape_into(&mut body, t);
+                    body.push('"');
+                }
+                Extra::Int(n) => body.push_str(Decimal::new(*n).as_str()),
+            }
         }
         body.push('}');
         headers.push(("content-type".into(), "application/problem+json".into()));
@@ -172,6 +211,14 @@ impl ProblemBuilder<'_> {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+    use serde_json::Value;
+
+    #[test]
+    fn decimal_matches_display() {
+        for n in [0, 1, 9, 10, 99, 100, 4_294_967_296, u64::MAX - 1, u64::MAX] {
+            assert_eq!(Decimal::new(n).as_str(), n.to_string());
+        }
+    }
 
     #[test]
     fn body_has_rfc9457_members_and_no_query() {
@@ -184,7 +231,7 @@ mod tests {
             401,
             Kind::CredentialInvalid,
             "d",
-            vec![("limit", Value::from(3))],
+            &[("limit", Extra::Int(3))],
             vec![],
         );
         let v: Value = serde_json::from_str(&r.body).unwrap();
@@ -208,7 +255,7 @@ mod tests {
             instance: instance_of(b"/\"\\\xff"),
             request_id: None,
         };
-        let r = b.reply(400, Kind::CredentialMalformed, "d", vec![], vec![]);
+        let r = b.reply(400, Kind::CredentialMalformed, "d", &[], vec![]);
         let v: Value = serde_json::from_str(&r.body).unwrap();
         assert_eq!(v["instance"], "/\"\\\u{fffd}");
     }
@@ -219,8 +266,8 @@ mod tests {
         fn body_is_json_for_any_text(detail in ".*", instance in ".*", rid in proptest::option::of(".*"),
                                      extra in ".*") {
             let b = ProblemBuilder { type_base: "urn:x:", instance: instance.clone(), request_id: rid.clone() };
-            let r = b.reply(429, Kind::RateLimited, &detail, vec![("policy", Value::String(extra.clone())),
-                                                                  ("limit", Value::from(7))], vec![]);
+            let r = b.reply(429, Kind::RateLimited, &detail, &[("policy", Extra::Text(&extra)),
+                                                               ("limit", Extra::Int(7))], vec![]);
             let v: Value = serde_json::from_str(&r.body).unwrap();
             proptest::prop_assert_eq!(v["type"].as_str(), Some("urn:x:rate-limited"));
             proptest::prop_assert_eq!(v["status"].as_u64(), Some(429));

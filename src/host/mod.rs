@@ -66,6 +66,8 @@ struct Metrics {
     /// Per-request counts by metric id, added to Envoy's counters on the next tick (at most a
     /// second later): one host call a request less. A request counts 1-3 of ~25 names.
     pending: Vec<(u32, i64)>,
+    /// `keygate.ratelimit.rejected.<plan>` ids by the plan's index in the config.
+    by_plan: Vec<Option<u32>>,
 }
 
 impl Metrics {
@@ -93,11 +95,28 @@ impl Metrics {
         self.count(id);
     }
 
-    /// Counts one for a name built at run time (bounded by the config: plan names).
-    fn inc_dyn(&mut self, name: &str) {
-        if let Some(id) = self.id(abi::METRIC_COUNTER, name) {
-            self.count(id);
-        }
+    /// Counts one 429 for the plan at `index` in the config (named `plan`; `other` past the
+    /// end): the metric's name is built once per plan.
+    fn inc_plan(&mut self, index: usize, plan: &str) {
+        let id = match self.by_plan.get(index).copied().flatten() {
+            Some(id) => id,
+            None => {
+                let Some(id) = self.id(
+                    abi::METRIC_COUNTER,
+                    &format!("keygate.ratelimit.rejected.{plan}"),
+                ) else {
+                    return;
+                };
+                if self.by_plan.len() <= index {
+                    self.by_plan.resize(index + 1, None);
+                }
+                if let Some(slot) = self.by_plan.get_mut(index) {
+                    *slot = Some(id);
+                }
+                id
+            }
+        };
+        self.count(id);
     }
 
     fn count(&mut self, id: u32) {
@@ -382,16 +401,13 @@ impl Plugin {
         }
         self.metrics.inc(decision_metric(log.decision));
         if log.decision == "rate-limited" {
-            let known = self
-                .gate
-                .cfg
-                .rate
-                .plans
-                .iter()
-                .any(|(n, _)| n == log.plan());
-            let plan = if known { log.plan() } else { "other" };
-            self.metrics
-                .inc_dyn(&format!("keygate.ratelimit.rejected.{plan}"));
+            // one counter per configured plan, and `other`: found by the plan's index
+            let plans = &self.gate.cfg.rate.plans;
+            let i = plans.iter().position(|(n, _)| n == log.plan());
+            let plan = i
+                .and_then(|i| plans.get(i))
+                .map_or("other", |(n, _)| n.as_str());
+            self.metrics.inc_plan(i.unwrap_or(plans.len()), plan);
         }
         match d {
             Decision::Deny(reply, _) => {

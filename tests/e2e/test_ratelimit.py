@@ -129,3 +129,16 @@ def test_rate_headers_can_be_turned_off(make_envoy):
     assert r.status == 429
     assert r.header("x-ratelimit-limit") == "1" and r.header("x-ratelimit-remaining") == "0"
     assert 3000 <= int(r.header("retry-after")) <= 3600
+
+
+def test_rejections_are_counted_per_plan_and_other(make_envoy):
+    cfg = {"keys": [key("listed", plan="p"), key("unlisted", plan="not-in-table")],
+           "rate_limit": {"plans": {"p": {"requests": 1, "window_s": 3600}},
+                          "default": {"requests": 1, "window_s": 3600}}}
+    e = make_envoy(cfg)
+    assert [call(e, "listed").status for _ in range(3)] == [200, 429, 429]
+    assert [call(e, "unlisted").status for _ in range(2)] == [200, 429]
+    prom = e.prometheus()
+    # a plan missing from the table is counted as `other` (the series stay bounded by the config)
+    assert 'keygate_ratelimit_rejected{plan="p"} 2' in prom, prom
+    assert 'keygate_ratelimit_rejected{plan="other"} 1' in prom, prom
