@@ -354,16 +354,7 @@ impl Gate {
     /// without identity, marked `x-keygate-fail-open`, credentials still hidden.
     pub fn fail_open(&self, p: Pending, reason: &str) -> Decision {
         let mut remove = p.strip;
-        let mut path = None;
-        if self.cfg.hide_credentials {
-            if p.carriers.authorization {
-                remove.push("authorization".into());
-            }
-
-            if let (true, Some(param)) = (p.carriers.query, &self.cfg.credentials.query_param) {
-                path = Some(query::strip_param(&p.path, param));
-            }
-        }
+        let path = self.hide_carriers(&p.carriers, &p.path, &mut remove);
         Decision::Allow(Allow {
             remove,
             set: vec![(FAIL_OPEN_HEADER.to_string(), reason.to_string())],
@@ -474,44 +465,15 @@ impl Gate {
             match taken {
                 Ok(d) => {
                     if !d.allowed {
-                        let retry = d.retry_after_ms.div_ceil(1000).max(1);
-                        // on the 429 always, whatever `rate_limit.headers` says
-                        let mut h: Vec<(String, String)> = self
-                            .rate_headers(&d, policy_name, &limit, now_us)
-                            .pairs()
-                            .into_iter()
-                            .map(|(n, v)| (n.to_string(), v))
-                            .collect();
-                        h.push(("retry-after".into(), retry.to_string()));
-                        let extra = [
-                            ("policy", Extra::Text(policy_name)),
-                            ("limit", Extra::Int(d.limit)),
-                            ("remaining", Extra::Int(0)),
-                            ("resetTime", Extra::Int(unix_reset(now_us, d.reset_ms))),
-                        ];
-                        // "the `p` policy allows N requests per W s (burst B); retry in R s",
-                        // without the formatting machinery (a 429 flood is the hot path then)
-                        let mut detail = String::with_capacity(96);
-                        detail.push_str("the `");
-                        detail.push_str(&quoted(policy_name));
-                        for (text, n) in [
-                            ("` policy allows ", limit.requests),
-                            (" requests per ", limit.window_s),
-                            (" s (burst ", limit.burst),
-                            ("); retry in ", retry),
-                        ] {
-                            detail.push_str(text);
-                            detail.push_str(Decimal::new(n).as_str());
-                        }
-                        detail.push_str(" s");
-                        return self.deny(
+                        let h = self.rate_headers(&d, policy_name, &limit, now_us);
+                        return self.over_limit(
                             &problems(),
-                            429,
-                            Kind::RateLimited,
-                            &detail,
-                            &extra,
+                            &d,
                             h,
-                            Some(&id),
+                            policy_name,
+                            &limit,
+                            now_us,
+                            &id,
                         );
                     }
                     if self.cfg.rate.headers {
@@ -537,25 +499,80 @@ impl Gate {
             }
         }
 
-        let mut allow = Allow {
-            remove: p.strip,
+        let mut remove = p.strip;
+        let path = self.hide_carriers(&p.carriers, &p.path, &mut remove);
+        Decision::Allow(Allow {
+            remove,
+            path,
             rate,
             log: LogFields::of("allowed", Some(&id)),
+            identity: Some(id),
             ..Default::default()
-        };
-        if self.cfg.hide_credentials {
-            if p.carriers.authorization {
-                allow.remove.push("authorization".into());
-            }
+        })
+    }
 
-            if p.carriers.query {
-                if let Some(param) = &self.cfg.credentials.query_param {
-                    allow.path = Some(query::strip_param(&p.path, param));
-                }
-            }
+    /// With `hide_from_upstream`: adds `authorization` to `remove` when it carried the
+    /// credential, and returns `:path` without the query parameter when that did.
+    fn hide_carriers(
+        &self,
+        carriers: &Carriers,
+        path: &[u8],
+        remove: &mut Vec<String>,
+    ) -> Option<Vec<u8>> {
+        if !self.cfg.hide_credentials {
+            return None;
         }
-        allow.identity = Some(id);
-        Decision::Allow(allow)
+        if carriers.authorization {
+            remove.push("authorization".into());
+        }
+        match &self.cfg.credentials.query_param {
+            Some(param) if carriers.query => Some(query::strip_param(path, param)),
+            _ => None,
+        }
+    }
+
+    /// The 429 of a request over its limit: the rate-limit headers (whatever
+    /// `rate_limit.headers` says: the client needs them to back off) and `Retry-After`.
+    #[allow(clippy::too_many_arguments)]
+    fn over_limit(
+        &self,
+        pb: &ProblemBuilder<'_>,
+        d: &RateDecision,
+        rate: RateHeaders,
+        policy_name: &str,
+        limit: &ratelimit::Limit,
+        now_us: u64,
+        id: &Rc<Identity>,
+    ) -> Decision {
+        let retry = d.retry_after_ms.div_ceil(1000).max(1);
+        let mut h: Vec<(String, String)> = rate
+            .pairs()
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v))
+            .collect();
+        h.push(("retry-after".into(), retry.to_string()));
+        let extra = [
+            ("policy", Extra::Text(policy_name)),
+            ("limit", Extra::Int(d.limit)),
+            ("remaining", Extra::Int(0)),
+            ("resetTime", Extra::Int(unix_reset(now_us, d.reset_ms))),
+        ];
+        // "the `p` policy allows N requests per W s (burst B); retry in R s", without the
+        // formatting machinery (a 429 flood is the hot path then)
+        let mut detail = String::with_capacity(96);
+        detail.push_str("the `");
+        detail.push_str(&quoted(policy_name));
+        for (text, n) in [
+            ("` policy allows ", limit.requests),
+            (" requests per ", limit.window_s),
+            (" s (burst ", limit.burst),
+            ("); retry in ", retry),
+        ] {
+            detail.push_str(text);
+            detail.push_str(Decimal::new(n).as_str());
+        }
+        detail.push_str(" s");
+        self.deny(pb, 429, Kind::RateLimited, &detail, &extra, h, Some(id))
     }
 
     fn limit_for<'a>(&'a self, id: &'a Identity) -> Option<(&'a str, ratelimit::Limit, Scope)> {

@@ -403,11 +403,10 @@ impl Plugin {
         if log.decision == "rate-limited" {
             // one counter per configured plan, and `other`: found by the plan's index
             let plans = &self.gate.cfg.rate.plans;
-            let i = plans.iter().position(|(n, _)| n == log.plan());
-            let plan = i
-                .and_then(|i| plans.get(i))
-                .map_or("other", |(n, _)| n.as_str());
-            self.metrics.inc_plan(i.unwrap_or(plans.len()), plan);
+            match plans.iter().position(|(n, _)| n == log.plan()) {
+                Some(i) => self.metrics.inc_plan(i, log.plan()),
+                None => self.metrics.inc_plan(plans.len(), "other"),
+            }
         }
         match d {
             Decision::Deny(reply, _) => {
