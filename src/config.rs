@@ -541,11 +541,12 @@ fn parse_owner(mut o: Obj<'_>, strict: bool, w: &mut Vec<String>) -> Result<Owne
     }
     let body = match o.opt_str("body")? {
         None | Some("reject") => OwnerBody::Reject,
+        Some("json") => OwnerBody::Json,
         Some("unchecked") => OwnerBody::Unchecked,
         Some(other) => {
             return Err(err(
                 &o.field("body"),
-                format!("`{other}` is not one of reject, unchecked"),
+                format!("`{other}` is not one of reject, json, unchecked"),
             ))
         }
     };
@@ -618,7 +619,7 @@ fn parse_route(mut o: Obj<'_>, strict: bool, w: &mut Vec<String>) -> Result<Rout
             return Err(err(
                 &o.field("owner.body"),
                 format!(
-                    "the route protects {} but owner checks do not read bodies, and \"reject\" refuses every request with one: list only {}, or set \"unchecked\" if the upstream never takes `{}` from a body",
+                    "the route protects {} but owner checks do not read bodies, and \"reject\" refuses every request with one: list only {}, or set \"json\" or \"unchecked\" if the upstream never takes `{}` from a (JSON) body",
                     body_methods.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", "),
                     BODYLESS.join(", "),
                     match &ow.source {

@@ -203,6 +203,7 @@ impl Gate {
         let mut request_id = None;
         let mut strip: Vec<String> = Vec::new();
         let mut ambiguous: Option<&'static str> = None;
+        let mut content_type: &[u8] = b"";
         let idh = self.cfg.identity_headers.names();
         for &(name, value) in headers {
             match name {
@@ -210,6 +211,7 @@ impl Gate {
                 ":path" => path = value,
                 // kept only when it could be echoed (at most 128 bytes): a huge one is not copied
                 "x-request-id" => request_id = (value.len() <= 128).then_some(value),
+                "content-type" => content_type = value,
                 n => {
                     // identity headers and the fail-open marker are keygate's to set, never the
                     // client's; API-key headers present are noted so only they get removed
@@ -271,16 +273,19 @@ impl Gate {
                 return ambiguous_reply(why);
             }
         }
-        if has_body
-            && route.is_some_and(|r| {
-                r.owner
-                    .as_ref()
-                    .is_some_and(|o| o.body == OwnerBody::Reject)
-            })
-        {
-            return ambiguous_reply(
-                "this route checks which resource the request names, and keygate does not read bodies: send the request without one",
-            );
+        if has_body {
+            let refused = match route.and_then(|r| r.owner.as_ref()).map(|o| o.body) {
+                Some(OwnerBody::Reject) => Some(
+                    "this route checks which resource the request names, and keygate does not read bodies: send the request without one",
+                ),
+                Some(OwnerBody::Json) if !is_json(content_type) => Some(
+                    "this route checks which resource the request names: a body must be JSON (a form could name another one)",
+                ),
+                _ => None,
+            };
+            if let Some(why) = refused {
+                return ambiguous_reply(why);
+            }
         }
 
         match access {
@@ -781,6 +786,19 @@ fn unix_reset(now_us: u64, reset_ms: u64) -> u64 {
         .div_ceil(1_000_000)
 }
 
+/// `application/json` or a `+json` type, parameters allowed, case ignored.
+fn is_json(content_type: &[u8]) -> bool {
+    let essence = content_type
+        .split(|&c| c == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    essence.eq_ignore_ascii_case(b"application/json")
+        || (essence.len() > 5
+            && essence[essence.len() - 5..].eq_ignore_ascii_case(b"+json")
+            && essence.contains(&b'/'))
+}
+
 /// Headers through which frameworks let a client replace the request's method (Rails, Express's
 /// method-override, ASP.NET, Symfony).
 fn is_method_override(name: &str) -> bool {
@@ -932,10 +950,27 @@ mod tests {
         let g = gate(&key_json(
             r#","routes":[{"prefix":"/public/","access":"public"},{"prefix":"/admin","access":"closed"},
                 {"prefix":"/o","methods":["GET"],"scopes":["read"]},{"prefix":"/o","scopes":["write"]},
-                {"prefix":"/e","owner":{"query":"_id","resource":"agg"}}]"#,
+                {"prefix":"/e","owner":{"query":"_id","resource":"agg"}},
+                {"prefix":"/j","owner":{"query":"_id","resource":"agg","body":"json"}}]"#,
         ));
         let st = MemoryStore::default();
         let k: (&str, &[u8]) = ("x-api-key", b"secret-1");
+        const FORM: &[(&str, &[u8])] = &[
+            ("content-length", b"2"),
+            ("content-type", b"application/x-www-form-urlencoded"),
+        ];
+        const MULTI: &[(&str, &[u8])] = &[
+            ("content-length", b"2"),
+            ("content-type", b"multipart/form-data; boundary=x"),
+        ];
+        const JSON: &[(&str, &[u8])] = &[
+            ("content-length", b"2"),
+            ("content-type", b"Application/JSON; charset=utf-8"),
+        ];
+        const PJSON: &[(&str, &[u8])] = &[
+            ("content-length", b"2"),
+            ("content-type", b"application/problem+json"),
+        ];
         type Case<'a> = (
             &'a [u8],
             &'a [u8],
@@ -1007,6 +1042,16 @@ mod tests {
                 &[("content-length", b"0")],
                 (404, "resource-forbidden"),
             ),
+            (b"POST", b"/j?_id=x", FORM, (400, "request-ambiguous")),
+            (b"POST", b"/j?_id=x", MULTI, (400, "request-ambiguous")),
+            (
+                b"POST",
+                b"/j?_id=x",
+                &[("content-length", b"2")],
+                (400, "request-ambiguous"),
+            ),
+            (b"POST", b"/j?_id=x", JSON, (404, "resource-forbidden")),
+            (b"POST", b"/j?_id=x", PJSON, (404, "resource-forbidden")),
         ];
         for (m, path, extra, want) in cases {
             let mut h: Vec<(&str, &[u8])> = vec![(":method", m), (":path", path), k];

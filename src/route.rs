@@ -37,6 +37,10 @@ pub enum OwnerBody {
     /// Refused (400 `request-ambiguous`): the body could name another resource (`_id=` in a
     /// form, a JSON member) that the upstream acts on unchecked. The default.
     Reject,
+    /// Only JSON bodies (`application/json`, `*/*+json`) let through: the operator states the
+    /// upstream never takes the owner from a JSON body; forms (which PHP, Rack, Rails and
+    /// Express merge into the same parameters as the query), multipart and others refused.
+    Json,
     /// Let through: the operator states the upstream never takes the owner from a body.
     Unchecked,
 }
