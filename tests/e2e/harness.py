@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "keygate.wasm"
+# KEYGATE_WASM: run the suite against another build (e.g. an older commit's, to see a test fail)
+WASM = Path(os.environ.get("KEYGATE_WASM") or ROOT / "target" / "wasm32-wasip1" / "release" / "keygate.wasm")
 
 # Envoy's tag extraction turns keygate's flat metric names into labelled Prometheus series.
 STATS_TAGS = [
