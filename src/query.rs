@@ -37,8 +37,18 @@ pub struct Param<'a> {
 }
 
 pub fn params(query: &[u8]) -> impl Iterator<Item = Param<'_>> {
+    pairs(query, |c| c == b'&')
+}
+
+/// The pairs of a query string as the most lenient frameworks split it: at `&` and at `;` (Rack
+/// and older Rails, Perl's CGI, some Java containers).
+pub fn params_lenient(query: &[u8]) -> impl Iterator<Item = Param<'_>> {
+    pairs(query, |c| c == b'&' || c == b';')
+}
+
+fn pairs(query: &[u8], is_sep: fn(u8) -> bool) -> impl Iterator<Item = Param<'_>> {
     query
-        .split(|&c| c == b'&')
+        .split(move |&c| is_sep(c))
         .map(|pair| match pair.iter().position(|&c| c == b'=') {
             Some(i) => Param {
                 name: &pair[..i],
@@ -58,23 +68,6 @@ pub fn name_is(raw: &[u8], name: &str) -> bool {
         return true;
     }
     raw.contains(&b'%') && percent_decode(raw).is_some_and(|d| d == name.as_bytes())
-}
-
-/// The pairs of a query string as the most lenient frameworks split it: at `&` and at `;` (Rack
-/// and older Rails, Perl's CGI, some Java containers).
-pub fn params_lenient(query: &[u8]) -> impl Iterator<Item = Param<'_>> {
-    query.split(|&c| c == b'&' || c == b';').map(|pair| {
-        match pair.iter().position(|&c| c == b'=') {
-            Some(i) => Param {
-                name: &pair[..i],
-                value: Some(&pair[i + 1..]),
-            },
-            None => Param {
-                name: pair,
-                value: None,
-            },
-        }
-    })
 }
 
 /// A parameter name as the most lenient frameworks read it, so that every spelling an upstream
