@@ -51,6 +51,16 @@ pub struct Policy {
     pub name: String,
     pub limit: Limit,
     pub scope: Scope,
+    pub algorithm: Algorithm,
+}
+
+/// How a plan counts (`rate_limit.plans.<name>.algorithm`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    /// `burst` at once, refilled continuously (`ratelimit`).
+    TokenBucket,
+    /// At most `requests` in any `window_s`-long interval (`window`).
+    RollingWindow,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -495,11 +505,52 @@ fn parse_policy(
     })?;
     let per = o.opt_str("per")?;
     let scope = parse_scope(&o.field("per"), per)?;
+    let alg_field = o.field("algorithm");
+    let algorithm = match o.opt_str("algorithm")? {
+        None | Some("token_bucket") => Algorithm::TokenBucket,
+        Some("rolling_window") => Algorithm::RollingWindow,
+        Some(other) => {
+            return Err(err(
+                &alg_field,
+                format!("`{other}` is not one of token_bucket, rolling_window"),
+            ))
+        }
+    };
+    let has_burst = o.map.get("burst").is_some_and(|v| !v.is_null());
+    let (req_field, win_field, burst_field) =
+        (o.field("requests"), o.field("window_s"), o.field("burst"));
     let limit = parse_limit(o, strict, w)?;
+    if algorithm == Algorithm::RollingWindow {
+        if has_burst {
+            return Err(err(
+                &burst_field,
+                "has no meaning for a rolling window (it allows `requests` in any window)",
+            ));
+        }
+        if limit.requests > crate::window::MAX_REQUESTS {
+            return Err(err(
+                &req_field,
+                format!(
+                    "must be 1 to {} for a rolling window (4 bytes of shared data each)",
+                    crate::window::MAX_REQUESTS
+                ),
+            ));
+        }
+        if limit.window_s > crate::window::MAX_WINDOW_S {
+            return Err(err(
+                &win_field,
+                format!(
+                    "must be 1 to {} (30 days) for a rolling window",
+                    crate::window::MAX_WINDOW_S
+                ),
+            ));
+        }
+    }
     Ok(Some(Policy {
         name: name.to_string(),
         limit,
         scope,
+        algorithm,
     }))
 }
 
@@ -1142,6 +1193,42 @@ mod tests {
         assert!(c.rate.policy_for("ent").is_none());
         assert_eq!(c.rate.policy_for("other").unwrap().limit.burst, 10);
         assert_eq!(c.rate.reset_style(), ResetStyle::Unix);
+    }
+
+    #[test]
+    fn rolling_window_plans() {
+        let c =
+            p(r#"{"rate_limit":{"plans":{"w":{"requests":100,"algorithm":"rolling_window"}}}}"#)
+                .unwrap();
+        assert_eq!(
+            c.rate.policy_for("w").unwrap().algorithm,
+            Algorithm::RollingWindow
+        );
+        let c = p(r#"{"rate_limit":{"default":{"requests":5}}}"#).unwrap();
+        assert_eq!(
+            c.rate.policy_for("x").unwrap().algorithm,
+            Algorithm::TokenBucket
+        );
+        for (json, field) in [
+            (
+                r#"{"rate_limit":{"plans":{"w":{"requests":1,"algorithm":"sliding"}}}}"#,
+                "rate_limit.plans.w.algorithm",
+            ),
+            (
+                r#"{"rate_limit":{"plans":{"w":{"requests":5,"burst":5,"algorithm":"rolling_window"}}}}"#,
+                "rate_limit.plans.w.burst",
+            ),
+            (
+                r#"{"rate_limit":{"default":{"requests":10001,"algorithm":"rolling_window"}}}"#,
+                "rate_limit.default.requests",
+            ),
+            (
+                r#"{"rate_limit":{"plans":{"w":{"requests":1,"window_s":2592001,"algorithm":"rolling_window"}}}}"#,
+                "rate_limit.plans.w.window_s",
+            ),
+        ] {
+            assert_eq!(field_of(json), field, "{json}");
+        }
     }
 
     #[test]

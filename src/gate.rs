@@ -9,7 +9,7 @@
 
 use std::rc::Rc;
 
-use crate::config::{Config, ResetStyle};
+use crate::config::{Algorithm, Config, ResetStyle};
 use crate::credential::{self, Carriers, CredError, Credential, Style};
 use crate::problem::{instance_of, Decimal, Extra, Kind, ProblemBuilder, Reply};
 use crate::query;
@@ -17,6 +17,7 @@ use crate::ratelimit::{self, RateDecision, RateError, Scope};
 use crate::route::{self, Access, Ownership, Route};
 use crate::store::SharedStore;
 use crate::verdict::{Identity, Refusal, Verdict};
+use crate::window;
 
 /// Marks a request let through by `on_failure: open` while the key service was failing.
 pub const FAIL_OPEN_HEADER: &str = "x-keygate-fail-open";
@@ -103,6 +104,8 @@ pub struct Gate {
     pub cfg: Config,
     /// The token bucket's shared-data key is built here, reused across requests.
     bucket_key: std::cell::Cell<String>,
+    /// A rolling window's new value is built here, reused across requests.
+    window_buf: std::cell::Cell<Vec<u8>>,
 }
 
 fn quoted(s: &str) -> String {
@@ -115,6 +118,7 @@ impl Gate {
         Gate {
             cfg,
             bucket_key: std::cell::Cell::new(String::new()),
+            window_buf: std::cell::Cell::new(Vec::new()),
         }
     }
 
@@ -446,7 +450,7 @@ impl Gate {
         }
 
         let mut rate = None;
-        if let Some((policy_name, limit, scope)) = self.limit_for(&id) {
+        if let Some((policy_name, limit, scope, algorithm)) = self.limit_for(&id) {
             let owner = match scope {
                 Scope::Key => &id.key_id,
                 Scope::Subject => &id.subject,
@@ -456,11 +460,32 @@ impl Gate {
             let mut key = self.bucket_key.take();
             key.clear();
             key.push_str(&self.cfg.shared_prefix);
-            key.push_str(":rl:");
-            key.push(scope.letter());
-            key.push(':');
-            key.push_str(owner);
-            let taken = ratelimit::take(store, &key, &limit, now_us);
+            let taken = match algorithm {
+                Algorithm::TokenBucket => {
+                    key.push_str(":rl:");
+                    key.push(scope.letter());
+                    key.push(':');
+                    key.push_str(owner);
+                    ratelimit::take(store, &key, &limit, now_us)
+                }
+                Algorithm::RollingWindow => {
+                    key.push_str(":rw:");
+                    key.push(scope.letter());
+                    key.push(':');
+                    key.push_str(owner);
+                    let mut buf = self.window_buf.take();
+                    let t = window::take(
+                        store,
+                        &key,
+                        limit.requests,
+                        limit.window_s,
+                        now_us,
+                        &mut buf,
+                    );
+                    self.window_buf.set(buf);
+                    t
+                }
+            };
             self.bucket_key.set(key);
             match taken {
                 Ok(d) => {
@@ -470,8 +495,7 @@ impl Gate {
                             &problems(),
                             &d,
                             h,
-                            policy_name,
-                            &limit,
+                            (policy_name, &limit, algorithm),
                             now_us,
                             &id,
                         );
@@ -539,8 +563,7 @@ impl Gate {
         pb: &ProblemBuilder<'_>,
         d: &RateDecision,
         rate: RateHeaders,
-        policy_name: &str,
-        limit: &ratelimit::Limit,
+        (policy_name, limit, algorithm): (&str, &ratelimit::Limit, Algorithm),
         now_us: u64,
         id: &Rc<Identity>,
     ) -> Decision {
@@ -562,12 +585,20 @@ impl Gate {
         let mut detail = String::with_capacity(96);
         detail.push_str("the `");
         detail.push_str(&quoted(policy_name));
-        for (text, n) in [
-            ("` policy allows ", limit.requests),
-            (" requests per ", limit.window_s),
-            (" s (burst ", limit.burst),
-            ("); retry in ", retry),
-        ] {
+        let parts: &[(&str, u64)] = match algorithm {
+            Algorithm::TokenBucket => &[
+                ("` policy allows ", limit.requests),
+                (" requests per ", limit.window_s),
+                (" s (burst ", limit.burst),
+                ("); retry in ", retry),
+            ],
+            Algorithm::RollingWindow => &[
+                ("` policy allows ", limit.requests),
+                (" requests in any ", limit.window_s),
+                (" s; retry in ", retry),
+            ],
+        };
+        for &(text, n) in parts {
             detail.push_str(text);
             detail.push_str(Decimal::new(n).as_str());
         }
@@ -575,14 +606,18 @@ impl Gate {
         self.deny(pb, 429, Kind::RateLimited, &detail, &extra, h, Some(id))
     }
 
-    fn limit_for<'a>(&'a self, id: &'a Identity) -> Option<(&'a str, ratelimit::Limit, Scope)> {
+    #[allow(clippy::type_complexity)]
+    fn limit_for<'a>(
+        &'a self,
+        id: &'a Identity,
+    ) -> Option<(&'a str, ratelimit::Limit, Scope, Algorithm)> {
         if let Some(l) = id.rate_limit {
-            return Some(("key", l, Scope::Key));
+            return Some(("key", l, Scope::Key, Algorithm::TokenBucket));
         }
         self.cfg
             .rate
             .policy_for(&id.plan)
-            .map(|p| (p.name.as_str(), p.limit, p.scope))
+            .map(|p| (p.name.as_str(), p.limit, p.scope, p.algorithm))
     }
 
     fn rate_headers(
@@ -747,6 +782,43 @@ mod tests {
         assert_eq!((h[4].0, h[4].1.as_ref()), ("x-keygate-scopes", "read"));
         assert_eq!(a.log.key_id(), "k1");
         assert_eq!(a.log.decision, "allowed");
+    }
+
+    #[test]
+    fn rolling_window_plan_refuses_until_the_oldest_is_a_window_old() {
+        let g = gate(&key_json(
+            r#","rate_limit":{"plans":{"p":{"requests":3,"window_s":60,"algorithm":"rolling_window"}}}"#,
+        ));
+        let st = MemoryStore::default();
+        let h: &[(&str, &[u8])] = &[(":path", b"/a"), ("x-api-key", b"secret-1")];
+        let s = 1_000_000;
+        for (i, at) in [0, 10 * s, 20 * s].into_iter().enumerate() {
+            let Decision::Allow(a) = decide(&g, h, &st, NOW_US + at) else {
+                panic!()
+            };
+            let r = a.rate.unwrap();
+            assert_eq!((r.limit, r.remaining, r.reset), (3, 2 - i as u64, 60));
+        }
+        // 30 s later: the oldest is 30 s old, so 30 s to wait; the window is empty 50 s later
+        let Decision::Deny(r, _) = decide(&g, h, &st, NOW_US + 30 * s) else {
+            panic!()
+        };
+        assert_eq!(r.status, 429);
+        assert_eq!(r.header("retry-after"), Some("30"));
+        assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
+        assert_eq!(r.header("x-ratelimit-reset"), Some("50"));
+        let v: Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v["limit"], 3);
+        assert!(v["detail"]
+            .as_str()
+            .unwrap()
+            .contains("allows 3 requests in any 60 s; retry in 30 s"));
+        // its own shared-data key, 12 + 4 x 3 bytes
+        assert_eq!(st.map.borrow()["keygate.v1:rw:k:k1"].0.len(), 24);
+        assert!(matches!(
+            decide(&g, h, &st, NOW_US + 60 * s),
+            Decision::Allow(_)
+        ));
     }
 
     #[test]
