@@ -13,6 +13,7 @@ use crate::cache::CachePolicy;
 use crate::credential::CredentialConfig;
 use crate::hash::parse_hex32;
 use crate::keystore::{KeyEntry, KeyStore};
+use crate::problem::{Dialect, Dialects, Kind, MemberValue};
 use crate::ratelimit::{Limit, Scope};
 use crate::route::{Access, Owner, OwnerSource, PathMatch, Route};
 use crate::throttle::ThrottleConfig;
@@ -156,6 +157,10 @@ pub struct Config {
     pub access_log_state: bool,
     /// Failed-authentication throttle per client address (`None`: off).
     pub auth_throttle: Option<ThrottleConfig>,
+    /// The status of a malformed or oversized credential (`credentials.malformed_status`).
+    pub malformed_status: u32,
+    /// Wording and extension members per problem kind (`problems`), by `Kind::index`.
+    pub problems: Dialects,
 }
 
 thread_local! {
@@ -173,7 +178,8 @@ pub fn known_fields() -> Vec<String> {
       "rate_limit": {"plans": {"p": {"requests": 1}}, "default": {"requests": 1}},
       "routes": [{"prefix": "/", "owner": {"query": "q", "resource": "r"}}],
       "key_service": {"cluster": "c"},
-      "auth_throttle": {}
+      "auth_throttle": {},
+      "problems": {"credential-missing": {"members": {}}}
     }"#;
     FIELDS_ASKED.with(|c| *c.borrow_mut() = Some(Vec::new()));
     let _ = parse(sample, &mut Vec::new());
@@ -181,7 +187,10 @@ pub fn known_fields() -> Vec<String> {
         .with(|c| c.borrow_mut().take())
         .unwrap_or_default();
     for f in asked.iter_mut() {
-        *f = f.replace("[0]", "[]").replace("plans.p.", "plans.<name>.");
+        *f = f
+            .replace("[0]", "[]")
+            .replace("plans.p.", "plans.<name>.")
+            .replace("problems.credential-missing", "problems.<slug>");
     }
     asked.sort();
     asked.dedup();
@@ -833,6 +842,7 @@ pub fn parse(bytes: &[u8], warnings: &mut Vec<String>) -> Result<Config, ConfigE
 
     let mut credentials = CredentialConfig::default();
     let mut hide_credentials = true;
+    let mut malformed_status = 400;
     if let Some(mut c) = o.child("credentials")? {
         credentials.basic = c.bool("basic", true)?;
         credentials.bearer = c.bool("bearer", true)?;
@@ -886,6 +896,12 @@ pub fn parse(bytes: &[u8], warnings: &mut Vec<String>) -> Result<Config, ConfigE
             credentials.max_bytes = n as usize;
         }
         hide_credentials = c.bool("hide_from_upstream", true)?;
+        if let Some(n) = c.opt_u64("malformed_status")? {
+            if n != 400 && n != 401 {
+                return Err(err(&c.field("malformed_status"), "must be 400 or 401"));
+            }
+            malformed_status = n as u32;
+        }
         c.finish(strict, w)?;
     }
     if !credentials.basic
@@ -1031,6 +1047,10 @@ pub fn parse(bytes: &[u8], warnings: &mut Vec<String>) -> Result<Config, ConfigE
             })
         }
     };
+    let problems = match o.child("problems")? {
+        Some(c) => parse_problems(c, strict, w)?,
+        None => Dialects::new(),
+    };
     let da_field = o.field("default_access");
     let da = o.opt_str("default_access")?;
     let default_access = parse_access(&da_field, da, Access::Key)?;
@@ -1050,6 +1070,143 @@ pub fn parse(bytes: &[u8], warnings: &mut Vec<String>) -> Result<Config, ConfigE
         access_log_state,
         key_service,
         auth_throttle,
+        malformed_status,
+        problems,
+    })
+}
+
+/// Members every problem has (RFC 9457's, and keygate's `request_id`): not configurable.
+const CORE_MEMBERS: [&str; 6] = [
+    "type",
+    "title",
+    "status",
+    "detail",
+    "instance",
+    "request_id",
+];
+
+/// `problems`: `{"<slug>" | "*": {"title", "detail", "members": {name: JSON}}}`; `*` applies to
+/// every kind, a slug's own settings win over it.
+fn parse_problems(
+    mut o: Obj<'_>,
+    strict: bool,
+    w: &mut Vec<String>,
+) -> Result<Dialects, ConfigError> {
+    let names: Vec<&String> = o.map.keys().collect();
+    let mut any = None;
+    let mut own: Vec<(Kind, Dialect)> = Vec::new();
+    for name in names {
+        let f = o.field(name);
+        let kinds: Vec<Kind> = if name == "*" {
+            Kind::ALL.to_vec()
+        } else {
+            match Kind::from_slug(name) {
+                Some(k) => vec![k],
+                None => {
+                    return Err(err(
+                        &f,
+                        "is not a problem slug (credential-missing, credential-invalid, rate-limited, …) or `*`",
+                    ))
+                }
+            }
+        };
+        let Some(v) = o.map.get(name.as_str()) else {
+            continue;
+        };
+        let d = parse_dialect(Obj::new(f, v)?, &kinds, strict, w)?;
+        match kinds.as_slice() {
+            [k] => own.push((*k, d)),
+            _ => any = Some(d),
+        }
+    }
+    o.seen.clear();
+    let mut out = vec![any.clone().unwrap_or_default(); Kind::ALL.len()];
+    for (k, d) in own {
+        if let Some(slot) = out.get_mut(k.index()) {
+            let base = std::mem::take(slot);
+            let mut members = d.members;
+            for m in base.members {
+                if !members.iter().any(|(n, _)| *n == m.0) {
+                    members.push(m);
+                }
+            }
+            *slot = Dialect {
+                title: d.title.or(base.title),
+                detail: d.detail.or(base.detail),
+                members,
+            };
+        }
+    }
+    Ok(out)
+}
+
+fn parse_dialect(
+    mut o: Obj<'_>,
+    kinds: &[Kind],
+    strict: bool,
+    w: &mut Vec<String>,
+) -> Result<Dialect, ConfigError> {
+    let text = |o: &mut Obj<'_>, name: &'static str| -> Result<Option<String>, ConfigError> {
+        let f = o.field(name);
+        match o.opt_str(name)? {
+            None => Ok(None),
+            Some(s) if s.is_empty() || s.len() > 256 || s.chars().any(char::is_control) => Err(
+                err(&f, "must be 1 to 256 characters without control characters"),
+            ),
+            Some(s) => Ok(Some(s.to_string())),
+        }
+    };
+    let title = text(&mut o, "title")?;
+    let detail = text(&mut o, "detail")?;
+    let mut members = Vec::new();
+    if let Some(m) = o.child("members")? {
+        if m.map.len() > 16 {
+            return Err(err(&m.path, "at most 16 members"));
+        }
+        for (name, v) in m.map {
+            let f = m.field(name);
+            let ok = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"_-.".contains(&c));
+            if !ok {
+                return Err(err(&f, "a member name is 1 to 64 of A-Z a-z 0-9 _ - ."));
+            }
+            if CORE_MEMBERS.contains(&name.as_str()) {
+                return Err(err(
+                    &f,
+                    "is a member every problem has (set `title` or `detail` to reword it)",
+                ));
+            }
+            if let Some(k) = kinds
+                .iter()
+                .find(|k| k.own_members().contains(&name.as_str()))
+            {
+                return Err(err(
+                    &f,
+                    format!("is a member keygate sets itself on `{}`", k.slug()),
+                ));
+            }
+            let value = match v {
+                Value::String(s) if s == "$title" => MemberValue::Title,
+                Value::String(s) if s == "$detail" => MemberValue::Detail,
+                v => {
+                    let j = serde_json::to_string(v).unwrap_or_default();
+                    if j.len() > 1024 {
+                        return Err(err(&f, "must be at most 1024 bytes of JSON"));
+                    }
+                    MemberValue::Json(j)
+                }
+            };
+            members.push((name.clone(), value));
+        }
+    }
+    o.finish(strict, w)?;
+    Ok(Dialect {
+        title,
+        detail,
+        members,
     })
 }
 
@@ -1229,6 +1386,80 @@ mod tests {
         ] {
             assert_eq!(field_of(json), field, "{json}");
         }
+    }
+
+    #[test]
+    fn problem_dialects() {
+        let c = p(r#"{"problems": {
+            "*": {"members": {"message": "$detail", "errors": {}}},
+            "credential-invalid": {"title": "Unauthorized", "members": {"error": "Invalid API key", "message": "$title"}},
+            "rate-limited": {"detail": "Rate limit exceeded"}}}"#)
+        .unwrap();
+        let inv = &c.problems[Kind::CredentialInvalid.index()];
+        assert_eq!(inv.title.as_deref(), Some("Unauthorized"));
+        let m: Vec<(&str, &MemberValue)> =
+            inv.members.iter().map(|(n, v)| (n.as_str(), v)).collect();
+        assert!(m.contains(&("error", &MemberValue::Json("\"Invalid API key\"".into()))));
+        assert!(
+            m.contains(&("message", &MemberValue::Title)),
+            "the slug's own wins"
+        );
+        assert!(m.contains(&("errors", &MemberValue::Json("{}".into()))));
+        assert_eq!(m.len(), 3);
+        let missing = &c.problems[Kind::CredentialMissing.index()];
+        assert_eq!(missing.members.len(), 2);
+        assert_eq!(
+            c.problems[Kind::RateLimited.index()].detail.as_deref(),
+            Some("Rate limit exceeded")
+        );
+        assert!(p("{}").unwrap().problems.is_empty());
+        for (json, field) in [
+            (r#"{"problems": {"nope": {}}}"#, "problems.nope"),
+            (
+                r#"{"problems": {"*": {"members": {"type": 1}}}}"#,
+                "problems.*.members.type",
+            ),
+            (
+                r#"{"problems": {"*": {"members": {"limit": 1}}}}"#,
+                "problems.*.members.limit",
+            ),
+            (
+                r#"{"problems": {"rate-limited": {"members": {"resetTime": 1}}}}"#,
+                "problems.rate-limited.members.resetTime",
+            ),
+            (
+                r#"{"problems": {"credential-invalid": {"members": {"bad name": 1}}}}"#,
+                "problems.credential-invalid.members.bad name",
+            ),
+            (
+                r#"{"problems": {"credential-invalid": {"title": ""}}}"#,
+                "problems.credential-invalid.title",
+            ),
+            (
+                r#"{"problems": {"credential-invalid": {"detail": "a\nb"}}}"#,
+                "problems.credential-invalid.detail",
+            ),
+            (
+                r#"{"problems": {"credential-invalid": {"members": []}}}"#,
+                "problems.credential-invalid.members",
+            ),
+            (r#"{"problems": []}"#, "problems"),
+            (
+                r#"{"credentials": {"malformed_status": 403}}"#,
+                "credentials.malformed_status",
+            ),
+        ] {
+            assert_eq!(field_of(json), field, "{json}");
+        }
+        // a member may be named like another kind's own member
+        assert!(p(r#"{"problems": {"credential-invalid": {"members": {"limit": 1}}}}"#).is_ok());
+        assert_eq!(p("{}").unwrap().malformed_status, 400);
+        assert_eq!(
+            p(r#"{"credentials": {"malformed_status": 401}}"#)
+                .unwrap()
+                .malformed_status,
+            401
+        );
     }
 
     #[test]

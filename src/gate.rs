@@ -93,6 +93,8 @@ pub struct Pending {
     request_id: Option<Vec<u8>>,
     /// Identity / API-key headers the client sent (to remove).
     strip: Vec<String>,
+    /// A gRPC request: denials go out as gRPC statuses.
+    grpc: bool,
 }
 
 pub enum Step {
@@ -122,11 +124,18 @@ impl Gate {
         }
     }
 
-    fn problems(&self, instance: String, request_id: Option<&[u8]>) -> ProblemBuilder<'_> {
+    fn problems(
+        &self,
+        instance: String,
+        request_id: Option<&[u8]>,
+        grpc: bool,
+    ) -> ProblemBuilder<'_> {
         ProblemBuilder {
             type_base: &self.cfg.problem_base,
             instance,
             request_id: request_id.and_then(printable_id),
+            dialects: &self.cfg.problems,
+            grpc,
         }
     }
 
@@ -195,6 +204,7 @@ impl Gate {
         let mut method: &[u8] = b"";
         let mut path: &[u8] = b"/";
         let mut request_id = None;
+        let mut grpc = false;
         let mut strip: Vec<String> = Vec::new();
         let idh = self.cfg.identity_headers.names();
         for &(name, value) in headers {
@@ -203,6 +213,7 @@ impl Gate {
                 ":path" => path = value,
                 // kept only when it could be echoed (at most 128 bytes): a huge one is not copied
                 "x-request-id" => request_id = (value.len() <= 128).then_some(value),
+                "content-type" => grpc = value.starts_with(b"application/grpc"),
                 n => {
                     // identity headers and the fail-open marker are keygate's to set, never the
                     // client's; API-key headers present are noted so only they get removed
@@ -226,7 +237,7 @@ impl Gate {
             .and_then(|i| self.cfg.routes.get(i))
             .map_or(self.cfg.default_access, |r| r.access);
         // the problem builder (and its `instance` string) only on a denial
-        let pb = || self.problems(instance_of(path), request_id);
+        let pb = || self.problems(instance_of(path), request_id, grpc);
 
         match access {
             Access::Closed => {
@@ -272,6 +283,7 @@ impl Gate {
             path: path.to_vec(),
             request_id: request_id.map(<[u8]>::to_vec),
             strip,
+            grpc,
         })
     }
 
@@ -284,12 +296,20 @@ impl Gate {
             ),
             CredError::Conflict(why) => (Kind::CredentialConflict, why),
         };
-        let h = if self.cfg.credentials.bearer {
+        // `credentials.malformed_status` 401: a malformed or oversized credential is answered
+        // like an invalid one (RFC 6750 `invalid_token`, every challenge); a conflict stays 400
+        let status = match kind {
+            Kind::CredentialConflict => 400,
+            _ => self.cfg.malformed_status,
+        };
+        let h = if status == 401 {
+            self.challenges(Some(("invalid_token", detail)))
+        } else if self.cfg.credentials.bearer {
             self.challenges(Some(("invalid_request", detail)))
         } else {
             Vec::new()
         };
-        self.deny(pb, 400, kind, detail, &[], h, None)
+        self.deny(pb, status, kind, detail, &[], h, None)
     }
 
     fn public(&self, headers: &[(&str, &[u8])], path: &[u8], mut strip: Vec<String>) -> Decision {
@@ -338,7 +358,7 @@ impl Gate {
 
     /// Too many failed authentications from this client: 429 without verifying anything.
     pub fn throttled(&self, p: &Pending, retry_after_ms: u64) -> Decision {
-        let pb = self.problems(instance_of(&p.path), p.request_id.as_deref());
+        let pb = self.problems(instance_of(&p.path), p.request_id.as_deref(), p.grpc);
         let retry = retry_after_ms.div_ceil(1000).max(1);
         let h = vec![("retry-after".to_string(), retry.to_string())];
         let detail =
@@ -348,7 +368,7 @@ impl Gate {
 
     /// The key service failed and no stale verdict may serve: 503, fail closed.
     pub fn unavailable(&self, p: &Pending, retry_after_s: u64) -> Decision {
-        let pb = self.problems(instance_of(&p.path), p.request_id.as_deref());
+        let pb = self.problems(instance_of(&p.path), p.request_id.as_deref(), p.grpc);
         let h = vec![("retry-after".to_string(), retry_after_s.to_string())];
         let detail = "the key service could not verify the credential; retry shortly";
         self.deny(&pb, 503, Kind::KeyServiceUnavailable, detail, &[], h, None)
@@ -378,7 +398,7 @@ impl Gate {
         now_us: u64,
     ) -> Decision {
         // built only on a denial: the allowed path allocates no problem
-        let problems = || self.problems(instance_of(&p.path), p.request_id.as_deref());
+        let problems = || self.problems(instance_of(&p.path), p.request_id.as_deref(), p.grpc);
         let presented_token = p.credential.style != Style::Basic;
         let id = match verdict {
             Verdict::Valid(id) => id,
@@ -819,6 +839,83 @@ mod tests {
             decide(&g, h, &st, NOW_US + 60 * s),
             Decision::Allow(_)
         ));
+    }
+
+    #[test]
+    fn malformed_credentials_can_be_401() {
+        let h: &[(&str, &[u8])] = &[(":path", b"/a"), ("authorization", b"Bearer a b")];
+        let g = gate(&key_json(""));
+        let Decision::Deny(r, _) = run(&g, &MemoryStore::default(), h) else {
+            panic!()
+        };
+        assert_eq!(r.status, 400);
+        assert!(r.headers.iter().any(|(_, v)| v.contains("invalid_request")));
+        let g = gate(&key_json(r#","credentials":{"malformed_status":401}"#));
+        let Decision::Deny(r, l) = run(&g, &MemoryStore::default(), h) else {
+            panic!()
+        };
+        assert_eq!((r.status, l.decision), (401, "credential-malformed"));
+        let challenges: Vec<&str> = r
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "www-authenticate")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(challenges.len(), 2, "{challenges:?}");
+        assert!(challenges[0].starts_with("Bearer realm=\"keygate\", error=\"invalid_token\""));
+        assert!(challenges[1].starts_with("Basic "));
+        let v: Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v["status"], 401);
+        // a conflict is a request error whatever the setting
+        let h: &[(&str, &[u8])] = &[(":path", b"/a?_apikey=x"), ("authorization", b"Bearer y")];
+        let Decision::Deny(r, _) = run(&g, &MemoryStore::default(), h) else {
+            panic!()
+        };
+        assert_eq!(r.status, 400);
+    }
+
+    #[test]
+    fn grpc_requests_get_grpc_statuses() {
+        let g = gate(&key_json(
+            r#","rate_limit":{"plans":{"p":{"requests":1,"window_s":60}}},"routes":[{"prefix":"/closed","access":"closed"}]"#,
+        ));
+        let st = MemoryStore::default();
+        let grpc =
+            |path: &'static [u8], key: &'static [u8]| -> Vec<(&'static str, &'static [u8])> {
+                vec![
+                    (":path", path),
+                    ("content-type", b"application/grpc+proto"),
+                    ("x-api-key", key),
+                ]
+            };
+        let Decision::Deny(r, _) = run(&g, &st, &grpc(b"/svc/M", b"nope")) else {
+            panic!()
+        };
+        assert_eq!((r.status, r.grpc_status), (401, Some(16)));
+        assert_eq!(r.body, "the credential is not valid");
+        assert!(r.header("content-type").is_none());
+        let Decision::Deny(r, _) = run(&g, &st, &grpc(b"/closed/M", b"secret-1")) else {
+            panic!()
+        };
+        assert_eq!(r.grpc_status, Some(7));
+        assert!(matches!(
+            run(&g, &st, &grpc(b"/svc/M", b"secret-1")),
+            Decision::Allow(_)
+        ));
+        let Decision::Deny(r, _) = run(&g, &st, &grpc(b"/svc/M", b"secret-1")) else {
+            panic!()
+        };
+        assert_eq!(r.grpc_status, Some(8));
+        assert_eq!(r.header("retry-after"), Some("60"));
+        assert_eq!(r.header("grpc-retry-pushback-ms"), Some("60000"));
+        assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
+        // not gRPC: problem+json as ever
+        let h: &[(&str, &[u8])] = &[(":path", b"/a"), ("content-type", b"application/json")];
+        let Decision::Deny(r, _) = run(&g, &st, h) else {
+            panic!()
+        };
+        assert_eq!(r.grpc_status, None);
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
     }
 
     #[test]
