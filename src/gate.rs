@@ -213,8 +213,10 @@ impl Gate {
                 ":path" => path = value,
                 // kept only when it could be echoed (at most 128 bytes): a huge one is not copied
                 "x-request-id" => request_id = (value.len() <= 128).then_some(value),
-                "content-type" => grpc = value.starts_with(b"application/grpc"),
                 n => {
+                    if n == "content-type" {
+                        grpc = value.starts_with(b"application/grpc");
+                    }
                     // identity headers and the fail-open marker are keygate's to set, never the
                     // client's; API-key headers present are noted so only they get removed
                     let ours = idh.contains(&n)
