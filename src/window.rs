@@ -65,7 +65,7 @@ impl<'a> Ring<'a> {
         let j = (self.head + i) % n;
         let b = self.slots.get(4 * j..4 * j + 4)?;
         let off = u32::from_le_bytes(b.try_into().ok()?);
-        (off != 0).then(|| self.base_ms + u64::from(off) - 1)
+        (off != 0).then(|| self.base_ms.saturating_add(u64::from(off) - 1))
     }
 }
 
@@ -97,7 +97,9 @@ pub fn step(
             ring.as_ref().and_then(|r| r.at(i - pad + skip))
         }
     };
-    let free = |t: Option<u64>| t.is_none_or(|t| t.saturating_mul(1000) + window_us <= now_us);
+    let free = |t: Option<u64>| {
+        t.is_none_or(|t| t.saturating_mul(1000).saturating_add(window_us) <= now_us)
+    };
     let oldest = at(0);
     let newest = at(n_us - 1);
     // entries are non-decreasing, so the free ones are a prefix
@@ -354,6 +356,22 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Whatever bytes another plugin (or an older layout) left under the key: no panic, and
+        /// the request is decided.
+        #[test]
+        fn any_stored_bytes_are_survived(v in proptest::collection::vec(proptest::num::u8::ANY, 0..64),
+                                         n in 1u64..8, now in proptest::num::u64::ANY) {
+            let mut out = Vec::new();
+            let (d, write) = step(n, 60, Some(&v), now, &mut out);
+            proptest::prop_assert_eq!(d.allowed, write);
+            if write {
+                proptest::prop_assert_eq!(out.len(), value_len(n));
+            }
+            let st = MemoryStore::default();
+            st.set("w", &v, 0);
+            let _ = take(&st, "w", n, 60, now, &mut out);
+        }
+
         /// Any arrival pattern, any N and window: never N+1 allowed in any window-length
         /// interval, and after the first refusal nothing passes before the reported Retry-After.
         #[test]
