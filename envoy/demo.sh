@@ -1,36 +1,103 @@
 #!/usr/bin/env bash
 # The demo: Envoy with keygate in front of the echo upstream.
 #   envoy/demo.sh          embedded key store (envoy/demo.yaml)
-#   envoy/demo.sh remote   the reference key service on 127.0.0.1:8081 (envoy/demo-remote.yaml),
-#                          its SQLite database in .demo/keys.sqlite (kept across runs)
+#   envoy/demo.sh remote   the reference key service (envoy/demo-remote.yaml), its SQLite database
+#                          in .demo/keys.sqlite (kept across runs; the demo keys are restored at
+#                          every start; `rm -rf .demo` forgets everything else)
 #   envoy/demo.sh PROFILE  a seed-API profile, envoy/profiles/PROFILE.yaml (eventlyte, evon,
 #                          eventstaff, eventicat, astalty); the key service too when it uses one
-# Listener 127.0.0.1:10000, admin 127.0.0.1:9901, upstream 127.0.0.1:8080. Builds the wasm,
-# finds or installs Envoy, starts the services, runs Envoy in the foreground; Ctrl-C stops all.
+# Ports (loopback), each overridable: KEYGATE_PORT (listener, 10000), KEYGATE_ADMIN_PORT (9901),
+# KEYGATE_UPSTREAM_PORT (echo upstream, 8080), KEYGATE_KEYSERVICE_PORT (key service, 8081).
+# Checks that they are free before starting anything, prints the demo's keys and example
+# requests, builds the wasm, finds or installs Envoy, starts the services, runs Envoy in the
+# foreground; Ctrl-C stops all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-embedded}
 [ $# -gt 0 ] && shift
-if command -v rustup >/dev/null 2>&1; then
-  rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
-fi
-cargo wasm --quiet
-ENVOY_CMD=$(envoy/find-envoy.sh)
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT INT TERM
-python3 tests/services/echo.py --port 8080 &
-pids+=($!)
 case "$mode" in
   embedded) config=envoy/demo.yaml ;;
   remote) config=envoy/demo-remote.yaml ;;
   *) config=envoy/profiles/$mode.yaml
      [ -f "$config" ] || { echo "usage: envoy/demo.sh [embedded|remote|$(ls envoy/profiles | sed 's/\.yaml$//' | paste -sd'|')] [envoy args...]" >&2; exit 2; } ;;
 esac
-if grep -q 'cluster_name: keyservice' "$config"; then
-  mkdir -p .demo
-  python3 tests/services/keyservice.py --port 8081 --db .demo/keys.sqlite --seed-demo &
-  pids+=($!)
+port=${KEYGATE_PORT:-10000}
+admin_port=${KEYGATE_ADMIN_PORT:-9901}
+upstream_port=${KEYGATE_UPSTREAM_PORT:-8080}
+keyservice_port=${KEYGATE_KEYSERVICE_PORT:-8081}
+needs_keyservice=false
+grep -q 'cluster_name: keyservice' "$config" && needs_keyservice=true
+
+# Every port free (and distinct) before anything starts: with one taken, a service would die and
+# Envoy would proxy to whatever else listens there.
+ports=("KEYGATE_PORT=$port" "KEYGATE_ADMIN_PORT=$admin_port" "KEYGATE_UPSTREAM_PORT=$upstream_port")
+$needs_keyservice && ports+=("KEYGATE_KEYSERVICE_PORT=$keyservice_port")
+if ! python3 - "${ports[@]}" <<'EOF'
+import socket, sys
+seen, bad = {}, []
+for arg in sys.argv[1:]:
+    name, _, value = arg.partition("=")
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        bad.append(f"{name}={value!r} is not a port number")
+        continue
+    if value in seen:
+        bad.append(f"{name} and {seen[value]} are both {value}")
+        continue
+    seen[value] = name
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        s.bind(("127.0.0.1", int(value)))
+    except OSError as e:
+        bad.append(f"127.0.0.1:{value} ({name}) is in use ({e.strerror}); stop what listens there or set {name}")
+    finally:
+        s.close()
+for b in bad:
+    print(f"envoy/demo.sh: {b}", file=sys.stderr)
+sys.exit(1 if bad else 0)
+EOF
+then
+  exit 1
 fi
-sleep 0.5
-echo "keygate demo ($mode): http://127.0.0.1:10000 (admin http://127.0.0.1:9901); Ctrl-C stops it" >&2
-$ENVOY_CMD -c "$config" --concurrency 2 --disable-hot-restart -l warning "$@"
+
+if command -v rustup >/dev/null 2>&1; then
+  rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+fi
+cargo wasm --quiet
+ENVOY_CMD=$(envoy/find-envoy.sh)
+
+# The config with the chosen ports (the files name the defaults).
+mkdir -p .demo
+run_config=.demo/$mode.yaml
+sed -e "s/port_value: 10000 /port_value: $port /; s/port_value: 9901 /port_value: $admin_port /" \
+    -e "s/port_value: 8080 /port_value: $upstream_port /; s/port_value: 8081 /port_value: $keyservice_port /" \
+    "$config" > "$run_config"
+
+pids=()
+trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT INT TERM
+python3 tests/services/echo.py --port "$upstream_port" &
+pids+=($!)
+wait_port=("$upstream_port")
+if $needs_keyservice; then
+  python3 tests/services/keyservice.py --port "$keyservice_port" --db .demo/keys.sqlite --seed-demo &
+  pids+=($!)
+  wait_port+=("$keyservice_port")
+fi
+# each service must be up before Envoy starts
+for p in "${wait_port[@]}"; do
+  for _ in $(seq 50); do
+    python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), 0.2).close()" "$p" 2>/dev/null && break
+    sleep 0.1
+  done
+  python3 -c "import socket,sys; socket.create_connection(('127.0.0.1', int(sys.argv[1])), 0.2).close()" "$p" 2>/dev/null \
+    || { echo "envoy/demo.sh: the service on 127.0.0.1:$p did not start" >&2; exit 1; }
+done
+
+# The demo's keys and example requests: the config's header comment (README: "Try the demo").
+{
+  echo "keygate demo ($mode, $config): http://127.0.0.1:$port (admin http://127.0.0.1:$admin_port); Ctrl-C stops it"
+  sed -n '/^static_resources:/q; s/^# \{0,1\}/  /p' "$config" \
+    | sed -e "s/localhost:10000/localhost:$port/g; s/127.0.0.1:10000/127.0.0.1:$port/g; s/127.0.0.1:9901/127.0.0.1:$admin_port/g" \
+          -e "s/127.0.0.1:8080/127.0.0.1:$upstream_port/g; s/127.0.0.1:8081/127.0.0.1:$keyservice_port/g"
+} >&2
+$ENVOY_CMD -c "$run_config" --concurrency 2 --disable-hot-restart -l warning "$@"

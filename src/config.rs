@@ -14,6 +14,7 @@ use crate::credential::CredentialConfig;
 use crate::hash::parse_hex32;
 use crate::keystore::{KeyEntry, KeyStore};
 use crate::path::PathPolicy;
+use crate::problem::{Dialect, Dialects, Kind, MemberValue};
 use crate::ratelimit::{Limit, Scope};
 use crate::route::{Access, Owner, OwnerBody, OwnerSource, PathMatch, Route};
 use crate::throttle::ThrottleConfig;
@@ -52,6 +53,16 @@ pub struct Policy {
     pub name: String,
     pub limit: Limit,
     pub scope: Scope,
+    pub algorithm: Algorithm,
+}
+
+/// How a plan counts (`rate_limit.plans.<name>.algorithm`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    /// `burst` at once, refilled continuously (`ratelimit`).
+    TokenBucket,
+    /// At most `requests` in any `window_s`-long interval (`window`).
+    RollingWindow,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -156,6 +167,10 @@ pub struct Config {
     /// Some route names methods, so a method override (`X-HTTP-Method-Override`, `_method`)
     /// could move a request from one rule to another: such requests are refused.
     pub method_rules: bool,
+    /// The status of a malformed or oversized credential (`credentials.malformed_status`).
+    pub malformed_status: u32,
+    /// Wording and extension members per problem kind (`problems`), by `Kind::index`.
+    pub problems: Dialects,
 }
 
 thread_local! {
@@ -174,7 +189,8 @@ pub fn known_fields() -> Vec<String> {
       "routes": [{"prefix": "/", "owner": {"query": "q", "resource": "r"}}],
       "paths": {},
       "key_service": {"cluster": "c"},
-      "auth_throttle": {}
+      "auth_throttle": {},
+      "problems": {"credential-missing": {"members": {}}}
     }"#;
     FIELDS_ASKED.with(|c| *c.borrow_mut() = Some(Vec::new()));
     let _ = parse(sample, &mut Vec::new());
@@ -182,7 +198,10 @@ pub fn known_fields() -> Vec<String> {
         .with(|c| c.borrow_mut().take())
         .unwrap_or_default();
     for f in asked.iter_mut() {
-        *f = f.replace("[0]", "[]").replace("plans.p.", "plans.<name>.");
+        *f = f
+            .replace("[0]", "[]")
+            .replace("plans.p.", "plans.<name>.")
+            .replace("problems.credential-missing", "problems.<slug>");
     }
     asked.sort();
     asked.dedup();
@@ -513,11 +532,52 @@ fn parse_policy(
     })?;
     let per = o.opt_str("per")?;
     let scope = parse_scope(&o.field("per"), per)?;
+    let alg_field = o.field("algorithm");
+    let algorithm = match o.opt_str("algorithm")? {
+        None | Some("token_bucket") => Algorithm::TokenBucket,
+        Some("rolling_window") => Algorithm::RollingWindow,
+        Some(other) => {
+            return Err(err(
+                &alg_field,
+                format!("`{other}` is not one of token_bucket, rolling_window"),
+            ))
+        }
+    };
+    let has_burst = o.map.get("burst").is_some_and(|v| !v.is_null());
+    let (req_field, win_field, burst_field) =
+        (o.field("requests"), o.field("window_s"), o.field("burst"));
     let limit = parse_limit(o, strict, w)?;
+    if algorithm == Algorithm::RollingWindow {
+        if has_burst {
+            return Err(err(
+                &burst_field,
+                "has no meaning for a rolling window (it allows `requests` in any window)",
+            ));
+        }
+        if limit.requests > crate::window::MAX_REQUESTS {
+            return Err(err(
+                &req_field,
+                format!(
+                    "must be 1 to {} for a rolling window (4 bytes of shared data each)",
+                    crate::window::MAX_REQUESTS
+                ),
+            ));
+        }
+        if limit.window_s > crate::window::MAX_WINDOW_S {
+            return Err(err(
+                &win_field,
+                format!(
+                    "must be 1 to {} (30 days) for a rolling window",
+                    crate::window::MAX_WINDOW_S
+                ),
+            ));
+        }
+    }
     Ok(Some(Policy {
         name: name.to_string(),
         limit,
         scope,
+        algorithm,
     }))
 }
 
@@ -1003,6 +1063,7 @@ pub fn parse(bytes: &[u8], warnings: &mut Vec<String>) -> Result<Config, ConfigE
 
     let mut credentials = CredentialConfig::default();
     let mut hide_credentials = true;
+    let mut malformed_status = 400;
     if let Some(mut c) = o.child("credentials")? {
         credentials.basic = c.bool("basic", true)?;
         credentials.bearer = c.bool("bearer", true)?;
@@ -1056,6 +1117,12 @@ pub fn parse(bytes: &[u8], warnings: &mut Vec<String>) -> Result<Config, ConfigE
             credentials.max_bytes = n as usize;
         }
         hide_credentials = c.bool("hide_from_upstream", true)?;
+        if let Some(n) = c.opt_u64("malformed_status")? {
+            if n != 400 && n != 401 {
+                return Err(err(&c.field("malformed_status"), "must be 400 or 401"));
+            }
+            malformed_status = n as u32;
+        }
         c.finish(strict, w)?;
     }
     if !credentials.basic
@@ -1248,6 +1315,10 @@ pub fn parse(bytes: &[u8], warnings: &mut Vec<String>) -> Result<Config, ConfigE
         pc.finish(strict, w)?;
     }
     let method_rules = routes.iter().any(|r| !r.methods.is_empty());
+    let problems = match o.child("problems")? {
+        Some(c) => parse_problems(c, strict, w)?,
+        None => Dialects::new(),
+    };
     let da_field = o.field("default_access");
     let da = o.opt_str("default_access")?;
     let default_access = parse_access(&da_field, da, Access::Key)?;
@@ -1270,6 +1341,143 @@ pub fn parse(bytes: &[u8], warnings: &mut Vec<String>) -> Result<Config, ConfigE
         paths,
         case_sensitive_paths,
         method_rules,
+        malformed_status,
+        problems,
+    })
+}
+
+/// Members every problem has (RFC 9457's, and keygate's `request_id`): not configurable.
+const CORE_MEMBERS: [&str; 6] = [
+    "type",
+    "title",
+    "status",
+    "detail",
+    "instance",
+    "request_id",
+];
+
+/// `problems`: `{"<slug>" | "*": {"title", "detail", "members": {name: JSON}}}`; `*` applies to
+/// every kind, a slug's own settings win over it.
+fn parse_problems(
+    mut o: Obj<'_>,
+    strict: bool,
+    w: &mut Vec<String>,
+) -> Result<Dialects, ConfigError> {
+    let names: Vec<&String> = o.map.keys().collect();
+    let mut any = None;
+    let mut own: Vec<(Kind, Dialect)> = Vec::new();
+    for name in names {
+        let f = o.field(name);
+        let kinds: Vec<Kind> = if name == "*" {
+            Kind::ALL.to_vec()
+        } else {
+            match Kind::from_slug(name) {
+                Some(k) => vec![k],
+                None => {
+                    return Err(err(
+                        &f,
+                        "is not a problem slug (credential-missing, credential-invalid, rate-limited, …) or `*`",
+                    ))
+                }
+            }
+        };
+        let Some(v) = o.map.get(name.as_str()) else {
+            continue;
+        };
+        let d = parse_dialect(Obj::new(f, v)?, &kinds, strict, w)?;
+        match kinds.as_slice() {
+            [k] => own.push((*k, d)),
+            _ => any = Some(d),
+        }
+    }
+    o.seen.clear();
+    let mut out = vec![any.clone().unwrap_or_default(); Kind::ALL.len()];
+    for (k, d) in own {
+        if let Some(slot) = out.get_mut(k.index()) {
+            let base = std::mem::take(slot);
+            let mut members = d.members;
+            for m in base.members {
+                if !members.iter().any(|(n, _)| *n == m.0) {
+                    members.push(m);
+                }
+            }
+            *slot = Dialect {
+                title: d.title.or(base.title),
+                detail: d.detail.or(base.detail),
+                members,
+            };
+        }
+    }
+    Ok(out)
+}
+
+fn parse_dialect(
+    mut o: Obj<'_>,
+    kinds: &[Kind],
+    strict: bool,
+    w: &mut Vec<String>,
+) -> Result<Dialect, ConfigError> {
+    let text = |o: &mut Obj<'_>, name: &'static str| -> Result<Option<String>, ConfigError> {
+        let f = o.field(name);
+        match o.opt_str(name)? {
+            None => Ok(None),
+            Some(s) if s.is_empty() || s.len() > 256 || s.chars().any(char::is_control) => Err(
+                err(&f, "must be 1 to 256 characters without control characters"),
+            ),
+            Some(s) => Ok(Some(s.to_string())),
+        }
+    };
+    let title = text(&mut o, "title")?;
+    let detail = text(&mut o, "detail")?;
+    let mut members = Vec::new();
+    if let Some(m) = o.child("members")? {
+        if m.map.len() > 16 {
+            return Err(err(&m.path, "at most 16 members"));
+        }
+        for (name, v) in m.map {
+            let f = m.field(name);
+            let ok = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"_-.".contains(&c));
+            if !ok {
+                return Err(err(&f, "a member name is 1 to 64 of A-Z a-z 0-9 _ - ."));
+            }
+            if CORE_MEMBERS.contains(&name.as_str()) {
+                return Err(err(
+                    &f,
+                    "is a member every problem has (set `title` or `detail` to reword it)",
+                ));
+            }
+            if let Some(k) = kinds
+                .iter()
+                .find(|k| k.own_members().contains(&name.as_str()))
+            {
+                return Err(err(
+                    &f,
+                    format!("is a member keygate sets itself on `{}`", k.slug()),
+                ));
+            }
+            let value = match v {
+                Value::String(s) if s == "$title" => MemberValue::Title,
+                Value::String(s) if s == "$detail" => MemberValue::Detail,
+                v => {
+                    let j = serde_json::to_string(v).unwrap_or_default();
+                    if j.len() > 1024 {
+                        return Err(err(&f, "must be at most 1024 bytes of JSON"));
+                    }
+                    MemberValue::Json(j)
+                }
+            };
+            members.push((name.clone(), value));
+        }
+    }
+    o.finish(strict, w)?;
+    Ok(Dialect {
+        title,
+        detail,
+        members,
     })
 }
 
@@ -1491,6 +1699,116 @@ mod tests {
         assert!(c.rate.policy_for("ent").is_none());
         assert_eq!(c.rate.policy_for("other").unwrap().limit.burst, 10);
         assert_eq!(c.rate.reset_style(), ResetStyle::Unix);
+    }
+
+    #[test]
+    fn rolling_window_plans() {
+        let c =
+            p(r#"{"rate_limit":{"plans":{"w":{"requests":100,"algorithm":"rolling_window"}}}}"#)
+                .unwrap();
+        assert_eq!(
+            c.rate.policy_for("w").unwrap().algorithm,
+            Algorithm::RollingWindow
+        );
+        let c = p(r#"{"rate_limit":{"default":{"requests":5}}}"#).unwrap();
+        assert_eq!(
+            c.rate.policy_for("x").unwrap().algorithm,
+            Algorithm::TokenBucket
+        );
+        for (json, field) in [
+            (
+                r#"{"rate_limit":{"plans":{"w":{"requests":1,"algorithm":"sliding"}}}}"#,
+                "rate_limit.plans.w.algorithm",
+            ),
+            (
+                r#"{"rate_limit":{"plans":{"w":{"requests":5,"burst":5,"algorithm":"rolling_window"}}}}"#,
+                "rate_limit.plans.w.burst",
+            ),
+            (
+                r#"{"rate_limit":{"default":{"requests":10001,"algorithm":"rolling_window"}}}"#,
+                "rate_limit.default.requests",
+            ),
+            (
+                r#"{"rate_limit":{"plans":{"w":{"requests":1,"window_s":2592001,"algorithm":"rolling_window"}}}}"#,
+                "rate_limit.plans.w.window_s",
+            ),
+        ] {
+            assert_eq!(field_of(json), field, "{json}");
+        }
+    }
+
+    #[test]
+    fn problem_dialects() {
+        let c = p(r#"{"problems": {
+            "*": {"members": {"message": "$detail", "errors": {}}},
+            "credential-invalid": {"title": "Unauthorized", "members": {"error": "Invalid API key", "message": "$title"}},
+            "rate-limited": {"detail": "Rate limit exceeded"}}}"#)
+        .unwrap();
+        let inv = &c.problems[Kind::CredentialInvalid.index()];
+        assert_eq!(inv.title.as_deref(), Some("Unauthorized"));
+        let m: Vec<(&str, &MemberValue)> =
+            inv.members.iter().map(|(n, v)| (n.as_str(), v)).collect();
+        assert!(m.contains(&("error", &MemberValue::Json("\"Invalid API key\"".into()))));
+        assert!(
+            m.contains(&("message", &MemberValue::Title)),
+            "the slug's own wins"
+        );
+        assert!(m.contains(&("errors", &MemberValue::Json("{}".into()))));
+        assert_eq!(m.len(), 3);
+        let missing = &c.problems[Kind::CredentialMissing.index()];
+        assert_eq!(missing.members.len(), 2);
+        assert_eq!(
+            c.problems[Kind::RateLimited.index()].detail.as_deref(),
+            Some("Rate limit exceeded")
+        );
+        assert!(p("{}").unwrap().problems.is_empty());
+        for (json, field) in [
+            (r#"{"problems": {"nope": {}}}"#, "problems.nope"),
+            (
+                r#"{"problems": {"*": {"members": {"type": 1}}}}"#,
+                "problems.*.members.type",
+            ),
+            (
+                r#"{"problems": {"*": {"members": {"limit": 1}}}}"#,
+                "problems.*.members.limit",
+            ),
+            (
+                r#"{"problems": {"rate-limited": {"members": {"resetTime": 1}}}}"#,
+                "problems.rate-limited.members.resetTime",
+            ),
+            (
+                r#"{"problems": {"credential-invalid": {"members": {"bad name": 1}}}}"#,
+                "problems.credential-invalid.members.bad name",
+            ),
+            (
+                r#"{"problems": {"credential-invalid": {"title": ""}}}"#,
+                "problems.credential-invalid.title",
+            ),
+            (
+                r#"{"problems": {"credential-invalid": {"detail": "a\nb"}}}"#,
+                "problems.credential-invalid.detail",
+            ),
+            (
+                r#"{"problems": {"credential-invalid": {"members": []}}}"#,
+                "problems.credential-invalid.members",
+            ),
+            (r#"{"problems": []}"#, "problems"),
+            (
+                r#"{"credentials": {"malformed_status": 403}}"#,
+                "credentials.malformed_status",
+            ),
+        ] {
+            assert_eq!(field_of(json), field, "{json}");
+        }
+        // a member may be named like another kind's own member
+        assert!(p(r#"{"problems": {"credential-invalid": {"members": {"limit": 1}}}}"#).is_ok());
+        assert_eq!(p("{}").unwrap().malformed_status, 400);
+        assert_eq!(
+            p(r#"{"credentials": {"malformed_status": 401}}"#)
+                .unwrap()
+                .malformed_status,
+            401
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@
 
 use std::rc::Rc;
 
-use crate::config::{Config, ResetStyle};
+use crate::config::{Algorithm, Config, ResetStyle};
 use crate::credential::{self, Carriers, CredError, Credential, Style};
 use crate::problem::{instance_of, Decimal, Extra, Kind, ProblemBuilder, Reply};
 use crate::query;
@@ -17,6 +17,7 @@ use crate::ratelimit::{self, RateDecision, RateError, Scope};
 use crate::route::{self, Access, OwnerBody, Ownership, Route};
 use crate::store::SharedStore;
 use crate::verdict::{Identity, Refusal, Verdict};
+use crate::window;
 
 /// Marks a request let through by `on_failure: open` while the key service was failing.
 pub const FAIL_OPEN_HEADER: &str = "x-keygate-fail-open";
@@ -92,6 +93,8 @@ pub struct Pending {
     request_id: Option<Vec<u8>>,
     /// Identity / API-key headers the client sent (to remove).
     strip: Vec<String>,
+    /// A gRPC request: denials go out as gRPC statuses.
+    grpc: bool,
 }
 
 pub enum Step {
@@ -103,6 +106,8 @@ pub struct Gate {
     pub cfg: Config,
     /// The token bucket's shared-data key is built here, reused across requests.
     bucket_key: std::cell::Cell<String>,
+    /// A rolling window's new value is built here, reused across requests.
+    window_buf: std::cell::Cell<Vec<u8>>,
 }
 
 fn quoted(s: &str) -> String {
@@ -115,14 +120,22 @@ impl Gate {
         Gate {
             cfg,
             bucket_key: std::cell::Cell::new(String::new()),
+            window_buf: std::cell::Cell::new(Vec::new()),
         }
     }
 
-    fn problems(&self, instance: String, request_id: Option<&[u8]>) -> ProblemBuilder<'_> {
+    fn problems(
+        &self,
+        instance: String,
+        request_id: Option<&[u8]>,
+        grpc: bool,
+    ) -> ProblemBuilder<'_> {
         ProblemBuilder {
             type_base: &self.cfg.problem_base,
             instance,
             request_id: request_id.and_then(printable_id),
+            dialects: &self.cfg.problems,
+            grpc,
         }
     }
 
@@ -201,6 +214,7 @@ impl Gate {
         let mut method: &[u8] = b"";
         let mut path: &[u8] = b"/";
         let mut request_id = None;
+        let mut grpc = false;
         let mut strip: Vec<String> = Vec::new();
         let mut ambiguous: Option<&'static str> = None;
         let mut content_type: &[u8] = b"";
@@ -211,7 +225,10 @@ impl Gate {
                 ":path" => path = value,
                 // kept only when it could be echoed (at most 128 bytes): a huge one is not copied
                 "x-request-id" => request_id = (value.len() <= 128).then_some(value),
-                "content-type" => content_type = value,
+                "content-type" => {
+                    content_type = value;
+                    grpc = value.starts_with(b"application/grpc");
+                }
                 n => {
                     // identity headers and the fail-open marker are keygate's to set, never the
                     // client's; API-key headers present are noted so only they get removed
@@ -238,7 +255,7 @@ impl Gate {
         }
         let (raw_path, raw_query) = query::split_path(path);
         // the problem builder (and its `instance` string) only on a denial
-        let pb = || self.problems(instance_of(path), request_id);
+        let pb = || self.problems(instance_of(path), request_id, grpc);
         let ambiguous_reply = |detail: &str| {
             Step::Done(self.deny(
                 &pb(),
@@ -332,6 +349,7 @@ impl Gate {
             path: path.to_vec(),
             request_id: request_id.map(<[u8]>::to_vec),
             strip,
+            grpc,
         })
     }
 
@@ -367,12 +385,20 @@ impl Gate {
             ),
             CredError::Conflict(why) => (Kind::CredentialConflict, why),
         };
-        let h = if self.cfg.credentials.bearer {
+        // `credentials.malformed_status` 401: a malformed or oversized credential is answered
+        // like an invalid one (RFC 6750 `invalid_token`, every challenge); a conflict stays 400
+        let status = match kind {
+            Kind::CredentialConflict => 400,
+            _ => self.cfg.malformed_status,
+        };
+        let h = if status == 401 {
+            self.challenges(Some(("invalid_token", detail)))
+        } else if self.cfg.credentials.bearer {
             self.challenges(Some(("invalid_request", detail)))
         } else {
             Vec::new()
         };
-        self.deny(pb, 400, kind, detail, &[], h, None)
+        self.deny(pb, status, kind, detail, &[], h, None)
     }
 
     fn public(&self, headers: &[(&str, &[u8])], path: &[u8], mut strip: Vec<String>) -> Decision {
@@ -421,7 +447,7 @@ impl Gate {
 
     /// Too many failed authentications from this client: 429 without verifying anything.
     pub fn throttled(&self, p: &Pending, retry_after_ms: u64) -> Decision {
-        let pb = self.problems(instance_of(&p.path), p.request_id.as_deref());
+        let pb = self.problems(instance_of(&p.path), p.request_id.as_deref(), p.grpc);
         let retry = retry_after_ms.div_ceil(1000).max(1);
         let h = vec![("retry-after".to_string(), retry.to_string())];
         let detail =
@@ -431,7 +457,7 @@ impl Gate {
 
     /// The key service failed and no stale verdict may serve: 503, fail closed.
     pub fn unavailable(&self, p: &Pending, retry_after_s: u64) -> Decision {
-        let pb = self.problems(instance_of(&p.path), p.request_id.as_deref());
+        let pb = self.problems(instance_of(&p.path), p.request_id.as_deref(), p.grpc);
         let h = vec![("retry-after".to_string(), retry_after_s.to_string())];
         let detail = "the key service could not verify the credential; retry shortly";
         self.deny(&pb, 503, Kind::KeyServiceUnavailable, detail, &[], h, None)
@@ -461,7 +487,7 @@ impl Gate {
         now_us: u64,
     ) -> Decision {
         // built only on a denial: the allowed path allocates no problem
-        let problems = || self.problems(instance_of(&p.path), p.request_id.as_deref());
+        let problems = || self.problems(instance_of(&p.path), p.request_id.as_deref(), p.grpc);
         let presented_token = p.credential.style != Style::Basic;
         let id = match verdict {
             Verdict::Valid(id) => id,
@@ -538,7 +564,7 @@ impl Gate {
         }
 
         let mut rate = None;
-        if let Some((policy_name, limit, scope)) = self.limit_for(&id) {
+        if let Some((policy_name, limit, scope, algorithm)) = self.limit_for(&id) {
             let owner = match scope {
                 Scope::Key => &id.key_id,
                 Scope::Subject => &id.subject,
@@ -548,11 +574,32 @@ impl Gate {
             let mut key = self.bucket_key.take();
             key.clear();
             key.push_str(&self.cfg.shared_prefix);
-            key.push_str(":rl:");
-            key.push(scope.letter());
-            key.push(':');
-            key.push_str(owner);
-            let taken = ratelimit::take(store, &key, &limit, now_us);
+            let taken = match algorithm {
+                Algorithm::TokenBucket => {
+                    key.push_str(":rl:");
+                    key.push(scope.letter());
+                    key.push(':');
+                    key.push_str(owner);
+                    ratelimit::take(store, &key, &limit, now_us)
+                }
+                Algorithm::RollingWindow => {
+                    key.push_str(":rw:");
+                    key.push(scope.letter());
+                    key.push(':');
+                    key.push_str(owner);
+                    let mut buf = self.window_buf.take();
+                    let t = window::take(
+                        store,
+                        &key,
+                        limit.requests,
+                        limit.window_s,
+                        now_us,
+                        &mut buf,
+                    );
+                    self.window_buf.set(buf);
+                    t
+                }
+            };
             self.bucket_key.set(key);
             match taken {
                 Ok(d) => {
@@ -562,8 +609,7 @@ impl Gate {
                             &problems(),
                             &d,
                             h,
-                            policy_name,
-                            &limit,
+                            (policy_name, &limit, algorithm),
                             now_us,
                             &id,
                         );
@@ -631,8 +677,7 @@ impl Gate {
         pb: &ProblemBuilder<'_>,
         d: &RateDecision,
         rate: RateHeaders,
-        policy_name: &str,
-        limit: &ratelimit::Limit,
+        (policy_name, limit, algorithm): (&str, &ratelimit::Limit, Algorithm),
         now_us: u64,
         id: &Rc<Identity>,
     ) -> Decision {
@@ -654,12 +699,20 @@ impl Gate {
         let mut detail = String::with_capacity(96);
         detail.push_str("the `");
         detail.push_str(&quoted(policy_name));
-        for (text, n) in [
-            ("` policy allows ", limit.requests),
-            (" requests per ", limit.window_s),
-            (" s (burst ", limit.burst),
-            ("); retry in ", retry),
-        ] {
+        let parts: &[(&str, u64)] = match algorithm {
+            Algorithm::TokenBucket => &[
+                ("` policy allows ", limit.requests),
+                (" requests per ", limit.window_s),
+                (" s (burst ", limit.burst),
+                ("); retry in ", retry),
+            ],
+            Algorithm::RollingWindow => &[
+                ("` policy allows ", limit.requests),
+                (" requests in any ", limit.window_s),
+                (" s; retry in ", retry),
+            ],
+        };
+        for &(text, n) in parts {
             detail.push_str(text);
             detail.push_str(Decimal::new(n).as_str());
         }
@@ -667,14 +720,18 @@ impl Gate {
         self.deny(pb, 429, Kind::RateLimited, &detail, &extra, h, Some(id))
     }
 
-    fn limit_for<'a>(&'a self, id: &'a Identity) -> Option<(&'a str, ratelimit::Limit, Scope)> {
+    #[allow(clippy::type_complexity)]
+    fn limit_for<'a>(
+        &'a self,
+        id: &'a Identity,
+    ) -> Option<(&'a str, ratelimit::Limit, Scope, Algorithm)> {
         if let Some(l) = id.rate_limit {
-            return Some(("key", l, Scope::Key));
+            return Some(("key", l, Scope::Key, Algorithm::TokenBucket));
         }
         self.cfg
             .rate
             .policy_for(&id.plan)
-            .map(|p| (p.name.as_str(), p.limit, p.scope))
+            .map(|p| (p.name.as_str(), p.limit, p.scope, p.algorithm))
     }
 
     fn rate_headers(
@@ -890,6 +947,120 @@ mod tests {
         assert_eq!((h[4].0, h[4].1.as_ref()), ("x-keygate-scopes", "read"));
         assert_eq!(a.log.key_id(), "k1");
         assert_eq!(a.log.decision, "allowed");
+    }
+
+    #[test]
+    fn rolling_window_plan_refuses_until_the_oldest_is_a_window_old() {
+        let g = gate(&key_json(
+            r#","rate_limit":{"plans":{"p":{"requests":3,"window_s":60,"algorithm":"rolling_window"}}}"#,
+        ));
+        let st = MemoryStore::default();
+        let h: &[(&str, &[u8])] = &[(":path", b"/a"), ("x-api-key", b"secret-1")];
+        let s = 1_000_000;
+        for (i, at) in [0, 10 * s, 20 * s].into_iter().enumerate() {
+            let Decision::Allow(a) = decide(&g, h, &st, NOW_US + at) else {
+                panic!()
+            };
+            let r = a.rate.unwrap();
+            assert_eq!((r.limit, r.remaining, r.reset), (3, 2 - i as u64, 60));
+        }
+        // 30 s later: the oldest is 30 s old, so 30 s to wait; the window is empty 50 s later
+        let Decision::Deny(r, _) = decide(&g, h, &st, NOW_US + 30 * s) else {
+            panic!()
+        };
+        assert_eq!(r.status, 429);
+        assert_eq!(r.header("retry-after"), Some("30"));
+        assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
+        assert_eq!(r.header("x-ratelimit-reset"), Some("50"));
+        let v: Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v["limit"], 3);
+        assert!(v["detail"]
+            .as_str()
+            .unwrap()
+            .contains("allows 3 requests in any 60 s; retry in 30 s"));
+        // its own shared-data key, 12 + 4 x 3 bytes
+        assert_eq!(st.map.borrow()["keygate.v1:rw:k:k1"].0.len(), 24);
+        assert!(matches!(
+            decide(&g, h, &st, NOW_US + 60 * s),
+            Decision::Allow(_)
+        ));
+    }
+
+    #[test]
+    fn malformed_credentials_can_be_401() {
+        let h: &[(&str, &[u8])] = &[(":path", b"/a"), ("authorization", b"Bearer a b")];
+        let g = gate(&key_json(""));
+        let Decision::Deny(r, _) = run(&g, &MemoryStore::default(), h) else {
+            panic!()
+        };
+        assert_eq!(r.status, 400);
+        assert!(r.headers.iter().any(|(_, v)| v.contains("invalid_request")));
+        let g = gate(&key_json(r#","credentials":{"malformed_status":401}"#));
+        let Decision::Deny(r, l) = run(&g, &MemoryStore::default(), h) else {
+            panic!()
+        };
+        assert_eq!((r.status, l.decision), (401, "credential-malformed"));
+        let challenges: Vec<&str> = r
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "www-authenticate")
+            .map(|(_, v)| v.as_str())
+            .collect();
+        assert_eq!(challenges.len(), 2, "{challenges:?}");
+        assert!(challenges[0].starts_with("Bearer realm=\"keygate\", error=\"invalid_token\""));
+        assert!(challenges[1].starts_with("Basic "));
+        let v: Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v["status"], 401);
+        // a conflict is a request error whatever the setting
+        let h: &[(&str, &[u8])] = &[(":path", b"/a?_apikey=x"), ("authorization", b"Bearer y")];
+        let Decision::Deny(r, _) = run(&g, &MemoryStore::default(), h) else {
+            panic!()
+        };
+        assert_eq!(r.status, 400);
+    }
+
+    #[test]
+    fn grpc_requests_get_grpc_statuses() {
+        let g = gate(&key_json(
+            r#","rate_limit":{"plans":{"p":{"requests":1,"window_s":60}}},"routes":[{"prefix":"/closed","access":"closed"}]"#,
+        ));
+        let st = MemoryStore::default();
+        let grpc =
+            |path: &'static [u8], key: &'static [u8]| -> Vec<(&'static str, &'static [u8])> {
+                vec![
+                    (":path", path),
+                    ("content-type", b"application/grpc+proto"),
+                    ("x-api-key", key),
+                ]
+            };
+        let Decision::Deny(r, _) = run(&g, &st, &grpc(b"/svc/M", b"nope")) else {
+            panic!()
+        };
+        assert_eq!((r.status, r.grpc_status), (401, Some(16)));
+        assert_eq!(r.body, "the credential is not valid");
+        assert!(r.header("content-type").is_none());
+        let Decision::Deny(r, _) = run(&g, &st, &grpc(b"/closed/M", b"secret-1")) else {
+            panic!()
+        };
+        assert_eq!(r.grpc_status, Some(7));
+        assert!(matches!(
+            run(&g, &st, &grpc(b"/svc/M", b"secret-1")),
+            Decision::Allow(_)
+        ));
+        let Decision::Deny(r, _) = run(&g, &st, &grpc(b"/svc/M", b"secret-1")) else {
+            panic!()
+        };
+        assert_eq!(r.grpc_status, Some(8));
+        assert_eq!(r.header("retry-after"), Some("60"));
+        assert_eq!(r.header("grpc-retry-pushback-ms"), Some("60000"));
+        assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
+        // not gRPC: problem+json as ever
+        let h: &[(&str, &[u8])] = &[(":path", b"/a"), ("content-type", b"application/json")];
+        let Decision::Deny(r, _) = run(&g, &st, h) else {
+            panic!()
+        };
+        assert_eq!(r.grpc_status, None);
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod route;
 pub mod store;
 pub mod throttle;
 pub mod verdict;
+pub mod window;
 
 #[cfg(target_arch = "wasm32")]
 mod host;

@@ -80,6 +80,44 @@ impl Kind {
         }
     }
 
+    /// Every kind, in `index` order.
+    pub const ALL: [Kind; 16] = [
+        Kind::CredentialMissing,
+        Kind::CredentialMalformed,
+        Kind::CredentialTooLarge,
+        Kind::CredentialConflict,
+        Kind::CredentialInvalid,
+        Kind::CredentialExpired,
+        Kind::CredentialRevoked,
+        Kind::CredentialDisabled,
+        Kind::InsufficientScope,
+        Kind::ResourceForbidden,
+        Kind::RouteClosed,
+        Kind::RequestAmbiguous,
+        Kind::RateLimited,
+        Kind::AuthThrottled,
+        Kind::KeyServiceUnavailable,
+        Kind::Internal,
+    ];
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    pub fn from_slug(slug: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.slug() == slug)
+    }
+
+    /// The extension members keygate itself may add to this kind's body (a configured member
+    /// may not reuse their names).
+    pub fn own_members(self) -> &'static [&'static str] {
+        match self {
+            Kind::InsufficientScope => &["missing_scope"],
+            Kind::RateLimited => &["policy", "limit", "remaining", "resetTime"],
+            _ => &[],
+        }
+    }
+
     pub fn title(self) -> &'static str {
         match self {
             Kind::CredentialMissing => "Credential required",
@@ -102,13 +140,53 @@ impl Kind {
     }
 }
 
+/// A configured extension member's value (`problems.<slug>.members`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberValue {
+    /// Any JSON value, serialized once at configuration time.
+    Json(String),
+    /// `"$title"`: the problem's title, as sent.
+    Title,
+    /// `"$detail"`: the problem's detail, as sent.
+    Detail,
+}
+
+/// A configuration's wording and extension members for one kind of problem.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Dialect {
+    pub title: Option<String>,
+    pub detail: Option<String>,
+    pub members: Vec<(String, MemberValue)>,
+}
+
+/// Every kind's dialect (`Kind::index`), empty when the configuration sets none.
+pub type Dialects = Vec<Dialect>;
+
+/// The gRPC status for a problem sent to a gRPC client, from its HTTP status: what gRPC
+/// clients and retry policies expect (RESOURCE_EXHAUSTED for limits, never UNAVAILABLE, which
+/// they retry at once, except for the key service).
+pub fn grpc_status(status: u32) -> i32 {
+    match status {
+        400 => 3,  // INVALID_ARGUMENT
+        401 => 16, // UNAUTHENTICATED
+        403 => 7,  // PERMISSION_DENIED
+        404 => 5,  // NOT_FOUND
+        429 => 8,  // RESOURCE_EXHAUSTED
+        503 => 14, // UNAVAILABLE
+        _ => 13,   // INTERNAL
+    }
+}
+
 /// A local reply ready for `send_http_response`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reply {
     pub status: u32,
     pub kind: Kind,
     pub headers: Vec<(String, String)>,
+    /// The problem+json body; for a gRPC client, the short `grpc-message` text.
     pub body: String,
+    /// For a gRPC client: the `grpc-status` (Envoy then answers trailers-only).
+    pub grpc_status: Option<i32>,
 }
 
 impl Reply {
@@ -154,7 +232,14 @@ pub struct ProblemBuilder<'a> {
     pub type_base: &'a str,
     pub instance: String,
     pub request_id: Option<String>,
+    /// The configuration's wording and members per kind (may be empty).
+    pub dialects: &'a [Dialect],
+    /// The request is gRPC (`content-type: application/grpc*`).
+    pub grpc: bool,
 }
+
+/// At most this many bytes of detail go into `grpc-message`.
+const MAX_GRPC_MESSAGE: usize = 256;
 
 impl ProblemBuilder<'_> {
     pub fn reply(
@@ -165,6 +250,39 @@ impl ProblemBuilder<'_> {
         extra: &[(&'static str, Extra<'_>)],
         mut headers: Vec<(String, String)>,
     ) -> Reply {
+        let dialect = self.dialects.get(kind.index());
+        let title = dialect
+            .and_then(|d| d.title.as_deref())
+            .unwrap_or(kind.title());
+        let detail = dialect.and_then(|d| d.detail.as_deref()).unwrap_or(detail);
+        if self.grpc {
+            // trailers-only: Envoy sets `content-type: application/grpc`, `grpc-status`, and
+            // `grpc-message` from this text; retry hints stay, and gRPC's own is added
+            let mut msg = String::with_capacity(detail.len().min(MAX_GRPC_MESSAGE));
+            for c in detail.chars() {
+                if msg.len() + c.len_utf8() > MAX_GRPC_MESSAGE {
+                    break;
+                }
+                msg.push(if c.is_control() { ' ' } else { c });
+            }
+            let retry = headers
+                .iter()
+                .find(|(n, _)| n == "retry-after")
+                .and_then(|(_, v)| v.parse::<u64>().ok());
+            if let Some(s) = retry {
+                headers.push((
+                    "grpc-retry-pushback-ms".into(),
+                    s.saturating_mul(1000).to_string(),
+                ));
+            }
+            return Reply {
+                status,
+                kind,
+                headers,
+                body: msg,
+                grpc_status: Some(grpc_status(status)),
+            };
+        }
         // written directly (members in RFC 9457's order, then the extensions): a serde_json Map
         // sorts and allocates per member, several thousand instructions a denial in wasm
         let mut body = String::with_capacity(256);
@@ -172,7 +290,7 @@ impl ProblemBuilder<'_> {
         escape_into(&mut body, self.type_base);
         escape_into(&mut body, kind.slug());
         body.push_str("\",\"title\":\"");
-        escape_into(&mut body, kind.title());
+        escape_into(&mut body, title);
         body.push_str("\",\"status\":");
         body.push_str(Decimal::new(u64::from(status)).as_str());
         body.push_str(",\"detail\":\"");
@@ -198,6 +316,22 @@ impl ProblemBuilder<'_> {
                 Extra::Int(n) => body.push_str(Decimal::new(*n).as_str()),
             }
         }
+        for (k, v) in dialect.map_or(&[][..], |d| d.members.as_slice()) {
+            body.push_str(",\"");
+            escape_into(&mut body, k);
+            body.push_str("\":");
+            let text = match v {
+                MemberValue::Json(j) => {
+                    body.push_str(j);
+                    continue;
+                }
+                MemberValue::Title => title,
+                MemberValue::Detail => detail,
+            };
+            body.push('"');
+            escape_into(&mut body, text);
+            body.push('"');
+        }
         body.push('}');
         headers.push(("content-type".into(), "application/problem+json".into()));
         headers.push(("cache-control".into(), "no-store".into()));
@@ -206,6 +340,7 @@ impl ProblemBuilder<'_> {
             kind,
             headers,
             body,
+            grpc_status: None,
         }
     }
 }
@@ -229,6 +364,8 @@ mod tests {
             type_base: "urn:keygate:problem:",
             instance: instance_of(b"/v1/x?_apikey=SECRET"),
             request_id: Some("r1".into()),
+            dialects: &[],
+            grpc: false,
         };
         let r = b.reply(
             401,
@@ -257,10 +394,92 @@ mod tests {
             type_base: "x:",
             instance: instance_of(b"/\"\\\xff"),
             request_id: None,
+            dialects: &[],
+            grpc: false,
         };
         let r = b.reply(400, Kind::CredentialMalformed, "d", &[], vec![]);
         let v: Value = serde_json::from_str(&r.body).unwrap();
         assert_eq!(v["instance"], "/\"\\\u{fffd}");
+    }
+
+    #[test]
+    fn kinds_are_indexed_in_order() {
+        for (i, k) in Kind::ALL.into_iter().enumerate() {
+            assert_eq!(k.index(), i);
+            assert_eq!(Kind::from_slug(k.slug()), Some(k));
+        }
+        assert_eq!(Kind::from_slug("nope"), None);
+    }
+
+    #[test]
+    fn a_dialect_rewords_and_adds_members() {
+        let mut dialects = vec![Dialect::default(); Kind::ALL.len()];
+        dialects[Kind::CredentialInvalid.index()] = Dialect {
+            title: Some("Unauthorized".into()),
+            detail: None,
+            members: vec![
+                (
+                    "error".into(),
+                    MemberValue::Json("\"Invalid API key\"".into()),
+                ),
+                ("message".into(), MemberValue::Detail),
+                ("heading".into(), MemberValue::Title),
+                ("errors".into(), MemberValue::Json("{}".into())),
+            ],
+        };
+        let b = ProblemBuilder {
+            type_base: "urn:x:",
+            instance: "/p".into(),
+            request_id: None,
+            dialects: &dialects,
+            grpc: false,
+        };
+        let r = b.reply(401, Kind::CredentialInvalid, "the \"key\"", &[], vec![]);
+        let v: Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v["type"], "urn:x:credential-invalid");
+        assert_eq!(v["title"], "Unauthorized");
+        assert_eq!(v["error"], "Invalid API key");
+        assert_eq!(v["message"], "the \"key\"");
+        assert_eq!(v["heading"], "Unauthorized");
+        assert_eq!(v["errors"], serde_json::json!({}));
+        // other kinds keep keygate's wording
+        let r = b.reply(401, Kind::CredentialMissing, "d", &[], vec![]);
+        let v: Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v["title"], "Credential required");
+        assert!(v.get("error").is_none());
+    }
+
+    #[test]
+    fn grpc_clients_get_a_status_and_a_short_message() {
+        let b = ProblemBuilder {
+            type_base: "urn:x:",
+            instance: "/p".into(),
+            request_id: Some("r".into()),
+            dialects: &[],
+            grpc: true,
+        };
+        let h = vec![("retry-after".to_string(), "3".to_string())];
+        let r = b.reply(429, Kind::RateLimited, &"x\ny".repeat(200), &[], h);
+        assert_eq!(r.grpc_status, Some(8));
+        assert_eq!(r.body.len(), 256);
+        assert!(r.body.starts_with("x y"));
+        assert_eq!(r.header("grpc-retry-pushback-ms"), Some("3000"));
+        assert_eq!(
+            r.header("content-type"),
+            None,
+            "Envoy sets application/grpc"
+        );
+        for (status, code) in [
+            (400, 3),
+            (401, 16),
+            (403, 7),
+            (404, 5),
+            (429, 8),
+            (503, 14),
+            (500, 13),
+        ] {
+            assert_eq!(grpc_status(status), code);
+        }
     }
 
     proptest::proptest! {
@@ -268,7 +487,8 @@ mod tests {
         #[test]
         fn body_is_json_for_any_text(detail in ".*", instance in ".*", rid in proptest::option::of(".*"),
                                      extra in ".*") {
-            let b = ProblemBuilder { type_base: "urn:x:", instance: instance.clone(), request_id: rid.clone() };
+            let b = ProblemBuilder { type_base: "urn:x:", instance: instance.clone(), request_id: rid.clone(),
+                                    dialects: &[], grpc: false };
             let r = b.reply(429, Kind::RateLimited, &detail, &[("policy", Extra::Text(&extra)),
                                                                ("limit", Extra::Int(7))], vec![]);
             let v: Value = serde_json::from_str(&r.body).unwrap();

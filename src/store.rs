@@ -44,16 +44,22 @@ struct Guess {
     at_ms: u64,
 }
 
-/// This worker's guesses for the keys it writes often (token buckets), bounded.
+/// This worker's guesses for the keys it writes often (token buckets, rolling windows), bounded
+/// in entries and in bytes.
 #[derive(Default)]
 pub struct Guesses {
     map: HashMap<String, Guess>,
+    /// Bytes of the values held (a rolling window's value is 12 + 4N bytes).
+    bytes: usize,
 }
 
 /// Guesses older than this are not used: CAS tokens are a 32-bit counter that wraps, and a
 /// guess must not outlive one turn of it.
 const GUESS_MAX_AGE_MS: u64 = 10_000;
 const GUESSES_MAX: usize = 4096;
+/// At most this many bytes of guessed values per worker: 4096 token buckets take 64 KiB; rolling
+/// windows of N = 1,000 (4 KB each) fit 256 before the guesses are dropped and start again.
+const GUESS_BYTES_MAX: usize = 1 << 20;
 
 /// A store that skips the read of a read-modify-write when it can guess the read's answer.
 ///
@@ -113,15 +119,23 @@ impl SharedStore for Speculative<'_> {
         if out == SetOutcome::Written && cas != 0 && cas != ABSENT_CAS {
             if let Ok(mut g) = self.guesses.try_borrow_mut() {
                 let cas = next_token(cas);
+                let old = g.map.get(key).map_or(0, |guess| guess.value.len());
+                if g.bytes.saturating_sub(old) + value.len() > GUESS_BYTES_MAX {
+                    g.map.clear();
+                    g.bytes = 0;
+                }
                 if let Some(guess) = g.map.get_mut(key) {
                     guess.value.clear();
                     guess.value.extend_from_slice(value);
                     guess.cas = cas;
                     guess.at_ms = self.now_ms;
+                    g.bytes = g.bytes.saturating_sub(old) + value.len();
                 } else {
                     if g.map.len() >= GUESSES_MAX {
                         g.map.clear();
+                        g.bytes = 0;
                     }
+                    g.bytes += value.len();
                     let guess = Guess {
                         value: value.to_vec(),
                         cas,
@@ -192,5 +206,36 @@ pub mod memory {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::memory::MemoryStore;
+    use super::*;
+
+    #[test]
+    fn guesses_are_bounded_in_bytes() {
+        let st = MemoryStore::default();
+        let guesses = RefCell::new(Guesses::default());
+        let sp = Speculative::new(&st, &guesses, 0);
+        let big = vec![7u8; 4012]; // a rolling window of N = 1,000
+        for i in 0..600 {
+            let k = format!("w{i}");
+            st.set(&k, &big, 0);
+            let (_, cas) = st.get(&k).unwrap();
+            assert_eq!(sp.set(&k, &big, cas), SetOutcome::Written);
+            let g = guesses.borrow();
+            assert!(g.bytes <= GUESS_BYTES_MAX);
+            assert_eq!(
+                g.bytes,
+                g.map.values().map(|x| x.value.len()).sum::<usize>()
+            );
+        }
+        assert!(guesses.borrow().map.len() < 600);
+        // and the newest guess is still good
+        let (v, _) = sp.get("w599").unwrap();
+        assert!(sp.last_was_guess() && v == big);
     }
 }

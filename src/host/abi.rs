@@ -326,7 +326,14 @@ pub fn continue_request() -> bool {
     unsafe { proxy_continue_stream(STREAM_HTTP_REQUEST) == STATUS_OK }
 }
 
-pub fn send_local_response(status: u32, headers: &[(String, String)], body: &[u8]) -> bool {
+/// `grpc_status`: -1 for an HTTP reply; a gRPC status makes Envoy answer a gRPC request
+/// trailers-only, with `body` as `grpc-message`.
+pub fn send_local_response(
+    status: u32,
+    headers: &[(String, String)],
+    body: &[u8],
+    grpc_status: i32,
+) -> bool {
     let pairs: Vec<(&str, &str)> = headers
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
@@ -342,7 +349,7 @@ pub fn send_local_response(status: u32, headers: &[(String, String)], body: &[u8
             body.len(),
             h.as_ptr(),
             h.len(),
-            -1,
+            grpc_status,
         ) == STATUS_OK
     }
 }

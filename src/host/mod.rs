@@ -422,7 +422,13 @@ impl Plugin {
         }
         match d {
             Decision::Deny(reply, _) => {
-                if !abi::send_local_response(reply.status, &reply.headers, reply.body.as_bytes()) {
+                let grpc = reply.grpc_status.unwrap_or(-1);
+                if !abi::send_local_response(
+                    reply.status,
+                    &reply.headers,
+                    reply.body.as_bytes(),
+                    grpc,
+                ) {
                     abi::log(abi::LOG_ERROR, "keygate: could not send a local reply");
                 }
                 ACTION_PAUSE
@@ -969,7 +975,7 @@ pub extern "C" fn proxy_on_request_headers(
 ) -> u32 {
     with_stream(|p| p.on_request_headers(ctx, end_of_stream == 0)).unwrap_or_else(|| {
         // No configured plugin (cannot happen once on_configure succeeded): never a free pass.
-        abi::send_local_response(500, &[], b"keygate is not configured\n");
+        abi::send_local_response(500, &[], b"keygate is not configured\n", -1);
         ACTION_PAUSE
     })
 }

@@ -143,6 +143,21 @@ MIN_CONFIG = {
 }
 LEAN_CONFIG = {**MIN_CONFIG, "rate_limit": {**KEYGATE_CONFIG["rate_limit"], "headers": False}}
 
+# Rolling windows (plans with "algorithm": "rolling_window"): N = 1,000 per second, under its
+# limit at the sequential rate of instructions.py (Envoy under callgrind serves a few hundred a
+# second), and N = 100 per day, over it after 100 requests (the 429 path).
+ROLLING_KEY, ROLLING_LIMITED_KEY = "bench-key-rolling", "bench-key-rolling-limited"
+ROLLING_CONFIG = {
+    "keys": [
+        {"id": "rolling", "sha256": sha256_hex(ROLLING_KEY), "account": "acme", "plan": "roll1000"},
+        {"id": "rolling-limited", "sha256": sha256_hex(ROLLING_LIMITED_KEY), "account": "acme", "plan": "roll100"},
+    ],
+    "rate_limit": {"plans": {
+        "roll1000": {"requests": 1000, "window_s": 1, "algorithm": "rolling_window"},
+        "roll100": {"requests": 100, "window_s": 86_400, "algorithm": "rolling_window"},
+    }},
+}
+
 KEYSERVICE_CLUSTER = "keyservice"  # the Envoy cluster of the key service (its port is known at start)
 
 # No embedded keys: every key is verified by the key service, then cached. Default TTLs (the
@@ -218,6 +233,14 @@ KEYGATE_SCENARIOS: list[dict] = [
     {"name": "kg_remote_unknown", "headers": {"X-API-Key": REMOTE_UNKNOWN_KEY}, "config": REMOTE_CONFIG_NO_THROTTLE,
      "keyservice": [], "keyservice_calls": 0, "prime": 1, "expect": 401,
      "note": "401 expected; key service, cached refusal"},
+    # Rolling windows, for instructions.py only (wrk's rate would exceed 1,000 a second): the
+    # allowed path at N = 1,000 (a 4,012-byte value rewritten per request), the 429 at N = 100.
+    {"name": "kg_rolling_1000", "headers": {"X-API-Key": ROLLING_KEY}, "config": ROLLING_CONFIG,
+     "expect_headers": RATELIMIT_HEADERS, "instructions_only": True,
+     "note": "rolling window, N = 1,000 per second, under its limit"},
+    {"name": "kg_rolling_429", "headers": {"X-API-Key": ROLLING_LIMITED_KEY}, "config": ROLLING_CONFIG,
+     "expect": 429, "prime": 100, "instructions_only": True,
+     "note": "429 expected; rolling window, N = 100 per day, full"},
     # A new random key on every request: every request is a miss that calls the key service.
     {"name": "kg_remote_first", "lua": RANDOM_KEY_LUA, "sanity_headers": random_key_headers,
      "config": REMOTE_CONFIG_NO_THROTTLE, "keyservice": [], "keyservice_calls": 1, "expect": 401,
@@ -328,6 +351,7 @@ def variants() -> list[dict]:
         v.setdefault("keyservice", None)
         v.setdefault("keyservice_calls", None)
         v.setdefault("sanity_headers", None)
+        v.setdefault("instructions_only", False)
         v.setdefault("lua", None)
         v.setdefault("saturates", True)
         v.setdefault("note", "")
@@ -1071,7 +1095,7 @@ def main(argv: list[str]) -> int:
     if (os.cpu_count() or 1) < 2:
         print("warning: fewer than 2 CPUs; Envoy and wrk will share a core", file=sys.stderr)
 
-    vs = variants()
+    vs = [v for v in variants() if not v["instructions_only"]]
     if args.only:
         keep = {"router", *args.only.split(",")}
         unknown = keep - {v["name"] for v in vs}

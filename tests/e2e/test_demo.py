@@ -2,6 +2,10 @@
 real Envoy and answer the README's curls as documented (ports rewritten to free ones)."""
 import base64
 import json
+import os
+import signal
+import socket
+import subprocess
 import time
 
 import pytest
@@ -54,7 +58,7 @@ def demo(upstream):
 
 
 def test_readme_curls_embedded(demo):
-    r = demo.req("GET", "/v1/organization", [("X-API-Key", "evon-demo-key-0001")])
+    r = demo.req("GET", "/organization", [("X-API-Key", "evon-demo-key-0001")])
     assert r.status == 200 and r.header("x-ratelimit-limit") == "100"
     assert demo.req("GET", "/v1/objects/events", [("Authorization", "Bearer esa-business-demo-0001")]).status == 200
     b = base64.b64encode(b"alice:pat-alice-demo-0001").decode()
@@ -62,14 +66,14 @@ def test_readme_curls_embedded(demo):
     r = demo.req("GET", "/api/event?_id=agg-demo-1&_apikey=cat-demo-key-0001&name=x")
     assert r.status == 200 and r.json()["path"] == "/api/event?_id=agg-demo-1&name=x"
     assert demo.req("GET", "/api/event?_id=someone-else&_apikey=cat-demo-key-0001").status == 404
-    assert demo.req("GET", "/v1/organization").status == 401
-    r = demo.req("GET", "/v1/organization", [("X-API-Key", "nope")])
+    assert demo.req("GET", "/organization").status == 401
+    r = demo.req("GET", "/organization", [("X-API-Key", "nope")])
     assert r.status == 401 and 'error="invalid_token"' in r.header("www-authenticate")
-    assert demo.req("GET", "/v1/organization", [("X-API-Key", "expired-demo-key-0001")]).json()["type"].endswith("credential-expired")
-    assert demo.req("GET", "/v1/organization", [("Authorization", "Basic !!!")]).status == 400
+    assert demo.req("GET", "/organization", [("X-API-Key", "expired-demo-key-0001")]).json()["type"].endswith("credential-expired")
+    assert demo.req("GET", "/organization", [("Authorization", "Basic !!!")]).status == 400
     r = demo.req("POST", "/v1/objects/events", [("Authorization", "Bearer evon-demo-key-0001")])
     assert r.status == 403 and 'error="insufficient_scope"' in r.header("www-authenticate")
-    assert [demo.req("GET", "/x", [("X-API-Key", "tiny-demo-key-0001")]).status for _ in range(4)] == [200, 200, 200, 429]
+    assert [demo.req("GET", "/organization", [("X-API-Key", "tiny-demo-key-0001")]).status for _ in range(4)] == [200, 200, 200, 429]
     assert demo.req("GET", "/health").status == 200
     assert demo.req("GET", "/admin/anything", [("X-API-Key", "evon-demo-key-0001")]).status == 403
     prom = demo.prometheus()
@@ -103,3 +107,53 @@ def test_readme_lifecycle_remote(upstream):
     finally:
         e.stop()
         ks.stop()
+
+
+def demo_sh(*args, env=None, **kw):
+    return subprocess.Popen(["bash", str(ROOT / "envoy" / "demo.sh"), *args], cwd=ROOT,
+                            env={**os.environ, **(env or {})}, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_demo_sh_refuses_busy_ports_before_starting_anything():
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    upstream = free_port()
+    try:
+        p = demo_sh("evon", env={"KEYGATE_PORT": str(port), "KEYGATE_UPSTREAM_PORT": str(upstream)})
+        out, err = p.communicate(timeout=30)
+        assert p.returncode == 1, (out, err)
+        assert f"127.0.0.1:{port} (KEYGATE_PORT) is in use" in err
+        # nothing was started: the upstream's port is still free
+        s = socket.socket()
+        s.bind(("127.0.0.1", upstream))
+        s.close()
+        p = demo_sh("evon", env={"KEYGATE_ADMIN_PORT": "8x"})
+        assert p.wait(timeout=30) == 1 and "KEYGATE_ADMIN_PORT='8x' is not a port number" in p.stderr.read()
+    finally:
+        busy.close()
+
+
+def test_demo_sh_runs_a_profile_on_other_ports_and_prints_its_keys():
+    ports = {n: free_port() for n in ("KEYGATE_PORT", "KEYGATE_ADMIN_PORT", "KEYGATE_UPSTREAM_PORT")}
+    p = demo_sh("evon", env={k: str(v) for k, v in ports.items()})
+    try:
+        deadline = time.time() + 60
+        while True:
+            assert p.poll() is None, p.stderr.read()
+            try:
+                r = request(ports["KEYGATE_PORT"], "GET", "/organization", [("X-API-Key", "evon_demo_read_0001")])
+                break
+            except OSError:
+                assert time.time() < deadline
+                time.sleep(0.3)
+        assert r.status == 200 and r.json()["path"] == "/organization"  # the echo upstream, on its moved port
+        assert request(ports["KEYGATE_PORT"], "GET", "/organization").json()["error"] == "API key is required"
+    finally:
+        os.killpg(p.pid, signal.SIGTERM)
+        _, err = p.communicate(timeout=30)
+    # the keys and example requests, with the ports in use
+    assert "evon_demo_read_0001" in err and "evon_demo_revoked_0003" in err
+    assert f"curl -i localhost:{ports['KEYGATE_PORT']}/organization" in err

@@ -487,7 +487,7 @@ def test_named_pats(svc: Service) -> None:
 # Storage
 # ---------------------------------------------------------------------------------------------
 
-def test_data_survives_a_restart_and_seeding_is_idempotent(tmp_path: Path) -> None:
+def test_data_survives_a_restart_and_seeding_restores_the_demo(tmp_path: Path) -> None:
     s = Service(tmp_path).start()
     try:
         known = unique("kgb_restart_")
@@ -497,6 +497,8 @@ def test_data_survives_a_restart_and_seeding_is_idempotent(tmp_path: Path) -> No
         gone = unique("kgb_gone_")
         gone_id = s.add_key(gone, account="acme")["id"]
         s.admin("POST", "/admin/revoke", {"id": gone_id})
+        s.admin("POST", "/admin/revoke", {"id": "bk_demo_acme"})  # a demo key revoked in this run
+        assert s.verify(DEMO_ACME)["code"] == "REVOKED"
         cursor = s.cursor()
         pat_expiry = s.verify(DEMO_ALICE_PAT)["expires_at"]
         with sqlite3.connect(s.db) as db:
@@ -510,7 +512,9 @@ def test_data_survives_a_restart_and_seeding_is_idempotent(tmp_path: Path) -> No
         assert s.verify(made["key"])["key_id"] == made["id"]
         assert s.verify(gone)["code"] == "REVOKED"
         assert s.cursor() == cursor
-        assert s.verify(DEMO_ALICE_PAT)["expires_at"] == pat_expiry  # not re-seeded
+        # the demo is restored: its revoked key works again, its PAT's 90 days start anew
+        assert s.verify(DEMO_ACME)["valid"] is True
+        assert s.verify(DEMO_ALICE_PAT)["expires_at"] >= pat_expiry
         with sqlite3.connect(s.db) as db:
             assert db.execute("SELECT COUNT(*) FROM keys").fetchone()[0] == rows
             assert db.execute("SELECT COUNT(*) FROM users").fetchone()[0] == 2

@@ -142,3 +142,87 @@ def test_rejections_are_counted_per_plan_and_other(make_envoy):
     # a plan missing from the table is counted as `other` (the series stay bounded by the config)
     assert 'keygate_ratelimit_rejected{plan="p"} 2' in prom, prom
     assert 'keygate_ratelimit_rejected{plan="other"} 1' in prom, prom
+
+
+# ------------------------------------------------------------------------------------------------
+# Rolling windows: at most N in any window-length interval, exact across workers
+# ------------------------------------------------------------------------------------------------
+
+RN = 20  # requests per window in the rolling-window runs
+
+
+@pytest.fixture(scope="module")
+def rolling(make_envoy):
+    keys = [key(f"roll-{i}", plan="roll") for i in range(6)]
+    cfg = {"keys": keys, "rate_limit": {"plans": {
+        "roll": {"requests": RN, "window_s": 2, "algorithm": "rolling_window"}}}}
+    return make_envoy(cfg, concurrency=4)
+
+
+def concurrent(envoy, name, n):
+    """n requests at once from 32 threads: their statuses, and when they were all answered."""
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        rs = list(pool.map(lambda _: call(envoy, name), range(n)))
+    return [r.status for r in rs], rs
+
+
+@pytest.mark.parametrize("run", range(2))
+def test_rolling_window_exactly_n_under_concurrency(rolling, run):
+    statuses, rs = concurrent(rolling, f"roll-{run}", 5 * RN)
+    assert statuses.count(200) == RN, statuses
+    assert statuses.count(429) == 4 * RN
+    denied = [r for r in rs if r.status == 429]
+    assert all(r.header("x-ratelimit-limit") == str(RN) for r in denied)
+    assert all(1 <= int(r.header("retry-after")) <= 2 for r in denied)
+    assert sorted(int(r.header("x-ratelimit-remaining")) for r in rs if r.status == 200) == list(range(RN))
+
+
+def test_rolling_window_across_the_boundary_on_four_workers(rolling):
+    # half the window's requests, then a second later a flood: exactly the other half passes
+    t0 = time.time()
+    statuses, _ = concurrent(rolling, "roll-2", RN // 2)
+    assert statuses == [200] * (RN // 2)
+    t_first = time.time()  # the first half was allowed in [t0, t_first]
+    time.sleep(max(t0 + 1 - time.time(), 0))
+    t_second = time.time()
+    statuses, _ = concurrent(rolling, "roll-2", 3 * RN)
+    assert statuses.count(200) == RN // 2, statuses  # a token bucket would have refilled RN/2 more
+    # once the first half is 2 s old (and before the second half is): exactly its slots are back
+    time.sleep(max(t_first + 2.05 - time.time(), 0))
+    statuses, _ = concurrent(rolling, "roll-2", 3 * RN)
+    assert time.time() < t_second + 2, "too slow to test the boundary"
+    assert statuses.count(200) == RN // 2, statuses
+
+
+def test_rolling_window_never_n_plus_1_under_spread_load(rolling):
+    """8 clients hammer one key for 5 s: no RN+1 allowed requests fit in any 2 s (judged from the
+    client side: a request was decided between its send and its answer), and the window is not
+    wasted either (every slot is reused soon after it frees)."""
+    duration, window = 5.0, 2.0
+    allowed = []  # (sent, answered) of each 200
+
+    def client(_):
+        mine = []
+        end = time.time() + duration
+        while time.time() < end:
+            sent = time.time()
+            r = call(rolling, "roll-3")
+            if r.status == 200:
+                mine.append((sent, time.time()))
+            else:
+                assert r.status == 429
+        return mine
+
+    t0 = time.time()
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for mine in pool.map(client, range(8)):
+            allowed.extend(mine)
+    elapsed = time.time() - t0
+    # proof of a violation would be RN+1 requests all sent and answered within less than a window
+    by_sent = sorted(allowed)
+    for i, (s0, _) in enumerate(by_sent):
+        later_answers = sorted(a for s, a in by_sent[i:])
+        if len(later_answers) > RN:
+            assert later_answers[RN] - s0 >= window, f"{RN + 1} allowed within {later_answers[RN] - s0:.3f} s"
+    # exact, not merely safe: at least RN per full window elapsed, at most RN per started one
+    assert RN * int(elapsed // (window + 0.1)) <= len(allowed) <= RN * (int(elapsed // window) + 1), len(allowed)

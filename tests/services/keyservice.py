@@ -520,7 +520,9 @@ class Store:
     # -- demo data ---------------------------------------------------------------------------
 
     def seed_demo(self) -> None:
-        """Idempotently creates the demo accounts, users and keys with well-known secrets."""
+        """Creates the demo accounts, users and keys with well-known secrets, or restores them: a
+        demo key revoked or disabled in an earlier run works again, and the demo PAT's lifetime
+        starts anew (so a demo database never rots). Other keys are left as they are."""
         self.ensure_account("acme", "free")
         self.ensure_account("globex", "professional")
         self.ensure_user("alice", "alice@example.com", "acme", "alice-password")
@@ -541,6 +543,9 @@ class Store:
                 scopes=list(DEFAULT_SCOPES[kind]), resources=resources, ratelimit=None,
                 created_at=t, expires_at=expires_at, revoked_at=None, disabled=False,
             ), ignore_existing=True)
+            with self._tx() as db:
+                db.execute("UPDATE keys SET revoked_at = NULL, disabled = 0, expires_at = ?"
+                           " WHERE id = ? AND key_hash = ?", (expires_at, key_id, sha256_hex(secret)))
 
 
 # --------------------------------------------------------------------------------------------
