@@ -600,13 +600,13 @@ fn parse_owner(mut o: Obj<'_>, strict: bool, w: &mut Vec<String>) -> Result<Owne
         return Err(err(&o.field("status"), "must be 403 or 404"));
     }
     let body = match o.opt_str("body")? {
-        None | Some("reject") => OwnerBody::Reject,
-        Some("json") => OwnerBody::Json,
+        None | Some("read") => OwnerBody::Read,
+        Some("reject") => OwnerBody::Reject,
         Some("unchecked") => OwnerBody::Unchecked,
         Some(other) => {
             return Err(err(
                 &o.field("body"),
-                format!("`{other}` is not one of reject, json, unchecked"),
+                format!("`{other}` is not one of read, reject, unchecked"),
             ))
         }
     };
@@ -679,13 +679,9 @@ fn parse_route(mut o: Obj<'_>, strict: bool, w: &mut Vec<String>) -> Result<Rout
             return Err(err(
                 &o.field("owner.body"),
                 format!(
-                    "the route protects {} but owner checks do not read bodies, and \"reject\" refuses every request with one: list only {}, or set \"json\" or \"unchecked\" if the upstream never takes `{}` from a (JSON) body",
+                    "the route protects {} and \"reject\" refuses every request with a body: list only {}, or let keygate read bodies (\"read\", the default)",
                     body_methods.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", "),
                     BODYLESS.join(", "),
-                    match &ow.source {
-                        OwnerSource::Query(q) => q.as_str(),
-                        OwnerSource::PathSegment(_) => "the owner",
-                    }
                 ),
             ));
         }
@@ -1577,7 +1573,7 @@ mod tests {
                 "credentials.api_key_headers",
             ),
             (
-                r#"{"routes":[{"prefix":"/e","methods":["GET","POST"],"owner":{"query":"_id","resource":"r"}}]}"#.to_string(),
+                r#"{"routes":[{"prefix":"/e","methods":["GET","POST"],"owner":{"query":"_id","resource":"r","body":"reject"}}]}"#.to_string(),
                 "routes[0].owner.body",
             ),
         ] {

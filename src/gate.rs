@@ -14,7 +14,7 @@ use crate::credential::{self, Carriers, CredError, Credential, Style};
 use crate::problem::{instance_of, Decimal, Extra, Kind, ProblemBuilder, Reply};
 use crate::query;
 use crate::ratelimit::{self, RateDecision, RateError, Scope};
-use crate::route::{self, Access, OwnerBody, Ownership, Route};
+use crate::route::{self, Access, OwnerBody, OwnerSource, Ownership, Route};
 use crate::store::SharedStore;
 use crate::verdict::{Identity, Refusal, Verdict};
 use crate::window;
@@ -65,6 +65,21 @@ pub struct Allow {
     /// Rate-limit headers to add to the upstream's response.
     pub rate: Option<RateHeaders>,
     pub log: LogFields,
+    /// The owner check still to run on the body ([`Gate::check_body`]): the request goes on,
+    /// its body held until it is in and checked.
+    pub body: Option<BodyCheck>,
+}
+
+/// An owner check left for the request's body (`owner.body: "read"`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BodyCheck {
+    route: usize,
+    content_type: Vec<u8>,
+    /// The query named an owned resource already (else the body must name one).
+    named_in_query: bool,
+    path: Vec<u8>,
+    request_id: Option<Vec<u8>>,
+    grpc: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,6 +110,8 @@ pub struct Pending {
     strip: Vec<String>,
     /// A gRPC request: denials go out as gRPC statuses.
     grpc: bool,
+    /// The route's owner check reads the body (`owner.body: "read"`): its content type.
+    body_check: Option<Vec<u8>>,
 }
 
 pub enum Step {
@@ -290,18 +307,18 @@ impl Gate {
                 return ambiguous_reply(why);
             }
         }
-        if has_body {
-            let refused = match route.and_then(|r| r.owner.as_ref()).map(|o| o.body) {
-                Some(OwnerBody::Reject) => Some(
-                    "this route checks which resource the request names, and keygate does not read bodies: send the request without one",
-                ),
-                Some(OwnerBody::Json) if !is_json(content_type) => Some(
-                    "this route checks which resource the request names: a body must be JSON (a form could name another one)",
-                ),
-                _ => None,
-            };
-            if let Some(why) = refused {
-                return ambiguous_reply(why);
+        // an owner route reads the body the upstream may take the owner from (or refuses it)
+        let mut body_check = None;
+        if let (true, Some(owner)) = (has_body, route.and_then(|r| r.owner.as_ref())) {
+            match (owner.body, &owner.source) {
+                (OwnerBody::Reject, _) => {
+                    return ambiguous_reply(
+                        "this route checks which resource the request names and takes no body: send the request without one",
+                    )
+                }
+                (OwnerBody::Read, OwnerSource::Query(_)) => body_check = Some(content_type.to_vec()),
+                // a path segment names the resource; `unchecked`: the operator's word
+                _ => {}
             }
         }
 
@@ -350,6 +367,7 @@ impl Gate {
             request_id: request_id.map(<[u8]>::to_vec),
             strip,
             grpc,
+            body_check,
         })
     }
 
@@ -475,6 +493,7 @@ impl Gate {
             path,
             rate: None,
             log: LogFields::of("fail-open", None),
+            body: None,
         })
     }
 
@@ -506,6 +525,7 @@ impl Gate {
         };
 
         let route: Option<&Route> = p.route.and_then(|i| self.cfg.routes.get(i));
+        let mut body = None;
         if let Some(route) = route {
             if let Some(missing) = route::missing_scope(route, &id) {
                 let mut h = Vec::new();
@@ -535,11 +555,24 @@ impl Gate {
             if let Some(owner) = &route.owner {
                 let (raw_path, raw_query) = query::split_path(&p.path);
                 let owned = match crate::path::canonical(raw_path, &self.cfg.paths) {
-                    Ok(canon) => route::check_owner(owner, &canon, raw_query, &id),
+                    Ok(canon) => route::check_owner(owner, &canon, raw_query, None, &id),
                     Err(_) => Ownership::NotOwned, // refused in phase one already
                 };
+                // a body the upstream may take the owner from is checked when it is in
+                // (`Gate::check_body`); a request that names the resource only there is fine
+                if p.body_check.is_some() && owned != Ownership::NotOwned {
+                    body = Some(BodyCheck {
+                        route: p.route.unwrap_or_default(),
+                        content_type: p.body_check.clone().unwrap_or_default(),
+                        named_in_query: owned == Ownership::Owned,
+                        path: p.path.clone(),
+                        request_id: p.request_id.clone(),
+                        grpc: p.grpc,
+                    });
+                }
                 let detail = match owned {
                     Ownership::Owned => None,
+                    Ownership::Unnamed if body.is_some() => None,
                     Ownership::Unnamed => Some(format!(
                         "the request does not name a {}",
                         quoted(&owner.resource)
@@ -645,8 +678,65 @@ impl Gate {
             rate,
             log: LogFields::of("allowed", Some(&id)),
             identity: Some(id),
+            body,
             ..Default::default()
         })
+    }
+
+    /// The owner check on a request's body (at most `route::MAX_OWNER_BODY` + 1 bytes of it:
+    /// longer is refused with 413). `None`: the body may go on to the upstream.
+    pub fn check_body(&self, c: &BodyCheck, id: &Rc<Identity>, body: &[u8]) -> Option<Decision> {
+        let owner = self
+            .cfg
+            .routes
+            .get(c.route)
+            .and_then(|r| r.owner.as_ref())?;
+        let OwnerSource::Query(name) = &owner.source else {
+            return None;
+        };
+        let pb = self.problems(instance_of(&c.path), c.request_id.as_deref(), c.grpc);
+        if body.len() > route::MAX_OWNER_BODY {
+            return Some(self.deny(
+                &pb,
+                413,
+                Kind::RequestAmbiguous,
+                "the body is longer than keygate reads on a route that checks which resource the request names",
+                &[],
+                vec![],
+                Some(id),
+            ));
+        }
+        let values = match route::owner_values_in_body(name, &c.content_type, body) {
+            Ok(v) => v,
+            Err(why) => {
+                return Some(self.deny(
+                    &pb,
+                    400,
+                    Kind::RequestAmbiguous,
+                    why,
+                    &[],
+                    vec![],
+                    Some(id),
+                ))
+            }
+        };
+        let owned = route::check_owner(owner, b"", None, Some(&values), id);
+        let detail = match owned {
+            Ownership::NotOwned => format!("no such {} for this account", quoted(&owner.resource)),
+            Ownership::Unnamed if !c.named_in_query => {
+                format!("the request does not name a {}", quoted(&owner.resource))
+            }
+            _ => return None,
+        };
+        Some(self.deny(
+            &pb,
+            owner.status,
+            Kind::ResourceForbidden,
+            &detail,
+            &[],
+            vec![],
+            Some(id),
+        ))
     }
 
     /// With `hide_from_upstream`: adds `authorization` to `remove` when it carried the
@@ -843,19 +933,6 @@ fn unix_reset(now_us: u64, reset_ms: u64) -> u64 {
         .div_ceil(1_000_000)
 }
 
-/// `application/json` or a `+json` type, parameters allowed, case ignored.
-fn is_json(content_type: &[u8]) -> bool {
-    let essence = content_type
-        .split(|&c| c == b';')
-        .next()
-        .unwrap_or_default()
-        .trim_ascii();
-    essence.eq_ignore_ascii_case(b"application/json")
-        || (essence.len() > 5
-            && essence[essence.len() - 5..].eq_ignore_ascii_case(b"+json")
-            && essence.contains(&b'/'))
-}
-
 /// Headers through which frameworks let a client replace the request's method (Rails, Express's
 /// method-override, ASP.NET, Symfony).
 fn is_method_override(name: &str) -> bool {
@@ -886,7 +963,18 @@ pub fn decide(
     store: &dyn SharedStore,
     now_us: u64,
 ) -> Decision {
-    match gate.begin(headers) {
+    decide_with_body(gate, headers, b"", store, now_us)
+}
+
+/// `decide` for a request with this body: the owner check on it runs when the route reads it.
+pub fn decide_with_body(
+    gate: &Gate,
+    headers: &[(&str, &[u8])],
+    body: &[u8],
+    store: &dyn SharedStore,
+    now_us: u64,
+) -> Decision {
+    let d = match gate.begin(headers) {
         Step::Done(d) => d,
         Step::Verify(p) => {
             let digest = crate::hash::sha256(p.credential.secret.as_bytes());
@@ -895,6 +983,14 @@ pub fn decide(
                 .unwrap_or(Verdict::Refused(Refusal::Unknown));
             gate.finish(p, v, store, now_us)
         }
+    };
+    match &d {
+        Decision::Allow(Allow {
+            body: Some(c),
+            identity: Some(id),
+            ..
+        }) => gate.check_body(c, id, body).unwrap_or(d),
+        _ => d,
     }
 }
 
@@ -1122,7 +1218,7 @@ mod tests {
             r#","routes":[{"prefix":"/public/","access":"public"},{"prefix":"/admin","access":"closed"},
                 {"prefix":"/o","methods":["GET"],"scopes":["read"]},{"prefix":"/o","scopes":["write"]},
                 {"prefix":"/e","owner":{"query":"_id","resource":"agg"}},
-                {"prefix":"/j","owner":{"query":"_id","resource":"agg","body":"json"}}]"#,
+                {"prefix":"/j","owner":{"query":"_id","resource":"agg","body":"reject"}}]"#,
         ));
         let st = MemoryStore::default();
         let k: (&str, &[u8]) = ("x-api-key", b"secret-1");
@@ -1205,7 +1301,7 @@ mod tests {
                 b"GET",
                 b"/e?_id=x",
                 &[("content-length", b"5")],
-                (400, "request-ambiguous"),
+                (404, "resource-forbidden"), // the query is checked first; the body when in
             ),
             (
                 b"GET",
@@ -1221,8 +1317,8 @@ mod tests {
                 &[("content-length", b"2")],
                 (400, "request-ambiguous"),
             ),
-            (b"POST", b"/j?_id=x", JSON, (404, "resource-forbidden")),
-            (b"POST", b"/j?_id=x", PJSON, (404, "resource-forbidden")),
+            (b"POST", b"/j?_id=x", JSON, (400, "request-ambiguous")),
+            (b"POST", b"/j?_id=x", PJSON, (400, "request-ambiguous")),
         ];
         for (m, path, extra, want) in cases {
             let mut h: Vec<(&str, &[u8])> = vec![(":method", m), (":path", path), k];
@@ -1253,6 +1349,83 @@ mod tests {
         };
         assert!(a.remove.contains(&"x_keygate_key_id".to_string()));
         assert!(a.remove.contains(&"x_keygate_fail_open".to_string()));
+    }
+
+    #[test]
+    fn owner_routes_read_form_and_json_bodies() {
+        let g = gate(&format!(
+            r#"{{"keys":[{{"id":"k1","sha256":"{}","account":"acme","plan":"p","resources":{{"agg":["a1"]}}}}],
+                "routes":[{{"prefix":"/e","owner":{{"query":"_id","resource":"agg"}}}}]}}"#,
+            crate::hash::to_hex(&crate::hash::sha256(b"secret-1"))
+        ));
+        let st = MemoryStore::default();
+        let form: &[u8] = b"application/x-www-form-urlencoded";
+        let json: &[u8] = b"application/json";
+        for (path, ct, body, want) in [
+            (&b"/e?_id=a1"[..], form, &b"name=x"[..], (200, "allowed")),
+            (b"/e", form, b"_id=a1&name=x", (200, "allowed")),
+            (
+                b"/e?_id=a1",
+                form,
+                b"_id=victim",
+                (404, "resource-forbidden"),
+            ),
+            (
+                b"/e?_id=a1",
+                form,
+                b"x=1;_ID=victim",
+                (404, "resource-forbidden"),
+            ),
+            (b"/e?_id=a1", json, br#"{"name":"x"}"#, (200, "allowed")),
+            (
+                b"/e?_id=a1",
+                json,
+                br#"{"_id":"victim"}"#,
+                (404, "resource-forbidden"),
+            ),
+            (
+                b"/e?_id=a1",
+                json,
+                br#"{"_id":{"$ne":"a1"}}"#,
+                (404, "resource-forbidden"),
+            ),
+            (b"/e?_id=a1", json, b"{not json", (400, "request-ambiguous")),
+            (
+                b"/e?_id=a1",
+                b"multipart/form-data; boundary=z",
+                b"--z--",
+                (400, "request-ambiguous"),
+            ),
+            (
+                b"/e?_id=a1",
+                b"text/plain",
+                b"_id=victim",
+                (400, "request-ambiguous"),
+            ),
+            (b"/e", json, b"{}", (404, "resource-forbidden")),
+        ] {
+            let h: &[(&str, &[u8])] = &[
+                (":method", b"POST"),
+                (":path", path),
+                ("x-api-key", b"secret-1"),
+                ("content-type", ct),
+                ("content-length", b"1"),
+            ];
+            let d = decide_with_body(&g, h, body, &st, NOW_US);
+            assert_eq!(status_of(&d), want, "{}", String::from_utf8_lossy(body));
+        }
+        let big = vec![b'a'; route::MAX_OWNER_BODY + 1];
+        let h: &[(&str, &[u8])] = &[
+            (":method", b"POST"),
+            (":path", b"/e?_id=a1"),
+            ("x-api-key", b"secret-1"),
+            ("content-type", form),
+            ("content-length", b"1"),
+        ];
+        assert_eq!(
+            status_of(&decide_with_body(&g, h, &big, &st, NOW_US)).0,
+            413
+        );
     }
 
     #[test]

@@ -31,18 +31,88 @@ pub enum OwnerSource {
     PathSegment(usize),
 }
 
-/// What an owner check does with a request that carries a body (keygate reads no bodies).
+/// What an owner check does with a request that carries a body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OwnerBody {
-    /// Refused (400 `request-ambiguous`): the body could name another resource (`_id=` in a
-    /// form, a JSON member) that the upstream acts on unchecked. The default.
+    /// keygate reads the body (up to [`MAX_OWNER_BODY`] bytes): a form's fields and a JSON
+    /// object's top-level members are what PHP, Rack, Rails, Express and others merge into the
+    /// same parameters as the query, so every spelling of the owner parameter there must name an
+    /// owned resource too; other body types are refused (400 `request-ambiguous`). The default.
+    Read,
+    /// Refused (400 `request-ambiguous`), whatever it holds.
     Reject,
-    /// Only JSON bodies (`application/json`, `*/*+json`) let through: the operator states the
-    /// upstream never takes the owner from a JSON body; forms (which PHP, Rack, Rails and
-    /// Express merge into the same parameters as the query), multipart and others refused.
-    Json,
-    /// Let through: the operator states the upstream never takes the owner from a body.
+    /// Let through unread: the operator states the upstream never takes the owner from a body.
     Unchecked,
+}
+
+/// The largest body an owner check reads; a longer one is refused (413).
+pub const MAX_OWNER_BODY: usize = 65_536;
+
+/// The values a request body gives for the owner parameter `name`, read the way lenient
+/// frameworks merge bodies into request parameters: form fields (`+` as space, and literally:
+/// both must be owned) and a JSON object's top-level members (strings, numbers, arrays of
+/// them; anything else is a value no resource matches). `Err`: a body whose parameters keygate
+/// cannot read (multipart, another type, JSON that does not parse).
+pub fn owner_values_in_body(
+    name: &str,
+    content_type: &[u8],
+    body: &[u8],
+) -> Result<Vec<Vec<u8>>, &'static str> {
+    let essence = content_type
+        .split(|&c| c == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    let want = query::lenient_name(name.as_bytes()).unwrap_or_default();
+    let mut out = Vec::new();
+    if essence.eq_ignore_ascii_case(b"application/x-www-form-urlencoded") {
+        for p in query::params_lenient(body) {
+            if query::lenient_name(p.name).as_deref() != Some(want.as_slice()) {
+                continue;
+            }
+            let raw = p.value.unwrap_or(b"");
+            let spaced: Vec<u8> = raw
+                .iter()
+                .map(|&c| if c == b'+' { b' ' } else { c })
+                .collect();
+            for v in [query::percent_decode(raw), query::percent_decode(&spaced)] {
+                out.push(v.unwrap_or_else(|| b"\0undecodable".to_vec()));
+            }
+        }
+        return Ok(out);
+    }
+    if is_json(essence) {
+        let v: serde_json::Value =
+            serde_json::from_slice(body).map_err(|_| "the body is not valid JSON")?;
+        if let serde_json::Value::Object(m) = v {
+            for (k, v) in &m {
+                if query::lenient_name(k.as_bytes()).as_deref() == Some(want.as_slice()) {
+                    json_values(v, 0, &mut out);
+                }
+            }
+        }
+        return Ok(out);
+    }
+    Err("this route checks which resource the request names, and reads form or JSON bodies only")
+}
+
+fn json_values(v: &serde_json::Value, depth: usize, out: &mut Vec<Vec<u8>>) {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => out.push(s.as_bytes().to_vec()),
+        Value::Number(n) => out.push(n.to_string().into_bytes()),
+        Value::Array(a) if depth == 0 => a.iter().for_each(|x| json_values(x, 1, out)),
+        // null, booleans, objects, nested arrays: the upstream's reading is anyone's guess
+        _ => out.push(b"\0not-a-resource".to_vec()),
+    }
+}
+
+/// `application/json` or a `+json` type (the essence, parameters already cut), case ignored.
+fn is_json(essence: &[u8]) -> bool {
+    essence.eq_ignore_ascii_case(b"application/json")
+        || (essence.len() > 5
+            && essence[essence.len() - 5..].eq_ignore_ascii_case(b"+json")
+            && essence.contains(&b'/'))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -125,13 +195,24 @@ pub enum Ownership {
 /// way the most lenient upstream reads it (`query::params_lenient`, `query::lenient_name`): every
 /// spelling of the parameter an upstream may take for it (`_ID`, ` _id`, `_id[]`, `;_id=`) must
 /// name an owned resource, under both decodings of `+` (literal, and a space as in forms).
-pub fn check_owner(owner: &Owner, path: &[u8], query: Option<&[u8]>, id: &Identity) -> Ownership {
+pub fn check_owner(
+    owner: &Owner,
+    path: &[u8],
+    query: Option<&[u8]>,
+    body: Option<&[Vec<u8>]>,
+    id: &Identity,
+) -> Ownership {
     let owned = id.resource(&owner.resource).unwrap_or(&[]);
     let has = |v: &[u8]| owned.iter().any(|o| o.as_bytes() == v);
     match &owner.source {
         OwnerSource::Query(name) => {
             let want = query::lenient_name(name.as_bytes()).unwrap_or_default();
-            let mut named = false;
+            // what the body gives for it (`owner_values_in_body`) must be owned as well
+            let from_body = body.unwrap_or_default();
+            if from_body.iter().any(|v| !has(v)) {
+                return Ownership::NotOwned;
+            }
+            let mut named = !from_body.is_empty();
             for p in query.map(query::params_lenient).into_iter().flatten() {
                 let exact = query::name_is(p.name, name);
                 if !exact && query::lenient_name(p.name).as_deref() != Some(want.as_slice()) {
@@ -214,7 +295,7 @@ mod tests {
             },
         )
         .unwrap();
-        check_owner(o, &canon, q, &id())
+        check_owner(o, &canon, q, None, &id())
     }
 
     fn find<'a>(rs: &'a [Route], m: &[u8], p: &[u8]) -> Option<&'a Route> {
@@ -240,7 +321,7 @@ mod tests {
             source: OwnerSource::Query("_id".into()),
             resource: "aggregator".into(),
             status: 404,
-            body: OwnerBody::Reject,
+            body: OwnerBody::Read,
         };
         for p in [
             "/e?_id=a1&_ID=victim",
@@ -264,6 +345,57 @@ mod tests {
     }
 
     #[test]
+    fn owner_values_in_form_and_json_bodies() {
+        let form = |b: &str| {
+            owner_values_in_body("_id", b"application/x-www-form-urlencoded", b.as_bytes())
+        };
+        assert_eq!(
+            form("name=x&_ID=a1").unwrap(),
+            [b"a1".to_vec(), b"a1".to_vec()]
+        );
+        assert_eq!(form("_id=a+2").unwrap(), [b"a+2".to_vec(), b"a 2".to_vec()]);
+        assert!(form("name=x").unwrap().is_empty());
+        let json =
+            |b: &str| owner_values_in_body("_id", b"application/json; charset=utf-8", b.as_bytes());
+        assert_eq!(json(r#"{"_id":"v","name":"x"}"#).unwrap(), [b"v".to_vec()]);
+        assert_eq!(
+            json(r#"{"_Id":["a",7]}"#).unwrap(),
+            [b"a".to_vec(), b"7".to_vec()]
+        );
+        assert_eq!(json(r#"{"_id":{"$ne":"x"}}"#).unwrap().len(), 1);
+        assert!(json(r#"{"event":{"_id":"nested"}}"#).unwrap().is_empty());
+        assert!(json("[1,2]").unwrap().is_empty());
+        assert!(json("{bad").is_err());
+        assert!(owner_values_in_body("_id", b"multipart/form-data; boundary=x", b"--x").is_err());
+        assert!(owner_values_in_body("_id", b"text/plain", b"_id=v").is_err());
+        assert!(owner_values_in_body("_id", b"", b"_id=v").is_err());
+        let q = Owner {
+            source: OwnerSource::Query("_id".into()),
+            resource: "aggregator".into(),
+            status: 404,
+            body: OwnerBody::Read,
+        };
+        let owned = [b"a1".to_vec()];
+        let victim = [b"a1".to_vec(), b"zz".to_vec()];
+        assert_eq!(
+            check_owner(&q, b"/e", Some(b"_id=a1"), Some(&owned), &id()),
+            Ownership::Owned
+        );
+        assert_eq!(
+            check_owner(&q, b"/e", None, Some(&owned), &id()),
+            Ownership::Owned
+        );
+        assert_eq!(
+            check_owner(&q, b"/e", Some(b"_id=a1"), Some(&victim), &id()),
+            Ownership::NotOwned
+        );
+        assert_eq!(
+            check_owner(&q, b"/e", None, Some(&[]), &id()),
+            Ownership::Unnamed
+        );
+    }
+
+    #[test]
     fn first_match_wins_on_method_and_path() {
         let rs = vec![
             route(PathMatch::Exact("/login".into()), &["POST"]),
@@ -284,7 +416,7 @@ mod tests {
             source: OwnerSource::Query("_id".into()),
             resource: "aggregator".into(),
             status: 404,
-            body: OwnerBody::Reject,
+            body: OwnerBody::Read,
         };
         assert_eq!(owns(&q, b"/e?_id=a1&x=1"), Ownership::Owned);
         assert_eq!(owns(&q, b"/e?_id=a%202"), Ownership::Owned);

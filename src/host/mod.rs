@@ -1,7 +1,9 @@
 //! The host edge: the proxy-wasm callbacks keygate exports, adapting Envoy to the pure core.
 //!
 //! Exported per request: `proxy_on_request_headers` and `proxy_on_response_headers` (two VM
-//! entries; the SDK's dispatcher costs seven). Per plugin: `proxy_on_vm_start`,
+//! entries; the SDK's dispatcher costs seven), and `proxy_on_request_body`, which Envoy enters
+//! only for requests with a body (once per chunk; it returns at once unless the route's owner
+//! check reads the body). Per plugin: `proxy_on_vm_start`,
 //! `proxy_on_configure`, `proxy_on_tick` (revocation feed), `proxy_on_http_call_response`.
 //!
 //! State is per VM (one VM per worker thread): the compiled config, a memo of decoded cache
@@ -18,11 +20,14 @@ use std::rc::Rc;
 use crate::cache::{self, Lookup, Memo, NegativeCache};
 use crate::config::{self, KeyServiceConfig, OnFailure};
 use crate::contract::{self, ServiceFailure};
-use crate::gate::{push_log_value, Decision, Gate, LogFields, Pending, RateHeaders, Step};
+use crate::gate::{
+    push_log_value, BodyCheck, Decision, Gate, LogFields, Pending, RateHeaders, Step,
+};
 use crate::hash::{credential_id_from_hash, Digest32, DigestMemo, TagHasher};
+use crate::route::MAX_OWNER_BODY;
 use crate::store::{Guesses, SetOutcome, SharedStore, Speculative};
 use crate::throttle::{client_of, Throttle};
-use crate::verdict::{Refusal, Verdict};
+use crate::verdict::{Identity, Refusal, Verdict};
 
 const ACTION_CONTINUE: u32 = 0;
 const ACTION_PAUSE: u32 = 1;
@@ -225,6 +230,9 @@ struct Plugin {
     /// Rate-limit headers for the upstream's response, by context id, with the time they were
     /// stored (entries of streams reset before their response are swept by age).
     response_headers: HashMap<u32, (RateHeaders, u64), BuildHasherDefault<TagHasher>>,
+    /// Requests whose body an owner check reads when it is in (`Allow::body`), with their
+    /// identity and the time they started waiting (swept by age, like `response_headers`).
+    awaiting_body: HashMap<u32, (BodyCheck, Rc<Identity>, u64), BuildHasherDefault<TagHasher>>,
     throttle: Option<Throttle>,
     metrics: Metrics,
     /// The access-log value is written here (kept across requests: no allocation each time).
@@ -324,6 +332,7 @@ pub extern "C" fn proxy_on_configure(root_id: u32, size: usize) -> u32 {
         calls: HashMap::new(),
         waiting: HashMap::new(),
         response_headers: HashMap::default(),
+        awaiting_body: HashMap::default(),
         throttle,
         metrics: Metrics::default(),
         log_buf: String::with_capacity(128),
@@ -411,7 +420,10 @@ impl Plugin {
         if self.gate.cfg.access_log_state {
             set_log_fields(&mut self.log_buf, log);
         }
-        self.metrics.inc(decision_metric(log.decision));
+        // a request whose body an owner check still reads is counted when it is decided
+        if !matches!(&d, Decision::Allow(a) if a.body.is_some()) {
+            self.metrics.inc(decision_metric(log.decision));
+        }
         if log.decision == "rate-limited" {
             // one counter per configured plan, and `other`: found by the plan's index
             let plans = &self.gate.cfg.rate.plans;
@@ -461,6 +473,15 @@ impl Plugin {
                     }
                     self.response_headers.insert(ctx, (rate, now));
                 }
+                if let (Some(check), Some(id)) = (a.body, a.identity) {
+                    let now = self.now;
+                    if self.awaiting_body.len() >= RESPONSE_HEADERS_SWEEP {
+                        self.awaiting_body.retain(|_, (_, _, t)| {
+                            now.saturating_sub(*t) < RESPONSE_HEADERS_MAX_AGE_MS
+                        });
+                    }
+                    self.awaiting_body.insert(ctx, (check, id, now));
+                }
                 if resume {
                     abi::continue_request();
                 }
@@ -473,6 +494,35 @@ impl Plugin {
         self.now = now_ms();
         let map = abi::get_headers(abi::MAP_REQUEST_HEADERS);
         map.with_pairs(|headers| self.request(ctx, headers, has_body))
+    }
+
+    /// A body chunk. Only requests whose owner check reads the body (`Allow::body`) wait for
+    /// it: Envoy buffers it until the end of the stream, or until it is longer than an owner
+    /// check reads, then it is checked and goes on to the upstream, or the request is refused.
+    /// (The request's headers went on already: proxy-wasm in Envoy turns a paused header
+    /// callback into "stop all", which withholds the body from the filter too.)
+    fn on_request_body(&mut self, ctx: u32, size: usize, end_of_stream: bool) -> u32 {
+        let Some((check, id, since)) = self.awaiting_body.remove(&ctx) else {
+            return ACTION_CONTINUE;
+        };
+        if !end_of_stream && size <= MAX_OWNER_BODY {
+            self.awaiting_body.insert(ctx, (check, id, since));
+            return ACTION_PAUSE; // StopIterationAndBuffer
+        }
+        self.now = now_ms();
+        let body = abi::get_buffer(
+            abi::BUFFER_HTTP_REQUEST_BODY,
+            0,
+            size.min(MAX_OWNER_BODY + 1),
+        )
+        .unwrap_or_default();
+        match self.gate.clone().check_body(&check, &id, &body) {
+            Some(deny) => self.apply(ctx, deny, false),
+            None => {
+                self.metrics.inc(decision_metric("allowed"));
+                ACTION_CONTINUE
+            }
+        }
     }
 
     fn request(&mut self, ctx: u32, headers: &[(&str, &[u8])], has_body: bool) -> u32 {
@@ -978,6 +1028,11 @@ pub extern "C" fn proxy_on_request_headers(
         abi::send_local_response(500, &[], b"keygate is not configured\n", -1);
         ACTION_PAUSE
     })
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_request_body(ctx: u32, body_size: usize, end_of_stream: u32) -> u32 {
+    with_stream(|p| p.on_request_body(ctx, body_size, end_of_stream != 0)).unwrap_or(ACTION_PAUSE)
 }
 
 #[no_mangle]

@@ -17,9 +17,32 @@ class Echo(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # one write for headers, one for the body: no delayed-ACK stall
 
-    def _answer(self):
+    def _body(self) -> bytes | None:
+        """The whole body, as a framework reads it before a handler sees form or JSON fields;
+        None when the client (Envoy) went away before it was complete."""
+        if "chunked" in (self.headers.get("transfer-encoding") or "").lower():
+            body = b""
+            while True:
+                line = self.rfile.readline(1024)
+                if not line.endswith(b"\n"):
+                    return None
+                size = int(line.split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    self.rfile.readline(1024)
+                    return body
+                chunk = self.rfile.read(size + 2)
+                if len(chunk) != size + 2:
+                    return None
+                body += chunk[:size]
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(length) if length > 0 else b""
+        return body if len(body) == length else None
+
+    def _answer(self):
+        body = self._body()
+        if body is None:
+            self.close_connection = True
+            return
         out = {
             "method": self.command,
             "path": self.path,
