@@ -646,13 +646,18 @@ fn parse_route(mut o: Obj<'_>, strict: bool, w: &mut Vec<String>) -> Result<Rout
         }
     };
     let mf = o.field("methods");
-    let methods: Vec<String> = o
+    let mut methods: Vec<String> = o
         .strings("methods")?
         .unwrap_or_default()
         .into_iter()
         .enumerate()
         .map(|(i, m)| method_token(&format!("{mf}[{i}]"), &m))
         .collect::<Result<_, _>>()?;
+    // Rails, Express, Flask and others serve HEAD with the GET handler: a rule for GET is one
+    // for HEAD too, or HEAD would run the handler past it
+    if methods.iter().any(|m| m == "GET") && !methods.iter().any(|m| m == "HEAD") {
+        methods.push("HEAD".to_string());
+    }
     let access_s = o.opt_str("access")?;
     let access = parse_access(&o.field("access"), access_s, Access::Key)?;
     let scopes = o.strings("scopes")?.unwrap_or_default();
@@ -1591,8 +1596,12 @@ mod tests {
         )
         .unwrap();
         assert!(w.iter().any(|l| l.contains("PATCH")), "{w:?}");
-        let c = p(r#"{"routes":[{"prefix":"/o","methods":["post"]}]}"#).unwrap();
+        let c = p(
+            r#"{"routes":[{"prefix":"/o","methods":["post"]},{"prefix":"/g","methods":["get"]}]}"#,
+        )
+        .unwrap();
         assert_eq!(c.routes[0].methods, ["POST"]);
+        assert_eq!(c.routes[1].methods, ["GET", "HEAD"]);
         assert!(c.method_rules && !c.case_sensitive_paths && !c.paths.allow_semicolon);
     }
 

@@ -151,6 +151,21 @@ def test_a_method_in_another_case_does_not_skip_a_rule_over_http2(istio, rec, me
     assert a.status == 403 and got == []
 
 
+def test_a_rule_for_get_holds_for_head_and_absolute_targets_are_read_as_paths(istio, rec):
+    # HEAD runs the GET handler in Rails, Express, Flask: a rule for GET covers it
+    cfg = dict(CONFIG, routes=[{"prefix": "/reports", "methods": ["GET"], "scopes": ["admin"]}])
+    e = Envoy(cfg, rec.port, hcm=ISTIO_LIKE, concurrency=1).start()
+    try:
+        for proto in (1, 2):
+            a, got = attempt(e, rec, proto, "HEAD", "/reports/q3", [("x-api-key", READER)])
+            assert a.status == 403 and got == [], (proto, a.status)
+        # an absolute-form request target names the same path
+        a, got = attempt(istio, rec, 1, "GET", "http://gate.test/admin/x", [("x-api-key", WRITER)])
+        assert a.status in (400, 403) and got == []
+    finally:
+        e.stop()
+
+
 @pytest.mark.parametrize("proto", [1, 2])
 @pytest.mark.parametrize("how", [("x-http-method-override", "DELETE"), ("x-http-method", "PUT"),
                                  ("x-method-override", "PATCH"), ("q", "_method=DELETE"), ("q", "_METHOD=delete"),
