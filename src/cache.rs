@@ -1,15 +1,21 @@
 //! Verdict caching. Policy, in one place:
 //!
 //! - **Positive verdicts** live in Envoy shared data (every worker benefits), keyed by
-//!   `{prefix}:v:{hex(credential_id)}` where `credential_id = SHA-256(user, SHA-256(secret))`:
-//!   neither key nor value holds the secret. An entry is *fresh* until
-//!   `min(now + positive_ttl, now + service hint, key expiry)`, then *stale* for `stale_ttl` more
-//!   (served only while the key service is failing). Entries are only ever created for
-//!   credentials the key service (or operator) accepted, so their number is bounded by the key
-//!   inventory (at most two per key: with its Basic user and without), never by attacker input.
+//!   `{prefix}:v:{hex(credential_id(None, secret))}`, the secret's id *without* the Basic user:
+//!   neither key nor value holds the secret. The entry records which users it was given for
+//!   ([`Binding`]: no user, one Basic user, or any user when the service says its verdict does
+//!   not depend on the user), and a lookup for another user is a miss. So there is **at most one
+//!   entry per accepted secret**, whatever users clients send and whatever the service answers
+//!   for them. An entry is *fresh* until `min(now + positive_ttl, now + service hint, key
+//!   expiry)`, then *stale* for `stale_ttl` more (served only while the key service is failing).
+//!   Entries are only created for secrets the key service accepted or the revocation feed named,
+//!   so their number is bounded by the key inventory, never by attacker input.
 //! - **Negative verdicts** (unknown, revoked, expired, disabled) stay in a per-worker map capped
 //!   at `negative_entries`: random garbage keys cost bounded VM memory and nothing in shared data.
-//! - **Revocation** overwrites an *existing* positive entry with a revoked mark (no new keys).
+//! - **Revocation** writes a revoked mark for the secret (over an entry, or as a new one: the feed
+//!   is the operator's, its keys are real keys) stamped with the time keygate learned it. A valid
+//!   answer whose call started before that time never overwrites the mark ([`store_valid`]): the
+//!   service may have checked the key before it was revoked.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -49,8 +55,38 @@ pub fn entry_key(prefix: &str, id: &Digest32) -> String {
     k
 }
 
-const MAGIC: &[u8; 3] = b"KG1";
+const MAGIC: &[u8; 3] = b"KG2";
 const HEADER: usize = 3 + 8 + 8 + 1;
+
+/// Which presentations of a secret a cached valid verdict holds for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Binding {
+    /// Presented without a user (Bearer, API-key header, query parameter).
+    NoUser,
+    /// Presented as Basic with this user.
+    User(String),
+    /// Presented as Basic with any user (the service said `"user_bound": false`).
+    AnyUser,
+}
+
+impl Binding {
+    /// The binding of a verdict given for `user` (`user_bound`: the service's word).
+    pub fn of(user: Option<&str>, user_bound: bool) -> Binding {
+        match user {
+            None => Binding::NoUser,
+            Some(_) if !user_bound => Binding::AnyUser,
+            Some(u) => Binding::User(u.to_string()),
+        }
+    }
+
+    pub fn admits(&self, user: Option<&str>) -> bool {
+        match (self, user) {
+            (Binding::NoUser, None) | (Binding::AnyUser, Some(_)) => true,
+            (Binding::User(u), Some(x)) => u == x,
+            _ => false,
+        }
+    }
+}
 
 /// One cached verdict as stored in shared data.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +95,10 @@ pub struct Entry {
     pub stale_until_ms: u64,
     /// `Valid`, or `Refused(Revoked)` once the revocation feed has marked it.
     pub verdict: Verdict,
+    /// For a valid verdict: the users it holds for.
+    pub binding: Binding,
+    /// For a revoked mark: when keygate learned of the revocation (ms).
+    pub revoked_at_ms: u64,
 }
 
 pub fn encode(e: &Entry) -> Vec<u8> {
@@ -69,9 +109,22 @@ pub fn encode(e: &Entry) -> Vec<u8> {
     match &e.verdict {
         Verdict::Valid(id) => {
             out.push(0);
+            match &e.binding {
+                Binding::NoUser => out.push(0),
+                Binding::AnyUser => out.push(2),
+                Binding::User(u) => {
+                    out.push(1);
+                    let n = u16::try_from(u.len()).unwrap_or(u16::MAX);
+                    out.extend_from_slice(&n.to_le_bytes());
+                    out.extend_from_slice(u.as_bytes().get(..usize::from(n)).unwrap_or_default());
+                }
+            }
             out.extend_from_slice(contract::identity_json(id).to_string().as_bytes());
         }
-        Verdict::Refused(_) => out.push(1),
+        Verdict::Refused(_) => {
+            out.push(1);
+            out.extend_from_slice(&e.revoked_at_ms.to_le_bytes());
+        }
     }
     out
 }
@@ -82,18 +135,36 @@ pub fn decode(b: &[u8]) -> Option<Entry> {
     }
     let fresh = u64::from_le_bytes(b[3..11].try_into().ok()?);
     let stale = u64::from_le_bytes(b[11..19].try_into().ok()?);
-    let verdict = match b[19] {
+    let rest = &b[HEADER..];
+    let (verdict, binding, revoked_at_ms) = match b[19] {
         0 => {
-            contract::parse_verify(Some(200), &b[HEADER..])
-                .ok()?
-                .verdict
+            let (binding, json) = match rest.first()? {
+                0 => (Binding::NoUser, rest.get(1..)?),
+                2 => (Binding::AnyUser, rest.get(1..)?),
+                1 => {
+                    let n = usize::from(u16::from_le_bytes(rest.get(1..3)?.try_into().ok()?));
+                    let user = std::str::from_utf8(rest.get(3..3 + n)?).ok()?;
+                    (Binding::User(user.to_string()), rest.get(3 + n..)?)
+                }
+                _ => return None,
+            };
+            let verdict = contract::parse_verify(Some(200), json).ok()?.verdict;
+            (verdict, binding, 0)
         }
-        _ => Verdict::Refused(Refusal::Revoked),
+        _ => {
+            let at = rest
+                .get(..8)
+                .and_then(|r| r.try_into().ok())
+                .map_or(0, u64::from_le_bytes);
+            (Verdict::Refused(Refusal::Revoked), Binding::NoUser, at)
+        }
     };
     Some(Entry {
         fresh_until_ms: fresh,
         stale_until_ms: stale,
         verdict,
+        binding,
+        revoked_at_ms,
     })
 }
 
@@ -128,12 +199,15 @@ struct Memoed {
 const MEMO_MAX: usize = 4096;
 
 impl Memo {
-    /// `key` builds the entry's shared-data key (only when shared data is read).
+    /// `key` builds the entry's shared-data key (only when shared data is read); `id` is the
+    /// secret's id (no user), `user` the Basic user presented: a valid verdict given for another
+    /// user is a miss (a revoked mark holds for every user).
     pub fn lookup(
         &mut self,
         store: &dyn SharedStore,
         key: impl FnOnce() -> String,
         id: &Digest32,
+        user: Option<&str>,
         now_ms: u64,
         recheck_ms: u64,
     ) -> Lookup {
@@ -144,6 +218,9 @@ impl Memo {
                 None => return Lookup::Miss,
             },
         };
+        if matches!(entry.verdict, Verdict::Valid(_)) && !entry.binding.admits(user) {
+            return Lookup::Miss;
+        }
         let verdict = entry.verdict.at(now_ms / 1000);
         if now_ms < entry.fresh_until_ms {
             Lookup::Fresh(verdict)
@@ -192,15 +269,30 @@ impl Memo {
     }
 }
 
-/// Stores a positive verdict (unconditional write: the newest answer wins).
+/// What became of a valid answer offered to the cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stored {
+    Written,
+    /// The secret was revoked after the call that brought the answer started: the answer lost,
+    /// and the request it was for must be refused as revoked.
+    Revoked,
+    Failed,
+}
+
+/// Stores a positive verdict brought by a call started at `started_ms`, unless a revocation
+/// marked since then is in the way (CAS: a mark written between the read and the write makes
+/// the write mismatch and the mark is seen on the retry).
+#[allow(clippy::too_many_arguments)]
 pub fn store_valid(
     store: &dyn SharedStore,
     key: &str,
     id: &Rc<Identity>,
+    binding: Binding,
     policy: &CachePolicy,
     ttl_hint_s: Option<u64>,
     now_ms: u64,
-) -> SetOutcome {
+    started_ms: u64,
+) -> Stored {
     let mut ttl = policy.positive_ttl_ms;
     if let Some(h) = ttl_hint_s {
         ttl = ttl.min(h.saturating_mul(1000));
@@ -212,31 +304,60 @@ pub fn store_valid(
         fresh = fresh.min(exp_ms);
         stale = stale.min(exp_ms);
     }
-    let e = Entry {
+    let e = encode(&Entry {
         fresh_until_ms: fresh,
         stale_until_ms: stale,
         verdict: Verdict::Valid(id.clone()),
-    };
-    store.set(key, &encode(&e), 0)
+        binding,
+        revoked_at_ms: 0,
+    });
+    for _ in 0..4 {
+        let cas = match store.get(key) {
+            None => crate::store::ABSENT_CAS,
+            Some((bytes, cas)) => {
+                if let Some(old) = decode(&bytes) {
+                    if old.verdict == Verdict::Refused(Refusal::Revoked)
+                        && old.revoked_at_ms >= started_ms
+                        && now_ms < old.stale_until_ms
+                    {
+                        return Stored::Revoked;
+                    }
+                }
+                cas
+            }
+        };
+        match store.set(key, &e, cas) {
+            SetOutcome::Written => return Stored::Written,
+            SetOutcome::CasMismatch => continue,
+            SetOutcome::Failed => return Stored::Failed,
+        }
+    }
+    Stored::Failed
 }
 
-/// Marks an existing entry revoked; returns whether there was one. Never creates an entry.
+/// Marks the secret revoked as of `now_ms`, over its entry or as a new one (the feed names real
+/// keys, not attacker input). Returns whether a valid entry was overwritten.
 pub fn mark_revoked(store: &dyn SharedStore, key: &str, policy: &CachePolicy, now_ms: u64) -> bool {
+    // outlives any answer still on its way (a call lasts at most the key-service timeout, far
+    // below the TTLs), and any valid entry it replaces
+    let until = now_ms.saturating_add(policy.positive_ttl_ms.max(policy.stale_ms).max(60_000));
+    let e = encode(&Entry {
+        fresh_until_ms: until,
+        stale_until_ms: until,
+        verdict: Verdict::Refused(Refusal::Revoked),
+        binding: Binding::NoUser,
+        revoked_at_ms: now_ms,
+    });
     for _ in 0..4 {
-        let Some((bytes, cas)) = store.get(key) else {
-            return false;
+        let (was_valid, cas) = match store.get(key) {
+            None => (false, crate::store::ABSENT_CAS),
+            Some((bytes, cas)) => (
+                decode(&bytes).is_some_and(|e| matches!(e.verdict, Verdict::Valid(_))),
+                cas,
+            ),
         };
-        if decode(&bytes).is_some_and(|e| e.verdict == Verdict::Refused(Refusal::Revoked)) {
-            return true;
-        }
-        let until = now_ms.saturating_add(policy.positive_ttl_ms.max(policy.stale_ms));
-        let e = Entry {
-            fresh_until_ms: until,
-            stale_until_ms: until,
-            verdict: Verdict::Refused(Refusal::Revoked),
-        };
-        match store.set(key, &encode(&e), cas) {
-            SetOutcome::Written => return true,
+        match store.set(key, &e, cas) {
+            SetOutcome::Written => return was_valid,
             SetOutcome::CasMismatch => continue,
             SetOutcome::Failed => return false,
         }
@@ -332,18 +453,18 @@ mod tests {
         let id = credential_id(None, "secret");
         let key = entry_key("kg", &id);
         assert!(!key.contains("secret"));
-        store_valid(&st, &key, &ident(None), &p, None, NOW);
+        store_valid(&st, &key, &ident(None), Binding::NoUser, &p, None, NOW, NOW);
         let mut m = Memo::default();
         assert!(matches!(
-            m.lookup(&st, || key.clone(), &id, NOW + 999, 0),
+            m.lookup(&st, || key.clone(), &id, None, NOW + 999, 0),
             Lookup::Fresh(Verdict::Valid(_))
         ));
         assert!(matches!(
-            m.lookup(&st, || key.clone(), &id, NOW + 1000, 0),
+            m.lookup(&st, || key.clone(), &id, None, NOW + 1000, 0),
             Lookup::Stale(Verdict::Valid(_))
         ));
         assert_eq!(
-            m.lookup(&st, || key.clone(), &id, NOW + 6000, 0),
+            m.lookup(&st, || key.clone(), &id, None, NOW + 6000, 0),
             Lookup::Miss
         );
     }
@@ -354,43 +475,128 @@ mod tests {
         let p = CachePolicy::default();
         let id = credential_id(None, "s");
         let key = entry_key("kg", &id);
-        store_valid(&st, &key, &ident(None), &p, Some(2), NOW);
+        store_valid(
+            &st,
+            &key,
+            &ident(None),
+            Binding::NoUser,
+            &p,
+            Some(2),
+            NOW,
+            NOW,
+        );
         let mut m = Memo::default();
         assert!(matches!(
-            m.lookup(&st, || key.clone(), &id, NOW + 2000, 0),
+            m.lookup(&st, || key.clone(), &id, None, NOW + 2000, 0),
             Lookup::Stale(_)
         ));
         // the key expires in 1.5 s: fresh never outlives it, and stale never serves past it
-        store_valid(&st, &key, &ident(Some(NOW / 1000 + 1)), &p, None, NOW + 500);
+        store_valid(
+            &st,
+            &key,
+            &ident(Some(NOW / 1000 + 1)),
+            Binding::NoUser,
+            &p,
+            None,
+            NOW + 500,
+            NOW + 500,
+        );
         assert!(matches!(
-            m.lookup(&st, || key.clone(), &id, NOW + 900, 0),
+            m.lookup(&st, || key.clone(), &id, None, NOW + 900, 0),
             Lookup::Fresh(Verdict::Valid(_))
         ));
         assert_eq!(
-            m.lookup(&st, || key.clone(), &id, NOW + 1000, 0),
+            m.lookup(&st, || key.clone(), &id, None, NOW + 1000, 0),
             Lookup::Miss
         );
     }
 
     #[test]
-    fn revocation_overwrites_only_existing_entries_and_invalidates_memos() {
+    fn revocation_marks_the_secret_for_every_user_and_invalidates_memos() {
         let st = MemoryStore::default();
         let p = CachePolicy::default();
-        let id = credential_id(Some("alice"), "s");
+        let id = credential_id(None, "s");
         let key = entry_key("kg", &id);
-        assert!(!mark_revoked(&st, &key, &p, NOW));
-        assert!(st.map.borrow().is_empty());
-        store_valid(&st, &key, &ident(None), &p, None, NOW);
+        let bound = Binding::User("alice".into());
+        store_valid(&st, &key, &ident(None), bound, &p, None, NOW, NOW);
         let mut m = Memo::default();
         assert!(matches!(
-            m.lookup(&st, || key.clone(), &id, NOW, 0),
+            m.lookup(&st, || key.clone(), &id, Some("alice"), NOW, 0),
             Lookup::Fresh(Verdict::Valid(_))
         ));
-        assert!(mark_revoked(&st, &key, &p, NOW));
         assert_eq!(
-            m.lookup(&st, || key.clone(), &id, NOW + 1, 0),
+            m.lookup(&st, || key.clone(), &id, Some("mallory"), NOW, 0),
+            Lookup::Miss
+        );
+        assert_eq!(
+            m.lookup(&st, || key.clone(), &id, None, NOW, 0),
+            Lookup::Miss
+        );
+        assert!(mark_revoked(&st, &key, &p, NOW));
+        for user in [Some("alice"), Some("bob"), None] {
+            assert_eq!(
+                m.lookup(&st, || key.clone(), &id, user, NOW + 1, 0),
+                Lookup::Fresh(Verdict::Refused(Refusal::Revoked))
+            );
+        }
+        // a mark for a secret nothing cached yet is written too (an answer may be on its way)
+        let other = entry_key("kg", &credential_id(None, "t"));
+        assert!(!mark_revoked(&st, &other, &p, NOW));
+        assert!(st.map.borrow().contains_key(&other));
+    }
+
+    #[test]
+    fn an_answer_older_than_a_revocation_never_wins() {
+        let st = MemoryStore::default();
+        let p = CachePolicy::default();
+        let id = credential_id(None, "s");
+        let key = entry_key("kg", &id);
+        let valid = |started: u64, now: u64| {
+            store_valid(
+                &st,
+                &key,
+                &ident(None),
+                Binding::NoUser,
+                &p,
+                None,
+                now,
+                started,
+            )
+        };
+        // the call started at NOW, the revocation was learned at NOW + 100, the answer came at
+        // NOW + 300: it loses, and the mark stays
+        mark_revoked(&st, &key, &p, NOW + 100);
+        assert_eq!(valid(NOW, NOW + 300), Stored::Revoked);
+        assert_eq!(valid(NOW + 100, NOW + 300), Stored::Revoked);
+        let mut m = Memo::default();
+        assert_eq!(
+            m.lookup(&st, || key.clone(), &id, None, NOW + 301, 0),
             Lookup::Fresh(Verdict::Refused(Refusal::Revoked))
         );
+        // a call started after the revocation was known brings a newer verdict
+        assert_eq!(valid(NOW + 101, NOW + 400), Stored::Written);
+        assert!(matches!(
+            m.lookup(&st, || key.clone(), &id, None, NOW + 401, 0),
+            Lookup::Fresh(Verdict::Valid(_))
+        ));
+    }
+
+    proptest::proptest! {
+        /// Whatever Basic users clients send and whatever the service binds, one secret has
+        /// one shared-data entry.
+        #[test]
+        fn one_entry_per_secret_whatever_the_users(users in proptest::collection::vec(
+            (proptest::option::of("[a-z]{1,8}"), proptest::bool::ANY), 1..40)) {
+            let st = MemoryStore::default();
+            let p = CachePolicy::default();
+            let key = entry_key("kg", &credential_id(None, "s"));
+            for (i, (user, bound)) in users.iter().enumerate() {
+                let b = Binding::of(user.as_deref(), *bound);
+                let t = NOW + i as u64;
+                store_valid(&st, &key, &ident(None), b, &p, None, t, t);
+            }
+            proptest::prop_assert_eq!(st.map.borrow().len(), 1);
+        }
     }
 
     #[test]
@@ -399,32 +605,92 @@ mod tests {
         let p = CachePolicy::default();
         let id = credential_id(None, "s");
         let key = entry_key("kg", &id);
-        store_valid(&st, &key, &ident(None), &p, None, NOW);
+        store_valid(&st, &key, &ident(None), Binding::NoUser, &p, None, NOW, NOW);
         let mut m = Memo::default();
         let fresh = |l: Lookup| matches!(l, Lookup::Fresh(Verdict::Valid(_)));
-        assert!(fresh(m.lookup(&st, || key.clone(), &id, NOW, 250)));
+        assert!(fresh(m.lookup(&st, || key.clone(), &id, None, NOW, 250)));
         let reads = st.gets.get();
-        assert!(fresh(m.lookup(&st, || key.clone(), &id, NOW + 249, 250)));
+        assert!(fresh(m.lookup(
+            &st,
+            || key.clone(),
+            &id,
+            None,
+            NOW + 249,
+            250
+        )));
         assert_eq!(st.gets.get(), reads, "a recent read is not repeated");
         // another worker revokes: seen once the window has passed
         assert!(mark_revoked(&st, &key, &p, NOW + 100));
-        assert!(fresh(m.lookup(&st, || key.clone(), &id, NOW + 200, 250)));
+        assert!(fresh(m.lookup(
+            &st,
+            || key.clone(),
+            &id,
+            None,
+            NOW + 200,
+            250
+        )));
         assert_eq!(
-            m.lookup(&st, || key.clone(), &id, NOW + 250, 250),
+            m.lookup(&st, || key.clone(), &id, None, NOW + 250, 250),
             Lookup::Fresh(Verdict::Refused(Refusal::Revoked))
         );
         // the worker that revokes forgets at once; a clock going back never extends trust
-        store_valid(&st, &key, &ident(None), &p, None, NOW + 300);
+        store_valid(
+            &st,
+            &key,
+            &ident(None),
+            Binding::NoUser,
+            &p,
+            None,
+            NOW + 300,
+            NOW + 300,
+        );
         m.forget(&id); // as the host does after writing an entry
-        assert!(fresh(m.lookup(&st, || key.clone(), &id, NOW + 300, 250)));
+        assert!(fresh(m.lookup(
+            &st,
+            || key.clone(),
+            &id,
+            None,
+            NOW + 300,
+            250
+        )));
         assert!(mark_revoked(&st, &key, &p, NOW + 301));
         m.forget(&id);
-        assert!(!fresh(m.lookup(&st, || key.clone(), &id, NOW + 302, 250)));
-        store_valid(&st, &key, &ident(None), &p, None, NOW + 400);
+        assert!(!fresh(m.lookup(
+            &st,
+            || key.clone(),
+            &id,
+            None,
+            NOW + 302,
+            250
+        )));
+        store_valid(
+            &st,
+            &key,
+            &ident(None),
+            Binding::NoUser,
+            &p,
+            None,
+            NOW + 400,
+            NOW + 400,
+        );
         m.forget(&id);
-        assert!(fresh(m.lookup(&st, || key.clone(), &id, NOW + 400, 250)));
+        assert!(fresh(m.lookup(
+            &st,
+            || key.clone(),
+            &id,
+            None,
+            NOW + 400,
+            250
+        )));
         assert!(mark_revoked(&st, &key, &p, NOW + 401));
-        assert!(!fresh(m.lookup(&st, || key.clone(), &id, NOW + 10, 250)));
+        assert!(!fresh(m.lookup(
+            &st,
+            || key.clone(),
+            &id,
+            None,
+            NOW + 10,
+            250
+        )));
     }
 
     #[test]
@@ -433,6 +699,16 @@ mod tests {
             fresh_until_ms: 5,
             stale_until_ms: 9,
             verdict: Verdict::Valid(ident(Some(7))),
+            binding: Binding::User("al:ice".into()),
+            revoked_at_ms: 0,
+        };
+        assert_eq!(decode(&encode(&e)), Some(e));
+        let e = Entry {
+            fresh_until_ms: 5,
+            stale_until_ms: 9,
+            verdict: Verdict::Refused(Refusal::Revoked),
+            binding: Binding::NoUser,
+            revoked_at_ms: 77,
         };
         assert_eq!(decode(&encode(&e)), Some(e));
         assert_eq!(decode(b"KG1short"), None);
@@ -500,7 +776,16 @@ mod secrets_tests {
         let policy = CachePolicy::default();
         for user in [None, Some("alice")] {
             let key = entry_key("kg", &credential_id(user, secret));
-            store_valid(&st, &key, &Rc::new(ident()), &policy, None, now / 1000);
+            store_valid(
+                &st,
+                &key,
+                &Rc::new(ident()),
+                Binding::NoUser,
+                &policy,
+                None,
+                now / 1000,
+                now / 1000,
+            );
             mark_revoked(&st, &key, &policy, now / 1000);
         }
         let map = st.map.borrow();

@@ -13,9 +13,10 @@ use crate::cache::CachePolicy;
 use crate::credential::CredentialConfig;
 use crate::hash::parse_hex32;
 use crate::keystore::{KeyEntry, KeyStore};
+use crate::path::PathPolicy;
 use crate::problem::{Dialect, Dialects, Kind, MemberValue};
 use crate::ratelimit::{Limit, Scope};
-use crate::route::{Access, Owner, OwnerSource, PathMatch, Route};
+use crate::route::{Access, Owner, OwnerBody, OwnerSource, PathMatch, Route};
 use crate::throttle::ThrottleConfig;
 use crate::verdict::Identity;
 
@@ -157,6 +158,15 @@ pub struct Config {
     pub access_log_state: bool,
     /// Failed-authentication throttle per client address (`None`: off).
     pub auth_throttle: Option<ThrottleConfig>,
+    /// How paths are canonicalised before routes see them (`paths.allow_semicolon`).
+    pub paths: PathPolicy,
+    /// Routes compare letter case (`paths.case_sensitive`; off by default: many upstreams, such
+    /// as IIS and Express, ignore it, and matching without case never lets such an upstream
+    /// serve a protected path under another spelling).
+    pub case_sensitive_paths: bool,
+    /// Some route names methods, so a method override (`X-HTTP-Method-Override`, `_method`)
+    /// could move a request from one rule to another: such requests are refused.
+    pub method_rules: bool,
     /// The status of a malformed or oversized credential (`credentials.malformed_status`).
     pub malformed_status: u32,
     /// Wording and extension members per problem kind (`problems`), by `Kind::index`.
@@ -177,6 +187,7 @@ pub fn known_fields() -> Vec<String> {
                 "rate_limit": {"requests": 1}, "resources": {}}],
       "rate_limit": {"plans": {"p": {"requests": 1}}, "default": {"requests": 1}},
       "routes": [{"prefix": "/", "owner": {"query": "q", "resource": "r"}}],
+      "paths": {},
       "key_service": {"cluster": "c"},
       "auth_throttle": {},
       "problems": {"credential-missing": {"members": {}}}
@@ -439,9 +450,16 @@ fn parse_rfc3339(s: &str) -> Option<u64> {
     };
     let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
     let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let month_days = match mo {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
     if !(1970..=9999).contains(&y)
         || !(1..=12).contains(&mo)
-        || !(1..=31).contains(&d)
+        || !(1..=month_days).contains(&d)
         || h > 23
         || mi > 59
         || se > 60
@@ -581,11 +599,23 @@ fn parse_owner(mut o: Obj<'_>, strict: bool, w: &mut Vec<String>) -> Result<Owne
     if status != 403 && status != 404 {
         return Err(err(&o.field("status"), "must be 403 or 404"));
     }
+    let body = match o.opt_str("body")? {
+        None | Some("reject") => OwnerBody::Reject,
+        Some("json") => OwnerBody::Json,
+        Some("unchecked") => OwnerBody::Unchecked,
+        Some(other) => {
+            return Err(err(
+                &o.field("body"),
+                format!("`{other}` is not one of reject, json, unchecked"),
+            ))
+        }
+    };
     o.finish(strict, w)?;
     Ok(Owner {
         source,
         resource,
         status: status as u32,
+        body,
     })
 }
 
@@ -615,12 +645,14 @@ fn parse_route(mut o: Obj<'_>, strict: bool, w: &mut Vec<String>) -> Result<Rout
             ))
         }
     };
-    let methods = o
+    let mf = o.field("methods");
+    let methods: Vec<String> = o
         .strings("methods")?
         .unwrap_or_default()
         .into_iter()
-        .map(|m| m.to_ascii_uppercase())
-        .collect();
+        .enumerate()
+        .map(|(i, m)| method_token(&format!("{mf}[{i}]"), &m))
+        .collect::<Result<_, _>>()?;
     let access_s = o.opt_str("access")?;
     let access = parse_access(&o.field("access"), access_s, Access::Key)?;
     let scopes = o.strings("scopes")?.unwrap_or_default();
@@ -634,6 +666,47 @@ fn parse_route(mut o: Obj<'_>, strict: bool, w: &mut Vec<String>) -> Result<Rout
             "`scopes` and `owner` only make sense with \"access\": \"key\"",
         ));
     }
+    let sf = o.field("scopes");
+    for (i, s) in scopes.iter().enumerate() {
+        scope_token(&format!("{sf}[{i}]"), s)?;
+    }
+    if let Some(ow) = &owner {
+        let body_methods: Vec<&String> = methods
+            .iter()
+            .filter(|m| !BODYLESS.contains(&m.as_str()))
+            .collect();
+        if ow.body == OwnerBody::Reject && !body_methods.is_empty() {
+            return Err(err(
+                &o.field("owner.body"),
+                format!(
+                    "the route protects {} but owner checks do not read bodies, and \"reject\" refuses every request with one: list only {}, or set \"json\" or \"unchecked\" if the upstream never takes `{}` from a (JSON) body",
+                    body_methods.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", "),
+                    BODYLESS.join(", "),
+                    match &ow.source {
+                        OwnerSource::Query(q) => q.as_str(),
+                        OwnerSource::PathSegment(_) => "the owner",
+                    }
+                ),
+            ));
+        }
+    }
+    let writes = ["POST", "PUT", "PATCH", "DELETE"];
+    let named = writes
+        .iter()
+        .filter(|m| methods.iter().any(|x| x == *m))
+        .count();
+    if access != Access::Public && named > 0 && named < writes.len() {
+        let missing: Vec<&str> = writes
+            .iter()
+            .filter(|m| !methods.iter().any(|x| x == *m))
+            .copied()
+            .collect();
+        w.push(format!(
+            "keygate: `{}` names some write methods but not {}: those requests skip this route (a route without `methods` after it catches every method)",
+            mf,
+            missing.join(", ")
+        ));
+    }
     o.finish(strict, w)?;
     Ok(Route {
         methods,
@@ -642,6 +715,56 @@ fn parse_route(mut o: Obj<'_>, strict: bool, w: &mut Vec<String>) -> Result<Rout
         scopes,
         owner,
     })
+}
+
+/// Methods that carry no body by convention (an owner check that reads no body may cover them).
+const BODYLESS: [&str; 4] = ["GET", "HEAD", "OPTIONS", "DELETE"];
+
+/// An HTTP method as a rule names it: an RFC 9110 token, upper-cased (methods match ignoring case).
+fn method_token(field: &str, s: &str) -> Result<String, ConfigError> {
+    let ok = !s.is_empty()
+        && s.len() <= 32
+        && s.bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c));
+    if !ok {
+        return Err(err(
+            field,
+            format!("`{s}` is not an HTTP method (a token without spaces)"),
+        ));
+    }
+    Ok(s.to_ascii_uppercase())
+}
+
+/// A scope as OAuth defines one (RFC 6749 §3.3): scopes travel space-separated in
+/// `x-keygate-scopes` and in challenges, so one holding a space would read as two.
+fn scope_token(field: &str, s: &str) -> Result<(), ConfigError> {
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|c| c == 0x21 || (0x23..=0x5b).contains(&c) || (0x5d..=0x7e).contains(&c));
+    if !ok {
+        return Err(err(
+            field,
+            "a scope is 1 to 128 visible ASCII characters without spaces, quotes or backslashes",
+        ));
+    }
+    Ok(())
+}
+
+/// A value that goes into the access log's logfmt line and metric names (key id, account,
+/// plan): visible ASCII without `=`, quotes or backslashes, so a line reads one way only.
+fn log_token(field: &str, s: &str, max: usize) -> Result<String, ConfigError> {
+    let ok = !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|c| (0x21..0x7f).contains(&c) && !matches!(c, b'=' | b'"' | b'\\'));
+    if !ok {
+        return Err(err(
+            field,
+            format!("must be 1 to {max} visible ASCII characters without spaces, '=', quotes or backslashes (it goes into the access log)"),
+        ));
+    }
+    Ok(s.to_string())
 }
 
 fn path_value(field: &str, s: &str) -> Result<String, ConfigError> {
@@ -744,8 +867,17 @@ fn parse_key(
         )
     })?;
     let id_field = o.field("id");
-    let key_id = plain_text(&id_field, o.str_req("id")?, 128)?;
+    let key_id = log_token(&id_field, o.str_req("id")?, 128)?;
+    let user_field = o.field("user");
     let user = o.opt_str("user")?.map(str::to_string);
+    if let Some(u) = &user {
+        if u.is_empty() || u.len() > 256 || u.contains(':') || u.chars().any(char::is_control) {
+            return Err(err(
+                &user_field,
+                "a Basic user is 1 to 256 characters without ':' or control characters (Basic splits USER:TOKEN at the first ':')",
+            ));
+        }
+    }
     let subject = o
         .opt_str("subject")?
         .map(str::to_string)
@@ -781,17 +913,16 @@ fn parse_key(
         r.seen.clear();
         // every field of `resources` is a resource name: nothing is unknown there.
     }
-    for (f, s) in [
-        ("subject", &subject),
-        ("account", &account),
-        ("plan", &plan),
-    ] {
+    if !subject.is_empty() {
+        plain_text(&o.field("subject"), &subject, 256)?;
+    }
+    for (f, s) in [("account", &account), ("plan", &plan)] {
         if !s.is_empty() {
-            plain_text(&o.field(f), s, 256)?;
+            log_token(&o.field(f), s, 256)?;
         }
     }
     for (i, s) in scopes.iter().enumerate() {
-        plain_text(&format!("{}[{i}]", o.field("scopes")), s, 128)?;
+        scope_token(&format!("{}[{i}]", o.field("scopes")), s)?;
     }
     o.finish(strict, w)?;
     Ok((
@@ -813,12 +944,102 @@ fn parse_key(
     ))
 }
 
+/// Refuses a JSON object that names a member twice: serde_json keeps the last one silently, so
+/// `"default_access": "closed"` followed by `"default_access": "public"` would mean public.
+fn check_duplicate_members(bytes: &[u8]) -> Result<(), ConfigError> {
+    use serde::de::{DeserializeSeed, Deserializer, Error, MapAccess, SeqAccess, Visitor};
+    use std::cell::RefCell;
+
+    struct Walk<'a> {
+        path: String,
+        found: &'a RefCell<Option<String>>,
+    }
+    impl<'de> DeserializeSeed<'de> for Walk<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Walk<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("JSON")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<(), A::Error> {
+            let mut i = 0usize;
+            while a
+                .next_element_seed(Walk {
+                    path: format!("{}[{i}]", self.path),
+                    found: self.found,
+                })?
+                .is_some()
+            {
+                i += 1;
+            }
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<(), A::Error> {
+            let mut seen: Vec<String> = Vec::new();
+            while let Some(k) = m.next_key::<String>()? {
+                let p = join(&self.path, &k);
+                if seen.contains(&k) {
+                    *self.found.borrow_mut() = Some(p);
+                    return Err(A::Error::custom("duplicate member"));
+                }
+                m.next_value_seed(Walk {
+                    path: p,
+                    found: self.found,
+                })?;
+                seen.push(k);
+            }
+            Ok(())
+        }
+    }
+
+    let found = RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let walked = Walk {
+        path: String::new(),
+        found: &found,
+    }
+    .deserialize(&mut de);
+    match (walked, found.into_inner()) {
+        (Err(_), Some(field)) => Err(err(
+            &field,
+            "is given twice (JSON keeps only the last one): say it once",
+        )),
+        // any other error is reported by the real parse
+        _ => Ok(()),
+    }
+}
+
 /// Parses and checks the whole configuration. `warnings` collects one line per ignored field.
 pub fn parse(bytes: &[u8], warnings: &mut Vec<String>) -> Result<Config, ConfigError> {
     let root: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
         Value::Object(Map::new())
     } else {
-        serde_json::from_slice(bytes).map_err(|e| err("", format!("not valid JSON: {e}")))?
+        let v =
+            serde_json::from_slice(bytes).map_err(|e| err("", format!("not valid JSON: {e}")))?;
+        check_duplicate_members(bytes)?;
+        v
     };
     let mut o = Obj::new(String::new(), &root)?;
     let strict = o.bool("strict", false)?;
@@ -914,9 +1135,18 @@ pub fn parse(bytes: &[u8], warnings: &mut Vec<String>) -> Result<Config, ConfigE
 
     let mut keys = KeyStore::default();
     if let Some(arr) = o.opt_array("keys")? {
+        let mut ids: Vec<String> = Vec::with_capacity(arr.len());
         for (i, v) in arr.iter().enumerate() {
             let path = format!("keys[{i}]");
             let (digest, entry) = parse_key(Obj::new(path.clone(), v)?, strict, w)?;
+            let kid = &entry.identity.key_id;
+            if let Some(j) = ids.iter().position(|x| x == kid) {
+                return Err(err(
+                    &format!("{path}.id"),
+                    format!("`{kid}` is already the id of keys[{j}]: two keys would share one bucket and one identity"),
+                ));
+            }
+            ids.push(kid.clone());
             if !keys.insert(digest, entry) {
                 return Err(err(
                     &format!("{path}.sha256"),
@@ -935,7 +1165,7 @@ pub fn parse(bytes: &[u8], warnings: &mut Vec<String>) -> Result<Config, ConfigE
             let names: Vec<&String> = plans.map.keys().collect();
             for name in names {
                 let f = plans.field(name);
-                plain_text(&f, name, 128)?;
+                log_token(&f, name, 128)?;
                 if let Some(v) = plans.map.get(name.as_str()) {
                     let p = parse_policy(f, name, v, strict, w)?;
                     rate.plans.push((name.clone(), p));
@@ -988,6 +1218,31 @@ pub fn parse(bytes: &[u8], warnings: &mut Vec<String>) -> Result<Config, ConfigE
         }
         ih.finish(strict, w)?;
     }
+    let spelled = |n: &str| n.replace('_', "-");
+    let idn: Vec<&str> = identity_headers
+        .names()
+        .into_iter()
+        .filter(|n| !n.is_empty())
+        .collect();
+    for (i, a) in idn.iter().enumerate() {
+        if idn[..i].iter().any(|b| spelled(a) == spelled(b)) {
+            return Err(err(
+                "identity_headers",
+                format!("`{a}` names two identity headers (upstreams read `_` as `-`)"),
+            ));
+        }
+    }
+    for (i, a) in credentials.api_key_headers.iter().enumerate() {
+        if credentials.api_key_headers[..i]
+            .iter()
+            .any(|b| spelled(a) == spelled(b))
+        {
+            return Err(err(
+                "credentials.api_key_headers",
+                format!("`{a}` is listed twice (upstreams read `_` as `-`)"),
+            ));
+        }
+    }
     for n in identity_headers
         .names()
         .into_iter()
@@ -1002,8 +1257,11 @@ pub fn parse(bytes: &[u8], warnings: &mut Vec<String>) -> Result<Config, ConfigE
             "transfer-encoding",
             "x-keygate-fail-open",
         ];
-        if reserved.contains(&n)
-            || credentials.api_key_headers.iter().any(|h| h == n)
+        if reserved.contains(&spelled(n).as_str())
+            || credentials
+                .api_key_headers
+                .iter()
+                .any(|h| spelled(h) == spelled(n))
             || n.starts_with(':')
         {
             return Err(err(
@@ -1047,6 +1305,16 @@ pub fn parse(bytes: &[u8], warnings: &mut Vec<String>) -> Result<Config, ConfigE
             })
         }
     };
+    let mut paths = PathPolicy {
+        allow_semicolon: false,
+    };
+    let mut case_sensitive_paths = false;
+    if let Some(mut pc) = o.child("paths")? {
+        case_sensitive_paths = pc.bool("case_sensitive", false)?;
+        paths.allow_semicolon = pc.bool("allow_semicolon", false)?;
+        pc.finish(strict, w)?;
+    }
+    let method_rules = routes.iter().any(|r| !r.methods.is_empty());
     let problems = match o.child("problems")? {
         Some(c) => parse_problems(c, strict, w)?,
         None => Dialects::new(),
@@ -1070,6 +1338,9 @@ pub fn parse(bytes: &[u8], warnings: &mut Vec<String>) -> Result<Config, ConfigE
         access_log_state,
         key_service,
         auth_throttle,
+        paths,
+        case_sensitive_paths,
+        method_rules,
         malformed_status,
         problems,
     })
@@ -1249,6 +1520,84 @@ mod tests {
             field_of(r#"{"rate_limit":{"headers":1}}"#),
             "rate_limit.headers"
         );
+    }
+
+    #[test]
+    fn configs_that_mean_something_else_are_refused() {
+        let k = |extra: &str| format!(r#"{{"keys":[{{"id":"a","sha256":"{SHA}"{extra}}}]}}"#);
+        let two = format!(
+            r#"{{"keys":[{{"id":"a","sha256":"{SHA}"}},{{"id":"a","sha256":"{}"}}]}}"#,
+            "1".repeat(64)
+        );
+        for (json, field) in [
+            (two, "keys[1].id"),
+            (
+                r#"{"default_access":"closed","default_access":"public"}"#.to_string(),
+                "default_access",
+            ),
+            (
+                r#"{"routes":[{"prefix":"/a","access":"closed","access":"public"}]}"#.to_string(),
+                "routes[0].access",
+            ),
+            (k(r#","expires_at":"2027-02-30T00:00:00Z""#), "keys[0].expires_at"),
+            (k(r#","expires_at":"2026-02-29T00:00:00Z""#), "keys[0].expires_at"),
+            (k(r#","scopes":["read write"]"#), "keys[0].scopes[0]"),
+            (k(r#","user":"al:ice""#), "keys[0].user"),
+            (k(r#","account":"a b""#), "keys[0].account"),
+            (
+                format!(r#"{{"keys":[{{"id":"k=1","sha256":"{SHA}"}}]}}"#),
+                "keys[0].id",
+            ),
+            (
+                format!(r#"{{"keys":[{{"id":"k 1","sha256":"{SHA}"}}]}}"#),
+                "keys[0].id",
+            ),
+            (
+                r#"{"routes":[{"prefix":"/a","methods":["POST "]}]}"#.to_string(),
+                "routes[0].methods[0]",
+            ),
+            (
+                r#"{"routes":[{"prefix":"/a","scopes":["a b"]}]}"#.to_string(),
+                "routes[0].scopes[0]",
+            ),
+            (
+                r#"{"identity_headers":{"plan":"x-keygate-account"}}"#.to_string(),
+                "identity_headers",
+            ),
+            (
+                r#"{"identity_headers":{"plan":"x_keygate_account"}}"#.to_string(),
+                "identity_headers",
+            ),
+            (
+                r#"{"identity_headers":{"plan":"x_api_key"}}"#.to_string(),
+                "identity_headers",
+            ),
+            (
+                r#"{"credentials":{"api_key_headers":["x-key","x_key"]}}"#.to_string(),
+                "credentials.api_key_headers",
+            ),
+            (
+                r#"{"routes":[{"prefix":"/e","methods":["GET","POST"],"owner":{"query":"_id","resource":"r"}}]}"#.to_string(),
+                "routes[0].owner.body",
+            ),
+        ] {
+            assert_eq!(field_of(&json), field, "{json}");
+        }
+        // leap day, leap second, bodyless owner routes, and an owner route that says the body
+        // is not read are fine
+        assert!(p(&k(r#","expires_at":"2028-02-29T23:59:60Z""#)).is_ok());
+        assert!(p(r#"{"routes":[{"prefix":"/e","methods":["GET","DELETE"],"owner":{"query":"_id","resource":"r"}}]}"#).is_ok());
+        assert!(p(r#"{"routes":[{"prefix":"/e","methods":["POST"],"owner":{"query":"_id","resource":"r","body":"unchecked"}}]}"#).is_ok());
+        let mut w = Vec::new();
+        parse(
+            br#"{"routes":[{"prefix":"/o","methods":["POST","PUT","DELETE"],"scopes":["write"]}]}"#,
+            &mut w,
+        )
+        .unwrap();
+        assert!(w.iter().any(|l| l.contains("PATCH")), "{w:?}");
+        let c = p(r#"{"routes":[{"prefix":"/o","methods":["post"]}]}"#).unwrap();
+        assert_eq!(c.routes[0].methods, ["POST"]);
+        assert!(c.method_rules && !c.case_sensitive_paths && !c.paths.allow_semicolon);
     }
 
     #[test]

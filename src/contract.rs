@@ -53,6 +53,9 @@ pub fn verify_request_body(c: &Credential) -> Vec<u8> {
 pub struct Answer {
     pub verdict: Verdict,
     pub ttl_hint_s: Option<u64>,
+    /// The verdict holds only for the Basic user presented (the default); `"user_bound": false`
+    /// says it holds for any user (keygate then caches it once for all of them).
+    pub user_bound: bool,
 }
 
 fn str_of(v: &Value, k: &str, max: usize) -> Result<String, ServiceFailure> {
@@ -98,6 +101,21 @@ fn limit_of(v: Option<&Value>) -> Result<Option<Limit>, ServiceFailure> {
     }))
 }
 
+/// Scopes travel space-separated upstream: one holding a space, quote or backslash would read
+/// as two (or break the challenge), so such an answer is a bad body.
+fn scope_tokens(v: Vec<String>) -> Result<Vec<String>, ServiceFailure> {
+    let ok = |s: &String| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|c| c == 0x21 || (0x23..=0x5b).contains(&c) || (0x5d..=0x7e).contains(&c))
+    };
+    if v.iter().all(ok) {
+        Ok(v)
+    } else {
+        Err(ServiceFailure::BadBody)
+    }
+}
+
 /// Parses a verify answer. `status` is the call's `:status`, `None` when there was none.
 pub fn parse_verify(status: Option<u32>, body: &[u8]) -> Result<Answer, ServiceFailure> {
     let status = status.ok_or(ServiceFailure::NoResponse)?;
@@ -117,6 +135,11 @@ pub fn parse_verify(status: Option<u32>, body: &[u8]) -> Result<Answer, ServiceF
         .and_then(Value::as_bool)
         .ok_or(ServiceFailure::BadBody)?;
     let ttl_hint_s = v.get("cache_ttl_s").and_then(Value::as_u64);
+    let user_bound = match v.get("user_bound") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ServiceFailure::BadBody),
+    };
     if !valid {
         let refusal = match v.get("code").and_then(Value::as_str) {
             Some("REVOKED") => Refusal::Revoked,
@@ -127,6 +150,7 @@ pub fn parse_verify(status: Option<u32>, body: &[u8]) -> Result<Answer, ServiceF
         return Ok(Answer {
             verdict: Verdict::Refused(refusal),
             ttl_hint_s,
+            user_bound,
         });
     }
     let key_id = str_of(&v, "key_id", 128)?;
@@ -157,7 +181,7 @@ pub fn parse_verify(status: Option<u32>, body: &[u8]) -> Result<Answer, ServiceF
         plan: Some(str_of(&v, "plan", 128)?)
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "default".into()),
-        scopes: strings(v.get("scopes"), 128)?,
+        scopes: scope_tokens(strings(v.get("scopes"), 128)?)?,
         expires_at,
         rate_limit: limit_of(v.get("ratelimit"))?,
         resources,
@@ -165,6 +189,7 @@ pub fn parse_verify(status: Option<u32>, body: &[u8]) -> Result<Answer, ServiceF
     Ok(Answer {
         verdict: Verdict::Valid(Rc::new(id)),
         ttl_hint_s,
+        user_bound,
     })
 }
 

@@ -102,32 +102,57 @@ fn eq_ignore_case(a: &[u8], b: &str) -> bool {
     a.eq_ignore_ascii_case(b.as_bytes())
 }
 
-/// The scheme and the parameter of an `Authorization` value, optional whitespace trimmed. The one
-/// place that splits it, so every reader agrees on what is a credential.
-fn split_authorization(value: &[u8]) -> (&[u8], &[u8]) {
-    let value = trim_ows(value);
-    match value.iter().position(|&c| c == b' ') {
-        Some(i) => (&value[..i], trim_ows(&value[i..])),
-        None => (value, &value[value.len()..]),
-    }
+fn is_tchar(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c)
 }
 
-/// Whether an `Authorization` value uses a scheme keygate reads (Basic or Bearer, when on).
-pub fn is_our_scheme(cfg: &CredentialConfig, value: &[u8]) -> bool {
-    let (scheme, _) = split_authorization(value);
+/// The scheme and the parameter of an `Authorization` value, optional whitespace trimmed. The one
+/// place that splits it, so every reader agrees on what is a credential: the scheme is the
+/// leading run of token characters, whatever follows it (a space, a tab, anything else).
+fn split_authorization(value: &[u8]) -> (&[u8], &[u8]) {
+    let value = trim_ows(value);
+    let end = value
+        .iter()
+        .position(|&c| !is_tchar(c))
+        .unwrap_or(value.len());
+    (&value[..end], &value[end..])
+}
+
+fn scheme_is_ours(cfg: &CredentialConfig, scheme: &[u8]) -> bool {
     (cfg.basic && eq_ignore_case(scheme, "basic"))
         || (cfg.bearer && eq_ignore_case(scheme, "bearer"))
+}
+
+/// Whether an `Authorization` value holds a scheme keygate reads (Basic or Bearer, when on), as
+/// its first credential or as any element of a comma-joined list (Envoy joins repeated
+/// `Authorization` headers with commas).
+pub fn is_our_scheme(cfg: &CredentialConfig, value: &[u8]) -> bool {
+    value
+        .split(|&c| c == b',')
+        .any(|element| scheme_is_ours(cfg, split_authorization(element).0))
 }
 
 fn parse_authorization(
     cfg: &CredentialConfig,
     value: &[u8],
 ) -> Result<Option<Credential>, CredError> {
-    let (scheme, param) = split_authorization(value);
-    let ours = is_our_scheme(cfg, value);
+    let (scheme, rest) = split_authorization(value);
+    let param = trim_ows(rest);
+    if scheme_is_ours(cfg, scheme) && !rest.is_empty() && rest[0] != b' ' && rest[0] != b'\t' {
+        let style = if eq_ignore_case(scheme, "basic") {
+            Style::Basic
+        } else {
+            Style::Bearer
+        };
+        return Err(CredError::Malformed(
+            style,
+            "the Authorization scheme is not followed by a space",
+        ));
+    }
     // Envoy folds repeated `Authorization` headers into one comma-joined value; neither base64
-    // nor a b64token holds a comma, so a comma means several credentials.
-    if ours && param.contains(&b',') {
+    // nor a b64token holds a comma, so a comma next to one of keygate's schemes, in whichever
+    // position (`Digest x,Bearer KEY` too), means several credentials.
+    if value.contains(&b',') && is_our_scheme(cfg, value) {
         return Err(CredError::Conflict(
             "the request has more than one Authorization header (or a list of credentials)",
         ));

@@ -14,7 +14,7 @@ use crate::credential::{self, Carriers, CredError, Credential, Style};
 use crate::problem::{instance_of, Decimal, Extra, Kind, ProblemBuilder, Reply};
 use crate::query;
 use crate::ratelimit::{self, RateDecision, RateError, Scope};
-use crate::route::{self, Access, Ownership, Route};
+use crate::route::{self, Access, OwnerBody, Ownership, Route};
 use crate::store::SharedStore;
 use crate::verdict::{Identity, Refusal, Verdict};
 use crate::window;
@@ -199,13 +199,25 @@ impl Gate {
         ]
     }
 
-    /// Phase one: everything that needs no verdict. `headers` have lower-case names.
+    /// Phase one from the headers alone: whether a body follows is read from `content-length`
+    /// and `transfer-encoding` (the host knows better: [`Gate::begin_request`]).
     pub fn begin(&self, headers: &[(&str, &[u8])]) -> Step {
+        let has_body = headers.iter().any(|&(n, v)| {
+            (n == "content-length" && v.iter().any(|&c| c != b'0')) || n == "transfer-encoding"
+        });
+        self.begin_request(headers, has_body)
+    }
+
+    /// Phase one: everything that needs no verdict. `headers` have lower-case names;
+    /// `has_body`: the request carries a body (the headers did not end the stream).
+    pub fn begin_request(&self, headers: &[(&str, &[u8])], has_body: bool) -> Step {
         let mut method: &[u8] = b"";
         let mut path: &[u8] = b"/";
         let mut request_id = None;
         let mut grpc = false;
         let mut strip: Vec<String> = Vec::new();
+        let mut ambiguous: Option<&'static str> = None;
+        let mut content_type: &[u8] = b"";
         let idh = self.cfg.identity_headers.names();
         for &(name, value) in headers {
             match name {
@@ -213,33 +225,85 @@ impl Gate {
                 ":path" => path = value,
                 // kept only when it could be echoed (at most 128 bytes): a huge one is not copied
                 "x-request-id" => request_id = (value.len() <= 128).then_some(value),
+                "content-type" => {
+                    content_type = value;
+                    grpc = is_grpc(value);
+                }
                 n => {
-                    if n == "content-type" {
-                        grpc = is_grpc(value);
-                    }
                     // identity headers and the fail-open marker are keygate's to set, never the
                     // client's; API-key headers present are noted so only they get removed
                     let ours = idh.contains(&n)
                         || n == FAIL_OPEN_HEADER
                         || (self.cfg.hide_credentials
                             && self.cfg.credentials.api_key_headers.iter().any(|h| h == n));
-                    if ours && !strip.iter().any(|s| s == n) {
-                        strip.push(n.to_string());
+                    if ours {
+                        if !strip.iter().any(|s| s == n) {
+                            strip.push(n.to_string());
+                        }
+                    } else if n.contains('_') {
+                        // CGI, WSGI, PHP and Rack read `x_keygate_key_id` as `x-keygate-key-id`
+                        if let Some(why) = self.underscored(n, &mut strip) {
+                            ambiguous = Some(why);
+                        }
+                    } else if self.cfg.method_rules && is_method_override(n) {
+                        ambiguous = Some(
+                            "the request overrides its method (X-HTTP-Method-Override and the like), which routes here tell apart",
+                        );
                     }
                 }
             }
         }
-        let (path_only, _) = query::split_path(path);
+        let (raw_path, raw_query) = query::split_path(path);
+        // the problem builder (and its `instance` string) only on a denial
+        let pb = || self.problems(instance_of(path), request_id, grpc);
+        let ambiguous_reply = |detail: &str| {
+            Step::Done(self.deny(
+                &pb(),
+                400,
+                Kind::RequestAmbiguous,
+                detail,
+                &[],
+                vec![],
+                None,
+            ))
+        };
+        let canon = match crate::path::canonical(raw_path, &self.cfg.paths) {
+            Ok(c) => c,
+            Err(why) => return ambiguous_reply(why),
+        };
         let route_idx = self
             .cfg
             .routes
             .iter()
-            .position(|r| r.matches(method, path_only));
-        let access = route_idx
-            .and_then(|i| self.cfg.routes.get(i))
-            .map_or(self.cfg.default_access, |r| r.access);
-        // the problem builder (and its `instance` string) only on a denial
-        let pb = || self.problems(instance_of(path), request_id, grpc);
+            .position(|r| r.matches(method, &canon, self.cfg.case_sensitive_paths));
+        let route = route_idx.and_then(|i| self.cfg.routes.get(i));
+        let access = route.map_or(self.cfg.default_access, |r| r.access);
+
+        if access != Access::Closed {
+            if self.cfg.method_rules && raw_query.is_some_and(|q| has_lenient_param(q, b"_method"))
+            {
+                ambiguous = Some(
+                    "the request overrides its method (_method), which routes here tell apart",
+                );
+            }
+            if let Some(why) = ambiguous {
+                return ambiguous_reply(why);
+            }
+        }
+        if has_body {
+            let refused = match route.and_then(|r| r.owner.as_ref()).map(|o| o.body) {
+                Some(OwnerBody::Reject) => Some(
+                    "this route checks which resource the request names, and keygate does not read bodies: send the request without one",
+                ),
+                Some(OwnerBody::Json) if !is_json(content_type) => Some(
+                    "this route checks which resource the request names: a body must be JSON (a form could name another one)",
+                ),
+                _ => None,
+            };
+            if let Some(why) = refused {
+                return ambiguous_reply(why);
+            }
+        }
 
         match access {
             Access::Closed => {
@@ -287,6 +351,29 @@ impl Gate {
             strip,
             grpc,
         })
+    }
+
+    /// A header spelled with underscores that upstreams read as one keygate sets or reads:
+    /// identity headers and the fail-open marker are removed (added to `strip`); a credential
+    /// header makes the request ambiguous (the reason is returned).
+    fn underscored(&self, name: &str, strip: &mut Vec<String>) -> Option<&'static str> {
+        let dashed = name.replace('_', "-");
+        let d = dashed.as_str();
+        if self.cfg.identity_headers.names().contains(&d) || d == FAIL_OPEN_HEADER {
+            if !strip.iter().any(|s| s == name) {
+                strip.push(name.to_string());
+            }
+            return None;
+        }
+        if self.cfg.credentials.api_key_headers.iter().any(|h| h == d) {
+            return Some("a credential header is spelled with underscores");
+        }
+        if self.cfg.method_rules && is_method_override(d) {
+            return Some(
+                "the request overrides its method (X-HTTP-Method-Override and the like), which routes here tell apart",
+            );
+        }
+        None
     }
 
     fn credential_error(&self, pb: &ProblemBuilder<'_>, e: CredError) -> Decision {
@@ -446,7 +533,12 @@ impl Gate {
                 );
             }
             if let Some(owner) = &route.owner {
-                let detail = match route::check_owner(owner, &p.path, &id) {
+                let (raw_path, raw_query) = query::split_path(&p.path);
+                let owned = match crate::path::canonical(raw_path, &self.cfg.paths) {
+                    Ok(canon) => route::check_owner(owner, &canon, raw_query, &id),
+                    Err(_) => Ownership::NotOwned, // refused in phase one already
+                };
+                let detail = match owned {
                     Ownership::Owned => None,
                     Ownership::Unnamed => Some(format!(
                         "the request does not name a {}",
@@ -722,6 +814,28 @@ fn is_grpc(content_type: &[u8]) -> bool {
     }
 }
 
+/// A logfmt value that reads one way only: `-` when empty, and any byte that could split or
+/// fake a field (space, `=`, quote, backslash, control, non-ASCII) as `_`. Configured values are
+/// refused with such bytes; a key service's answers are not, so they are cleaned here.
+pub fn push_log_value(v: &mut String, val: &str) {
+    if val.is_empty() {
+        v.push('-');
+    } else if val
+        .bytes()
+        .all(|c| (0x21..0x7f).contains(&c) && !matches!(c, b'=' | b'"' | b'\\'))
+    {
+        v.push_str(val);
+    } else {
+        v.extend(val.chars().map(|c| {
+            if c.is_ascii_graphic() && !matches!(c, '=' | '"' | '\\') {
+                c
+            } else {
+                '_'
+            }
+        }));
+    }
+}
+
 /// A request id fit to echo in a problem: printable ASCII, at most 128 bytes.
 fn printable_id(v: &[u8]) -> Option<String> {
     if v.is_empty() || v.len() > 128 || !v.iter().all(|c| (0x21..0x7f).contains(c)) {
@@ -736,6 +850,35 @@ fn unix_reset(now_us: u64, reset_ms: u64) -> u64 {
     now_us
         .saturating_add(reset_ms.saturating_mul(1000))
         .div_ceil(1_000_000)
+}
+
+/// `application/json` or a `+json` type, parameters allowed, case ignored.
+fn is_json(content_type: &[u8]) -> bool {
+    let essence = content_type
+        .split(|&c| c == b';')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii();
+    essence.eq_ignore_ascii_case(b"application/json")
+        || (essence.len() > 5
+            && essence[essence.len() - 5..].eq_ignore_ascii_case(b"+json")
+            && essence.contains(&b'/'))
+}
+
+/// Headers through which frameworks let a client replace the request's method (Rails, Express's
+/// method-override, ASP.NET, Symfony).
+fn is_method_override(name: &str) -> bool {
+    matches!(
+        name,
+        "x-http-method-override" | "x-http-method" | "x-method-override"
+    )
+}
+
+/// Whether the query names `name` in any spelling a lenient upstream reads as it.
+fn has_lenient_param(q: &[u8], name: &[u8]) -> bool {
+    query::params_lenient(q).any(|p| {
+        p.name.len() >= name.len() && query::lenient_name(p.name).is_some_and(|n| n == name)
+    })
 }
 
 fn has_param(path: &[u8], name: &str) -> bool {
@@ -981,6 +1124,204 @@ mod tests {
             panic!()
         };
         assert_eq!(r.status, 400);
+    }
+
+    fn status_of(d: &Decision) -> (u32, &'static str) {
+        match d {
+            Decision::Allow(a) => (200, a.log.decision),
+            Decision::Deny(r, l) => (r.status, l.decision),
+        }
+    }
+
+    #[test]
+    fn spellings_upstreams_read_alike_cannot_dodge_a_rule() {
+        let g = gate(&key_json(
+            r#","routes":[{"prefix":"/public/","access":"public"},{"prefix":"/admin","access":"closed"},
+                {"prefix":"/o","methods":["GET"],"scopes":["read"]},{"prefix":"/o","scopes":["write"]},
+                {"prefix":"/e","owner":{"query":"_id","resource":"agg"}},
+                {"prefix":"/j","owner":{"query":"_id","resource":"agg","body":"json"}}]"#,
+        ));
+        let st = MemoryStore::default();
+        let k: (&str, &[u8]) = ("x-api-key", b"secret-1");
+        const FORM: &[(&str, &[u8])] = &[
+            ("content-length", b"2"),
+            ("content-type", b"application/x-www-form-urlencoded"),
+        ];
+        const MULTI: &[(&str, &[u8])] = &[
+            ("content-length", b"2"),
+            ("content-type", b"multipart/form-data; boundary=x"),
+        ];
+        const JSON: &[(&str, &[u8])] = &[
+            ("content-length", b"2"),
+            ("content-type", b"Application/JSON; charset=utf-8"),
+        ];
+        const PJSON: &[(&str, &[u8])] = &[
+            ("content-length", b"2"),
+            ("content-type", b"application/problem+json"),
+        ];
+        type Case<'a> = (
+            &'a [u8],
+            &'a [u8],
+            &'a [(&'a str, &'a [u8])],
+            (u32, &'a str),
+        );
+        let cases: &[Case] = &[
+            (b"GET", b"/ADMIN/x", &[], (403, "route-closed")),
+            (b"GET", b"/%61dmin", &[], (403, "route-closed")),
+            (b"GET", b"/x//admin", &[], (200, "allowed")),
+            (b"GET", b"/public//admin", &[], (200, "public")),
+            (b"GET", b"/%2Fadmin/x", &[], (400, "request-ambiguous")),
+            (
+                b"GET",
+                b"/public/..%2Fadmin",
+                &[],
+                (400, "request-ambiguous"),
+            ),
+            (
+                b"GET",
+                b"/public/%2e%2e/admin",
+                &[],
+                (400, "request-ambiguous"),
+            ),
+            (b"GET", b"/admin;x/y", &[], (400, "request-ambiguous")),
+            (b"GET", b"//admin", &[], (400, "request-ambiguous")),
+            (b"GET", b"/o", &[], (200, "allowed")),
+            (b"post", b"/o", &[], (403, "insufficient-scope")),
+            (b"Get", b"/o", &[], (200, "allowed")),
+            (
+                b"GET",
+                b"/o",
+                &[("x-http-method-override", b"DELETE")],
+                (400, "request-ambiguous"),
+            ),
+            (
+                b"GET",
+                b"/o",
+                &[("x_http_method_override", b"DELETE")],
+                (400, "request-ambiguous"),
+            ),
+            (
+                b"GET",
+                b"/o?_method=DELETE",
+                &[],
+                (400, "request-ambiguous"),
+            ),
+            (
+                b"GET",
+                b"/o?_METHOD=DELETE",
+                &[],
+                (400, "request-ambiguous"),
+            ),
+            (
+                b"GET",
+                b"/o",
+                &[("x_api_key", b"other")],
+                (400, "request-ambiguous"),
+            ),
+            (
+                b"GET",
+                b"/e?_id=x",
+                &[("content-length", b"5")],
+                (400, "request-ambiguous"),
+            ),
+            (
+                b"GET",
+                b"/e?_id=x",
+                &[("content-length", b"0")],
+                (404, "resource-forbidden"),
+            ),
+            (b"POST", b"/j?_id=x", FORM, (400, "request-ambiguous")),
+            (b"POST", b"/j?_id=x", MULTI, (400, "request-ambiguous")),
+            (
+                b"POST",
+                b"/j?_id=x",
+                &[("content-length", b"2")],
+                (400, "request-ambiguous"),
+            ),
+            (b"POST", b"/j?_id=x", JSON, (404, "resource-forbidden")),
+            (b"POST", b"/j?_id=x", PJSON, (404, "resource-forbidden")),
+        ];
+        for (m, path, extra, want) in cases {
+            let mut h: Vec<(&str, &[u8])> = vec![(":method", m), (":path", path), k];
+            h.extend_from_slice(extra);
+            let d = run(&g, &st, &h);
+            assert_eq!(
+                status_of(&d),
+                *want,
+                "{} {}",
+                String::from_utf8_lossy(m),
+                String::from_utf8_lossy(path)
+            );
+        }
+        // forged identity in underscore spellings is removed, like the dashed one
+        let d = run(
+            &g,
+            &st,
+            &[
+                (":method", b"GET"),
+                (":path", b"/x"),
+                k,
+                ("x_keygate_key_id", b"forged"),
+                ("x_keygate_fail_open", b"forged"),
+            ],
+        );
+        let Decision::Allow(a) = d else {
+            panic!("{d:?}")
+        };
+        assert!(a.remove.contains(&"x_keygate_key_id".to_string()));
+        assert!(a.remove.contains(&"x_keygate_fail_open".to_string()));
+    }
+
+    #[test]
+    fn authorization_lists_in_any_order_are_a_conflict() {
+        let g = gate(&key_json(""));
+        let st = MemoryStore::default();
+        for v in [
+            &b"Digest x,Bearer secret-1"[..],
+            b"Bearer secret-1, Digest x",
+            b"Digest x, bearer\tsecret-1",
+            b"Negotiate abc,Basic YTpi",
+        ] {
+            let h: &[(&str, &[u8])] = &[
+                (":path", b"/a"),
+                ("authorization", v),
+                ("x-api-key", b"secret-1"),
+            ];
+            assert_eq!(
+                status_of(&run(&g, &st, h)),
+                (400, "credential-conflict"),
+                "{}",
+                String::from_utf8_lossy(v)
+            );
+        }
+        // a tab after the scheme is a separator; anything else glued to it is malformed
+        let h: &[(&str, &[u8])] = &[(":path", b"/a"), ("authorization", b"Bearer\tsecret-1")];
+        assert_eq!(status_of(&run(&g, &st, h)), (200, "allowed"));
+        let h: &[(&str, &[u8])] = &[(":path", b"/a"), ("authorization", b"Bearer=secret-1")];
+        assert_eq!(status_of(&run(&g, &st, h)), (400, "credential-malformed"));
+        // a foreign scheme alone is the upstream's business
+        let h: &[(&str, &[u8])] = &[
+            (":path", b"/a"),
+            ("authorization", b"Digest x"),
+            ("x-api-key", b"secret-1"),
+        ];
+        assert_eq!(status_of(&run(&g, &st, h)), (200, "allowed"));
+    }
+
+    #[test]
+    fn log_values_read_one_way_only() {
+        let mut v = String::new();
+        for (val, want) in [
+            ("k1", "k1"),
+            ("", "-"),
+            ("a b=c", "a_b_c"),
+            ("x\"y\\z\n", "x_y_z_"),
+            ("caf\u{e9}", "caf_"),
+        ] {
+            v.clear();
+            push_log_value(&mut v, val);
+            assert_eq!(v, want);
+        }
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod credential;
 pub mod gate;
 pub mod hash;
 pub mod keystore;
+pub mod path;
 pub mod problem;
 pub mod query;
 pub mod ratelimit;

@@ -51,6 +51,7 @@ pub enum Kind {
     InsufficientScope,
     ResourceForbidden,
     RouteClosed,
+    RequestAmbiguous,
     RateLimited,
     AuthThrottled,
     KeyServiceUnavailable,
@@ -71,6 +72,7 @@ impl Kind {
             Kind::InsufficientScope => "insufficient-scope",
             Kind::ResourceForbidden => "resource-forbidden",
             Kind::RouteClosed => "route-closed",
+            Kind::RequestAmbiguous => "request-ambiguous",
             Kind::RateLimited => "rate-limited",
             Kind::AuthThrottled => "auth-throttled",
             Kind::KeyServiceUnavailable => "key-service-unavailable",
@@ -79,7 +81,7 @@ impl Kind {
     }
 
     /// Every kind, in `index` order.
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 16] = [
         Kind::CredentialMissing,
         Kind::CredentialMalformed,
         Kind::CredentialTooLarge,
@@ -91,6 +93,7 @@ impl Kind {
         Kind::InsufficientScope,
         Kind::ResourceForbidden,
         Kind::RouteClosed,
+        Kind::RequestAmbiguous,
         Kind::RateLimited,
         Kind::AuthThrottled,
         Kind::KeyServiceUnavailable,
@@ -128,6 +131,7 @@ impl Kind {
             Kind::InsufficientScope => "Insufficient scope",
             Kind::ResourceForbidden => "Resource not accessible",
             Kind::RouteClosed => "Route closed",
+            Kind::RequestAmbiguous => "Ambiguous request",
             Kind::RateLimited => "Too many requests",
             Kind::AuthThrottled => "Too many failed authentications",
             Kind::KeyServiceUnavailable => "Key service unavailable",

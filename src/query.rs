@@ -37,8 +37,18 @@ pub struct Param<'a> {
 }
 
 pub fn params(query: &[u8]) -> impl Iterator<Item = Param<'_>> {
+    pairs(query, |c| c == b'&')
+}
+
+/// The pairs of a query string as the most lenient frameworks split it: at `&` and at `;` (Rack
+/// and older Rails, Perl's CGI, some Java containers).
+pub fn params_lenient(query: &[u8]) -> impl Iterator<Item = Param<'_>> {
+    pairs(query, |c| c == b'&' || c == b';')
+}
+
+fn pairs(query: &[u8], is_sep: fn(u8) -> bool) -> impl Iterator<Item = Param<'_>> {
     query
-        .split(|&c| c == b'&')
+        .split(move |&c| is_sep(c))
         .map(|pair| match pair.iter().position(|&c| c == b'=') {
             Some(i) => Param {
                 name: &pair[..i],
@@ -58,6 +68,36 @@ pub fn name_is(raw: &[u8], name: &str) -> bool {
         return true;
     }
     raw.contains(&b'%') && percent_decode(raw).is_some_and(|d| d == name.as_bytes())
+}
+
+/// A parameter name as the most lenient frameworks read it, so that every spelling an upstream
+/// may take for `name` compares equal: percent- and form-decoded (`+` is a space), leading
+/// whitespace dropped (PHP), an array suffix dropped (`_id[]`, `_id[0]`: PHP, Rack, Rails),
+/// `.`, space and `[` turned into `_` (PHP), ASCII case folded (ASP.NET Core, Go's `r.Form` is
+/// not, but nothing is lost by folding). `None` when the name does not decode.
+pub fn lenient_name(raw: &[u8]) -> Option<Vec<u8>> {
+    let plus: Vec<u8> = raw
+        .iter()
+        .map(|&c| if c == b'+' { b' ' } else { c })
+        .collect();
+    let mut d = percent_decode(&plus)?;
+    let start = d
+        .iter()
+        .position(|&c| !matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c | 0))
+        .unwrap_or(d.len());
+    d.drain(..start);
+    if let Some(open) = d.iter().position(|&c| c == b'[') {
+        if open > 0 && d[open..].contains(&b']') {
+            d.truncate(open);
+        }
+    }
+    for c in d.iter_mut() {
+        match *c {
+            b'.' | b' ' | b'[' => *c = b'_',
+            other => *c = other.to_ascii_lowercase(),
+        }
+    }
+    Some(d)
 }
 
 /// `:path` with every parameter named `name` removed; all other bytes (including empty pairs

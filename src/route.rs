@@ -1,8 +1,9 @@
 //! Route policy: which requests need a key, which scopes, and which resources the key must own.
 //!
-//! Routes are matched on method and path (without the query), first match wins. Prefixes are
-//! plain string prefixes, as in Envoy's own route `prefix`; turn on the connection manager's
-//! `normalize_path` and `merge_slashes` so `/a/../b` and `//b` cannot dodge a rule.
+//! Routes are matched on method (ignoring case) and on the canonical path (`path::canonical`:
+//! decoded, slashes merged, ambiguous spellings refused before any route is looked at), first
+//! match wins. Prefixes are plain string prefixes, as in Envoy's own route `prefix`; letter case
+//! counts only with `paths.case_sensitive` (the default assumes an upstream that may ignore it).
 
 use crate::query;
 use crate::verdict::Identity;
@@ -30,6 +31,20 @@ pub enum OwnerSource {
     PathSegment(usize),
 }
 
+/// What an owner check does with a request that carries a body (keygate reads no bodies).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OwnerBody {
+    /// Refused (400 `request-ambiguous`): the body could name another resource (`_id=` in a
+    /// form, a JSON member) that the upstream acts on unchecked. The default.
+    Reject,
+    /// Only JSON bodies (`application/json`, `*/*+json`) let through: the operator states the
+    /// upstream never takes the owner from a JSON body; forms (which PHP, Rack, Rails and
+    /// Express merge into the same parameters as the query), multipart and others refused.
+    Json,
+    /// Let through: the operator states the upstream never takes the owner from a body.
+    Unchecked,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Owner {
     pub source: OwnerSource,
@@ -37,6 +52,7 @@ pub struct Owner {
     pub resource: String,
     /// 403 or 404 (404 hides that the resource exists).
     pub status: u32,
+    pub body: OwnerBody,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,19 +66,40 @@ pub struct Route {
 }
 
 impl Route {
-    pub fn matches(&self, method: &[u8], path: &[u8]) -> bool {
-        if !self.methods.is_empty() && !self.methods.iter().any(|m| m.as_bytes() == method) {
+    /// `path` is the canonical path (`path::canonical`, no query). Methods compare ignoring ASCII
+    /// case: over HTTP/2 a client can send `post`, and many frameworks read it as `POST`.
+    pub fn matches(&self, method: &[u8], path: &[u8], case_sensitive: bool) -> bool {
+        if !self.methods.is_empty()
+            && !self
+                .methods
+                .iter()
+                .any(|m| m.as_bytes().eq_ignore_ascii_case(method))
+        {
             return false;
         }
+        let eq = |a: &[u8], b: &[u8]| {
+            if case_sensitive {
+                a == b
+            } else {
+                a.eq_ignore_ascii_case(b)
+            }
+        };
         match &self.matcher {
-            PathMatch::Exact(p) => path == p.as_bytes(),
-            PathMatch::Prefix(p) => path.starts_with(p.as_bytes()),
+            PathMatch::Exact(p) => eq(path, p.as_bytes()),
+            PathMatch::Prefix(p) => path.len() >= p.len() && eq(&path[..p.len()], p.as_bytes()),
         }
     }
 }
 
-pub fn find<'a>(routes: &'a [Route], method: &[u8], path: &[u8]) -> Option<&'a Route> {
-    routes.iter().find(|r| r.matches(method, path))
+pub fn find<'a>(
+    routes: &'a [Route],
+    method: &[u8],
+    path: &[u8],
+    case_sensitive: bool,
+) -> Option<&'a Route> {
+    routes
+        .iter()
+        .find(|r| r.matches(method, path, case_sensitive))
 }
 
 /// The first required scope the identity lacks.
@@ -83,22 +120,41 @@ pub enum Ownership {
 }
 
 /// Checks every value the request gives for the owner attribute against the identity's list.
-pub fn check_owner(owner: &Owner, path: &[u8], id: &Identity) -> Ownership {
+///
+/// `path` is the canonical path (decoded), `query` the raw query string. The query is read the
+/// way the most lenient upstream reads it (`query::params_lenient`, `query::lenient_name`): every
+/// spelling of the parameter an upstream may take for it (`_ID`, ` _id`, `_id[]`, `;_id=`) must
+/// name an owned resource, under both decodings of `+` (literal, and a space as in forms).
+pub fn check_owner(owner: &Owner, path: &[u8], query: Option<&[u8]>, id: &Identity) -> Ownership {
     let owned = id.resource(&owner.resource).unwrap_or(&[]);
-    let is_owned = |raw: &[u8]| -> bool {
-        query::percent_decode(raw)
-            .is_some_and(|v| owned.iter().any(|o| o.as_bytes() == v.as_slice()))
-    };
-    let (base, q) = query::split_path(path);
+    let has = |v: &[u8]| owned.iter().any(|o| o.as_bytes() == v);
     match &owner.source {
         OwnerSource::Query(name) => {
+            let want = query::lenient_name(name.as_bytes()).unwrap_or_default();
             let mut named = false;
-            for p in q.map(query::params).into_iter().flatten() {
-                if query::name_is(p.name, name) {
-                    named = true;
-                    if !is_owned(p.value.unwrap_or(b"")) {
-                        return Ownership::NotOwned;
+            for p in query.map(query::params_lenient).into_iter().flatten() {
+                let exact = query::name_is(p.name, name);
+                if !exact && query::lenient_name(p.name).as_deref() != Some(want.as_slice()) {
+                    continue;
+                }
+                named = true;
+                let raw = p.value.unwrap_or(b"");
+                let literal = query::percent_decode(raw);
+                let owned_here = match &literal {
+                    Some(v) if has(v) => {
+                        // `+` read as a space (form decoding) must name an owned resource too
+                        !raw.contains(&b'+')
+                            || query::percent_decode(
+                                &raw.iter()
+                                    .map(|&c| if c == b'+' { b' ' } else { c })
+                                    .collect::<Vec<u8>>(),
+                            )
+                            .is_some_and(|v| has(&v))
                     }
+                    _ => false,
+                };
+                if !owned_here {
+                    return Ownership::NotOwned;
                 }
             }
             if named {
@@ -107,9 +163,9 @@ pub fn check_owner(owner: &Owner, path: &[u8], id: &Identity) -> Ownership {
                 Ownership::Unnamed
             }
         }
-        OwnerSource::PathSegment(n) => match base.split(|&c| c == b'/').nth(*n) {
+        OwnerSource::PathSegment(n) => match path.split(|&c| c == b'/').nth(*n) {
             Some(seg) if !seg.is_empty() => {
-                if is_owned(seg) {
+                if has(seg) {
                     Ownership::Owned
                 } else {
                     Ownership::NotOwned
@@ -124,6 +180,7 @@ pub fn check_owner(owner: &Owner, path: &[u8], id: &Identity) -> Ownership {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+    use crate::query;
 
     fn id() -> Identity {
         Identity {
@@ -148,6 +205,64 @@ mod tests {
         }
     }
 
+    fn owns(o: &Owner, full: &[u8]) -> Ownership {
+        let (base, q) = query::split_path(full);
+        let canon = crate::path::canonical(
+            base,
+            &crate::path::PathPolicy {
+                allow_semicolon: false,
+            },
+        )
+        .unwrap();
+        check_owner(o, &canon, q, &id())
+    }
+
+    fn find<'a>(rs: &'a [Route], m: &[u8], p: &[u8]) -> Option<&'a Route> {
+        super::find(rs, m, p, true)
+    }
+
+    #[test]
+    fn methods_match_in_any_case_and_paths_per_policy() {
+        let rs = [route(PathMatch::Prefix("/Admin".into()), &["POST"])];
+        assert!(rs[0].matches(b"post", b"/Admin/x", true));
+        assert!(rs[0].matches(b"PoSt", b"/Admin", true));
+        assert!(!rs[0].matches(b"POST", b"/admin/x", true));
+        assert!(rs[0].matches(b"POST", b"/ADMIN/x", false));
+        assert!(!rs[0].matches(b"GET", b"/Admin", false));
+        assert!(!rs[0].matches(b"POST", b"/Adm", false));
+        let e = route(PathMatch::Exact("/health".into()), &[]);
+        assert!(e.matches(b"GET", b"/HEALTH", false) && !e.matches(b"GET", b"/HEALTH", true));
+    }
+
+    #[test]
+    fn owner_parameter_in_every_spelling_an_upstream_reads() {
+        let q = Owner {
+            source: OwnerSource::Query("_id".into()),
+            resource: "aggregator".into(),
+            status: 404,
+            body: OwnerBody::Reject,
+        };
+        for p in [
+            "/e?_id=a1&_ID=victim",
+            "/e?_id=a1&%20_id=victim",
+            "/e?_id=a1&+_id=victim",
+            "/e?_id=a1;_id=victim",
+            "/e?x=1;_id=victim&_id=a1",
+            "/e?_id[]=a1&_id[]=victim",
+            "/e?_id=a1&_id[0]=victim",
+            "/e?_id=a1&%5Fid=victim",
+            "/e?_id=a1&.id=victim",
+            "/e?_ID=victim",
+            "/e?_id=a+2",
+        ] {
+            assert_eq!(owns(&q, p.as_bytes()), Ownership::NotOwned, "{p}");
+        }
+        for p in ["/e?_id=a1&_ID=a1", "/e?_id[]=a1", "/e?_id=a%202&x=_id"] {
+            assert_eq!(owns(&q, p.as_bytes()), Ownership::Owned, "{p}");
+        }
+        assert_eq!(owns(&q, b"/e?_idx=victim&id=v"), Ownership::Unnamed);
+    }
+
     #[test]
     fn first_match_wins_on_method_and_path() {
         let rs = vec![
@@ -169,41 +284,29 @@ mod tests {
             source: OwnerSource::Query("_id".into()),
             resource: "aggregator".into(),
             status: 404,
+            body: OwnerBody::Reject,
         };
-        assert_eq!(check_owner(&q, b"/e?_id=a1&x=1", &id()), Ownership::Owned);
-        assert_eq!(check_owner(&q, b"/e?_id=a%202", &id()), Ownership::Owned);
-        assert_eq!(check_owner(&q, b"/e?_id=zz", &id()), Ownership::NotOwned);
-        assert_eq!(
-            check_owner(&q, b"/e?_id=a1&_id=zz", &id()),
-            Ownership::NotOwned
-        );
-        assert_eq!(check_owner(&q, b"/e?x=1", &id()), Ownership::Unnamed);
-        assert_eq!(check_owner(&q, b"/e", &id()), Ownership::Unnamed);
+        assert_eq!(owns(&q, b"/e?_id=a1&x=1"), Ownership::Owned);
+        assert_eq!(owns(&q, b"/e?_id=a%202"), Ownership::Owned);
+        assert_eq!(owns(&q, b"/e?_id=zz"), Ownership::NotOwned);
+        assert_eq!(owns(&q, b"/e?_id=a1&_id=zz"), Ownership::NotOwned);
+        assert_eq!(owns(&q, b"/e?x=1"), Ownership::Unnamed);
+        assert_eq!(owns(&q, b"/e"), Ownership::Unnamed);
         let s = Owner {
             source: OwnerSource::PathSegment(3),
             resource: "aggregator".into(),
             status: 403,
+            body: OwnerBody::Reject,
         };
-        assert_eq!(
-            check_owner(&s, b"/v1/aggregators/a1?x", &id()),
-            Ownership::Owned
-        );
-        assert_eq!(
-            check_owner(&s, b"/v1/aggregators/a9", &id()),
-            Ownership::NotOwned
-        );
-        assert_eq!(
-            check_owner(&s, b"/v1/aggregators", &id()),
-            Ownership::Unnamed
-        );
+        assert_eq!(owns(&s, b"/v1/aggregators/a1?x"), Ownership::Owned);
+        assert_eq!(owns(&s, b"/v1/aggregators/a9"), Ownership::NotOwned);
+        assert_eq!(owns(&s, b"/v1/aggregators"), Ownership::Unnamed);
         let other = Owner {
             source: OwnerSource::Query("_id".into()),
             resource: "nope".into(),
             status: 404,
+            body: OwnerBody::Reject,
         };
-        assert_eq!(
-            check_owner(&other, b"/e?_id=a1", &id()),
-            Ownership::NotOwned
-        );
+        assert_eq!(owns(&other, b"/e?_id=a1"), Ownership::NotOwned);
     }
 }

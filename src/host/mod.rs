@@ -18,7 +18,7 @@ use std::rc::Rc;
 use crate::cache::{self, Lookup, Memo, NegativeCache};
 use crate::config::{self, KeyServiceConfig, OnFailure};
 use crate::contract::{self, ServiceFailure};
-use crate::gate::{Decision, Gate, LogFields, Pending, RateHeaders, Step};
+use crate::gate::{push_log_value, Decision, Gate, LogFields, Pending, RateHeaders, Step};
 use crate::hash::{credential_id_from_hash, Digest32, DigestMemo, TagHasher};
 use crate::store::{Guesses, SetOutcome, SharedStore, Speculative};
 use crate::throttle::{client_of, Throttle};
@@ -166,6 +166,7 @@ fn decision_metric(decision: &str) -> &'static str {
         "insufficient-scope" => "keygate.requests.insufficient_scope",
         "resource-forbidden" => "keygate.requests.resource_forbidden",
         "route-closed" => "keygate.requests.route_closed",
+        "request-ambiguous" => "keygate.requests.request_ambiguous",
         "rate-limited" => "keygate.requests.rate_limited",
         "auth-throttled" => "keygate.requests.auth_throttled",
         "key-service-unavailable" => "keygate.requests.key_service_unavailable",
@@ -194,9 +195,20 @@ struct Flight {
     waiters: Vec<u32>,
 }
 
+/// A verify call in flight.
+struct VerifyCall {
+    /// The credential's id (secret and Basic user): flights and refusals are per credential.
+    id: Digest32,
+    /// The secret's id (no user): the shared-data cache entry.
+    entry: Digest32,
+    user: Option<String>,
+    started_ms: u64,
+    /// Whether its verdict may be cached (the revocation feed's cursor is known).
+    cacheable: bool,
+}
+
 enum Call {
-    /// A verify call for a credential id, started at (ms), and whether its verdict may be cached.
-    Verify(Digest32, u64, bool),
+    Verify(VerifyCall),
     Revocations,
 }
 
@@ -380,7 +392,7 @@ fn set_log_fields(v: &mut String, l: &LogFields) {
         (" plan=", l.plan()),
     ] {
         v.push_str(k);
-        v.push_str(if val.is_empty() { "-" } else { val });
+        push_log_value(v, val);
     }
     abi::set_property("keygate", v.as_bytes());
 }
@@ -457,19 +469,22 @@ impl Plugin {
         }
     }
 
-    fn on_request_headers(&mut self, ctx: u32) -> u32 {
+    fn on_request_headers(&mut self, ctx: u32, has_body: bool) -> u32 {
         self.now = now_ms();
         let map = abi::get_headers(abi::MAP_REQUEST_HEADERS);
-        map.with_pairs(|headers| self.request(ctx, headers))
+        map.with_pairs(|headers| self.request(ctx, headers, has_body))
     }
 
-    fn request(&mut self, ctx: u32, headers: &[(&str, &[u8])]) -> u32 {
+    fn request(&mut self, ctx: u32, headers: &[(&str, &[u8])], has_body: bool) -> u32 {
         let gate = self.gate.clone();
-        let pending = match gate.begin(headers) {
+        let pending = match gate.begin_request(headers, has_body) {
             Step::Done(d) => {
                 if matches!(
                     d.log().decision,
-                    "credential-malformed" | "credential-conflict" | "credential-too-large"
+                    "credential-malformed"
+                        | "credential-conflict"
+                        | "credential-too-large"
+                        | "request-ambiguous"
                 ) {
                     self.note_failure(&client_address());
                 }
@@ -492,16 +507,18 @@ impl Plugin {
         };
         let c = &pending.credential;
         let id = credential_id_from_hash(c.user.as_deref(), &secret_sha256);
+        let entry = credential_id_from_hash(None, &secret_sha256);
         if let Some(r) = self.negative.get(&id, now) {
             self.metrics.inc("keygate.cache.negative_hit");
             let d = self.conclude(pending, Verdict::Refused(r), now);
             return self.apply(ctx, d, false);
         }
         let prefix = &gate.cfg.shared_prefix;
-        let key = || cache::entry_key(prefix, &id);
+        let key = || cache::entry_key(prefix, &entry);
+        let user = c.user.as_deref();
         let stale = match self
             .memo
-            .lookup(&EnvoyStore, key, &id, now, ks.cache.recheck_ms)
+            .lookup(&EnvoyStore, key, &entry, user, now, ks.cache.recheck_ms)
         {
             Lookup::Fresh(v) => {
                 self.metrics.inc("keygate.cache.hit");
@@ -554,7 +571,17 @@ impl Plugin {
                     },
                 );
                 let cacheable = self.feed_ready();
-                self.calls.insert(token, Call::Verify(id, now, cacheable));
+                let user = waiter.pending.credential.user.clone();
+                self.calls.insert(
+                    token,
+                    Call::Verify(VerifyCall {
+                        id,
+                        entry,
+                        user,
+                        started_ms: now,
+                        cacheable,
+                    }),
+                );
                 self.waiting.insert(ctx, waiter);
                 ACTION_PAUSE
             }
@@ -671,12 +698,12 @@ impl Plugin {
             abi::get_buffer(abi::BUFFER_CALL_RESPONSE_BODY, 0, body_size)
         };
         match call {
-            Call::Verify(id, started, cacheable) => {
+            Call::Verify(call) => {
                 self.metrics.record(
                     "keygate.keyservice.latency_ms",
-                    now_ms().saturating_sub(started),
+                    now_ms().saturating_sub(call.started_ms),
                 );
-                self.verify_response(&ks, id, status, body, cacheable)
+                self.verify_response(&ks, call, status, body)
             }
             Call::Revocations => self.revocations_response(&ks, status, body),
         }
@@ -685,25 +712,45 @@ impl Plugin {
     fn verify_response(
         &mut self,
         ks: &KeyServiceConfig,
-        id: Digest32,
+        call: VerifyCall,
         status: Option<u32>,
         body: Option<Vec<u8>>,
-        cacheable: bool,
     ) {
         let now = now_ms();
         self.now = now;
-        let result = match body {
+        let id = call.id;
+        let mut result = match body {
             None => Err(ServiceFailure::BodyTooLarge),
             Some(b) => contract::parse_verify(status, &b),
         };
         let gate = self.gate.clone();
+        if let Ok(a) = result.as_mut() {
+            if let (Verdict::Valid(identity), true) = (&a.verdict, call.cacheable) {
+                let key = cache::entry_key(&gate.cfg.shared_prefix, &call.entry);
+                let binding = cache::Binding::of(call.user.as_deref(), a.user_bound);
+                let stored = cache::store_valid(
+                    &EnvoyStore,
+                    &key,
+                    identity,
+                    binding,
+                    &ks.cache,
+                    a.ttl_hint_s,
+                    now,
+                    call.started_ms,
+                );
+                self.memo.forget(&call.entry);
+                if stored == cache::Stored::Revoked {
+                    // revoked while the answer was on its way: a verdict older than a
+                    // revocation never wins
+                    a.verdict = Verdict::Refused(Refusal::Revoked);
+                    a.ttl_hint_s = None;
+                }
+            }
+        }
         match &result {
             Ok(a) => match &a.verdict {
-                Verdict::Valid(identity) if cacheable => {
-                    let key = cache::entry_key(&gate.cfg.shared_prefix, &id);
-                    cache::store_valid(&EnvoyStore, &key, identity, &ks.cache, a.ttl_hint_s, now);
+                Verdict::Valid(_) if call.cacheable => {
                     self.negative.remove(&id);
-                    self.memo.forget(&id);
                 }
                 Verdict::Valid(_) => {}
                 Verdict::Refused(r) => {
@@ -851,26 +898,29 @@ impl Plugin {
                 let prefix = self.gate.cfg.shared_prefix.clone();
                 let mut marked = 0usize;
                 for (hash, user) in &r.revoked {
-                    let mut ids = vec![credential_id_from_hash(None, hash)];
+                    // one shared entry per secret, whatever the user; this worker's refusals
+                    // are per credential
+                    let entry = credential_id_from_hash(None, hash);
+                    self.memo.forget(&entry);
+                    let mut ids = vec![entry];
                     if let Some(u) = user.as_deref().filter(|u| !u.is_empty()) {
                         ids.push(credential_id_from_hash(Some(u), hash));
                     }
                     for id in ids {
-                        self.memo.forget(&id);
                         self.negative.insert(
                             id,
                             Refusal::Revoked,
                             now + ks.cache.negative_ttl_ms,
                             now,
                         );
-                        if cache::mark_revoked(
-                            &EnvoyStore,
-                            &cache::entry_key(&prefix, &id),
-                            &ks.cache,
-                            now,
-                        ) {
-                            marked += 1;
-                        }
+                    }
+                    if cache::mark_revoked(
+                        &EnvoyStore,
+                        &cache::entry_key(&prefix, &entry),
+                        &ks.cache,
+                        now,
+                    ) {
+                        marked += 1;
                     }
                 }
                 EnvoyStore.set(&self.cursor_key(), r.cursor.to_string().as_bytes(), 0);
@@ -921,9 +971,9 @@ impl Plugin {
 pub extern "C" fn proxy_on_request_headers(
     ctx: u32,
     _num_headers: usize,
-    _end_of_stream: u32,
+    end_of_stream: u32,
 ) -> u32 {
-    with_stream(|p| p.on_request_headers(ctx)).unwrap_or_else(|| {
+    with_stream(|p| p.on_request_headers(ctx, end_of_stream == 0)).unwrap_or_else(|| {
         // No configured plugin (cannot happen once on_configure succeeded): never a free pass.
         abi::send_local_response(500, &[], b"keygate is not configured\n", -1);
         ACTION_PAUSE

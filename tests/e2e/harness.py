@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "keygate.wasm"
+# KEYGATE_WASM: run the suite against another build (e.g. an older commit's, to see a test fail)
+WASM = Path(os.environ.get("KEYGATE_WASM") or ROOT / "target" / "wasm32-wasip1" / "release" / "keygate.wasm")
 
 # Envoy's tag extraction turns keygate's flat metric names into labelled Prometheus series.
 STATS_TAGS = [
@@ -120,10 +121,22 @@ class Envoy:
     routes: list = field(default_factory=list)
     port: int = 0
     admin_port: int = 0
+    # HTTP connection manager fields to set (a value of None removes the field)
+    hcm: dict = field(default_factory=dict)
     workdir: Path | None = None
     proc: subprocess.Popen | None = None
 
     def config(self) -> dict:
+        cfg = self._config()
+        hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        for k, v in self.hcm.items():
+            if v is None:
+                hcm.pop(k, None)
+            else:
+                hcm[k] = v
+        return cfg
+
+    def _config(self) -> dict:
         conf = self.plugin_config if isinstance(self.plugin_config, str) else json.dumps(self.plugin_config)
         return {
             "static_resources": {
@@ -282,6 +295,13 @@ class Upstream:
         self.srv = echo.serve(self.port)
         self.thread = threading.Thread(target=self.srv.serve_forever, daemon=True)
         self.thread.start()
+
+    def received(self) -> list[dict]:
+        """Every request this upstream received so far: {"method", "path", "headers"}."""
+        return list(self.srv.received)
+
+    def clear(self) -> None:
+        self.srv.received.clear()
 
     def stop(self):
         self.srv.shutdown()

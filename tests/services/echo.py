@@ -7,6 +7,7 @@ Body: {"method", "path" (raw request target, byte for byte), "headers": [[name, 
 (every header line in order, duplicates kept), "body_bytes"}.
 """
 import argparse
+import collections
 import json
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,6 +26,7 @@ class Echo(BaseHTTPRequestHandler):
             "headers": [[k.lower(), v] for k, v in self.headers.items()],
             "body_bytes": len(body),
         }
+        self.server.received.append(out)
         data = json.dumps(out).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
@@ -35,6 +37,11 @@ class Echo(BaseHTTPRequestHandler):
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _answer
 
+    def __getattr__(self, name):  # any other method (post, PURGE, ...) is echoed too
+        if name.startswith("do_"):
+            return self._answer
+        raise AttributeError(name)
+
     def log_message(self, fmt, *args):  # quiet: tests read bodies, not logs
         pass
 
@@ -43,6 +50,8 @@ def serve(port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
     ThreadingHTTPServer.request_queue_size = 128
     srv = ThreadingHTTPServer((host, port), Echo)
     srv.daemon_threads = True
+    # what it received, for tests that assert a request never reached the upstream
+    srv.received = collections.deque(maxlen=20000)
     return srv
 
 

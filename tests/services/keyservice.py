@@ -86,7 +86,7 @@ DEFAULT_SCOPES = {
     "named": ["read", "write"],
 }
 KEY_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-FAULT_RE = re.compile(r"ok|garbage|huge|reset|slow:\d{1,3}(\.\d{1,3})?|status:[2-5]\d\d")
+FAULT_RE = re.compile(r"ok|garbage|huge|reset|anyuser|(slow|late):\d{1,3}(\.\d{1,3})?|status:[2-5]\d\d")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -597,11 +597,12 @@ class Faults:
 
 
 def check_fault_mode(mode: Any) -> str:
-    """Validates a mode: ok, slow:SECONDS (<= 120), status:NNN, garbage, huge or reset."""
+    """Validates a mode: ok, slow:SECONDS (<= 120; late:SECONDS decides first, then waits),
+    status:NNN, garbage, huge, reset, or anyuser (verify: a key matches whatever Basic user)."""
     if not isinstance(mode, str) or not FAULT_RE.fullmatch(mode):
         raise bad_request("mode must be ok, slow:SECONDS, status:NNN, garbage, huge or reset")
-    if mode.startswith("slow:") and float(mode[5:]) > 120:
-        raise bad_request("slow: at most 120 seconds")
+    if mode.startswith(("slow:", "late:")) and float(mode[5:]) > 120:
+        raise bad_request("slow/late: at most 120 seconds")
     if mode.startswith("status:") and int(mode[7:]) in (204, 205, 304):
         raise bad_request("status: a status that carries a body, please")
     return mode
@@ -816,7 +817,8 @@ class Handler(BaseHTTPRequestHandler):
     def _apply_fault(self, endpoint: str) -> bool:
         """Acts on the endpoint's fault mode; ``True`` if that already answered (or hung up)."""
         mode = self.server.faults.get(endpoint)
-        if mode == "ok":
+        # late: and anyuser act on the verdict itself (see verify)
+        if mode == "ok" or mode == "anyuser" or mode.startswith("late:"):
             return False
         if mode.startswith("slow:"):
             time.sleep(float(mode[5:]))
@@ -870,13 +872,20 @@ class Handler(BaseHTTPRequestHandler):
         user = req.get("user")
         if user is not None and not isinstance(user, str):
             raise bad_request("`user` must be a string or null")
-        self._json(200, self._verdict(secret, user))
+        mode = self.server.faults.get("verify")
+        verdict = self._verdict(secret, user, any_user=mode == "anyuser")
+        if mode.startswith("late:"):
+            # test fault: the verdict is decided now and delivered later (a revocation can
+            # happen while it is on its way)
+            time.sleep(float(mode[5:]))
+        self._json(200, verdict)
 
-    def _verdict(self, secret: str, user: str | None) -> dict[str, Any]:
+    def _verdict(self, secret: str, user: str | None, any_user: bool = False) -> dict[str, Any]:
         rec = self.server.store.key_by_hash(sha256_hex(secret))
         # A key with a user matches that user or a Bearer presentation (no user); a key without
-        # one matches only a Bearer presentation.
-        if rec is None or (user is not None and user != rec.user):
+        # one matches only a Bearer presentation. (Test fault `anyuser`: any Basic user matches,
+        # as a service the contract allows may do.)
+        if rec is None or (user is not None and user != rec.user and not any_user):
             return {"contract": CONTRACT, "valid": False, "code": "NOT_FOUND",
                     "cache_ttl_s": REFUSAL_CACHE_TTL_S}
         now = time.time()

@@ -2,10 +2,10 @@
 //! layout's), then the same bytes through `Memo::lookup` and `mark_revoked`.
 //! Properties: whatever decodes re-encodes to something that decodes to the same entry (a
 //! refusal always comes back as the revoked mark, the only refusal keygate writes); after
-//! `mark_revoked` reports success, no lookup at that instant serves a `Valid` verdict.
+//! `mark_revoked`, no lookup at that instant serves a `Valid` verdict.
 //!
-//! Input: the raw stored value (`KG1` + fresh_until_ms u64le + stale_until_ms u64le + tag +
-//! JSON identity when tag is 0).
+//! Input: the raw stored value (`KG2` + fresh_until_ms u64le + stale_until_ms u64le + tag, then
+//! the binding and the JSON identity when tag is 0, the revocation instant u64le otherwise).
 #![no_main]
 
 #[path = "../common/mod.rs"]
@@ -38,16 +38,17 @@ fuzz_target!(|data: &[u8]| {
     let key = cache::entry_key("kg", &id);
     store.set(&key, data, 0);
     let mut memo = Memo::default();
-    let before = memo.lookup(&store, || key.clone(), &id, NOW_MS, 0);
+    let before = memo.lookup(&store, || key.clone(), &id, Some("alice"), NOW_MS, 0);
     if cache::decode(data).is_none() {
         assert_eq!(before, Lookup::Miss);
     }
     // Second lookup hits the memo: it must agree with the first.
-    assert_eq!(memo.lookup(&store, || key.clone(), &id, NOW_MS, 0), before);
+    assert_eq!(memo.lookup(&store, || key.clone(), &id, Some("alice"), NOW_MS, 0), before);
 
     let policy = CachePolicy::default();
-    if cache::mark_revoked(&store, &key, &policy, NOW_MS) {
-        match memo.lookup(&store, || key.clone(), &id, NOW_MS, 0) {
+    cache::mark_revoked(&store, &key, &policy, NOW_MS);
+    {
+        match memo.lookup(&store, || key.clone(), &id, Some("alice"), NOW_MS, 0) {
             Lookup::Fresh(Verdict::Valid(_)) | Lookup::Stale(Verdict::Valid(_)) => {
                 panic!("a revoked entry still serves Valid")
             }

@@ -57,6 +57,8 @@ fuzz_target!(|data: &[u8]| {
                     fresh_until_ms: 1,
                     stale_until_ms: 2,
                     verdict: a.verdict.clone(),
+                    binding: cache::Binding::of(Some("u"), a.user_bound),
+                    revoked_at_ms: 0,
                 };
                 assert_eq!(cache::decode(&cache::encode(&e)), Some(e));
             }
