@@ -244,7 +244,7 @@ impl Gate {
                 "x-request-id" => request_id = (value.len() <= 128).then_some(value),
                 "content-type" => {
                     content_type = value;
-                    grpc = value.starts_with(b"application/grpc");
+                    grpc = is_grpc(value);
                 }
                 n => {
                     // identity headers and the fail-open marker are keygate's to set, never the
@@ -895,6 +895,15 @@ impl RateHeaders {
     }
 }
 
+/// A gRPC content type as Envoy decides it for local replies: `application/grpc`, alone or
+/// followed by `+` (`application/grpc-web` is not gRPC: Envoy would answer it over HTTP).
+fn is_grpc(content_type: &[u8]) -> bool {
+    match content_type.strip_prefix(b"application/grpc") {
+        Some(rest) => rest.is_empty() || rest.starts_with(b"+"),
+        None => false,
+    }
+}
+
 /// A logfmt value that reads one way only: `-` when empty, and any byte that could split or
 /// fake a field (space, `=`, quote, backslash, control, non-ASCII) as `_`. Configured values are
 /// refused with such bytes; a key service's answers are not, so they are cleaned here.
@@ -1150,13 +1159,21 @@ mod tests {
         assert_eq!(r.header("retry-after"), Some("60"));
         assert_eq!(r.header("grpc-retry-pushback-ms"), Some("60000"));
         assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
-        // not gRPC: problem+json as ever
-        let h: &[(&str, &[u8])] = &[(":path", b"/a"), ("content-type", b"application/json")];
-        let Decision::Deny(r, _) = run(&g, &st, h) else {
-            panic!()
-        };
-        assert_eq!(r.grpc_status, None);
-        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+        // not gRPC (as Envoy decides it): problem+json as ever
+        for ct in [
+            &b"application/json"[..],
+            b"application/grpc-web",
+            b"application/grpcx",
+            b"",
+        ] {
+            let h: &[(&str, &[u8])] = &[(":path", b"/a"), ("content-type", ct)];
+            let Decision::Deny(r, _) = run(&g, &st, h) else {
+                panic!()
+            };
+            assert_eq!(r.grpc_status, None);
+            assert_eq!(r.header("content-type"), Some("application/problem+json"));
+        }
+        assert!(is_grpc(b"application/grpc") && is_grpc(b"application/grpc+json"));
     }
 
     #[test]

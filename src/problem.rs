@@ -234,7 +234,7 @@ pub struct ProblemBuilder<'a> {
     pub request_id: Option<String>,
     /// The configuration's wording and members per kind (may be empty).
     pub dialects: &'a [Dialect],
-    /// The request is gRPC (`content-type: application/grpc*`).
+    /// The request is gRPC (`content-type: application/grpc` or `application/grpc+…`).
     pub grpc: bool,
 }
 

@@ -119,29 +119,30 @@ impl SharedStore for Speculative<'_> {
         if out == SetOutcome::Written && cas != 0 && cas != ABSENT_CAS {
             if let Ok(mut g) = self.guesses.try_borrow_mut() {
                 let cas = next_token(cas);
-                let old = g.map.get(key).map_or(0, |guess| guess.value.len());
-                if g.bytes.saturating_sub(old) + value.len() > GUESS_BYTES_MAX {
-                    g.map.clear();
-                    g.bytes = 0;
-                }
-                if let Some(guess) = g.map.get_mut(key) {
+                let Guesses { map, bytes } = &mut *g;
+                if let Some(guess) = map.get_mut(key) {
+                    // one lookup on the hot path (a bucket's 16 bytes replace 16 bytes)
+                    *bytes = bytes.saturating_sub(guess.value.len()) + value.len();
                     guess.value.clear();
                     guess.value.extend_from_slice(value);
                     guess.cas = cas;
                     guess.at_ms = self.now_ms;
-                    g.bytes = g.bytes.saturating_sub(old) + value.len();
-                } else {
-                    if g.map.len() >= GUESSES_MAX {
-                        g.map.clear();
-                        g.bytes = 0;
+                    if *bytes > GUESS_BYTES_MAX {
+                        map.clear();
+                        *bytes = 0;
                     }
-                    g.bytes += value.len();
+                } else {
+                    if map.len() >= GUESSES_MAX || *bytes + value.len() > GUESS_BYTES_MAX {
+                        map.clear();
+                        *bytes = 0;
+                    }
+                    *bytes += value.len();
                     let guess = Guess {
                         value: value.to_vec(),
                         cas,
                         at_ms: self.now_ms,
                     };
-                    g.map.insert(key.to_string(), guess);
+                    map.insert(key.to_string(), guess);
                 }
             }
         }
