@@ -29,11 +29,11 @@ CONFIG = {
     "routes": [
         {"prefix": "/kg.Echo/Admin", "scopes": ["admin"]},
         {"prefix": "/kg.Closed/", "access": "closed"},
-        # a gRPC call always has a body (protobuf, never a form naming another resource)
-        {"prefix": "/kg.Agg/", "owner": {"path_segment": 2, "resource": "aggregator", "status": 404,
-                                         "body": "unchecked"}},
-        # as shipped (`body` "reject"): a call with a body is refused, 400 request-ambiguous
-        {"prefix": "/kg.Strict/", "owner": {"path_segment": 2, "resource": "aggregator", "status": 404}},
+        # a gRPC call always has a body: a path-segment owner needs nothing more (`body` "read")
+        {"prefix": "/kg.Agg/", "owner": {"path_segment": 2, "resource": "aggregator", "status": 404}},
+        # `body` "reject": a call with a body is refused, 400 request-ambiguous
+        {"prefix": "/kg.Strict/", "owner": {"path_segment": 2, "resource": "aggregator", "status": 404,
+                                            "body": "reject"}},
     ],
 }
 
@@ -137,7 +137,7 @@ def test_permission_and_ownership(channel):
     assert code == grpc.StatusCode.NOT_FOUND and details == "no such aggregator for this account"
     assert unary(channel, "/kg.Agg/Mine", [("x-api-key", KEY)])[0] == grpc.StatusCode.OK
     code, details, _, _ = unary(channel, "/kg.Strict/Mine", [("x-api-key", KEY)])
-    assert code == grpc.StatusCode.INVALID_ARGUMENT and "does not read bodies" in details
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "takes no body" in details
 
 
 def test_over_the_limit_is_resource_exhausted_with_retry_hints(channel):
