@@ -5,6 +5,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod conformance;
 pub mod contract;
 pub mod credential;
 pub mod gate;
