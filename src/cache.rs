@@ -734,14 +734,15 @@ mod tests {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod secrets_tests {
-    use super::*;
     use crate::config;
     use crate::gate::{decide, Gate};
-    use crate::hash::credential_id;
     use crate::store::memory::MemoryStore;
 
-    /// Everything keygate writes to shared data, for a known key through every path (cache
-    /// entries, revocation marks, rate-limit buckets), holds no byte run of the secret.
+    /// Everything the gate writes to shared data for a known key presented through every
+    /// carrier (rate-limit buckets keyed by key id, subject and account) holds no byte run of the
+    /// secret. (Cache entries and revocation marks are keyed by a `Digest32` and hold an
+    /// `Identity` and the Basic user: the types keep the secret out; an earlier half of this test
+    /// fed them digests and could not fail.)
     #[test]
     fn shared_data_never_holds_a_secret() {
         let secret = "sk_live_THE-SECRET-VALUE-0001";
@@ -773,23 +774,8 @@ mod secrets_tests {
         ] {
             decide(&g, &h, &st, now);
         }
-        let policy = CachePolicy::default();
-        for user in [None, Some("alice")] {
-            let key = entry_key("kg", &credential_id(user, secret));
-            store_valid(
-                &st,
-                &key,
-                &Rc::new(ident()),
-                Binding::NoUser,
-                &policy,
-                None,
-                now / 1000,
-                now / 1000,
-            );
-            mark_revoked(&st, &key, &policy, now / 1000);
-        }
         let map = st.map.borrow();
-        assert!(map.len() >= 3, "{:?}", map.keys().collect::<Vec<_>>());
+        assert!(!map.is_empty(), "the gate wrote nothing");
         let needle = &secret.as_bytes()[8..20];
         for (k, (v, _)) in map.iter() {
             assert!(
@@ -800,19 +786,6 @@ mod secrets_tests {
                 !v.windows(needle.len()).any(|w| w == needle),
                 "value of {k}"
             );
-        }
-    }
-
-    fn ident() -> Identity {
-        Identity {
-            key_id: "k1".into(),
-            subject: "alice".into(),
-            account: "acme".into(),
-            plan: "p".into(),
-            scopes: vec![],
-            expires_at: None,
-            rate_limit: None,
-            resources: vec![],
         }
     }
 }
