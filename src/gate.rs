@@ -373,6 +373,15 @@ impl Gate {
         store: &dyn SharedStore,
         now_us: u64,
     ) -> Decision {
+        match self.admit(p, verdict) {
+            Ok(a) => self.limit_local(a, store, now_us),
+            Err(d) => d,
+        }
+    }
+
+    /// The verdict, scopes and ownership: a denial, or a request left only with its rate limit
+    /// (this Envoy's bucket: `limit_local`; or a fleet engine's, see `crate::fleet`).
+    pub fn admit(&self, p: Pending, verdict: Verdict) -> Result<Admitted, Decision> {
         // built only on a denial: the allowed path allocates no problem
         let problems = || self.problems(instance_of(&p.path), p.request_id.as_deref());
         let presented_token = p.credential.style != Style::Basic;
@@ -388,7 +397,7 @@ impl Gate {
                     Refusal::Disabled => (Kind::CredentialDisabled, "the credential is disabled"),
                 };
                 let h = self.challenges(presented_token.then_some(("invalid_token", detail)));
-                return self.deny(&problems(), 401, kind, detail, &[], h, None);
+                return Err(self.deny(&problems(), 401, kind, detail, &[], h, None));
             }
         };
 
@@ -409,7 +418,7 @@ impl Gate {
                 }
                 let detail = format!("the key lacks the scope `{}`", quoted(missing));
                 let extra = [("missing_scope", Extra::Text(missing))];
-                return self.deny(
+                return Err(self.deny(
                     &problems(),
                     403,
                     Kind::InsufficientScope,
@@ -417,7 +426,7 @@ impl Gate {
                     &extra,
                     h,
                     Some(&id),
-                );
+                ));
             }
             if let Some(owner) = &route.owner {
                 let detail = match route::check_owner(owner, &p.path, &id) {
@@ -432,7 +441,7 @@ impl Gate {
                     )),
                 };
                 if let Some(detail) = detail {
-                    return self.deny(
+                    return Err(self.deny(
                         &problems(),
                         owner.status,
                         Kind::ResourceForbidden,
@@ -440,19 +449,21 @@ impl Gate {
                         &[],
                         vec![],
                         Some(&id),
-                    );
+                    ));
                 }
             }
         }
 
+        Ok(Admitted { pending: p, id })
+    }
+
+    /// This Envoy's own token bucket for an admitted request (the local tier).
+    pub fn limit_local(&self, a: Admitted, store: &dyn SharedStore, now_us: u64) -> Decision {
+        let Admitted { pending: p, id } = a;
+        let problems = || self.problems(instance_of(&p.path), p.request_id.as_deref());
         let mut rate = None;
         if let Some((policy_name, limit, scope)) = self.limit_for(&id) {
-            let owner = match scope {
-                Scope::Key => &id.key_id,
-                Scope::Subject => &id.subject,
-                Scope::Account if !id.account.is_empty() => &id.account,
-                Scope::Account => &id.key_id,
-            };
+            let owner = owner_of(&id, scope);
             let mut key = self.bucket_key.take();
             key.clear();
             key.push_str(&self.cfg.shared_prefix);
@@ -608,6 +619,133 @@ impl Gate {
                 reset_s,
             }),
         }
+    }
+}
+
+/// A request whose credential, scopes and ownership passed: only its rate limit is left.
+#[derive(Clone, Debug)]
+pub struct Admitted {
+    pending: Pending,
+    pub id: Rc<Identity>,
+}
+
+/// Who a bucket (or a fleet limit) belongs to: the key, its subject, or its account (the key when
+/// it has no account).
+fn owner_of(id: &Identity, scope: Scope) -> &str {
+    match scope {
+        Scope::Key => &id.key_id,
+        Scope::Subject => &id.subject,
+        Scope::Account if !id.account.is_empty() => &id.account,
+        Scope::Account => &id.key_id,
+    }
+}
+
+/// The limit an admitted request falls under: policy name, the configured limit, its scope and
+/// owner.
+pub struct Target<'a> {
+    pub policy: &'a str,
+    pub limit: ratelimit::Limit,
+    pub scope: Scope,
+    pub owner: &'a str,
+}
+
+/// The fleet tier (`crate::fleet`): decisions from a rate-limit engine's answer, with the same
+/// headers and the same 429 as the local tier.
+impl Gate {
+    /// The limit `a` falls under (`None`: unlimited).
+    pub fn target<'a>(&'a self, a: &'a Admitted) -> Option<Target<'a>> {
+        self.limit_for(&a.id).map(|(policy, limit, scope)| Target {
+            policy,
+            limit,
+            scope,
+            owner: owner_of(&a.id, scope),
+        })
+    }
+
+    /// Allowed by the engine: `limit` (the engine's, else the configured one), `remaining`, and
+    /// ms until the engine's window resets (`None`: no rate-limit headers, the engine did not say).
+    pub fn fleet_allowed(
+        &self,
+        a: Admitted,
+        limit: u64,
+        remaining: Option<(u64, u64)>,
+        now_us: u64,
+    ) -> Decision {
+        let rate = match (remaining, self.target(&a)) {
+            (Some((remaining, reset_ms)), Some(t)) if self.cfg.rate.headers => {
+                let d = RateDecision {
+                    allowed: true,
+                    limit,
+                    remaining,
+                    reset_ms,
+                    retry_after_ms: 0,
+                };
+                Some(self.rate_headers(&d, t.policy, &t.limit, now_us))
+            }
+            _ => None,
+        };
+        let Admitted { pending: p, id } = a;
+        let mut remove = p.strip;
+        let path = self.hide_carriers(&p.carriers, &p.path, &mut remove);
+        Decision::Allow(Allow {
+            remove,
+            path,
+            rate,
+            log: LogFields::of("allowed", Some(&id)),
+            identity: Some(id),
+            ..Default::default()
+        })
+    }
+
+    /// Refused by the engine (OVER_LIMIT, now or remembered): the same 429 as the local tier,
+    /// `limit` being the engine's and `retry_ms` the time until its window resets.
+    pub fn fleet_over_limit(
+        &self,
+        a: &Admitted,
+        limit: u64,
+        retry_ms: u64,
+        now_us: u64,
+    ) -> Decision {
+        let Some(t) = self.target(a) else {
+            return self.fleet_unavailable(a, 1);
+        };
+        let d = RateDecision {
+            allowed: false,
+            limit,
+            remaining: 0,
+            reset_ms: retry_ms,
+            retry_after_ms: retry_ms,
+        };
+        let shown = ratelimit::Limit {
+            requests: limit,
+            window_s: t.limit.window_s,
+            burst: limit,
+        };
+        let h = self.rate_headers(&d, t.policy, &shown, now_us);
+        let pb = self.problems(
+            instance_of(&a.pending.path),
+            a.pending.request_id.as_deref(),
+        );
+        self.over_limit(&pb, &d, h, t.policy, &shown, now_us, &a.id)
+    }
+
+    /// The engine failed and `fleet.on_failure` is `closed`: 503 `rate-limit-unavailable`.
+    pub fn fleet_unavailable(&self, a: &Admitted, retry_after_s: u64) -> Decision {
+        let pb = self.problems(
+            instance_of(&a.pending.path),
+            a.pending.request_id.as_deref(),
+        );
+        let h = vec![("retry-after".to_string(), retry_after_s.to_string())];
+        let detail = "the rate-limit engine could not count the request; retry shortly";
+        self.deny(
+            &pb,
+            503,
+            Kind::RateLimitUnavailable,
+            detail,
+            &[],
+            h,
+            Some(&a.id),
+        )
     }
 }
 

@@ -54,6 +54,7 @@ pub enum Kind {
     RateLimited,
     AuthThrottled,
     KeyServiceUnavailable,
+    RateLimitUnavailable,
     Internal,
 }
 
@@ -74,6 +75,7 @@ impl Kind {
             Kind::RateLimited => "rate-limited",
             Kind::AuthThrottled => "auth-throttled",
             Kind::KeyServiceUnavailable => "key-service-unavailable",
+            Kind::RateLimitUnavailable => "rate-limit-unavailable",
             Kind::Internal => "internal",
         }
     }
@@ -94,6 +96,7 @@ impl Kind {
             Kind::RateLimited => "Too many requests",
             Kind::AuthThrottled => "Too many failed authentications",
             Kind::KeyServiceUnavailable => "Key service unavailable",
+            Kind::RateLimitUnavailable => "Rate-limit engine unavailable",
             Kind::Internal => "Gateway error",
         }
     }
