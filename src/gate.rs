@@ -381,6 +381,8 @@ impl Gate {
 
     /// The verdict, scopes and ownership: a denial, or a request left only with its rate limit
     /// (this Envoy's bucket: `limit_local`; or a fleet engine's, see `crate::fleet`).
+    // the Err is the (rarer) denial, moved once: boxing would allocate on every denial
+    #[allow(clippy::result_large_err)]
     pub fn admit(&self, p: Pending, verdict: Verdict) -> Result<Admitted, Decision> {
         // built only on a denial: the allowed path allocates no problem
         let problems = || self.problems(instance_of(&p.path), p.request_id.as_deref());

@@ -277,6 +277,7 @@ pub fn grpc_status(headers: Option<&[u8]>, trailers: Option<&[u8]>) -> Option<u3
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
