@@ -55,6 +55,7 @@ fn failure_metric(kind: &str) -> &'static str {
         "timeout" => "keygate.fleet.failure.timeout",
         "status" => "keygate.fleet.failure.status",
         "grpc" => "keygate.fleet.failure.grpc",
+        "unavailable" => "keygate.fleet.failure.unavailable",
         "bad_body" => "keygate.fleet.failure.bad_body",
         "dispatch" => "keygate.fleet.failure.dispatch",
         _ => "keygate.fleet.failure.store",
@@ -262,6 +263,14 @@ impl Plugin {
             "keygate.fleet.latency_ms",
             now.saturating_sub(call.started_ms),
         );
+        // Envoy reports a timeout as UNAVAILABLE too: told apart by the time it took (its timer
+        // and the wall clock differ by a few ms)
+        let timed_out = self
+            .gate
+            .cfg
+            .fleet
+            .as_ref()
+            .is_some_and(|f| now.saturating_sub(call.started_ms) * 10 >= f.timeout_ms * 9);
         let status = abi::get_header(abi::MAP_CALL_RESPONSE_HEADERS, ":status");
         let answer = match status.as_deref() {
             Some(b"200") => {
@@ -269,7 +278,13 @@ impl Plugin {
                     abi::get_header(abi::MAP_CALL_RESPONSE_HEADERS, "grpc-status").as_deref(),
                     abi::get_header(abi::MAP_CALL_RESPONSE_TRAILERS, "grpc-status").as_deref(),
                 );
-                if grpc != Some(0) {
+                // Envoy answers a gRPC call it could not complete with a gRPC status itself:
+                // 14 UNAVAILABLE (no connection, reset), 4 DEADLINE_EXCEEDED
+                if grpc == Some(14) && !timed_out {
+                    Err("unavailable")
+                } else if grpc == Some(4) || grpc == Some(14) {
+                    Err("timeout")
+                } else if grpc != Some(0) {
                     Err("grpc")
                 } else if body_size == 0 || body_size > rls::MAX_RESPONSE_BYTES {
                     Err("bad_body")
@@ -285,7 +300,10 @@ impl Plugin {
         if let Err(kind) = answer {
             abi::log(
                 abi::LOG_WARN,
-                &format!("keygate: rate-limit engine failure: {kind}"),
+                &format!(
+                    "keygate: rate-limit engine failure: {kind} after {} ms",
+                    now.saturating_sub(call.started_ms)
+                ),
             );
         }
         match call.waiting {

@@ -12,7 +12,7 @@
 //! `hits_addend` (0 means 1) is the delta. The answer carries one status per descriptor (the most
 //! restrictive counter: its limit, what remains, the time until its window resets), as
 //! envoyproxy/ratelimit fills them. `--delay-ms` delays every answer and `--error` answers
-//! `UNAVAILABLE` (for the failure tests). Each call is logged on stdout (`call domain=... hits=N
+//! `INTERNAL` (for the failure tests). Each call is logged on stdout (`call domain=... hits=N
 //! code=OK|OVER_LIMIT remaining=R`), so the tests can count what reached the engine.
 
 use std::collections::HashMap;
@@ -59,7 +59,7 @@ impl RateLimitService for Engine {
         let req = request.into_inner();
         if self.error {
             println!("call domain={} error", req.domain);
-            return Err(Status::unavailable("rls-engine: --error"));
+            return Err(Status::internal("rls-engine: --error"));
         }
         let hits = u64::from(req.hits_addend.max(1));
         let maps: Vec<HashMap<String, String>> = req
