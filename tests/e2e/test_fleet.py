@@ -233,3 +233,33 @@ def test_flapping_engine(upstream):
     finally:
         e.stop()
         eng.stop()
+
+
+def test_the_fleet_demo_holds_one_limit_across_two_envoys(upstream):
+    """envoy/demo.sh fleet, as a newcomer runs it (ports rewritten to free ones): the engine with
+    envoy/fleet/limits.yaml and two Envoys from envoy/fleet/demo-fleet.yaml."""
+    from harness import ROOT, free_port
+    from test_demo import YamlEnvoy
+
+    eng = RlsEngine((ROOT / "envoy/fleet/limits.yaml").read_text())
+    envoys = []
+    try:
+        for _ in range(2):
+            ports = {10000: free_port(), 9901: free_port(), 8080: upstream.port, 8090: eng.port}
+            e = YamlEnvoy("envoy/fleet/demo-fleet.yaml", ports)
+            e.port, e.admin_port = ports[10000], ports[9901]
+            envoys.append(e.start())
+        tiny = [call_key(envoys[i % 2], "tiny-demo-key-0001").status for i in range(6)]
+        assert tiny == [200, 200, 200, 429, 429, 429]
+        # evon: 100 a minute across both (leased)
+        st = [call_key(envoys[i % 2], "evon-demo-key-0001") for i in range(110)]
+        assert [r.status for r in st].count(200) == 100
+        assert st[0].header("x-ratelimit-limit") == "100"
+    finally:
+        for e in envoys:
+            e.stop()
+        eng.stop()
+
+
+def call_key(envoy, secret):
+    return envoy.req("GET", "/x", [("X-API-Key", secret)])
