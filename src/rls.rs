@@ -229,6 +229,54 @@ fn decode_status(b: &[u8]) -> Result<Status, Garbage> {
     Ok(s)
 }
 
+/// The leading decimal of a header value (`"30, 30;w=60"` -> 30).
+fn leading_number(v: &[u8]) -> Option<u64> {
+    let digits = v.iter().take_while(|c| c.is_ascii_digit()).count();
+    std::str::from_utf8(v.get(..digits)?).ok()?.parse().ok()
+}
+
+/// What the engine's `response_headers_to_add` say (Limitador fills no statuses, but with
+/// `--rate-limit-headers DRAFT_VERSION_03` it sends `X-RateLimit-Limit: 30, 30;w=60`,
+/// `X-RateLimit-Remaining`, `X-RateLimit-Reset` in seconds): (limit, window s, remaining, reset s).
+#[derive(Default)]
+struct HeaderStatus {
+    limit: Option<u64>,
+    window_s: Option<u64>,
+    remaining: Option<u64>,
+    reset_s: Option<u64>,
+}
+
+fn decode_header(b: &[u8], h: &mut HeaderStatus) -> Result<(), Garbage> {
+    let mut r = Reader { b, at: 0 };
+    let (mut key, mut value): (&[u8], &[u8]) = (b"", b"");
+    while let Some((f, w)) = r.key()? {
+        match f {
+            1 => {
+                expect(w, 2)?;
+                key = r.bytes()?;
+            }
+            2 | 3 => {
+                expect(w, 2)?;
+                value = r.bytes()?;
+            }
+            _ => r.skip(w)?,
+        }
+    }
+    if key.eq_ignore_ascii_case(b"x-ratelimit-limit") {
+        h.limit = leading_number(value);
+        h.window_s = value
+            .windows(2)
+            .position(|p| p == b"w=")
+            .and_then(|i| value.get(i + 2..))
+            .and_then(leading_number);
+    } else if key.eq_ignore_ascii_case(b"x-ratelimit-remaining") {
+        h.remaining = leading_number(value);
+    } else if key.eq_ignore_ascii_case(b"x-ratelimit-reset") {
+        h.reset_s = leading_number(value);
+    }
+    Ok(())
+}
+
 /// Decodes a gRPC-framed `RateLimitResponse` (one uncompressed message, nothing after it).
 pub fn decode_response(framed: &[u8]) -> Result<Answer, Garbage> {
     if framed.len() > MAX_RESPONSE_BYTES {
@@ -245,6 +293,7 @@ pub fn decode_response(framed: &[u8]) -> Result<Answer, Garbage> {
     let mut r = Reader { b: msg, at: 0 };
     let mut code = 0u64;
     let mut status = None;
+    let mut headers = HeaderStatus::default();
     while let Some((field, wire)) = r.key()? {
         match field {
             1 => {
@@ -258,6 +307,10 @@ pub fn decode_response(framed: &[u8]) -> Result<Answer, Garbage> {
                     status = Some(s);
                 }
             }
+            3 => {
+                expect(wire, 2)?;
+                decode_header(r.bytes()?, &mut headers)?;
+            }
             _ => r.skip(wire)?,
         }
     }
@@ -266,6 +319,17 @@ pub fn decode_response(framed: &[u8]) -> Result<Answer, Garbage> {
         2 => true,
         _ => return Err(Garbage("overall_code is neither OK nor OVER_LIMIT")),
     };
+    // no status: the engine's rate-limit headers, when it sent them
+    if status.is_none() {
+        if let Some(remaining) = headers.remaining {
+            status = Some(Status {
+                limit: headers.limit,
+                unit_s: headers.window_s,
+                remaining,
+                reset_ms: headers.reset_s.map(|s| s.saturating_mul(1000)),
+            });
+        }
+    }
     Ok(Answer { over_limit, status })
 }
 
@@ -345,6 +409,37 @@ mod tests {
         let a = decode_response(&frame(&[0x08, 2])).unwrap();
         assert!(a.over_limit);
         assert_eq!(a.status, None);
+    }
+
+    #[test]
+    fn limitador_headers_stand_in_for_statuses() {
+        fn header(k: &str, v: &str) -> Vec<u8> {
+            let mut h = vec![0x0a, k.len() as u8];
+            h.extend_from_slice(k.as_bytes());
+            h.extend_from_slice(&[0x12, v.len() as u8]);
+            h.extend_from_slice(v.as_bytes());
+            let mut f = vec![0x1a, h.len() as u8];
+            f.extend_from_slice(&h);
+            f
+        }
+        let mut msg = vec![0x08, 1];
+        msg.extend(header("X-RateLimit-Limit", "30, 30;w=60"));
+        msg.extend(header("X-RateLimit-Remaining", "12"));
+        msg.extend(header("X-RateLimit-Reset", "41"));
+        let s = decode_response(&frame(&msg)).unwrap().status.unwrap();
+        assert_eq!(
+            s,
+            Status {
+                limit: Some(30),
+                unit_s: Some(60),
+                remaining: 12,
+                reset_ms: Some(41_000)
+            }
+        );
+        // without a remaining count, no status
+        let mut msg = vec![0x08, 1];
+        msg.extend(header("x-ratelimit-limit", "30"));
+        assert_eq!(decode_response(&frame(&msg)).unwrap().status, None);
     }
 
     #[test]

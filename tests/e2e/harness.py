@@ -371,7 +371,8 @@ class RlsEngine:
     """The test rate-limit engine (tests/rls-engine: Envoy's rate-limit service API over the
     `limitador` library) as a real process on loopback. Built by tests/run.sh."""
 
-    def __init__(self, limits_yaml: str, delay_ms: int = 0, error: bool = False, port: int = 0):
+    def __init__(self, limits_yaml: str, delay_ms: int = 0, error: bool = False, port: int = 0,
+                 limitador_style: bool = False):
         if not RLS_ENGINE.exists():
             raise RuntimeError(f"{RLS_ENGINE} is missing: build it with tests/rls-engine/build.sh")
         self.dir = Path(tempfile.mkdtemp(prefix="keygate-rls-"))
@@ -380,6 +381,8 @@ class RlsEngine:
         self.limits.write_text(limits_yaml)
         self.port = port or free_port()
         self.delay_ms, self.error = delay_ms, error
+        # answer as limitador-server --rate-limit-headers DRAFT_VERSION_03: headers, no statuses
+        self.limitador_style = limitador_style
         self.proc: subprocess.Popen | None = None
         self.log = self.dir / "engine.log"
         self.start()
@@ -390,7 +393,8 @@ class RlsEngine:
         if error is not None:
             self.error = error
         cmd = [str(RLS_ENGINE), "--limits", str(self.limits), "--addr", f"127.0.0.1:{self.port}",
-               "--delay-ms", str(self.delay_ms)] + (["--error"] if self.error else [])
+               "--delay-ms", str(self.delay_ms)] + (["--error"] if self.error else []) \
+            + (["--rate-limit-headers"] if self.limitador_style else [])
         out = open(self.log, "a")
         self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
         deadline = time.time() + 10

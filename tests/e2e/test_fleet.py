@@ -263,3 +263,25 @@ def test_the_fleet_demo_holds_one_limit_across_two_envoys(upstream):
 
 def call_key(envoy, secret):
     return envoy.req("GET", "/x", [("X-API-Key", secret)])
+
+
+def test_an_engine_answering_like_limitador_server(upstream):
+    """limitador-server fills no statuses; with --rate-limit-headers DRAFT_VERSION_03 it sends its
+    X-RateLimit-* headers instead. keygate reads those: the same exact count and one set of
+    truthful headers."""
+    eng = RlsEngine(LIMITS, limitador_style=True)
+    envoys = [Envoy(config(), upstream.port, extra_clusters=[grpc_cluster("ratelimit", eng.port)]).start()
+              for _ in range(2)]
+    try:
+        got = [call(envoys[i % 2], "pr-3") for i in range(40)]
+        ok = [r for r in got if r.status == 200]
+        assert len(ok) == 30
+        assert [int(r.header("x-ratelimit-remaining")) for r in ok] == list(range(29, -1, -1))
+        assert all(r.header("x-ratelimit-limit") == "30" for r in ok)
+        assert 3500 < int(got[-1].header("retry-after")) <= 3600
+        st = statuses_concurrent(envoys, "ls-3", 120)
+        assert 60 - 4 * 8 <= st.count(200) <= 60
+    finally:
+        for e in envoys:
+            e.stop()
+        eng.stop()

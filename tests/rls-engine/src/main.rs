@@ -5,13 +5,17 @@
 //!
 //! ```text
 //! rls-engine --limits limits.yaml [--addr 127.0.0.1:8090] [--delay-ms N] [--error]
+//!            [--rate-limit-headers]
 //! ```
 //!
 //! A request's descriptors are bound, as in Limitador's server, to the CEL variable
 //! `descriptors` (a list of maps from entry key to value), its domain is the namespace, and
 //! `hits_addend` (0 means 1) is the delta. The answer carries one status per descriptor (the most
 //! restrictive counter: its limit, what remains, the time until its window resets), as
-//! envoyproxy/ratelimit fills them. `--delay-ms` delays every answer and `--error` answers
+//! envoyproxy/ratelimit fills them. With `--rate-limit-headers` it answers as limitador-server with
+//! `--rate-limit-headers DRAFT_VERSION_03` does instead: no statuses, and the `X-RateLimit-*`
+//! headers the library builds (`CheckResult::response_header`) in `response_headers_to_add`.
+//! `--delay-ms` delays every answer and `--error` answers
 //! `INTERNAL` (for the failure tests). Each call is logged on stdout (`call domain=... hits=N
 //! code=OK|OVER_LIMIT remaining=R`), so the tests can count what reached the engine.
 
@@ -19,6 +23,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use envoy_types::pb::envoy::config::core::v3::HeaderValue;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::rate_limit::Unit;
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_response::{
     Code, DescriptorStatus, RateLimit,
@@ -35,6 +40,9 @@ struct Engine {
     limiter: RateLimiter,
     delay: Duration,
     error: bool,
+    /// Answer as limitador-server does: no statuses, and (with `--rate-limit-headers`) the
+    /// draft-03 `X-RateLimit-*` headers Limitador's library builds, in `response_headers_to_add`.
+    limitador_style: bool,
 }
 
 fn unit_of(seconds: u64) -> (u32, Unit) {
@@ -85,7 +93,9 @@ impl RateLimitService for Engine {
             Code::Ok
         };
         // the most restrictive counter describes every descriptor's status
-        result.counters.sort_by_key(|c| c.remaining().unwrap_or(c.max_value()));
+        result
+            .counters
+            .sort_by_key(|c| c.remaining().unwrap_or(c.max_value()));
         let status = result.counters.first().map(|c| {
             let (per_unit, unit) = unit_of(c.window().as_secs());
             DescriptorStatus {
@@ -111,8 +121,21 @@ impl RateLimitService for Engine {
             }
         });
         let statuses: Vec<DescriptorStatus> = match status {
-            Some(s) => req.descriptors.iter().map(|_| s.clone()).collect(),
-            None => Vec::new(),
+            Some(s) if !self.limitador_style => req.descriptors.iter().map(|_| s.clone()).collect(),
+            _ => Vec::new(),
+        };
+        let response_headers_to_add = if self.limitador_style {
+            result
+                .response_header()
+                .into_iter()
+                .map(|(key, value)| HeaderValue {
+                    key,
+                    value,
+                    ..Default::default()
+                })
+                .collect()
+        } else {
+            Vec::new()
         };
         println!(
             "call domain={} hits={} code={} remaining={}",
@@ -126,6 +149,7 @@ impl RateLimitService for Engine {
         Ok(Response::new(RateLimitResponse {
             overall_code: code as i32,
             statuses,
+            response_headers_to_add,
             ..Default::default()
         }))
     }
@@ -140,12 +164,14 @@ fn arg(args: &[String], name: &str) -> Option<String> {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
-    let limits_path = arg(&args, "--limits").ok_or("usage: rls-engine --limits FILE [--addr HOST:PORT] [--delay-ms N] [--error]")?;
+    let limits_path = arg(&args, "--limits")
+        .ok_or("usage: rls-engine --limits FILE [--addr HOST:PORT] [--delay-ms N] [--error]")?;
     let addr: std::net::SocketAddr = arg(&args, "--addr")
         .unwrap_or_else(|| "127.0.0.1:8090".to_string())
         .parse()?;
     let delay = Duration::from_millis(arg(&args, "--delay-ms").map_or(Ok(0), |s| s.parse())?);
     let error = args.iter().any(|a| a == "--error");
+    let limitador_style = args.iter().any(|a| a == "--rate-limit-headers");
     let limits: Vec<Limit> = serde_yaml::from_str(&std::fs::read_to_string(&limits_path)?)?;
     let limiter = RateLimiter::new(10_000);
     for l in limits {
@@ -155,6 +181,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         limiter,
         delay,
         error,
+        limitador_style,
     });
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!("rls-engine listening on {}", listener.local_addr()?);
