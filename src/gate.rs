@@ -1107,4 +1107,123 @@ mod tests {
         assert!(a.remove.contains(&FAIL_OPEN_HEADER.to_string()));
         assert_eq!(a.path.as_deref(), Some(&b"/a"[..]));
     }
+
+    fn admitted(g: &Gate) -> Admitted {
+        let Step::Verify(p) = g.begin(&[
+            (":method", b"GET"),
+            (":path", b"/a?_apikey=secret-1"),
+            ("x-request-id", b"r-1"),
+        ]) else {
+            panic!("expected a credential")
+        };
+        let digest = crate::hash::sha256(p.credential.secret.as_bytes());
+        let v = g.embedded_verdict(&p, &digest, NOW_US / 1_000_000).unwrap();
+        g.admit(p, v).unwrap()
+    }
+
+    const FLEET: &str = r#","rate_limit":{"plans":{"p":{"requests":5,"window_s":60,"per":"account"}}},
+        "fleet":{"cluster":"rls","plans":{"p":"request"}}"#;
+
+    #[test]
+    fn the_fleet_tier_targets_the_policy_owner() {
+        let g = gate(&key_json(FLEET));
+        let a = admitted(&g);
+        let t = g.target(&a).unwrap();
+        assert_eq!((t.policy, t.owner, t.scope), ("p", "acme", Scope::Account));
+        assert_eq!(
+            g.cfg.fleet.as_ref().unwrap().mode_for(t.policy),
+            crate::fleet::Mode::Request
+        );
+    }
+
+    #[test]
+    fn a_fleet_allow_carries_the_engines_count_and_hides_the_carrier() {
+        let g = gate(&key_json(FLEET));
+        let d = g.fleet_allowed(admitted(&g), 30, Some((12, 41_500)), NOW_US);
+        let Decision::Allow(a) = d else {
+            panic!("{d:?}")
+        };
+        let r = a.rate.unwrap();
+        assert_eq!((r.limit, r.remaining, r.reset), (30, 12, 42));
+        assert_eq!(a.path.as_deref(), Some(&b"/a"[..]));
+        assert_eq!(a.log.decision, "allowed");
+        // the engine said nothing about its count: no headers rather than made-up ones
+        let Decision::Allow(a) = g.fleet_allowed(admitted(&g), 30, None, NOW_US) else {
+            panic!()
+        };
+        assert!(a.rate.is_none());
+    }
+
+    #[test]
+    fn a_fleet_429_is_the_same_problem_as_a_local_one() {
+        let g = gate(&key_json(FLEET));
+        let Decision::Deny(r, log) = g.fleet_over_limit(&admitted(&g), 30, 41_500, NOW_US) else {
+            panic!()
+        };
+        assert_eq!(r.status, 429);
+        assert_eq!(log.decision, "rate-limited");
+        assert_eq!(r.header("retry-after"), Some("42"));
+        assert_eq!(r.header("x-ratelimit-limit"), Some("30"));
+        assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
+        let body: Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(body["type"], "urn:keygate:problem:rate-limited");
+        assert_eq!(body["limit"], 30);
+        assert_eq!(body["policy"], "p");
+        assert_eq!(body["request_id"], "r-1");
+        assert_eq!(body["instance"], "/a");
+    }
+
+    #[test]
+    fn an_engine_failure_refused_closed_is_a_503_problem() {
+        let g = gate(&key_json(FLEET));
+        let Decision::Deny(r, log) = g.fleet_unavailable(&admitted(&g), 3) else {
+            panic!()
+        };
+        assert_eq!(r.status, 503);
+        assert_eq!(log.decision, "rate-limit-unavailable");
+        assert_eq!(r.header("retry-after"), Some("3"));
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+        // and the local tier still decides when asked (the `local` fallback)
+        let st = MemoryStore::default();
+        for _ in 0..5 {
+            assert!(matches!(
+                g.limit_local(admitted(&g), &st, NOW_US),
+                Decision::Allow(_)
+            ));
+        }
+        assert!(matches!(
+            g.limit_local(admitted(&g), &st, NOW_US),
+            Decision::Deny(..)
+        ));
+    }
+
+    #[test]
+    fn fleet_config_refusals_name_the_field() {
+        let bad = |extra: &str| {
+            config::parse(key_json(extra).as_bytes(), &mut Vec::new())
+                .unwrap_err()
+                .field
+        };
+        assert_eq!(
+            bad(r#","fleet":{"cluster":"rls","plans":{"nope":"request"}}"#),
+            "fleet.plans.nope"
+        );
+        assert_eq!(
+            bad(r#","fleet":{"cluster":"rls","plans":{"key":"sometimes"}}"#),
+            "fleet.plans.key"
+        );
+        assert_eq!(bad(r#","fleet":{}"#), "fleet.cluster");
+        assert_eq!(
+            bad(r#","fleet":{"cluster":"rls","on_failure":"open"}"#),
+            "fleet.on_failure"
+        );
+        assert_eq!(
+            bad(r#","fleet":{"cluster":"rls","lease":{"percent":0}}"#),
+            "fleet.lease.percent"
+        );
+        assert_eq!(
+            bad(r#","fleet":{"cluster":"rls","timeout_ms":0}"#),
+            "fleet.timeout_ms"
+        );
+    }
 }
