@@ -285,3 +285,32 @@ def test_an_engine_answering_like_limitador_server(upstream):
         for e in envoys:
             e.stop()
         eng.stop()
+
+
+def test_the_istio_recipe_is_what_keygate_parses(tmp_path):
+    """envoy/fleet/istio.yaml: the WasmPlugin's pluginConfig passes keygate's own parser, names the
+    engine's Service as Istio names its cluster, and the engine's limits count the descriptors
+    keygate sends (the same limits as the demo's, which the demo test runs)."""
+    import subprocess
+    import yaml
+    from harness import ROOT
+    from test_istio import as_struct_json
+
+    docs = [d for d in yaml.safe_load_all((ROOT / "envoy/fleet/istio.yaml").read_text()) if d]
+    [plugin] = [d for d in docs if d["kind"] == "WasmPlugin"]
+    pc = as_struct_json(plugin["spec"]["pluginConfig"])
+    f = tmp_path / "pc.json"
+    f.write_text(json.dumps(pc))
+    subprocess.run(["cargo", "build", "--quiet", "--bin", "keygate-check"], cwd=ROOT, check=True)
+    r = subprocess.run([str(ROOT / "target/debug/keygate-check"), str(f)], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stderr.strip() == "", r.stdout + r.stderr
+    [svc] = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "limitador"]
+    [port] = svc["spec"]["ports"]
+    assert port["name"] == "grpc" and port["appProtocol"] == "grpc"  # HTTP/2 from the sidecar
+    host = f"limitador.{svc['metadata']['namespace']}.svc.cluster.local"
+    assert pc["fleet"]["cluster"] == f"outbound|{port['port']}||{host}"
+    [cm] = [d for d in docs if d["kind"] == "ConfigMap"]
+    limits = yaml.safe_load(cm["data"]["limits.yaml"])
+    demo = yaml.safe_load((ROOT / "envoy/fleet/limits.yaml").read_text())
+    assert all(l in demo for l in limits)
+    assert {l["conditions"][0].split("'")[1] for l in limits} == set(pc["fleet"]["plans"])
