@@ -34,7 +34,7 @@ LIMITS = """
   variables: ["descriptors[0].key_id"]
 """
 
-NAMES = [f"pr-{i}" for i in range(4)] + [f"ls-{i}" for i in range(4)] + ["t1", "t2"] + [f"fr-{i}" for i in range(4)]
+NAMES = [f"pr-{i}" for i in range(4)] + [f"ls-{i}" for i in range(6)] + ["t1", "t2"] + [f"fr-{i}" for i in range(4)]
 
 
 def key(name: str) -> dict:
@@ -314,3 +314,21 @@ def test_the_istio_recipe_is_what_keygate_parses(tmp_path):
     demo = yaml.safe_load((ROOT / "envoy/fleet/limits.yaml").read_text())
     assert all(l in demo for l in limits)
     assert {l["conditions"][0].split("'")[1] for l in limits} == set(pc["fleet"]["plans"])
+
+
+def test_a_replica_that_dies_strands_at_most_its_lease(engine, upstream):
+    """Envoy A takes a lease (8 tokens: lease.max), spends one and dies; Envoy B then admits exactly
+    the rest of the fleet's 60 less A's 7 unspent tokens: never over, stranding = one lease."""
+    a = Envoy(config(), upstream.port, concurrency=1, extra_clusters=[grpc_cluster("ratelimit", engine.port)]).start()
+    b = Envoy(config(), upstream.port, concurrency=1, extra_clusters=[grpc_cluster("ratelimit", engine.port)]).start()
+    try:
+        before = len(engine.calls())
+        assert call(a, "ls-4").status == 200
+        assert engine.calls()[before:] == [engine.calls()[before]] and "hits=8 " in engine.calls()[before]
+        a.stop()
+        st = [call(b, "ls-4").status for _ in range(70)]
+        assert st.count(200) == 60 - 8, st
+        assert st[52:] == [429] * 18
+    finally:
+        a.stop()
+        b.stop()
