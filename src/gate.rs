@@ -682,7 +682,13 @@ impl Gate {
                     reset_ms,
                     retry_after_ms: 0,
                 };
-                Some(self.rate_headers(&d, t.policy, &t.limit, now_us))
+                // the IETF policy names the engine's limit, over the plan's window
+                let shown = ratelimit::Limit {
+                    requests: limit,
+                    window_s: t.limit.window_s,
+                    burst: limit,
+                };
+                Some(self.rate_headers(&d, t.policy, &shown, now_us))
             }
             _ => None,
         };
