@@ -32,13 +32,18 @@ LIMITS = """
   seconds: 3600
   conditions: ["descriptors[0].plan == 'fragile'"]
   variables: ["descriptors[0].key_id"]
+- namespace: keygate
+  max_value: 5
+  seconds: 2
+  conditions: ["descriptors[0].plan == 'short'"]
+  variables: ["descriptors[0].key_id"]
 """
 
-NAMES = [f"pr-{i}" for i in range(4)] + [f"ls-{i}" for i in range(6)] + ["t1", "t2"] + [f"fr-{i}" for i in range(4)]
+NAMES = [f"pr-{i}" for i in range(4)] + [f"ls-{i}" for i in range(6)] + ["t1", "t2"] + [f"fr-{i}" for i in range(4)] + ["sh-0", "sh-1"]
 
 
 def key(name: str) -> dict:
-    plan = {"pr": "perreq", "ls": "leased", "t1": "team", "t2": "team", "fr": "fragile"}[name.split("-")[0]]
+    plan = {"pr": "perreq", "ls": "leased", "t1": "team", "t2": "team", "fr": "fragile", "sh": "short"}[name.split("-")[0]]
     return {"id": name, "sha256": sha(f"secret-{name}"), "account": "acme" if plan == "team" else name, "plan": plan}
 
 
@@ -52,9 +57,11 @@ def config(on_failure="local", timeout_ms=300, engine_cluster="ratelimit"):
             "leased": {"requests": 1000, "window_s": 3600},
             "team": {"requests": 1000, "window_s": 3600, "per": "account"},
             "fragile": {"requests": 3, "window_s": 3600},
+            "short": {"requests": 1000, "window_s": 2},
         }},
         "fleet": {"cluster": engine_cluster, "timeout_ms": timeout_ms, "on_failure": on_failure,
-                  "plans": {"perreq": "request", "leased": "leased", "team": "leased", "fragile": "request"},
+                  "plans": {"perreq": "request", "leased": "leased", "team": "leased", "fragile": "request",
+                            "short": "leased"},
                   "lease": {"max": 8, "percent": 20}},
     }
 
@@ -332,3 +339,25 @@ def test_a_replica_that_dies_strands_at_most_its_lease(engine, upstream):
     finally:
         a.stop()
         b.stop()
+
+
+@pytest.mark.parametrize("name", ["sh-0"])
+def test_leases_end_with_the_engines_window(fleet, engine, name):
+    """5 per 2-second window (the engine's fixed window starts at the first hit, between the first
+    success's send and its arrival): leases are spent only in the window they were taken in, so
+    what arrived less than 2 s after the first success was sent is one window, at most 5, and new
+    windows admit again."""
+    t0 = time.time()
+    log = []  # (sent, arrived, status)
+    while time.time() - t0 < 5.5:
+        sent = time.time()
+        r = call(fleet[len(log) % 2], name)
+        log.append((sent, time.time(), r.status))
+        time.sleep(0.02)
+    ok = [(s, a) for s, a, st in log if st == 200]
+    first_sent = ok[0][0]
+    assert sum(a < first_sent + 2 for _, a in ok) <= 5, [(round(s - t0, 3), round(a - t0, 3), st) for s, a, st in log]
+    assert sum(a < first_sent + 2 for _, a in ok) == 5  # sequential traffic spends the whole lease
+    # 5.5 s of traffic spans at most 3 windows; a later window admitted again
+    assert 10 <= len(ok) <= 15, len(ok)
+    assert any(s >= first_sent + 2 for s, _ in ok)
