@@ -171,6 +171,7 @@ fn decision_metric(decision: &str) -> &'static str {
         "rate-limited" => "keygate.requests.rate_limited",
         "auth-throttled" => "keygate.requests.auth_throttled",
         "key-service-unavailable" => "keygate.requests.key_service_unavailable",
+        "rate-limit-unavailable" => "keygate.requests.rate_limit_unavailable",
         _ => "keygate.requests.other",
     }
 }
