@@ -33,16 +33,25 @@ LIMITS = """
   conditions: ["descriptors[0].plan == 'fragile'"]
   variables: ["descriptors[0].key_id"]
 - namespace: keygate
+  max_value: 4
+  seconds: 3600
+  conditions: ["descriptors[0].plan == 'key'"]
+  variables: ["descriptors[0].key_id"]
+- namespace: keygate
   max_value: 5
   seconds: 2
   conditions: ["descriptors[0].plan == 'short'"]
   variables: ["descriptors[0].key_id"]
 """
 
-NAMES = [f"pr-{i}" for i in range(4)] + [f"ls-{i}" for i in range(6)] + ["t1", "t2"] + [f"fr-{i}" for i in range(4)] + ["sh-0", "sh-1"]
+NAMES = [f"pr-{i}" for i in range(4)] + [f"ls-{i}" for i in range(6)] + ["t1", "t2"] + [f"fr-{i}" for i in range(4)] + ["sh-0", "sh-1", "ov-0"]
 
 
 def key(name: str) -> dict:
+    if name.startswith("ov-"):
+        # a key with its own limit: the policy named `key`
+        return {"id": name, "sha256": sha(f"secret-{name}"), "account": name, "plan": "perreq",
+                "rate_limit": {"requests": 1000, "window_s": 3600}}
     plan = {"pr": "perreq", "ls": "leased", "t1": "team", "t2": "team", "fr": "fragile", "sh": "short"}[name.split("-")[0]]
     return {"id": name, "sha256": sha(f"secret-{name}"), "account": "acme" if plan == "team" else name, "plan": plan}
 
@@ -61,7 +70,7 @@ def config(on_failure="local", timeout_ms=300, engine_cluster="ratelimit"):
         }},
         "fleet": {"cluster": engine_cluster, "timeout_ms": timeout_ms, "on_failure": on_failure,
                   "plans": {"perreq": "request", "leased": "leased", "team": "leased", "fragile": "request",
-                            "short": "leased"},
+                            "short": "leased", "key": "request"},
                   "lease": {"max": 8, "percent": 20}},
     }
 
@@ -361,3 +370,10 @@ def test_leases_end_with_the_engines_window(fleet, engine, name):
     # 5.5 s of traffic spans at most 3 windows; a later window admitted again
     assert 10 <= len(ok) <= 15, len(ok)
     assert any(s >= first_sent + 2 for s, _ in ok)
+
+
+def test_a_keys_own_limit_is_counted_by_the_engine_as_policy_key(fleet):
+    st = [call(fleet[i % 2], "ov-0") for i in range(6)]
+    assert [r.status for r in st] == [200] * 4 + [429] * 2
+    assert st[0].header("x-ratelimit-limit") == "4"
+    assert st[4].json()["policy"] == "key"
