@@ -4,6 +4,10 @@
 #   envoy/demo.sh remote   the reference key service (envoy/demo-remote.yaml), its SQLite database
 #                          in .demo/keys.sqlite (kept across runs; the demo keys are restored at
 #                          every start; `rm -rf .demo` forgets everything else)
+#   envoy/demo.sh fleet    fleet-wide limits (issue #15): the test rate-limit engine on 127.0.0.1:8090
+#                          (tests/rls-engine, limits in envoy/fleet/limits.yaml) and TWO Envoys from
+#                          envoy/fleet/demo-fleet.yaml: A on 10000 (admin 9901), B on 10001 (admin 9902)
+#                          (fixed ports, checked like the others)
 #   envoy/demo.sh PROFILE  a seed-API profile, envoy/profiles/PROFILE.yaml (eventlyte, evon,
 #                          eventstaff, eventicat, astalty); the key service too when it uses one
 # Ports (loopback), each overridable: KEYGATE_PORT (listener, 10000), KEYGATE_ADMIN_PORT (9901),
@@ -16,6 +20,7 @@ cd "$(dirname "$0")/.."
 mode=${1:-embedded}
 [ $# -gt 0 ] && shift
 case "$mode" in
+  fleet) config=envoy/fleet/demo-fleet.yaml ;;
   embedded) config=envoy/demo.yaml ;;
   remote) config=envoy/demo-remote.yaml ;;
   *) config=envoy/profiles/$mode.yaml
@@ -32,6 +37,10 @@ grep -q 'cluster_name: keyservice' "$config" && needs_keyservice=true
 # Envoy would proxy to whatever else listens there.
 ports=("KEYGATE_PORT=$port" "KEYGATE_ADMIN_PORT=$admin_port" "KEYGATE_UPSTREAM_PORT=$upstream_port")
 $needs_keyservice && ports+=("KEYGATE_KEYSERVICE_PORT=$keyservice_port")
+if [ "$mode" = fleet ]; then
+  port=10000; admin_port=9901; upstream_port=8080
+  ports=("Envoy-A=10000" "Envoy-A-admin=9901" "Envoy-B=10001" "Envoy-B-admin=9902" "upstream=8080" "engine=8090")
+fi
 if ! python3 - "${ports[@]}" <<'EOF'
 import socket, sys
 seen, bad = {}, []
@@ -65,6 +74,27 @@ if command -v rustup >/dev/null 2>&1; then
 fi
 cargo wasm --quiet
 ENVOY_CMD=$(envoy/find-envoy.sh)
+
+if [ "$mode" = fleet ]; then
+  pids=()
+  trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT INT TERM
+  python3 tests/services/echo.py --port 8080 &
+  pids+=($!)
+  engine=$(tests/rls-engine/build.sh)
+  "$engine" --limits envoy/fleet/limits.yaml --addr 127.0.0.1:8090 >/dev/null &
+  pids+=($!)
+  mkdir -p .demo
+  sed -e 's/port_value: 10000/port_value: 10001/' -e 's/port_value: 9901/port_value: 9902/' \
+    envoy/fleet/demo-fleet.yaml > .demo/demo-fleet-b.yaml
+  sleep 0.5
+  $ENVOY_CMD -c .demo/demo-fleet-b.yaml --concurrency 2 --disable-hot-restart -l warning \
+    --base-id 1 "$@" >/dev/null 2>&1 &
+  pids+=($!)
+  echo "keygate fleet demo: Envoy A http://127.0.0.1:10000, Envoy B http://127.0.0.1:10001, one engine on :8090" >&2
+  echo "  for i in \$(seq 6); do curl -s -o /dev/null -w '%{http_code} ' localhost:1000\$((i % 2))/x -H 'X-API-Key: tiny-demo-key-0001'; done  # 200 200 200 429 429 429" >&2
+  $ENVOY_CMD -c envoy/fleet/demo-fleet.yaml --concurrency 2 --disable-hot-restart -l warning "$@"
+  exit
+fi
 
 # The config with the chosen ports (the files name the defaults).
 mkdir -p .demo

@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use crate::cache::CachePolicy;
 use crate::credential::CredentialConfig;
+use crate::fleet::{FleetConfig, LeasePolicy, Mode, OnEngineFailure};
 use crate::hash::parse_hex32;
 use crate::keystore::{KeyEntry, KeyStore};
 use crate::path::PathPolicy;
@@ -171,6 +172,8 @@ pub struct Config {
     pub malformed_status: u32,
     /// Wording and extension members per problem kind (`problems`), by `Kind::index`.
     pub problems: Dialects,
+    /// Fleet-wide limits on a rate-limit engine (`None`: every limit is this Envoy's own).
+    pub fleet: Option<FleetConfig>,
 }
 
 thread_local! {
@@ -190,7 +193,8 @@ pub fn known_fields() -> Vec<String> {
       "paths": {},
       "key_service": {"cluster": "c"},
       "auth_throttle": {},
-      "problems": {"credential-missing": {"members": {}}}
+      "problems": {"credential-missing": {"members": {}}},
+      "fleet": {"cluster": "c", "plans": {"p": "request"}, "lease": {}}
     }"#;
     FIELDS_ASKED.with(|c| *c.borrow_mut() = Some(Vec::new()));
     let _ = parse(sample, &mut Vec::new());
@@ -1320,6 +1324,10 @@ pub fn parse(bytes: &[u8], warnings: &mut Vec<String>) -> Result<Config, ConfigE
         Some(c) => parse_problems(c, strict, w)?,
         None => Dialects::new(),
     };
+    let fleet = match o.child("fleet")? {
+        Some(f) => Some(parse_fleet(f, &rate, strict, w)?),
+        None => None,
+    };
     let da_field = o.field("default_access");
     let da = o.opt_str("default_access")?;
     let default_access = parse_access(&da_field, da, Access::Key)?;
@@ -1344,6 +1352,7 @@ pub fn parse(bytes: &[u8], warnings: &mut Vec<String>) -> Result<Config, ConfigE
         method_rules,
         malformed_status,
         problems,
+        fleet,
     })
 }
 
@@ -1479,6 +1488,95 @@ fn parse_dialect(
         title,
         detail,
         members,
+    })
+}
+
+fn parse_mode(field: &str, v: Option<&str>, default: Mode) -> Result<Mode, ConfigError> {
+    match v {
+        None => Ok(default),
+        Some(s) => Mode::parse(s)
+            .ok_or_else(|| err(field, format!("`{s}` is not one of local, request, leased"))),
+    }
+}
+
+/// `fleet`: the rate-limit engine and which policies it counts (see `crate::fleet`).
+fn parse_fleet(
+    mut o: Obj<'_>,
+    rate: &RateConfig,
+    strict: bool,
+    w: &mut Vec<String>,
+) -> Result<FleetConfig, ConfigError> {
+    let cluster = o.str_req("cluster")?.to_string();
+    if cluster.bytes().any(|c| c <= b' ' || c == 0x7f) {
+        return Err(err(
+            &o.field("cluster"),
+            "must hold no spaces or control characters",
+        ));
+    }
+    let af = o.field("authority");
+    let authority = plain_text(&af, o.opt_str("authority")?.unwrap_or(&cluster), 256)?;
+    let df = o.field("domain");
+    let domain = plain_text(&df, o.opt_str("domain")?.unwrap_or("keygate"), 128)?;
+    if domain.is_empty() {
+        return Err(err(&df, "must not be empty"));
+    }
+    let timeout_ms = bounded(&mut o, "timeout_ms", 200, 1, 60_000)?;
+    let retry_after_s = bounded(&mut o, "retry_after_s", 1, 1, 3600)?;
+    let on_failure = match o.opt_str("on_failure")? {
+        None | Some("local") => OnEngineFailure::Local,
+        Some("closed") => OnEngineFailure::Closed,
+        Some(other) => {
+            return Err(err(
+                &o.field("on_failure"),
+                format!("`{other}` is not one of local, closed"),
+            ))
+        }
+    };
+    let dm = o.field("default");
+    let default = parse_mode(&dm, o.opt_str("default")?, Mode::Local)?;
+    let mut plans = Vec::new();
+    if let Some(mut p) = o.child("plans")? {
+        let names: Vec<&String> = p.map.keys().collect();
+        for name in names {
+            let f = p.field(name);
+            let known =
+                name == "key" || name == "default" || rate.plans.iter().any(|(n, _)| n == name);
+            if !known {
+                return Err(err(
+                    &f,
+                    "names no plan of rate_limit.plans (nor `key` or `default`)",
+                ));
+            }
+            let mode = match p.map.get(name.as_str()) {
+                Some(Value::String(s)) => parse_mode(&f, Some(s), Mode::Local)?,
+                _ => return Err(err(&f, "expected \"local\", \"request\" or \"leased\"")),
+            };
+            plans.push((name.clone(), mode));
+        }
+        p.seen.clear();
+    }
+    let mut lease = LeasePolicy {
+        max: 100,
+        percent: 10,
+        ttl_ms: 1000,
+    };
+    if let Some(mut l) = o.child("lease")? {
+        lease.max = bounded(&mut l, "max", 100, 1, 1_000_000)?;
+        lease.percent = bounded(&mut l, "percent", 10, 1, 100)?;
+        lease.ttl_ms = bounded(&mut l, "ttl_ms", 1000, 10, 3_600_000)?;
+        l.finish(strict, w)?;
+    }
+    o.finish(strict, w)?;
+    Ok(FleetConfig {
+        cluster,
+        authority,
+        domain,
+        timeout_ms,
+        on_failure,
+        retry_after_s,
+        plans,
+        default,
+        lease,
     })
 }
 

@@ -505,6 +505,17 @@ impl Gate {
         store: &dyn SharedStore,
         now_us: u64,
     ) -> Decision {
+        match self.admit(p, verdict) {
+            Ok(a) => self.limit_local(a, store, now_us),
+            Err(d) => d,
+        }
+    }
+
+    /// The verdict, scopes and ownership: a denial, or a request left only with its rate limit
+    /// (this Envoy's bucket: `limit_local`; or a fleet engine's, see `crate::fleet`).
+    // the Err is the (rarer) denial, moved once: boxing would allocate on every denial
+    #[allow(clippy::result_large_err)]
+    pub fn admit(&self, p: Pending, verdict: Verdict) -> Result<Admitted, Decision> {
         // built only on a denial: the allowed path allocates no problem
         let problems = || self.problems(instance_of(&p.path), p.request_id.as_deref(), p.grpc);
         let presented_token = p.credential.style != Style::Basic;
@@ -520,7 +531,7 @@ impl Gate {
                     Refusal::Disabled => (Kind::CredentialDisabled, "the credential is disabled"),
                 };
                 let h = self.challenges(presented_token.then_some(("invalid_token", detail)));
-                return self.deny(&problems(), 401, kind, detail, &[], h, None);
+                return Err(self.deny(&problems(), 401, kind, detail, &[], h, None));
             }
         };
 
@@ -542,7 +553,7 @@ impl Gate {
                 }
                 let detail = format!("the key lacks the scope `{}`", quoted(missing));
                 let extra = [("missing_scope", Extra::Text(missing))];
-                return self.deny(
+                return Err(self.deny(
                     &problems(),
                     403,
                     Kind::InsufficientScope,
@@ -550,7 +561,7 @@ impl Gate {
                     &extra,
                     h,
                     Some(&id),
-                );
+                ));
             }
             if let Some(owner) = &route.owner {
                 let (raw_path, raw_query) = query::split_path(&p.path);
@@ -583,7 +594,7 @@ impl Gate {
                     )),
                 };
                 if let Some(detail) = detail {
-                    return self.deny(
+                    return Err(self.deny(
                         &problems(),
                         owner.status,
                         Kind::ResourceForbidden,
@@ -591,19 +602,29 @@ impl Gate {
                         &[],
                         vec![],
                         Some(&id),
-                    );
+                    ));
                 }
             }
         }
 
+        Ok(Admitted {
+            pending: p,
+            id,
+            body,
+        })
+    }
+
+    /// This Envoy's own token bucket for an admitted request (the local tier).
+    pub fn limit_local(&self, a: Admitted, store: &dyn SharedStore, now_us: u64) -> Decision {
+        let Admitted {
+            pending: p,
+            id,
+            body,
+        } = a;
+        let problems = || self.problems(instance_of(&p.path), p.request_id.as_deref(), p.grpc);
         let mut rate = None;
         if let Some((policy_name, limit, scope, algorithm)) = self.limit_for(&id) {
-            let owner = match scope {
-                Scope::Key => &id.key_id,
-                Scope::Subject => &id.subject,
-                Scope::Account if !id.account.is_empty() => &id.account,
-                Scope::Account => &id.key_id,
-            };
+            let owner = owner_of(&id, scope);
             let mut key = self.bucket_key.take();
             key.clear();
             key.push_str(&self.cfg.shared_prefix);
@@ -847,6 +868,150 @@ impl Gate {
                 reset_s,
             }),
         }
+    }
+}
+
+/// A request whose credential, scopes and ownership passed: only its rate limit is left.
+#[derive(Clone, Debug)]
+pub struct Admitted {
+    pending: Pending,
+    pub id: Rc<Identity>,
+    /// The owner check left for the body (`Allow::body`).
+    body: Option<BodyCheck>,
+}
+
+/// Who a bucket (or a fleet limit) belongs to: the key, its subject, or its account (the key when
+/// it has no account).
+fn owner_of(id: &Identity, scope: Scope) -> &str {
+    match scope {
+        Scope::Key => &id.key_id,
+        Scope::Subject => &id.subject,
+        Scope::Account if !id.account.is_empty() => &id.account,
+        Scope::Account => &id.key_id,
+    }
+}
+
+/// The limit an admitted request falls under: policy name, the configured limit, its scope and
+/// owner.
+pub struct Target<'a> {
+    pub policy: &'a str,
+    pub limit: ratelimit::Limit,
+    pub scope: Scope,
+    pub owner: &'a str,
+}
+
+/// The fleet tier (`crate::fleet`): decisions from a rate-limit engine's answer, with the same
+/// headers and the same 429 as the local tier.
+impl Gate {
+    /// The limit `a` falls under (`None`: unlimited).
+    pub fn target<'a>(&'a self, a: &'a Admitted) -> Option<Target<'a>> {
+        self.limit_for(&a.id)
+            .map(|(policy, limit, scope, _)| Target {
+                policy,
+                limit,
+                scope,
+                owner: owner_of(&a.id, scope),
+            })
+    }
+
+    /// Allowed by the engine: `limit` (the engine's, else the configured one), `remaining`, and
+    /// ms until the engine's window resets (`None`: no rate-limit headers, the engine did not say).
+    pub fn fleet_allowed(
+        &self,
+        a: Admitted,
+        limit: u64,
+        remaining: Option<(u64, u64)>,
+        now_us: u64,
+    ) -> Decision {
+        let rate = match (remaining, self.target(&a)) {
+            (Some((remaining, reset_ms)), Some(t)) if self.cfg.rate.headers => {
+                let d = RateDecision {
+                    allowed: true,
+                    limit,
+                    remaining,
+                    reset_ms,
+                    retry_after_ms: 0,
+                };
+                // the IETF policy names the engine's limit, over the plan's window
+                let shown = ratelimit::Limit {
+                    requests: limit,
+                    window_s: t.limit.window_s,
+                    burst: limit,
+                };
+                Some(self.rate_headers(&d, t.policy, &shown, now_us))
+            }
+            _ => None,
+        };
+        let Admitted {
+            pending: p,
+            id,
+            body,
+        } = a;
+        let mut remove = p.strip;
+        let path = self.hide_carriers(&p.carriers, &p.path, &mut remove);
+        Decision::Allow(Allow {
+            remove,
+            path,
+            rate,
+            log: LogFields::of("allowed", Some(&id)),
+            identity: Some(id),
+            body,
+            ..Default::default()
+        })
+    }
+
+    /// Refused by the engine (OVER_LIMIT, now or remembered): the same 429 as the local tier,
+    /// `limit` being the engine's and `retry_ms` the time until its window resets.
+    pub fn fleet_over_limit(
+        &self,
+        a: &Admitted,
+        limit: u64,
+        retry_ms: u64,
+        now_us: u64,
+    ) -> Decision {
+        let Some(t) = self.target(a) else {
+            return self.fleet_unavailable(a, 1);
+        };
+        let d = RateDecision {
+            allowed: false,
+            limit,
+            remaining: 0,
+            reset_ms: retry_ms,
+            retry_after_ms: retry_ms,
+        };
+        let shown = ratelimit::Limit {
+            requests: limit,
+            window_s: t.limit.window_s,
+            burst: limit,
+        };
+        let h = self.rate_headers(&d, t.policy, &shown, now_us);
+        let pb = self.problems(
+            instance_of(&a.pending.path),
+            a.pending.request_id.as_deref(),
+            a.pending.grpc,
+        );
+        let policy = (t.policy, &shown, Algorithm::TokenBucket);
+        self.over_limit(&pb, &d, h, policy, now_us, &a.id)
+    }
+
+    /// The engine failed and `fleet.on_failure` is `closed`: 503 `rate-limit-unavailable`.
+    pub fn fleet_unavailable(&self, a: &Admitted, retry_after_s: u64) -> Decision {
+        let pb = self.problems(
+            instance_of(&a.pending.path),
+            a.pending.request_id.as_deref(),
+            a.pending.grpc,
+        );
+        let h = vec![("retry-after".to_string(), retry_after_s.to_string())];
+        let detail = "the rate-limit engine could not count the request; retry shortly";
+        self.deny(
+            &pb,
+            503,
+            Kind::RateLimitUnavailable,
+            detail,
+            &[],
+            h,
+            Some(&a.id),
+        )
     }
 }
 
@@ -1668,5 +1833,124 @@ mod tests {
         );
         assert!(a.remove.contains(&FAIL_OPEN_HEADER.to_string()));
         assert_eq!(a.path.as_deref(), Some(&b"/a"[..]));
+    }
+
+    fn admitted(g: &Gate) -> Admitted {
+        let Step::Verify(p) = g.begin(&[
+            (":method", b"GET"),
+            (":path", b"/a?_apikey=secret-1"),
+            ("x-request-id", b"r-1"),
+        ]) else {
+            panic!("expected a credential")
+        };
+        let digest = crate::hash::sha256(p.credential.secret.as_bytes());
+        let v = g.embedded_verdict(&p, &digest, NOW_US / 1_000_000).unwrap();
+        g.admit(p, v).unwrap()
+    }
+
+    const FLEET: &str = r#","rate_limit":{"plans":{"p":{"requests":5,"window_s":60,"per":"account"}}},
+        "fleet":{"cluster":"rls","plans":{"p":"request"}}"#;
+
+    #[test]
+    fn the_fleet_tier_targets_the_policy_owner() {
+        let g = gate(&key_json(FLEET));
+        let a = admitted(&g);
+        let t = g.target(&a).unwrap();
+        assert_eq!((t.policy, t.owner, t.scope), ("p", "acme", Scope::Account));
+        assert_eq!(
+            g.cfg.fleet.as_ref().unwrap().mode_for(t.policy),
+            crate::fleet::Mode::Request
+        );
+    }
+
+    #[test]
+    fn a_fleet_allow_carries_the_engines_count_and_hides_the_carrier() {
+        let g = gate(&key_json(FLEET));
+        let d = g.fleet_allowed(admitted(&g), 30, Some((12, 41_500)), NOW_US);
+        let Decision::Allow(a) = d else {
+            panic!("{d:?}")
+        };
+        let r = a.rate.unwrap();
+        assert_eq!((r.limit, r.remaining, r.reset), (30, 12, 42));
+        assert_eq!(a.path.as_deref(), Some(&b"/a"[..]));
+        assert_eq!(a.log.decision, "allowed");
+        // the engine said nothing about its count: no headers rather than made-up ones
+        let Decision::Allow(a) = g.fleet_allowed(admitted(&g), 30, None, NOW_US) else {
+            panic!()
+        };
+        assert!(a.rate.is_none());
+    }
+
+    #[test]
+    fn a_fleet_429_is_the_same_problem_as_a_local_one() {
+        let g = gate(&key_json(FLEET));
+        let Decision::Deny(r, log) = g.fleet_over_limit(&admitted(&g), 30, 41_500, NOW_US) else {
+            panic!()
+        };
+        assert_eq!(r.status, 429);
+        assert_eq!(log.decision, "rate-limited");
+        assert_eq!(r.header("retry-after"), Some("42"));
+        assert_eq!(r.header("x-ratelimit-limit"), Some("30"));
+        assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
+        let body: Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(body["type"], "urn:keygate:problem:rate-limited");
+        assert_eq!(body["limit"], 30);
+        assert_eq!(body["policy"], "p");
+        assert_eq!(body["request_id"], "r-1");
+        assert_eq!(body["instance"], "/a");
+    }
+
+    #[test]
+    fn an_engine_failure_refused_closed_is_a_503_problem() {
+        let g = gate(&key_json(FLEET));
+        let Decision::Deny(r, log) = g.fleet_unavailable(&admitted(&g), 3) else {
+            panic!()
+        };
+        assert_eq!(r.status, 503);
+        assert_eq!(log.decision, "rate-limit-unavailable");
+        assert_eq!(r.header("retry-after"), Some("3"));
+        assert_eq!(r.header("content-type"), Some("application/problem+json"));
+        // and the local tier still decides when asked (the `local` fallback)
+        let st = MemoryStore::default();
+        for _ in 0..5 {
+            assert!(matches!(
+                g.limit_local(admitted(&g), &st, NOW_US),
+                Decision::Allow(_)
+            ));
+        }
+        assert!(matches!(
+            g.limit_local(admitted(&g), &st, NOW_US),
+            Decision::Deny(..)
+        ));
+    }
+
+    #[test]
+    fn fleet_config_refusals_name_the_field() {
+        let bad = |extra: &str| {
+            config::parse(key_json(extra).as_bytes(), &mut Vec::new())
+                .unwrap_err()
+                .field
+        };
+        assert_eq!(
+            bad(r#","fleet":{"cluster":"rls","plans":{"nope":"request"}}"#),
+            "fleet.plans.nope"
+        );
+        assert_eq!(
+            bad(r#","fleet":{"cluster":"rls","plans":{"key":"sometimes"}}"#),
+            "fleet.plans.key"
+        );
+        assert_eq!(bad(r#","fleet":{}"#), "fleet.cluster");
+        assert_eq!(
+            bad(r#","fleet":{"cluster":"rls","on_failure":"open"}"#),
+            "fleet.on_failure"
+        );
+        assert_eq!(
+            bad(r#","fleet":{"cluster":"rls","lease":{"percent":0}}"#),
+            "fleet.lease.percent"
+        );
+        assert_eq!(
+            bad(r#","fleet":{"cluster":"rls","timeout_ms":0}"#),
+            "fleet.timeout_ms"
+        );
     }
 }

@@ -55,6 +55,7 @@ pub enum Kind {
     RateLimited,
     AuthThrottled,
     KeyServiceUnavailable,
+    RateLimitUnavailable,
     Internal,
 }
 
@@ -76,12 +77,13 @@ impl Kind {
             Kind::RateLimited => "rate-limited",
             Kind::AuthThrottled => "auth-throttled",
             Kind::KeyServiceUnavailable => "key-service-unavailable",
+            Kind::RateLimitUnavailable => "rate-limit-unavailable",
             Kind::Internal => "internal",
         }
     }
 
     /// Every kind, in `index` order.
-    pub const ALL: [Kind; 16] = [
+    pub const ALL: [Kind; 17] = [
         Kind::CredentialMissing,
         Kind::CredentialMalformed,
         Kind::CredentialTooLarge,
@@ -97,6 +99,7 @@ impl Kind {
         Kind::RateLimited,
         Kind::AuthThrottled,
         Kind::KeyServiceUnavailable,
+        Kind::RateLimitUnavailable,
         Kind::Internal,
     ];
 
@@ -135,6 +138,7 @@ impl Kind {
             Kind::RateLimited => "Too many requests",
             Kind::AuthThrottled => "Too many failed authentications",
             Kind::KeyServiceUnavailable => "Key service unavailable",
+            Kind::RateLimitUnavailable => "Rate-limit engine unavailable",
             Kind::Internal => "Gateway error",
         }
     }

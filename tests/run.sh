@@ -36,6 +36,9 @@ if [ -f tests/fuzz/Cargo.toml ]; then
   cargo check --quiet --manifest-path tests/fuzz/Cargo.toml --bins
 fi
 
+step "build the test rate-limit engine (tests/rls-engine, cached in target/rls-engine)"
+tests/rls-engine/build.sh
+
 step "python test environment"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt

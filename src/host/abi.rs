@@ -21,6 +21,7 @@ pub const LOG_ERROR: u32 = 4;
 pub const MAP_REQUEST_HEADERS: u32 = 0;
 pub const MAP_RESPONSE_HEADERS: u32 = 2;
 pub const MAP_CALL_RESPONSE_HEADERS: u32 = 6;
+pub const MAP_CALL_RESPONSE_TRAILERS: u32 = 7;
 
 pub const BUFFER_HTTP_REQUEST_BODY: u32 = 0;
 pub const BUFFER_CALL_RESPONSE_BODY: u32 = 4;

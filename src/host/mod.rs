@@ -11,6 +11,7 @@
 //! worker; concurrent misses wait on it), and the requests waiting on them.
 
 mod abi;
+mod fleet;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -28,6 +29,7 @@ use crate::route::MAX_OWNER_BODY;
 use crate::store::{Guesses, SetOutcome, SharedStore, Speculative};
 use crate::throttle::{client_of, Throttle};
 use crate::verdict::{Identity, Refusal, Verdict};
+use fleet::Next;
 
 const ACTION_CONTINUE: u32 = 0;
 const ACTION_PAUSE: u32 = 1;
@@ -175,6 +177,7 @@ fn decision_metric(decision: &str) -> &'static str {
         "rate-limited" => "keygate.requests.rate_limited",
         "auth-throttled" => "keygate.requests.auth_throttled",
         "key-service-unavailable" => "keygate.requests.key_service_unavailable",
+        "rate-limit-unavailable" => "keygate.requests.rate_limit_unavailable",
         _ => "keygate.requests.other",
     }
 }
@@ -243,6 +246,8 @@ struct Plugin {
     feed_ready: bool,
     /// The tick period was switched from the startup period to `poll_ms`.
     steady_ticks: bool,
+    /// Calls to the fleet's rate-limit engine and the requests waiting on them.
+    fleet: fleet::Flights,
 }
 
 thread_local! {
@@ -339,6 +344,7 @@ pub extern "C" fn proxy_on_configure(root_id: u32, size: usize) -> u32 {
         now: 0,
         feed_ready: false,
         steady_ticks: false,
+        fleet: fleet::Flights::default(),
     };
     let name = abi::get_property(&["plugin_name"]).unwrap_or_default();
     VM.with(|vm| {
@@ -547,21 +553,21 @@ impl Plugin {
         // cache id
         let secret_sha256 = self.digests.sha256(pending.credential.secret.as_bytes());
         if let Some(v) = gate.embedded_verdict(&pending, &secret_sha256, now / 1000) {
-            let d = self.conclude(pending, v, now);
-            return self.apply(ctx, d, false);
+            let next = self.conclude(pending, v, now);
+            return self.run(ctx, next, false);
         }
         let Some(ks) = gate.cfg.key_service.as_ref() else {
             // unreachable in practice: embedded_verdict only defers when a service is configured
-            let d = self.conclude(pending, Verdict::Refused(Refusal::Unknown), now);
-            return self.apply(ctx, d, false);
+            let next = self.conclude(pending, Verdict::Refused(Refusal::Unknown), now);
+            return self.run(ctx, next, false);
         };
         let c = &pending.credential;
         let id = credential_id_from_hash(c.user.as_deref(), &secret_sha256);
         let entry = credential_id_from_hash(None, &secret_sha256);
         if let Some(r) = self.negative.get(&id, now) {
             self.metrics.inc("keygate.cache.negative_hit");
-            let d = self.conclude(pending, Verdict::Refused(r), now);
-            return self.apply(ctx, d, false);
+            let next = self.conclude(pending, Verdict::Refused(r), now);
+            return self.run(ctx, next, false);
         }
         let prefix = &gate.cfg.shared_prefix;
         let key = || cache::entry_key(prefix, &entry);
@@ -572,8 +578,8 @@ impl Plugin {
         {
             Lookup::Fresh(v) => {
                 self.metrics.inc("keygate.cache.hit");
-                let d = self.conclude(pending, v, now);
-                return self.apply(ctx, d, false);
+                let next = self.conclude(pending, v, now);
+                return self.run(ctx, next, false);
             }
             Lookup::Stale(v) => Some(v),
             Lookup::Miss => None,
@@ -640,8 +646,8 @@ impl Plugin {
                 // requests still waiting on an overdue call for this credential fail with us
                 self.settle_flight(&id, |p, w| p.failed(w, ServiceFailure::NoResponse));
                 abi::set_effective_context(ctx);
-                let d = self.failed(waiter, ServiceFailure::NoResponse);
-                self.apply(ctx, d, false)
+                let next = self.failed(waiter, ServiceFailure::NoResponse);
+                self.run(ctx, next, false)
             }
         }
     }
@@ -662,7 +668,7 @@ impl Plugin {
 
     /// The decision once a verdict is known. A refusal counts against the client's
     /// failed-authentication budget; over budget, the answer is 429 instead of 401.
-    fn conclude(&mut self, pending: Pending, v: Verdict, now: u64) -> Decision {
+    fn conclude(&mut self, pending: Pending, v: Verdict, now: u64) -> Next {
         let gate = self.gate.clone();
         if matches!(v, Verdict::Refused(_)) && self.throttle.is_some() {
             let client = client_address();
@@ -671,11 +677,11 @@ impl Plugin {
                 .as_ref()
                 .and_then(|t| t.blocked(&client, now * 1000))
             {
-                return gate.throttled(&pending, wait);
+                return Next::Decided(gate.throttled(&pending, wait));
             }
             self.note_failure(&client);
         }
-        gate.finish(pending, v, &self.buckets(now), now * 1000)
+        Next::Verdict(pending, v)
     }
 
     /// Dispatches a call owned by the root context, then restores `ctx` as the effective one.
@@ -714,21 +720,24 @@ impl Plugin {
     }
 
     /// The decision when the key service failed: a stale verdict, fail-open, or 503.
-    fn failed(&mut self, w: Waiter, f: ServiceFailure) -> Decision {
+    fn failed(&mut self, w: Waiter, f: ServiceFailure) -> Next {
         let gate = self.gate.clone();
         let now = now_ms();
         if let Some(v) = w.stale {
             self.metrics.inc("keygate.cache.stale_served");
-            return gate.finish(w.pending, v.at(now / 1000), &self.buckets(now), now * 1000);
+            return Next::Verdict(w.pending, v.at(now / 1000));
         }
-        match gate.cfg.key_service.as_ref() {
+        Next::Decided(match gate.cfg.key_service.as_ref() {
             Some(ks) if ks.on_failure == OnFailure::Open => gate.fail_open(w.pending, f.as_str()),
             Some(ks) => gate.unavailable(&w.pending, ks.retry_after_s),
             None => gate.unavailable(&w.pending, 1),
-        }
+        })
     }
 
     fn call_response(&mut self, token: u32, body_size: usize) {
+        if self.fleet.owns(token) {
+            return self.fleet_response(token, body_size);
+        }
         let Some(call) = self.calls.remove(&token) else {
             return;
         };
@@ -830,7 +839,7 @@ impl Plugin {
                 if let (Verdict::Valid(_), Some(t)) = (&v, p.throttle.as_mut()) {
                     t.refund(&w.client, now * 1000);
                 }
-                gate.finish(w.pending, v, &p.buckets(now), now * 1000)
+                Next::Verdict(w.pending, v)
             }
             Err(f) => p.failed(w, *f),
         });
@@ -839,11 +848,7 @@ impl Plugin {
 
     /// Ends the flight for credential `id`: every request still waiting on it gets `decide`'s
     /// decision and resumes. The caller restores the effective context afterwards.
-    fn settle_flight(
-        &mut self,
-        id: &Digest32,
-        mut decide: impl FnMut(&mut Self, Waiter) -> Decision,
-    ) {
+    fn settle_flight(&mut self, id: &Digest32, mut decide: impl FnMut(&mut Self, Waiter) -> Next) {
         let waiters = self
             .flights
             .remove(id)
@@ -856,8 +861,8 @@ impl Plugin {
             if !abi::set_effective_context(ctx) {
                 continue; // the client went away meanwhile
             }
-            let d = decide(self, w);
-            self.apply(ctx, d, true);
+            let next = decide(self, w);
+            self.run(ctx, next, true);
         }
     }
 

@@ -169,6 +169,26 @@ REMOTE_CONFIG = {
 # Refused keys at full speed: the failed-auth throttle would answer 429 after 100 failures.
 REMOTE_CONFIG_NO_THROTTLE = {**REMOTE_CONFIG, "auth_throttle": False}
 
+# Fleet-wide limits (issue #15) on the test rate-limit engine (tests/rls-engine: Envoy's rate-limit
+# service API over the `limitador` crate), run on the client CPU. Its limit is never reached here.
+RLS_ENGINE = ROOT / "target" / "rls-engine" / "release" / "rls-engine"
+RLS_CLUSTER = "ratelimit"
+RLS_LIMITS = """
+- namespace: keygate
+  max_value: 2000000000
+  seconds: 3600
+  conditions: ["descriptors[0].plan == 'big'"]
+  variables: ["descriptors[0].key_id"]
+- namespace: native
+  max_value: 2000000000
+  seconds: 3600
+  conditions: ["descriptors[0].key_id == 'bench'"]
+  variables: ["descriptors[0].key_id"]
+"""
+FLEET_LEASED_CONFIG = {**KEYGATE_CONFIG, "fleet": {"cluster": RLS_CLUSTER, "plans": {"big": "leased"},
+                                                   "lease": {"max": 100, "percent": 10}}}
+FLEET_REQUEST_CONFIG = {**KEYGATE_CONFIG, "fleet": {"cluster": RLS_CLUSTER, "plans": {"big": "request"}}}
+
 # The key service's record of REMOTE_KEY (body of its POST /admin/keys).
 REMOTE_KEY_RECORD = {"key": REMOTE_KEY, "id": "bench_remote", "kind": "business", "account": "acme",
                      "plan": "big", "user": None, "scopes": ["read"], "expires_at": None, "ratelimit": None,
@@ -225,6 +245,11 @@ KEYGATE_SCENARIOS: list[dict] = [
     # requests would measure the 429 `auth-throttled` path instead of the 401.
     {"name": "kg_unknown", "headers": {"X-API-Key": UNKNOWN_KEY}, "expect": 401, "note": "401 expected",
      "config": {**KEYGATE_CONFIG, "auth_throttle": False}},
+    # Fleet-wide limits on the rate-limit engine: leased (a call per 100 requests) and per request.
+    {"name": "kg_fleet_leased", "headers": {"X-API-Key": BENCH_KEY}, "config": FLEET_LEASED_CONFIG,
+     "rls": True, "expect_headers": RATELIMIT_HEADERS, "note": "fleet limit, leased (100 tokens a lease)"},
+    {"name": "kg_fleet_request", "headers": {"X-API-Key": BENCH_KEY}, "config": FLEET_REQUEST_CONFIG,
+     "rls": True, "expect_headers": RATELIMIT_HEADERS, "note": "fleet limit, one engine call a request"},
     # Remote key service. A valid key, after the first request a shared-data cache hit.
     {"name": "kg_remote_cached", "headers": {"X-API-Key": REMOTE_KEY}, "config": REMOTE_CONFIG,
      "keyservice": [REMOTE_KEY_RECORD], "keyservice_calls": 0, "prime": 1,
@@ -302,6 +327,21 @@ NATIVE_FILTERS = [
     },
 ]
 
+NATIVE_RLS_FILTER = {
+    "name": "envoy.filters.http.ratelimit",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+        "domain": "native",
+        "failure_mode_deny": False,
+        "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
+        "rate_limit_service": {"transport_api_version": "V3",
+                               "grpc_service": {"envoy_grpc": {"cluster_name": RLS_CLUSTER}, "timeout": "1s"}},
+    },
+}
+# The route's descriptor for it: the key id keygate set upstream.
+NATIVE_RLS_ACTIONS = [{"actions": [{"request_headers": {"header_name": "x-keygate-key-id",
+                                                        "descriptor_key": "key_id"}}]}]
+
 EXT_AUTHZ_FILTERS = [
     {
         "name": "envoy.filters.http.ext_authz",
@@ -334,6 +374,15 @@ def variants() -> list[dict]:
                                                             "reference")],
          "expect_headers": RATELIMIT_HEADERS, "note": "issue #6's reference filter"},
     ]
+    # Envoy's own ratelimit filter after keygate (the no-code alternative of issue #15) to the same
+    # engine. It does nothing on a direct_response route, so these two route to the authorizer
+    # Envoy (which answers 200): compare them with each other, not with the direct-response rows.
+    out.append({"name": "router_upstream", "filters": [], "upstream": "authz",
+                "note": "router to an upstream Envoy: the baseline of native_rls"})
+    out.append({"name": "native_rls", "upstream": "authz", "rls": True, "headers": {"X-API-Key": BENCH_KEY},
+                "filters": [wasm_filter("keygate", "keygate", STAGED[KEYGATE_WASM],
+                                        json.dumps(KEYGATE_CONFIG, separators=(",", ":"))), NATIVE_RLS_FILTER],
+                "note": "keygate (local) + Envoy's ratelimit filter to the engine, to an upstream Envoy"})
     default_cfg = json.dumps(KEYGATE_CONFIG, separators=(",", ":"))
     for s in KEYGATE_SCENARIOS:
         v = copy.deepcopy(s)
@@ -355,6 +404,8 @@ def variants() -> list[dict]:
         v.setdefault("lua", None)
         v.setdefault("saturates", True)
         v.setdefault("note", "")
+        v.setdefault("rls", False)
+        v.setdefault("upstream", None)
     return out
 
 
@@ -368,8 +419,12 @@ def static_cluster(name: str, port: int) -> dict:
     }
 
 
-def listener(name: str, http_filters: list[dict], status: int = 200) -> dict:
-    """A listener on an Envoy-chosen loopback port whose only route is a direct response."""
+def listener(name: str, http_filters: list[dict], status: int = 200, upstream: str | None = None) -> dict:
+    """A listener on an Envoy-chosen loopback port whose only route is a direct response (or, with
+    `upstream`, a route to that cluster carrying the native ratelimit filter's descriptor)."""
+    route = ({"match": {"prefix": "/"}, "route": {"cluster": upstream, "rate_limits": NATIVE_RLS_ACTIONS}}
+             if upstream else
+             {"match": {"prefix": "/"}, "direct_response": {"status": status, "body": {"inline_string": "ok\n"}}})
     return {
         "name": name,
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
@@ -381,8 +436,7 @@ def listener(name: str, http_filters: list[dict], status: int = 200) -> dict:
                 "stat_prefix": name,
                 "route_config": {"name": name, "virtual_hosts": [{
                     "name": "all", "domains": ["*"],
-                    "routes": [{"match": {"prefix": "/"},
-                                "direct_response": {"status": status, "body": {"inline_string": "ok\n"}}}],
+                    "routes": [route],
                 }]},
                 "http_filters": http_filters + [ROUTER],
             },
@@ -962,9 +1016,43 @@ def start_backends(procs: Procs, vs: list[dict]) -> tuple[list[dict], KeyService
                     ks.add_key(rec)
                     created.add(rec["id"])
         clusters.append(static_cluster(KEYSERVICE_CLUSTER, ks.port))
+    if any(v["rls"] for v in vs):
+        if not RLS_ENGINE.exists():
+            raise BenchError(f"{RLS_ENGINE} is missing: tests/rls-engine/build.sh")
+        RUN_DIR.mkdir(exist_ok=True)
+        limits = RUN_DIR / "rls-limits.yaml"
+        limits.write_text(RLS_LIMITS)
+        port = free_port()
+        procs.start(["taskset", "-c", CLIENT_CPU, str(RLS_ENGINE), "--limits", str(limits),
+                     "--addr", f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(port)
+        c = static_cluster(RLS_CLUSTER, port)
+        c["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}}
+        clusters.append(c)
     for v in vs:
         clusters += [c for c in v["clusters"] if c["name"] not in {x["name"] for x in clusters}]
     return clusters, ks
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    import socket
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise BenchError(f"nothing listens on 127.0.0.1:{port}")
 
 
 def benchmark(args: argparse.Namespace, vs: list[dict]) -> dict:
@@ -979,7 +1067,7 @@ def benchmark(args: argparse.Namespace, vs: list[dict]) -> dict:
     old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         clusters, ks = start_backends(procs, vs)
-        envoy = Envoy(procs, "envoy", envoy_config([listener(v["name"], v["filters"]) for v in vs], clusters),
+        envoy = Envoy(procs, "envoy", envoy_config([listener(v["name"], v["filters"], upstream=v["upstream"]) for v in vs], clusters),
                       ENVOY_CPU)
         envoy.wait_ready()
         ready_at = time.monotonic()

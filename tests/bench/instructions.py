@@ -94,7 +94,7 @@ def measure_group(vs: list[dict], n: int) -> dict[str, float]:
     procs = bench.Procs()
     try:
         clusters, ks = bench.start_backends(procs, vs)
-        cfg = bench.envoy_config([bench.listener(v["name"], v["filters"]) for v in vs], clusters)
+        cfg = bench.envoy_config([bench.listener(v["name"], v["filters"], upstream=v["upstream"]) for v in vs], clusters)
         wrap = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--smc-check=all-non-file",
                 f"--callgrind-out-file={bench.RUN_DIR}/callgrind.out.%p"]
         envoy = bench.Envoy(procs, "envoy-callgrind", cfg, bench.ENVOY_CPU, wrap=wrap, envoy=native_envoy())

@@ -370,3 +370,70 @@ class KeyService:
 
     def cluster(self, name: str = "keyservice") -> dict:
         return cluster(name, self.port)
+
+
+RLS_ENGINE = ROOT / "target" / "rls-engine" / "release" / "rls-engine"
+
+
+def grpc_cluster(name: str, port: int) -> dict:
+    """A cluster that speaks HTTP/2 to its endpoint (gRPC), e.g. a rate-limit engine."""
+    c = cluster(name, port)
+    c["typed_extension_protocol_options"] = {
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}},
+        }
+    }
+    return c
+
+
+class RlsEngine:
+    """The test rate-limit engine (tests/rls-engine: Envoy's rate-limit service API over the
+    `limitador` library) as a real process on loopback. Built by tests/run.sh."""
+
+    def __init__(self, limits_yaml: str, delay_ms: int = 0, error: bool = False, port: int = 0,
+                 limitador_style: bool = False):
+        if not RLS_ENGINE.exists():
+            raise RuntimeError(f"{RLS_ENGINE} is missing: build it with tests/rls-engine/build.sh")
+        self.dir = Path(tempfile.mkdtemp(prefix="keygate-rls-"))
+        CREATED_DIRS.append(self.dir)
+        self.limits = self.dir / "limits.yaml"
+        self.limits.write_text(limits_yaml)
+        self.port = port or free_port()
+        self.delay_ms, self.error = delay_ms, error
+        # answer as limitador-server --rate-limit-headers DRAFT_VERSION_03: headers, no statuses
+        self.limitador_style = limitador_style
+        self.proc: subprocess.Popen | None = None
+        self.log = self.dir / "engine.log"
+        self.start()
+
+    def start(self, delay_ms: int | None = None, error: bool | None = None) -> "RlsEngine":
+        if delay_ms is not None:
+            self.delay_ms = delay_ms
+        if error is not None:
+            self.error = error
+        cmd = [str(RLS_ENGINE), "--limits", str(self.limits), "--addr", f"127.0.0.1:{self.port}",
+               "--delay-ms", str(self.delay_ms)] + (["--error"] if self.error else []) \
+            + (["--rate-limit-headers"] if self.limitador_style else [])
+        out = open(self.log, "a")
+        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"rls-engine exited:\n{self.log.read_text()[-2000:]}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("rls-engine did not listen")
+
+    def stop(self) -> None:
+        stop_process(self.proc, grace=5)
+
+    def calls(self) -> list[str]:
+        """Every ShouldRateLimit the engine answered (one line each)."""
+        try:
+            return [l for l in self.log.read_text().splitlines() if l.startswith("call ")]
+        except OSError:
+            return []
