@@ -35,6 +35,7 @@ pub const METRIC_HISTOGRAM: u32 = 2;
 #[link(wasm_import_module = "env")]
 extern "C" {
     fn proxy_log(level: u32, data: *const u8, size: usize) -> u32;
+    fn proxy_get_log_level(ret: *mut u32) -> u32;
     fn proxy_get_current_time_nanoseconds(ret: *mut u64) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
     fn proxy_get_buffer_bytes(
@@ -141,6 +142,52 @@ fn take(ptr: *mut u8, size: usize) -> Vec<u8> {
     // SAFETY: the host allocated exactly `size` bytes with `proxy_on_memory_allocate` (a boxed
     // slice of that length) and hands ownership to us.
     unsafe { Vec::from_raw_parts(ptr, size, size) }
+}
+
+/// The `log` crate's logger: records go to Envoy's log (`proxy_log`) at their level, and those
+/// below Envoy's level for the `wasm` component are not even formatted.
+struct ProxyLogger;
+
+impl log::Log for ProxyLogger {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::max_level()
+    }
+
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            let level = match r.level() {
+                log::Level::Error => LOG_ERROR,
+                log::Level::Warn => LOG_WARN,
+                log::Level::Info => LOG_INFO,
+                log::Level::Debug => 1,
+                log::Level::Trace => 0,
+            };
+            log(level, &r.args().to_string());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static LOGGER: ProxyLogger = ProxyLogger;
+
+/// Installs the logger, at Envoy's log level when the VM starts (a level lowered later through
+/// the admin interface shows keygate's lower records only in VMs started after it).
+pub fn init_logger() {
+    let mut level = LOG_INFO;
+    // SAFETY: a valid pointer to a u32 the host writes.
+    let got = unsafe { proxy_get_log_level(&mut level) };
+    let filter = match level {
+        _ if got != STATUS_OK => log::LevelFilter::Info,
+        0 => log::LevelFilter::Trace,
+        1 => log::LevelFilter::Debug,
+        2 => log::LevelFilter::Info,
+        3 => log::LevelFilter::Warn,
+        _ => log::LevelFilter::Error,
+    };
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(filter);
+    }
 }
 
 pub fn log(level: u32, msg: &str) {

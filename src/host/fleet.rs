@@ -225,9 +225,8 @@ impl Plugin {
         }
         self.metrics.inc("keygate.fleet.calls");
         if token.is_none() {
-            abi::log(
-                abi::LOG_WARN,
-                "keygate: the rate-limit engine call could not be dispatched (check fleet.cluster)",
+            log::warn!(
+                "keygate: the rate-limit engine call could not be dispatched (check fleet.cluster)"
             );
         }
         token
@@ -298,12 +297,9 @@ impl Plugin {
             _ => Err("status"),
         };
         if let Err(kind) = answer {
-            abi::log(
-                abi::LOG_WARN,
-                &format!(
-                    "keygate: rate-limit engine failure: {kind} after {} ms",
-                    now.saturating_sub(call.started_ms)
-                ),
+            log::warn!(
+                "keygate: rate-limit engine failure: {kind} after {} ms",
+                now.saturating_sub(call.started_ms)
             );
         }
         match call.waiting {

@@ -276,6 +276,7 @@ pub extern "C" fn _initialize() {
 
 #[no_mangle]
 pub extern "C" fn proxy_on_vm_start(_root_id: u32, _size: usize) -> u32 {
+    abi::init_logger();
     1
 }
 
@@ -287,9 +288,8 @@ pub extern "C" fn proxy_on_configure(root_id: u32, size: usize) -> u32 {
         match abi::get_buffer(abi::BUFFER_PLUGIN_CONFIGURATION, 0, size) {
             Some(b) => b,
             None => {
-                abi::log(
-                    abi::LOG_ERROR,
-                    "keygate: configuration refused: the plugin configuration could not be read",
+                log::error!(
+                    "keygate: configuration refused: the plugin configuration could not be read"
                 );
                 return 0;
             }
@@ -299,17 +299,14 @@ pub extern "C" fn proxy_on_configure(root_id: u32, size: usize) -> u32 {
     let cfg = match config::parse(&bytes, &mut warnings) {
         Ok(c) => c,
         Err(e) => {
-            abi::log(abi::LOG_ERROR, &e.to_string());
+            log::error!("{e}");
             return 0;
         }
     };
     for w in &warnings {
-        abi::log(abi::LOG_WARN, w);
+        log::warn!("{w}");
     }
-    abi::log(
-        abi::LOG_INFO,
-        &format!("keygate: configured ({})", cfg.summary()),
-    );
+    log::info!("keygate: configured ({})", cfg.summary());
     let negative_cap = cfg
         .key_service
         .as_ref()
@@ -350,10 +347,7 @@ pub extern "C" fn proxy_on_configure(root_id: u32, size: usize) -> u32 {
     VM.with(|vm| {
         let Ok(mut vm) = vm.try_borrow_mut() else { return };
         if vm.by_name.get(&name).is_some_and(|r| *r != root_id) {
-            abi::log(
-                abi::LOG_WARN,
-                "keygate: two keygate plugins with the same name share this VM; give them distinct names or vm_ids",
-            );
+            log::warn!("keygate: two keygate plugins with the same name share this VM; give them distinct names or vm_ids");
         }
         vm.by_name.insert(name, root_id);
         vm.plugins.insert(root_id, plugin);
@@ -447,7 +441,7 @@ impl Plugin {
                     reply.body.as_bytes(),
                     grpc,
                 ) {
-                    abi::log(abi::LOG_ERROR, "keygate: could not send a local reply");
+                    log::error!("keygate: could not send a local reply");
                 }
                 ACTION_PAUSE
             }
@@ -711,9 +705,8 @@ impl Plugin {
             abi::set_effective_context(ctx);
         }
         if token.is_none() {
-            abi::log(
-                abi::LOG_WARN,
-                "keygate: the key service call could not be dispatched (check key_service.cluster)",
+            log::warn!(
+                "keygate: the key service call could not be dispatched (check key_service.cluster)"
             );
         }
         token
@@ -822,13 +815,10 @@ impl Plugin {
             },
             Err(f) => {
                 self.metrics.inc(failure_metric(*f));
-                abi::log(
-                    abi::LOG_WARN,
-                    &format!(
-                        "keygate: key service failure: {} (status {:?})",
-                        f.as_str(),
-                        status
-                    ),
+                log::warn!(
+                    "keygate: key service failure: {} (status {:?})",
+                    f.as_str(),
+                    status
                 );
             }
         }
@@ -984,15 +974,10 @@ impl Plugin {
                     self.metrics.add_now("keygate.revocations.marked", n);
                 }
                 if !r.revoked.is_empty() {
-                    abi::log(
-                        abi::LOG_INFO,
-                        &format!(
-                            "keygate: revocation feed: {} revoked keys, {} cached verdicts marked (cursor {})",
+                    log::info!("keygate: revocation feed: {} revoked keys, {} cached verdicts marked (cursor {})",
                             r.revoked.len(),
                             marked,
-                            r.cursor
-                        ),
-                    );
+                            r.cursor);
                 }
                 // with more pages, poll again at once; else no worker polls before poll_ms
                 if r.more {
@@ -1005,10 +990,7 @@ impl Plugin {
             }
             Err(f) => {
                 self.metrics.add_now("keygate.revocations.failures", 1);
-                abi::log(
-                    abi::LOG_WARN,
-                    &format!("keygate: revocation feed failure: {}", f.as_str()),
-                );
+                log::warn!("keygate: revocation feed failure: {}", f.as_str());
                 let next = now.saturating_add(ks.poll_ms);
                 EnvoyStore.set(&self.lease_key(), &next.to_le_bytes(), 0);
             }
