@@ -11,7 +11,7 @@ use std::rc::Rc;
 
 use crate::config::{Algorithm, Config, ResetStyle};
 use crate::credential::{self, Carriers, CredError, Credential, Style};
-use crate::problem::{instance_of, Decimal, Extra, Kind, ProblemBuilder, Reply};
+use crate::problem::{instance_of, Extra, Kind, ProblemBuilder, Reply};
 use crate::query;
 use crate::ratelimit::{self, RateDecision, RateError, Scope};
 use crate::route::{self, Access, OwnerBody, OwnerSource, Ownership, Route};
@@ -825,7 +825,7 @@ impl Gate {
         };
         for &(text, n) in parts {
             detail.push_str(text);
-            detail.push_str(Decimal::new(n).as_str());
+            detail.push_str(itoa::Buffer::new().format(n));
         }
         detail.push_str(" s");
         self.deny(pb, 429, Kind::RateLimited, &detail, &extra, h, Some(id))
@@ -1039,12 +1039,12 @@ pub struct IetfRate {
 impl RateHeaders {
     /// Calls `f` with each header's name and value, in order.
     pub fn for_each(&self, mut f: impl FnMut(&'static str, &str)) {
-        f("x-ratelimit-limit", Decimal::new(self.limit).as_str());
+        f("x-ratelimit-limit", itoa::Buffer::new().format(self.limit));
         f(
             "x-ratelimit-remaining",
-            Decimal::new(self.remaining).as_str(),
+            itoa::Buffer::new().format(self.remaining),
         );
-        f("x-ratelimit-reset", Decimal::new(self.reset).as_str());
+        f("x-ratelimit-reset", itoa::Buffer::new().format(self.reset));
         if let Some(i) = &self.ietf {
             let policy = format!("\"{}\";q={};w={}", i.policy, i.quota, i.window_s);
             f("ratelimit-policy", &policy);

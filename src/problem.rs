@@ -10,33 +10,6 @@ pub enum Extra<'a> {
     Int(u64),
 }
 
-/// `n` in decimal on the stack, without the formatting machinery.
-pub(crate) struct Decimal {
-    buf: [u8; 20],
-    start: usize,
-}
-
-impl Decimal {
-    pub(crate) fn new(mut n: u64) -> Self {
-        let mut buf = [0u8; 20];
-        let mut i = buf.len();
-        while i > 0 {
-            i -= 1;
-            buf[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        Decimal { buf, start: i }
-    }
-
-    pub(crate) fn as_str(&self) -> &str {
-        // ASCII digits only: always valid
-        std::str::from_utf8(self.buf.get(self.start..).unwrap_or_default()).unwrap_or("0")
-    }
-}
-
 /// The kinds of denial, each with a stable slug documented in the README.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
@@ -296,7 +269,7 @@ impl ProblemBuilder<'_> {
         body.push_str("\",\"title\":\"");
         escape_into(&mut body, title);
         body.push_str("\",\"status\":");
-        body.push_str(Decimal::new(u64::from(status)).as_str());
+        body.push_str(itoa::Buffer::new().format(u64::from(status)));
         body.push_str(",\"detail\":\"");
         escape_into(&mut body, detail);
         body.push_str("\",\"instance\":\"");
@@ -317,7 +290,7 @@ impl ProblemBuilder<'_> {
                     escape_into(&mut body, t);
                     body.push('"');
                 }
-                Extra::Int(n) => body.push_str(Decimal::new(*n).as_str()),
+                Extra::Int(n) => body.push_str(itoa::Buffer::new().format(*n)),
             }
         }
         for (k, v) in dialect.map_or(&[][..], |d| d.members.as_slice()) {
@@ -354,13 +327,6 @@ impl ProblemBuilder<'_> {
 mod tests {
     use super::*;
     use serde_json::Value;
-
-    #[test]
-    fn decimal_matches_display() {
-        for n in [0, 1, 9, 10, 99, 100, 4_294_967_296, u64::MAX - 1, u64::MAX] {
-            assert_eq!(Decimal::new(n).as_str(), n.to_string());
-        }
-    }
 
     #[test]
     fn body_has_rfc9457_members_and_no_query() {
