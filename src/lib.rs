@@ -11,6 +11,7 @@ pub mod credential;
 pub mod fleet;
 pub mod gate;
 pub mod hash;
+pub mod headermap;
 pub mod keystore;
 pub mod path;
 pub mod problem;

@@ -218,62 +218,6 @@ pub fn get_buffer(kind: u32, start: usize, max: usize) -> Option<Vec<u8>> {
     (st == STATUS_OK).then(|| take(p, n))
 }
 
-fn read_u32(b: &[u8], at: usize) -> Option<usize> {
-    let s = b.get(at..at + 4)?;
-    Some(u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize)
-}
-
-/// Decodes the host's header-map wire format: count, (key len, value len) pairs, then each key and
-/// value followed by a NUL. Names are lower-case tokens in Envoy; values stay raw bytes. Calls
-/// `each` per pair; a truncated buffer ends the walk.
-fn decode_map<'a>(b: &'a [u8], mut each: impl FnMut(&'a str, &'a [u8])) {
-    let Some(count) = read_u32(b, 0) else {
-        return;
-    };
-    let mut sizes = 4usize;
-    let mut data = 4 + count.saturating_mul(8);
-    for _ in 0..count {
-        let (Some(kl), Some(vl)) = (read_u32(b, sizes), read_u32(b, sizes + 4)) else {
-            break;
-        };
-        sizes += 8;
-        let Some(k) = b.get(data..data + kl) else {
-            break;
-        };
-        data += kl + 1;
-        let Some(v) = b.get(data..data + vl) else {
-            break;
-        };
-        data += vl + 1;
-        // Envoy's header names are lower-case tokens (ASCII); anything else is skipped.
-        if k.is_ascii() {
-            // SAFETY: ASCII is valid UTF-8 (checked just above, word-at-a-time: cheaper than
-            // `from_utf8` for eight-odd short names a request).
-            each(unsafe { std::str::from_utf8_unchecked(k) }, v);
-        }
-    }
-}
-
-fn encode_map<V: AsRef<[u8]>>(pairs: &[(&str, V)]) -> Vec<u8> {
-    let mut size = 4;
-    for (k, v) in pairs {
-        size += 8 + k.len() + v.as_ref().len() + 2;
-    }
-    let mut b = Vec::with_capacity(size);
-    b.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
-    for (k, v) in pairs {
-        b.extend_from_slice(&(k.len() as u32).to_le_bytes());
-        b.extend_from_slice(&(v.as_ref().len() as u32).to_le_bytes());
-    }
-    for (k, v) in pairs {
-        b.extend_from_slice(k.as_bytes());
-        b.push(0);
-        b.extend_from_slice(v.as_ref());
-        b.push(0);
-    }
-    b
-}
-
 /// All headers of a map in one host call, as the raw wire buffer; `HeaderMap::pairs` borrows
 /// names and values from it without copying.
 pub struct HeaderMap {
@@ -290,7 +234,7 @@ impl HeaderMap {
         let mut stack: [(&str, &[u8]); STACK_PAIRS] = [("", &[]); STACK_PAIRS];
         let mut n = 0usize;
         let mut spill: Vec<(&str, &[u8])> = Vec::new();
-        decode_map(&self.raw, |k, v| match stack.get_mut(n) {
+        crate::headermap::decode(&self.raw, |k, v| match stack.get_mut(n) {
             Some(slot) if spill.is_empty() => {
                 *slot = (k, v);
                 n += 1;
@@ -387,7 +331,7 @@ pub fn send_local_response(
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
-    let h = encode_map(&pairs);
+    let h = crate::headermap::encode(&pairs);
     // SAFETY: valid slices; no details string.
     unsafe {
         proxy_send_local_response(
@@ -409,8 +353,8 @@ pub fn http_call(
     body: &[u8],
     timeout_ms: u32,
 ) -> Option<u32> {
-    let h = encode_map(headers);
-    let t = encode_map::<&str>(&[]);
+    let h = crate::headermap::encode(headers);
+    let t = crate::headermap::encode::<&str>(&[]);
     let mut token = 0u32;
     // SAFETY: valid slices and out-pointer.
     let st = unsafe {
