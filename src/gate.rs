@@ -22,17 +22,46 @@ use crate::window;
 /// Marks a request let through by `on_failure: open` while the key service was failing.
 pub const FAIL_OPEN_HEADER: &str = "x-keygate-fail-open";
 
+/// What became of a request: a new outcome is a compile error wherever outcomes are told apart
+/// (metrics, the throttle), not a silent `other`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Outcome {
+    #[default]
+    Allowed,
+    Public,
+    FailOpen,
+    Denied(Kind),
+}
+
+impl Outcome {
+    /// `allowed`, `public`, `fail-open`, or the problem slug (the access log's `decision=`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Public => "public",
+            Outcome::FailOpen => "fail-open",
+            Outcome::Denied(k) => k.slug(),
+        }
+    }
+}
+
+impl PartialEq<&str> for Outcome {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// What the access log learns about a request (never the secret).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LogFields {
     /// `allowed`, `public`, or the problem slug of the denial.
-    pub decision: &'static str,
+    pub decision: Outcome,
     /// Who, when the credential was verified (key id, account and plan go to the access log).
     pub identity: Option<Rc<Identity>>,
 }
 
 impl LogFields {
-    fn of(decision: &'static str, identity: Option<&Rc<Identity>>) -> Self {
+    fn of(decision: Outcome, identity: Option<&Rc<Identity>>) -> Self {
         LogFields {
             decision,
             identity: identity.cloned(),
@@ -194,7 +223,7 @@ impl Gate {
         id: Option<&Rc<Identity>>,
     ) -> Decision {
         let reply = pb.reply(status, kind, detail, extra, headers);
-        Decision::Deny(reply, LogFields::of(kind.slug(), id))
+        Decision::Deny(reply, LogFields::of(Outcome::Denied(kind), id))
     }
 
     /// The identity headers for the upstream: (configured name, value).
@@ -439,7 +468,7 @@ impl Gate {
         Decision::Allow(Allow {
             remove: strip,
             path: new_path,
-            log: LogFields::of("public", None),
+            log: LogFields::of(Outcome::Public, None),
             ..Default::default()
         })
     }
@@ -492,7 +521,7 @@ impl Gate {
             identity: None,
             path,
             rate: None,
-            log: LogFields::of("fail-open", None),
+            log: LogFields::of(Outcome::FailOpen, None),
             body: None,
         })
     }
@@ -697,7 +726,7 @@ impl Gate {
             remove,
             path,
             rate,
-            log: LogFields::of("allowed", Some(&id)),
+            log: LogFields::of(Outcome::Allowed, Some(&id)),
             identity: Some(id),
             body,
             ..Default::default()
@@ -953,7 +982,7 @@ impl Gate {
             remove,
             path,
             rate,
-            log: LogFields::of("allowed", Some(&id)),
+            log: LogFields::of(Outcome::Allowed, Some(&id)),
             identity: Some(id),
             body,
             ..Default::default()
@@ -1269,7 +1298,10 @@ mod tests {
         let Decision::Deny(r, l) = run(&g, &MemoryStore::default(), h) else {
             panic!()
         };
-        assert_eq!((r.status, l.decision), (401, "credential-malformed"));
+        assert_eq!(
+            (r.status, l.decision.as_str()),
+            (401, "credential-malformed")
+        );
         let challenges: Vec<&str> = r
             .headers
             .iter()
@@ -1369,7 +1401,10 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!((r.status, log.decision), (401, "credential-invalid"));
+        assert_eq!(
+            (r.status, log.decision.as_str()),
+            (401, "credential-invalid")
+        );
         assert!(r
             .header("www-authenticate")
             .unwrap()
@@ -1389,8 +1424,8 @@ mod tests {
 
     fn status_of(d: &Decision) -> (u32, &'static str) {
         match d {
-            Decision::Allow(a) => (200, a.log.decision),
-            Decision::Deny(r, l) => (r.status, l.decision),
+            Decision::Allow(a) => (200, a.log.decision.as_str()),
+            Decision::Deny(r, l) => (r.status, l.decision.as_str()),
         }
     }
 
@@ -1714,7 +1749,7 @@ mod tests {
         let Decision::Deny(r, log) = run(&g, &st, h) else {
             panic!()
         };
-        assert_eq!((r.status, log.decision), (429, "rate-limited"));
+        assert_eq!((r.status, log.decision.as_str()), (429, "rate-limited"));
         assert_eq!(r.header("x-ratelimit-limit"), Some("1"));
         assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
         assert_eq!(r.header("ratelimit-policy"), Some("\"p\";q=1;w=60"));

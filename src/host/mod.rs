@@ -22,9 +22,10 @@ use crate::cache::{self, Lookup, Memo, NegativeCache};
 use crate::config::{self, KeyServiceConfig, OnFailure};
 use crate::contract::{self, ServiceFailure};
 use crate::gate::{
-    push_log_value, BodyCheck, Decision, Gate, LogFields, Pending, RateHeaders, Step,
+    push_log_value, BodyCheck, Decision, Gate, LogFields, Outcome, Pending, RateHeaders, Step,
 };
 use crate::hash::{credential_id_from_hash, Digest32, DigestMemo, TagHasher};
+use crate::problem::Kind;
 use crate::route::MAX_OWNER_BODY;
 use crate::store::{Guesses, SetOutcome, SharedStore, Speculative};
 use crate::throttle::{client_of, Throttle};
@@ -156,29 +157,32 @@ impl Metrics {
     }
 }
 
-/// The metric name for a decision, without allocating on the hot path.
-fn decision_metric(decision: &str) -> &'static str {
-    match decision {
-        "allowed" => "keygate.requests.allowed",
-        "public" => "keygate.requests.public",
-        "fail-open" => "keygate.requests.fail_open",
-        "credential-missing" => "keygate.requests.credential_missing",
-        "credential-malformed" => "keygate.requests.credential_malformed",
-        "credential-too-large" => "keygate.requests.credential_too_large",
-        "credential-conflict" => "keygate.requests.credential_conflict",
-        "credential-invalid" => "keygate.requests.credential_invalid",
-        "credential-expired" => "keygate.requests.credential_expired",
-        "credential-revoked" => "keygate.requests.credential_revoked",
-        "credential-disabled" => "keygate.requests.credential_disabled",
-        "insufficient-scope" => "keygate.requests.insufficient_scope",
-        "resource-forbidden" => "keygate.requests.resource_forbidden",
-        "route-closed" => "keygate.requests.route_closed",
-        "request-ambiguous" => "keygate.requests.request_ambiguous",
-        "rate-limited" => "keygate.requests.rate_limited",
-        "auth-throttled" => "keygate.requests.auth_throttled",
-        "key-service-unavailable" => "keygate.requests.key_service_unavailable",
-        "rate-limit-unavailable" => "keygate.requests.rate_limit_unavailable",
-        _ => "keygate.requests.other",
+/// The metric name for an outcome, without allocating on the hot path. Exhaustive: a new kind
+/// of problem does not compile until it has its counter.
+fn decision_metric(o: Outcome) -> &'static str {
+    match o {
+        Outcome::Allowed => "keygate.requests.allowed",
+        Outcome::Public => "keygate.requests.public",
+        Outcome::FailOpen => "keygate.requests.fail_open",
+        Outcome::Denied(k) => match k {
+            Kind::CredentialMissing => "keygate.requests.credential_missing",
+            Kind::CredentialMalformed => "keygate.requests.credential_malformed",
+            Kind::CredentialTooLarge => "keygate.requests.credential_too_large",
+            Kind::CredentialConflict => "keygate.requests.credential_conflict",
+            Kind::CredentialInvalid => "keygate.requests.credential_invalid",
+            Kind::CredentialExpired => "keygate.requests.credential_expired",
+            Kind::CredentialRevoked => "keygate.requests.credential_revoked",
+            Kind::CredentialDisabled => "keygate.requests.credential_disabled",
+            Kind::InsufficientScope => "keygate.requests.insufficient_scope",
+            Kind::ResourceForbidden => "keygate.requests.resource_forbidden",
+            Kind::RouteClosed => "keygate.requests.route_closed",
+            Kind::RequestAmbiguous => "keygate.requests.request_ambiguous",
+            Kind::RateLimited => "keygate.requests.rate_limited",
+            Kind::AuthThrottled => "keygate.requests.auth_throttled",
+            Kind::KeyServiceUnavailable => "keygate.requests.key_service_unavailable",
+            Kind::RateLimitUnavailable => "keygate.requests.rate_limit_unavailable",
+            Kind::Internal => "keygate.requests.internal",
+        },
     }
 }
 
@@ -394,7 +398,7 @@ fn with_stream<R>(f: impl FnOnce(&mut Plugin) -> R) -> Option<R> {
 fn set_log_fields(v: &mut String, l: &LogFields) {
     v.clear();
     v.push_str("decision=");
-    v.push_str(l.decision);
+    v.push_str(l.decision.as_str());
     for (k, val) in [
         (" key_id=", l.key_id()),
         (" account=", l.account()),
@@ -424,7 +428,7 @@ impl Plugin {
         if !matches!(&d, Decision::Allow(a) if a.body.is_some()) {
             self.metrics.inc(decision_metric(log.decision));
         }
-        if log.decision == "rate-limited" {
+        if log.decision == Outcome::Denied(Kind::RateLimited) {
             // one counter per configured plan, and `other`: found by the plan's index
             let plans = &self.gate.cfg.rate.plans;
             match plans.iter().position(|(n, _)| n == log.plan()) {
@@ -519,7 +523,7 @@ impl Plugin {
         match self.gate.clone().check_body(&check, &id, &body) {
             Some(deny) => self.apply(ctx, deny, false),
             None => {
-                self.metrics.inc(decision_metric("allowed"));
+                self.metrics.inc(decision_metric(Outcome::Allowed));
                 ACTION_CONTINUE
             }
         }
@@ -529,13 +533,13 @@ impl Plugin {
         let gate = self.gate.clone();
         let pending = match gate.begin_request(headers, has_body) {
             Step::Done(d) => {
-                if matches!(
-                    d.log().decision,
-                    "credential-malformed"
-                        | "credential-conflict"
-                        | "credential-too-large"
-                        | "request-ambiguous"
-                ) {
+                if let Outcome::Denied(
+                    Kind::CredentialMalformed
+                    | Kind::CredentialConflict
+                    | Kind::CredentialTooLarge
+                    | Kind::RequestAmbiguous,
+                ) = d.log().decision
+                {
                     self.note_failure(&client_address());
                 }
                 return self.apply(ctx, d, false);

@@ -142,7 +142,7 @@ pub fn check_decision(cfg: &Config, headers: &[(&str, &[u8])], d: &Decision) {
                     assert!(
                         removed(n) || overwritten(n),
                         "client-sent identity header `{n}` reaches the upstream ({})",
-                        a.log.decision
+                        a.log.decision.as_str()
                     );
                 }
             }
@@ -179,7 +179,7 @@ pub fn check_decision(cfg: &Config, headers: &[(&str, &[u8])], d: &Decision) {
                                 removed(n),
                                 "Authorization {:?} reaches the upstream ({})",
                                 String::from_utf8_lossy(v),
-                                a.log.decision
+                                a.log.decision.as_str()
                             );
                         }
                     }
