@@ -181,8 +181,8 @@ pub enum Lookup {
 /// entry (refresh, revocation) changes the token and so invalidates the memo.
 ///
 /// Within `recheck_ms` of its last read, an entry is used without reading shared data at all:
-/// a read that returns data is the costliest host call keygate makes (~9k instructions in Envoy
-/// 1.40, the host calls back into the VM to allocate). The price is that a revocation marked by
+/// a read that returns data is the costliest host call keygate makes (the host calls back into
+/// the VM to allocate; README, "What single calls cost"). The price is that a revocation marked by
 /// another worker is seen up to `recheck_ms` later; the worker that marks it forgets its memo
 /// at once ([`Memo::forget`]).
 #[derive(Default)]

@@ -71,8 +71,8 @@ const GUESS_BYTES_MAX: usize = 1 << 20;
 /// entry was still exactly `v` (tokens are never reused within a turn of the counter, and any
 /// other write to the key would have moved its token past `c + 1`); a mismatch makes the caller
 /// read again, from the host. So exactness is Envoy's CAS, unchanged; a good guess saves the
-/// read (measured ~9k instructions in Envoy 1.40: every host call that returns data makes the
-/// host call back into the VM to allocate), a bad one costs one failed write (~2k).
+/// read (every host call that returns data makes the host call back into the VM to allocate), a
+/// bad one costs one failed write, a far cheaper call (README, "What single calls cost").
 pub struct Speculative<'a> {
     inner: &'a dyn SharedStore,
     guesses: &'a RefCell<Guesses>,

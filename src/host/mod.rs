@@ -415,10 +415,10 @@ impl Plugin {
     /// still in progress; `resume` continues a paused request instead.
     ///
     /// Request headers change one host call per header: a header removed (only those present),
-    /// one added per non-empty identity value. Measured in Envoy 1.40 (instructions per request,
-    /// callgrind): rewriting the whole map in one `proxy_set_header_map_pairs` cost ~21k for a
-    /// small request and grows with every header the client sends; removing a present custom
-    /// header (`x-api-key`) ~5.6k, an inline one (`authorization`) less; an addition ~2.9k.
+    /// one added per non-empty identity value: rewriting the whole map in one
+    /// `proxy_set_header_map_pairs` costs several times more and grows with every header the
+    /// client sends (the measured costs: README, "What single calls cost"; rerun them with
+    /// `tests/bench/instructions.py`).
     fn apply(&mut self, ctx: u32, d: Decision, resume: bool) -> u32 {
         let log = d.log();
         if self.gate.cfg.access_log_state {

@@ -362,6 +362,29 @@ def test_owner_bodies_in_many_chunks_and_over_the_limit(istio, rec):
     assert a.status == 200 and got[0]["body_bytes"] == 10
 
 
+def test_owner_bodies_are_checked_after_a_key_service_call(rec):
+    # the request waits for the key service (headers paused), then its body is held and checked
+    ks = KeyService(seed_demo=False).start()
+    cfg = {"key_service": {"cluster": "keyservice", "timeout_ms": 2000}, "auth_throttle": False,
+           "routes": [{"prefix": "/api/event", "owner": {"query": "_id", "resource": "aggregator"}}]}
+    e = Envoy(cfg, rec.port, extra_clusters=[ks.cluster()]).start()
+    try:
+        e.wait_feed_polled()
+        ks.mode(verify="slow:0.3")
+        for i, (body, status) in enumerate([(b'{"_id": "victim"}', 404), (b'{"name": "x"}', 200)]):
+            secret = f"owner-body-{uuid.uuid4().hex}"
+            ks.add_key(secret, f"ob{i}", resources={"aggregator": ["agg-1"]})
+            for proto in (1, 2):
+                a, got = attempt(e, rec, proto, "POST", "/api/event?_id=agg-1",
+                                 [("x-api-key", secret), ("content-type", JSON)], body)
+                assert a.status == status, (body, proto, a.status, a.body[:200])
+                assert len(got) == (1 if status == 200 else 0)
+    finally:
+        ks.mode(verify="ok")
+        e.stop()
+        ks.stop()
+
+
 # -- 7. a revocation racing an answer ----------------------------------------------------------
 
 def test_a_verdict_older_than_a_revocation_never_wins(rec):
