@@ -1,0 +1,129 @@
+//! The fleet tier (`crate::fleet`): decisions from a rate-limit engine's answer, with the same
+//! headers and the same 429 as the local tier.
+
+use super::rate::owner_of;
+use super::*;
+
+/// The limit an admitted request falls under: policy name, the configured limit, its scope and
+/// owner.
+pub struct Target<'a> {
+    pub policy: &'a str,
+    pub limit: ratelimit::Limit,
+    pub scope: Scope,
+    pub owner: &'a str,
+}
+
+/// The fleet tier (`crate::fleet`): decisions from a rate-limit engine's answer, with the same
+/// headers and the same 429 as the local tier.
+impl Gate {
+    /// The limit `a` falls under (`None`: unlimited).
+    pub fn target<'a>(&'a self, a: &'a Admitted) -> Option<Target<'a>> {
+        self.limit_for(&a.id)
+            .map(|(policy, limit, scope, _)| Target {
+                policy,
+                limit,
+                scope,
+                owner: owner_of(&a.id, scope),
+            })
+    }
+
+    /// Allowed by the engine: `limit` (the engine's, else the configured one), `remaining`, and
+    /// ms until the engine's window resets (`None`: no rate-limit headers, the engine did not say).
+    pub fn fleet_allowed(
+        &self,
+        a: Admitted,
+        limit: u64,
+        remaining: Option<(u64, u64)>,
+        now_us: u64,
+    ) -> Decision {
+        let rate = match (remaining, self.target(&a)) {
+            (Some((remaining, reset_ms)), Some(t)) if self.cfg.rate.headers => {
+                let d = RateDecision {
+                    allowed: true,
+                    limit,
+                    remaining,
+                    reset_ms,
+                    retry_after_ms: 0,
+                };
+                // the IETF policy names the engine's limit, over the plan's window
+                let shown = ratelimit::Limit {
+                    requests: limit,
+                    window_s: t.limit.window_s,
+                    burst: limit,
+                };
+                Some(self.rate_headers(&d, t.policy, &shown, now_us))
+            }
+            _ => None,
+        };
+        let Admitted {
+            pending: p,
+            id,
+            body,
+        } = a;
+        let mut remove = p.strip;
+        let path = self.hide_carriers(&p.carriers, &p.path, &mut remove);
+        Decision::Allow(Allow {
+            remove,
+            path,
+            rate,
+            log: LogFields::of(Outcome::Allowed, Some(&id)),
+            identity: Some(id),
+            body,
+            ..Default::default()
+        })
+    }
+
+    /// Refused by the engine (OVER_LIMIT, now or remembered): the same 429 as the local tier,
+    /// `limit` being the engine's and `retry_ms` the time until its window resets.
+    pub fn fleet_over_limit(
+        &self,
+        a: &Admitted,
+        limit: u64,
+        retry_ms: u64,
+        now_us: u64,
+    ) -> Decision {
+        let Some(t) = self.target(a) else {
+            return self.fleet_unavailable(a, 1);
+        };
+        let d = RateDecision {
+            allowed: false,
+            limit,
+            remaining: 0,
+            reset_ms: retry_ms,
+            retry_after_ms: retry_ms,
+        };
+        let shown = ratelimit::Limit {
+            requests: limit,
+            window_s: t.limit.window_s,
+            burst: limit,
+        };
+        let h = self.rate_headers(&d, t.policy, &shown, now_us);
+        let pb = self.problems(
+            instance_of(&a.pending.path),
+            a.pending.request_id.as_deref(),
+            a.pending.grpc,
+        );
+        let policy = (t.policy, &shown, Algorithm::TokenBucket);
+        self.over_limit(&pb, &d, h, policy, now_us, &a.id)
+    }
+
+    /// The engine failed and `fleet.on_failure` is `closed`: 503 `rate-limit-unavailable`.
+    pub fn fleet_unavailable(&self, a: &Admitted, retry_after_s: u64) -> Decision {
+        let pb = self.problems(
+            instance_of(&a.pending.path),
+            a.pending.request_id.as_deref(),
+            a.pending.grpc,
+        );
+        let h = vec![("retry-after".to_string(), retry_after_s.to_string())];
+        let detail = "the rate-limit engine could not count the request; retry shortly";
+        self.deny(
+            &pb,
+            503,
+            Kind::RateLimitUnavailable,
+            detail,
+            &[],
+            h,
+            Some(&a.id),
+        )
+    }
+}
