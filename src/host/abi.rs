@@ -1,36 +1,69 @@
 //! The proxy-wasm ABI (0.2.1) as keygate uses it: raw imports and safe wrappers that return
 //! `Result`/`Option` and never panic.
 //!
-//! keygate implements the ABI itself instead of linking the Rust SDK's dispatcher: the SDK
-//! exports every callback (Envoy then enters the VM ~7 times a request) and its dispatcher
-//! panics on paths keygate can reach (an unknown call token, a context gone while a call was
-//! in flight). Here only the callbacks keygate needs are exported, and a call to the key service
-//! is owned by the root context, so a client reset cannot orphan the requests waiting on it.
+//! keygate implements the ABI itself instead of linking the Rust SDK's dispatcher. Measured: the
+//! SDK exports 25 callbacks and Envoy enters the VM 7 times for a plain request (keygate: 2, and
+//! a body callback only for requests with a body); and the SDK routes the answer to a call back
+//! to the stream context that started it, which may be gone by then. Here only the callbacks
+//! keygate needs are exported, and a call to the key service is owned by the root context and
+//! settles every request waiting on it, so a client reset cannot orphan the others.
 
 #![allow(unsafe_code)]
 
 use std::ptr::{null, null_mut};
 
-pub const STATUS_OK: u32 = 0;
-pub const STATUS_CAS_MISMATCH: u32 = 8;
+/// Host call statuses (proxy-wasm `WasmResult`), as far as keygate tells them apart.
+const STATUS_OK: u32 = 0;
+const STATUS_CAS_MISMATCH: u32 = 8;
 
-pub const LOG_INFO: u32 = 2;
-pub const LOG_WARN: u32 = 3;
-pub const LOG_ERROR: u32 = 4;
+/// What a shared-data write did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SetStatus {
+    Ok,
+    CasMismatch,
+    /// Any other status (the host's number).
+    Failed(u32),
+}
 
-pub const MAP_REQUEST_HEADERS: u32 = 0;
-pub const MAP_RESPONSE_HEADERS: u32 = 2;
-pub const MAP_CALL_RESPONSE_HEADERS: u32 = 6;
-pub const MAP_CALL_RESPONSE_TRAILERS: u32 = 7;
+/// Envoy's log levels (proxy-wasm `LogLevel`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum LogLevel {
+    Trace = 0,
+    Debug = 1,
+    Info = 2,
+    Warn = 3,
+    Error = 4,
+}
 
-pub const BUFFER_HTTP_REQUEST_BODY: u32 = 0;
-pub const BUFFER_CALL_RESPONSE_BODY: u32 = 4;
-pub const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
+/// The header maps keygate reads or writes (proxy-wasm `MapType`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum MapType {
+    RequestHeaders = 0,
+    ResponseHeaders = 2,
+    HttpCallResponseHeaders = 6,
+    HttpCallResponseTrailers = 7,
+}
 
-pub const STREAM_HTTP_REQUEST: u32 = 0;
+/// The buffers keygate reads (proxy-wasm `BufferType`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum BufferType {
+    HttpRequestBody = 0,
+    HttpCallResponseBody = 4,
+    PluginConfiguration = 7,
+}
 
-pub const METRIC_COUNTER: u32 = 0;
-pub const METRIC_HISTOGRAM: u32 = 2;
+/// Metric kinds (proxy-wasm `MetricType`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum MetricType {
+    Counter = 0,
+    Histogram = 2,
+}
+
+const STREAM_HTTP_REQUEST: u32 = 0;
 
 #[link(wasm_import_module = "env")]
 extern "C" {
@@ -156,11 +189,11 @@ impl log::Log for ProxyLogger {
     fn log(&self, r: &log::Record<'_>) {
         if self.enabled(r.metadata()) {
             let level = match r.level() {
-                log::Level::Error => LOG_ERROR,
-                log::Level::Warn => LOG_WARN,
-                log::Level::Info => LOG_INFO,
-                log::Level::Debug => 1,
-                log::Level::Trace => 0,
+                log::Level::Error => LogLevel::Error,
+                log::Level::Warn => LogLevel::Warn,
+                log::Level::Info => LogLevel::Info,
+                log::Level::Debug => LogLevel::Debug,
+                log::Level::Trace => LogLevel::Trace,
             };
             log(level, &r.args().to_string());
         }
@@ -174,7 +207,7 @@ static LOGGER: ProxyLogger = ProxyLogger;
 /// Installs the logger, at Envoy's log level when the VM starts (a level lowered later through
 /// the admin interface shows keygate's lower records only in VMs started after it).
 pub fn init_logger() {
-    let mut level = LOG_INFO;
+    let mut level = LogLevel::Info as u32;
     // SAFETY: a valid pointer to a u32 the host writes.
     let got = unsafe { proxy_get_log_level(&mut level) };
     let filter = match level {
@@ -190,10 +223,10 @@ pub fn init_logger() {
     }
 }
 
-pub fn log(level: u32, msg: &str) {
+pub fn log(level: LogLevel, msg: &str) {
     // SAFETY: pointer and length describe a live &str.
     unsafe {
-        proxy_log(level, msg.as_ptr(), msg.len());
+        proxy_log(level as u32, msg.as_ptr(), msg.len());
     }
 }
 
@@ -211,10 +244,10 @@ pub fn set_tick_period_ms(ms: u32) -> bool {
     unsafe { proxy_set_tick_period_milliseconds(ms) == STATUS_OK }
 }
 
-pub fn get_buffer(kind: u32, start: usize, max: usize) -> Option<Vec<u8>> {
+pub fn get_buffer(kind: BufferType, start: usize, max: usize) -> Option<Vec<u8>> {
     let (mut p, mut n) = (null_mut(), 0usize);
     // SAFETY: valid out-pointers; the host allocates the result with proxy_on_memory_allocate.
-    let st = unsafe { proxy_get_buffer_bytes(kind, start, max, &mut p, &mut n) };
+    let st = unsafe { proxy_get_buffer_bytes(kind as u32, start, max, &mut p, &mut n) };
     (st == STATUS_OK).then(|| take(p, n))
 }
 
@@ -254,10 +287,10 @@ impl HeaderMap {
     }
 }
 
-pub fn get_headers(map: u32) -> HeaderMap {
+pub fn get_headers(map: MapType) -> HeaderMap {
     let (mut p, mut n) = (null_mut(), 0usize);
     // SAFETY: valid out-pointers; the result is ours.
-    let st = unsafe { proxy_get_header_map_pairs(map, &mut p, &mut n) };
+    let st = unsafe { proxy_get_header_map_pairs(map as u32, &mut p, &mut n) };
     HeaderMap {
         raw: if st == STATUS_OK {
             take(p, n)
@@ -267,31 +300,45 @@ pub fn get_headers(map: u32) -> HeaderMap {
     }
 }
 
-pub fn get_header(map: u32, name: &str) -> Option<Vec<u8>> {
+pub fn get_header(map: MapType, name: &str) -> Option<Vec<u8>> {
     let (mut p, mut n) = (null_mut(), 0usize);
     // SAFETY: valid key slice and out-pointers.
-    let st = unsafe { proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut p, &mut n) };
+    let st = unsafe {
+        proxy_get_header_map_value(map as u32, name.as_ptr(), name.len(), &mut p, &mut n)
+    };
     (st == STATUS_OK).then(|| take(p, n))
 }
 
-pub fn replace_header(map: u32, name: &str, value: &[u8]) {
+pub fn replace_header(map: MapType, name: &str, value: &[u8]) {
     // SAFETY: valid slices.
     unsafe {
-        proxy_replace_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len());
+        proxy_replace_header_map_value(
+            map as u32,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        );
     }
 }
 
-pub fn remove_header(map: u32, name: &str) {
+pub fn remove_header(map: MapType, name: &str) {
     // SAFETY: valid slice.
     unsafe {
-        proxy_remove_header_map_value(map, name.as_ptr(), name.len());
+        proxy_remove_header_map_value(map as u32, name.as_ptr(), name.len());
     }
 }
 
-pub fn add_header(map: u32, name: &str, value: &str) {
+pub fn add_header(map: MapType, name: &str, value: &str) {
     // SAFETY: valid slices.
     unsafe {
-        proxy_add_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len());
+        proxy_add_header_map_value(
+            map as u32,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        );
     }
 }
 
@@ -309,9 +356,15 @@ pub fn shared_get(key: &str) -> Option<(Vec<u8>, u32)> {
     (st == STATUS_OK && !p.is_null()).then(|| (take(p, n), cas))
 }
 
-pub fn shared_set(key: &str, value: &[u8], cas: u32) -> u32 {
+pub fn shared_set(key: &str, value: &[u8], cas: u32) -> SetStatus {
     // SAFETY: valid slices.
-    unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) }
+    let st =
+        unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) };
+    match st {
+        STATUS_OK => SetStatus::Ok,
+        STATUS_CAS_MISMATCH => SetStatus::CasMismatch,
+        other => SetStatus::Failed(other),
+    }
 }
 
 pub fn continue_request() -> bool {
@@ -388,10 +441,10 @@ pub fn get_property(path: &[&str]) -> Option<Vec<u8>> {
     (st == STATUS_OK).then(|| take(p, n))
 }
 
-pub fn define_metric(kind: u32, name: &str) -> Option<u32> {
+pub fn define_metric(kind: MetricType, name: &str) -> Option<u32> {
     let mut id = 0u32;
     // SAFETY: valid slice and out-pointer.
-    let st = unsafe { proxy_define_metric(kind, name.as_ptr(), name.len(), &mut id) };
+    let st = unsafe { proxy_define_metric(kind as u32, name.as_ptr(), name.len(), &mut id) };
     (st == STATUS_OK).then_some(id)
 }
 

@@ -270,12 +270,14 @@ impl Plugin {
             .fleet
             .as_ref()
             .is_some_and(|f| now.saturating_sub(call.started_ms) * 10 >= f.timeout_ms * 9);
-        let status = abi::get_header(abi::MAP_CALL_RESPONSE_HEADERS, ":status");
+        let status = abi::get_header(abi::MapType::HttpCallResponseHeaders, ":status");
         let answer = match status.as_deref() {
             Some(b"200") => {
                 let grpc = rls::grpc_status(
-                    abi::get_header(abi::MAP_CALL_RESPONSE_HEADERS, "grpc-status").as_deref(),
-                    abi::get_header(abi::MAP_CALL_RESPONSE_TRAILERS, "grpc-status").as_deref(),
+                    abi::get_header(abi::MapType::HttpCallResponseHeaders, "grpc-status")
+                        .as_deref(),
+                    abi::get_header(abi::MapType::HttpCallResponseTrailers, "grpc-status")
+                        .as_deref(),
                 );
                 // Envoy answers a gRPC call it could not complete with a gRPC status itself:
                 // 14 UNAVAILABLE (no connection, reset), 4 DEADLINE_EXCEEDED
@@ -288,7 +290,7 @@ impl Plugin {
                 } else if body_size == 0 || body_size > rls::MAX_RESPONSE_BYTES {
                     Err("bad_body")
                 } else {
-                    abi::get_buffer(abi::BUFFER_CALL_RESPONSE_BODY, 0, body_size)
+                    abi::get_buffer(abi::BufferType::HttpCallResponseBody, 0, body_size)
                         .ok_or("bad_body")
                         .and_then(|b| rls::decode_response(&b).map_err(|_| "bad_body"))
                 }

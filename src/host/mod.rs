@@ -45,9 +45,9 @@ impl SharedStore for EnvoyStore {
 
     fn set(&self, key: &str, value: &[u8], cas: u32) -> SetOutcome {
         match abi::shared_set(key, value, cas) {
-            abi::STATUS_OK => SetOutcome::Written,
-            abi::STATUS_CAS_MISMATCH => SetOutcome::CasMismatch,
-            _ => SetOutcome::Failed,
+            abi::SetStatus::Ok => SetOutcome::Written,
+            abi::SetStatus::CasMismatch => SetOutcome::CasMismatch,
+            abi::SetStatus::Failed(_) => SetOutcome::Failed,
         }
     }
 }
@@ -79,7 +79,7 @@ struct Metrics {
 }
 
 impl Metrics {
-    fn id(&mut self, kind: u32, name: &str) -> Option<u32> {
+    fn id(&mut self, kind: abi::MetricType, name: &str) -> Option<u32> {
         if let Some(id) = self.ids.get(name) {
             return Some(*id);
         }
@@ -93,7 +93,7 @@ impl Metrics {
         let id = match self.fixed.iter().find(|(n, _)| std::ptr::eq(*n, name)) {
             Some((_, id)) => *id,
             None => {
-                let Some(id) = self.id(abi::METRIC_COUNTER, name) else {
+                let Some(id) = self.id(abi::MetricType::Counter, name) else {
                     return;
                 };
                 self.fixed.push((name, id));
@@ -110,7 +110,7 @@ impl Metrics {
             Some(id) => id,
             None => {
                 let Some(id) = self.id(
-                    abi::METRIC_COUNTER,
+                    abi::MetricType::Counter,
                     &format!("keygate.ratelimit.rejected.{plan}"),
                 ) else {
                     return;
@@ -136,7 +136,7 @@ impl Metrics {
 
     /// Adds `by` now (rare events).
     fn add_now(&mut self, name: &str, by: i64) {
-        if let Some(id) = self.id(abi::METRIC_COUNTER, name) {
+        if let Some(id) = self.id(abi::MetricType::Counter, name) {
             abi::increment_metric(id, by);
         }
     }
@@ -151,7 +151,7 @@ impl Metrics {
     }
 
     fn record(&mut self, name: &str, value: u64) {
-        if let Some(id) = self.id(abi::METRIC_HISTOGRAM, name) {
+        if let Some(id) = self.id(abi::MetricType::Histogram, name) {
             abi::record_metric(id, value);
         }
     }
@@ -289,7 +289,7 @@ pub extern "C" fn proxy_on_configure(root_id: u32, size: usize) -> u32 {
     let bytes = if size == 0 {
         Vec::new()
     } else {
-        match abi::get_buffer(abi::BUFFER_PLUGIN_CONFIGURATION, 0, size) {
+        match abi::get_buffer(abi::BufferType::PluginConfiguration, 0, size) {
             Some(b) => b,
             None => {
                 log::error!(
@@ -451,20 +451,20 @@ impl Plugin {
             }
             Decision::Allow(a) => {
                 for name in &a.remove {
-                    abi::remove_header(abi::MAP_REQUEST_HEADERS, name);
+                    abi::remove_header(abi::MapType::RequestHeaders, name);
                 }
                 if let Some(p) = &a.path {
-                    abi::replace_header(abi::MAP_REQUEST_HEADERS, ":path", p);
+                    abi::replace_header(abi::MapType::RequestHeaders, ":path", p);
                 }
                 for (n, v) in &a.set {
-                    abi::add_header(abi::MAP_REQUEST_HEADERS, n, v);
+                    abi::add_header(abi::MapType::RequestHeaders, n, v);
                 }
                 if let Some(id) = a.identity.as_deref() {
                     // forged copies were removed above; an empty value, or a header the
                     // operator turned off (no name), is not sent
                     for (n, v) in self.gate.identity_headers(id) {
                         if !n.is_empty() && !v.is_empty() {
-                            abi::add_header(abi::MAP_REQUEST_HEADERS, n, &v);
+                            abi::add_header(abi::MapType::RequestHeaders, n, &v);
                         }
                     }
                 }
@@ -496,7 +496,7 @@ impl Plugin {
 
     fn on_request_headers(&mut self, ctx: u32, has_body: bool) -> u32 {
         self.now = now_ms();
-        let map = abi::get_headers(abi::MAP_REQUEST_HEADERS);
+        let map = abi::get_headers(abi::MapType::RequestHeaders);
         map.with_pairs(|headers| self.request(ctx, headers, has_body))
     }
 
@@ -515,7 +515,7 @@ impl Plugin {
         }
         self.now = now_ms();
         let body = abi::get_buffer(
-            abi::BUFFER_HTTP_REQUEST_BODY,
+            abi::BufferType::HttpRequestBody,
             0,
             size.min(MAX_OWNER_BODY + 1),
         )
@@ -741,17 +741,18 @@ impl Plugin {
         let Some(ks) = self.gate.cfg.key_service.clone() else {
             return;
         };
-        let status = abi::get_header(abi::MAP_CALL_RESPONSE_HEADERS, ":status").and_then(|s| {
-            std::str::from_utf8(&s)
-                .ok()
-                .and_then(|s| s.parse::<u32>().ok())
-        });
+        let status =
+            abi::get_header(abi::MapType::HttpCallResponseHeaders, ":status").and_then(|s| {
+                std::str::from_utf8(&s)
+                    .ok()
+                    .and_then(|s| s.parse::<u32>().ok())
+            });
         let body = if body_size > ks.max_response_bytes {
             None
         } else if body_size == 0 {
             Some(Vec::new())
         } else {
-            abi::get_buffer(abi::BUFFER_CALL_RESPONSE_BODY, 0, body_size)
+            abi::get_buffer(abi::BufferType::HttpCallResponseBody, 0, body_size)
         };
         match call {
             Call::Verify(call) => {
@@ -1003,7 +1004,7 @@ impl Plugin {
 
     fn on_response_headers(&mut self, ctx: u32) {
         if let Some((rate, _)) = self.response_headers.remove(&ctx) {
-            rate.for_each(|n, v| abi::add_header(abi::MAP_RESPONSE_HEADERS, n, v));
+            rate.for_each(|n, v| abi::add_header(abi::MapType::ResponseHeaders, n, v));
         }
     }
 }
