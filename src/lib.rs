@@ -3,16 +3,19 @@
 //! Everything but `host` is the pure core: no host calls (keygate implements the proxy-wasm ABI
 //! itself, in `host::abi`), tested natively with `cargo test`.
 
+pub mod batch;
 pub mod cache;
 pub mod config;
 pub mod conformance;
 pub mod contract;
 pub mod credential;
 pub mod fleet;
+pub mod flights;
 pub mod gate;
 pub mod hash;
 pub mod headermap;
 pub mod keystore;
+pub mod lease;
 pub mod path;
 pub mod problem;
 pub mod query;

@@ -18,13 +18,16 @@ use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::rc::Rc;
 
+use crate::batch::Batch;
 use crate::cache::{self, Lookup, Memo, NegativeCache};
 use crate::config::{self, KeyServiceConfig, OnFailure};
 use crate::contract::{self, ServiceFailure};
+use crate::flights::Flights;
 use crate::gate::{
     push_log_value, BodyCheck, Decision, Gate, LogFields, Outcome, Pending, RateHeaders, Step,
 };
 use crate::hash::{credential_id_from_hash, Digest32, DigestMemo, TagHasher};
+use crate::lease;
 use crate::problem::Kind;
 use crate::route::MAX_OWNER_BODY;
 use crate::store::{Guesses, SetOutcome, SharedStore, Speculative};
@@ -73,7 +76,7 @@ struct Metrics {
     fixed: Vec<(&'static str, u32)>,
     /// Per-request counts by metric id, added to Envoy's counters on the next tick (at most a
     /// second later): one host call a request less. A request counts 1-3 of ~25 names.
-    pending: Vec<(u32, i64)>,
+    pending: Batch,
     /// `keygate.ratelimit.rejected.<plan>` ids by the plan's index in the config.
     by_plan: Vec<Option<u32>>,
 }
@@ -128,10 +131,7 @@ impl Metrics {
     }
 
     fn count(&mut self, id: u32) {
-        match self.pending.iter_mut().find(|(i, _)| *i == id) {
-            Some(slot) => slot.1 += 1,
-            None => self.pending.push((id, 1)),
-        }
+        self.pending.count(id);
     }
 
     /// Adds `by` now (rare events).
@@ -142,12 +142,7 @@ impl Metrics {
     }
 
     fn flush(&mut self) {
-        for (id, n) in self.pending.iter_mut() {
-            if *n != 0 {
-                abi::increment_metric(*id, *n);
-                *n = 0;
-            }
-        }
+        self.pending.flush(abi::increment_metric);
     }
 
     fn record(&mut self, name: &str, value: u64) {
@@ -202,11 +197,6 @@ fn client_address() -> Vec<u8> {
         .unwrap_or_default()
 }
 
-struct Flight {
-    started_ms: u64,
-    waiters: Vec<u32>,
-}
-
 /// A verify call in flight.
 struct VerifyCall {
     /// The credential's id (secret and Basic user): flights and refusals are per credential.
@@ -231,9 +221,8 @@ struct Plugin {
     guesses: RefCell<Guesses>,
     digests: DigestMemo,
     negative: NegativeCache,
-    flights: HashMap<Digest32, Flight>,
+    flights: Flights<Waiter>,
     calls: HashMap<u32, Call>,
-    waiting: HashMap<u32, Waiter>,
     /// Rate-limit headers for the upstream's response, by context id, with the time they were
     /// stored (entries of streams reset before their response are swept by age).
     response_headers: HashMap<u32, (RateHeaders, u64), BuildHasherDefault<TagHasher>>,
@@ -334,9 +323,8 @@ pub extern "C" fn proxy_on_configure(root_id: u32, size: usize) -> u32 {
         guesses: RefCell::new(Guesses::default()),
         digests: DigestMemo::new(DIGEST_MEMO_ENTRIES),
         negative: NegativeCache::new(negative_cap),
-        flights: HashMap::new(),
+        flights: Flights::default(),
         calls: HashMap::new(),
-        waiting: HashMap::new(),
         response_headers: HashMap::default(),
         awaiting_body: HashMap::default(),
         throttle,
@@ -600,30 +588,17 @@ impl Plugin {
             client,
         };
         // Join a call already in flight for this credential, unless it is overdue.
-        if let Some(f) = self.flights.get_mut(&id) {
-            if now.saturating_sub(f.started_ms) <= ks.timeout_ms + 1000 {
-                f.waiters.push(ctx);
-                self.waiting.insert(ctx, waiter);
-                return ACTION_PAUSE;
-            }
-        }
+        let waiter = match self
+            .flights
+            .join(&id, ctx, waiter, now, ks.timeout_ms + 1000)
+        {
+            Ok(()) => return ACTION_PAUSE,
+            Err(w) => w,
+        };
         let body = contract::verify_request_body(&waiter.pending.credential);
         match self.dispatch(ctx, ks, &ks.verify_path, "POST", &body) {
             Some(token) => {
                 self.metrics.inc("keygate.keyservice.calls");
-                let mut waiters = self
-                    .flights
-                    .remove(&id)
-                    .map(|f| f.waiters)
-                    .unwrap_or_default();
-                waiters.push(ctx);
-                self.flights.insert(
-                    id,
-                    Flight {
-                        started_ms: now,
-                        waiters,
-                    },
-                );
                 let cacheable = self.feed_ready();
                 let user = waiter.pending.credential.user.clone();
                 self.calls.insert(
@@ -636,7 +611,7 @@ impl Plugin {
                         cacheable,
                     }),
                 );
-                self.waiting.insert(ctx, waiter);
+                self.flights.started(id, ctx, waiter, now);
                 ACTION_PAUSE
             }
             None => {
@@ -844,15 +819,7 @@ impl Plugin {
     /// Ends the flight for credential `id`: every request still waiting on it gets `decide`'s
     /// decision and resumes. The caller restores the effective context afterwards.
     fn settle_flight(&mut self, id: &Digest32, mut decide: impl FnMut(&mut Self, Waiter) -> Next) {
-        let waiters = self
-            .flights
-            .remove(id)
-            .map(|f| f.waiters)
-            .unwrap_or_default();
-        for ctx in waiters {
-            let Some(w) = self.waiting.remove(&ctx) else {
-                continue;
-            };
+        for (ctx, w) in self.flights.settle(id) {
             if !abi::set_effective_context(ctx) {
                 continue; // the client went away meanwhile
             }
@@ -907,15 +874,8 @@ impl Plugin {
         }
         let now = now_ms();
         let lease = self.lease_key();
-        let (held_until, cas) = match EnvoyStore.get(&lease) {
-            Some((v, cas)) => (v.try_into().map(u64::from_le_bytes).unwrap_or(0), cas),
-            None => (0, crate::store::ABSENT_CAS),
-        };
-        if held_until > now {
-            return;
-        }
         let until = now + ks.timeout_ms + ks.poll_ms / 2;
-        if EnvoyStore.set(&lease, &until.to_le_bytes(), cas) != SetOutcome::Written {
+        if !lease::take(&EnvoyStore, &lease, now, until) {
             return;
         }
         let since = EnvoyStore
@@ -927,7 +887,7 @@ impl Plugin {
         if let Some(token) = self.dispatch(self.root_id, &ks, &full, "GET", b"") {
             self.calls.insert(token, Call::Revocations);
         } else {
-            EnvoyStore.set(&lease, &0u64.to_le_bytes(), 0);
+            lease::release(&EnvoyStore, &lease, 0);
         }
     }
 
@@ -986,18 +946,18 @@ impl Plugin {
                 }
                 // with more pages, poll again at once; else no worker polls before poll_ms
                 if r.more {
-                    EnvoyStore.set(&self.lease_key(), &0u64.to_le_bytes(), 0);
+                    lease::release(&EnvoyStore, &self.lease_key(), 0);
                     self.tick();
                 } else {
                     let next = now.saturating_add(ks.poll_ms);
-                    EnvoyStore.set(&self.lease_key(), &next.to_le_bytes(), 0);
+                    lease::release(&EnvoyStore, &self.lease_key(), next);
                 }
             }
             Err(f) => {
                 self.metrics.add_now("keygate.revocations.failures", 1);
                 log::warn!("keygate: revocation feed failure: {}", f.as_str());
                 let next = now.saturating_add(ks.poll_ms);
-                EnvoyStore.set(&self.lease_key(), &next.to_le_bytes(), 0);
+                lease::release(&EnvoyStore, &self.lease_key(), next);
             }
         }
     }
