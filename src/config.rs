@@ -796,11 +796,8 @@ fn bounded(
     Ok(v)
 }
 
-fn parse_key_service(
-    mut o: Obj<'_>,
-    strict: bool,
-    w: &mut Vec<String>,
-) -> Result<KeyServiceConfig, ConfigError> {
+/// An Envoy cluster to call and the `:authority` of the calls (the cluster's name by default).
+fn cluster_and_authority(o: &mut Obj<'_>) -> Result<(String, String), ConfigError> {
     let cluster = o.str_req("cluster")?.to_string();
     if cluster.bytes().any(|c| c <= b' ' || c == 0x7f) {
         return Err(err(
@@ -810,6 +807,15 @@ fn parse_key_service(
     }
     let af = o.field("authority");
     let authority = plain_text(&af, o.opt_str("authority")?.unwrap_or(&cluster), 256)?;
+    Ok((cluster, authority))
+}
+
+fn parse_key_service(
+    mut o: Obj<'_>,
+    strict: bool,
+    w: &mut Vec<String>,
+) -> Result<KeyServiceConfig, ConfigError> {
+    let (cluster, authority) = cluster_and_authority(&mut o)?;
     let vf = o.field("verify_path");
     let verify_path = path_value(&vf, o.opt_str("verify_path")?.unwrap_or("/v1/keys/verify"))?;
     let rf = o.field("revocations_path");
@@ -1506,15 +1512,7 @@ fn parse_fleet(
     strict: bool,
     w: &mut Vec<String>,
 ) -> Result<FleetConfig, ConfigError> {
-    let cluster = o.str_req("cluster")?.to_string();
-    if cluster.bytes().any(|c| c <= b' ' || c == 0x7f) {
-        return Err(err(
-            &o.field("cluster"),
-            "must hold no spaces or control characters",
-        ));
-    }
-    let af = o.field("authority");
-    let authority = plain_text(&af, o.opt_str("authority")?.unwrap_or(&cluster), 256)?;
+    let (cluster, authority) = cluster_and_authority(&mut o)?;
     let df = o.field("domain");
     let domain = plain_text(&df, o.opt_str("domain")?.unwrap_or("keygate"), 128)?;
     if domain.is_empty() {

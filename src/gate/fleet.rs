@@ -60,17 +60,7 @@ impl Gate {
             id,
             body,
         } = a;
-        let mut remove = p.strip;
-        let path = self.hide_carriers(&p.carriers, &p.path, &mut remove);
-        Decision::Allow(Allow {
-            remove,
-            path,
-            rate,
-            log: LogFields::of(Outcome::Allowed, Some(&id)),
-            identity: Some(id),
-            body,
-            ..Default::default()
-        })
+        self.allowed(p, id, body, rate)
     }
 
     /// Refused by the engine (OVER_LIMIT, now or remembered): the same 429 as the local tier,

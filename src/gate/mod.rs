@@ -611,6 +611,27 @@ impl Gate {
         ))
     }
 
+    /// An admitted request within its limit (either tier): carriers hidden, identity to set.
+    fn allowed(
+        &self,
+        p: Pending,
+        id: Rc<Identity>,
+        body: Option<BodyCheck>,
+        rate: Option<RateHeaders>,
+    ) -> Decision {
+        let mut remove = p.strip;
+        let path = self.hide_carriers(&p.carriers, &p.path, &mut remove);
+        Decision::Allow(Allow {
+            remove,
+            path,
+            rate,
+            log: LogFields::of(Outcome::Allowed, Some(&id)),
+            identity: Some(id),
+            body,
+            ..Default::default()
+        })
+    }
+
     /// With `hide_from_upstream`: adds `authorization` to `remove` when it carried the
     /// credential, and returns `:path` without the query parameter when that did.
     fn hide_carriers(

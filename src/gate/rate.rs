@@ -120,17 +120,7 @@ impl Gate {
             }
         }
 
-        let mut remove = p.strip;
-        let path = self.hide_carriers(&p.carriers, &p.path, &mut remove);
-        Decision::Allow(Allow {
-            remove,
-            path,
-            rate,
-            log: LogFields::of(Outcome::Allowed, Some(&id)),
-            identity: Some(id),
-            body,
-            ..Default::default()
-        })
+        self.allowed(p, id, body, rate)
     }
 }
 
