@@ -80,6 +80,11 @@ impl<W> Flights<W> {
             .collect()
     }
 
+    /// Whether request `ctx` waits on a flight.
+    pub fn is_waiting(&self, ctx: u32) -> bool {
+        self.waiting.contains_key(&ctx)
+    }
+
     /// Requests waiting, all flights together.
     pub fn waiting(&self) -> usize {
         self.waiting.len()
@@ -111,7 +116,9 @@ mod tests {
             "another credential has its own"
         );
         f.started(B, 4, "b", 100);
+        assert!(f.is_waiting(2) && f.is_waiting(4) && !f.is_waiting(5));
         assert_eq!(f.settle(&A), [(1, "a1"), (2, "a2"), (3, "a3")]);
+        assert!(!f.is_waiting(2) && f.is_waiting(4));
         assert!(f.settle(&A).is_empty(), "settled once");
         assert_eq!(f.settle(&B), [(4, "b")]);
         assert_eq!(f.waiting(), 0);

@@ -17,6 +17,7 @@ pub mod headermap;
 pub mod keystore;
 pub mod lease;
 pub mod path;
+pub mod plugins;
 pub mod problem;
 pub mod query;
 pub mod ratelimit;

@@ -47,6 +47,11 @@ impl Flights {
     pub(super) fn owns(&self, token: u32) -> bool {
         self.calls.contains_key(&token)
     }
+
+    /// No engine call in flight (and so no request waiting on one).
+    pub(super) fn is_empty(&self) -> bool {
+        self.calls.is_empty() && self.leases.is_empty()
+    }
 }
 
 /// Why an engine call failed (a metric name): never a verdict.

@@ -28,6 +28,7 @@ use crate::gate::{
 };
 use crate::hash::{credential_id_from_hash, Digest32, DigestMemo, TagHasher};
 use crate::lease;
+use crate::plugins::{Configured, Plugins};
 use crate::problem::Kind;
 use crate::route::MAX_OWNER_BODY;
 use crate::store::{Guesses, SetOutcome, SharedStore, Speculative};
@@ -338,44 +339,44 @@ pub extern "C" fn proxy_on_configure(root_id: u32, size: usize) -> u32 {
     let name = abi::get_property(&["plugin_name"]).unwrap_or_default();
     VM.with(|vm| {
         let Ok(mut vm) = vm.try_borrow_mut() else { return };
-        if vm.by_name.get(&name).is_some_and(|r| *r != root_id) {
-            log::warn!("keygate: two keygate plugins with the same name share this VM; give them distinct names or vm_ids");
+        let shown = String::from_utf8_lossy(&name).into_owned();
+        if let Configured::Replaced(old) = vm.configure(root_id, name, plugin) {
+            log::info!("keygate: plugin `{shown}` configured again (root {root_id} replaces {old}): new requests use the new configuration; if two filters share this name in one VM, give them distinct names or vm_ids");
         }
-        vm.by_name.insert(name, root_id);
-        vm.plugins.insert(root_id, plugin);
     });
     1
 }
 
-/// Every keygate plugin (root context) configured in this VM. Usually one; several when filters
-/// share a `vm_id` and code (Istio gives every WasmPlugin the VM id ""), each with its own config.
-#[derive(Default)]
-struct Vm {
-    plugins: HashMap<u32, Plugin>,
-    /// `plugin_name` -> root context, to route a stream to its plugin when there are several.
-    by_name: HashMap<Vec<u8>, u32>,
-}
+/// Every keygate plugin configured in this VM (see `crate::plugins`).
+type Vm = Plugins<Plugin>;
 
 fn with_root<R>(root: u32, f: impl FnOnce(&mut Plugin) -> R) -> Option<R> {
     VM.with(|vm| {
         vm.try_borrow_mut()
             .ok()
-            .and_then(|mut vm| vm.plugins.get_mut(&root).map(f))
+            .and_then(|mut vm| vm.root(root).map(f))
     })
 }
 
-/// The plugin of the current stream: the only one (no host call), or the one named by the
-/// stream's `plugin_name` property. keygate does not export `proxy_on_context_create` (a VM
-/// entry per request), so this is how a stream finds its root when a VM holds several.
-fn with_stream<R>(f: impl FnOnce(&mut Plugin) -> R) -> Option<R> {
+fn plugin_name() -> Vec<u8> {
+    abi::get_property(&["plugin_name"]).unwrap_or_default()
+}
+
+/// The plugin of a new stream: the only one (no host call), or the one named by the stream's
+/// `plugin_name` property. keygate does not export `proxy_on_context_create` (a VM entry per
+/// request), so this is how a stream finds its root when a VM holds several.
+fn with_new_stream<R>(f: impl FnOnce(&mut Plugin) -> R) -> Option<R> {
+    VM.with(|vm| vm.try_borrow_mut().ok()?.for_new_stream(plugin_name).map(f))
+}
+
+/// The plugin of a later callback of stream `ctx`: a retired plugin (replaced by a
+/// reconfiguration) that holds the stream's state keeps it, else as for a new stream.
+fn with_stream<R>(ctx: u32, f: impl FnOnce(&mut Plugin) -> R) -> Option<R> {
     VM.with(|vm| {
-        let mut vm = vm.try_borrow_mut().ok()?;
-        if vm.plugins.len() == 1 {
-            return vm.plugins.values_mut().next().map(f);
-        }
-        let name = abi::get_property(&["plugin_name"]).unwrap_or_default();
-        let root = *vm.by_name.get(&name)?;
-        vm.plugins.get_mut(&root).map(f)
+        vm.try_borrow_mut()
+            .ok()?
+            .for_stream(ctx, Plugin::holds, plugin_name)
+            .map(f)
     })
 }
 
@@ -763,12 +764,14 @@ impl Plugin {
                 let stored = cache::store_valid(
                     &EnvoyStore,
                     &key,
-                    identity,
-                    binding,
+                    cache::Offer {
+                        identity,
+                        binding,
+                        ttl_hint_s: a.ttl_hint_s,
+                        started_ms: call.started_ms,
+                    },
                     &ks.cache,
-                    a.ttl_hint_s,
                     now,
-                    call.started_ms,
                 );
                 self.memo.forget(&call.entry);
                 if stored == cache::Stored::Revoked {
@@ -962,6 +965,22 @@ impl Plugin {
         }
     }
 
+    /// Whether this plugin holds state of stream `ctx` (a body it waits for, headers for its
+    /// response, a call it waits on).
+    fn holds(&self, ctx: u32) -> bool {
+        self.awaiting_body.contains_key(&ctx)
+            || self.response_headers.contains_key(&ctx)
+            || self.flights.is_waiting(ctx)
+    }
+
+    /// Nothing in flight and no stream waiting: a retired plugin may go.
+    fn idle(&self) -> bool {
+        self.calls.is_empty()
+            && self.awaiting_body.is_empty()
+            && self.response_headers.is_empty()
+            && self.fleet.is_empty()
+    }
+
     fn on_response_headers(&mut self, ctx: u32) {
         if let Some((rate, _)) = self.response_headers.remove(&ctx) {
             rate.for_each(|n, v| abi::add_header(abi::MapType::ResponseHeaders, n, v));
@@ -975,7 +994,7 @@ pub extern "C" fn proxy_on_request_headers(
     _num_headers: usize,
     end_of_stream: u32,
 ) -> u32 {
-    with_stream(|p| p.on_request_headers(ctx, end_of_stream == 0)).unwrap_or_else(|| {
+    with_new_stream(|p| p.on_request_headers(ctx, end_of_stream == 0)).unwrap_or_else(|| {
         // No configured plugin (cannot happen once on_configure succeeded): never a free pass.
         abi::send_local_response(500, &[], b"keygate is not configured\n", -1);
         ACTION_PAUSE
@@ -984,7 +1003,10 @@ pub extern "C" fn proxy_on_request_headers(
 
 #[no_mangle]
 pub extern "C" fn proxy_on_request_body(ctx: u32, body_size: usize, end_of_stream: u32) -> u32 {
-    with_stream(|p| p.on_request_body(ctx, body_size, end_of_stream != 0)).unwrap_or(ACTION_PAUSE)
+    with_stream(ctx, |p| {
+        p.on_request_body(ctx, body_size, end_of_stream != 0)
+    })
+    .unwrap_or(ACTION_PAUSE)
 }
 
 #[no_mangle]
@@ -993,7 +1015,7 @@ pub extern "C" fn proxy_on_response_headers(
     _num_headers: usize,
     _end_of_stream: u32,
 ) -> u32 {
-    with_stream(|p| p.on_response_headers(ctx));
+    with_stream(ctx, |p| p.on_response_headers(ctx));
     ACTION_CONTINUE
 }
 
@@ -1010,5 +1032,28 @@ pub extern "C" fn proxy_on_http_call_response(
 
 #[no_mangle]
 pub extern "C" fn proxy_on_tick(root: u32) {
-    with_root(root, |p| p.tick());
+    VM.with(|vm| {
+        let Ok(mut vm) = vm.try_borrow_mut() else {
+            return;
+        };
+        let retired = vm.is_retired(root);
+        if let Some(p) = vm.root(root) {
+            if retired {
+                // replaced by a new configuration: it only finishes what it holds
+                p.metrics.flush();
+            } else {
+                p.tick();
+            }
+        }
+        // any root's tick sweeps: Envoy may stop ticking a replaced root before it is idle
+        if vm.has_retired() {
+            vm.sweep(|p| {
+                let idle = p.idle();
+                if idle {
+                    p.metrics.flush();
+                }
+                idle
+            });
+        }
+    });
 }
