@@ -279,20 +279,31 @@ pub enum Stored {
     Failed,
 }
 
-/// Stores a positive verdict brought by a call started at `started_ms`, unless a revocation
-/// marked since then is in the way (CAS: a mark written between the read and the write makes
-/// the write mismatch and the mark is seen on the retry).
-#[allow(clippy::too_many_arguments)]
+/// A positive verdict offered to the cache: the identity, whom it holds for, the service's TTL
+/// hint, and when the call that brought it started.
+pub struct Offer<'a> {
+    pub identity: &'a Rc<Identity>,
+    pub binding: Binding,
+    pub ttl_hint_s: Option<u64>,
+    pub started_ms: u64,
+}
+
+/// Stores a positive verdict brought by a call started at `offer.started_ms`, unless a
+/// revocation marked since then is in the way (CAS: a mark written between the read and the
+/// write makes the write mismatch and the mark is seen on the retry).
 pub fn store_valid(
     store: &dyn SharedStore,
     key: &str,
-    id: &Rc<Identity>,
-    binding: Binding,
+    offer: Offer<'_>,
     policy: &CachePolicy,
-    ttl_hint_s: Option<u64>,
     now_ms: u64,
-    started_ms: u64,
 ) -> Stored {
+    let Offer {
+        identity: id,
+        binding,
+        ttl_hint_s,
+        started_ms,
+    } = offer;
     let mut ttl = policy.positive_ttl_ms;
     if let Some(h) = ttl_hint_s {
         ttl = ttl.min(h.saturating_mul(1000));
@@ -453,7 +464,18 @@ mod tests {
         let id = credential_id(None, "secret");
         let key = entry_key("kg", &id);
         assert!(!key.contains("secret"));
-        store_valid(&st, &key, &ident(None), Binding::NoUser, &p, None, NOW, NOW);
+        store_valid(
+            &st,
+            &key,
+            Offer {
+                identity: &ident(None),
+                binding: Binding::NoUser,
+                ttl_hint_s: None,
+                started_ms: NOW,
+            },
+            &p,
+            NOW,
+        );
         let mut m = Memo::default();
         assert!(matches!(
             m.lookup(&st, || key.clone(), &id, None, NOW + 999, 0),
@@ -478,11 +500,13 @@ mod tests {
         store_valid(
             &st,
             &key,
-            &ident(None),
-            Binding::NoUser,
+            Offer {
+                identity: &ident(None),
+                binding: Binding::NoUser,
+                ttl_hint_s: Some(2),
+                started_ms: NOW,
+            },
             &p,
-            Some(2),
-            NOW,
             NOW,
         );
         let mut m = Memo::default();
@@ -494,11 +518,13 @@ mod tests {
         store_valid(
             &st,
             &key,
-            &ident(Some(NOW / 1000 + 1)),
-            Binding::NoUser,
+            Offer {
+                identity: &ident(Some(NOW / 1000 + 1)),
+                binding: Binding::NoUser,
+                ttl_hint_s: None,
+                started_ms: NOW + 500,
+            },
             &p,
-            None,
-            NOW + 500,
             NOW + 500,
         );
         assert!(matches!(
@@ -518,7 +544,18 @@ mod tests {
         let id = credential_id(None, "s");
         let key = entry_key("kg", &id);
         let bound = Binding::User("alice".into());
-        store_valid(&st, &key, &ident(None), bound, &p, None, NOW, NOW);
+        store_valid(
+            &st,
+            &key,
+            Offer {
+                identity: &ident(None),
+                binding: bound,
+                ttl_hint_s: None,
+                started_ms: NOW,
+            },
+            &p,
+            NOW,
+        );
         let mut m = Memo::default();
         assert!(matches!(
             m.lookup(&st, || key.clone(), &id, Some("alice"), NOW, 0),
@@ -555,12 +592,14 @@ mod tests {
             store_valid(
                 &st,
                 &key,
-                &ident(None),
-                Binding::NoUser,
+                Offer {
+                    identity: &ident(None),
+                    binding: Binding::NoUser,
+                    ttl_hint_s: None,
+                    started_ms: started,
+                },
                 &p,
-                None,
                 now,
-                started,
             )
         };
         // the call started at NOW, the revocation was learned at NOW + 100, the answer came at
@@ -593,7 +632,7 @@ mod tests {
             for (i, (user, bound)) in users.iter().enumerate() {
                 let b = Binding::of(user.as_deref(), *bound);
                 let t = NOW + i as u64;
-                store_valid(&st, &key, &ident(None), b, &p, None, t, t);
+                store_valid(&st, &key, Offer { identity: &ident(None), binding: b, ttl_hint_s: None, started_ms: t }, &p, t);
             }
             proptest::prop_assert_eq!(st.map.borrow().len(), 1);
         }
@@ -605,7 +644,18 @@ mod tests {
         let p = CachePolicy::default();
         let id = credential_id(None, "s");
         let key = entry_key("kg", &id);
-        store_valid(&st, &key, &ident(None), Binding::NoUser, &p, None, NOW, NOW);
+        store_valid(
+            &st,
+            &key,
+            Offer {
+                identity: &ident(None),
+                binding: Binding::NoUser,
+                ttl_hint_s: None,
+                started_ms: NOW,
+            },
+            &p,
+            NOW,
+        );
         let mut m = Memo::default();
         let fresh = |l: Lookup| matches!(l, Lookup::Fresh(Verdict::Valid(_)));
         assert!(fresh(m.lookup(&st, || key.clone(), &id, None, NOW, 250)));
@@ -637,11 +687,13 @@ mod tests {
         store_valid(
             &st,
             &key,
-            &ident(None),
-            Binding::NoUser,
+            Offer {
+                identity: &ident(None),
+                binding: Binding::NoUser,
+                ttl_hint_s: None,
+                started_ms: NOW + 300,
+            },
             &p,
-            None,
-            NOW + 300,
             NOW + 300,
         );
         m.forget(&id); // as the host does after writing an entry
@@ -666,11 +718,13 @@ mod tests {
         store_valid(
             &st,
             &key,
-            &ident(None),
-            Binding::NoUser,
+            Offer {
+                identity: &ident(None),
+                binding: Binding::NoUser,
+                ttl_hint_s: None,
+                started_ms: NOW + 400,
+            },
             &p,
-            None,
-            NOW + 400,
             NOW + 400,
         );
         m.forget(&id);

@@ -108,10 +108,7 @@ impl Gate {
         let detail = "the rate-limit engine could not count the request; retry shortly";
         self.deny(
             &pb,
-            503,
-            Kind::RateLimitUnavailable,
-            detail,
-            &[],
+            Problem::new(503, Kind::RateLimitUnavailable, detail),
             h,
             Some(&a.id),
         )

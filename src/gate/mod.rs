@@ -26,6 +26,7 @@ use crate::window;
 mod fleet;
 mod rate;
 mod replies;
+use replies::Problem;
 
 pub use fleet::Target;
 pub use rate::{IetfRate, RateHeaders};
@@ -260,10 +261,7 @@ impl Gate {
         let ambiguous_reply = |detail: &str| {
             Step::Done(self.deny(
                 &pb(),
-                400,
-                Kind::RequestAmbiguous,
-                detail,
-                &[],
+                Problem::new(400, Kind::RequestAmbiguous, detail),
                 vec![],
                 None,
             ))
@@ -310,10 +308,7 @@ impl Gate {
             Access::Closed => {
                 return Step::Done(self.deny(
                     &pb(),
-                    403,
-                    Kind::RouteClosed,
-                    "this route is closed",
-                    &[],
+                    Problem::new(403, Kind::RouteClosed, "this route is closed"),
                     vec![],
                     None,
                 ))
@@ -335,10 +330,7 @@ impl Gate {
             let h = self.challenges(None);
             return Step::Done(self.deny(
                 &pb(),
-                401,
-                Kind::CredentialMissing,
-                detail,
-                &[],
+                Problem::new(401, Kind::CredentialMissing, detail),
                 h,
                 None,
             ));
@@ -472,7 +464,7 @@ impl Gate {
                     Refusal::Disabled => (Kind::CredentialDisabled, "the credential is disabled"),
                 };
                 let h = self.challenges(presented_token.then_some(("invalid_token", detail)));
-                return Err(self.deny(&problems(), 401, kind, detail, &[], h, None));
+                return Err(self.deny(&problems(), Problem::new(401, kind, detail), h, None));
             }
         };
 
@@ -496,10 +488,7 @@ impl Gate {
                 let extra = [("missing_scope", Extra::Text(missing))];
                 return Err(self.deny(
                     &problems(),
-                    403,
-                    Kind::InsufficientScope,
-                    &detail,
-                    &extra,
+                    Problem::new(403, Kind::InsufficientScope, &detail).with(&extra),
                     h,
                     Some(&id),
                 ));
@@ -537,10 +526,7 @@ impl Gate {
                 if let Some(detail) = detail {
                     return Err(self.deny(
                         &problems(),
-                        owner.status,
-                        Kind::ResourceForbidden,
-                        &detail,
-                        &[],
+                        Problem::new(owner.status, Kind::ResourceForbidden, &detail),
                         vec![],
                         Some(&id),
                     ));
@@ -568,25 +554,14 @@ impl Gate {
         };
         let pb = self.problems(instance_of(&c.path), c.request_id.as_deref(), c.grpc);
         if body.len() > route::MAX_OWNER_BODY {
-            return Some(self.deny(
-                &pb,
-                413,
-                Kind::RequestAmbiguous,
-                "the body is longer than keygate reads on a route that checks which resource the request names",
-                &[],
-                vec![],
-                Some(id),
-            ));
+            return Some(self.deny(&pb, Problem::new(413, Kind::RequestAmbiguous, "the body is longer than keygate reads on a route that checks which resource the request names"), vec![], Some(id)));
         }
         let values = match route::owner_values_in_body(name, &c.content_type, body) {
             Ok(v) => v,
             Err(why) => {
                 return Some(self.deny(
                     &pb,
-                    400,
-                    Kind::RequestAmbiguous,
-                    why,
-                    &[],
+                    Problem::new(400, Kind::RequestAmbiguous, why),
                     vec![],
                     Some(id),
                 ))
@@ -602,10 +577,7 @@ impl Gate {
         };
         Some(self.deny(
             &pb,
-            owner.status,
-            Kind::ResourceForbidden,
-            &detail,
-            &[],
+            Problem::new(owner.status, Kind::ResourceForbidden, &detail),
             vec![],
             Some(id),
         ))

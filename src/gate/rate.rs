@@ -109,10 +109,7 @@ impl Gate {
                     let h = vec![("retry-after".to_string(), "1".to_string())];
                     return self.deny(
                         &problems(),
-                        429,
-                        Kind::RateLimited,
-                        detail,
-                        &[],
+                        Problem::new(429, Kind::RateLimited, detail),
                         h,
                         Some(&id),
                     );

@@ -45,19 +45,15 @@ impl Gate {
         out
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn deny(
         &self,
         pb: &ProblemBuilder<'_>,
-        status: u32,
-        kind: Kind,
-        detail: &str,
-        extra: &[(&'static str, Extra<'_>)],
+        p: Problem<'_>,
         headers: Vec<(String, String)>,
         id: Option<&Rc<Identity>>,
     ) -> Decision {
-        let reply = pb.reply(status, kind, detail, extra, headers);
-        Decision::Deny(reply, LogFields::of(Outcome::Denied(kind), id))
+        let reply = pb.reply(p.status, p.kind, p.detail, p.extra, headers);
+        Decision::Deny(reply, LogFields::of(Outcome::Denied(p.kind), id))
     }
 
     pub(super) fn credential_error(&self, pb: &ProblemBuilder<'_>, e: CredError) -> Decision {
@@ -82,7 +78,7 @@ impl Gate {
         } else {
             Vec::new()
         };
-        self.deny(pb, status, kind, detail, &[], h, None)
+        self.deny(pb, Problem::new(status, kind, detail), h, None)
     }
 
     /// Too many failed authentications from this client: 429 without verifying anything.
@@ -92,7 +88,12 @@ impl Gate {
         let h = vec![("retry-after".to_string(), retry.to_string())];
         let detail =
             format!("too many failed authentications from this client; retry in {retry} s");
-        self.deny(&pb, 429, Kind::AuthThrottled, &detail, &[], h, None)
+        self.deny(
+            &pb,
+            Problem::new(429, Kind::AuthThrottled, &detail),
+            h,
+            None,
+        )
     }
 
     /// The key service failed and no stale verdict may serve: 503, fail closed.
@@ -100,12 +101,16 @@ impl Gate {
         let pb = self.problems(instance_of(&p.path), p.request_id.as_deref(), p.grpc);
         let h = vec![("retry-after".to_string(), retry_after_s.to_string())];
         let detail = "the key service could not verify the credential; retry shortly";
-        self.deny(&pb, 503, Kind::KeyServiceUnavailable, detail, &[], h, None)
+        self.deny(
+            &pb,
+            Problem::new(503, Kind::KeyServiceUnavailable, detail),
+            h,
+            None,
+        )
     }
 
     /// The 429 of a request over its limit: the rate-limit headers (whatever
     /// `rate_limit.headers` says: the client needs them to back off) and `Retry-After`.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn over_limit(
         &self,
         pb: &ProblemBuilder<'_>,
@@ -151,7 +156,36 @@ impl Gate {
             detail.push_str(itoa::Buffer::new().format(n));
         }
         detail.push_str(" s");
-        self.deny(pb, 429, Kind::RateLimited, &detail, &extra, h, Some(id))
+        self.deny(
+            pb,
+            Problem::new(429, Kind::RateLimited, &detail).with(&extra),
+            h,
+            Some(id),
+        )
+    }
+}
+
+/// What a denial says: its status, kind, detail and extension members.
+pub(super) struct Problem<'a> {
+    status: u32,
+    kind: Kind,
+    detail: &'a str,
+    extra: &'a [(&'static str, Extra<'a>)],
+}
+
+impl<'a> Problem<'a> {
+    pub(super) fn new(status: u32, kind: Kind, detail: &'a str) -> Self {
+        Problem {
+            status,
+            kind,
+            detail,
+            extra: &[],
+        }
+    }
+
+    /// With extension members of this kind (`policy`, `limit`, `scopes`, ...).
+    pub(super) fn with(self, extra: &'a [(&'static str, Extra<'a>)]) -> Self {
+        Problem { extra, ..self }
     }
 }
 
