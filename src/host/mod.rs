@@ -12,6 +12,7 @@
 
 mod abi;
 mod fleet;
+mod sys;
 
 use std::cell::RefCell;
 use std::collections::HashMap;

@@ -18,22 +18,16 @@
 use std::cell::Cell;
 use std::ptr::null_mut;
 
-const MAP_REQUEST_HEADERS: u32 = 0;
-const MAP_RESPONSE_HEADERS: u32 = 2;
-const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
-const ACTION_CONTINUE: u32 = 0;
+// The raw ABI (imports, `proxy_on_memory_allocate`, `take`): keygate's own copy, so the floor
+// makes exactly keygate's host calls through exactly its declarations and allocator.
+#[path = "../../../../src/host/sys.rs"]
+mod sys;
+use sys::*;
 
-#[link(wasm_import_module = "env")]
-extern "C" {
-    fn proxy_get_current_time_nanoseconds(ret: *mut u64) -> u32;
-    fn proxy_get_buffer_bytes(kind: u32, start: usize, max: usize, ret: *mut *mut u8, ret_size: *mut usize) -> u32;
-    fn proxy_get_header_map_pairs(map: u32, ret: *mut *mut u8, ret_size: *mut usize) -> u32;
-    fn proxy_remove_header_map_value(map: u32, key: *const u8, key_size: usize) -> u32;
-    fn proxy_add_header_map_value(map: u32, key: *const u8, key_size: usize, value: *const u8, value_size: usize) -> u32;
-    fn proxy_set_property(path: *const u8, path_size: usize, value: *const u8, value_size: usize) -> u32;
-    fn proxy_get_shared_data(key: *const u8, key_size: usize, ret: *mut *mut u8, ret_size: *mut usize, cas: *mut u32) -> u32;
-    fn proxy_set_shared_data(key: *const u8, key_size: usize, value: *const u8, value_size: usize, cas: u32) -> u32;
-}
+const MAP_REQUEST_HEADERS: u32 = MapType::RequestHeaders as u32;
+const MAP_RESPONSE_HEADERS: u32 = MapType::ResponseHeaders as u32;
+const BUFFER_PLUGIN_CONFIGURATION: u32 = BufferType::PluginConfiguration as u32;
+const ACTION_CONTINUE: u32 = 0;
 
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
@@ -50,19 +44,6 @@ thread_local! {
 
 #[no_mangle]
 pub extern "C" fn proxy_abi_version_0_2_1() {}
-
-#[no_mangle]
-pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
-    Box::into_raw(vec![0u8; size].into_boxed_slice()) as *mut u8
-}
-
-fn take(ptr: *mut u8, size: usize) -> Vec<u8> {
-    if ptr.is_null() {
-        return Vec::new();
-    }
-    // SAFETY: allocated by proxy_on_memory_allocate with exactly `size` bytes, now ours.
-    unsafe { Vec::from_raw_parts(ptr, size, size) }
-}
 
 #[no_mangle]
 pub extern "C" fn proxy_on_vm_start(_root: u32, _size: usize) -> u32 {
