@@ -116,44 +116,75 @@ fn decode(v: &[u8]) -> Option<u128> {
     Some(u128::from_le_bytes(bytes))
 }
 
-/// Takes one token from the bucket at `key`, with a bounded CAS loop. A denial writes nothing.
-pub fn take(
+/// What a step made of the value it read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Write {
+    /// Write the new value the step put in the buffer.
+    New,
+    /// Leave the (well-formed) value as it is: a denial.
+    Unchanged,
+    /// Nothing to write (a denial with no value stored).
+    Nothing,
+}
+
+/// One read-decide-write on the value at `key`, retried on a CAS mismatch (at most
+/// `MAX_ATTEMPTS` times): `step` sees the stored value (`None`: absent) and a cleared buffer
+/// for the new one. Token buckets and rolling windows count through it.
+///
+/// A denial changes nothing. Through a guessing store, the value is written back unchanged
+/// under its CAS: that confirms a guessed read (a guess can only be behind, so the denial would
+/// stand, but its headers must be exact) and seeds the next guess, so a flood of 429s costs a
+/// write each instead of a read.
+pub fn update<D>(
     store: &dyn SharedStore,
     key: &str,
-    limit: &Limit,
-    now_us: u64,
-) -> Result<RateDecision, RateError> {
+    buf: &mut Vec<u8>,
+    mut step: impl FnMut(Option<&[u8]>, &mut Vec<u8>) -> (D, Write),
+) -> Result<D, RateError> {
     for _ in 0..MAX_ATTEMPTS {
-        let (tat, cas) = match store.get(key) {
-            // A value of the wrong shape (another plugin, an older layout) is overwritten.
-            Some((v, cas)) => (decode(&v), cas),
+        let (value, cas) = match store.get(key) {
+            Some((v, cas)) => (Some(v), cas),
             None => (None, ABSENT_CAS),
         };
-        let (decision, new_tat) = step(limit, tat, u128::from(now_us));
-        let Some(new_tat) = new_tat else {
-            // A denial changes nothing. Through a guessing store, the value is written back
-            // unchanged under its CAS: that confirms a guessed read (a guess can only be behind,
-            // so the denial would stand, but its headers must be exact) and seeds the next
-            // guess, so a flood of 429s costs a write each instead of a read.
-            if store.guesses() {
-                if let Some(t) = tat {
-                    match store.set(key, &t.to_le_bytes(), cas) {
-                        SetOutcome::Written => return Ok(decision),
-                        // exact as of a real read; a guess that missed reads again
-                        _ if !store.last_was_guess() => return Ok(decision),
-                        _ => continue,
-                    }
-                }
-            }
-            return Ok(decision);
+        buf.clear();
+        let (decision, write) = step(value.as_deref(), buf);
+        let (bytes, unchanged) = match (write, &value) {
+            (Write::New, _) => (buf.as_slice(), false),
+            (Write::Unchanged, Some(v)) if store.guesses() => (v.as_slice(), true),
+            _ => return Ok(decision),
         };
-        match store.set(key, &new_tat.to_le_bytes(), cas) {
+        match store.set(key, bytes, cas) {
             SetOutcome::Written => return Ok(decision),
+            // a denial exact as of a real read stands; a guess that missed reads again
+            _ if unchanged && !store.last_was_guess() => return Ok(decision),
+            _ if unchanged => continue,
             SetOutcome::CasMismatch => continue,
             SetOutcome::Failed => return Err(RateError::StoreFailed),
         }
     }
     Err(RateError::Contended)
+}
+
+/// Takes one token from the bucket at `key` (`buf`: scratch for the new value).
+pub fn take(
+    store: &dyn SharedStore,
+    key: &str,
+    limit: &Limit,
+    now_us: u64,
+    buf: &mut Vec<u8>,
+) -> Result<RateDecision, RateError> {
+    update(store, key, buf, |value, out| {
+        // a value of the wrong shape (another plugin, an older layout) is overwritten
+        let tat = value.and_then(decode);
+        match step(limit, tat, u128::from(now_us)) {
+            (d, Some(new_tat)) => {
+                out.extend_from_slice(&new_tat.to_le_bytes());
+                (d, Write::New)
+            }
+            (d, None) if tat.is_some() => (d, Write::Unchanged),
+            (d, None) => (d, Write::Nothing),
+        }
+    })
 }
 
 #[cfg(test)]
@@ -178,23 +209,27 @@ mod tests {
         let st = MemoryStore::default();
         let l = lim(60, 60, 5); // one token a second, capacity 5
         for i in 0..5 {
-            let d = take(&st, "b", &l, T0).unwrap();
+            let d = take(&st, "b", &l, T0, &mut Vec::new()).unwrap();
             assert!(d.allowed);
             assert_eq!(d.remaining, 4 - i);
             assert_eq!(d.limit, 5);
         }
-        let d = take(&st, "b", &l, T0).unwrap();
+        let d = take(&st, "b", &l, T0, &mut Vec::new()).unwrap();
         assert!(!d.allowed);
         assert_eq!(d.remaining, 0);
         assert_eq!(d.retry_after_ms, 1000);
         assert_eq!(d.reset_ms, 5000);
         // half a second later: still nothing; a second later: exactly one.
-        assert!(!take(&st, "b", &l, T0 + S / 2).unwrap().allowed);
-        let d = take(&st, "b", &l, T0 + S).unwrap();
+        assert!(
+            !take(&st, "b", &l, T0 + S / 2, &mut Vec::new())
+                .unwrap()
+                .allowed
+        );
+        let d = take(&st, "b", &l, T0 + S, &mut Vec::new()).unwrap();
         assert!(d.allowed && d.remaining == 0);
-        assert!(!take(&st, "b", &l, T0 + S).unwrap().allowed);
+        assert!(!take(&st, "b", &l, T0 + S, &mut Vec::new()).unwrap().allowed);
         // after a long idle time the bucket is full, not fuller.
-        let d = take(&st, "b", &l, T0 + 3600 * S).unwrap();
+        let d = take(&st, "b", &l, T0 + 3600 * S, &mut Vec::new()).unwrap();
         assert_eq!(d.remaining, 4);
     }
 
@@ -203,12 +238,12 @@ mod tests {
         // 1 request a day, burst 1: the bucket must refill even when hammered every millisecond.
         let st = MemoryStore::default();
         let l = lim(1, 86_400, 1);
-        assert!(take(&st, "b", &l, T0).unwrap().allowed);
+        assert!(take(&st, "b", &l, T0, &mut Vec::new()).unwrap().allowed);
         let mut t = T0;
         let mut allowed = 0;
         while t < T0 + 86_400 * S {
             t += 997 * S; // ~ every 16 minutes
-            if take(&st, "b", &l, t).unwrap().allowed {
+            if take(&st, "b", &l, t, &mut Vec::new()).unwrap().allowed {
                 allowed += 1;
             }
         }
@@ -218,7 +253,10 @@ mod tests {
         let l = lim(1000, 60, 1000);
         let mut n = 0;
         for ms in 0..60_000u64 {
-            if take(&st, "c", &l, T0 + ms * 1000).unwrap().allowed {
+            if take(&st, "c", &l, T0 + ms * 1000, &mut Vec::new())
+                .unwrap()
+                .allowed
+            {
                 n += 1;
             }
         }
@@ -229,22 +267,29 @@ mod tests {
     fn clock_going_backwards_does_not_mint_tokens() {
         let st = MemoryStore::default();
         let l = lim(10, 10, 2);
-        assert!(take(&st, "b", &l, T0).unwrap().allowed);
-        assert!(take(&st, "b", &l, T0).unwrap().allowed);
-        assert!(!take(&st, "b", &l, T0 - 100 * S).unwrap().allowed);
+        assert!(take(&st, "b", &l, T0, &mut Vec::new()).unwrap().allowed);
+        assert!(take(&st, "b", &l, T0, &mut Vec::new()).unwrap().allowed);
+        assert!(
+            !take(&st, "b", &l, T0 - 100 * S, &mut Vec::new())
+                .unwrap()
+                .allowed
+        );
     }
 
     #[test]
     fn cas_conflicts_retry_and_never_lose_a_write() {
         let st = MemoryStore::default();
         let l = lim(100, 60, 100);
-        take(&st, "b", &l, T0).unwrap();
+        take(&st, "b", &l, T0, &mut Vec::new()).unwrap();
         st.conflicts.set(5);
-        let d = take(&st, "b", &l, T0).unwrap();
+        let d = take(&st, "b", &l, T0, &mut Vec::new()).unwrap();
         assert!(d.allowed);
         assert_eq!(d.remaining, 98);
         st.conflicts.set(MAX_ATTEMPTS);
-        assert_eq!(take(&st, "b", &l, T0), Err(RateError::Contended));
+        assert_eq!(
+            take(&st, "b", &l, T0, &mut Vec::new()),
+            Err(RateError::Contended)
+        );
     }
 
     #[test]
@@ -263,14 +308,17 @@ mod tests {
             SetOutcome::CasMismatch
         );
         // and the loop then counts both.
-        assert_eq!(take(&st, "b", &l, T0).unwrap().remaining, 8);
+        assert_eq!(
+            take(&st, "b", &l, T0, &mut Vec::new()).unwrap().remaining,
+            8
+        );
     }
 
     #[test]
     fn garbage_values_are_overwritten() {
         let st = MemoryStore::default();
         st.set("b", b"junk", 0);
-        let d = take(&st, "b", &lim(5, 1, 5), T0).unwrap();
+        let d = take(&st, "b", &lim(5, 1, 5), T0, &mut Vec::new()).unwrap();
         assert!(d.allowed && d.remaining == 4);
     }
 
@@ -284,7 +332,7 @@ mod tests {
         let mut remaining = Vec::new();
         for _ in 0..5 {
             let sp = Speculative::new(&st, &guesses, T0 / 1000);
-            remaining.push(take(&sp, "b", &l, T0).unwrap().remaining);
+            remaining.push(take(&sp, "b", &l, T0, &mut Vec::new()).unwrap().remaining);
         }
         assert_eq!(remaining, vec![4, 3, 2, 1, 0]);
         // the insert and the first CAS write read the host; the next three used their guess
@@ -292,12 +340,16 @@ mod tests {
         // a write to another key after ours leaves our entry (and its token) alone: still a hit
         st.set("other", b"x", 0);
         let sp = Speculative::new(&st, &guesses, T0 / 1000);
-        assert!(take(&sp, "b", &l, T0 + 1000).unwrap().allowed);
+        assert!(
+            take(&sp, "b", &l, T0 + 1000, &mut Vec::new())
+                .unwrap()
+                .allowed
+        );
         assert_eq!(st.gets.get(), 2);
         // but it came between our last two writes: that write's token is one further than the
         // guess, so the next guess misses and the retry reads the host
         let sp = Speculative::new(&st, &guesses, T0 / 1000);
-        let d = take(&sp, "b", &l, T0 + 2000).unwrap();
+        let d = take(&sp, "b", &l, T0 + 2000, &mut Vec::new()).unwrap();
         assert!(d.allowed && d.remaining == 0);
         assert_eq!(st.gets.get(), 3);
         // denials write the value back unchanged: that confirms the guess they used and seeds
@@ -306,7 +358,7 @@ mod tests {
         let tat = st.map.borrow()["b"].0.clone();
         for _ in 0..3 {
             let sp = Speculative::new(&st, &guesses, T0 / 1000);
-            let d = take(&sp, "b", &l, T0 + 2000).unwrap();
+            let d = take(&sp, "b", &l, T0 + 2000, &mut Vec::new()).unwrap();
             assert!(!d.allowed && d.retry_after_ms == 1);
         }
         assert_eq!(st.gets.get(), gets);
@@ -338,9 +390,9 @@ mod tests {
                     spec.set("other", b"x", 0);
                     continue;
                 }
-                let want = take(&plain, "b", &l, now);
+                let want = take(&plain, "b", &l, now, &mut Vec::new());
                 let sp = Speculative::new(&spec, &guesses[worker], now / 1000);
-                let got = take(&sp, "b", &l, now);
+                let got = take(&sp, "b", &l, now, &mut Vec::new());
                 proptest::prop_assert_eq!(want, got);
             }
         }
@@ -355,7 +407,7 @@ mod tests {
             let mut allowed = 0u128;
             for g in &gaps {
                 t += g;
-                if take(&st, "p", &l, t).unwrap().allowed { allowed += 1; }
+                if take(&st, "p", &l, t, &mut Vec::new()).unwrap().allowed { allowed += 1; }
             }
             let elapsed = u128::from(t - T0);
             let bound = u128::from(burst) + elapsed * u128::from(req) / (u128::from(win) * 1_000_000);

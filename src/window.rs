@@ -17,8 +17,8 @@
 //! as the newest): a recorded instant is never earlier than the real one, and the check compares
 //! the real `now` (in µs) with the recorded oldest, so rounding only ever errs on refusing.
 
-use crate::ratelimit::{RateDecision, RateError, MAX_ATTEMPTS};
-use crate::store::{SetOutcome, SharedStore, ABSENT_CAS};
+use crate::ratelimit::{update, RateDecision, RateError, Write};
+use crate::store::SharedStore;
 
 /// Largest N a rolling window may have (40 KB of shared data per owner).
 pub const MAX_REQUESTS: u64 = 10_000;
@@ -185,7 +185,8 @@ fn partition_point(n: usize, pred: impl Fn(usize) -> bool) -> usize {
     lo
 }
 
-/// Takes one request from the window at `key`, with a bounded CAS loop (as `ratelimit::take`).
+/// Takes one request from the window at `key` (`buf`: scratch for the new value), through
+/// the same CAS loop as token buckets (`ratelimit::update`).
 pub fn take(
     store: &dyn SharedStore,
     key: &str,
@@ -194,39 +195,20 @@ pub fn take(
     now_us: u64,
     buf: &mut Vec<u8>,
 ) -> Result<RateDecision, RateError> {
-    for _ in 0..MAX_ATTEMPTS {
-        let (value, cas) = match store.get(key) {
-            Some((v, cas)) => (Some(v), cas),
-            None => (None, ABSENT_CAS),
-        };
-        let (decision, write) = step(requests, window_s, value.as_deref(), now_us, buf);
-        if !write {
-            // as for buckets: through a guessing store, a denial writes the value back
-            // unchanged, which confirms the guessed read and seeds the next guess
-            if store.guesses() {
-                if let Some(v) = &value {
-                    match store.set(key, v, cas) {
-                        SetOutcome::Written => return Ok(decision),
-                        _ if !store.last_was_guess() => return Ok(decision),
-                        _ => continue,
-                    }
-                }
-            }
-            return Ok(decision);
+    update(store, key, buf, |value, out| {
+        match step(requests, window_s, value, now_us, out) {
+            (d, true) => (d, Write::New),
+            (d, false) if value.is_some() => (d, Write::Unchanged),
+            (d, false) => (d, Write::Nothing),
         }
-        match store.set(key, buf, cas) {
-            SetOutcome::Written => return Ok(decision),
-            SetOutcome::CasMismatch => continue,
-            SetOutcome::Failed => return Err(RateError::StoreFailed),
-        }
-    }
-    Err(RateError::Contended)
+    })
 }
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+    use crate::ratelimit::MAX_ATTEMPTS;
     use crate::store::memory::MemoryStore;
     use crate::store::{Guesses, Speculative};
     use std::cell::RefCell;

@@ -63,7 +63,12 @@ impl Gate {
                     key.push(scope.letter());
                     key.push(':');
                     key.push_str(owner);
-                    ratelimit::take(store, &key, &limit, now_us)
+                    {
+                        let mut buf = self.window_buf.take();
+                        let t = ratelimit::take(store, &key, &limit, now_us, &mut buf);
+                        self.window_buf.set(buf);
+                        t
+                    }
                 }
                 Algorithm::RollingWindow => {
                     key.push_str(":rw:");
