@@ -435,6 +435,25 @@ impl NegativeCache {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    /// A valid verdict stored by a call that started and ended at `now`.
+    fn store_at(
+        st: &dyn SharedStore,
+        key: &str,
+        identity: &Rc<Identity>,
+        binding: Binding,
+        ttl_hint_s: Option<u64>,
+        p: &CachePolicy,
+        now: u64,
+    ) -> Stored {
+        let offer = Offer {
+            identity,
+            binding,
+            ttl_hint_s,
+            started_ms: now,
+        };
+        store_valid(st, key, offer, p, now)
+    }
     use crate::hash::credential_id;
     use crate::store::memory::MemoryStore;
 
@@ -464,18 +483,7 @@ mod tests {
         let id = credential_id(None, "secret");
         let key = entry_key("kg", &id);
         assert!(!key.contains("secret"));
-        store_valid(
-            &st,
-            &key,
-            Offer {
-                identity: &ident(None),
-                binding: Binding::NoUser,
-                ttl_hint_s: None,
-                started_ms: NOW,
-            },
-            &p,
-            NOW,
-        );
+        store_at(&st, &key, &ident(None), Binding::NoUser, None, &p, NOW);
         let mut m = Memo::default();
         assert!(matches!(
             m.lookup(&st, || key.clone(), &id, None, NOW + 999, 0),
@@ -497,33 +505,19 @@ mod tests {
         let p = CachePolicy::default();
         let id = credential_id(None, "s");
         let key = entry_key("kg", &id);
-        store_valid(
-            &st,
-            &key,
-            Offer {
-                identity: &ident(None),
-                binding: Binding::NoUser,
-                ttl_hint_s: Some(2),
-                started_ms: NOW,
-            },
-            &p,
-            NOW,
-        );
+        store_at(&st, &key, &ident(None), Binding::NoUser, Some(2), &p, NOW);
         let mut m = Memo::default();
         assert!(matches!(
             m.lookup(&st, || key.clone(), &id, None, NOW + 2000, 0),
             Lookup::Stale(_)
         ));
         // the key expires in 1.5 s: fresh never outlives it, and stale never serves past it
-        store_valid(
+        store_at(
             &st,
             &key,
-            Offer {
-                identity: &ident(Some(NOW / 1000 + 1)),
-                binding: Binding::NoUser,
-                ttl_hint_s: None,
-                started_ms: NOW + 500,
-            },
+            &ident(Some(NOW / 1000 + 1)),
+            Binding::NoUser,
+            None,
             &p,
             NOW + 500,
         );
@@ -544,18 +538,7 @@ mod tests {
         let id = credential_id(None, "s");
         let key = entry_key("kg", &id);
         let bound = Binding::User("alice".into());
-        store_valid(
-            &st,
-            &key,
-            Offer {
-                identity: &ident(None),
-                binding: bound,
-                ttl_hint_s: None,
-                started_ms: NOW,
-            },
-            &p,
-            NOW,
-        );
+        store_at(&st, &key, &ident(None), bound, None, &p, NOW);
         let mut m = Memo::default();
         assert!(matches!(
             m.lookup(&st, || key.clone(), &id, Some("alice"), NOW, 0),
@@ -684,15 +667,12 @@ mod tests {
             Lookup::Fresh(Verdict::Refused(Refusal::Revoked))
         );
         // the worker that revokes forgets at once; a clock going back never extends trust
-        store_valid(
+        store_at(
             &st,
             &key,
-            Offer {
-                identity: &ident(None),
-                binding: Binding::NoUser,
-                ttl_hint_s: None,
-                started_ms: NOW + 300,
-            },
+            &ident(None),
+            Binding::NoUser,
+            None,
             &p,
             NOW + 300,
         );
@@ -715,15 +695,12 @@ mod tests {
             NOW + 302,
             250
         )));
-        store_valid(
+        store_at(
             &st,
             &key,
-            Offer {
-                identity: &ident(None),
-                binding: Binding::NoUser,
-                ttl_hint_s: None,
-                started_ms: NOW + 400,
-            },
+            &ident(None),
+            Binding::NoUser,
+            None,
             &p,
             NOW + 400,
         );
