@@ -2,6 +2,7 @@
 //!
 //! The JSON is decoded into `Raw*` structs (`#[derive(Deserialize)]`, every field optional), then
 //! checked by hand into a `Config`: bounds, tokens, header names, dates, duplicates.
+//!
 //! Errors name the field (`keys[2].sha256`) and the reason, in one line. Unknown fields are
 //! warned about and ignored, so a control plane that adds a field does not take a listener down;
 //! `"strict": true` refuses them instead.
@@ -261,6 +262,7 @@ struct RawKey {
     expires_at: Option<Loose>,
     disabled: Option<bool>,
     rate_limit: Option<RawLimit>,
+    /// Every member is a resource name: nothing is unknown there.
     resources: Option<Entries<Vec<String>>>,
 }
 
@@ -1039,7 +1041,6 @@ fn parse_key(path: &str, k: RawKey) -> Result<(crate::hash::Digest32, KeyEntry),
         )?),
         None => None,
     };
-    // every field of `resources` is a resource name: nothing is unknown there
     let resources: Vec<(String, Vec<String>)> = k.resources.unwrap_or_default().0;
     if !subject.is_empty() {
         plain_text(&f("subject"), &subject, 256)?;

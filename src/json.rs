@@ -231,7 +231,9 @@ impl<'de> MapAccess<'de> for MapDe<'_> {
     }
 }
 
-/// Any JSON value, reduced to what a lenient field needs (null is `None` around it).
+/// Any JSON value, reduced to what a lenient field needs (null is `None` around it). The members
+/// of an array or object read here are skipped, so `decode_tracked` counts them as unknown fields:
+/// no configuration field takes one (each refuses it with its own message).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Loose {
     Bool(bool),
