@@ -1,5 +1,8 @@
 //! The plugin configuration: JSON in the filter's `configuration`, parsed and checked once.
 //!
+//! The JSON is decoded into `Raw*` structs (`#[derive(Deserialize)]`, every field optional), then
+//! checked by hand into a `Config`: bounds, tokens, header names, dates, duplicates.
+//!
 //! Errors name the field (`keys[2].sha256`) and the reason, in one line. Unknown fields are
 //! warned about and ignored, so a control plane that adds a field does not take a listener down;
 //! `"strict": true` refuses them instead.
@@ -7,12 +10,16 @@
 use std::fmt;
 use std::rc::Rc;
 
-use serde_json::{Map, Value};
+use serde::de::value::{MapAccessDeserializer, SeqAccessDeserializer};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::Value;
 
 use crate::cache::CachePolicy;
 use crate::credential::CredentialConfig;
 use crate::fleet::{FleetConfig, LeasePolicy, Mode, OnEngineFailure};
 use crate::hash::parse_hex32;
+use crate::json::{self, Entries, Loose};
 use crate::keystore::{KeyEntry, KeyStore};
 use crate::path::PathPolicy;
 use crate::problem::{Dialect, Dialects, Kind, MemberValue};
@@ -176,40 +183,21 @@ pub struct Config {
     pub fleet: Option<FleetConfig>,
 }
 
-thread_local! {
-    /// When set, every field name the parser asks for is recorded (see `known_fields`).
-    static FIELDS_ASKED: std::cell::RefCell<Option<Vec<String>>> = const { std::cell::RefCell::new(None) };
-}
-
-/// Every configuration field the parser knows, as `a.b[].c` paths (`<name>` for map keys), found by
-/// parsing a configuration that sets every group. The config reference is tested against it.
+/// Every configuration field the parser knows, as `a.b[].c` paths (`<name>` for map keys,
+/// `<slug>` for problem kinds), read from the field lists serde derives for the raw structs below
+/// (see `json::field_paths`). The config reference is tested against it.
 pub fn known_fields() -> Vec<String> {
-    let sample = br#"{
-      "credentials": {}, "identity_headers": {},
-      "keys": [{"id": "k", "sha256": "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
-                "rate_limit": {"requests": 1}, "resources": {}}],
-      "rate_limit": {"plans": {"p": {"requests": 1}}, "default": {"requests": 1}},
-      "routes": [{"prefix": "/", "owner": {"query": "q", "resource": "r"}}],
-      "paths": {},
-      "key_service": {"cluster": "c"},
-      "auth_throttle": {},
-      "problems": {"credential-missing": {"members": {}}},
-      "fleet": {"cluster": "c", "plans": {"p": "request"}, "lease": {}}
-    }"#;
-    FIELDS_ASKED.with(|c| *c.borrow_mut() = Some(Vec::new()));
-    let _ = parse(sample, &mut Vec::new());
-    let mut asked = FIELDS_ASKED
-        .with(|c| c.borrow_mut().take())
-        .unwrap_or_default();
-    for f in asked.iter_mut() {
-        *f = f
-            .replace("[0]", "[]")
-            .replace("plans.p.", "plans.<name>.")
-            .replace("problems.credential-missing", "problems.<slug>");
+    match json::field_paths::<RawConfig>() {
+        Ok(fields) => {
+            let mut v: Vec<String> = fields
+                .into_iter()
+                .map(|f| f.replacen("problems.<name>", "problems.<slug>", 1))
+                .collect();
+            v.sort();
+            v
+        }
+        Err(e) => vec![format!("<the field recorder failed: {e}>")],
     }
-    asked.sort();
-    asked.dedup();
-    asked
 }
 
 impl Config {
@@ -226,10 +214,287 @@ impl Config {
     }
 }
 
-struct Obj<'a> {
-    path: String,
-    map: &'a Map<String, Value>,
-    seen: Vec<&'static str>,
+// The configuration as JSON says it: every field optional (null is absent), checked and given
+// its default when the `Config` is built. Unknown fields are collected by `json::decode_tracked`.
+
+#[derive(Deserialize)]
+struct RawConfig {
+    strict: Option<bool>,
+    realm: Option<String>,
+    problem_base: Option<String>,
+    access_log_state: Option<bool>,
+    shared_prefix: Option<String>,
+    credentials: Option<RawCredentials>,
+    keys: Option<Vec<RawKey>>,
+    rate_limit: Option<RawRate>,
+    identity_headers: Option<RawIdentityHeaders>,
+    routes: Option<Vec<RawRoute>>,
+    key_service: Option<RawKeyService>,
+    auth_throttle: Option<RawThrottle>,
+    paths: Option<RawPaths>,
+    problems: Option<Entries<RawDialect>>,
+    fleet: Option<RawFleet>,
+    default_access: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawCredentials {
+    basic: Option<bool>,
+    bearer: Option<bool>,
+    api_key_headers: Option<Vec<String>>,
+    /// A parameter name, `""` or `false`.
+    query_param: Option<Loose>,
+    max_bytes: Option<u64>,
+    hide_from_upstream: Option<bool>,
+    malformed_status: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct RawKey {
+    id: Option<String>,
+    sha256: Option<String>,
+    user: Option<String>,
+    subject: Option<String>,
+    account: Option<String>,
+    plan: Option<String>,
+    scopes: Option<Vec<String>>,
+    /// Unix seconds or an RFC 3339 UTC timestamp.
+    expires_at: Option<Loose>,
+    disabled: Option<bool>,
+    rate_limit: Option<RawLimit>,
+    /// Every member is a resource name: nothing is unknown there.
+    resources: Option<Entries<Vec<String>>>,
+}
+
+#[derive(Deserialize)]
+struct RawLimit {
+    requests: Option<u64>,
+    window_s: Option<u64>,
+    burst: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct RawRate {
+    plans: Option<Entries<RawPolicy>>,
+    default: Option<RawPolicy>,
+    reset: Option<String>,
+    ietf_headers: Option<bool>,
+    headers: Option<bool>,
+}
+
+/// A plan's policy: `"unlimited"` or an object.
+enum RawPolicy {
+    Unlimited,
+    Limited(RawPolicyFields),
+}
+
+#[derive(Deserialize)]
+struct RawPolicyFields {
+    requests: Option<u64>,
+    window_s: Option<u64>,
+    burst: Option<u64>,
+    per: Option<String>,
+    algorithm: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for RawPolicy {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawPolicy;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("\"unlimited\" or an object {requests, window_s, burst, per}")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<RawPolicy, E> {
+                if s == "unlimited" {
+                    Ok(RawPolicy::Unlimited)
+                } else {
+                    Err(E::invalid_value(de::Unexpected::Str(s), &self))
+                }
+            }
+            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<RawPolicy, A::Error> {
+                RawPolicyFields::deserialize(MapAccessDeserializer::new(m)).map(RawPolicy::Limited)
+            }
+            // the field recorder (`known_fields`)
+            fn visit_newtype_struct<D: Deserializer<'de>>(
+                self,
+                d: D,
+            ) -> Result<RawPolicy, D::Error> {
+                RawPolicyFields::deserialize(d).map(RawPolicy::Limited)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize)]
+struct RawIdentityHeaders {
+    key_id: Option<Loose>,
+    subject: Option<Loose>,
+    account: Option<Loose>,
+    plan: Option<Loose>,
+    scopes: Option<Loose>,
+}
+
+#[derive(Deserialize)]
+struct RawRoute {
+    exact: Option<String>,
+    prefix: Option<String>,
+    methods: Option<Vec<String>>,
+    access: Option<String>,
+    scopes: Option<Vec<String>>,
+    owner: Option<RawOwner>,
+}
+
+#[derive(Deserialize)]
+struct RawOwner {
+    query: Option<String>,
+    path_segment: Option<u64>,
+    resource: Option<String>,
+    status: Option<u64>,
+    body: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct RawKeyService {
+    cluster: Option<String>,
+    authority: Option<String>,
+    verify_path: Option<String>,
+    /// A path, `""` or `false`.
+    revocations_path: Option<Loose>,
+    timeout_ms: Option<u64>,
+    revocation_poll_ms: Option<u64>,
+    max_response_bytes: Option<u64>,
+    retry_after_s: Option<u64>,
+    positive_ttl_s: Option<u64>,
+    negative_ttl_s: Option<u64>,
+    stale_ttl_s: Option<u64>,
+    negative_cache_entries: Option<u64>,
+    shared_recheck_ms: Option<u64>,
+    on_failure: Option<String>,
+}
+
+/// `auth_throttle`: `true`, `false` or an object.
+enum RawThrottle {
+    Switch(bool),
+    Tuned(RawThrottleFields),
+}
+
+#[derive(Deserialize)]
+struct RawThrottleFields {
+    failures: Option<u64>,
+    window_s: Option<u64>,
+    clients: Option<u64>,
+}
+
+impl<'de> Deserialize<'de> for RawThrottle {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawThrottle;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true, false or an object {failures, window_s, clients}")
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<RawThrottle, E> {
+                Ok(RawThrottle::Switch(b))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<RawThrottle, A::Error> {
+                RawThrottleFields::deserialize(MapAccessDeserializer::new(m))
+                    .map(RawThrottle::Tuned)
+            }
+            // the field recorder (`known_fields`)
+            fn visit_newtype_struct<D: Deserializer<'de>>(
+                self,
+                d: D,
+            ) -> Result<RawThrottle, D::Error> {
+                RawThrottleFields::deserialize(d).map(RawThrottle::Tuned)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize)]
+struct RawPaths {
+    case_sensitive: Option<bool>,
+    allow_semicolon: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct RawDialect {
+    title: Option<String>,
+    detail: Option<String>,
+    members: Option<Entries<Member>>,
+}
+
+/// A problem member's value: any JSON.
+struct Member(Value);
+
+impl<'de> Deserialize<'de> for Member {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Member;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_bool<E>(self, b: bool) -> Result<Member, E> {
+                Ok(Member(Value::Bool(b)))
+            }
+            fn visit_i64<E>(self, n: i64) -> Result<Member, E> {
+                Ok(Member(Value::from(n)))
+            }
+            fn visit_u64<E>(self, n: u64) -> Result<Member, E> {
+                Ok(Member(Value::from(n)))
+            }
+            fn visit_f64<E>(self, n: f64) -> Result<Member, E> {
+                Ok(Member(Value::from(n)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Member, E> {
+                Ok(Member(Value::from(s)))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Member, E> {
+                Ok(Member(Value::String(s)))
+            }
+            fn visit_unit<E>(self) -> Result<Member, E> {
+                Ok(Member(Value::Null))
+            }
+            fn visit_none<E>(self) -> Result<Member, E> {
+                Ok(Member(Value::Null))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, a: A) -> Result<Member, A::Error> {
+                Value::deserialize(SeqAccessDeserializer::new(a)).map(Member)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, m: A) -> Result<Member, A::Error> {
+                Value::deserialize(MapAccessDeserializer::new(m)).map(Member)
+            }
+            // the field recorder (`known_fields`)
+            fn visit_newtype_struct<D: Deserializer<'de>>(self, _: D) -> Result<Member, D::Error> {
+                Ok(Member(Value::Null))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize)]
+struct RawFleet {
+    cluster: Option<String>,
+    authority: Option<String>,
+    domain: Option<String>,
+    timeout_ms: Option<u64>,
+    retry_after_s: Option<u64>,
+    on_failure: Option<String>,
+    default: Option<String>,
+    plans: Option<Entries<Loose>>,
+    lease: Option<RawLease>,
+}
+
+#[derive(Deserialize)]
+struct RawLease {
+    max: Option<u64>,
+    percent: Option<u64>,
+    ttl_ms: Option<u64>,
 }
 
 fn err(field: &str, reason: impl Into<String>) -> ConfigError {
@@ -247,142 +512,11 @@ fn join(path: &str, name: &str) -> String {
     }
 }
 
-fn type_name(v: &Value) -> &'static str {
+/// A string that must be given and not empty.
+fn required(field: &str, v: Option<String>) -> Result<String, ConfigError> {
     match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-impl<'a> Obj<'a> {
-    fn new(path: String, v: &'a Value) -> Result<Self, ConfigError> {
-        match v {
-            Value::Object(map) => Ok(Obj {
-                path,
-                map,
-                seen: Vec::new(),
-            }),
-            other => Err(err(
-                &path,
-                format!("expected an object, got {}", type_name(other)),
-            )),
-        }
-    }
-
-    fn field(&self, name: &str) -> String {
-        join(&self.path, name)
-    }
-
-    fn get(&mut self, name: &'static str) -> Option<&'a Value> {
-        self.seen.push(name);
-        FIELDS_ASKED.with(|c| {
-            if let Some(v) = c.borrow_mut().as_mut() {
-                v.push(self.field(name));
-            }
-        });
-        match self.map.get(name) {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(v),
-        }
-    }
-
-    fn bool(&mut self, name: &'static str, default: bool) -> Result<bool, ConfigError> {
-        match self.get(name) {
-            None => Ok(default),
-            Some(Value::Bool(b)) => Ok(*b),
-            Some(v) => Err(err(
-                &self.field(name),
-                format!("expected a boolean, got {}", type_name(v)),
-            )),
-        }
-    }
-
-    fn opt_str(&mut self, name: &'static str) -> Result<Option<&'a str>, ConfigError> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.as_str())),
-            Some(v) => Err(err(
-                &self.field(name),
-                format!("expected a string, got {}", type_name(v)),
-            )),
-        }
-    }
-
-    fn str_req(&mut self, name: &'static str) -> Result<&'a str, ConfigError> {
-        match self.opt_str(name)? {
-            Some(s) if !s.is_empty() => Ok(s),
-            _ => Err(err(&self.field(name), "is required and must not be empty")),
-        }
-    }
-
-    fn opt_u64(&mut self, name: &'static str) -> Result<Option<u64>, ConfigError> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(Value::Number(n)) => n
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| err(&self.field(name), "expected a non-negative whole number")),
-            Some(v) => Err(err(
-                &self.field(name),
-                format!("expected a number, got {}", type_name(v)),
-            )),
-        }
-    }
-
-    fn opt_array(&mut self, name: &'static str) -> Result<Option<&'a Vec<Value>>, ConfigError> {
-        match self.get(name) {
-            None => Ok(None),
-            Some(Value::Array(a)) => Ok(Some(a)),
-            Some(v) => Err(err(
-                &self.field(name),
-                format!("expected an array, got {}", type_name(v)),
-            )),
-        }
-    }
-
-    fn strings(&mut self, name: &'static str) -> Result<Option<Vec<String>>, ConfigError> {
-        let Some(a) = self.opt_array(name)? else {
-            return Ok(None);
-        };
-        let mut out = Vec::with_capacity(a.len());
-        for (i, v) in a.iter().enumerate() {
-            match v {
-                Value::String(s) => out.push(s.clone()),
-                other => {
-                    return Err(err(
-                        &format!("{}[{i}]", self.field(name)),
-                        format!("expected a string, got {}", type_name(other)),
-                    ))
-                }
-            }
-        }
-        Ok(Some(out))
-    }
-
-    fn child(&mut self, name: &'static str) -> Result<Option<Obj<'a>>, ConfigError> {
-        let path = self.field(name);
-        match self.get(name) {
-            None => Ok(None),
-            Some(v) => Obj::new(path, v).map(Some),
-        }
-    }
-
-    /// Reports fields nobody asked for: refused when strict, else warned about.
-    fn finish(self, strict: bool, warnings: &mut Vec<String>) -> Result<(), ConfigError> {
-        for k in self.map.keys() {
-            if !self.seen.contains(&k.as_str()) {
-                let f = join(&self.path, k);
-                if strict {
-                    return Err(err(&f, "unknown field (\"strict\": true)"));
-                }
-                warnings.push(format!("keygate: ignoring unknown config field `{f}`"));
-            }
-        }
-        Ok(())
+        Some(s) if !s.is_empty() => Ok(s),
+        _ => Err(err(field, "is required and must not be empty")),
     }
 }
 
@@ -415,12 +549,14 @@ fn plain_text(field: &str, s: &str, max: usize) -> Result<String, ConfigError> {
 }
 
 /// Unix seconds from a number or an RFC 3339 UTC timestamp (`2027-01-31T00:00:00Z`).
-pub fn parse_time(field: &str, v: &Value) -> Result<u64, ConfigError> {
+fn parse_time(field: &str, v: Loose) -> Result<u64, ConfigError> {
     match v {
-        Value::Number(n) => n
-            .as_u64()
-            .ok_or_else(|| err(field, "expected unix seconds (a non-negative whole number)")),
-        Value::String(s) => parse_rfc3339(s).ok_or_else(|| {
+        Loose::U64(n) => Ok(n),
+        Loose::Other("a number") => Err(err(
+            field,
+            "expected unix seconds (a non-negative whole number)",
+        )),
+        Loose::Str(s) => parse_rfc3339(&s).ok_or_else(|| {
             err(
                 field,
                 "expected unix seconds or a timestamp like 2027-01-31T00:00:00Z",
@@ -428,7 +564,7 @@ pub fn parse_time(field: &str, v: &Value) -> Result<u64, ConfigError> {
         }),
         other => Err(err(
             field,
-            format!("expected a time, got {}", type_name(other)),
+            format!("expected a time, got {}", other.type_name()),
         )),
     }
 }
@@ -482,22 +618,27 @@ fn parse_rfc3339(s: &str) -> Option<u64> {
     u64::try_from(days * 86_400 + (h * 3600 + mi * 60 + se) as i64).ok()
 }
 
-fn parse_limit(mut o: Obj<'_>, strict: bool, w: &mut Vec<String>) -> Result<Limit, ConfigError> {
-    let requests = o
-        .opt_u64("requests")?
-        .ok_or_else(|| err(&o.field("requests"), "is required"))?;
+fn parse_limit(
+    path: &str,
+    requests: Option<u64>,
+    window_s: Option<u64>,
+    burst: Option<u64>,
+) -> Result<Limit, ConfigError> {
+    let requests = requests.ok_or_else(|| err(&join(path, "requests"), "is required"))?;
     if requests == 0 || requests > 1_000_000_000 {
-        return Err(err(&o.field("requests"), "must be 1 to 1000000000"));
+        return Err(err(&join(path, "requests"), "must be 1 to 1000000000"));
     }
-    let window_s = o.opt_u64("window_s")?.unwrap_or(60);
+    let window_s = window_s.unwrap_or(60);
     if window_s == 0 || window_s > 31_536_000 {
-        return Err(err(&o.field("window_s"), "must be 1 to 31536000 (a year)"));
+        return Err(err(
+            &join(path, "window_s"),
+            "must be 1 to 31536000 (a year)",
+        ));
     }
-    let burst = o.opt_u64("burst")?.unwrap_or(requests);
+    let burst = burst.unwrap_or(requests);
     if burst == 0 || burst > 1_000_000_000 {
-        return Err(err(&o.field("burst"), "must be 1 to 1000000000"));
+        return Err(err(&join(path, "burst"), "must be 1 to 1000000000"));
     }
-    o.finish(strict, w)?;
     Ok(Limit {
         requests,
         window_s,
@@ -517,50 +658,35 @@ fn parse_scope(field: &str, s: Option<&str>) -> Result<Scope, ConfigError> {
     }
 }
 
-/// A plan's policy: `"unlimited"` or `{requests, window_s, burst, per}`.
-fn parse_policy(
-    path: String,
-    name: &str,
-    v: &Value,
-    strict: bool,
-    w: &mut Vec<String>,
-) -> Result<Option<Policy>, ConfigError> {
-    if v.as_str() == Some("unlimited") {
-        return Ok(None);
-    }
-    let mut o = Obj::new(path, v).map_err(|e| {
-        err(
-            &e.field,
-            "expected \"unlimited\" or an object {requests, window_s, burst, per}",
-        )
-    })?;
-    let per = o.opt_str("per")?;
-    let scope = parse_scope(&o.field("per"), per)?;
-    let alg_field = o.field("algorithm");
-    let algorithm = match o.opt_str("algorithm")? {
+/// A plan's policy: `"unlimited"` (`None`) or `{requests, window_s, burst, per, algorithm}`.
+fn parse_policy(path: &str, name: &str, p: RawPolicy) -> Result<Option<Policy>, ConfigError> {
+    let p = match p {
+        RawPolicy::Unlimited => return Ok(None),
+        RawPolicy::Limited(p) => p,
+    };
+    let scope = parse_scope(&join(path, "per"), p.per.as_deref())?;
+    let algorithm = match p.algorithm.as_deref() {
         None | Some("token_bucket") => Algorithm::TokenBucket,
         Some("rolling_window") => Algorithm::RollingWindow,
         Some(other) => {
             return Err(err(
-                &alg_field,
+                &join(path, "algorithm"),
                 format!("`{other}` is not one of token_bucket, rolling_window"),
             ))
         }
     };
-    let has_burst = o.map.get("burst").is_some_and(|v| !v.is_null());
-    let (req_field, win_field, burst_field) =
-        (o.field("requests"), o.field("window_s"), o.field("burst"));
-    let limit = parse_limit(o, strict, w)?;
+    let has_burst = p.burst.is_some();
+    let limit = parse_limit(path, p.requests, p.window_s, p.burst)?;
     if algorithm == Algorithm::RollingWindow {
         if has_burst {
             return Err(err(
-                &burst_field,
+                &join(path, "burst"),
                 "has no meaning for a rolling window (it allows `requests` in any window)",
             ));
         }
         if limit.requests > crate::window::MAX_REQUESTS {
             return Err(err(
-                &req_field,
+                &join(path, "requests"),
                 format!(
                     "must be 1 to {} for a rolling window (4 bytes of shared data each)",
                     crate::window::MAX_REQUESTS
@@ -569,7 +695,7 @@ fn parse_policy(
         }
         if limit.window_s > crate::window::MAX_WINDOW_S {
             return Err(err(
-                &win_field,
+                &join(path, "window_s"),
                 format!(
                     "must be 1 to {} (30 days) for a rolling window",
                     crate::window::MAX_WINDOW_S
@@ -585,36 +711,33 @@ fn parse_policy(
     }))
 }
 
-fn parse_owner(mut o: Obj<'_>, strict: bool, w: &mut Vec<String>) -> Result<Owner, ConfigError> {
-    let query = o.opt_str("query")?;
-    let segment = o.opt_u64("path_segment")?;
-    let source = match (query, segment) {
-        (Some(q), None) if !q.is_empty() => OwnerSource::Query(q.to_string()),
+fn parse_owner(path: &str, o: RawOwner) -> Result<Owner, ConfigError> {
+    let source = match (o.query, o.path_segment) {
+        (Some(q), None) if !q.is_empty() => OwnerSource::Query(q),
         (None, Some(n)) if (1..=64).contains(&n) => OwnerSource::PathSegment(n as usize),
         _ => {
             return Err(err(
-                &o.path,
+                path,
                 "needs exactly one of `query` (a parameter name) or `path_segment` (1 to 64)",
             ))
         }
     };
-    let resource = o.str_req("resource")?.to_string();
-    let status = o.opt_u64("status")?.unwrap_or(404);
+    let resource = required(&join(path, "resource"), o.resource)?;
+    let status = o.status.unwrap_or(404);
     if status != 403 && status != 404 {
-        return Err(err(&o.field("status"), "must be 403 or 404"));
+        return Err(err(&join(path, "status"), "must be 403 or 404"));
     }
-    let body = match o.opt_str("body")? {
+    let body = match o.body.as_deref() {
         None | Some("read") => OwnerBody::Read,
         Some("reject") => OwnerBody::Reject,
         Some("unchecked") => OwnerBody::Unchecked,
         Some(other) => {
             return Err(err(
-                &o.field("body"),
+                &join(path, "body"),
                 format!("`{other}` is not one of read, reject, unchecked"),
             ))
         }
     };
-    o.finish(strict, w)?;
     Ok(Owner {
         source,
         resource,
@@ -636,46 +759,43 @@ fn parse_access(field: &str, s: Option<&str>, default: Access) -> Result<Access,
     }
 }
 
-fn parse_route(mut o: Obj<'_>, strict: bool, w: &mut Vec<String>) -> Result<Route, ConfigError> {
-    let exact = o.opt_str("exact")?;
-    let prefix = o.opt_str("prefix")?;
-    let matcher = match (exact, prefix) {
-        (Some(e), None) if e.starts_with('/') => PathMatch::Exact(e.to_string()),
-        (None, Some(p)) if p.starts_with('/') => PathMatch::Prefix(p.to_string()),
+fn parse_route(path: &str, r: RawRoute, w: &mut Vec<String>) -> Result<Route, ConfigError> {
+    let matcher = match (r.exact, r.prefix) {
+        (Some(e), None) if e.starts_with('/') => PathMatch::Exact(e),
+        (None, Some(p)) if p.starts_with('/') => PathMatch::Prefix(p),
         _ => {
             return Err(err(
-                &o.path,
+                path,
                 "needs exactly one of `exact` or `prefix`, starting with '/'",
             ))
         }
     };
-    let mf = o.field("methods");
-    let mut methods: Vec<String> = o
-        .strings("methods")?
+    let mf = join(path, "methods");
+    let mut methods: Vec<String> = r
+        .methods
         .unwrap_or_default()
-        .into_iter()
+        .iter()
         .enumerate()
-        .map(|(i, m)| method_token(&format!("{mf}[{i}]"), &m))
+        .map(|(i, m)| method_token(&format!("{mf}[{i}]"), m))
         .collect::<Result<_, _>>()?;
     // Rails, Express, Flask and others serve HEAD with the GET handler: a rule for GET is one
     // for HEAD too, or HEAD would run the handler past it
     if methods.iter().any(|m| m == "GET") && !methods.iter().any(|m| m == "HEAD") {
         methods.push("HEAD".to_string());
     }
-    let access_s = o.opt_str("access")?;
-    let access = parse_access(&o.field("access"), access_s, Access::Key)?;
-    let scopes = o.strings("scopes")?.unwrap_or_default();
-    let owner = match o.child("owner")? {
-        Some(c) => Some(parse_owner(c, strict, w)?),
+    let access = parse_access(&join(path, "access"), r.access.as_deref(), Access::Key)?;
+    let scopes = r.scopes.unwrap_or_default();
+    let owner = match r.owner {
+        Some(o) => Some(parse_owner(&join(path, "owner"), o)?),
         None => None,
     };
     if access != Access::Key && (!scopes.is_empty() || owner.is_some()) {
         return Err(err(
-            &o.path,
+            path,
             "`scopes` and `owner` only make sense with \"access\": \"key\"",
         ));
     }
-    let sf = o.field("scopes");
+    let sf = join(path, "scopes");
     for (i, s) in scopes.iter().enumerate() {
         scope_token(&format!("{sf}[{i}]"), s)?;
     }
@@ -686,7 +806,7 @@ fn parse_route(mut o: Obj<'_>, strict: bool, w: &mut Vec<String>) -> Result<Rout
             .collect();
         if ow.body == OwnerBody::Reject && !body_methods.is_empty() {
             return Err(err(
-                &o.field("owner.body"),
+                &join(path, "owner.body"),
                 format!(
                     "the route protects {} and \"reject\" refuses every request with a body: list only {}, or let keygate read bodies (\"read\", the default)",
                     body_methods.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", "),
@@ -712,7 +832,6 @@ fn parse_route(mut o: Obj<'_>, strict: bool, w: &mut Vec<String>) -> Result<Rout
             missing.join(", ")
         ));
     }
-    o.finish(strict, w)?;
     Ok(Route {
         methods,
         matcher,
@@ -722,7 +841,6 @@ fn parse_route(mut o: Obj<'_>, strict: bool, w: &mut Vec<String>) -> Result<Rout
     })
 }
 
-/// Methods that carry no body by convention (an owner check that reads no body may cover them).
 const BODYLESS: [&str; 4] = ["GET", "HEAD", "OPTIONS", "DELETE"];
 
 /// An HTTP method as a rule names it: an RFC 9110 token, upper-cased (methods match ignoring case).
@@ -783,73 +901,92 @@ fn path_value(field: &str, s: &str) -> Result<String, ConfigError> {
 }
 
 fn bounded(
-    o: &mut Obj<'_>,
-    name: &'static str,
+    field: &str,
+    v: Option<u64>,
     default: u64,
     min: u64,
     max: u64,
 ) -> Result<u64, ConfigError> {
-    let v = o.opt_u64(name)?.unwrap_or(default);
+    let v = v.unwrap_or(default);
     if !(min..=max).contains(&v) {
-        return Err(err(&o.field(name), format!("must be {min} to {max}")));
+        return Err(err(field, format!("must be {min} to {max}")));
     }
     Ok(v)
 }
 
 /// An Envoy cluster to call and the `:authority` of the calls (the cluster's name by default).
-fn cluster_and_authority(o: &mut Obj<'_>) -> Result<(String, String), ConfigError> {
-    let cluster = o.str_req("cluster")?.to_string();
+fn cluster_and_authority(
+    path: &str,
+    cluster: Option<String>,
+    authority: Option<String>,
+) -> Result<(String, String), ConfigError> {
+    let cf = join(path, "cluster");
+    let cluster = required(&cf, cluster)?;
     if cluster.bytes().any(|c| c <= b' ' || c == 0x7f) {
-        return Err(err(
-            &o.field("cluster"),
-            "must hold no spaces or control characters",
-        ));
+        return Err(err(&cf, "must hold no spaces or control characters"));
     }
-    let af = o.field("authority");
-    let authority = plain_text(&af, o.opt_str("authority")?.unwrap_or(&cluster), 256)?;
+    let authority = plain_text(
+        &join(path, "authority"),
+        authority.as_deref().unwrap_or(&cluster),
+        256,
+    )?;
     Ok((cluster, authority))
 }
 
-fn parse_key_service(
-    mut o: Obj<'_>,
-    strict: bool,
-    w: &mut Vec<String>,
-) -> Result<KeyServiceConfig, ConfigError> {
-    let (cluster, authority) = cluster_and_authority(&mut o)?;
-    let vf = o.field("verify_path");
-    let verify_path = path_value(&vf, o.opt_str("verify_path")?.unwrap_or("/v1/keys/verify"))?;
-    let rf = o.field("revocations_path");
-    let revocations_path = match o.get("revocations_path") {
+fn parse_key_service(o: RawKeyService) -> Result<KeyServiceConfig, ConfigError> {
+    let (cluster, authority) = cluster_and_authority("key_service", o.cluster, o.authority)?;
+    let verify_path = path_value(
+        "key_service.verify_path",
+        o.verify_path.as_deref().unwrap_or("/v1/keys/verify"),
+    )?;
+    let rf = "key_service.revocations_path";
+    let revocations_path = match o.revocations_path {
         None => Some("/v1/keys/revocations".to_string()),
-        Some(Value::Bool(false)) => None,
-        Some(Value::String(s)) if s.is_empty() => None,
-        Some(Value::String(s)) => Some(path_value(&rf, s)?),
-        Some(_) => return Err(err(&rf, "expected a path, \"\" or false")),
+        Some(Loose::Bool(false)) => None,
+        Some(Loose::Str(s)) if s.is_empty() => None,
+        Some(Loose::Str(s)) => Some(path_value(rf, &s)?),
+        Some(_) => return Err(err(rf, "expected a path, \"\" or false")),
     };
-    let timeout_ms = bounded(&mut o, "timeout_ms", 500, 1, 60_000)?;
-    let poll_ms = bounded(&mut o, "revocation_poll_ms", 1000, 100, 3_600_000)?;
-    let max_response_bytes =
-        bounded(&mut o, "max_response_bytes", 65_536, 256, 4_194_304)? as usize;
-    let retry_after_s = bounded(&mut o, "retry_after_s", 1, 1, 3600)?;
+    let f = |name: &str| join("key_service", name);
+    let timeout_ms = bounded(&f("timeout_ms"), o.timeout_ms, 500, 1, 60_000)?;
+    let poll_ms = bounded(
+        &f("revocation_poll_ms"),
+        o.revocation_poll_ms,
+        1000,
+        100,
+        3_600_000,
+    )?;
+    let max_response_bytes = bounded(
+        &f("max_response_bytes"),
+        o.max_response_bytes,
+        65_536,
+        256,
+        4_194_304,
+    )? as usize;
+    let retry_after_s = bounded(&f("retry_after_s"), o.retry_after_s, 1, 1, 3600)?;
     let cache = CachePolicy {
-        positive_ttl_ms: bounded(&mut o, "positive_ttl_s", 300, 1, 86_400)? * 1000,
-        negative_ttl_ms: bounded(&mut o, "negative_ttl_s", 30, 1, 86_400)? * 1000,
-        stale_ms: bounded(&mut o, "stale_ttl_s", 600, 0, 604_800)? * 1000,
-        negative_entries: bounded(&mut o, "negative_cache_entries", 10_000, 16, 1_000_000)?
-            as usize,
-        recheck_ms: bounded(&mut o, "shared_recheck_ms", 250, 0, 60_000)?,
+        positive_ttl_ms: bounded(&f("positive_ttl_s"), o.positive_ttl_s, 300, 1, 86_400)? * 1000,
+        negative_ttl_ms: bounded(&f("negative_ttl_s"), o.negative_ttl_s, 30, 1, 86_400)? * 1000,
+        stale_ms: bounded(&f("stale_ttl_s"), o.stale_ttl_s, 600, 0, 604_800)? * 1000,
+        negative_entries: bounded(
+            &f("negative_cache_entries"),
+            o.negative_cache_entries,
+            10_000,
+            16,
+            1_000_000,
+        )? as usize,
+        recheck_ms: bounded(&f("shared_recheck_ms"), o.shared_recheck_ms, 250, 0, 60_000)?,
     };
-    let on_failure = match o.opt_str("on_failure")? {
+    let on_failure = match o.on_failure.as_deref() {
         None | Some("closed") => OnFailure::Closed,
         Some("open") => OnFailure::Open,
         Some(other) => {
             return Err(err(
-                &o.field("on_failure"),
+                &f("on_failure"),
                 format!("`{other}` is not one of closed, open"),
             ))
         }
     };
-    o.finish(strict, w)?;
     Ok(KeyServiceConfig {
         cluster,
         authority,
@@ -864,78 +1001,58 @@ fn parse_key_service(
     })
 }
 
-fn parse_key(
-    mut o: Obj<'_>,
-    strict: bool,
-    w: &mut Vec<String>,
-) -> Result<(crate::hash::Digest32, KeyEntry), ConfigError> {
-    let sha_field = o.field("sha256");
-    let sha = o.str_req("sha256")?;
-    let digest = parse_hex32(sha).ok_or_else(|| {
+fn parse_key(path: &str, k: RawKey) -> Result<(crate::hash::Digest32, KeyEntry), ConfigError> {
+    let f = |name: &str| join(path, name);
+    let sha = required(&f("sha256"), k.sha256)?;
+    let digest = parse_hex32(&sha).ok_or_else(|| {
         err(
-            &sha_field,
+            &f("sha256"),
             "expected 64 hex digits: the SHA-256 of the key (printf %s KEY | sha256sum)",
         )
     })?;
-    let id_field = o.field("id");
-    let key_id = log_token(&id_field, o.str_req("id")?, 128)?;
-    let user_field = o.field("user");
-    let user = o.opt_str("user")?.map(str::to_string);
+    let key_id = log_token(&f("id"), &required(&f("id"), k.id)?, 128)?;
+    let user = k.user;
     if let Some(u) = &user {
         if u.is_empty() || u.len() > 256 || u.contains(':') || u.chars().any(char::is_control) {
             return Err(err(
-                &user_field,
+                &f("user"),
                 "a Basic user is 1 to 256 characters without ':' or control characters (Basic splits USER:TOKEN at the first ':')",
             ));
         }
     }
-    let subject = o
-        .opt_str("subject")?
-        .map(str::to_string)
+    let subject = k
+        .subject
         .or_else(|| user.clone())
         .unwrap_or_else(|| key_id.clone());
-    let account = o.opt_str("account")?.unwrap_or("").to_string();
-    let plan = o.opt_str("plan")?.unwrap_or("default").to_string();
-    let scopes = o.strings("scopes")?.unwrap_or_default();
-    let expires_at = match o.get("expires_at") {
-        Some(v) => Some(parse_time(&o.field("expires_at"), v)?),
+    let account = k.account.unwrap_or_default();
+    let plan = k.plan.unwrap_or_else(|| "default".to_string());
+    let scopes = k.scopes.unwrap_or_default();
+    let expires_at = match k.expires_at {
+        Some(v) => Some(parse_time(&f("expires_at"), v)?),
         None => None,
     };
-    let disabled = o.bool("disabled", false)?;
-    let rate_limit = match o.child("rate_limit")? {
-        Some(c) => Some(parse_limit(c, strict, w)?),
+    let disabled = k.disabled.unwrap_or(false);
+    let rate_limit = match k.rate_limit {
+        Some(l) => Some(parse_limit(
+            &f("rate_limit"),
+            l.requests,
+            l.window_s,
+            l.burst,
+        )?),
         None => None,
     };
-    let mut resources = Vec::new();
-    if let Some(mut r) = o.child("resources")? {
-        let names: Vec<&String> = r.map.keys().collect();
-        for name in names {
-            let f = r.field(name);
-            let vals = match r.map.get(name) {
-                Some(Value::Array(a)) => a
-                    .iter()
-                    .map(|v| v.as_str().map(str::to_string))
-                    .collect::<Option<Vec<String>>>(),
-                _ => None,
-            }
-            .ok_or_else(|| err(&f, "expected an array of strings"))?;
-            resources.push((name.clone(), vals));
-        }
-        r.seen.clear();
-        // every field of `resources` is a resource name: nothing is unknown there.
-    }
+    let resources: Vec<(String, Vec<String>)> = k.resources.unwrap_or_default().0;
     if !subject.is_empty() {
-        plain_text(&o.field("subject"), &subject, 256)?;
+        plain_text(&f("subject"), &subject, 256)?;
     }
-    for (f, s) in [("account", &account), ("plan", &plan)] {
+    for (name, s) in [("account", &account), ("plan", &plan)] {
         if !s.is_empty() {
-            log_token(&o.field(f), s, 256)?;
+            log_token(&f(name), s, 256)?;
         }
     }
     for (i, s) in scopes.iter().enumerate() {
-        scope_token(&format!("{}[{i}]", o.field("scopes")), s)?;
+        scope_token(&format!("{}[{i}]", f("scopes")), s)?;
     }
-    o.finish(strict, w)?;
     Ok((
         digest,
         KeyEntry {
@@ -955,8 +1072,9 @@ fn parse_key(
     ))
 }
 
-/// Refuses a JSON object that names a member twice: serde_json keeps the last one silently, so
-/// `"default_access": "closed"` followed by `"default_access": "public"` would mean public.
+/// Refuses what is not JSON, and a JSON object that names a member twice anywhere (maps
+/// included): serde keeps the last one silently, so `"default_access": "closed"` followed by
+/// `"default_access": "public"` would mean public.
 fn check_duplicate_members(bytes: &[u8]) -> Result<(), ConfigError> {
     use serde::de::{DeserializeSeed, Deserializer, Error, MapAccess, SeqAccess, Visitor};
     use std::cell::RefCell;
@@ -1031,58 +1149,56 @@ fn check_duplicate_members(bytes: &[u8]) -> Result<(), ConfigError> {
         path: String::new(),
         found: &found,
     }
-    .deserialize(&mut de);
+    .deserialize(&mut de)
+    .and_then(|()| de.end());
     match (walked, found.into_inner()) {
         (Err(_), Some(field)) => Err(err(
             &field,
             "is given twice (JSON keeps only the last one): say it once",
         )),
-        // any other error is reported by the real parse
-        _ => Ok(()),
+        (Err(e), None) => Err(err("", format!("not valid JSON: {e}"))),
+        (Ok(()), _) => Ok(()),
     }
 }
 
 /// Parses and checks the whole configuration. `warnings` collects one line per ignored field.
 pub fn parse(bytes: &[u8], warnings: &mut Vec<String>) -> Result<Config, ConfigError> {
-    let root: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
-        Value::Object(Map::new())
+    let doc = if bytes.iter().all(u8::is_ascii_whitespace) {
+        Value::Object(serde_json::Map::new())
     } else {
-        let v =
-            serde_json::from_slice(bytes).map_err(|e| err("", format!("not valid JSON: {e}")))?;
         check_duplicate_members(bytes)?;
-        v
+        serde_json::from_slice(bytes).map_err(|e| err("", format!("not valid JSON: {e}")))?
     };
-    let mut o = Obj::new(String::new(), &root)?;
-    let strict = o.bool("strict", false)?;
-    let w = warnings;
-
-    let realm_field = o.field("realm");
-    let realm = plain_text(&realm_field, o.opt_str("realm")?.unwrap_or("keygate"), 128)?;
-    let pb_field = o.field("problem_base");
-    let problem_base = o
-        .opt_str("problem_base")?
-        .unwrap_or("urn:keygate:problem:")
-        .to_string();
-    if problem_base.is_empty() || problem_base.chars().any(|c| c.is_control() || c == ' ') {
-        return Err(err(&pb_field, "must be a URI prefix without spaces"));
+    let mut unknown = Vec::new();
+    let raw = json::decode_tracked::<RawConfig>(&doc, &mut unknown)
+        .map_err(|e| err(&e.path, e.message))?;
+    let strict = raw.strict.unwrap_or(false);
+    let mut w = Vec::new();
+    let config = build(raw, &mut w)?;
+    for f in unknown {
+        if strict {
+            return Err(err(&f, "unknown field (\"strict\": true)"));
+        }
+        warnings.push(format!("keygate: ignoring unknown config field `{f}`"));
     }
-    let access_log_state = o.bool("access_log_state", true)?;
-    let shared_prefix = o
-        .opt_str("shared_prefix")?
-        .unwrap_or("keygate.v1")
-        .to_string();
+    warnings.append(&mut w);
+    Ok(config)
+}
 
+fn parse_credentials(
+    c: Option<RawCredentials>,
+) -> Result<(CredentialConfig, bool, u32), ConfigError> {
     let mut credentials = CredentialConfig::default();
     let mut hide_credentials = true;
     let mut malformed_status = 400;
-    if let Some(mut c) = o.child("credentials")? {
-        credentials.basic = c.bool("basic", true)?;
-        credentials.bearer = c.bool("bearer", true)?;
-        if let Some(names) = c.strings("api_key_headers")? {
-            let f = c.field("api_key_headers");
+    if let Some(c) = c {
+        credentials.basic = c.basic.unwrap_or(true);
+        credentials.bearer = c.bearer.unwrap_or(true);
+        if let Some(names) = c.api_key_headers {
+            let f = "credentials.api_key_headers";
             credentials.api_key_headers = names
                 .iter()
-                .map(|n| header_name(&f, n))
+                .map(|n| header_name(f, n))
                 .collect::<Result<_, _>>()?;
             if credentials
                 .api_key_headers
@@ -1090,51 +1206,46 @@ pub fn parse(bytes: &[u8], warnings: &mut Vec<String>) -> Result<Config, ConfigE
                 .any(|n| n == "authorization")
             {
                 return Err(err(
-                    &f,
+                    f,
                     "`authorization` is configured by `basic` and `bearer`",
                 ));
             }
             if credentials.api_key_headers.len() > 16 {
-                return Err(err(&f, "at most 16 header names"));
+                return Err(err(f, "at most 16 header names"));
             }
         }
-        match c.get("query_param") {
+        let qf = "credentials.query_param";
+        match c.query_param {
             None => {}
-            Some(Value::Bool(false)) => credentials.query_param = None,
-            Some(Value::String(s)) if s.is_empty() => credentials.query_param = None,
-            Some(Value::String(s)) => {
+            Some(Loose::Bool(false)) => credentials.query_param = None,
+            Some(Loose::Str(s)) if s.is_empty() => credentials.query_param = None,
+            Some(Loose::Str(s)) => {
                 let ok = s
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b));
                 if !ok {
                     return Err(err(
-                        &c.field("query_param"),
+                        qf,
                         "must be unreserved characters (A-Z a-z 0-9 - . _ ~)",
                     ));
                 }
-                credentials.query_param = Some(s.clone());
+                credentials.query_param = Some(s);
             }
-            Some(_) => {
-                return Err(err(
-                    &c.field("query_param"),
-                    "expected a parameter name, \"\" or false",
-                ))
-            }
+            Some(_) => return Err(err(qf, "expected a parameter name, \"\" or false")),
         }
-        if let Some(n) = c.opt_u64("max_bytes")? {
+        if let Some(n) = c.max_bytes {
             if !(16..=16_384).contains(&n) {
-                return Err(err(&c.field("max_bytes"), "must be 16 to 16384"));
+                return Err(err("credentials.max_bytes", "must be 16 to 16384"));
             }
             credentials.max_bytes = n as usize;
         }
-        hide_credentials = c.bool("hide_from_upstream", true)?;
-        if let Some(n) = c.opt_u64("malformed_status")? {
+        hide_credentials = c.hide_from_upstream.unwrap_or(true);
+        if let Some(n) = c.malformed_status {
             if n != 400 && n != 401 {
-                return Err(err(&c.field("malformed_status"), "must be 400 or 401"));
+                return Err(err("credentials.malformed_status", "must be 400 or 401"));
             }
             malformed_status = n as u32;
         }
-        c.finish(strict, w)?;
     }
     if !credentials.basic
         && !credentials.bearer
@@ -1143,65 +1254,13 @@ pub fn parse(bytes: &[u8], warnings: &mut Vec<String>) -> Result<Config, ConfigE
     {
         return Err(err("credentials", "every credential style is switched off"));
     }
+    Ok((credentials, hide_credentials, malformed_status))
+}
 
-    let mut keys = KeyStore::default();
-    if let Some(arr) = o.opt_array("keys")? {
-        let mut ids: Vec<String> = Vec::with_capacity(arr.len());
-        for (i, v) in arr.iter().enumerate() {
-            let path = format!("keys[{i}]");
-            let (digest, entry) = parse_key(Obj::new(path.clone(), v)?, strict, w)?;
-            let kid = &entry.identity.key_id;
-            if let Some(j) = ids.iter().position(|x| x == kid) {
-                return Err(err(
-                    &format!("{path}.id"),
-                    format!("`{kid}` is already the id of keys[{j}]: two keys would share one bucket and one identity"),
-                ));
-            }
-            ids.push(kid.clone());
-            if !keys.insert(digest, entry) {
-                return Err(err(
-                    &format!("{path}.sha256"),
-                    "the same key is listed twice",
-                ));
-            }
-        }
-    }
-
-    let mut rate = RateConfig {
-        headers: true,
-        ..RateConfig::default()
-    };
-    if let Some(mut r) = o.child("rate_limit")? {
-        if let Some(mut plans) = r.child("plans")? {
-            let names: Vec<&String> = plans.map.keys().collect();
-            for name in names {
-                let f = plans.field(name);
-                log_token(&f, name, 128)?;
-                if let Some(v) = plans.map.get(name.as_str()) {
-                    let p = parse_policy(f, name, v, strict, w)?;
-                    rate.plans.push((name.clone(), p));
-                }
-            }
-            plans.seen.clear();
-        }
-        if let Some(v) = r.get("default") {
-            rate.default = parse_policy(r.field("default"), "default", v, strict, w)?;
-        }
-        rate.reset = match r.opt_str("reset")? {
-            None | Some("seconds") => Some(ResetStyle::Seconds),
-            Some("unix") => Some(ResetStyle::Unix),
-            Some(other) => {
-                return Err(err(
-                    &r.field("reset"),
-                    format!("`{other}` is not one of seconds, unix"),
-                ))
-            }
-        };
-        rate.ietf_headers = r.bool("ietf_headers", false)?;
-        rate.headers = r.bool("headers", true)?;
-        r.finish(strict, w)?;
-    }
-
+fn parse_identity_headers(
+    ih: Option<RawIdentityHeaders>,
+    credentials: &CredentialConfig,
+) -> Result<IdentityHeaders, ConfigError> {
     let mut identity_headers = IdentityHeaders {
         key_id: "x-keygate-key-id".into(),
         subject: "x-keygate-subject".into(),
@@ -1209,25 +1268,28 @@ pub fn parse(bytes: &[u8], warnings: &mut Vec<String>) -> Result<Config, ConfigE
         plan: "x-keygate-plan".into(),
         scopes: "x-keygate-scopes".into(),
     };
-    if let Some(mut ih) = o.child("identity_headers")? {
-        for (name, slot) in [
-            ("key_id", &mut identity_headers.key_id),
-            ("subject", &mut identity_headers.subject),
-            ("account", &mut identity_headers.account),
-            ("plan", &mut identity_headers.plan),
-            ("scopes", &mut identity_headers.scopes),
+    if let Some(ih) = ih {
+        for (name, slot, v) in [
+            ("key_id", &mut identity_headers.key_id, ih.key_id),
+            ("subject", &mut identity_headers.subject, ih.subject),
+            ("account", &mut identity_headers.account, ih.account),
+            ("plan", &mut identity_headers.plan, ih.plan),
+            ("scopes", &mut identity_headers.scopes, ih.scopes),
         ] {
-            match ih.get(name) {
+            let f = join("identity_headers", name);
+            match v {
                 None => {}
                 // not sent, and a client's header of the default name is left alone
-                Some(Value::Bool(false)) => slot.clear(),
-                Some(_) => {
-                    let s = ih.opt_str(name)?.unwrap_or_default();
-                    *slot = header_name(&ih.field(name), s)?;
+                Some(Loose::Bool(false)) => slot.clear(),
+                Some(Loose::Str(s)) => *slot = header_name(&f, &s)?,
+                Some(other) => {
+                    return Err(err(
+                        &f,
+                        format!("expected a string, got {}", other.type_name()),
+                    ))
                 }
             }
         }
-        ih.finish(strict, w)?;
     }
     let spelled = |n: &str| n.replace('_', "-");
     let idn: Vec<&str> = identity_headers
@@ -1254,11 +1316,7 @@ pub fn parse(bytes: &[u8], warnings: &mut Vec<String>) -> Result<Config, ConfigE
             ));
         }
     }
-    for n in identity_headers
-        .names()
-        .into_iter()
-        .filter(|n| !n.is_empty())
-    {
+    for n in idn {
         // headers keygate reads or Envoy manages cannot carry identity: a client could forge them
         let reserved = [
             "authorization",
@@ -1281,64 +1339,125 @@ pub fn parse(bytes: &[u8], warnings: &mut Vec<String>) -> Result<Config, ConfigE
             ));
         }
     }
+    Ok(identity_headers)
+}
 
-    let mut routes = Vec::new();
-    if let Some(arr) = o.opt_array("routes")? {
-        for (i, v) in arr.iter().enumerate() {
-            routes.push(parse_route(
-                Obj::new(format!("routes[{i}]"), v)?,
-                strict,
-                w,
-            )?);
+/// The checked `Config` from the decoded JSON; `w` gets warnings about what it means.
+fn build(raw: RawConfig, w: &mut Vec<String>) -> Result<Config, ConfigError> {
+    let realm = plain_text("realm", raw.realm.as_deref().unwrap_or("keygate"), 128)?;
+    let problem_base = raw
+        .problem_base
+        .unwrap_or_else(|| "urn:keygate:problem:".to_string());
+    if problem_base.is_empty() || problem_base.chars().any(|c| c.is_control() || c == ' ') {
+        return Err(err("problem_base", "must be a URI prefix without spaces"));
+    }
+    let access_log_state = raw.access_log_state.unwrap_or(true);
+    let shared_prefix = raw
+        .shared_prefix
+        .unwrap_or_else(|| "keygate.v1".to_string());
+
+    let (credentials, hide_credentials, malformed_status) = parse_credentials(raw.credentials)?;
+
+    let mut keys = KeyStore::default();
+    if let Some(arr) = raw.keys {
+        let mut ids: Vec<String> = Vec::with_capacity(arr.len());
+        for (i, k) in arr.into_iter().enumerate() {
+            let path = format!("keys[{i}]");
+            let (digest, entry) = parse_key(&path, k)?;
+            let kid = &entry.identity.key_id;
+            if let Some(j) = ids.iter().position(|x| x == kid) {
+                return Err(err(
+                    &format!("{path}.id"),
+                    format!("`{kid}` is already the id of keys[{j}]: two keys would share one bucket and one identity"),
+                ));
+            }
+            ids.push(kid.clone());
+            if !keys.insert(digest, entry) {
+                return Err(err(
+                    &format!("{path}.sha256"),
+                    "the same key is listed twice",
+                ));
+            }
         }
     }
-    let key_service = match o.child("key_service")? {
-        Some(c) => Some(parse_key_service(c, strict, w)?),
+
+    let mut rate = RateConfig {
+        headers: true,
+        ..RateConfig::default()
+    };
+    if let Some(r) = raw.rate_limit {
+        for (name, p) in r.plans.unwrap_or_default().0 {
+            let f = format!("rate_limit.plans.{name}");
+            log_token(&f, &name, 128)?;
+            let p = parse_policy(&f, &name, p)?;
+            rate.plans.push((name, p));
+        }
+        if let Some(p) = r.default {
+            rate.default = parse_policy("rate_limit.default", "default", p)?;
+        }
+        rate.reset = match r.reset.as_deref() {
+            None | Some("seconds") => Some(ResetStyle::Seconds),
+            Some("unix") => Some(ResetStyle::Unix),
+            Some(other) => {
+                return Err(err(
+                    "rate_limit.reset",
+                    format!("`{other}` is not one of seconds, unix"),
+                ))
+            }
+        };
+        rate.ietf_headers = r.ietf_headers.unwrap_or(false);
+        rate.headers = r.headers.unwrap_or(true);
+    }
+
+    let identity_headers = parse_identity_headers(raw.identity_headers, &credentials)?;
+
+    let mut routes = Vec::new();
+    for (i, r) in raw.routes.unwrap_or_default().into_iter().enumerate() {
+        routes.push(parse_route(&format!("routes[{i}]"), r, w)?);
+    }
+    let key_service = match raw.key_service {
+        Some(k) => Some(parse_key_service(k)?),
         None => None,
     };
-    let auth_throttle = match o.get("auth_throttle") {
-        Some(Value::Bool(false)) => None,
-        None | Some(Value::Bool(true)) => Some(ThrottleConfig {
+    let auth_throttle = match raw.auth_throttle {
+        Some(RawThrottle::Switch(false)) => None,
+        None | Some(RawThrottle::Switch(true)) => Some(ThrottleConfig {
             failures: 100,
             window_s: 60,
             clients: 10_000,
         }),
-        Some(v) => {
-            let mut t = Obj::new("auth_throttle".into(), v)?;
-            let failures = bounded(&mut t, "failures", 100, 1, 1_000_000)?;
-            let window_s = bounded(&mut t, "window_s", 60, 1, 86_400)?;
-            let clients = bounded(&mut t, "clients", 10_000, 16, 1_000_000)? as usize;
-            t.finish(strict, w)?;
-            Some(ThrottleConfig {
-                failures,
-                window_s,
-                clients,
-            })
-        }
+        Some(RawThrottle::Tuned(t)) => Some(ThrottleConfig {
+            failures: bounded("auth_throttle.failures", t.failures, 100, 1, 1_000_000)?,
+            window_s: bounded("auth_throttle.window_s", t.window_s, 60, 1, 86_400)?,
+            clients: bounded("auth_throttle.clients", t.clients, 10_000, 16, 1_000_000)? as usize,
+        }),
     };
-    let mut paths = PathPolicy {
-        allow_semicolon: false,
+    let (paths, case_sensitive_paths) = match raw.paths {
+        Some(p) => (
+            PathPolicy {
+                allow_semicolon: p.allow_semicolon.unwrap_or(false),
+            },
+            p.case_sensitive.unwrap_or(false),
+        ),
+        None => (
+            PathPolicy {
+                allow_semicolon: false,
+            },
+            false,
+        ),
     };
-    let mut case_sensitive_paths = false;
-    if let Some(mut pc) = o.child("paths")? {
-        case_sensitive_paths = pc.bool("case_sensitive", false)?;
-        paths.allow_semicolon = pc.bool("allow_semicolon", false)?;
-        pc.finish(strict, w)?;
-    }
     let method_rules = routes.iter().any(|r| !r.methods.is_empty());
-    let problems = match o.child("problems")? {
-        Some(c) => parse_problems(c, strict, w)?,
+    let problems = match raw.problems {
+        Some(m) => parse_problems(m)?,
         None => Dialects::new(),
     };
-    let fleet = match o.child("fleet")? {
-        Some(f) => Some(parse_fleet(f, &rate, strict, w)?),
+    let fleet = match raw.fleet {
+        Some(f) => Some(parse_fleet(f, &rate)?),
         None => None,
     };
-    let da_field = o.field("default_access");
-    let da = o.opt_str("default_access")?;
-    let default_access = parse_access(&da_field, da, Access::Key)?;
+    let default_access =
+        parse_access("default_access", raw.default_access.as_deref(), Access::Key)?;
 
-    o.finish(strict, w)?;
     Ok(Config {
         realm,
         problem_base,
@@ -1374,20 +1493,15 @@ const CORE_MEMBERS: [&str; 6] = [
 
 /// `problems`: `{"<slug>" | "*": {"title", "detail", "members": {name: JSON}}}`; `*` applies to
 /// every kind, a slug's own settings win over it.
-fn parse_problems(
-    mut o: Obj<'_>,
-    strict: bool,
-    w: &mut Vec<String>,
-) -> Result<Dialects, ConfigError> {
-    let names: Vec<&String> = o.map.keys().collect();
+fn parse_problems(m: Entries<RawDialect>) -> Result<Dialects, ConfigError> {
     let mut any = None;
     let mut own: Vec<(Kind, Dialect)> = Vec::new();
-    for name in names {
-        let f = o.field(name);
+    for (name, raw) in m.0 {
+        let f = join("problems", &name);
         let kinds: Vec<Kind> = if name == "*" {
             Kind::ALL.to_vec()
         } else {
-            match Kind::from_slug(name) {
+            match Kind::from_slug(&name) {
                 Some(k) => vec![k],
                 None => {
                     return Err(err(
@@ -1397,16 +1511,12 @@ fn parse_problems(
                 }
             }
         };
-        let Some(v) = o.map.get(name.as_str()) else {
-            continue;
-        };
-        let d = parse_dialect(Obj::new(f, v)?, &kinds, strict, w)?;
+        let d = parse_dialect(&f, raw, &kinds)?;
         match kinds.as_slice() {
             [k] => own.push((*k, d)),
             _ => any = Some(d),
         }
     }
-    o.seen.clear();
     let mut out = vec![any.clone().unwrap_or_default(); Kind::ALL.len()];
     for (k, d) in own {
         if let Some(slot) = out.get_mut(k.index()) {
@@ -1427,31 +1537,28 @@ fn parse_problems(
     Ok(out)
 }
 
-fn parse_dialect(
-    mut o: Obj<'_>,
-    kinds: &[Kind],
-    strict: bool,
-    w: &mut Vec<String>,
-) -> Result<Dialect, ConfigError> {
-    let text = |o: &mut Obj<'_>, name: &'static str| -> Result<Option<String>, ConfigError> {
-        let f = o.field(name);
-        match o.opt_str(name)? {
-            None => Ok(None),
-            Some(s) if s.is_empty() || s.len() > 256 || s.chars().any(char::is_control) => Err(
-                err(&f, "must be 1 to 256 characters without control characters"),
-            ),
-            Some(s) => Ok(Some(s.to_string())),
+fn parse_dialect(path: &str, raw: RawDialect, kinds: &[Kind]) -> Result<Dialect, ConfigError> {
+    let text = |name: &str, v: Option<String>| -> Result<Option<String>, ConfigError> {
+        match v {
+            Some(s) if s.is_empty() || s.len() > 256 || s.chars().any(char::is_control) => {
+                Err(err(
+                    &join(path, name),
+                    "must be 1 to 256 characters without control characters",
+                ))
+            }
+            v => Ok(v),
         }
     };
-    let title = text(&mut o, "title")?;
-    let detail = text(&mut o, "detail")?;
+    let title = text("title", raw.title)?;
+    let detail = text("detail", raw.detail)?;
     let mut members = Vec::new();
-    if let Some(m) = o.child("members")? {
-        if m.map.len() > 16 {
-            return Err(err(&m.path, "at most 16 members"));
+    if let Some(m) = raw.members {
+        let mp = join(path, "members");
+        if m.0.len() > 16 {
+            return Err(err(&mp, "at most 16 members"));
         }
-        for (name, v) in m.map {
-            let f = m.field(name);
+        for (name, Member(v)) in m.0 {
+            let f = join(&mp, &name);
             let ok = !name.is_empty()
                 && name.len() <= 64
                 && name
@@ -1479,17 +1586,16 @@ fn parse_dialect(
                 Value::String(s) if s == "$title" => MemberValue::Title,
                 Value::String(s) if s == "$detail" => MemberValue::Detail,
                 v => {
-                    let j = serde_json::to_string(v).unwrap_or_default();
+                    let j = serde_json::to_string(&v).unwrap_or_default();
                     if j.len() > 1024 {
                         return Err(err(&f, "must be at most 1024 bytes of JSON"));
                     }
                     MemberValue::Json(j)
                 }
             };
-            members.push((name.clone(), value));
+            members.push((name, value));
         }
     }
-    o.finish(strict, w)?;
     Ok(Dialect {
         title,
         detail,
@@ -1506,65 +1612,53 @@ fn parse_mode(field: &str, v: Option<&str>, default: Mode) -> Result<Mode, Confi
 }
 
 /// `fleet`: the rate-limit engine and which policies it counts (see `crate::fleet`).
-fn parse_fleet(
-    mut o: Obj<'_>,
-    rate: &RateConfig,
-    strict: bool,
-    w: &mut Vec<String>,
-) -> Result<FleetConfig, ConfigError> {
-    let (cluster, authority) = cluster_and_authority(&mut o)?;
-    let df = o.field("domain");
-    let domain = plain_text(&df, o.opt_str("domain")?.unwrap_or("keygate"), 128)?;
-    if domain.is_empty() {
-        return Err(err(&df, "must not be empty"));
-    }
-    let timeout_ms = bounded(&mut o, "timeout_ms", 200, 1, 60_000)?;
-    let retry_after_s = bounded(&mut o, "retry_after_s", 1, 1, 3600)?;
-    let on_failure = match o.opt_str("on_failure")? {
+fn parse_fleet(o: RawFleet, rate: &RateConfig) -> Result<FleetConfig, ConfigError> {
+    let (cluster, authority) = cluster_and_authority("fleet", o.cluster, o.authority)?;
+    let domain = plain_text(
+        "fleet.domain",
+        o.domain.as_deref().unwrap_or("keygate"),
+        128,
+    )?;
+    let timeout_ms = bounded("fleet.timeout_ms", o.timeout_ms, 200, 1, 60_000)?;
+    let retry_after_s = bounded("fleet.retry_after_s", o.retry_after_s, 1, 1, 3600)?;
+    let on_failure = match o.on_failure.as_deref() {
         None | Some("local") => OnEngineFailure::Local,
         Some("closed") => OnEngineFailure::Closed,
         Some(other) => {
             return Err(err(
-                &o.field("on_failure"),
+                "fleet.on_failure",
                 format!("`{other}` is not one of local, closed"),
             ))
         }
     };
-    let dm = o.field("default");
-    let default = parse_mode(&dm, o.opt_str("default")?, Mode::Local)?;
+    let default = parse_mode("fleet.default", o.default.as_deref(), Mode::Local)?;
     let mut plans = Vec::new();
-    if let Some(mut p) = o.child("plans")? {
-        let names: Vec<&String> = p.map.keys().collect();
-        for name in names {
-            let f = p.field(name);
-            let known =
-                name == "key" || name == "default" || rate.plans.iter().any(|(n, _)| n == name);
-            if !known {
-                return Err(err(
-                    &f,
-                    "names no plan of rate_limit.plans (nor `key` or `default`)",
-                ));
-            }
-            let mode = match p.map.get(name.as_str()) {
-                Some(Value::String(s)) => parse_mode(&f, Some(s), Mode::Local)?,
-                _ => return Err(err(&f, "expected \"local\", \"request\" or \"leased\"")),
-            };
-            plans.push((name.clone(), mode));
+    for (name, v) in o.plans.unwrap_or_default().0 {
+        let f = join("fleet.plans", &name);
+        let known =
+            name == "key" || name == "default" || rate.plans.iter().any(|(n, _)| *n == name);
+        if !known {
+            return Err(err(
+                &f,
+                "names no plan of rate_limit.plans (nor `key` or `default`)",
+            ));
         }
-        p.seen.clear();
+        let mode = match v {
+            Loose::Str(s) => parse_mode(&f, Some(&s), Mode::Local)?,
+            _ => return Err(err(&f, "expected \"local\", \"request\" or \"leased\"")),
+        };
+        plans.push((name, mode));
     }
     let mut lease = LeasePolicy {
         max: 100,
         percent: 10,
         ttl_ms: 1000,
     };
-    if let Some(mut l) = o.child("lease")? {
-        lease.max = bounded(&mut l, "max", 100, 1, 1_000_000)?;
-        lease.percent = bounded(&mut l, "percent", 10, 1, 100)?;
-        lease.ttl_ms = bounded(&mut l, "ttl_ms", 1000, 10, 3_600_000)?;
-        l.finish(strict, w)?;
+    if let Some(l) = o.lease {
+        lease.max = bounded("fleet.lease.max", l.max, 100, 1, 1_000_000)?;
+        lease.percent = bounded("fleet.lease.percent", l.percent, 10, 1, 100)?;
+        lease.ttl_ms = bounded("fleet.lease.ttl_ms", l.ttl_ms, 1000, 10, 3_600_000)?;
     }
-    o.finish(strict, w)?;
     Ok(FleetConfig {
         cluster,
         authority,
@@ -1774,6 +1868,65 @@ mod tests {
             field_of(r#"{"strict":true,"credentials":{"also_new":true}}"#),
             "credentials.also_new"
         );
+    }
+
+    #[test]
+    fn decoding_refuses_what_is_not_the_shape() {
+        for (json, field, reason) in [
+            // a derived struct would take an array of its fields in order
+            (
+                r#"{"paths":[true,false]}"#,
+                "paths",
+                "expected an object, got an array",
+            ),
+            (r#"[1]"#, "", "expected an object, got an array"),
+            (
+                r#"{"keys":[{"id":"a","sha256":"x","scopes":["r",5]}]}"#,
+                "keys[0].scopes[1]",
+                "expected a string, got a number",
+            ),
+            (
+                r#"{"key_service":{"cluster":"c","timeout_ms":-1}}"#,
+                "key_service.timeout_ms",
+                "expected a non-negative whole number",
+            ),
+            (
+                r#"{"credentials":{"query_param":true}}"#,
+                "credentials.query_param",
+                "expected a parameter name, \"\" or false",
+            ),
+            (
+                r#"{"identity_headers":{"plan":1}}"#,
+                "identity_headers.plan",
+                "expected a string, got a number",
+            ),
+            (
+                r#"{"rate_limit":{"plans":{"p":"lots"}}}"#,
+                "rate_limit.plans.p",
+                "expected \"unlimited\" or an object {requests, window_s, burst, per}, got `lots`",
+            ),
+            // duplicates inside maps, where serde would keep the last one
+            (
+                r#"{"rate_limit":{"plans":{"p":"unlimited","p":{"requests":1}}}}"#,
+                "rate_limit.plans.p",
+                "is given twice (JSON keeps only the last one): say it once",
+            ),
+            (
+                r#"{"problems":{"*":{"members":{"a":1,"a":2}}}}"#,
+                "problems.*.members.a",
+                "is given twice (JSON keeps only the last one): say it once",
+            ),
+        ] {
+            let e = p(json).unwrap_err();
+            assert_eq!(
+                (e.field.as_str(), e.reason.as_str()),
+                (field, reason),
+                "{json}"
+            );
+        }
+        let mut w = Vec::new();
+        parse(br#"{"keys":[{"id":"a","sha256":"2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae","resources":{"r":["x"]},"nope":1}],"problems":{"*":{"members":{"m":{"deep":[1]}}}}}"#, &mut w).unwrap();
+        assert_eq!(w, ["keygate: ignoring unknown config field `keys[0].nope`"]);
     }
 
     #[test]

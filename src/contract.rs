@@ -11,10 +11,12 @@
 
 use std::rc::Rc;
 
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::credential::Credential;
 use crate::hash::{parse_hex32, Digest32};
+use crate::json::{self, Entries, Loose};
 use crate::ratelimit::Limit;
 use crate::verdict::{Identity, Refusal, Verdict};
 
@@ -58,42 +60,75 @@ pub struct Answer {
     pub user_bound: bool,
 }
 
-fn str_of(v: &Value, k: &str, max: usize) -> Result<String, ServiceFailure> {
-    match v.get(k) {
-        None | Some(Value::Null) => Ok(String::new()),
-        Some(Value::String(s)) if s.len() <= max && !s.chars().any(char::is_control) => {
-            Ok(s.clone())
-        }
-        _ => Err(ServiceFailure::BadBody),
-    }
+// A verify answer in two passes over the parsed JSON: `Head` is read for every answer, `Body`
+// only for a valid one, so a refusal's other members may be anything (as in a `Value` walk).
+// Duplicate members keep the last one, as JSON parsers do (the answer is parsed into a `Value`).
+
+#[derive(Deserialize)]
+struct Head {
+    /// Not a whole number: taken as this version.
+    contract: Option<Loose>,
+    valid: Option<bool>,
+    /// Not a whole number: no hint.
+    cache_ttl_s: Option<Loose>,
+    user_bound: Option<bool>,
+    /// Not a known code (or not a string): `Refusal::Unknown`.
+    code: Option<Loose>,
 }
 
-fn strings(v: Option<&Value>, max_items: usize) -> Result<Vec<String>, ServiceFailure> {
+#[derive(Deserialize)]
+struct Body {
+    key_id: Option<String>,
+    subject: Option<String>,
+    account: Option<String>,
+    plan: Option<String>,
+    scopes: Option<Vec<String>>,
+    expires_at: Option<u64>,
+    ratelimit: Option<RateLimit>,
+    /// A list may be null (no values).
+    resources: Option<Entries<Option<Vec<String>>>>,
+}
+
+#[derive(Deserialize)]
+struct RateLimit {
+    requests: Option<Loose>,
+    /// Not a whole number: the default (60 s), as for `burst` (`requests`).
+    window_s: Option<Loose>,
+    burst: Option<Loose>,
+}
+
+/// A string member: absent or null is `""`; longer than `max` or holding control characters is
+/// a bad body.
+fn text(v: Option<String>, max: usize) -> Result<String, ServiceFailure> {
     match v {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Array(a)) if a.len() <= max_items => a
-            .iter()
-            .map(|x| match x {
-                Value::String(s) if s.len() <= 256 && !s.chars().any(char::is_control) => {
-                    Ok(s.clone())
-                }
-                _ => Err(ServiceFailure::BadBody),
-            })
-            .collect(),
-        _ => Err(ServiceFailure::BadBody),
+        None => Ok(String::new()),
+        Some(s) if s.len() <= max && !s.chars().any(char::is_control) => Ok(s),
+        Some(_) => Err(ServiceFailure::BadBody),
     }
 }
 
-fn limit_of(v: Option<&Value>) -> Result<Option<Limit>, ServiceFailure> {
-    let Some(v) = v.filter(|v| !v.is_null()) else {
+fn strings(v: Option<Vec<String>>, max_items: usize) -> Result<Vec<String>, ServiceFailure> {
+    let v = v.unwrap_or_default();
+    let ok = v.len() <= max_items
+        && v.iter()
+            .all(|s| s.len() <= 256 && !s.chars().any(char::is_control));
+    if ok {
+        Ok(v)
+    } else {
+        Err(ServiceFailure::BadBody)
+    }
+}
+
+fn limit_of(v: Option<RateLimit>) -> Result<Option<Limit>, ServiceFailure> {
+    let Some(v) = v else {
         return Ok(None);
     };
-    let n = |k: &str| v.get(k).and_then(Value::as_u64);
-    let requests = n("requests")
+    let n = |x: Option<Loose>| x.as_ref().and_then(Loose::as_u64);
+    let requests = n(v.requests)
         .filter(|r| (1..=1_000_000_000).contains(r))
         .ok_or(ServiceFailure::BadBody)?;
-    let window_s = n("window_s").unwrap_or(60).clamp(1, 31_536_000);
-    let burst = n("burst").unwrap_or(requests).clamp(1, 1_000_000_000);
+    let window_s = n(v.window_s).unwrap_or(60).clamp(1, 31_536_000);
+    let burst = n(v.burst).unwrap_or(requests).clamp(1, 1_000_000_000);
     Ok(Some(Limit {
         requests,
         window_s,
@@ -123,28 +158,23 @@ pub fn parse_verify(status: Option<u32>, body: &[u8]) -> Result<Answer, ServiceF
         return Err(ServiceFailure::Status(status));
     }
     let v: Value = serde_json::from_slice(body).map_err(|_| ServiceFailure::BadBody)?;
-    if v.get("contract")
-        .and_then(Value::as_u64)
+    let head: Head = json::decode(&v).map_err(|_| ServiceFailure::BadBody)?;
+    if head
+        .contract
+        .and_then(|c| c.as_u64())
         .unwrap_or(CONTRACT_VERSION)
         != CONTRACT_VERSION
     {
         return Err(ServiceFailure::BadBody);
     }
-    let valid = v
-        .get("valid")
-        .and_then(Value::as_bool)
-        .ok_or(ServiceFailure::BadBody)?;
-    let ttl_hint_s = v.get("cache_ttl_s").and_then(Value::as_u64);
-    let user_bound = match v.get("user_bound") {
-        None | Some(Value::Null) => true,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(ServiceFailure::BadBody),
-    };
+    let valid = head.valid.ok_or(ServiceFailure::BadBody)?;
+    let ttl_hint_s = head.cache_ttl_s.and_then(|t| t.as_u64());
+    let user_bound = head.user_bound.unwrap_or(true);
     if !valid {
-        let refusal = match v.get("code").and_then(Value::as_str) {
-            Some("REVOKED") => Refusal::Revoked,
-            Some("EXPIRED") => Refusal::Expired,
-            Some("DISABLED") => Refusal::Disabled,
+        let refusal = match head.code {
+            Some(Loose::Str(c)) if c == "REVOKED" => Refusal::Revoked,
+            Some(Loose::Str(c)) if c == "EXPIRED" => Refusal::Expired,
+            Some(Loose::Str(c)) if c == "DISABLED" => Refusal::Disabled,
             _ => Refusal::Unknown,
         };
         return Ok(Answer {
@@ -153,37 +183,32 @@ pub fn parse_verify(status: Option<u32>, body: &[u8]) -> Result<Answer, ServiceF
             user_bound,
         });
     }
-    let key_id = str_of(&v, "key_id", 128)?;
+    let b: Body = json::decode(&v).map_err(|_| ServiceFailure::BadBody)?;
+    let key_id = text(b.key_id, 128)?;
     if key_id.is_empty() {
         return Err(ServiceFailure::BadBody);
     }
-    let subject = Some(str_of(&v, "subject", 256)?)
+    let subject = Some(text(b.subject, 256)?)
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| key_id.clone());
-    let mut resources = Vec::new();
-    match v.get("resources") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(m)) if m.len() <= 32 => {
-            for (name, list) in m {
-                resources.push((name.clone(), strings(Some(list), 1024)?));
-            }
-        }
-        _ => return Err(ServiceFailure::BadBody),
+    let resources = b.resources.unwrap_or_default().0;
+    if resources.len() > 32 {
+        return Err(ServiceFailure::BadBody);
     }
-    let expires_at = match v.get("expires_at") {
-        None | Some(Value::Null) => None,
-        Some(x) => Some(x.as_u64().ok_or(ServiceFailure::BadBody)?),
-    };
+    let resources = resources
+        .into_iter()
+        .map(|(name, list)| Ok((name, strings(list, 1024)?)))
+        .collect::<Result<Vec<_>, ServiceFailure>>()?;
     let id = Identity {
         key_id,
         subject,
-        account: str_of(&v, "account", 256)?,
-        plan: Some(str_of(&v, "plan", 128)?)
+        account: text(b.account, 256)?,
+        plan: Some(text(b.plan, 128)?)
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "default".into()),
-        scopes: scope_tokens(strings(v.get("scopes"), 128)?)?,
-        expires_at,
-        rate_limit: limit_of(v.get("ratelimit"))?,
+        scopes: scope_tokens(strings(b.scopes, 128)?)?,
+        expires_at: b.expires_at,
+        rate_limit: limit_of(b.ratelimit)?,
         resources,
     };
     Ok(Answer {
@@ -201,29 +226,54 @@ pub struct Revocations {
     pub more: bool,
 }
 
+// The feed: `revoked` that is not an array is read as none (as a `Value` walk did), so the items
+// are a second pass, taken only when it is one.
+
+#[derive(Deserialize)]
+struct Feed {
+    cursor: Option<i64>,
+    revoked: Option<Loose>,
+    /// Not a boolean: false.
+    more: Option<Loose>,
+}
+
+#[derive(Deserialize)]
+struct FeedItems {
+    revoked: Vec<Revoked>,
+}
+
+#[derive(Deserialize)]
+struct Revoked {
+    key_hash: Option<Loose>,
+    /// Not a string: any user.
+    user: Option<Loose>,
+}
+
 pub fn parse_revocations(status: Option<u32>, body: &[u8]) -> Result<Revocations, ServiceFailure> {
     let status = status.ok_or(ServiceFailure::NoResponse)?;
     if !(200..300).contains(&status) {
         return Err(ServiceFailure::Status(status));
     }
     let v: Value = serde_json::from_slice(body).map_err(|_| ServiceFailure::BadBody)?;
-    let cursor = v
-        .get("cursor")
-        .and_then(Value::as_i64)
-        .ok_or(ServiceFailure::BadBody)?;
+    let feed: Feed = json::decode(&v).map_err(|_| ServiceFailure::BadBody)?;
+    let cursor = feed.cursor.ok_or(ServiceFailure::BadBody)?;
     let mut revoked = Vec::new();
-    if let Some(list) = v.get("revoked").and_then(Value::as_array) {
-        for item in list {
-            let hash = item
-                .get("key_hash")
-                .and_then(Value::as_str)
-                .and_then(parse_hex32)
-                .ok_or(ServiceFailure::BadBody)?;
-            let user = item.get("user").and_then(Value::as_str).map(str::to_string);
+    if feed.revoked == Some(Loose::Other("an array")) {
+        let items: FeedItems = json::decode(&v).map_err(|_| ServiceFailure::BadBody)?;
+        for item in items.revoked {
+            let hash = match item.key_hash {
+                Some(Loose::Str(h)) => parse_hex32(&h),
+                _ => None,
+            }
+            .ok_or(ServiceFailure::BadBody)?;
+            let user = match item.user {
+                Some(Loose::Str(u)) => Some(u),
+                _ => None,
+            };
             revoked.push((hash, user));
         }
     }
-    let more = v.get("more").and_then(Value::as_bool).unwrap_or(false);
+    let more = feed.more == Some(Loose::Bool(true));
     Ok(Revocations {
         cursor,
         revoked,

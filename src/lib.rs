@@ -14,6 +14,7 @@ pub mod flights;
 pub mod gate;
 pub mod hash;
 pub mod headermap;
+pub mod json;
 pub mod keystore;
 pub mod lease;
 pub mod path;
