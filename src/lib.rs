@@ -17,6 +17,7 @@ pub mod headermap;
 pub mod json;
 pub mod keystore;
 pub mod lease;
+pub mod metrics;
 pub mod path;
 pub mod plugins;
 pub mod problem;

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use super::{abi, now_ms, EnvoyStore, Plugin, ACTION_PAUSE};
 use crate::fleet::{self, FleetConfig, Mode, OnEngineFailure, Spend};
 use crate::gate::{Admitted, Decision, Pending};
+use crate::metrics::Metric;
 use crate::rls;
 use crate::verdict::Verdict;
 
@@ -54,16 +55,16 @@ impl Flights {
     }
 }
 
-/// Why an engine call failed (a metric name): never a verdict.
-fn failure_metric(kind: &str) -> &'static str {
+/// Why an engine call failed (its counter): never a verdict.
+fn failure_metric(kind: &str) -> Metric {
     match kind {
-        "timeout" => "keygate.fleet.failure.timeout",
-        "status" => "keygate.fleet.failure.status",
-        "grpc" => "keygate.fleet.failure.grpc",
-        "unavailable" => "keygate.fleet.failure.unavailable",
-        "bad_body" => "keygate.fleet.failure.bad_body",
-        "dispatch" => "keygate.fleet.failure.dispatch",
-        _ => "keygate.fleet.failure.store",
+        "timeout" => Metric::FleetTimeout,
+        "status" => Metric::FleetStatus,
+        "grpc" => Metric::FleetGrpc,
+        "unavailable" => Metric::FleetUnavailable,
+        "bad_body" => Metric::FleetBadBody,
+        "dispatch" => Metric::FleetDispatchFailed,
+        _ => Metric::FleetStoreFailed,
     }
 }
 
@@ -123,7 +124,7 @@ impl Plugin {
             return self.apply(ctx, d, resume);
         };
         if let Some((limit, retry_ms)) = fleet::denied(&EnvoyStore, &key, now) {
-            self.metrics.inc("keygate.fleet.denied_remembered");
+            self.metrics.inc(Metric::FleetDeniedRemembered);
             let d = gate.fleet_over_limit(&a, limit, retry_ms, now * 1000);
             return self.apply(ctx, d, resume);
         }
@@ -184,7 +185,7 @@ impl Plugin {
         let hits = fleet::lease_size(&fc.lease, remaining.unwrap_or(configured));
         match self.engine_call(ctx, fc, &a, hits) {
             Some(token) => {
-                self.metrics.inc("keygate.fleet.lease.calls");
+                self.metrics.inc(Metric::FleetLeaseCalls);
                 self.fleet.leases.insert(key.clone(), vec![(ctx, a)]);
                 self.fleet.calls.insert(
                     token,
@@ -228,7 +229,7 @@ impl Plugin {
         if ctx != self.root_id {
             abi::set_effective_context(ctx);
         }
-        self.metrics.inc("keygate.fleet.calls");
+        self.metrics.inc(Metric::FleetCalls);
         if token.is_none() {
             log::warn!(
                 "keygate: the rate-limit engine call could not be dispatched (check fleet.cluster)"
@@ -250,7 +251,7 @@ impl Plugin {
         {
             Some((OnEngineFailure::Closed, retry)) => gate.fleet_unavailable(&a, retry),
             _ => {
-                self.metrics.inc("keygate.fleet.fallback_local");
+                self.metrics.inc(Metric::FleetFallbackLocal);
                 gate.limit_local(a, &self.buckets(now), now * 1000)
             }
         }
@@ -263,10 +264,8 @@ impl Plugin {
         };
         let now = now_ms();
         self.now = now;
-        self.metrics.record(
-            "keygate.fleet.latency_ms",
-            now.saturating_sub(call.started_ms),
-        );
+        self.metrics
+            .record(Metric::FleetLatency, now.saturating_sub(call.started_ms));
         // Envoy reports a timeout as UNAVAILABLE too: told apart by the time it took (its timer
         // and the wall clock differ by a few ms)
         let timed_out = self
@@ -339,7 +338,7 @@ impl Plugin {
             .map_or((1, 1000), |t| (t.limit.requests, t.limit.window_s * 1000));
         let limit = ans.status.and_then(|s| s.limit).unwrap_or(configured);
         if ans.over_limit {
-            self.metrics.inc("keygate.fleet.over_limit");
+            self.metrics.inc(Metric::FleetOverLimit);
             let retry_ms = ans.status.and_then(|s| s.reset_ms);
             if let Some(ms) = retry_ms {
                 fleet::remember_denial(&EnvoyStore, key, now + ms, limit, now);
@@ -381,7 +380,7 @@ impl Plugin {
                 let limit = s.and_then(|s| s.limit).unwrap_or(configured);
                 let engine_remaining = s.map_or(0, |s| s.remaining);
                 self.metrics
-                    .add_now("keygate.fleet.lease.tokens", i64::from(call.hits));
+                    .add_now(Metric::FleetLeaseTokens, i64::from(call.hits));
                 match fleet::grant(
                     &EnvoyStore,
                     &call.key,
@@ -392,13 +391,12 @@ impl Plugin {
                     now,
                 ) {
                     Some(0) => {}
-                    Some(n) => self.metrics.add_now(
-                        "keygate.fleet.lease.stranded",
-                        i64::try_from(n).unwrap_or(0),
-                    ),
+                    Some(n) => self
+                        .metrics
+                        .add_now(Metric::FleetLeaseStranded, i64::try_from(n).unwrap_or(0)),
                     None => self
                         .metrics
-                        .add_now("keygate.fleet.lease.stranded", i64::from(call.hits)),
+                        .add_now(Metric::FleetLeaseStranded, i64::from(call.hits)),
                 }
                 self.fleet.leases.remove(&call.key).unwrap_or_default()
             }
@@ -416,7 +414,7 @@ impl Plugin {
                         .map(|(c, a)| (*c, a.clone()));
                     if let Some((_, a)) = first {
                         if let Some(token) = self.engine_call(self.root_id, fc, &a, hits) {
-                            self.metrics.inc("keygate.fleet.lease.calls");
+                            self.metrics.inc(Metric::FleetLeaseCalls);
                             self.fleet.calls.insert(
                                 token,
                                 Call {
@@ -430,7 +428,7 @@ impl Plugin {
                         }
                     }
                 }
-                self.metrics.inc("keygate.fleet.over_limit");
+                self.metrics.inc(Metric::FleetOverLimit);
                 let (configured, window_ms) = self
                     .fleet
                     .leases
@@ -448,10 +446,8 @@ impl Plugin {
                 let limit = ans.status.and_then(|s| s.limit).unwrap_or(configured);
                 let n = fleet::remember_denial(&EnvoyStore, &call.key, until, limit, now);
                 if n > 0 {
-                    self.metrics.add_now(
-                        "keygate.fleet.lease.stranded",
-                        i64::try_from(n).unwrap_or(0),
-                    );
+                    self.metrics
+                        .add_now(Metric::FleetLeaseStranded, i64::try_from(n).unwrap_or(0));
                 }
                 self.fleet.leases.remove(&call.key).unwrap_or_default()
             }

@@ -29,6 +29,7 @@ use crate::gate::{
 };
 use crate::hash::{credential_id_from_hash, Digest32, DigestMemo, TagHasher};
 use crate::lease;
+use crate::metrics::{self, Metric};
 use crate::plugins::{Configured, Plugins};
 use crate::problem::Kind;
 use crate::route::MAX_OWNER_BODY;
@@ -68,44 +69,48 @@ struct Waiter {
     client: Vec<u8>,
 }
 
-/// Counters and a histogram in Envoy's stats (`wasmcustom.keygate.*`; summed over workers).
-/// Names come from fixed sets (decisions, failure kinds, configured plan names): no per-key
-/// series, so cardinality is bounded by the config.
-#[derive(Default)]
+/// keygate's metrics in Envoy's stats (`crate::metrics` names them). Ids are defined on first
+/// use and kept by the metric's index: no hashing or name comparison on the hot path.
 struct Metrics {
-    ids: HashMap<String, u32>,
-    /// Metric ids of the fixed names, found by the name's address: no hashing on the hot path.
-    fixed: Vec<(&'static str, u32)>,
+    ids: [Option<u32>; Metric::COUNT],
     /// Per-request counts by metric id, added to Envoy's counters on the next tick (at most a
-    /// second later): one host call a request less. A request counts 1-3 of ~25 names.
+    /// second later): one host call a request less. A request counts 1-3 of them.
     pending: Batch,
     /// `keygate.ratelimit.rejected.<plan>` ids by the plan's index in the config.
     by_plan: Vec<Option<u32>>,
 }
 
-impl Metrics {
-    fn id(&mut self, kind: abi::MetricType, name: &str) -> Option<u32> {
-        if let Some(id) = self.ids.get(name) {
-            return Some(*id);
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            ids: [None; Metric::COUNT],
+            pending: Batch::default(),
+            by_plan: Vec::new(),
         }
-        let id = abi::define_metric(kind, name)?;
-        self.ids.insert(name.to_string(), id);
-        Some(id)
+    }
+}
+
+fn metric_type(t: metrics::Type) -> abi::MetricType {
+    match t {
+        metrics::Type::Counter => abi::MetricType::Counter,
+        metrics::Type::Histogram => abi::MetricType::Histogram,
+    }
+}
+
+impl Metrics {
+    fn id(&mut self, m: Metric) -> Option<u32> {
+        let slot = self.ids.get_mut(m.index())?;
+        if slot.is_none() {
+            *slot = abi::define_metric(metric_type(m.kind()), m.name());
+        }
+        *slot
     }
 
     /// Counts one, batched until the next tick.
-    fn inc(&mut self, name: &'static str) {
-        let id = match self.fixed.iter().find(|(n, _)| std::ptr::eq(*n, name)) {
-            Some((_, id)) => *id,
-            None => {
-                let Some(id) = self.id(abi::MetricType::Counter, name) else {
-                    return;
-                };
-                self.fixed.push((name, id));
-                id
-            }
-        };
-        self.count(id);
+    fn inc(&mut self, m: Metric) {
+        if let Some(id) = self.id(m) {
+            self.pending.count(id);
+        }
     }
 
     /// Counts one 429 for the plan at `index` in the config (named `plan`; `other` past the
@@ -114,10 +119,8 @@ impl Metrics {
         let id = match self.by_plan.get(index).copied().flatten() {
             Some(id) => id,
             None => {
-                let Some(id) = self.id(
-                    abi::MetricType::Counter,
-                    &format!("keygate.ratelimit.rejected.{plan}"),
-                ) else {
+                let name = format!("keygate.ratelimit.rejected.{plan}");
+                let Some(id) = abi::define_metric(abi::MetricType::Counter, &name) else {
                     return;
                 };
                 if self.by_plan.len() <= index {
@@ -129,16 +132,12 @@ impl Metrics {
                 id
             }
         };
-        self.count(id);
-    }
-
-    fn count(&mut self, id: u32) {
         self.pending.count(id);
     }
 
     /// Adds `by` now (rare events).
-    fn add_now(&mut self, name: &str, by: i64) {
-        if let Some(id) = self.id(abi::MetricType::Counter, name) {
+    fn add_now(&mut self, m: Metric, by: i64) {
+        if let Some(id) = self.id(m) {
             abi::increment_metric(id, by);
         }
     }
@@ -147,49 +146,10 @@ impl Metrics {
         self.pending.flush(abi::increment_metric);
     }
 
-    fn record(&mut self, name: &str, value: u64) {
-        if let Some(id) = self.id(abi::MetricType::Histogram, name) {
+    fn record(&mut self, m: Metric, value: u64) {
+        if let Some(id) = self.id(m) {
             abi::record_metric(id, value);
         }
-    }
-}
-
-/// The metric name for an outcome, without allocating on the hot path. Exhaustive: a new kind
-/// of problem does not compile until it has its counter.
-fn decision_metric(o: Outcome) -> &'static str {
-    match o {
-        Outcome::Allowed => "keygate.requests.allowed",
-        Outcome::Public => "keygate.requests.public",
-        Outcome::FailOpen => "keygate.requests.fail_open",
-        Outcome::Denied(k) => match k {
-            Kind::CredentialMissing => "keygate.requests.credential_missing",
-            Kind::CredentialMalformed => "keygate.requests.credential_malformed",
-            Kind::CredentialTooLarge => "keygate.requests.credential_too_large",
-            Kind::CredentialConflict => "keygate.requests.credential_conflict",
-            Kind::CredentialInvalid => "keygate.requests.credential_invalid",
-            Kind::CredentialExpired => "keygate.requests.credential_expired",
-            Kind::CredentialRevoked => "keygate.requests.credential_revoked",
-            Kind::CredentialDisabled => "keygate.requests.credential_disabled",
-            Kind::InsufficientScope => "keygate.requests.insufficient_scope",
-            Kind::ResourceForbidden => "keygate.requests.resource_forbidden",
-            Kind::RouteClosed => "keygate.requests.route_closed",
-            Kind::RequestAmbiguous => "keygate.requests.request_ambiguous",
-            Kind::RateLimited => "keygate.requests.rate_limited",
-            Kind::AuthThrottled => "keygate.requests.auth_throttled",
-            Kind::KeyServiceUnavailable => "keygate.requests.key_service_unavailable",
-            Kind::RateLimitUnavailable => "keygate.requests.rate_limit_unavailable",
-            Kind::Internal => "keygate.requests.internal",
-        },
-    }
-}
-
-fn failure_metric(f: ServiceFailure) -> &'static str {
-    match f {
-        ServiceFailure::Status(504) => "keygate.keyservice.failure.timeout",
-        ServiceFailure::Status(_) => "keygate.keyservice.failure.status",
-        ServiceFailure::NoResponse => "keygate.keyservice.failure.no_response",
-        ServiceFailure::BodyTooLarge => "keygate.keyservice.failure.body_too_large",
-        ServiceFailure::BadBody => "keygate.keyservice.failure.bad_body",
     }
 }
 
@@ -416,7 +376,7 @@ impl Plugin {
         }
         // a request whose body an owner check still reads is counted when it is decided
         if !matches!(&d, Decision::Allow(a) if a.body.is_some()) {
-            self.metrics.inc(decision_metric(log.decision));
+            self.metrics.inc(Metric::of_outcome(log.decision));
         }
         if log.decision == Outcome::Denied(Kind::RateLimited) {
             // one counter per configured plan, and `other`: found by the plan's index
@@ -513,7 +473,7 @@ impl Plugin {
         match self.gate.clone().check_body(&check, &id, &body) {
             Some(deny) => self.apply(ctx, deny, false),
             None => {
-                self.metrics.inc(decision_metric(Outcome::Allowed));
+                self.metrics.inc(Metric::of_outcome(Outcome::Allowed));
                 ACTION_CONTINUE
             }
         }
@@ -553,7 +513,7 @@ impl Plugin {
         let id = credential_id_from_hash(c.user.as_deref(), &secret_sha256);
         let entry = credential_id_from_hash(None, &secret_sha256);
         if let Some(r) = self.negative.get(&id, now) {
-            self.metrics.inc("keygate.cache.negative_hit");
+            self.metrics.inc(Metric::CacheNegativeHit);
             let next = self.conclude(pending, Verdict::Refused(r), now);
             return self.run(ctx, next, false);
         }
@@ -565,14 +525,14 @@ impl Plugin {
             .lookup(&EnvoyStore, key, &entry, user, now, ks.cache.recheck_ms)
         {
             Lookup::Fresh(v) => {
-                self.metrics.inc("keygate.cache.hit");
+                self.metrics.inc(Metric::CacheHit);
                 let next = self.conclude(pending, v, now);
                 return self.run(ctx, next, false);
             }
             Lookup::Stale(v) => Some(v),
             Lookup::Miss => None,
         };
-        self.metrics.inc("keygate.cache.miss");
+        self.metrics.inc(Metric::CacheMiss);
         // A client over its failed-authentication budget gets no call to the key service. The
         // attempt is counted now (refunded if the key turns out valid), so concurrent misses
         // cannot overshoot the budget while their calls are in flight.
@@ -600,7 +560,7 @@ impl Plugin {
         let body = contract::verify_request_body(&waiter.pending.credential);
         match self.dispatch(ctx, ks, &ks.verify_path, "POST", &body) {
             Some(token) => {
-                self.metrics.inc("keygate.keyservice.calls");
+                self.metrics.inc(Metric::KeyServiceCalls);
                 let cacheable = self.feed_ready();
                 let user = waiter.pending.credential.user.clone();
                 self.calls.insert(
@@ -617,7 +577,7 @@ impl Plugin {
                 ACTION_PAUSE
             }
             None => {
-                self.metrics.inc("keygate.keyservice.failure.dispatch");
+                self.metrics.inc(Metric::KeyServiceDispatchFailed);
                 // requests still waiting on an overdue call for this credential fail with us
                 self.settle_flight(&id, |p, w| p.failed(w, ServiceFailure::NoResponse));
                 abi::set_effective_context(ctx);
@@ -698,7 +658,7 @@ impl Plugin {
         let gate = self.gate.clone();
         let now = now_ms();
         if let Some(v) = w.stale {
-            self.metrics.inc("keygate.cache.stale_served");
+            self.metrics.inc(Metric::CacheStaleServed);
             return Next::Verdict(w.pending, v.at(now / 1000));
         }
         Next::Decided(match gate.cfg.key_service.as_ref() {
@@ -734,7 +694,7 @@ impl Plugin {
         match call {
             Call::Verify(call) => {
                 self.metrics.record(
-                    "keygate.keyservice.latency_ms",
+                    Metric::KeyServiceLatency,
                     now_ms().saturating_sub(call.started_ms),
                 );
                 self.verify_response(&ks, call, status, body)
@@ -798,7 +758,7 @@ impl Plugin {
                 }
             },
             Err(f) => {
-                self.metrics.inc(failure_metric(*f));
+                self.metrics.inc(Metric::of_service_failure(*f));
                 log::warn!(
                     "keygate: key service failure: {} (status {:?})",
                     f.as_str(),
@@ -908,7 +868,7 @@ impl Plugin {
         };
         match parsed {
             Ok(r) => {
-                self.metrics.add_now("keygate.revocations.polls", 1);
+                self.metrics.add_now(Metric::RevocationPolls, 1);
                 let prefix = self.gate.cfg.shared_prefix.clone();
                 let mut marked = 0usize;
                 for (hash, user) in &r.revoked {
@@ -940,7 +900,7 @@ impl Plugin {
                 EnvoyStore.set(&self.cursor_key(), r.cursor.to_string().as_bytes(), 0);
                 if marked > 0 {
                     let n = i64::try_from(marked).unwrap_or(i64::MAX);
-                    self.metrics.add_now("keygate.revocations.marked", n);
+                    self.metrics.add_now(Metric::RevocationsMarked, n);
                 }
                 if !r.revoked.is_empty() {
                     log::info!("keygate: revocation feed: {} revoked keys, {} cached verdicts marked (cursor {})",
@@ -958,7 +918,7 @@ impl Plugin {
                 }
             }
             Err(f) => {
-                self.metrics.add_now("keygate.revocations.failures", 1);
+                self.metrics.add_now(Metric::RevocationFailures, 1);
                 log::warn!("keygate: revocation feed failure: {}", f.as_str());
                 let next = now.saturating_add(ks.poll_ms);
                 lease::release(&EnvoyStore, &self.lease_key(), next);
