@@ -15,8 +15,10 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 # KEYGATE_WASM: run the suite against another build (e.g. an older commit's, to see a test fail)
@@ -54,6 +56,24 @@ def stop_process(proc: subprocess.Popen | None, grace: float) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def wait_until(pred: Callable[[], Any], timeout: float = 5, interval: float = 0.02,
+               message: str | Callable[[Any], str] | None = None) -> Any:
+    """Polls `pred()` every `interval` s until it returns something truthy, and returns that.
+    After `timeout` s the test fails: AssertionError "timed out after T s waiting for MESSAGE"
+    (`message` may be a function of pred's last value, e.g. to show the state it was in). `pred`
+    may raise to give up at once (a process that exited)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            what = message(value) if callable(message) else message
+            raise AssertionError(f"timed out after {timeout:g} s waiting for "
+                                 f"{what or getattr(pred, '__name__', 'a condition')}")
+        time.sleep(interval)  # the poll interval (the only sleep in the harness)
 
 
 def free_port() -> int:
@@ -308,39 +328,55 @@ class Upstream:
         self.srv.server_close()
 
 
+REFERENCE_KEY_SERVICE = ROOT / "envoy" / "keyservice" / "keyservice.py"
+FAULTY_KEY_SERVICE = ROOT / "tests" / "services" / "keyservice_faults.py"
+
+
 class KeyService:
-    """The reference key service (tests/services/keyservice.py) as a real process on loopback."""
+    """The reference key service as a real process on loopback: by default with the test-only
+    fault modes and call counters (tests/services/keyservice_faults.py, over the product);
+    `faults=False` runs the product itself (envoy/keyservice/keyservice.py), as operators do,
+    where `mode()` and the call counts do not exist."""
 
     ADMIN_TOKEN = "e2e-admin-token"
 
-    def __init__(self, seed_demo: bool = True):
+    def __init__(self, seed_demo: bool = True, faults: bool = True):
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="keygate-ks-"))
         CREATED_DIRS.append(self.dir)
         self.db = self.dir / "keys.sqlite"
         self.seed_demo = seed_demo
+        self.script = FAULTY_KEY_SERVICE if faults else REFERENCE_KEY_SERVICE
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "KeyService":
         import sys
-        cmd = [sys.executable, str(ROOT / "tests" / "services" / "keyservice.py"), "--port", str(self.port),
+        cmd = [sys.executable, str(self.script), "--port", str(self.port),
                "--db", str(self.db), "--admin-token", self.ADMIN_TOKEN]
         if self.seed_demo:
             cmd.append("--seed-demo")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(self.dir / "ks.log", "ab"))
-        deadline = time.time() + 15
-        while time.time() < deadline:
+
+        def up() -> bool:
             try:
-                self.admin("GET", "/admin/stats")
-                return self
+                if self.script == FAULTY_KEY_SERVICE:
+                    self.admin("GET", "/admin/stats")
+                else:  # the product has no /admin/stats; its feed answers once it serves
+                    urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v1/keys/revocations", timeout=2).close()
+                return True
             except OSError:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"key service exited: {(self.dir / 'ks.log').read_text()}")
-                time.sleep(0.05)
-        raise RuntimeError("key service did not come up")
+                return False
+        wait_until(up, 15, 0.05, "the key service to answer")
+        return self
 
     def stop(self) -> None:
         stop_process(self.proc, grace=5)
+
+    def log(self) -> str:
+        """What the service wrote to stderr (e.g. "late verdict decided" under the late: mode)."""
+        return (self.dir / "ks.log").read_text(errors="replace")
 
     def admin(self, method: str, path: str, body: dict | None = None) -> dict:
         data = json.dumps(body).encode() if body is not None else None

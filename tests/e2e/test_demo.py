@@ -11,7 +11,7 @@ import time
 import pytest
 import yaml
 
-from harness import ROOT, WASM, Envoy, KeyService, free_port, request
+from harness import ROOT, WASM, Envoy, KeyService, free_port, request, wait_until
 
 
 class YamlEnvoy(Envoy):
@@ -83,7 +83,7 @@ def test_readme_curls_embedded(demo):
 
 
 def test_readme_lifecycle_remote(upstream):
-    ks = KeyService().start()
+    ks = KeyService(faults=False).start()  # the product, as README runs it
     ports = {10000: free_port(), 9901: free_port(), 8080: upstream.port, 8081: ks.port}
     e = YamlEnvoy("envoy/demo-remote.yaml", ports)
     e.port, e.admin_port = ports[10000], ports[9901]
@@ -157,3 +157,34 @@ def test_demo_sh_runs_a_profile_on_other_ports_and_prints_its_keys():
     # the keys and example requests, with the ports in use
     assert "evon_demo_read_0001" in err and "evon_demo_revoked_0003" in err
     assert f"curl -i localhost:{ports['KEYGATE_PORT']}/organization" in err
+
+
+def test_demo_sh_remote_runs_the_reference_key_service():
+    """`envoy/demo.sh remote`: the reference key service (envoy/keyservice/keyservice.py, the
+    product, seeded) behind Envoy, every port moved."""
+    names = ("KEYGATE_PORT", "KEYGATE_ADMIN_PORT", "KEYGATE_UPSTREAM_PORT", "KEYGATE_KEYSERVICE_PORT")
+    ports = {n: free_port() for n in names}
+    p = demo_sh("remote", env={k: str(v) for k, v in ports.items()})
+    business = [("Authorization", "Bearer kgb_demo_acme_business_0001")]
+    try:
+        def answered():
+            assert p.poll() is None, p.stderr.read()
+            try:
+                return request(ports["KEYGATE_PORT"], "GET", "/v1/objects/events", business)
+            except OSError:
+                return None
+        r = wait_until(answered, 60, 0.1, "the remote demo to answer")
+        assert r.status == 200 and r.json()["path"] == "/v1/objects/events"  # verified by the service
+        login = request(ports["KEYGATE_PORT"], "POST", "/v1/auth/login", [("content-type", "application/json")],
+                        body=b'{"email":"alice@example.com","password":"alice-password"}')
+        assert login.status == 200 and login.json()["data"]["access_token"].startswith("kgp_")
+        b = base64.b64encode(b"alice:kgn_demo_alice_pat_0001").decode()
+        assert request(ports["KEYGATE_PORT"], "GET", "/api/records/contacts",
+                       [("Authorization", f"Basic {b}")]).status == 200
+        # the service itself, on its moved port: the product, without the tests' fault modes
+        assert request(ports["KEYGATE_KEYSERVICE_PORT"], "GET", "/admin/mode").status == 404
+    finally:
+        os.killpg(p.pid, signal.SIGTERM)
+        _, err = p.communicate(timeout=30)
+    assert "kgb_demo_acme_business_0001" in err
+    assert f"127.0.0.1:{ports['KEYGATE_KEYSERVICE_PORT']}" in err
