@@ -242,19 +242,18 @@ class Envoy:
         return self
 
     def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
+        def ready() -> bool:
             if self.proc and self.proc.poll() is not None:
                 raise RuntimeError(f"envoy exited with {self.proc.returncode}:\n{self.logs()[-3000:]}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/ready", timeout=1) as r:
                     if r.status == 200:
                         with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                            return
+                            return True
             except OSError:
                 pass
-            time.sleep(0.05)
-        raise RuntimeError(f"envoy not ready after {timeout}s:\n{self.logs()[-3000:]}")
+            return False
+        wait_until(ready, timeout, 0.05, lambda _: f"envoy to be ready:\n{self.logs()[-3000:]}")
 
     def stop(self) -> None:
         stop_process(self.proc, grace=10)
@@ -266,13 +265,13 @@ class Envoy:
             return ""
 
     def wait_for(self, what, *needles: str, timeout: float = 5) -> str:
-        """Polls `what()` (logs or access_log) until it contains every needle; returns the text."""
-        deadline = time.time() + timeout
-        text = what()
-        while not all(n in text for n in needles) and time.time() < deadline:
-            time.sleep(0.05)
+        """Polls `what()` (logs or access_log, flushed every 100 ms) until it contains every
+        needle; returns the text. Fails the test when one is still missing after `timeout` s."""
+        def found() -> str | None:
             text = what()
-        return text
+            return text if all(n in text for n in needles) else None
+        return wait_until(found, timeout, 0.05, lambda _: f"{[n for n in needles if n not in what()]} "
+                          f"in {getattr(what, '__name__', 'the text')}")
 
     def access_log(self) -> str:
         try:
@@ -284,19 +283,25 @@ class Envoy:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=5) as r:
             return r.read().decode(errors="replace")
 
-    def prometheus(self) -> str:
-        """/stats/prometheus once keygate's batched counters are in: it adds per-request counts to
-        Envoy's counters on its tick (every second at most)."""
-        time.sleep(1.2)
-        return self.admin("/stats/prometheus")
+    def prometheus(self, *needles: str, timeout: float = 5) -> str:
+        """/stats/prometheus once it contains every needle (e.g. `'keygate_requests{decision="allowed"} 3\n'`):
+        keygate batches its per-request counts per worker and adds them to Envoy's counters on
+        the worker's tick (at least every second), all of a worker's counts at once. So to see
+        every count of some requests, wait for counts that each worker that served one of them
+        must have flushed (e.g. the decisions' totals)."""
+        assert needles, "say what to wait for"
+
+        def text() -> str | None:
+            t = self.admin("/stats/prometheus")
+            return t if all(n in t for n in needles) else None
+        return wait_until(text, timeout, 0.05, lambda _: "{} in /stats/prometheus:\n{}".format(
+            [n for n in needles if n not in self.admin("/stats/prometheus")],
+            "".join(l + "\n" for l in self.admin("/stats/prometheus").splitlines() if l.startswith("keygate_"))))
 
     def wait_feed_polled(self, timeout: float = 5) -> "Envoy":
         """Waits for keygate's first revocation-feed poll: it caches valid verdicts only then."""
-        deadline = time.time() + timeout
-        while "keygate.revocations.polls: " not in self.admin("/stats?filter=keygate.revocations.polls"):
-            if time.time() > deadline:
-                raise RuntimeError("keygate never polled the revocation feed")
-            time.sleep(0.02)
+        wait_until(lambda: "keygate.revocations.polls: " in self.admin("/stats?filter=keygate.revocations.polls"),
+                   timeout, message="keygate's first poll of the revocation feed")
         return self
 
     def req(self, method: str, path: str, headers=(), body: bytes | None = None, timeout: float = 10) -> Resp:
@@ -453,16 +458,17 @@ class RlsEngine:
             + (["--rate-limit-headers"] if self.limitador_style else [])
         out = open(self.log, "a")
         self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.time() + 10
-        while time.time() < deadline:
+
+        def listening() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"rls-engine exited:\n{self.log.read_text()[-2000:]}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
+                    return True
             except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("rls-engine did not listen")
+                return False
+        wait_until(listening, 10, 0.05, "rls-engine to listen")
+        return self
 
     def stop(self) -> None:
         stop_process(self.proc, grace=5)

@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import subprocess
-import time
 
 import pytest
 import yaml
@@ -76,7 +75,7 @@ def test_readme_curls_embedded(demo):
     assert [demo.req("GET", "/organization", [("X-API-Key", "tiny-demo-key-0001")]).status for _ in range(4)] == [200, 200, 200, 429]
     assert demo.req("GET", "/health").status == 200
     assert demo.req("GET", "/admin/anything", [("X-API-Key", "evon-demo-key-0001")]).status == 403
-    prom = demo.prometheus()
+    prom = demo.prometheus('keygate_requests{decision="allowed"}')
     assert 'keygate_requests{decision="allowed"}' in prom
     log = demo.wait_for(demo.access_log, "decision=allowed key_id=evon-demo account=evon plan=evon")
     assert "evon-demo-key-0001" not in log
@@ -97,10 +96,8 @@ def test_readme_lifecycle_remote(upstream):
         new = e.req("POST", "/v1/tokens/business", auth, body=b'{"name":"ci"}').json()["data"]
         assert e.req("GET", "/v1/objects/events", [("Authorization", f"Bearer {new['key']}")]).status == 200
         assert e.req("DELETE", f"/v1/tokens/business/{new['id']}", auth).status == 200
-        deadline = time.time() + 3  # README: "sleep 2" then 401
-        while e.req("GET", "/v1/objects/events", [("Authorization", f"Bearer {new['key']}")]).status != 401:
-            assert time.time() < deadline
-            time.sleep(0.1)
+        wait_until(lambda: e.req("GET", "/v1/objects/events", [("Authorization", f"Bearer {new['key']}")]).status == 401,
+                   3, 0.05, "the revocation to bite")  # README: "sleep 2" then 401
         b = base64.b64encode(b"alice:kgn_demo_alice_pat_0001").decode()
         assert e.req("GET", "/api/records/contacts", [("Authorization", f"Basic {b}")]).status == 200
         assert e.req("GET", "/v1/objects/events", [("Authorization", "Bearer kgb_demo_acme_business_0001")]).status == 200
@@ -140,15 +137,13 @@ def test_demo_sh_runs_a_profile_on_other_ports_and_prints_its_keys():
     ports = {n: free_port() for n in ("KEYGATE_PORT", "KEYGATE_ADMIN_PORT", "KEYGATE_UPSTREAM_PORT")}
     p = demo_sh("evon", env={k: str(v) for k, v in ports.items()})
     try:
-        deadline = time.time() + 60
-        while True:
+        def answered():
             assert p.poll() is None, p.stderr.read()
             try:
-                r = request(ports["KEYGATE_PORT"], "GET", "/organization", [("X-API-Key", "evon_demo_read_0001")])
-                break
+                return request(ports["KEYGATE_PORT"], "GET", "/organization", [("X-API-Key", "evon_demo_read_0001")])
             except OSError:
-                assert time.time() < deadline
-                time.sleep(0.3)
+                return None
+        r = wait_until(answered, 60, 0.1, "the demo to answer")
         assert r.status == 200 and r.json()["path"] == "/organization"  # the echo upstream, on its moved port
         assert request(ports["KEYGATE_PORT"], "GET", "/organization").json()["error"] == "API key is required"
     finally:
