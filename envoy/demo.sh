@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo: Envoy with keygate in front of the echo upstream.
 #   envoy/demo.sh          embedded key store (envoy/demo.yaml)
-#   envoy/demo.sh remote   the reference key service (envoy/demo-remote.yaml), its SQLite database
+#   envoy/demo.sh remote   the reference key service (envoy/keyservice/keyservice.py, config
+#                          envoy/demo-remote.yaml), its SQLite database
 #                          in .demo/keys.sqlite (kept across runs; the demo keys are restored at
 #                          every start; `rm -rf .demo` forgets everything else)
 #   envoy/demo.sh fleet    fleet-wide limits (issue #15): the test rate-limit engine on 127.0.0.1:8090
@@ -109,7 +110,7 @@ python3 tests/services/echo.py --port "$upstream_port" &
 pids+=($!)
 wait_port=("$upstream_port")
 if $needs_keyservice; then
-  python3 tests/services/keyservice.py --port "$keyservice_port" --db .demo/keys.sqlite --seed-demo &
+  python3 envoy/keyservice/keyservice.py --port "$keyservice_port" --db .demo/keys.sqlite --seed-demo &
   pids+=($!)
   wait_port+=("$keyservice_port")
 fi

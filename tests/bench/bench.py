@@ -25,7 +25,8 @@ Method
   ``KEYGATE_SCENARIOS`` (all the same ``keygate.wasm``, one listener each; scenarios with the same
   configuration share one VM, each other configuration gets a VM of its own).
 * The ``kg_remote_*`` scenarios verify keys with the reference key service
-  (``tests/services/keyservice.py``, Python + SQLite), started on a free loopback port and pinned
+  (``envoy/keyservice/keyservice.py``, Python + SQLite, run as ``tests/services/keyservice_faults.py``
+  for its call counters; no fault mode is set), started on a free loopback port and pinned
   to CPU 1 like the authorizer (its CPU is not counted) when a selected scenario needs it. The
   verify calls it answers during each timed run and keygate's key-service failure counters are
   recorded, so a "cache hit" scenario that calls the service, or 503s counted as expected
@@ -91,7 +92,8 @@ NOOP_MANIFEST = BENCH_DIR / "noop-filter" / "Cargo.toml"
 NOOP_WASM = BENCH_DIR / "noop-filter" / "target" / "wasm32-wasip1" / "release" / "noop_filter.wasm"
 FLOOR_MANIFEST = BENCH_DIR / "floor-filter" / "Cargo.toml"
 FLOOR_WASM = BENCH_DIR / "floor-filter" / "target" / "wasm32-wasip1" / "release" / "floor_filter.wasm"
-KEYSERVICE_PY = ROOT / "tests" / "services" / "keyservice.py"
+# the reference key service with the test-only call counters (/admin/stats)
+KEYSERVICE_PY = ROOT / "tests" / "services" / "keyservice_faults.py"
 RANDOM_KEY_LUA = BENCH_DIR / "random-key.lua"
 # Envoy loads copies, so a rebuild during the run cannot change what is measured.
 STAGED = {KEYGATE_WASM: RUN_DIR / "keygate.wasm", NOOP_WASM: RUN_DIR / "noop_filter.wasm",
@@ -582,8 +584,9 @@ class Envoy:
 
 
 class KeyService:
-    """The reference key service (tests/services/keyservice.py, SQLite) on a free loopback port,
-    pinned to `cpu`, with the /admin test endpoints enabled (a token made for this run)."""
+    """The reference key service (envoy/keyservice/keyservice.py, SQLite; run as
+    tests/services/keyservice_faults.py for its call counters) on a free loopback port, pinned to
+    `cpu`, with the /admin endpoints enabled (a token made for this run)."""
 
     def __init__(self, procs: Procs, cpu: str) -> None:
         self.db = RUN_DIR / "keyservice.sqlite"

@@ -15,8 +15,10 @@ import tempfile
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 # KEYGATE_WASM: run the suite against another build (e.g. an older commit's, to see a test fail)
@@ -54,6 +56,24 @@ def stop_process(proc: subprocess.Popen | None, grace: float) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def wait_until(pred: Callable[[], Any], timeout: float = 5, interval: float = 0.02,
+               message: str | Callable[[Any], str] | None = None) -> Any:
+    """Polls `pred()` every `interval` s until it returns something truthy, and returns that.
+    After `timeout` s the test fails: AssertionError "timed out after T s waiting for MESSAGE"
+    (`message` may be a function of pred's last value, e.g. to show the state it was in). `pred`
+    may raise to give up at once (a process that exited)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            what = message(value) if callable(message) else message
+            raise AssertionError(f"timed out after {timeout:g} s waiting for "
+                                 f"{what or getattr(pred, '__name__', 'a condition')}")
+        time.sleep(interval)  # the poll interval (the only sleep in the harness)
 
 
 def free_port() -> int:
@@ -222,19 +242,18 @@ class Envoy:
         return self
 
     def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
+        def ready() -> bool:
             if self.proc and self.proc.poll() is not None:
                 raise RuntimeError(f"envoy exited with {self.proc.returncode}:\n{self.logs()[-3000:]}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/ready", timeout=1) as r:
                     if r.status == 200:
                         with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                            return
+                            return True
             except OSError:
                 pass
-            time.sleep(0.05)
-        raise RuntimeError(f"envoy not ready after {timeout}s:\n{self.logs()[-3000:]}")
+            return False
+        wait_until(ready, timeout, 0.05, lambda _: f"envoy to be ready:\n{self.logs()[-3000:]}")
 
     def stop(self) -> None:
         stop_process(self.proc, grace=10)
@@ -246,13 +265,13 @@ class Envoy:
             return ""
 
     def wait_for(self, what, *needles: str, timeout: float = 5) -> str:
-        """Polls `what()` (logs or access_log) until it contains every needle; returns the text."""
-        deadline = time.time() + timeout
-        text = what()
-        while not all(n in text for n in needles) and time.time() < deadline:
-            time.sleep(0.05)
+        """Polls `what()` (logs or access_log, flushed every 100 ms) until it contains every
+        needle; returns the text. Fails the test when one is still missing after `timeout` s."""
+        def found() -> str | None:
             text = what()
-        return text
+            return text if all(n in text for n in needles) else None
+        return wait_until(found, timeout, 0.05, lambda _: f"{[n for n in needles if n not in what()]} "
+                          f"in {getattr(what, '__name__', 'the text')}")
 
     def access_log(self) -> str:
         try:
@@ -264,19 +283,25 @@ class Envoy:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=5) as r:
             return r.read().decode(errors="replace")
 
-    def prometheus(self) -> str:
-        """/stats/prometheus once keygate's batched counters are in: it adds per-request counts to
-        Envoy's counters on its tick (every second at most)."""
-        time.sleep(1.2)
-        return self.admin("/stats/prometheus")
+    def prometheus(self, *needles: str, timeout: float = 5) -> str:
+        """/stats/prometheus once it contains every needle (e.g. `'keygate_requests{decision="allowed"} 3\n'`):
+        keygate batches its per-request counts per worker and adds them to Envoy's counters on
+        the worker's tick (at least every second), all of a worker's counts at once. So to see
+        every count of some requests, wait for counts that each worker that served one of them
+        must have flushed (e.g. the decisions' totals)."""
+        assert needles, "say what to wait for"
+
+        def text() -> str | None:
+            t = self.admin("/stats/prometheus")
+            return t if all(n in t for n in needles) else None
+        return wait_until(text, timeout, 0.05, lambda _: "{} in /stats/prometheus:\n{}".format(
+            [n for n in needles if n not in self.admin("/stats/prometheus")],
+            "".join(l + "\n" for l in self.admin("/stats/prometheus").splitlines() if l.startswith("keygate_"))))
 
     def wait_feed_polled(self, timeout: float = 5) -> "Envoy":
         """Waits for keygate's first revocation-feed poll: it caches valid verdicts only then."""
-        deadline = time.time() + timeout
-        while "keygate.revocations.polls: " not in self.admin("/stats?filter=keygate.revocations.polls"):
-            if time.time() > deadline:
-                raise RuntimeError("keygate never polled the revocation feed")
-            time.sleep(0.02)
+        wait_until(lambda: "keygate.revocations.polls: " in self.admin("/stats?filter=keygate.revocations.polls"),
+                   timeout, message="keygate's first poll of the revocation feed")
         return self
 
     def req(self, method: str, path: str, headers=(), body: bytes | None = None, timeout: float = 10) -> Resp:
@@ -308,39 +333,55 @@ class Upstream:
         self.srv.server_close()
 
 
+REFERENCE_KEY_SERVICE = ROOT / "envoy" / "keyservice" / "keyservice.py"
+FAULTY_KEY_SERVICE = ROOT / "tests" / "services" / "keyservice_faults.py"
+
+
 class KeyService:
-    """The reference key service (tests/services/keyservice.py) as a real process on loopback."""
+    """The reference key service as a real process on loopback: by default with the test-only
+    fault modes and call counters (tests/services/keyservice_faults.py, over the product);
+    `faults=False` runs the product itself (envoy/keyservice/keyservice.py), as operators do,
+    where `mode()` and the call counts do not exist."""
 
     ADMIN_TOKEN = "e2e-admin-token"
 
-    def __init__(self, seed_demo: bool = True):
+    def __init__(self, seed_demo: bool = True, faults: bool = True):
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="keygate-ks-"))
         CREATED_DIRS.append(self.dir)
         self.db = self.dir / "keys.sqlite"
         self.seed_demo = seed_demo
+        self.script = FAULTY_KEY_SERVICE if faults else REFERENCE_KEY_SERVICE
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> "KeyService":
         import sys
-        cmd = [sys.executable, str(ROOT / "tests" / "services" / "keyservice.py"), "--port", str(self.port),
+        cmd = [sys.executable, str(self.script), "--port", str(self.port),
                "--db", str(self.db), "--admin-token", self.ADMIN_TOKEN]
         if self.seed_demo:
             cmd.append("--seed-demo")
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(self.dir / "ks.log", "ab"))
-        deadline = time.time() + 15
-        while time.time() < deadline:
+
+        def up() -> bool:
             try:
-                self.admin("GET", "/admin/stats")
-                return self
+                if self.script == FAULTY_KEY_SERVICE:
+                    self.admin("GET", "/admin/stats")
+                else:  # the product has no /admin/stats; its feed answers once it serves
+                    urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v1/keys/revocations", timeout=2).close()
+                return True
             except OSError:
                 if self.proc.poll() is not None:
                     raise RuntimeError(f"key service exited: {(self.dir / 'ks.log').read_text()}")
-                time.sleep(0.05)
-        raise RuntimeError("key service did not come up")
+                return False
+        wait_until(up, 15, 0.05, "the key service to answer")
+        return self
 
     def stop(self) -> None:
         stop_process(self.proc, grace=5)
+
+    def log(self) -> str:
+        """What the service wrote to stderr (e.g. "late verdict decided" under the late: mode)."""
+        return (self.dir / "ks.log").read_text(errors="replace")
 
     def admin(self, method: str, path: str, body: dict | None = None) -> dict:
         data = json.dumps(body).encode() if body is not None else None
@@ -417,16 +458,17 @@ class RlsEngine:
             + (["--rate-limit-headers"] if self.limitador_style else [])
         out = open(self.log, "a")
         self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
-        deadline = time.time() + 10
-        while time.time() < deadline:
+
+        def listening() -> bool:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"rls-engine exited:\n{self.log.read_text()[-2000:]}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
-                    return self
+                    return True
             except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("rls-engine did not listen")
+                return False
+        wait_until(listening, 10, 0.05, "rls-engine to listen")
+        return self
 
     def stop(self) -> None:
         stop_process(self.proc, grace=5)

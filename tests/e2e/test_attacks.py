@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from attack_clients import request1, request2
-from harness import ROOT, Envoy, KeyService, Upstream
+from harness import ROOT, Envoy, KeyService, Upstream, wait_until
 from keys import basic, sha
 
 READER, WRITER, OTHER = "atk-reader-key-0001", "atk-writer-key-0001", "atk-other-key-0001"
@@ -88,7 +88,10 @@ def attempt(envoy, rec, proto, method, target, headers=(), body=b""):
     """Sends one case with a fresh marker; returns (answer, what the upstream received of it)."""
     marker = uuid.uuid4().hex
     a = send(envoy, proto, method, target, [("x-case", marker), *headers], body)
-    time.sleep(0.02)  # the upstream records before it answers; Envoy answers after it
+    # The upstream records a request before it answers, and Envoy answers after it: what reached
+    # it is in by now. The pause stays for the cases that must NOT reach it (an absence cannot be
+    # polled for): a request forwarded late, against the answer, would show up in it.
+    time.sleep(0.02)
     return a, reached(rec, marker)
 
 
@@ -346,7 +349,7 @@ def test_owner_bodies_in_many_chunks_and_over_the_limit(istio, rec):
         s.sendall(raw)
         for c in chunks:
             s.sendall(b"%x\r\n%s\r\n" % (len(c), c))
-            time.sleep(0.01)
+            time.sleep(0.01)  # time itself: each chunk arrives on its own
         s.sendall(b"0\r\n\r\n")
         data = b""
         while chunk := s.recv(65536):
@@ -399,8 +402,10 @@ def test_a_verdict_older_than_a_revocation_never_wins(rec):
         ks.mode(verify="late:1.5")  # the verdict is decided, then delivered 1.5 s later
         result = {}
         t = threading.Thread(target=lambda: result.update(a=e.req("GET", "/x", [("X-API-Key", secret)])))
+        decided = ks.log().count("late verdict decided (VALID)")
         t.start()
-        time.sleep(0.4)
+        # revoke once the service has decided "valid" (and is holding the answer back)
+        wait_until(lambda: ks.log().count("late verdict decided (VALID)") > decided, 5, 0.01, "the late verdict")
         ks.revoke("racer")
         t.join()
         ks.mode(verify="ok")
@@ -408,7 +413,7 @@ def test_a_verdict_older_than_a_revocation_never_wins(rec):
         assert result["a"].status == 401 and result["a"].json()["type"].endswith("credential-revoked")
         for _ in range(10):
             assert e.req("GET", "/x", [("X-API-Key", secret)]).status == 401
-            time.sleep(0.05)
+            time.sleep(0.05)  # time itself is tested: it stays refused, on either worker
     finally:
         e.stop()
         ks.stop()

@@ -1,6 +1,7 @@
 """Issue #14: the key-service contract as a document, a JSON Schema and a conformance check an
 operator can point at their own service (`keygate-check --key-service URL`), run here against the
-reference service and against broken ones (its fault modes)."""
+reference service as operators run it (envoy/keyservice/keyservice.py) and against broken ones
+(the test-only fault modes of tests/services/keyservice_faults.py)."""
 import json
 import subprocess
 import urllib.request
@@ -20,7 +21,16 @@ def check_bin():
 
 
 @pytest.fixture(scope="module")
+def reference():
+    """The product: envoy/keyservice/keyservice.py, no fault injection in it."""
+    k = KeyService(seed_demo=True, faults=False).start()
+    yield k
+    k.stop()
+
+
+@pytest.fixture(scope="module")
 def ks():
+    """The product with the test-only fault modes."""
     k = KeyService(seed_demo=True).start()
     yield k
     k.stop()
@@ -32,13 +42,19 @@ def run_check(ks, *args):
     return p.returncode, p.stdout
 
 
-def test_the_reference_service_conforms(ks):
+def test_the_reference_service_conforms(reference):
+    code, out = run_check(reference, "--valid-key", PAT, "--user", "alice")
+    assert code == 0, out
+    assert out.count("\nok ") + out.startswith("ok ") == 7, out
+    code, out = run_check(reference, "--valid-key", BUSINESS)
+    assert code == 0 and "conforms to contract v1 (6 checks)" in out, out
+
+
+def test_the_test_service_conforms_when_no_fault_is_set(ks):
+    """The fault-injecting extension behaves as the product until a fault mode is set."""
     ks.mode(verify="ok")
     code, out = run_check(ks, "--valid-key", PAT, "--user", "alice")
     assert code == 0, out
-    assert out.count("\nok ") + out.startswith("ok ") == 7, out
-    code, out = run_check(ks, "--valid-key", BUSINESS)
-    assert code == 0 and "conforms to contract v1 (6 checks)" in out, out
 
 
 @pytest.mark.parametrize("mode,failing", [
@@ -63,8 +79,8 @@ def post(ks, path, body):
         return json.loads(r.read())
 
 
-def test_the_schema_accepts_the_reference_answers_and_refuses_broken_ones(ks):
-    ks.mode(verify="ok")
+def test_the_schema_accepts_the_reference_answers_and_refuses_broken_ones(reference):
+    ks = reference
     validator = jsonschema.Draft202012Validator(SCHEMA)
     valid = post(ks, "/v1/keys/verify", {"key": PAT, "user": "alice"})
     refused = post(ks, "/v1/keys/verify", {"key": "nope", "user": None})

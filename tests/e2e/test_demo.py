@@ -6,12 +6,11 @@ import os
 import signal
 import socket
 import subprocess
-import time
 
 import pytest
 import yaml
 
-from harness import ROOT, WASM, Envoy, KeyService, free_port, request
+from harness import ROOT, WASM, Envoy, KeyService, free_port, request, wait_until
 
 
 class YamlEnvoy(Envoy):
@@ -76,14 +75,14 @@ def test_readme_curls_embedded(demo):
     assert [demo.req("GET", "/organization", [("X-API-Key", "tiny-demo-key-0001")]).status for _ in range(4)] == [200, 200, 200, 429]
     assert demo.req("GET", "/health").status == 200
     assert demo.req("GET", "/admin/anything", [("X-API-Key", "evon-demo-key-0001")]).status == 403
-    prom = demo.prometheus()
+    prom = demo.prometheus('keygate_requests{decision="allowed"}')
     assert 'keygate_requests{decision="allowed"}' in prom
     log = demo.wait_for(demo.access_log, "decision=allowed key_id=evon-demo account=evon plan=evon")
     assert "evon-demo-key-0001" not in log
 
 
 def test_readme_lifecycle_remote(upstream):
-    ks = KeyService().start()
+    ks = KeyService(faults=False).start()  # the product, as README runs it
     ports = {10000: free_port(), 9901: free_port(), 8080: upstream.port, 8081: ks.port}
     e = YamlEnvoy("envoy/demo-remote.yaml", ports)
     e.port, e.admin_port = ports[10000], ports[9901]
@@ -97,10 +96,8 @@ def test_readme_lifecycle_remote(upstream):
         new = e.req("POST", "/v1/tokens/business", auth, body=b'{"name":"ci"}').json()["data"]
         assert e.req("GET", "/v1/objects/events", [("Authorization", f"Bearer {new['key']}")]).status == 200
         assert e.req("DELETE", f"/v1/tokens/business/{new['id']}", auth).status == 200
-        deadline = time.time() + 3  # README: "sleep 2" then 401
-        while e.req("GET", "/v1/objects/events", [("Authorization", f"Bearer {new['key']}")]).status != 401:
-            assert time.time() < deadline
-            time.sleep(0.1)
+        wait_until(lambda: e.req("GET", "/v1/objects/events", [("Authorization", f"Bearer {new['key']}")]).status == 401,
+                   3, 0.05, "the revocation to bite")  # README: "sleep 2" then 401
         b = base64.b64encode(b"alice:kgn_demo_alice_pat_0001").decode()
         assert e.req("GET", "/api/records/contacts", [("Authorization", f"Basic {b}")]).status == 200
         assert e.req("GET", "/v1/objects/events", [("Authorization", "Bearer kgb_demo_acme_business_0001")]).status == 200
@@ -140,15 +137,13 @@ def test_demo_sh_runs_a_profile_on_other_ports_and_prints_its_keys():
     ports = {n: free_port() for n in ("KEYGATE_PORT", "KEYGATE_ADMIN_PORT", "KEYGATE_UPSTREAM_PORT")}
     p = demo_sh("evon", env={k: str(v) for k, v in ports.items()})
     try:
-        deadline = time.time() + 60
-        while True:
+        def answered():
             assert p.poll() is None, p.stderr.read()
             try:
-                r = request(ports["KEYGATE_PORT"], "GET", "/organization", [("X-API-Key", "evon_demo_read_0001")])
-                break
+                return request(ports["KEYGATE_PORT"], "GET", "/organization", [("X-API-Key", "evon_demo_read_0001")])
             except OSError:
-                assert time.time() < deadline
-                time.sleep(0.3)
+                return None
+        r = wait_until(answered, 60, 0.1, "the demo to answer")
         assert r.status == 200 and r.json()["path"] == "/organization"  # the echo upstream, on its moved port
         assert request(ports["KEYGATE_PORT"], "GET", "/organization").json()["error"] == "API key is required"
     finally:
@@ -157,3 +152,34 @@ def test_demo_sh_runs_a_profile_on_other_ports_and_prints_its_keys():
     # the keys and example requests, with the ports in use
     assert "evon_demo_read_0001" in err and "evon_demo_revoked_0003" in err
     assert f"curl -i localhost:{ports['KEYGATE_PORT']}/organization" in err
+
+
+def test_demo_sh_remote_runs_the_reference_key_service():
+    """`envoy/demo.sh remote`: the reference key service (envoy/keyservice/keyservice.py, the
+    product, seeded) behind Envoy, every port moved."""
+    names = ("KEYGATE_PORT", "KEYGATE_ADMIN_PORT", "KEYGATE_UPSTREAM_PORT", "KEYGATE_KEYSERVICE_PORT")
+    ports = {n: free_port() for n in names}
+    p = demo_sh("remote", env={k: str(v) for k, v in ports.items()})
+    business = [("Authorization", "Bearer kgb_demo_acme_business_0001")]
+    try:
+        def answered():
+            assert p.poll() is None, p.stderr.read()
+            try:
+                return request(ports["KEYGATE_PORT"], "GET", "/v1/objects/events", business)
+            except OSError:
+                return None
+        r = wait_until(answered, 60, 0.1, "the remote demo to answer")
+        assert r.status == 200 and r.json()["path"] == "/v1/objects/events"  # verified by the service
+        login = request(ports["KEYGATE_PORT"], "POST", "/v1/auth/login", [("content-type", "application/json")],
+                        body=b'{"email":"alice@example.com","password":"alice-password"}')
+        assert login.status == 200 and login.json()["data"]["access_token"].startswith("kgp_")
+        b = base64.b64encode(b"alice:kgn_demo_alice_pat_0001").decode()
+        assert request(ports["KEYGATE_PORT"], "GET", "/api/records/contacts",
+                       [("Authorization", f"Basic {b}")]).status == 200
+        # the service itself, on its moved port: the product, without the tests' fault modes
+        assert request(ports["KEYGATE_KEYSERVICE_PORT"], "GET", "/admin/mode").status == 404
+    finally:
+        os.killpg(p.pid, signal.SIGTERM)
+        _, err = p.communicate(timeout=30)
+    assert "kgb_demo_acme_business_0001" in err
+    assert f"127.0.0.1:{ports['KEYGATE_KEYSERVICE_PORT']}" in err

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import ROOT, Envoy
+from harness import ROOT, Envoy, wait_until
 
 KEY = "failure-policy-key-0001"
 KEY2 = "failure-policy-key-0002"
@@ -58,16 +58,6 @@ def stats(envoy: Envoy, prefix: str) -> dict[str, str]:
     return out
 
 
-def wait_until(what, timeout: float = 10, interval: float = 0.05):
-    """Polls `what()` until it is truthy; returns its last value."""
-    deadline = time.time() + timeout
-    value = what()
-    while not value and time.time() < deadline:
-        time.sleep(interval)
-        value = what()
-    return value
-
-
 def status(envoy: Envoy, path: str = "/x", key: str | None = None) -> int:
     return envoy.req("GET", path, [("X-API-Key", key)] if key else []).status
 
@@ -78,13 +68,10 @@ def lines(text: str, needle: str) -> list[str]:
 
 def count_lines(what, needle: str, n: int, timeout: float = 5) -> int:
     """How many lines of `what()` (logs or access_log) contain `needle`, once there are at least
-    `n` or the timeout passed (Envoy flushes its log files every 100 ms)."""
-    deadline = time.time() + timeout
-    while True:
-        found = len(lines(what(), needle))
-        if found >= n or time.time() >= deadline:
-            return found
-        time.sleep(0.05)
+    `n` (Envoy flushes its log files every 100 ms); fails the test if there are fewer after
+    `timeout` s."""
+    return wait_until(lambda: (found := len(lines(what(), needle))) >= n and found, timeout, 0.05,
+                      f"{n} lines with {needle!r}")
 
 
 def write_atomically(path: Path, doc: dict, scratch: Path) -> None:
@@ -213,6 +200,9 @@ def reload_stats(envoy: Envoy) -> dict[str, int]:
     return {k: int(s[k]) for k in ("vm_reload_success", "vm_reload_failure", "vm_reload_backoff")}
 
 
+# Envoy's reload backoff window is [base, 1.5 x base) from a worker's last VM load; base is 1 s by
+# default: 1.6 s after the load every window has passed (with a margin).
+RELOAD_WINDOW_END_S = 1.6
 NO_RELOADS = {"vm_reload_success": 0, "vm_reload_failure": 0, "vm_reload_backoff": 0}
 
 
@@ -240,7 +230,7 @@ def test_lds_update_with_refused_config_is_rejected_and_the_old_listener_serves(
     assert (status(e, key=KEY), status(e)) == (200, 401)
 
     e.push(REFUSED)
-    assert wait_until(lambda: stats(e, lds)["update_rejected"] == "1"), stats(e, lds)
+    wait_until(lambda: stats(e, lds)["update_rejected"] == "1", 10, message=lambda _: stats(e, lds))
     log = e.wait_for(e.logs, "lds: listener 'main' config rejected")
     refused = lines(log, REFUSAL)
     assert len(refused) == 1, refused
@@ -251,12 +241,12 @@ def test_lds_update_with_refused_config_is_rejected_and_the_old_listener_serves(
 
     # An unknown field is not a refusal: the update lands with a warning naming the field.
     e.push(UNKNOWN_FIELD)
-    assert wait_until(lambda: stats(e, lds)["update_success"] == "2"), stats(e, lds)
+    wait_until(lambda: stats(e, lds)["update_success"] == "2", 10, message=lambda _: stats(e, lds))
     s = stats(e, lds)
     assert (s["update_rejected"], s["version_text"]) == ("1", '"3"')
     assert lines(e.wait_for(e.logs, UNKNOWN_WARNING), UNKNOWN_WARNING)
     # the new version serves: its key is accepted, the old one no longer is
-    assert wait_until(lambda: status(e, key=KEY2) == 200)
+    wait_until(lambda: status(e, key=KEY2) == 200, 10, message="the new key to be accepted")
     assert (status(e, key=KEY), status(e)) == (401, 401)
     assert len(lines(e.logs(), REFUSAL)) == 1
 
@@ -274,16 +264,16 @@ def test_lds_first_version_refused_leaves_no_listener_while_envoy_reports_ready(
         except OSError:
             return False
 
-    assert wait_until(ready, timeout=30)
+    wait_until(ready, 30, message="envoy to be ready")
     lds = "listener_manager.lds."
-    assert wait_until(lambda: stats(e, lds)["update_rejected"] == "1"), stats(e, lds)
+    wait_until(lambda: stats(e, lds)["update_rejected"] == "1", 10, message=lambda _: stats(e, lds))
     with pytest.raises(ConnectionRefusedError):  # nothing listens: no listener was created
         socket.create_connection(("127.0.0.1", e.port), timeout=2).close()
     refused = lines(e.logs(), REFUSAL)
     assert len(refused) == 1 and REFUSAL_FIELD in refused[0], refused
 
     e.push(GOOD)  # a good version brings the listener up
-    assert wait_until(lambda: stats(e, lds)["update_success"] == "1"), stats(e, lds)
+    wait_until(lambda: stats(e, lds)["update_success"] == "1", 10, message=lambda _: stats(e, lds))
     e.wait_ready()
     assert (status(e, key=KEY), status(e)) == (200, 401)
 
@@ -298,7 +288,7 @@ def test_ecds_update_with_refused_config_is_rejected_and_the_old_config_serves(u
     assert (status(e, key=KEY), status(e)) == (200, 401)
 
     e.push(REFUSED)
-    assert wait_until(lambda: stats(e, ecds)["update_rejected"] == "1"), stats(e, ecds)
+    wait_until(lambda: stats(e, ecds)["update_rejected"] == "1", 10, message=lambda _: stats(e, ecds))
     s = stats(e, ecds)
     assert (s["config_fail"], s["version_text"]) == ("1", '"1"')
     refused = lines(e.logs(), REFUSAL)
@@ -306,9 +296,9 @@ def test_ecds_update_with_refused_config_is_rejected_and_the_old_config_serves(u
     assert (status(e, key=KEY), status(e)) == (200, 401)
 
     e.push(UNKNOWN_FIELD)
-    assert wait_until(lambda: stats(e, ecds)["update_success"] == "2"), stats(e, ecds)
+    wait_until(lambda: stats(e, ecds)["update_success"] == "2", 10, message=lambda _: stats(e, ecds))
     assert lines(e.wait_for(e.logs, UNKNOWN_WARNING), UNKNOWN_WARNING)
-    assert wait_until(lambda: status(e, key=KEY2) == 200)
+    wait_until(lambda: status(e, key=KEY2) == 200, 10, message="the new key to be accepted")
     assert (status(e, key=KEY), status(e)) == (401, 401)
 
 
@@ -319,12 +309,15 @@ def test_fail_closed_503s_on_that_worker_until_the_config_changes(upstream, envo
     e = CrasherEnvoy(upstream.port, policy)
     envoys.append(e)
     e.start()
+    loaded = time.monotonic()  # the worker's VM was loaded before Envoy reported ready
     assert ok(e) == (200, "1", "1")
 
     crash = e.req("GET", "/crash")
     assert (crash.status, crash.body) == (503, b"")  # Envoy's own empty 503, not a keygate problem
     assert [ok(e)[0] for _ in range(5)] == [503] * 5
-    time.sleep(1.6)  # longer than any reload window: nothing reloads under FAIL_CLOSED
+    # Time itself is tested: past any reload window (1.5 x the default 1 s base since the load,
+    # when FAIL_RELOAD would have reloaded), nothing reloads under FAIL_CLOSED.
+    time.sleep(max(0.0, loaded + RELOAD_WINDOW_END_S - time.monotonic()))
     assert [ok(e)[0] for _ in range(3)] == [503] * 3
 
     assert reload_stats(e) == NO_RELOADS
@@ -356,13 +349,17 @@ def test_fail_closed_recovers_only_when_the_plugin_config_changes(upstream, envo
     assert ok(e)[0] == 503
 
     e.push({"generation": 1})  # the same listener again
-    assert wait_until(lambda: stats(e, lds)["update_success"] == "2"), stats(e, lds)
-    time.sleep(0.5)
+    wait_until(lambda: stats(e, lds)["update_success"] == "2", 10, message=lambda _: stats(e, lds))
+    # LDS applies an update before counting it: the same listener again modified nothing and
+    # none is warming, so no new plugin (no fresh VM) is on its way (a changed one counts, below)
+    listeners = stats(e, "listener_manager.")
+    assert (listeners["listener_modified"], listeners["total_listeners_warming"]) == ("0", "0"), listeners
     assert [ok(e)[0] for _ in range(3)] == [503] * 3
 
     e.push({"generation": 2})  # any change to the plugin's configuration
-    assert wait_until(lambda: stats(e, lds)["update_success"] == "3"), stats(e, lds)
-    assert wait_until(lambda: ok(e)[0] == 200)
+    wait_until(lambda: stats(e, lds)["update_success"] == "3", 10, message=lambda _: stats(e, lds))
+    assert stats(e, "listener_manager.")["listener_modified"] == "1"
+    wait_until(lambda: ok(e)[0] == 200, 10, message="a fresh VM to serve")
     assert ok(e)[1] == "2"  # a fresh VM (one request served before this one)
     assert reload_stats(e) == NO_RELOADS
 
@@ -371,6 +368,7 @@ def test_fail_open_skips_the_filter_after_the_trap(upstream, envoys, crasher):
     e = CrasherEnvoy(upstream.port, "FAIL_OPEN")
     envoys.append(e)
     e.start()
+    loaded = time.monotonic()  # the worker's VM was loaded before Envoy reported ready
     assert ok(e) == (200, "1", "1")
 
     crash = e.req("GET", "/crash")
@@ -379,7 +377,8 @@ def test_fail_open_skips_the_filter_after_the_trap(upstream, envoys, crasher):
     assert [ok(e) for _ in range(3)] == [(200, None, None)] * 3
     # ...and what the filter would have stopped passes: for keygate, a request without a key.
     assert e.req("GET", "/crash").status == 200
-    time.sleep(1.6)
+    # Time itself is tested: past any reload window, still no VM comes back under FAIL_OPEN.
+    time.sleep(max(0.0, loaded + RELOAD_WINDOW_END_S - time.monotonic()))
     assert ok(e) == (200, None, None)
     assert reload_stats(e) == NO_RELOADS
     log = e.wait_for(e.access_log, "status=200 details=via_upstream path=/crash")
@@ -400,14 +399,17 @@ def test_fail_reload_serves_from_a_fresh_vm_after_a_backoff_window(upstream, env
     assert [ok(e)[0] for _ in range(3)] == [503] * 3  # inside the window: 503, counted as backoff
     assert reload_stats(e) == {"vm_reload_success": 0, "vm_reload_failure": 0, "vm_reload_backoff": 3}
 
-    time.sleep(max(0.0, loaded + 3.2 - time.monotonic()))  # past 1.5 x base since the load
+    # Time itself is tested: the window must pass (1.5 x base since the load, and a margin).
+    time.sleep(max(0.0, loaded + 3.2 - time.monotonic()))
     # a fresh VM: its own request count starts again at 1; shared data (outside the VM) survived
+    reloaded = time.monotonic()  # the request below loads the fresh VM
     assert ok(e) == (200, "1", "2")
     assert reload_stats(e) == {"vm_reload_success": 1, "vm_reload_failure": 0, "vm_reload_backoff": 3}
 
     # The window counts from the last load, not from the crash: a VM that has been up longer than
     # the window is replaced on the very next request, with no 503 beyond the crashing one.
-    time.sleep(3.2)
+    # Time itself is tested: the fresh VM must be older than the whole window.
+    time.sleep(max(0.0, reloaded + 3.2 - time.monotonic()))
     assert e.req("GET", "/crash").status == 503
     assert ok(e) == (200, "1", "3")
     assert reload_stats(e) == {"vm_reload_success": 2, "vm_reload_failure": 0, "vm_reload_backoff": 3}

@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from harness import Envoy, KeyService
+from harness import Envoy, KeyService, wait_until
 from keys import sha
 from loadgen import flood, get
 
@@ -74,7 +74,7 @@ def test_flood_of_random_keys_is_throttled_and_bounded(upstream, ks):
         assert growth < 3_000_000, growth
         # a valid cached key from the same client still passes; metrics saw the throttle
         assert e.req("GET", "/ok", [("Authorization", f"Bearer {valid}")]).status == 200
-        prom = e.prometheus()
+        prom = e.prometheus('keygate_requests{decision="auth_throttled"} ')
         assert re.search(r'keygate_requests\{decision="auth_throttled"\} (\d+)', prom)
     finally:
         e.stop()
@@ -125,12 +125,21 @@ def test_secrets_appear_nowhere(upstream, ks):
         assert e.req("GET", "/v1/x", [("X-API-Key", failing)]).status == 503
         ks.mode(verify="ok")
         assert upstream_saw, "no request reached the upstream"
-        time.sleep(0.3)
+        # Everything the 13 requests leave is in before looking: the Envoy log through the last
+        # one (its key-service failure), their access-log lines, every worker's counts.
+        e.wait_for(e.logs, "keygate: key service failure: status")
+        wait_until(lambda: len(e.access_log().splitlines()) >= 13, 5, 0.05,
+                   lambda _: f"13 access-log lines:\n{e.access_log()}")
+
+        def decisions() -> int:
+            prom = e.admin("/stats/prometheus")
+            return sum(int(n) for n in re.findall(r'^keygate_requests\{decision="[^"]*"\} (\d+)$', prom, re.M))
+        wait_until(lambda: decisions() >= 13, 5, 0.05, lambda _: f"13 decisions counted (got {decisions()})")
         surfaces = {
             "envoy log": e.logs(),
             "access log": e.access_log(),
             "stats": e.admin("/stats"),
-            "prometheus": e.prometheus(),
+            "prometheus": e.admin("/stats/prometheus"),
             "config dump": e.admin("/config_dump"),
             "upstream": "\n".join(upstream_saw),
         }
@@ -158,7 +167,7 @@ def test_chaos_flapping_key_service(upstream, ks):
         while not stop.is_set():
             ks.mode(verify=modes[i % len(modes)])
             i += 1
-            time.sleep(0.15)
+            time.sleep(0.15)  # time itself: the service's state flaps under steady traffic
 
     cached = "kgt_" + uuid.uuid4().hex
     ks.add_key(cached, "k_chaos_cached")
@@ -211,7 +220,11 @@ def test_metrics_in_prometheus(upstream, ks):
         ks.mode(verify="status:500")
         e.req("GET", "/x", [("X-API-Key", "kgt_" + uuid.uuid4().hex)])
         ks.mode(verify="ok")
-        prom = e.prometheus()
+        # each of the 8 requests counts one decision: once all 8 are in, every worker that served
+        # one has flushed all its counts
+        prom = e.prometheus(*(f'keygate_requests{{decision="{d}"}} {n}\n' for d, n in [
+            ("allowed", 3), ("rate_limited", 2), ("credential_invalid", 1), ("credential_missing", 1),
+            ("key_service_unavailable", 1)]))
 
         def val(series):
             m = re.search(re.escape(series) + r" (\d+)", prom)

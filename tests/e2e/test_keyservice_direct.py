@@ -1,9 +1,12 @@
 """The reference key service, tested directly over HTTP on loopback (no Envoy).
 
-Each service is a real subprocess (`tests/services/keyservice.py`) on a port it picks itself
-(`--port 0`, read back from its "listening" line) with a database in a temporary directory.
-Where keygate would sit in front of the management API, `identity()` does what keygate does:
-verify the key, then pass the verdict on as `x-keygate-*` headers.
+Each service is a real subprocess on a port it picks itself (`--port 0`, read back from its
+"listening" line) with a database in a temporary directory: the product,
+`envoy/keyservice/keyservice.py`, for everything it does; its test-only extension,
+`tests/services/keyservice_faults.py`, for the fault modes and counters (and to show that they
+are absent from the product). Where keygate would sit in front of the management API,
+`identity()` does what keygate does: verify the key, then pass the verdict on as `x-keygate-*`
+headers.
 """
 from __future__ import annotations
 
@@ -23,8 +26,11 @@ from typing import Any
 
 import pytest
 
+from harness import wait_until
+
 ROOT = Path(__file__).resolve().parents[2]
-SERVICE = ROOT / "tests" / "services" / "keyservice.py"
+SERVICE = ROOT / "envoy" / "keyservice" / "keyservice.py"  # the product
+FAULTY = ROOT / "tests" / "services" / "keyservice_faults.py"  # the product + test-only faults
 ADMIN = "test-admin-token"
 ADMIN_HDR = {"x-admin-token": ADMIN}
 
@@ -47,7 +53,9 @@ class Resp:
 class Service:
     """One keyservice subprocess; `stop()` then `start()` again reuses the same database."""
 
-    def __init__(self, workdir: Path, *, seed: bool = True, admin: bool = True) -> None:
+    def __init__(self, workdir: Path, *, seed: bool = True, admin: bool = True,
+                 script: Path = SERVICE) -> None:
+        self.script = script
         self.db = workdir / "keys.db"
         self.log = workdir / "keyservice.log"
         self.args = ["--db", str(self.db)] + (["--seed-demo"] if seed else [])
@@ -59,19 +67,17 @@ class Service:
         self.log.write_text("")
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, str(SERVICE), "--port", "0", *self.args],
+                [sys.executable, str(self.script), "--port", "0", *self.args],
                 stdout=subprocess.DEVNULL, stderr=log)
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", self.log.read_text())
-            if m:
-                self.port = int(m.group(1))
-                return self
-            if self.proc.poll() is not None:
+
+        def listening() -> re.Match[str] | None:
+            if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(
                     f"keyservice exited {self.proc.returncode}:\n{self.log.read_text()}")
-            time.sleep(0.02)
-        raise RuntimeError(f"keyservice did not start:\n{self.log.read_text()}")
+            return re.search(r"listening on http://127\.0\.0\.1:(\d+)", self.log.read_text())
+        m = wait_until(listening, timeout, 0.02, lambda _: f"keyservice to start:\n{self.log.read_text()}")
+        self.port = int(m.group(1))
+        return self
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -158,11 +164,19 @@ def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     s.stop()
 
 
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """The test-only service: the product plus counters and fault modes."""
+    s = Service(tmp_path_factory.mktemp("keyservice-faults"), script=FAULTY).start()
+    yield s
+    s.stop()
+
+
 @pytest.fixture
-def faults(svc: Service) -> Iterator[Service]:
-    """Restores normal behaviour after a test that injects faults."""
-    yield svc
-    assert svc.admin("POST", "/admin/mode", {"verify": "ok", "revocations": "ok"}).status == 200
+def faults(faulty: Service) -> Iterator[Service]:
+    """The test-only service, restored to normal behaviour after a test that injects faults."""
+    yield faulty
+    assert faulty.admin("POST", "/admin/mode", {"verify": "ok", "revocations": "ok"}).status == 200
 
 
 # ---------------------------------------------------------------------------------------------
@@ -329,7 +343,8 @@ def test_revocation_feed_pages_hold_at_most_1000(tmp_path: Path) -> None:
         rest = s.feed(first["cursor"])
         assert len(rest["revoked"]) == 203 and rest["more"] is False and rest["cursor"] == 1203
         # Without --admin-token there are no admin endpoints at all.
-        assert_problem(s.call("GET", "/admin/stats", headers=ADMIN_HDR), 404)
+        for path in ("/admin/keys", "/admin/revoke", "/admin/disable"):
+            assert_problem(s.call("POST", path, {"id": "bk_0"}, headers=ADMIN_HDR), 404)
     finally:
         s.stop()
 
@@ -596,15 +611,29 @@ def test_malformed_requests_do_not_hurt_the_server(svc: Service) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Test support: admin, stats, faults
+# Administration; test support: stats, faults
 # ---------------------------------------------------------------------------------------------
 
-def test_admin_needs_the_token(svc: Service) -> None:
+def test_admin_needs_the_token(svc: Service, faulty: Service) -> None:
     for headers in ({}, {"x-admin-token": "wrong"}):
-        assert_problem(svc.call("GET", "/admin/stats", headers=headers), 403, "forbidden")
-        assert_problem(svc.call("POST", "/admin/keys", {"key": "k", "account": "a"},
-                                headers=headers), 403)
-    assert svc.call("GET", "/admin/stats", headers=ADMIN_HDR).status == 200
+        for path in ("/admin/keys", "/admin/revoke", "/admin/disable"):
+            assert_problem(svc.call("POST", path, {"key": "k", "account": "a", "id": "bk_demo_acme"},
+                                    headers=headers), 403, "forbidden")
+        assert_problem(faulty.call("GET", "/admin/stats", headers=headers), 403, "forbidden")
+        assert_problem(faulty.call("POST", "/admin/mode", {"verify": "reset"}, headers=headers), 403)
+    assert_problem(svc.admin("POST", "/admin/revoke", {"id": "no-such-key"}), 404, "not-found")
+    assert faulty.call("GET", "/admin/stats", headers=ADMIN_HDR).status == 200
+
+
+def test_the_product_has_no_test_support(svc: Service) -> None:
+    """Counters and fault modes live only in tests/services/keyservice_faults.py."""
+    for method, path, body in [("GET", "/admin/stats", None), ("POST", "/admin/reset-stats", None),
+                               ("GET", "/admin/mode", None), ("POST", "/admin/mode", {"verify": "reset"})]:
+        assert_problem(svc.admin(method, path, body), 404, "not-found")
+    assert svc.verify(DEMO_ACME)["code"] == "VALID"
+    source = SERVICE.read_text()
+    for word in ("Faults", "fault mode", "anyuser", "late:", "slow:", "/admin/stats", "/admin/mode"):
+        assert word not in source, word
 
 
 def test_fault_modes(faults: Service) -> None:

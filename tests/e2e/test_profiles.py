@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import ROOT, Envoy, KeyService
+from harness import ROOT, Envoy, KeyService, wait_until
 
 PROFILES = ROOT / "envoy" / "profiles"
 NAMES = ["eventlyte", "evon", "eventstaff", "eventicat", "astalty"]
@@ -40,7 +40,7 @@ SECRETS = {
     "eventicat": ["cat_demo_key_0001", "cat_demo_key_0002", "cat_other_key_0001"],
     "astalty": ["ast_demo_owner_0001", "ast_demo_viewer_0002", "ast_demo_revoked_0003"],
 }
-# eventstaff keeps its keys in the key service; these are what `keyservice.py --seed-demo` creates.
+# eventstaff keeps its keys in the key service; these are what `envoy/keyservice/keyservice.py --seed-demo` creates.
 EVENTSTAFF_SEEDED = ["kgb_demo_acme_business_0001", "kgb_demo_globex_business_0001",
                      "alice@example.com", "alice-password"]
 
@@ -446,7 +446,7 @@ def test_evon_100_per_minute_per_key_then_429(start):
     # the other key's window is its own
     assert e.req("GET", "/organization", [("X-API-Key", EVON_FULL)]).header("x-ratelimit-remaining") == "99"
     # "Rolling 60-second window": 6 s later nothing has come back (a bucket would have refilled 10)
-    time.sleep(6)
+    time.sleep(6)  # time itself is tested (the window does not refill)
     statuses = [e.req("GET", "/organization", [("X-API-Key", EVON_READ)]).status for _ in range(10)]
     assert statuses == [429] * 10
     r = e.req("GET", "/organization", [("X-API-Key", EVON_READ)])
@@ -470,7 +470,7 @@ def test_evon_documented_retry_loop(start):
                 wait = int(reset) * 1000 - time.time() * 1000 if reset else 60000
                 waits.append(wait)
                 if attempt < max_retries:
-                    time.sleep(max(wait, 0) / 1000)
+                    time.sleep(max(wait, 0) / 1000)  # the documented client waits until the reset
                     continue
             return r, waits
         raise AssertionError("unreachable")
@@ -488,13 +488,13 @@ def test_evon_reset_timestamp_is_never_early(start):
     def one(pc):
         pc["rate_limit"]["plans"]["evon"].update(requests=1, window_s=2)
     e = start("evon", patch=one)
-    time.sleep((0.3 - time.time() % 1) % 1)  # mid-second, where rounding down shows
+    time.sleep((0.3 - time.time() % 1) % 1)  # time itself: mid-second, where rounding down shows
     before = time.time()
     r = e.req("GET", "/organization", [("X-API-Key", EVON_READ)])
     assert r.status == 200
     reset = int(r.header("x-ratelimit-reset"))
     assert reset >= before + 2, (reset, before)  # full again no earlier than 2 s after the request
-    time.sleep(max(reset - time.time(), 0))
+    time.sleep(max(reset - time.time(), 0))  # time itself is tested: the client retries at reset
     assert e.req("GET", "/organization", [("X-API-Key", EVON_READ)]).status == 200
 
 
@@ -510,18 +510,18 @@ def test_evon_rolling_window_across_its_boundary(start):
     first = burst(3)
     t_first = time.time()  # the first three were allowed before this
     assert [r.status for r in first] == [200] * 3
-    time.sleep(1)
+    time.sleep(1)  # time itself is tested: the second burst lands 1 s into the window
     t_second = time.time()  # the second burst's requests are allowed after this
     second = burst(5)
     t_second_end = time.time()  # ... and before this
     assert [r.status for r in second] == [200] * 3 + [429] * 2
     retry = int(second[-1].header("retry-after"))
     assert retry == 1  # the first three are 2 s old about 1 s from now
-    # just after the first three are 2 s old: exactly their three slots are back
+    # just after the first three are 2 s old: exactly their three slots are back (time itself)
     time.sleep(max(t_first + 2.05 - time.time(), 0))
     third = burst(5)
     assert time.time() < t_second + 2, "the test ran too slowly to check the boundary"
-    # and the second burst's slots come back only 2 s after it
+    # and the second burst's slots come back only 2 s after it (time itself)
     time.sleep(max(t_second_end + 2.05 - time.time(), 0))
     assert [r.status for r in burst(4)] == [200] * 3 + [429]
     assert [r.status for r in third] == [200] * 3 + [429] * 2
@@ -561,13 +561,9 @@ def login(envoy, email="alice@example.com", password="alice-password"):
 
 
 def revoked_soon(envoy, token: str, timeout: float = 6.0):
-    """Polls until the token is refused (revocation feed every 1 s): the 401 response."""
-    deadline = time.time() + timeout
-    while True:
-        r = envoy.req("GET", "/v1/objects/events", [bearer(token)])
-        if r.status != 200 or time.time() > deadline:
-            return r
-        time.sleep(0.1)
+    """Polls until the token is refused (revocation feed every 1 s): the refusal."""
+    return wait_until(lambda: (r := envoy.req("GET", "/v1/objects/events", [bearer(token)])).status != 200 and r,
+                      timeout, 0.05, "the token to be refused")
 
 
 def test_eventstaff_login_then_personal_token(esa):
@@ -809,7 +805,7 @@ def test_eventicat_retry_at_reset_time(start):
     oks, r, _ = drain(lambda: e.req("GET", "/api/event?_id=agg_demo_1", [bearer(CAT_1)]), 50)
     reset = r.json()["resetTime"]
     assert 0 < reset - time.time() <= 3
-    time.sleep(max(reset - time.time(), 0))
+    time.sleep(max(reset - time.time(), 0))  # time itself is tested: the client retries at resetTime
     r = e.req("GET", "/api/event?_id=agg_demo_1", [bearer(CAT_2)])
     assert r.status == 200, r.body
 
@@ -876,5 +872,5 @@ def test_astalty_60_per_minute_then_short_delay_and_retry(start):
     delay = int(r.header("retry-after"))
     assert 1 <= delay <= 2  # one token a second
     assert e.req("GET", PARTICIPANTS, [bearer(AST_VIEWER), ACCEPT]).status == 200  # per key
-    time.sleep(delay)  # "Build a short delay and retry into your integration"
+    time.sleep(delay)  # time itself: "Build a short delay and retry into your integration"
     assert e.req("GET", PARTICIPANTS, [bearer(AST_OWNER), ACCEPT]).status == 200

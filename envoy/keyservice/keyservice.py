@@ -1,8 +1,13 @@
 #!/usr/bin/env python3
 """The reference key service behind keygate: issues, verifies and revokes API keys.
 
-    python3 tests/services/keyservice.py --port 8081 --db PATH [--host 127.0.0.1]
-                                         [--seed-demo] [--admin-token TOKEN] [--verbose]
+    python3 envoy/keyservice/keyservice.py --port 8081 --db PATH [--host 127.0.0.1]
+                                           [--seed-demo] [--admin-token TOKEN] [--verbose]
+
+A model for your own service: it implements keygate's key-service contract v1
+(envoy/contract/key-service-contract.md) and what a real service needs around it (accounts,
+login, key kinds, storage that keeps no secret, a management API). Check yours, or this one, with
+``keygate-check --key-service URL --valid-key KEY``.
 
 Standard library only (Python 3.11). Three kinds of key, in the style of two public APIs:
 
@@ -36,9 +41,16 @@ errors are RFC 9457 ``application/problem+json``:
 
 Every ``/v1/tokens/*`` endpoint needs the caller's key to be a live *personal* token.
 
-Test support (only with ``--admin-token``; header ``x-admin-token`` required, else 403):
-``GET /admin/stats``, ``POST /admin/reset-stats``, ``POST /admin/keys``, ``POST /admin/revoke``,
-``POST /admin/disable``, ``GET|POST /admin/mode`` (fault injection on verify / revocations).
+Operator administration (only with ``--admin-token``; without it these paths do not exist;
+header ``x-admin-token`` required, else 403). Not for keygate's public listener: route only
+``/v1/auth`` and ``/v1/tokens`` through Envoy, as envoy/demo-remote.yaml does.
+
+* ``POST /admin/keys``: import a key whose secret you chose (e.g. one issued by an older system);
+  it is stored hashed like any other.
+* ``POST /admin/revoke`` ``{"id"}``, ``POST /admin/disable`` ``{"id", "disabled"}``.
+
+Extending: routes name their handler method (``Route.action``), so a subclass of ``Handler`` may
+override an endpoint or add routes, and ``main(server_class=...)`` runs it.
 """
 from __future__ import annotations
 
@@ -50,14 +62,12 @@ import math
 import re
 import secrets
 import signal
-import socket
 import sqlite3
-import struct
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -73,7 +83,6 @@ MAX_NAMED_LIFETIME_DAYS = 90
 DAY_S = 86_400
 REVOCATION_PAGE = 1000
 MAX_BODY_BYTES = 1 << 20
-HUGE_BODY_BYTES = 5 * 1024 * 1024
 PBKDF2_ITERATIONS = 600_000
 PROBLEM_BASE = "urn:keyservice:problem:"
 
@@ -86,7 +95,6 @@ DEFAULT_SCOPES = {
     "named": ["read", "write"],
 }
 KEY_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-FAULT_RE = re.compile(r"ok|garbage|huge|reset|anyuser|(slow|late):\d{1,3}(\.\d{1,3})?|status:[2-5]\d\d")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -549,81 +557,23 @@ class Store:
 
 
 # --------------------------------------------------------------------------------------------
-# Test support: counters and fault injection
-# --------------------------------------------------------------------------------------------
-
-class Stats:
-    """Counters since start (or the last reset), safe across threads."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.verify_calls = 0
-        self.revocation_calls = 0
-
-    def count(self, endpoint: str) -> None:
-        with self._lock:
-            if endpoint == "verify":
-                self.verify_calls += 1
-            else:
-                self.revocation_calls += 1
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return {"verify_calls": self.verify_calls, "revocation_calls": self.revocation_calls}
-
-    def reset(self) -> None:
-        with self._lock:
-            self.verify_calls = self.revocation_calls = 0
-
-
-class Faults:
-    """The current fault mode of the two contract endpoints (``ok`` = behave normally)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._modes = {"verify": "ok", "revocations": "ok"}
-
-    def get(self, endpoint: str) -> str:
-        with self._lock:
-            return self._modes[endpoint]
-
-    def set(self, endpoint: str, mode: str) -> None:
-        with self._lock:
-            self._modes[endpoint] = mode
-
-    def snapshot(self) -> dict[str, str]:
-        with self._lock:
-            return dict(self._modes)
-
-
-def check_fault_mode(mode: Any) -> str:
-    """Validates a mode: ok, slow:SECONDS (<= 120; late:SECONDS decides first, then waits),
-    status:NNN, garbage, huge, reset, or anyuser (verify: a key matches whatever Basic user)."""
-    if not isinstance(mode, str) or not FAULT_RE.fullmatch(mode):
-        raise bad_request("mode must be ok, slow:SECONDS, status:NNN, garbage, huge or reset")
-    if mode.startswith(("slow:", "late:")) and float(mode[5:]) > 120:
-        raise bad_request("slow/late: at most 120 seconds")
-    if mode.startswith("status:") and int(mode[7:]) in (204, 205, 304):
-        raise bad_request("status: a status that carries a body, please")
-    return mode
-
-
-# --------------------------------------------------------------------------------------------
 # HTTP
 # --------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Route:
-    """One endpoint: method, full-path pattern and the handler method that answers it."""
+    """One endpoint: method, full-path pattern and the name of the ``Handler`` method that answers
+    it (a name, not the function, so a subclass's override answers)."""
 
     method: str
     pattern: re.Pattern[str]
-    action: Callable[..., None]
+    action: str
     admin: bool = False
 
 
 class KeyServiceServer(ThreadingHTTPServer):
-    """A threading HTTP server that carries the store and the test-support state."""
+    """A threading HTTP server that carries the store and the settings; each connection is
+    answered by ``handler`` (``Handler`` or a subclass)."""
 
     daemon_threads = True
     allow_reuse_address = True
@@ -631,13 +581,11 @@ class KeyServiceServer(ThreadingHTTPServer):
     request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], store: Store, *, admin_token: str | None,
-                 verbose: bool) -> None:
-        super().__init__(address, Handler)
+                 verbose: bool, handler: type[Handler] | None = None) -> None:
+        super().__init__(address, handler or Handler)
         self.store = store
         self.admin_token = admin_token
         self.verbose = verbose
-        self.stats = Stats()
-        self.faults = Faults()
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -691,10 +639,6 @@ class Handler(BaseHTTPRequestHandler):
         self.contract = path.startswith("/v1/keys/")
         try:
             route, params, allowed = self._match(path)
-            if route is not None and route.action is Handler.verify:
-                self.server.stats.count("verify")
-            elif route is not None and route.action is Handler.revocations:
-                self.server.stats.count("revocations")
             self.body = self._read_body()
             if route is None:
                 if allowed:
@@ -704,7 +648,7 @@ class Handler(BaseHTTPRequestHandler):
                 raise not_found(f"no endpoint at {path}")
             if route.admin:
                 self._require_admin()
-            route.action(self, **params)
+            getattr(self, route.action)(**params)
         except HttpError as e:
             if e.close:
                 self.close_connection = True
@@ -812,59 +756,10 @@ class Handler(BaseHTTPRequestHandler):
         if not hmac.compare_digest(token.encode(), expected.encode()):
             raise HttpError(403, "forbidden", "a valid x-admin-token header is required")
 
-    # -- fault injection ---------------------------------------------------------------------
-
-    def _apply_fault(self, endpoint: str) -> bool:
-        """Acts on the endpoint's fault mode; ``True`` if that already answered (or hung up)."""
-        mode = self.server.faults.get(endpoint)
-        # late: and anyuser act on the verdict itself (see verify)
-        if mode == "ok" or mode == "anyuser" or mode.startswith("late:"):
-            return False
-        if mode.startswith("slow:"):
-            time.sleep(float(mode[5:]))
-            return False
-        if mode.startswith("status:"):
-            code = int(mode[7:])
-            self._send(code, dumps({"error": f"injected status {code}"}), "application/json")
-        elif mode == "garbage":
-            self._send(200, b"<html>this is not JSON {", "application/json")
-        elif mode == "huge":
-            self._send_huge()
-        elif mode == "reset":
-            self._hang_up()
-        return True
-
-    def _send_huge(self) -> None:
-        """200 with a 5 MiB JSON body (a single padding member), written in pieces."""
-        head, tail = b'{"padding":"', b'"}'
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(HUGE_BODY_BYTES))
-        self.end_headers()
-        self.wfile.write(head)
-        left = HUGE_BODY_BYTES - len(head) - len(tail)
-        piece = b"x" * 65536
-        while left > 0:
-            n = min(left, len(piece))
-            self.wfile.write(piece[:n])
-            left -= n
-        self.wfile.write(tail)
-
-    def _hang_up(self) -> None:
-        """Closes the connection without answering, with a TCP reset (SO_LINGER 0)."""
-        self.close_connection = True
-        try:
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
     # -- verify contract -----------------------------------------------------------------------
 
     def verify(self) -> None:
         """``POST /v1/keys/verify``: the verdict on a presented key (always 200 once checked)."""
-        if self._apply_fault("verify"):
-            return
         req = parse_json_object(self.body)
         secret = req.get("key")
         if not isinstance(secret, str) or not secret:
@@ -872,20 +767,14 @@ class Handler(BaseHTTPRequestHandler):
         user = req.get("user")
         if user is not None and not isinstance(user, str):
             raise bad_request("`user` must be a string or null")
-        mode = self.server.faults.get("verify")
-        verdict = self._verdict(secret, user, any_user=mode == "anyuser")
-        if mode.startswith("late:"):
-            # test fault: the verdict is decided now and delivered later (a revocation can
-            # happen while it is on its way)
-            time.sleep(float(mode[5:]))
-        self._json(200, verdict)
+        self._json(200, self._verdict(secret, user))
 
-    def _verdict(self, secret: str, user: str | None, any_user: bool = False) -> dict[str, Any]:
+    def _verdict(self, secret: str, user: str | None) -> dict[str, Any]:
+        """The contract v1 verdict. The key is looked up by its hash; a key with a user matches
+        that user or a Bearer presentation (no user); a key without one matches only a Bearer
+        presentation."""
         rec = self.server.store.key_by_hash(sha256_hex(secret))
-        # A key with a user matches that user or a Bearer presentation (no user); a key without
-        # one matches only a Bearer presentation. (Test fault `anyuser`: any Basic user matches,
-        # as a service the contract allows may do.)
-        if rec is None or (user is not None and user != rec.user and not any_user):
+        if rec is None or (user is not None and user != rec.user):
             return {"contract": CONTRACT, "valid": False, "code": "NOT_FOUND",
                     "cache_ttl_s": REFUSAL_CACHE_TTL_S}
         now = time.time()
@@ -905,8 +794,6 @@ class Handler(BaseHTTPRequestHandler):
 
     def revocations(self) -> None:
         """``GET /v1/keys/revocations?since=N``: revoked key hashes after cursor N."""
-        if self._apply_fault("revocations"):
-            return
         query = parse_qs(urlsplit(self.path).query, keep_blank_values=True)
         since = self._query_int(query, "since", default=-1, lo=-1)
         limit = self._query_int(query, "limit", default=REVOCATION_PAGE, lo=1, hi=REVOCATION_PAGE)
@@ -1057,28 +944,7 @@ class Handler(BaseHTTPRequestHandler):
         self.server.store.revoke(rec.id)
         self._json(200, {"success": True})
 
-    # -- test-support admin ----------------------------------------------------------------------
-
-    def admin_stats(self) -> None:
-        self._json(200, self.server.stats.snapshot())
-
-    def admin_reset_stats(self) -> None:
-        self.server.stats.reset()
-        self._json(200, self.server.stats.snapshot())
-
-    def admin_get_mode(self) -> None:
-        self._json(200, self.server.faults.snapshot())
-
-    def admin_set_mode(self) -> None:
-        """``POST /admin/mode`` ``{"verify": MODE, "revocations": MODE}`` (either or both)."""
-        req = parse_json_object(self.body)
-        unknown = set(req) - {"verify", "revocations"}
-        if unknown or not req:
-            raise bad_request("give `verify` and/or `revocations`, nothing else")
-        modes = {endpoint: check_fault_mode(mode) for endpoint, mode in req.items()}
-        for endpoint, mode in modes.items():
-            self.server.faults.set(endpoint, mode)
-        self._json(200, self.server.faults.snapshot())
+    # -- operator administration (--admin-token) -------------------------------------------------
 
     def admin_create_key(self) -> None:
         """``POST /admin/keys``: a key with a secret chosen by the caller (stored hashed)."""
@@ -1143,31 +1009,31 @@ class Handler(BaseHTTPRequestHandler):
         self._json(200, {"success": True, "data": rec.public()})
 
 
-def _route(method: str, path: str, action: Callable[..., None], admin: bool = False) -> Route:
+def route(method: str, path: str, action: str, admin: bool = False) -> Route:
+    """A route for ``METHOD path`` (a full-match regex) answered by ``Handler.<action>``."""
     return Route(method, re.compile(path), action, admin)
 
 
-_ID = r"(?P<key_id>[A-Za-z0-9_.-]{1,64})"
+KEY_ID_PARAM = r"(?P<key_id>[A-Za-z0-9_.-]{1,64})"
 Handler.routes = [
-    _route("POST", r"/v1/keys/verify", Handler.verify),
-    _route("GET", r"/v1/keys/revocations", Handler.revocations),
-    _route("POST", r"/v1/auth/login", Handler.login),
-    _route("GET", r"/v1/tokens/business", Handler.list_business),
-    _route("POST", r"/v1/tokens/business", Handler.create_business),
-    _route("DELETE", r"/v1/tokens/business", Handler.revoke_all_business),
-    _route("DELETE", r"/v1/tokens/business/" + _ID, Handler.revoke_business),
-    _route("DELETE", r"/v1/tokens/personal", Handler.revoke_personal),
-    _route("DELETE", r"/v1/tokens/personal/all", Handler.revoke_all_personal),
-    _route("GET", r"/v1/tokens/named", Handler.list_named),
-    _route("POST", r"/v1/tokens/named", Handler.create_named),
-    _route("DELETE", r"/v1/tokens/named/" + _ID, Handler.revoke_named),
-    _route("GET", r"/admin/stats", Handler.admin_stats, admin=True),
-    _route("POST", r"/admin/reset-stats", Handler.admin_reset_stats, admin=True),
-    _route("GET", r"/admin/mode", Handler.admin_get_mode, admin=True),
-    _route("POST", r"/admin/mode", Handler.admin_set_mode, admin=True),
-    _route("POST", r"/admin/keys", Handler.admin_create_key, admin=True),
-    _route("POST", r"/admin/revoke", Handler.admin_revoke, admin=True),
-    _route("POST", r"/admin/disable", Handler.admin_disable, admin=True),
+    # contract v1, called by keygate
+    route("POST", r"/v1/keys/verify", "verify"),
+    route("GET", r"/v1/keys/revocations", "revocations"),
+    # management, reached through keygate
+    route("POST", r"/v1/auth/login", "login"),
+    route("GET", r"/v1/tokens/business", "list_business"),
+    route("POST", r"/v1/tokens/business", "create_business"),
+    route("DELETE", r"/v1/tokens/business", "revoke_all_business"),
+    route("DELETE", r"/v1/tokens/business/" + KEY_ID_PARAM, "revoke_business"),
+    route("DELETE", r"/v1/tokens/personal", "revoke_personal"),
+    route("DELETE", r"/v1/tokens/personal/all", "revoke_all_personal"),
+    route("GET", r"/v1/tokens/named", "list_named"),
+    route("POST", r"/v1/tokens/named", "create_named"),
+    route("DELETE", r"/v1/tokens/named/" + KEY_ID_PARAM, "revoke_named"),
+    # operator administration, only with --admin-token
+    route("POST", r"/admin/keys", "admin_create_key", admin=True),
+    route("POST", r"/admin/revoke", "admin_revoke", admin=True),
+    route("POST", r"/admin/disable", "admin_disable", admin=True),
 ]
 
 
@@ -1175,13 +1041,15 @@ Handler.routes = [
 # Entry point
 # --------------------------------------------------------------------------------------------
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *,
+         server_class: type[KeyServiceServer] = KeyServiceServer) -> int:
+    """Parses the command line, opens the database and serves until SIGTERM or Ctrl-C."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--port", type=int, default=8081, help="TCP port (0: any free port)")
     ap.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback)")
     ap.add_argument("--db", required=True, help="SQLite database file (created if missing)")
     ap.add_argument("--seed-demo", action="store_true", help="create the demo accounts and keys")
-    ap.add_argument("--admin-token", help="enable the /admin test-support endpoints")
+    ap.add_argument("--admin-token", help="enable the /admin endpoints (import, revoke, disable)")
     ap.add_argument("--verbose", action="store_true", help="log every request line to stderr")
     args = ap.parse_args(argv)
     if args.admin_token is not None and not args.admin_token:
@@ -1190,8 +1058,8 @@ def main(argv: list[str] | None = None) -> int:
     store = Store(args.db)
     if args.seed_demo:
         store.seed_demo()
-    srv = KeyServiceServer((args.host, args.port), store, admin_token=args.admin_token,
-                           verbose=args.verbose)
+    srv = server_class((args.host, args.port), store, admin_token=args.admin_token,
+                       verbose=args.verbose)
     # SIGTERM ends serve_forever like Ctrl-C does, so the database is closed cleanly.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     print(f"keyservice listening on http://{args.host}:{srv.server_port} (db {args.db})",
