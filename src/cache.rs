@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::rc::Rc;
 
 use crate::contract;
-use crate::hash::{to_hex, Digest32};
+use crate::hash::{credential_id_from_hash, to_hex, Digest32};
 use crate::store::{SetOutcome, SharedStore};
 use crate::verdict::{Identity, Refusal, Verdict};
 
@@ -374,6 +374,43 @@ pub fn mark_revoked(store: &dyn SharedStore, key: &str, policy: &CachePolicy, no
         }
     }
     false
+}
+
+/// Applies a page of the revocation feed (`(sha256(secret), user)` items) to this worker and to
+/// shared data: the worker forgets what it remembers of each secret and refuses it (per
+/// credential: the secret alone, and with the Basic user the feed names) until the negative TTL
+/// runs out; the shared entry is marked revoked for every worker. Returns how many valid cached
+/// verdicts were overwritten.
+pub fn apply_revocations(
+    store: &dyn SharedStore,
+    prefix: &str,
+    policy: &CachePolicy,
+    revoked: &[(Digest32, Option<String>)],
+    memo: &mut Memo,
+    negative: &mut NegativeCache,
+    now_ms: u64,
+) -> usize {
+    let mut marked = 0;
+    for (hash, user) in revoked {
+        // one shared entry per secret, whatever the user; this worker's refusals are per
+        // credential
+        let entry = credential_id_from_hash(None, hash);
+        memo.forget(&entry);
+        let until = now_ms.saturating_add(policy.negative_ttl_ms);
+        negative.insert(entry, Refusal::Revoked, until, now_ms);
+        if let Some(u) = user.as_deref().filter(|u| !u.is_empty()) {
+            negative.insert(
+                credential_id_from_hash(Some(u), hash),
+                Refusal::Revoked,
+                until,
+                now_ms,
+            );
+        }
+        if mark_revoked(store, &entry_key(prefix, &entry), policy, now_ms) {
+            marked += 1;
+        }
+    }
+    marked
 }
 
 /// Per-worker cache of refusals, bounded: at capacity, expired entries go first, then arbitrary
@@ -759,6 +796,58 @@ mod tests {
         last[..4].copy_from_slice(&9999u32.to_le_bytes());
         assert_eq!(n.get(&last, NOW), Some(Refusal::Unknown));
         assert_eq!(n.get(&last, NOW + 1000), None);
+    }
+    #[test]
+    fn the_feed_revokes_a_secret_for_every_worker_and_each_of_its_credentials() {
+        let st = MemoryStore::default();
+        let p = CachePolicy::default();
+        let id = credential_id(None, "s");
+        let key = entry_key("kg", &id);
+        store_at(&st, &key, &ident(None), Binding::NoUser, None, &p, NOW);
+        let (mut memo, mut neg) = (Memo::default(), NegativeCache::new(16));
+        // this worker remembers the valid verdict (it would not read shared data for 250 ms)
+        assert!(matches!(
+            memo.lookup(&st, || key.clone(), &id, None, NOW, 250),
+            Lookup::Fresh(Verdict::Valid(_))
+        ));
+        let feed = [
+            (crate::hash::sha256(b"s"), Some("alice".to_string())),
+            (crate::hash::sha256(b"never-cached"), None),
+        ];
+        let marked = apply_revocations(&st, "kg", &p, &feed, &mut memo, &mut neg, NOW + 1);
+        assert_eq!(
+            marked, 1,
+            "one valid verdict overwritten; the other secret gets a mark"
+        );
+        // every worker: the shared entry now says revoked
+        assert_eq!(
+            Memo::default().lookup(&st, || key.clone(), &id, None, NOW + 2, 250),
+            Lookup::Fresh(Verdict::Refused(Refusal::Revoked))
+        );
+        // this worker forgot what it remembered, at once
+        assert_eq!(
+            memo.lookup(&st, || key.clone(), &id, None, NOW + 2, 250),
+            Lookup::Fresh(Verdict::Refused(Refusal::Revoked))
+        );
+        // and refuses the secret alone and with the user the feed named, until the negative TTL
+        let with_user = credential_id(Some("alice"), "s");
+        for c in [id, with_user] {
+            assert_eq!(neg.get(&c, NOW + 2), Some(Refusal::Revoked));
+            assert_eq!(neg.get(&c, NOW + 1 + p.negative_ttl_ms), None);
+        }
+        // a verdict whose call started before the revocation never overwrites it
+        let late = Offer {
+            identity: &ident(None),
+            binding: Binding::NoUser,
+            ttl_hint_s: None,
+            started_ms: NOW,
+        };
+        assert_eq!(store_valid(&st, &key, late, &p, NOW + 3), Stored::Revoked);
+        // applied twice (a page read again), nothing new is overwritten
+        assert_eq!(
+            apply_revocations(&st, "kg", &p, &feed, &mut memo, &mut neg, NOW + 4),
+            0
+        );
     }
 }
 

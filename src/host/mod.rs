@@ -869,34 +869,15 @@ impl Plugin {
         match parsed {
             Ok(r) => {
                 self.metrics.add_now(Metric::RevocationPolls, 1);
-                let prefix = self.gate.cfg.shared_prefix.clone();
-                let mut marked = 0usize;
-                for (hash, user) in &r.revoked {
-                    // one shared entry per secret, whatever the user; this worker's refusals
-                    // are per credential
-                    let entry = credential_id_from_hash(None, hash);
-                    self.memo.forget(&entry);
-                    let mut ids = vec![entry];
-                    if let Some(u) = user.as_deref().filter(|u| !u.is_empty()) {
-                        ids.push(credential_id_from_hash(Some(u), hash));
-                    }
-                    for id in ids {
-                        self.negative.insert(
-                            id,
-                            Refusal::Revoked,
-                            now + ks.cache.negative_ttl_ms,
-                            now,
-                        );
-                    }
-                    if cache::mark_revoked(
-                        &EnvoyStore,
-                        &cache::entry_key(&prefix, &entry),
-                        &ks.cache,
-                        now,
-                    ) {
-                        marked += 1;
-                    }
-                }
+                let marked = cache::apply_revocations(
+                    &EnvoyStore,
+                    &self.gate.cfg.shared_prefix,
+                    &ks.cache,
+                    &r.revoked,
+                    &mut self.memo,
+                    &mut self.negative,
+                    now,
+                );
                 EnvoyStore.set(&self.cursor_key(), r.cursor.to_string().as_bytes(), 0);
                 if marked > 0 {
                     let n = i64::try_from(marked).unwrap_or(i64::MAX);
