@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import os
 import socket
-import time
 import uuid
 
 import pytest
 
-from harness import Envoy, Upstream
+from harness import Envoy, Upstream, wait_until
 from keys import sha
 
 SECRET = "reconf-reader-key-0001"
@@ -72,10 +71,12 @@ def realm_of(e: Envoy) -> str | None:
 
 def wait_realm(e: Envoy, realm: str, timeout: float = 15) -> None:
     want = f'Bearer realm="{realm}"'
-    deadline = time.time() + timeout
-    while (got := realm_of(e)) != want:
-        assert time.time() < deadline, f"still {got!r} after the new configuration, wanted {want!r}"
-        time.sleep(0.05)
+    wait_until(lambda: realm_of(e) == want, timeout, 0.05, f"the challenge to name realm {realm!r}")
+
+
+def active_requests(e: Envoy) -> int:
+    stats = e.admin("/stats?filter=^http.ingress.downstream_rq_active$")
+    return int(stats.split(":")[-1]) if ":" in stats else 0
 
 
 def test_a_new_configuration_takes_over_and_a_body_in_flight_is_still_checked(rec):
@@ -90,7 +91,7 @@ def test_a_new_configuration_takes_over_and_a_body_in_flight_is_still_checked(re
         with socket.create_connection(("127.0.0.1", e.port), timeout=15) as s:
             # headers and the start of the body: keygate lets the headers on and holds the body
             s.sendall(head + body[:7])
-            time.sleep(0.3)
+            wait_until(lambda: active_requests(e) == 1, 5, 0.02, "Envoy to hold the request")
             e.reconfigure(conf("after"))
             wait_realm(e, "after")
             # the rest of the body arrives after the new configuration took over
