@@ -9,8 +9,8 @@
 //!   its error type formats floats, which alone is ~20 KB of wasm.
 //! - [`Loose`] takes any JSON value and says what it was, for fields that may be of several types
 //!   (`false` or a string, a number or a timestamp) or that an answer may get wrong harmlessly.
-//! - [`decode_tracked`] decodes with the path of a failing field (serde_path_to_error) and the
-//!   paths of unknown fields (serde_ignored), both as `a.b[2].c`.
+//! - [`decode_tracked`] decodes with the path of a failing field and the paths of unknown fields,
+//!   both as `a.b[2].c`, found by `ValueDe` itself as it walks (see there why not by wrapping it).
 //! - [`field_paths`] lists every field a type knows, from the field lists serde derives.
 
 use std::cell::RefCell;
@@ -83,13 +83,110 @@ fn wrong(expected: &str, got: &Value) -> DeError {
 /// A deserializer over a parsed JSON value. Each typed request takes only its JSON type: a
 /// struct or map only an object, a list only an array, a `u64` only a non-negative whole number.
 #[derive(Clone, Copy)]
-pub struct ValueDe<'a>(pub &'a Value);
+pub struct ValueDe<'a> {
+    v: &'a Value,
+    /// Where the value sits, when `decode_tracked` wants paths (`None`: `decode`, no cost).
+    at: Option<&'a At<'a>>,
+}
+
+/// What `decode_tracked` learns while it walks: the path of every field no struct knows, and of
+/// the value a failure was raised in.
+#[derive(Default)]
+struct Track {
+    unknown: RefCell<Vec<String>>,
+    failed_at: RefCell<Option<String>>,
+}
+
+/// A place in the document: a member or an element of its parent (the root has none).
+struct At<'a> {
+    parent: Option<&'a At<'a>>,
+    seg: Seg<'a>,
+    track: &'a Track,
+}
+
+#[derive(Clone, Copy)]
+enum Seg<'a> {
+    Root,
+    Key(&'a str),
+    Index(usize),
+}
+
+impl At<'_> {
+    /// A failure was raised here or below: the deepest place that sees it keeps it.
+    fn failed(&self) {
+        let mut f = self.track.failed_at.borrow_mut();
+        if f.is_none() {
+            *f = Some(self.path());
+        }
+    }
+
+    /// A member no struct knows.
+    fn ignored(&self) {
+        self.track.unknown.borrow_mut().push(self.path());
+    }
+
+    /// `a.b[2].c`, as the configuration's messages name fields.
+    fn path(&self) -> String {
+        let mut out = String::new();
+        self.write(&mut out);
+        out
+    }
+
+    fn write(&self, out: &mut String) {
+        if let Some(p) = self.parent {
+            p.write(out);
+        }
+        match self.seg {
+            Seg::Root => {}
+            Seg::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Seg::Index(i) => {
+                out.push('[');
+                out.push_str(itoa::Buffer::new().format(i));
+                out.push(']');
+            }
+        }
+    }
+}
+
+impl<'a> ValueDe<'a> {
+    pub fn new(v: &'a Value) -> Self {
+        ValueDe { v, at: None }
+    }
+
+    /// Decodes the child at `seg` with `seed`; a failure inside it is placed at the deepest
+    /// child that saw it.
+    fn child<'de, S: DeserializeSeed<'de>>(
+        at: Option<&At<'_>>,
+        seg: Seg<'_>,
+        v: &Value,
+        seed: S,
+    ) -> Result<S::Value, DeError> {
+        let Some(parent) = at else {
+            return seed.deserialize(ValueDe { v, at: None });
+        };
+        let here = At {
+            parent: Some(parent),
+            seg,
+            track: parent.track,
+        };
+        let r = seed.deserialize(ValueDe { v, at: Some(&here) });
+        if r.is_err() {
+            here.failed();
+        }
+        r
+    }
+}
 
 impl<'de> Deserializer<'de> for ValueDe<'_> {
     type Error = DeError;
 
     fn deserialize_any<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
-        match self.0 {
+        match self.v {
             Value::Null => v.visit_unit(),
             Value::Bool(b) => v.visit_bool(*b),
             Value::Number(n) => match (n.as_u64(), n.as_i64()) {
@@ -98,27 +195,31 @@ impl<'de> Deserializer<'de> for ValueDe<'_> {
                 (None, None) => v.visit_f64(n.as_f64().unwrap_or_default()),
             },
             Value::String(s) => v.visit_str(s),
-            Value::Array(a) => v.visit_seq(SeqDe(a.iter())),
+            Value::Array(a) => v.visit_seq(SeqDe {
+                items: a.iter().enumerate(),
+                at: self.at,
+            }),
             Value::Object(m) => v.visit_map(MapDe {
                 entries: m.iter(),
                 value: None,
+                at: self.at,
             }),
         }
     }
     fn deserialize_option<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
-        match self.0 {
+        match self.v {
             Value::Null => v.visit_none(),
             _ => v.visit_some(self),
         }
     }
     fn deserialize_bool<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
-        match self.0 {
+        match self.v {
             Value::Bool(b) => v.visit_bool(*b),
             other => Err(wrong("a boolean", other)),
         }
     }
     fn deserialize_u64<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
-        match self.0 {
+        match self.v {
             Value::Number(n) => match n.as_u64() {
                 Some(u) => v.visit_u64(u),
                 None => Err(DeError("expected a non-negative whole number".into())),
@@ -127,7 +228,7 @@ impl<'de> Deserializer<'de> for ValueDe<'_> {
         }
     }
     fn deserialize_i64<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
-        match self.0 {
+        match self.v {
             Value::Number(n) => match n.as_i64() {
                 Some(i) => v.visit_i64(i),
                 None => Err(DeError("expected a whole number".into())),
@@ -136,7 +237,7 @@ impl<'de> Deserializer<'de> for ValueDe<'_> {
         }
     }
     fn deserialize_str<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
-        match self.0 {
+        match self.v {
             Value::String(s) => v.visit_str(s),
             other => Err(wrong("a string", other)),
         }
@@ -145,16 +246,20 @@ impl<'de> Deserializer<'de> for ValueDe<'_> {
         self.deserialize_str(v)
     }
     fn deserialize_seq<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
-        match self.0 {
-            Value::Array(a) => v.visit_seq(SeqDe(a.iter())),
+        match self.v {
+            Value::Array(a) => v.visit_seq(SeqDe {
+                items: a.iter().enumerate(),
+                at: self.at,
+            }),
             other => Err(wrong("an array", other)),
         }
     }
     fn deserialize_map<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
-        match self.0 {
+        match self.v {
             Value::Object(m) => v.visit_map(MapDe {
                 entries: m.iter(),
                 value: None,
+                at: self.at,
             }),
             other => Err(wrong("an object", other)),
         }
@@ -174,7 +279,11 @@ impl<'de> Deserializer<'de> for ValueDe<'_> {
     ) -> Result<V::Value, DeError> {
         v.visit_newtype_struct(self)
     }
+    /// What derived structs call for a member they do not know: noted when tracking.
     fn deserialize_ignored_any<V: Visitor<'de>>(self, v: V) -> Result<V::Value, DeError> {
+        if let Some(at) = self.at {
+            at.ignored();
+        }
         v.visit_unit()
     }
     serde::forward_to_deserialize_any! {
@@ -183,7 +292,10 @@ impl<'de> Deserializer<'de> for ValueDe<'_> {
     }
 }
 
-struct SeqDe<'a>(std::slice::Iter<'a, Value>);
+struct SeqDe<'a> {
+    items: std::iter::Enumerate<std::slice::Iter<'a, Value>>,
+    at: Option<&'a At<'a>>,
+}
 
 impl<'de> SeqAccess<'de> for SeqDe<'_> {
     type Error = DeError;
@@ -191,19 +303,20 @@ impl<'de> SeqAccess<'de> for SeqDe<'_> {
         &mut self,
         seed: S,
     ) -> Result<Option<S::Value>, DeError> {
-        match self.0.next() {
-            Some(v) => seed.deserialize(ValueDe(v)).map(Some),
+        match self.items.next() {
+            Some((i, v)) => ValueDe::child(self.at, Seg::Index(i), v, seed).map(Some),
             None => Ok(None),
         }
     }
     fn size_hint(&self) -> Option<usize> {
-        Some(self.0.len())
+        Some(self.items.len())
     }
 }
 
 struct MapDe<'a> {
     entries: serde_json::map::Iter<'a>,
-    value: Option<&'a Value>,
+    value: Option<(&'a str, &'a Value)>,
+    at: Option<&'a At<'a>>,
 }
 
 impl<'de> MapAccess<'de> for MapDe<'_> {
@@ -214,7 +327,7 @@ impl<'de> MapAccess<'de> for MapDe<'_> {
     ) -> Result<Option<K::Value>, DeError> {
         match self.entries.next() {
             Some((k, v)) => {
-                self.value = Some(v);
+                self.value = Some((k, v));
                 seed.deserialize(StrDeserializer::new(k)).map(Some)
             }
             None => Ok(None),
@@ -222,7 +335,7 @@ impl<'de> MapAccess<'de> for MapDe<'_> {
     }
     fn next_value_seed<S: DeserializeSeed<'de>>(&mut self, seed: S) -> Result<S::Value, DeError> {
         match self.value.take() {
-            Some(v) => seed.deserialize(ValueDe(v)),
+            Some((k, v)) => ValueDe::child(self.at, Seg::Key(k), v, seed),
             None => Err(DeError("a value without a key".into())),
         }
     }
@@ -352,53 +465,33 @@ pub struct DecodeError {
 
 /// Decodes `doc` as `T` (for answers, where a failure needs no name).
 pub fn decode<T: DeserializeOwned>(doc: &Value) -> Result<T, DeError> {
-    T::deserialize(ValueDe(doc))
+    T::deserialize(ValueDe::new(doc))
 }
 
-/// Decodes `doc` as `T`; `unknown` gets the path of every field no struct knows (in key order:
-/// a parsed object's members are sorted).
+/// Decodes `doc` as `T`, with the path of a failing field (`a.b[2].c`, `""` for the document)
+/// and, in `unknown`, the path of every member no struct knows (in key order: a parsed object's
+/// members are sorted). The walk is `ValueDe`'s own: it knows where each value sits, so a failure
+/// and an ignored member are placed without wrapping the deserializer (serde_path_to_error and
+/// serde_ignored did that, for 29 KB more wasm and the same messages).
 pub fn decode_tracked<T: DeserializeOwned>(
     doc: &Value,
     unknown: &mut Vec<String>,
 ) -> Result<T, DecodeError> {
-    let mut note = |p: serde_ignored::Path<'_>| {
-        let mut s = String::new();
-        ignored_path(&p, &mut s);
-        unknown.push(s);
+    let track = Track::default();
+    let root = At {
+        parent: None,
+        seg: Seg::Root,
+        track: &track,
     };
-    serde_path_to_error::deserialize(serde_ignored::Deserializer::new(ValueDe(doc), &mut note))
-        .map_err(|e| {
-            let path = e.path().to_string();
-            DecodeError {
-                // serde_path_to_error writes the document itself as "."
-                path: if path == "." { String::new() } else { path },
-                message: e.into_inner().0,
-            }
-        })
-}
-
-/// `a.b[2].c`, as the configuration's messages name fields (serde_ignored writes `a.b.2.c`).
-fn ignored_path(p: &serde_ignored::Path<'_>, out: &mut String) {
-    use serde_ignored::Path;
-    match p {
-        Path::Root => {}
-        Path::Seq { parent, index } => {
-            ignored_path(parent, out);
-            out.push('[');
-            out.push_str(itoa::Buffer::new().format(*index));
-            out.push(']');
-        }
-        Path::Map { parent, key } => {
-            ignored_path(parent, out);
-            if !out.is_empty() {
-                out.push('.');
-            }
-            out.push_str(key);
-        }
-        Path::Some { parent }
-        | Path::NewtypeStruct { parent }
-        | Path::NewtypeVariant { parent } => ignored_path(parent, out),
-    }
+    let decoded = T::deserialize(ValueDe {
+        v: doc,
+        at: Some(&root),
+    });
+    unknown.append(&mut track.unknown.borrow_mut());
+    decoded.map_err(|e| DecodeError {
+        path: track.failed_at.borrow_mut().take().unwrap_or_default(),
+        message: e.0,
+    })
 }
 
 /// Every field `T` knows, as `a.b[].c` paths (`<name>` for a map's keys), found by deserializing
