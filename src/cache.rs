@@ -652,7 +652,7 @@ mod tests {
             for (i, (user, bound)) in users.iter().enumerate() {
                 let b = Binding::of(user.as_deref(), *bound);
                 let t = NOW + i as u64;
-                store_valid(&st, &key, Offer { identity: &ident(None), binding: b, ttl_hint_s: None, started_ms: t }, &p, t);
+                store_at(&st, &key, &ident(None), b, None, &p, t);
             }
             proptest::prop_assert_eq!(st.map.borrow().len(), 1);
         }
@@ -664,18 +664,7 @@ mod tests {
         let p = CachePolicy::default();
         let id = credential_id(None, "s");
         let key = entry_key("kg", &id);
-        store_valid(
-            &st,
-            &key,
-            Offer {
-                identity: &ident(None),
-                binding: Binding::NoUser,
-                ttl_hint_s: None,
-                started_ms: NOW,
-            },
-            &p,
-            NOW,
-        );
+        store_at(&st, &key, &ident(None), Binding::NoUser, None, &p, NOW);
         let mut m = Memo::default();
         let fresh = |l: Lookup| matches!(l, Lookup::Fresh(Verdict::Valid(_)));
         assert!(fresh(m.lookup(&st, || key.clone(), &id, None, NOW, 250)));

@@ -162,10 +162,10 @@ pub enum Step {
 
 pub struct Gate {
     pub cfg: Config,
-    /// The token bucket's shared-data key is built here, reused across requests.
+    /// The rate-limit entry's shared-data key is built here, reused across requests.
     bucket_key: std::cell::Cell<String>,
-    /// A rolling window's new value is built here, reused across requests.
-    window_buf: std::cell::Cell<Vec<u8>>,
+    /// A bucket's or a rolling window's new value is built here, reused across requests.
+    value_buf: std::cell::Cell<Vec<u8>>,
 }
 
 fn quoted(s: &str) -> String {
@@ -178,7 +178,7 @@ impl Gate {
         Gate {
             cfg,
             bucket_key: std::cell::Cell::new(String::new()),
-            window_buf: std::cell::Cell::new(Vec::new()),
+            value_buf: std::cell::Cell::new(Vec::new()),
         }
     }
 

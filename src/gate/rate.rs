@@ -57,37 +57,22 @@ impl Gate {
             let mut key = self.bucket_key.take();
             key.clear();
             key.push_str(&self.cfg.shared_prefix);
+            key.push_str(match algorithm {
+                Algorithm::TokenBucket => ":rl:",
+                Algorithm::RollingWindow => ":rw:",
+            });
+            key.push(scope.letter());
+            key.push(':');
+            key.push_str(owner);
+            let mut buf = self.value_buf.take();
             let taken = match algorithm {
-                Algorithm::TokenBucket => {
-                    key.push_str(":rl:");
-                    key.push(scope.letter());
-                    key.push(':');
-                    key.push_str(owner);
-                    {
-                        let mut buf = self.window_buf.take();
-                        let t = ratelimit::take(store, &key, &limit, now_us, &mut buf);
-                        self.window_buf.set(buf);
-                        t
-                    }
-                }
+                Algorithm::TokenBucket => ratelimit::take(store, &key, &limit, now_us, &mut buf),
                 Algorithm::RollingWindow => {
-                    key.push_str(":rw:");
-                    key.push(scope.letter());
-                    key.push(':');
-                    key.push_str(owner);
-                    let mut buf = self.window_buf.take();
-                    let t = window::take(
-                        store,
-                        &key,
-                        limit.requests,
-                        limit.window_s,
-                        now_us,
-                        &mut buf,
-                    );
-                    self.window_buf.set(buf);
-                    t
+                    let (n, w) = (limit.requests, limit.window_s);
+                    window::take(store, &key, n, w, now_us, &mut buf)
                 }
             };
+            self.value_buf.set(buf);
             self.bucket_key.set(key);
             match taken {
                 Ok(d) => {
