@@ -15,13 +15,14 @@ use std::rc::Rc;
 
 use crate::config::{Algorithm, Config, ResetStyle};
 use crate::credential::{self, Carriers, CredError, Credential, Style};
+use crate::limiter;
 use crate::problem::{instance_of, Extra, Kind, ProblemBuilder, Reply};
 use crate::query;
 use crate::ratelimit::{self, RateDecision, RateError, Scope};
 use crate::route::{self, Access, OwnerBody, OwnerSource, Ownership, Route};
+use crate::state_key::{self, Origin, Tier};
 use crate::store::SharedStore;
 use crate::verdict::{Identity, Refusal, Verdict};
-use crate::window;
 
 mod fleet;
 mod rate;
@@ -29,7 +30,7 @@ mod replies;
 use replies::Problem;
 
 pub use fleet::Target;
-pub use rate::{IetfRate, RateHeaders};
+pub use rate::{IetfRate, LimitOf, RateHeaders};
 
 /// Marks a request let through by `on_failure: open` while the key service was failing.
 pub const FAIL_OPEN_HEADER: &str = "x-keygate-fail-open";
@@ -436,10 +437,10 @@ impl Gate {
         p: Pending,
         verdict: Verdict,
         store: &dyn SharedStore,
-        now_us: u64,
+        now_ns: u64,
     ) -> Decision {
         match self.admit(p, verdict) {
-            Ok(a) => self.limit_local(a, store, now_us),
+            Ok(a) => self.limit_local(a, store, now_ns),
             Err(d) => d,
         }
     }
@@ -713,7 +714,7 @@ pub fn decide_with_body(
             let v = gate
                 .embedded_verdict(&p, &digest, now_us / 1_000_000)
                 .unwrap_or(Verdict::Refused(Refusal::Unknown));
-            gate.finish(p, v, store, now_us)
+            gate.finish(p, v, store, now_us.saturating_mul(1000))
         }
     };
     match &d {

@@ -1,0 +1,465 @@
+//! One owner's count under one policy: a token bucket (`ratelimit`) or a rolling window
+//! (`window`), in one shared-data value that says what it is.
+//!
+//! The key (`state_key`) names the policy and the owner. The value names the rest: its
+//! algorithm and format, and for a token bucket the limit's parameters, since a bucket's time is
+//! scaled by `requests` and its capacity is `burst`: read under other parameters, the same bytes
+//! would mean another instant (a ban for decades, or use forgotten). A value written under other
+//! parameters or another algorithm is **rebased** to the current ones by the next request, and
+//! keeps what it counted:
+//!
+//! - bucket to bucket: the tokens spent stay spent (the same fraction of a token, rounded
+//!   towards refusing), at most the new capacity: a lowered limit is an empty bucket refilling at
+//!   the new rate (`Retry-After` of one new interval at most), a raised one counts earlier use;
+//! - window to bucket: the recorded instants are replayed through the new bucket;
+//! - bucket to window: the tokens still spent (rounded up, at most N) are recorded as taken now;
+//! - window to window: the newest instants are kept (`window`).
+//!
+//! So a plan edited over LDS, a per-key limit the key service lowers or raises, a plan switched
+//! between algorithms: the same entry, rebased once (one write), no lockout and no earlier use
+//! forgotten. Carrying the parameters in the value, rather than in the key, is what makes that
+//! possible (a key per parameter set would start every change from a full bucket, and leave
+//! an entry behind per owner and change: shared data has no delete).
+//!
+//! Layout of a bucket (32 bytes, little-endian): `kgB1`, `requests` u32, `window_s` u32, `burst`
+//! u32, the TAT u128 in ns × `requests`. A window: `kgW1` and its ring (`window`). Anything else
+//! (another plugin's bytes) is overwritten as if absent.
+
+use crate::config::Algorithm;
+use crate::ratelimit::{self, div, update, Limit, RateDecision, RateError, Write, NS};
+use crate::store::SharedStore;
+use crate::window;
+
+/// Marks a token bucket's value (and its format version).
+pub const BUCKET_TAG: &[u8; 4] = b"kgB1";
+/// The size of a token bucket's value.
+pub const BUCKET_LEN: usize = 32;
+/// How far ahead of its capacity a bucket's TAT may be (worker clocks differ by far less; more
+/// is a wall clock stepped back) before it is read as an empty bucket now.
+const MAX_AHEAD_NS: u128 = 1_000_000_000;
+
+/// The parameters a bucket's value is written under, as stored.
+fn params(limit: &Limit) -> [u8; 12] {
+    let mut p = [0u8; 12];
+    for (i, v) in [limit.requests, limit.window_s, limit.burst]
+        .into_iter()
+        .enumerate()
+    {
+        let v = u32::try_from(v).unwrap_or(u32::MAX);
+        if let Some(s) = p.get_mut(4 * i..4 * i + 4) {
+            s.copy_from_slice(&v.to_le_bytes());
+        }
+    }
+    p
+}
+
+fn limit_of(p: &[u8]) -> Limit {
+    let n = |i: usize| {
+        p.get(4 * i..4 * i + 4)
+            .and_then(|s| s.try_into().ok())
+            .map_or(1, |b| u64::from(u32::from_le_bytes(b)).max(1))
+    };
+    Limit {
+        requests: n(0),
+        window_s: n(1),
+        burst: n(2),
+    }
+}
+
+fn encode_bucket(params: &[u8; 12], tat: u128, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(BUCKET_TAG);
+    out.extend_from_slice(params);
+    out.extend_from_slice(&tat.to_le_bytes());
+}
+
+/// A bucket's stored parameters and TAT.
+fn decode_bucket(v: &[u8]) -> Option<(&[u8], u128)> {
+    if v.len() != BUCKET_LEN || v.get(0..4)? != BUCKET_TAG {
+        return None;
+    }
+    let tat = u128::from_le_bytes(v.get(16..32)?.try_into().ok()?);
+    Some((v.get(4..16)?, tat))
+}
+
+/// The bucket's debt at `now_ns` (scaled units of `l`), at most its capacity: how far its TAT
+/// is ahead of now.
+fn debt(l: &Limit, tat: u128, now_ns: u128) -> u128 {
+    let req = u128::from(l.requests.max(1));
+    let cap = u128::from(l.burst.max(1)) * u128::from(l.window_s.max(1)) * NS;
+    tat.saturating_sub(now_ns * req).min(cap)
+}
+
+/// A TAT written under `old` read under `new` at `now_ns`: the same tokens spent (to the
+/// fraction, rounded towards refusing), at most the new capacity.
+fn rebase(old: &Limit, tat: u128, new: &Limit, now_ns: u128) -> u128 {
+    let t_old = u128::from(old.window_s.max(1)) * NS;
+    let t_new = u128::from(new.window_s.max(1)) * NS;
+    let d = debt(old, tat, now_ns);
+    // tokens = d / t_old; the same in new units: whole tokens, then the fraction (each product
+    // fits u128: the fraction is below t_old <= 3.2e16, times t_new)
+    let spent = (d / t_old) * t_new + div((d % t_old) * t_new, t_old, true);
+    let cap = u128::from(new.burst.max(1)) * t_new;
+    now_ns * u128::from(new.requests.max(1)) + spent.min(cap)
+}
+
+/// A window's instants replayed through a bucket of `l`: its TAT (`None`: none recorded).
+fn replay(ring: &window::Ring<'_>, l: &Limit, now_ns: u128) -> Option<u128> {
+    let req = u128::from(l.requests.max(1));
+    let t = u128::from(l.window_s.max(1)) * NS;
+    let cap = u128::from(l.burst.max(1)) * t;
+    let mut tat: Option<u128> = None;
+    for i in 0..ring.len() {
+        let Some(ms) = ring.at(i) else { continue };
+        let at = (u128::from(ms) * 1_000_000).min(now_ns) * req;
+        let base = tat.map_or(at, |x| x.max(at));
+        tat = Some((base + t).min(at + cap));
+    }
+    tat
+}
+
+/// Takes one request from the count at `key` under `limit` and `algorithm` at `now_ns` (the
+/// host's clock, unrounded; `buf`: scratch for the new value).
+pub fn take(
+    store: &dyn SharedStore,
+    key: &str,
+    limit: &Limit,
+    algorithm: Algorithm,
+    now_ns: u64,
+    buf: &mut Vec<u8>,
+) -> Result<RateDecision, RateError> {
+    match algorithm {
+        Algorithm::TokenBucket => {
+            let p = params(limit);
+            update(store, key, buf, |value, out| {
+                bucket(limit, &p, value, now_ns, out)
+            })
+        }
+        Algorithm::RollingWindow => update(store, key, buf, |value, out| {
+            rolling(limit, value, now_ns, out)
+        }),
+    }
+}
+
+fn bucket(
+    limit: &Limit,
+    p: &[u8; 12],
+    value: Option<&[u8]>,
+    now_ns: u64,
+    out: &mut Vec<u8>,
+) -> (RateDecision, Write) {
+    let now = u128::from(now_ns);
+    let (tat, rebased) = match value.map(|v| (decode_bucket(v), v)) {
+        Some((Some((stored, tat)), _)) if stored == p => {
+            // a TAT beyond the capacity by more than worker clocks differ: a clock stepped back
+            let req = u128::from(limit.requests.max(1));
+            let cap = u128::from(limit.burst.max(1)) * u128::from(limit.window_s.max(1)) * NS;
+            let horizon = now * req + cap;
+            if tat > horizon + MAX_AHEAD_NS * req {
+                (Some(horizon), true)
+            } else {
+                (Some(tat), false)
+            }
+        }
+        Some((Some((stored, tat)), _)) => (Some(rebase(&limit_of(stored), tat, limit, now)), true),
+        Some((None, v)) => match window::Ring::parse(v) {
+            Some(ring) => (replay(&ring, limit, now), true),
+            None => (None, false),
+        },
+        None => (None, false),
+    };
+    match ratelimit::step_in(limit, tat, now, NS) {
+        (d, Some(new_tat)) => {
+            encode_bucket(p, new_tat, out);
+            (d, Write::New)
+        }
+        // a denial keeps the value, in the current parameters once rebased
+        (d, None) => match tat {
+            Some(tat) if rebased => {
+                encode_bucket(p, tat, out);
+                (d, Write::New)
+            }
+            Some(_) => (d, Write::Unchanged),
+            None => (d, Write::Nothing),
+        },
+    }
+}
+
+fn rolling(
+    limit: &Limit,
+    value: Option<&[u8]>,
+    now_ns: u64,
+    out: &mut Vec<u8>,
+) -> (RateDecision, Write) {
+    let (n, w) = (limit.requests, limit.window_s);
+    // a bucket's spent tokens become requests taken now
+    let converted = value.and_then(decode_bucket).map(|(stored, tat)| {
+        let old = limit_of(stored);
+        let d = debt(&old, tat, u128::from(now_ns));
+        let spent = div(d, u128::from(old.window_s.max(1)) * NS, true);
+        let count =
+            usize::try_from(spent.min(u128::from(n.clamp(1, window::MAX_REQUESTS)))).unwrap_or(0);
+        let now_ms = window::ms_up(now_ns);
+        let mut ring = Vec::new();
+        window::write_ring(
+            count.max(1),
+            count,
+            std::iter::repeat_n(Some(now_ms), count),
+            now_ms,
+            &mut ring,
+        );
+        ring
+    });
+    let read = converted.as_deref().or(value);
+    match window::step(n, w, read, now_ns, out) {
+        (d, true) => (d, Write::New),
+        (d, false) => match (&converted, read) {
+            (Some(ring), _) => {
+                out.clear();
+                out.extend_from_slice(ring);
+                (d, Write::New)
+            }
+            (None, Some(v)) if window::Ring::parse(v).is_some() => (d, Write::Unchanged),
+            _ => (d, Write::Nothing),
+        },
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    const S: u64 = 1_000_000_000; // one second in ns
+    const T0: u64 = 1_790_000_000 * S;
+
+    fn lim(requests: u64, window_s: u64, burst: u64) -> Limit {
+        Limit {
+            requests,
+            window_s,
+            burst,
+        }
+    }
+
+    fn bucket_at(st: &MemoryStore, l: &Limit, now: u64) -> RateDecision {
+        take(st, "o", l, Algorithm::TokenBucket, now, &mut Vec::new()).unwrap()
+    }
+
+    fn window_at(st: &MemoryStore, l: &Limit, now: u64) -> RateDecision {
+        take(st, "o", l, Algorithm::RollingWindow, now, &mut Vec::new()).unwrap()
+    }
+
+    fn spend(st: &MemoryStore, l: &Limit, now: u64, n: usize) {
+        for _ in 0..n {
+            assert!(bucket_at(st, l, now).allowed);
+        }
+    }
+
+    /// Allowed requests in a row at `now`.
+    fn drain(st: &MemoryStore, l: &Limit, alg: Algorithm, now: u64) -> usize {
+        let mut n = 0;
+        while take(st, "o", l, alg, now, &mut Vec::new()).unwrap().allowed {
+            n += 1;
+            assert!(n <= 100_000);
+        }
+        n
+    }
+
+    #[test]
+    fn a_bucket_value_names_its_parameters() {
+        let st = MemoryStore::default();
+        bucket_at(&st, &lim(100, 3600, 100), T0);
+        let v = st.map.borrow()["o"].0.clone();
+        assert_eq!(v.len(), BUCKET_LEN);
+        assert_eq!(&v[0..4], b"kgB1");
+        assert_eq!(limit_of(&v[4..16]), lim(100, 3600, 100));
+    }
+
+    #[test]
+    fn a_lowered_limit_keeps_the_use_and_never_bans() {
+        // 5 of 100 an hour spent; the plan drops to 10 an hour: 5 left, then one every 6 min
+        let st = MemoryStore::default();
+        let hi = lim(100, 3600, 100);
+        let lo = lim(10, 3600, 10);
+        spend(&st, &hi, T0, 5);
+        assert_eq!(drain(&st, &lo, Algorithm::TokenBucket, T0 + S), 5);
+        let d = bucket_at(&st, &lo, T0 + S);
+        assert!(!d.allowed && d.limit == 10);
+        assert!(d.retry_after_ms <= 360_000, "{d:?}");
+        // 50 spent, then lowered to 10: an empty bucket refilling at the new rate, not a ban
+        let st = MemoryStore::default();
+        spend(&st, &hi, T0, 50);
+        let d = bucket_at(&st, &lo, T0 + S);
+        assert!(!d.allowed);
+        assert!(d.retry_after_ms <= 360_000, "{d:?}");
+        assert!(d.reset_ms <= 3_600_000, "{d:?}");
+        assert!(bucket_at(&st, &lo, T0 + S + 360 * S).allowed);
+    }
+
+    #[test]
+    fn a_raised_limit_counts_the_earlier_use() {
+        let st = MemoryStore::default();
+        let lo = lim(10, 3600, 10);
+        assert_eq!(drain(&st, &lo, Algorithm::TokenBucket, T0), 10);
+        // raised to 100 an hour: 90 more, not 100
+        assert_eq!(
+            drain(&st, &lim(100, 3600, 100), Algorithm::TokenBucket, T0 + S),
+            90
+        );
+    }
+
+    #[test]
+    fn burst_and_window_changes_keep_the_tokens_spent() {
+        // a lowered burst: what was spent beyond the new capacity is forgotten, nothing more
+        let st = MemoryStore::default();
+        spend(&st, &lim(60, 60, 50), T0, 50);
+        let d = bucket_at(&st, &lim(60, 60, 10), T0);
+        assert!(!d.allowed && d.retry_after_ms == 1000, "{d:?}");
+        // a longer window (same requests): 4 of 10 spent stay spent, refilled at the new rate
+        let st = MemoryStore::default();
+        spend(&st, &lim(10, 60, 10), T0, 4);
+        assert_eq!(drain(&st, &lim(10, 120, 10), Algorithm::TokenBucket, T0), 6);
+        let d = bucket_at(&st, &lim(10, 120, 10), T0);
+        assert_eq!(d.retry_after_ms, 12_000);
+    }
+
+    #[test]
+    fn the_rebased_value_is_written_once_on_a_denial_too() {
+        let st = MemoryStore::default();
+        spend(&st, &lim(100, 3600, 100), T0, 50);
+        let lo = lim(10, 3600, 10);
+        assert!(!bucket_at(&st, &lo, T0).allowed);
+        let v = st.map.borrow()["o"].0.clone();
+        assert_eq!(limit_of(&v[4..16]), lo);
+        // and from then on it refills at the new rate
+        let d = bucket_at(&st, &lo, T0 + 360 * S);
+        assert!(d.allowed && d.remaining == 0);
+    }
+
+    #[test]
+    fn switching_algorithms_keeps_the_count() {
+        // a bucket of 10 an hour, 6 spent, becomes a window of 10 an hour: 4 left
+        let st = MemoryStore::default();
+        let l = lim(10, 3600, 10);
+        spend(&st, &l, T0, 6);
+        assert_eq!(drain(&st, &l, Algorithm::RollingWindow, T0 + S), 4);
+        let d = window_at(&st, &l, T0 + S);
+        assert!(!d.allowed);
+        // and back: the window's 10 recorded instants replayed through the bucket: empty
+        assert_eq!(drain(&st, &l, Algorithm::TokenBucket, T0 + 2 * S), 0);
+        // a window with 3 used, then a bucket: 7 left
+        let st = MemoryStore::default();
+        for i in 0..3 {
+            assert!(window_at(&st, &l, T0 + i * S).allowed);
+        }
+        assert_eq!(drain(&st, &l, Algorithm::TokenBucket, T0 + 3 * S), 7);
+    }
+
+    #[test]
+    fn a_clock_stepped_back_costs_one_interval_not_the_step() {
+        let st = MemoryStore::default();
+        let l = lim(60, 60, 5);
+        spend(&st, &l, T0, 5);
+        // the wall clock goes back an hour: an empty bucket now, one token a second
+        let back = T0 - 3600 * S;
+        let d = bucket_at(&st, &l, back);
+        assert!(!d.allowed && d.retry_after_ms == 1000, "{d:?}");
+        assert!(bucket_at(&st, &l, back + S).allowed);
+        // and a window
+        let st = MemoryStore::default();
+        let w = lim(2, 60, 2);
+        assert!(window_at(&st, &w, T0).allowed);
+        assert!(window_at(&st, &w, T0).allowed);
+        let d = window_at(&st, &w, back);
+        assert!(!d.allowed && d.retry_after_ms <= 60_000, "{d:?}");
+        assert!(window_at(&st, &w, back + 60 * S).allowed);
+        // skew between workers (a few ms) changes nothing: the later instants stay
+        let st = MemoryStore::default();
+        assert!(window_at(&st, &w, T0).allowed);
+        assert!(window_at(&st, &w, T0).allowed);
+        let d = window_at(&st, &w, T0 - 5_000_000);
+        assert_eq!(d.retry_after_ms, 60_005);
+    }
+
+    #[test]
+    fn first_writers_race_is_not_a_lost_update() {
+        // Two workers both saw the key absent; the second insert must mismatch, not overwrite.
+        use crate::store::{SetOutcome, ABSENT_CAS};
+        let st = MemoryStore::default();
+        let l = lim(10, 60, 10);
+        let p = params(&l);
+        let mut v = Vec::new();
+        let (_, tat_a) = ratelimit::step_in(&l, None, u128::from(T0), NS);
+        encode_bucket(&p, tat_a.unwrap(), &mut v);
+        assert_eq!(st.set("o", &v, ABSENT_CAS), SetOutcome::Written);
+        let (_, tat_b) = ratelimit::step_in(&l, None, u128::from(T0), NS);
+        encode_bucket(&p, tat_b.unwrap(), &mut v);
+        assert_eq!(st.set("o", &v, ABSENT_CAS), SetOutcome::CasMismatch);
+        // and the loop then counts both.
+        assert_eq!(bucket_at(&st, &l, T0).remaining, 8);
+    }
+
+    #[test]
+    fn foreign_bytes_are_overwritten() {
+        let st = MemoryStore::default();
+        let l = lim(5, 1, 5);
+        for junk in [&b"junk"[..], &[0u8; 16], &[0u8; 32], b"kgB1"] {
+            st.set("o", junk, 0);
+            let d = bucket_at(&st, &l, T0);
+            assert!(d.allowed && d.remaining == 4, "{junk:?}");
+            st.set("o", junk, 0);
+            let d = window_at(&st, &l, T0);
+            assert!(d.allowed && d.remaining == 4, "{junk:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any sequence of requests under limits that change (parameters and algorithm) at any
+        /// time: no panic, no Retry-After longer than the current limit's own longest wait, and
+        /// after a change nothing more is admitted than the new limit allows on top of what was
+        /// spent under the old one.
+        #[test]
+        fn changes_never_ban_and_never_forget(
+            ops in proptest::collection::vec((1u64..50, 1u64..100, 1u64..50, proptest::bool::ANY, 0u64..3_000, 1usize..30), 1..25)
+        ) {
+            let st = MemoryStore::default();
+            let mut t = T0;
+            for (req, win, burst, rolling, gap_ms, n) in ops {
+                t += gap_ms * 1_000_000;
+                let l = lim(req, win, if rolling { req } else { burst });
+                let alg = if rolling { Algorithm::RollingWindow } else { Algorithm::TokenBucket };
+                let cap_ms = if rolling { win * 1000 } else { (win * 1000).div_ceil(req) };
+                for _ in 0..n {
+                    let d = take(&st, "o", &l, alg, t, &mut Vec::new()).unwrap();
+                    if !d.allowed {
+                        proptest::prop_assert!(d.retry_after_ms <= cap_ms, "{:?} under {:?}", d, l);
+                    }
+                }
+            }
+        }
+
+        /// A limit raised at any point: what the bucket admits from then on, plus what it
+        /// admitted before, stays within the new bucket's bound over the whole time.
+        #[test]
+        fn raising_never_admits_more_than_the_new_bound(
+            req in 1u64..20, more in 1u64..20, spent in 0usize..25, gaps in proptest::collection::vec(0u64..500, 1..80)
+        ) {
+            let st = MemoryStore::default();
+            let lo = lim(req, 10, req);
+            let hi = lim(req + more, 10, req + more);
+            let mut allowed = 0u128;
+            for _ in 0..spent {
+                if bucket_at(&st, &lo, T0).allowed { allowed += 1; }
+            }
+            let mut t = T0;
+            for g in &gaps {
+                t += g * 1_000_000;
+                if bucket_at(&st, &hi, t).allowed { allowed += 1; }
+            }
+            let elapsed = u128::from(t - T0);
+            let bound = u128::from(hi.burst) + elapsed * u128::from(hi.requests) / (10 * u128::from(S));
+            proptest::prop_assert!(allowed <= bound, "allowed {} > bound {}", allowed, bound);
+        }
+    }
+}
