@@ -25,7 +25,7 @@ use crate::path::PathPolicy;
 use crate::problem::{Dialect, Dialects, Kind, MemberValue};
 use crate::ratelimit::{Limit, Scope};
 use crate::route::{Access, Owner, OwnerBody, OwnerSource, PathMatch, Route};
-use crate::state_key::Origin;
+use crate::state_key::{self, Origin, Tier};
 use crate::throttle::ThrottleConfig;
 use crate::verdict::Identity;
 
@@ -63,6 +63,8 @@ pub struct Policy {
     /// A plan of `rate_limit.plans`, or `rate_limit.default` (its state is named apart, see
     /// `state_key`).
     pub origin: Origin,
+    /// The start of the shared-data keys of its local counts (`state_key::stem`).
+    pub stem: String,
     pub limit: Limit,
     pub scope: Scope,
     pub algorithm: Algorithm,
@@ -714,6 +716,7 @@ fn parse_policy(
     Ok(Some(Policy {
         name: name.to_string(),
         origin,
+        stem: String::new(),
         limit,
         scope,
         algorithm,
@@ -1416,6 +1419,10 @@ fn build(raw: RawConfig, w: &mut Vec<String>) -> Result<Config, ConfigError> {
         };
         rate.ietf_headers = r.ietf_headers.unwrap_or(false);
         rate.headers = r.headers.unwrap_or(true);
+    }
+    let policies = rate.plans.iter_mut().filter_map(|(_, p)| p.as_mut());
+    for p in policies.chain(rate.default.as_mut()) {
+        p.stem = state_key::stem(&shared_prefix, Tier::Local, (p.origin, &p.name));
     }
 
     let identity_headers = parse_identity_headers(raw.identity_headers, &credentials)?;

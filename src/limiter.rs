@@ -26,7 +26,7 @@
 //! (another plugin's bytes) is overwritten as if absent.
 
 use crate::config::Algorithm;
-use crate::ratelimit::{self, div, update, Limit, RateDecision, RateError, Write, NS};
+use crate::ratelimit::{self, div, update, Limit, RateDecision, RateError, Write, NS, NS_PER_MS};
 use crate::store::SharedStore;
 use crate::window;
 
@@ -38,48 +38,42 @@ pub const BUCKET_LEN: usize = 32;
 /// is a wall clock stepped back) before it is read as an empty bucket now.
 const MAX_AHEAD_NS: u128 = 1_000_000_000;
 
-/// The parameters a bucket's value is written under, as stored.
-fn params(limit: &Limit) -> [u8; 12] {
-    let mut p = [0u8; 12];
-    for (i, v) in [limit.requests, limit.window_s, limit.burst]
-        .into_iter()
-        .enumerate()
-    {
-        let v = u32::try_from(v).unwrap_or(u32::MAX);
-        if let Some(s) = p.get_mut(4 * i..4 * i + 4) {
-            s.copy_from_slice(&v.to_le_bytes());
-        }
-    }
-    p
+/// A bucket value's first 16 bytes as one number: the tag, then the parameters it is written
+/// under (compared and written whole: one comparison a request, no byte loops).
+fn header(limit: &Limit) -> u128 {
+    let n = |v: u64| u128::from(u32::try_from(v).unwrap_or(u32::MAX));
+    u128::from(u32::from_le_bytes(*BUCKET_TAG))
+        | n(limit.requests) << 32
+        | n(limit.window_s) << 64
+        | n(limit.burst) << 96
 }
 
-fn limit_of(p: &[u8]) -> Limit {
-    let n = |i: usize| {
-        p.get(4 * i..4 * i + 4)
-            .and_then(|s| s.try_into().ok())
-            .map_or(1, |b| u64::from(u32::from_le_bytes(b)).max(1))
-    };
+/// The limit a bucket's header names.
+fn limit_of(header: u128) -> Limit {
+    let n = |shift: u32| u64::from((header >> shift) as u32).max(1);
     Limit {
-        requests: n(0),
-        window_s: n(1),
-        burst: n(2),
+        requests: n(32),
+        window_s: n(64),
+        burst: n(96),
     }
 }
 
-fn encode_bucket(params: &[u8; 12], tat: u128, out: &mut Vec<u8>) {
+fn encode_bucket(header: u128, tat: u128, out: &mut Vec<u8>) {
+    let mut b = [0u8; BUCKET_LEN];
+    b[..16].copy_from_slice(&header.to_le_bytes());
+    b[16..].copy_from_slice(&tat.to_le_bytes());
     out.clear();
-    out.extend_from_slice(BUCKET_TAG);
-    out.extend_from_slice(params);
-    out.extend_from_slice(&tat.to_le_bytes());
+    out.extend_from_slice(&b);
 }
 
-/// A bucket's stored parameters and TAT.
-fn decode_bucket(v: &[u8]) -> Option<(&[u8], u128)> {
-    if v.len() != BUCKET_LEN || v.get(0..4)? != BUCKET_TAG {
-        return None;
-    }
-    let tat = u128::from_le_bytes(v.get(16..32)?.try_into().ok()?);
-    Some((v.get(4..16)?, tat))
+/// A bucket's header and TAT (`None`: not a bucket's value).
+fn decode_bucket(v: &[u8]) -> Option<(u128, u128)> {
+    let v: &[u8; BUCKET_LEN] = v.try_into().ok()?;
+    let (h, t) = v.split_at(16);
+    let header = u128::from_le_bytes(h.try_into().ok()?);
+    ((header as u32).to_le_bytes() == *BUCKET_TAG)
+        .then(|| Some((header, u128::from_le_bytes(t.try_into().ok()?))))
+        .flatten()
 }
 
 /// The bucket's debt at `now_ns` (scaled units of `l`), at most its capacity: how far its TAT
@@ -130,9 +124,9 @@ pub fn take(
 ) -> Result<RateDecision, RateError> {
     match algorithm {
         Algorithm::TokenBucket => {
-            let p = params(limit);
+            let h = header(limit);
             update(store, key, buf, |value, out| {
-                bucket(limit, &p, value, now_ns, out)
+                bucket(limit, h, value, now_ns, out)
             })
         }
         Algorithm::RollingWindow => update(store, key, buf, |value, out| {
@@ -143,45 +137,104 @@ pub fn take(
 
 fn bucket(
     limit: &Limit,
-    p: &[u8; 12],
+    h: u128,
     value: Option<&[u8]>,
     now_ns: u64,
     out: &mut Vec<u8>,
 ) -> (RateDecision, Write) {
     let now = u128::from(now_ns);
-    let (tat, rebased) = match value.map(|v| (decode_bucket(v), v)) {
-        Some((Some((stored, tat)), _)) if stored == p => {
-            // a TAT beyond the capacity by more than worker clocks differ: a clock stepped back
-            let req = u128::from(limit.requests.max(1));
-            let cap = u128::from(limit.burst.max(1)) * u128::from(limit.window_s.max(1)) * NS;
-            let horizon = now * req + cap;
-            if tat > horizon + MAX_AHEAD_NS * req {
-                (Some(horizon), true)
-            } else {
-                (Some(tat), false)
-            }
-        }
-        Some((Some((stored, tat)), _)) => (Some(rebase(&limit_of(stored), tat, limit, now)), true),
-        Some((None, v)) => match window::Ring::parse(v) {
-            Some(ring) => (replay(&ring, limit, now), true),
-            None => (None, false),
-        },
-        None => (None, false),
+    let tat = match (value, value.and_then(decode_bucket)) {
+        (_, Some((stored, tat))) if stored == h => Some(tat),
+        (None, _) => None,
+        // written under other parameters, by a window, or foreign bytes
+        (Some(v), _) => return rebased(limit, h, v, now, out),
     };
-    match ratelimit::step_in(limit, tat, now, NS) {
+    match ratelimit::step_in(limit, tat, now, NS_PER_MS) {
         (d, Some(new_tat)) => {
-            encode_bucket(p, new_tat, out);
+            encode_bucket(h, new_tat, out);
             (d, Write::New)
         }
-        // a denial keeps the value, in the current parameters once rebased
         (d, None) => match tat {
-            Some(tat) if rebased => {
-                encode_bucket(p, tat, out);
-                (d, Write::New)
+            Some(tat) if maybe_ahead(limit, &d) => {
+                ahead_or(limit, h, (value.unwrap_or_default(), tat), now, out, d)
             }
             Some(_) => (d, Write::Unchanged),
             None => (d, Write::Nothing),
         },
+    }
+}
+
+/// A denial whose wait is long: a TAT beyond the capacity by more than worker clocks differ
+/// means the wall clock was stepped back, and the bucket is read as empty now (rebased);
+/// otherwise the denial `d` stands. Out of line: its 128-bit products must not be hoisted into
+/// every request.
+#[cold]
+#[inline(never)]
+fn ahead_or(
+    limit: &Limit,
+    h: u128,
+    (v, tat): (&[u8], u128),
+    now: u128,
+    out: &mut Vec<u8>,
+    d: RateDecision,
+) -> (RateDecision, Write) {
+    if clamped(limit, tat, now) != tat {
+        rebased(limit, h, v, now, out)
+    } else {
+        (d, Write::Unchanged)
+    }
+}
+
+/// A bucket step on a value that is not this bucket's as it stands: written under other
+/// parameters, by a rolling window, foreign bytes, or a TAT from a clock stepped back. The
+/// value is rebased (see the module's head), then stepped, and written either way.
+#[cold]
+#[inline(never)]
+fn rebased(
+    limit: &Limit,
+    h: u128,
+    v: &[u8],
+    now: u128,
+    out: &mut Vec<u8>,
+) -> (RateDecision, Write) {
+    let tat = match decode_bucket(v) {
+        Some((stored, tat)) if stored == h => Some(clamped(limit, tat, now)),
+        Some((stored, tat)) => Some(rebase(&limit_of(stored), tat, limit, now)),
+        None => window::Ring::parse(v).and_then(|ring| replay(&ring, limit, now)),
+    };
+    match ratelimit::step_in(limit, tat, now, NS_PER_MS) {
+        (d, Some(new_tat)) => {
+            encode_bucket(h, new_tat, out);
+            (d, Write::New)
+        }
+        // a denial keeps the value, in the current parameters
+        (d, None) => match tat {
+            Some(tat) => {
+                encode_bucket(h, tat, out);
+                (d, Write::New)
+            }
+            None => (d, Write::Nothing),
+        },
+    }
+}
+
+/// Whether a denial's wait is long enough that the TAT may lie beyond the bucket's capacity by
+/// more than [`MAX_AHEAD_NS`] (cheap: one interval and a second; [`clamped`] tells exactly).
+fn maybe_ahead(limit: &Limit, d: &RateDecision) -> bool {
+    let interval_ms = limit.window_s.saturating_mul(1000) / limit.requests.max(1);
+    d.retry_after_ms > interval_ms.saturating_add(1001)
+}
+
+/// The TAT, or the bucket's horizon (its full capacity spent now) when the TAT lies further
+/// ahead than that by more than [`MAX_AHEAD_NS`]: only a wall clock stepped back puts it there.
+fn clamped(limit: &Limit, tat: u128, now: u128) -> u128 {
+    let req = u128::from(limit.requests.max(1));
+    let cap = u128::from(limit.burst.max(1)) * u128::from(limit.window_s.max(1)) * NS;
+    let horizon = now * req + cap;
+    if tat > horizon + MAX_AHEAD_NS * req {
+        horizon
+    } else {
+        tat
     }
 }
 
@@ -273,7 +326,7 @@ mod tests {
         let v = st.map.borrow()["o"].0.clone();
         assert_eq!(v.len(), BUCKET_LEN);
         assert_eq!(&v[0..4], b"kgB1");
-        assert_eq!(limit_of(&v[4..16]), lim(100, 3600, 100));
+        assert_eq!(limit_of(decode_bucket(&v).unwrap().0), lim(100, 3600, 100));
     }
 
     #[test]
@@ -331,7 +384,7 @@ mod tests {
         let lo = lim(10, 3600, 10);
         assert!(!bucket_at(&st, &lo, T0).allowed);
         let v = st.map.borrow()["o"].0.clone();
-        assert_eq!(limit_of(&v[4..16]), lo);
+        assert_eq!(limit_of(decode_bucket(&v).unwrap().0), lo);
         // and from then on it refills at the new rate
         let d = bucket_at(&st, &lo, T0 + 360 * S);
         assert!(d.allowed && d.remaining == 0);
@@ -388,13 +441,13 @@ mod tests {
         use crate::store::{SetOutcome, ABSENT_CAS};
         let st = MemoryStore::default();
         let l = lim(10, 60, 10);
-        let p = params(&l);
+        let h = header(&l);
         let mut v = Vec::new();
-        let (_, tat_a) = ratelimit::step_in(&l, None, u128::from(T0), NS);
-        encode_bucket(&p, tat_a.unwrap(), &mut v);
+        let (_, tat_a) = ratelimit::step_in(&l, None, u128::from(T0), NS_PER_MS);
+        encode_bucket(h, tat_a.unwrap(), &mut v);
         assert_eq!(st.set("o", &v, ABSENT_CAS), SetOutcome::Written);
-        let (_, tat_b) = ratelimit::step_in(&l, None, u128::from(T0), NS);
-        encode_bucket(&p, tat_b.unwrap(), &mut v);
+        let (_, tat_b) = ratelimit::step_in(&l, None, u128::from(T0), NS_PER_MS);
+        encode_bucket(h, tat_b.unwrap(), &mut v);
         assert_eq!(st.set("o", &v, ABSENT_CAS), SetOutcome::CasMismatch);
         // and the loop then counts both.
         assert_eq!(bucket_at(&st, &l, T0).remaining, 8);

@@ -16,7 +16,9 @@ use crate::store::{SetOutcome, SharedStore, ABSENT_CAS};
 /// Clock units per second: the shared buckets count in ns (the host's clock, never rounded),
 /// the auth throttle in µs.
 pub const NS: u128 = 1_000_000_000;
-pub const US: u128 = 1_000_000;
+/// Clock units per millisecond, as [`step_in`] takes them.
+pub const NS_PER_MS: u64 = 1_000_000;
+pub const US_PER_MS: u64 = 1000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limit {
@@ -82,28 +84,27 @@ pub(crate) fn div(a: u128, b: u128, up: bool) -> u128 {
 
 /// One GCRA step with `now` in µs (the auth throttle): see [`step_in`].
 pub fn step(limit: &Limit, tat: Option<u128>, now_us: u128) -> (RateDecision, Option<u128>) {
-    step_in(limit, tat, now_us, US)
+    step_in(limit, tat, now_us, US_PER_MS)
 }
 
-/// One GCRA step. `now` is in clock units (`per_s` a second), `tat` in scaled units (clock
-/// units × requests). Returns the decision and the new TAT to store when allowed.
+/// One GCRA step. `now` is in clock units (`per_ms` a millisecond), `tat` in scaled units
+/// (clock units × requests). Returns the decision and the new TAT to store when allowed.
 pub fn step_in(
     limit: &Limit,
     tat: Option<u128>,
     now: u128,
-    per_s: u128,
+    per_ms: u64,
 ) -> (RateDecision, Option<u128>) {
     let req = u128::from(limit.requests.max(1));
     let burst = u128::from(limit.burst.max(1));
-    let t = u128::from(limit.window_s.max(1)) * per_s; // T, scaled
+    let t = u128::from(limit.window_s.max(1) * 1000) * u128::from(per_ms); // T, scaled
     let now = now * req;
     let base = tat.map_or(now, |x| x.max(now));
     let new_tat = base + t;
     let horizon = now + burst * t;
-    let per_ms = per_s / 1000;
     let to_ms = |scaled: u128| -> u64 {
         let units = div(scaled, req, true);
-        u64::try_from(div(units, per_ms, true)).unwrap_or(u64::MAX)
+        u64::try_from(div(units, u128::from(per_ms), true)).unwrap_or(u64::MAX)
     };
     if new_tat <= horizon {
         let remaining = u64::try_from(div(horizon - new_tat, t, false)).unwrap_or(u64::MAX);

@@ -3,7 +3,7 @@
 //! engine. A name says everything that gives its value meaning, bar what the value carries
 //! itself (a local count's algorithm and limit parameters, see `limiter`):
 //!
-//! - the **policy**: a plan of `rate_limit.plans` by name (length-prefixed, so no plan name can
+//! - the **policy**: a plan of `rate_limit.plans` by name (after its length, so no plan name can
 //!   spell another's key), the `rate_limit.default` policy, or a key's own limit. Two plans of
 //!   one account are two counts; a key moved to another plan is counted by that plan.
 //! - the **kind of owner** and the owner: `k` a key (by id), `s` a subject, `a` an account.
@@ -52,25 +52,20 @@ pub fn owner(id: &Identity, per: Scope) -> (Scope, &str) {
     }
 }
 
-/// Appends the shared-data key of the state of `owner` (of `kind`) under the policy `policy`
-/// (its name; ignored but for plans) to `out`:
-/// `{prefix}:lim:p{len}:{plan}:{kind}:{owner}`, `…:lim:d:…` (default), `…:lim:o:…` (a key's own).
-pub fn push(
-    out: &mut String,
-    prefix: &str,
-    tier: Tier,
-    (origin, policy): (Origin, &str),
-    kind: Scope,
-    owner: &str,
-) {
+/// The start of the shared-data keys of the state of a policy (its name is read for plans
+/// only): `{prefix}:l:{len}:{plan}:` (a plan's name after its length in bytes: no name can spell
+/// another's key), `…:l:d:` (`rate_limit.default`), `…:l:o:` (a key's own limit), `:f:` instead
+/// of `:l:` for the fleet tier. Computed once per policy. Kept short: every byte of a key is
+/// hashed and compared twice a request.
+pub fn stem(prefix: &str, tier: Tier, (origin, policy): (Origin, &str)) -> String {
+    let mut out = String::with_capacity(prefix.len() + policy.len() + 12);
     out.push_str(prefix);
     out.push_str(match tier {
-        Tier::Local => ":lim:",
-        Tier::Lease => ":lease:",
+        Tier::Local => ":l:",
+        Tier::Lease => ":f:",
     });
     match origin {
         Origin::Plan => {
-            out.push('p');
             out.push_str(itoa::Buffer::new().format(policy.len()));
             out.push(':');
             out.push_str(policy);
@@ -79,6 +74,13 @@ pub fn push(
         Origin::Key => out.push('o'),
     }
     out.push(':');
+    out
+}
+
+/// Appends the key of `owner`'s state (counted as `kind`) under the policy of `stem` to `out`:
+/// `{stem}{kind}:{owner}`.
+pub fn push(out: &mut String, stem: &str, kind: Scope, owner: &str) {
+    out.push_str(stem);
     out.push(kind.letter());
     out.push(':');
     out.push_str(owner);
@@ -117,7 +119,7 @@ mod tests {
 
     fn key(origin: (Origin, &str), kind: Scope, owner: &str) -> String {
         let mut s = String::new();
-        push(&mut s, "kg", Tier::Local, origin, kind, owner);
+        push(&mut s, &stem("kg", Tier::Local, origin), kind, owner);
         s
     }
 
@@ -140,13 +142,13 @@ mod tests {
     fn keys_name_the_policy_and_cannot_be_spelled_twice() {
         assert_eq!(
             key((Origin::Plan, "free"), Scope::Account, "acme"),
-            "kg:lim:p4:free:a:acme"
+            "kg:l:4:free:a:acme"
         );
         assert_eq!(
             key((Origin::Default, "default"), Scope::Key, "k"),
-            "kg:lim:d:k:k"
+            "kg:l:d:k:k"
         );
-        assert_eq!(key((Origin::Key, "key"), Scope::Key, "k"), "kg:lim:o:k:k");
+        assert_eq!(key((Origin::Key, "key"), Scope::Key, "k"), "kg:l:o:k:k");
         // a plan name holding the separator, an owner holding it: still two keys
         assert_ne!(
             key((Origin::Plan, "p:a"), Scope::Account, "x"),
@@ -158,15 +160,9 @@ mod tests {
             key((Origin::Default, "default"), Scope::Key, "k")
         );
         let mut lease = String::new();
-        push(
-            &mut lease,
-            "kg",
-            Tier::Lease,
-            (Origin::Plan, "free"),
-            Scope::Account,
-            "acme",
-        );
-        assert_eq!(lease, "kg:lease:p4:free:a:acme");
+        let st = stem("kg", Tier::Lease, (Origin::Plan, "free"));
+        push(&mut lease, &st, Scope::Account, "acme");
+        assert_eq!(lease, "kg:f:4:free:a:acme");
     }
 
     #[test]

@@ -18,9 +18,8 @@ pub struct Target<'a> {
 impl Target<'_> {
     /// The shared-data key of this owner's fleet state (leases, a remembered OVER_LIMIT).
     pub fn lease_key(&self, prefix: &str) -> String {
-        let mut k = String::with_capacity(prefix.len() + self.owner.len() + 32);
-        let policy = (self.origin, self.policy);
-        state_key::push(&mut k, prefix, Tier::Lease, policy, self.kind, self.owner);
+        let mut k = state_key::stem(prefix, Tier::Lease, (self.origin, self.policy));
+        state_key::push(&mut k, "", self.kind, self.owner);
         k
     }
 

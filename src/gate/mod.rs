@@ -165,6 +165,8 @@ pub struct Gate {
     pub cfg: Config,
     /// The rate-limit entry's shared-data key is built here, reused across requests.
     bucket_key: std::cell::Cell<String>,
+    /// The start of the local state keys of keys' own limits (`state_key::stem`).
+    key_stem: String,
     /// A bucket's or a rolling window's new value is built here, reused across requests.
     value_buf: std::cell::Cell<Vec<u8>>,
 }
@@ -176,8 +178,10 @@ fn quoted(s: &str) -> String {
 
 impl Gate {
     pub fn new(cfg: Config) -> Self {
+        let key_stem = state_key::stem(&cfg.shared_prefix, Tier::Local, (Origin::Key, "key"));
         Gate {
             cfg,
+            key_stem,
             bucket_key: std::cell::Cell::new(String::new()),
             value_buf: std::cell::Cell::new(Vec::new()),
         }

@@ -9,6 +9,8 @@ use super::*;
 pub struct LimitOf<'a> {
     pub policy: &'a str,
     pub origin: Origin,
+    /// The start of its local state keys (`state_key::stem`).
+    pub stem: &'a str,
     pub limit: ratelimit::Limit,
     pub per: Scope,
     pub algorithm: Algorithm,
@@ -20,6 +22,7 @@ impl Gate {
             return Some(LimitOf {
                 policy: "key",
                 origin: Origin::Key,
+                stem: &self.key_stem,
                 limit,
                 per: Scope::Key,
                 algorithm: Algorithm::TokenBucket,
@@ -28,6 +31,7 @@ impl Gate {
         self.cfg.rate.policy_for(&id.plan).map(|p| LimitOf {
             policy: p.name.as_str(),
             origin: p.origin,
+            stem: &p.stem,
             limit: p.limit,
             per: p.scope,
             algorithm: p.algorithm,
@@ -74,9 +78,7 @@ impl Gate {
             let (kind, owner) = state_key::owner(&id, l.per);
             let mut key = self.bucket_key.take();
             key.clear();
-            let policy = (l.origin, l.policy);
-            let prefix = &self.cfg.shared_prefix;
-            state_key::push(&mut key, prefix, Tier::Local, policy, kind, owner);
+            state_key::push(&mut key, l.stem, kind, owner);
             let mut buf = self.value_buf.take();
             let taken = limiter::take(store, &key, &l.limit, l.algorithm, now_ns, &mut buf);
             self.value_buf.set(buf);

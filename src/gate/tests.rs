@@ -78,7 +78,7 @@ fn rolling_window_plan_refuses_until_the_oldest_is_a_window_old() {
         .unwrap()
         .contains("allows 3 requests in any 60 s; retry in 30 s"));
     // its shared-data key names the plan and the owner; 16 + 4 x 3 bytes
-    assert_eq!(st.map.borrow()["keygate.v1:lim:p1:p:k:k1"].0.len(), 28);
+    assert_eq!(st.map.borrow()["keygate.v1:l:1:p:k:k1"].0.len(), 28);
     assert!(matches!(
         decide(&g, h, &st, NOW_US + 60 * s),
         Decision::Allow(_)
@@ -692,7 +692,7 @@ fn the_fleet_tier_targets_the_policy_owner() {
         (t.policy, t.owner, t.per, t.kind),
         ("p", "acme", Scope::Account, Scope::Account)
     );
-    assert_eq!(t.lease_key("kg"), "kg:lease:p1:p:a:acme");
+    assert_eq!(t.lease_key("kg"), "kg:f:1:p:a:acme");
     assert_eq!(
         g.cfg.fleet.as_ref().unwrap().mode_for(t.policy),
         crate::fleet::Mode::Request
