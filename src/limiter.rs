@@ -254,13 +254,9 @@ fn rolling(
             usize::try_from(spent.min(u128::from(n.clamp(1, window::MAX_REQUESTS)))).unwrap_or(0);
         let now_ms = window::ms_up(now_ns);
         let mut ring = Vec::new();
-        window::write_ring(
-            count.max(1),
-            count,
-            std::iter::repeat_n(Some(now_ms), count),
-            now_ms,
-            &mut ring,
-        );
+        window::write_ring(count.max(1), now_ms, &mut ring, |i| {
+            (i < count).then_some(now_ms)
+        });
         ring
     });
     let read = converted.as_deref().or(value);

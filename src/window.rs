@@ -86,26 +86,21 @@ pub fn ms_up(now_ns: u64) -> u64 {
     now_ns.div_ceil(NS_PER_MS)
 }
 
-/// Writes a ring of `n` slots holding the `len` `instants` (oldest first, non-decreasing; at
-/// most `n`: the newest are kept); instants before `base` are written as empty slots.
+/// Writes a ring of `n` slots, slot `i` (oldest first, non-decreasing) holding `at(i)`;
+/// instants before `base` are written as empty slots.
 pub(crate) fn write_ring(
     n: usize,
-    len: usize,
-    instants: impl Iterator<Item = Option<u64>>,
     base: u64,
     out: &mut Vec<u8>,
+    at: impl Fn(usize) -> Option<u64>,
 ) {
-    let off = |t: u64| u32::try_from(t.saturating_sub(base) + 1).unwrap_or(u32::MAX);
     out.clear();
     out.extend_from_slice(TAG);
     out.extend_from_slice(&base.to_le_bytes());
     out.extend_from_slice(&0u32.to_le_bytes());
-    for _ in len..n {
-        out.extend_from_slice(&0u32.to_le_bytes());
-    }
-    for t in instants.skip(len.saturating_sub(n)) {
-        let off = match t {
-            Some(t) if t >= base => off(t),
+    for i in 0..n {
+        let off = match at(i) {
+            Some(t) if t >= base => u32::try_from(t - base + 1).unwrap_or(u32::MAX),
             _ => 0,
         };
         out.extend_from_slice(&off.to_le_bytes());
@@ -166,7 +161,7 @@ pub fn step(
             retry_after_ms: oldest.map_or(0, until).max(1),
         };
         if ahead {
-            write_ring(n_us, n_us, (0..n_us).map(at), base, out);
+            write_ring(n_us, base, out, at);
         }
         return (d, ahead);
     }
@@ -193,13 +188,13 @@ pub fn step(
             }
         }
         // a new ring, a resized one, or a base too far behind
-        _ => write_ring(
-            n_us,
-            n_us,
-            (1..n_us).map(at).chain(std::iter::once(Some(rec))),
-            base.min(rec),
-            out,
-        ),
+        _ => write_ring(n_us, base.min(rec), out, |i| {
+            if i + 1 < n_us {
+                at(i + 1)
+            } else {
+                Some(rec)
+            }
+        }),
     }
     let d = RateDecision {
         allowed: true,
