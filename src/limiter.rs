@@ -185,9 +185,56 @@ fn ahead_or(
     }
 }
 
+/// The size of a bucket's value while two parameter sets are in use at once: the current slot,
+/// the other's, and when the other was last in use (ns).
+pub const PAIR_LEN: usize = 72;
+
+/// A bucket's current slot (header, TAT) and, while two parameter sets are in use, the other's
+/// with when it was last in use (ns).
+type Pair = ((u128, u128), Option<((u128, u128), u64)>);
+
+fn decode_pair(v: &[u8]) -> Option<Pair> {
+    let (first, rest) = v.split_at_checked(BUCKET_LEN)?;
+    let cur = decode_bucket(first)?;
+    match rest.split_at_checked(BUCKET_LEN) {
+        None if rest.is_empty() => Some((cur, None)),
+        Some((other, seen)) => {
+            let seen = u64::from_le_bytes(seen.try_into().ok()?);
+            Some((cur, Some((decode_bucket(other)?, seen))))
+        }
+        None => None,
+    }
+}
+
+fn encode_pair(cur: (u128, u128), other: Option<((u128, u128), u64)>, out: &mut Vec<u8>) {
+    encode_bucket(cur.0, cur.1, out);
+    if let Some(((h, tat), seen)) = other {
+        let mut b = Vec::with_capacity(BUCKET_LEN);
+        encode_bucket(h, tat, &mut b);
+        out.extend_from_slice(&b);
+        out.extend_from_slice(&seen.to_le_bytes());
+    }
+}
+
+/// A TAT of `l` charged one request at `now`, never beyond the bucket's capacity.
+fn charge(l: &Limit, tat: u128, now: u128) -> u128 {
+    let req = u128::from(l.requests.max(1));
+    let t = u128::from(l.window_s.max(1)) * NS;
+    let cap = u128::from(l.burst.max(1)) * t;
+    (tat.max(now * req) + t).min(now * req + cap)
+}
+
 /// A bucket step on a value that is not this bucket's as it stands: written under other
-/// parameters, by a rolling window, foreign bytes, or a TAT from a clock stepped back. The
-/// value is rebased (see the module's head), then stepped, and written either way.
+/// parameters (or under two sets at once), by a rolling window, foreign bytes, or a TAT from a
+/// clock stepped back. Stepped, and written either way.
+///
+/// Two parameter sets can be in use at once: an LDS update keeps the old listener's
+/// connections on the old configuration while new ones get the new one, and two keygate plugins
+/// may share a `shared_prefix`. Each set's count is kept beside the other's (the value is then
+/// [`PAIR_LEN`] bytes), every request admitted under one is charged to both, and each side
+/// decides on its own: neither forgets what the other admitted (a rebase back and forth would
+/// drop what a smaller capacity cannot hold, again and again). The other slot goes when it has
+/// not been in use for as long as its bucket takes to fill (it could hold nothing more then).
 #[cold]
 #[inline(never)]
 fn rebased(
@@ -197,20 +244,38 @@ fn rebased(
     now: u128,
     out: &mut Vec<u8>,
 ) -> (RateDecision, Write) {
-    let tat = match decode_bucket(v) {
-        Some((stored, tat)) if stored == h => Some(clamped(limit, tat, now)),
-        Some((stored, tat)) => Some(rebase(&limit_of(stored), tat, limit, now)),
-        None => window::Ring::parse(v).and_then(|ring| replay(&ring, limit, now)),
+    let now_ns = u64::try_from(now).unwrap_or(u64::MAX);
+    let (mine, other) = match decode_pair(v) {
+        Some(((ch, ct), other)) if ch == h => (Some(ct), other),
+        // the other set's turn: the slots swap, the current one was in use until now
+        Some(((ch, ct), Some(((oh, ot), _)))) if oh == h => (Some(ot), Some(((ch, ct), now_ns))),
+        // new parameters: rebased from the current count, which is kept beside
+        Some(((ch, ct), _)) => (
+            Some(rebase(&limit_of(ch), ct, limit, now)),
+            Some(((ch, ct), now_ns)),
+        ),
+        None => (
+            window::Ring::parse(v).and_then(|ring| replay(&ring, limit, now)),
+            None,
+        ),
     };
-    match ratelimit::step_in(limit, tat, now, NS_PER_MS) {
+    let mine = mine.map(|t| clamped(limit, t, now));
+    // an other set unused for as long as its bucket takes to fill: nothing left to keep
+    let other = other.filter(|((oh, _), seen)| {
+        let o = limit_of(*oh);
+        let full_ns = u128::from(o.burst) * u128::from(o.window_s) * NS / u128::from(o.requests);
+        u128::from(now_ns.saturating_sub(*seen)) <= full_ns
+    });
+    match ratelimit::step_in(limit, mine, now, NS_PER_MS) {
         (d, Some(new_tat)) => {
-            encode_bucket(h, new_tat, out);
+            let other = other.map(|((oh, ot), seen)| ((oh, charge(&limit_of(oh), ot, now)), seen));
+            encode_pair((h, new_tat), other, out);
             (d, Write::New)
         }
-        // a denial keeps the value, in the current parameters
-        (d, None) => match tat {
+        // a denial keeps the counts, in the current parameters
+        (d, None) => match mine {
             Some(tat) => {
-                encode_bucket(h, tat, out);
+                encode_pair((h, tat), other, out);
                 (d, Write::New)
             }
             None => (d, Write::Nothing),
@@ -246,7 +311,7 @@ fn rolling(
 ) -> (RateDecision, Write) {
     let (n, w) = (limit.requests, limit.window_s);
     // a bucket's spent tokens become requests taken now
-    let converted = value.and_then(decode_bucket).map(|(stored, tat)| {
+    let converted = value.and_then(decode_pair).map(|((stored, tat), _)| {
         let old = limit_of(stored);
         let d = debt(&old, tat, u128::from(now_ns));
         let spent = div(d, u128::from(old.window_s.max(1)) * NS, true);
@@ -380,7 +445,7 @@ mod tests {
         let lo = lim(10, 3600, 10);
         assert!(!bucket_at(&st, &lo, T0).allowed);
         let v = st.map.borrow()["o"].0.clone();
-        assert_eq!(limit_of(decode_bucket(&v).unwrap().0), lo);
+        assert_eq!(limit_of(decode_pair(&v).unwrap().0 .0), lo);
         // and from then on it refills at the new rate
         let d = bucket_at(&st, &lo, T0 + 360 * S);
         assert!(d.allowed && d.remaining == 0);
@@ -450,6 +515,31 @@ mod tests {
     }
 
     #[test]
+    fn two_parameter_sets_at_once_keep_both_counts() {
+        // an old listener (100 an hour) still serving while the new one (10 an hour) starts
+        let st = MemoryStore::default();
+        let (old, new) = (lim(100, 3600, 100), lim(10, 3600, 10));
+        spend(&st, &old, T0, 100);
+        for i in 0..20 {
+            // a request on the new listener must not give the old one its 90 back
+            assert!(!bucket_at(&st, &new, T0 + i).allowed);
+            let d = bucket_at(&st, &old, T0 + i);
+            assert!(!d.allowed, "{i}: {d:?}");
+            assert!(d.retry_after_ms <= 36_000);
+        }
+        assert_eq!(st.map.borrow()["o"].0.len(), PAIR_LEN);
+        // each side refills at its own rate and is charged what the other admits
+        let d = bucket_at(&st, &new, T0 + 360 * S);
+        assert!(d.allowed && d.remaining == 0, "{d:?}");
+        assert_eq!(drain(&st, &old, Algorithm::TokenBucket, T0 + 360 * S), 9);
+        // the old set unused for as long as its bucket takes to fill: one count again
+        let later = T0 + 360 * S + 3601 * S;
+        assert!(bucket_at(&st, &new, later).allowed);
+        assert!(bucket_at(&st, &new, later + 3601 * S).allowed);
+        assert_eq!(st.map.borrow()["o"].0.len(), BUCKET_LEN);
+    }
+
+    #[test]
     fn foreign_bytes_are_overwritten() {
         let st = MemoryStore::default();
         let l = lim(5, 1, 5);
@@ -485,6 +575,35 @@ mod tests {
                         proptest::prop_assert!(d.retry_after_ms <= cap_ms, "{:?} under {:?}", d, l);
                     }
                 }
+            }
+        }
+
+        /// Two parameter sets in use at once, requests interleaved in any order: neither side
+        /// ever admits more than its own bucket's bound (a rebase back and forth that forgot
+        /// what the smaller capacity cannot hold would let the larger side admit it again).
+        #[test]
+        fn two_sets_at_once_each_keep_their_own_bound(
+            a in (1u64..30, 1u64..20, 1u64..30), b in (1u64..30, 1u64..20, 1u64..30),
+            ops in proptest::collection::vec((proptest::bool::ANY, 0u64..3_000), 1..150)
+        ) {
+            let st = MemoryStore::default();
+            let sides = [lim(a.0, a.1, a.2), lim(b.0, b.1, b.2)];
+            let mut t = T0;
+            let mut own = [0u128; 2];
+            let mut first: [Option<u64>; 2] = [None, None];
+            for (side, gap_ms) in ops {
+                t += gap_ms * 1_000_000;
+                let i = usize::from(side);
+                first[i].get_or_insert(t);
+                if bucket_at(&st, &sides[i], t).allowed {
+                    own[i] += 1;
+                }
+            }
+            for i in 0..2 {
+                let (l, since) = (&sides[i], first[i].unwrap_or(t));
+                let bound = u128::from(l.burst)
+                    + u128::from(t - since) * u128::from(l.requests) / (u128::from(l.window_s) * u128::from(S));
+                proptest::prop_assert!(own[i] <= bound, "side {} admitted {} > {}", i, own[i], bound);
             }
         }
 
