@@ -488,42 +488,47 @@ impl Plugin {
         let granted = u64::from(call.hits);
         self.metrics
             .add_now(Metric::FleetLeaseTokens, i64::from(call.hits));
-        let direct = granted.min(waiters.len() as u64);
-        let stranded = fleet::grant(
+        let reset_ms = expires.saturating_sub(now);
+        let engine_remaining = c.remaining.unwrap_or(0);
+        // the waiters still there are served from the grant, in order of arrival
+        let mut served = 0u64;
+        let mut rest = Vec::new();
+        for w in waiters {
+            if served == granted {
+                rest.push(w);
+            } else if abi::set_effective_context(w.ctx) {
+                served += 1;
+                let left = (granted - served)
+                    .saturating_add(engine_remaining)
+                    .min(c.limit);
+                let shown = c.remaining.map(|_| (left, reset_ms));
+                let d = gate.fleet_allowed(w.a, c.limit, shown, now_us);
+                self.apply(w.ctx, d, true);
+            }
+        }
+        // what is left of it goes to the owner's entry, for this replica's next requests
+        let leftover = granted - served;
+        match fleet::grant(
             &EnvoyStore,
             &call.key,
-            granted - direct,
+            leftover,
             expires,
             &c,
             now,
             window_ms,
-        );
-        match stranded {
+        ) {
             Some(0) => {}
             Some(n) => self
                 .metrics
                 .add_now(Metric::FleetLeaseStranded, i64::try_from(n).unwrap_or(0)),
             None => self.metrics.add_now(
                 Metric::FleetLeaseStranded,
-                i64::try_from(granted - direct).unwrap_or(0),
+                i64::try_from(leftover).unwrap_or(0),
             ),
         }
-        let reset_ms = expires.saturating_sub(now);
-        let engine_remaining = c.remaining.unwrap_or(0);
+        // more waiters than tokens: another worker's lease may cover them, else ask again
         let mut uncovered = Vec::new();
-        for (i, w) in (0u64..).zip(waiters) {
-            if i < direct {
-                if abi::set_effective_context(w.ctx) {
-                    let left = (granted - i - 1)
-                        .saturating_add(engine_remaining)
-                        .min(c.limit);
-                    let shown = c.remaining.map(|_| (left, reset_ms));
-                    let d = gate.fleet_allowed(w.a, c.limit, shown, now_us);
-                    self.apply(w.ctx, d, true);
-                }
-                continue;
-            }
-            // more waiters than tokens: another worker's lease may cover them, else ask again
+        for w in rest {
             match fleet::spend(&self.buckets(now), &call.key, now, window_ms) {
                 Spend::Empty { .. } => uncovered.push(w),
                 spent => {

@@ -253,6 +253,56 @@ def test_a_name_from_outside_never_meets_a_fallback(local, upstream, real, fallb
     assert received(upstream, case) == 6
 
 
+class TwoPluginEnvoy(Envoy):
+    """Two listeners, each with its own keygate plugin, in one VM under one `shared_prefix` (as
+    two WasmPlugins on one Istio workload are): `port` runs `plugin_config`, `port_b` `config_b`."""
+
+    config_b: dict | None = None
+    port_b: int = 0
+
+    def config(self) -> dict:
+        import copy
+        import json
+        from harness import free_port
+        cfg = super().config()
+        first = cfg["static_resources"]["listeners"][0]
+        second = copy.deepcopy(first)
+        self.port_b = self.port_b or free_port()
+        second["name"] = "second"
+        second["address"]["socket_address"]["port_value"] = self.port_b
+        wasm = second["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]["typed_config"]["config"]
+        wasm["name"] = "keygate-b"
+        wasm["configuration"]["value"] = json.dumps(self.config_b)
+        cfg["static_resources"]["listeners"].append(second)
+        return cfg
+
+
+def test_two_configurations_at_once_keep_both_counts(upstream):
+    """One plan name counted 30 an hour by one plugin and 5 an hour by another, one entry in
+    shared data: each side keeps its own count of everything admitted. A count rebased back and
+    forth would let the larger side have back what the smaller one's capacity dropped."""
+    def conf(n):
+        return {"keys": [key("both", plan="x")], "auth_throttle": False,
+                "rate_limit": {"plans": {"x": {"requests": n, "window_s": 3600}}}}
+    e = TwoPluginEnvoy(conf(30), upstream.port, concurrency=2)
+    e.config_b = conf(5)
+    e.start()
+    b = Envoy.__new__(Envoy)
+    case = uuid.uuid4().hex
+    try:
+        b.port = e.port_b
+        assert statuses(run(e, "both", 30, case)) == [200] * 30
+        for i in range(6):
+            small = send(b, "both", case, h2=bool(i % 2))
+            assert_denied_within(small, "5", 720)
+            large = send(e, "both", case, h2=not i % 2)
+            assert large.status == 429, (i, large.status, large.header("x-ratelimit-remaining"))
+            assert_denied_within(large, "30", 120)
+        assert received(upstream, case) == 30
+    finally:
+        e.stop()
+
+
 # ------------------------------------------------------------------------------------------------
 # Fleet: leases and descriptors that collide; an engine's numbers bounded
 # ------------------------------------------------------------------------------------------------
