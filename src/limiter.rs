@@ -22,8 +22,10 @@
 //! an entry behind per owner and change: shared data has no delete).
 //!
 //! Layout of a bucket (32 bytes, little-endian): `kgB1`, `requests` u32, `window_s` u32, `burst`
-//! u32, the TAT u128 in ns × `requests`. A window: `kgW1` and its ring (`window`). Anything else
-//! (another plugin's bytes) is overwritten as if absent.
+//! u32, the TAT u128 in ns × `requests`; while two parameter sets are in use at once, the other
+//! set's 32 bytes and when it was last in use follow ([`PAIR_LEN`], see [`rebased`]). A window:
+//! `kgW1` and its ring (`window`). Anything else (another plugin's bytes) is overwritten as if
+//! absent.
 
 use crate::config::Algorithm;
 use crate::ratelimit::{self, div, update, Limit, RateDecision, RateError, Write, NS, NS_PER_MS};
@@ -540,6 +542,18 @@ mod tests {
     }
 
     #[test]
+    fn a_tat_at_the_end_of_time_is_a_clock_stepped_back() {
+        let st = MemoryStore::default();
+        let l = lim(60, 60, 5);
+        let mut v = Vec::new();
+        encode_bucket(header(&l), u128::MAX, &mut v);
+        st.set("o", &v, 0);
+        let d = bucket_at(&st, &l, T0);
+        assert!(!d.allowed && d.retry_after_ms == 1000, "{d:?}");
+        assert!(bucket_at(&st, &l, T0 + S).allowed);
+    }
+
+    #[test]
     fn foreign_bytes_are_overwritten() {
         let st = MemoryStore::default();
         let l = lim(5, 1, 5);
@@ -554,6 +568,34 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Whatever a well-tagged value holds (parameters and times another writer chose, one
+        /// slot or two): no panic or overflow, and a denial waits at most one interval (plus
+        /// the clock-skew allowance).
+        #[test]
+        fn any_stored_bucket_is_survived(
+            cur in (proptest::num::u32::ANY, proptest::num::u32::ANY, proptest::num::u32::ANY, proptest::num::u128::ANY),
+            other in proptest::option::of((proptest::num::u32::ANY, proptest::num::u32::ANY, proptest::num::u32::ANY, proptest::num::u128::ANY, proptest::num::u64::ANY)),
+            req in 1u64..1_000_000, win in 1u64..31_536_000, burst in 1u64..1_000_000,
+            same in proptest::bool::ANY,
+        ) {
+            let h = |r: u32, w: u32, b: u32| header(&lim(u64::from(r), u64::from(w), u64::from(b)));
+            let l = lim(req, win, burst);
+            let mut v = Vec::new();
+            let o = other.map(|(r, w, b, t, seen)| ((h(r, w, b), t), seen));
+            // the current parameters (the fast path), or any others
+            let ch = if same { header(&l) } else { h(cur.0, cur.1, cur.2) };
+            encode_pair((ch, cur.3), o, &mut v);
+            let st = MemoryStore::default();
+            st.set("o", &v, 0);
+            let d = bucket_at(&st, &l, T0);
+            if !d.allowed {
+                let interval_ms = (win * 1000).div_ceil(req);
+                proptest::prop_assert!(d.retry_after_ms <= interval_ms + 1001, "{:?} under {:?}", d, l);
+            }
+            let d = window_at(&st, &l, T0);
+            proptest::prop_assert!(d.retry_after_ms <= win * 1000);
+        }
+
         /// Any sequence of requests under limits that change (parameters and algorithm) at any
         /// time: no panic, no Retry-After longer than the current limit's own longest wait, and
         /// after a change nothing more is admitted than the new limit allows on top of what was

@@ -100,7 +100,8 @@ pub fn step_in(
     let t = u128::from(limit.window_s.max(1) * 1000) * u128::from(per_ms); // T, scaled
     let now = now * req;
     let base = tat.map_or(now, |x| x.max(now));
-    let new_tat = base + t;
+    // a stored TAT is another writer's number: it may be anything
+    let new_tat = base.saturating_add(t);
     let horizon = now + burst * t;
     let to_ms = |scaled: u128| -> u64 {
         let units = div(scaled, req, true);
