@@ -23,7 +23,7 @@
 //!
 //! Layout of a bucket (32 bytes, little-endian): `kgB1`, `requests` u32, `window_s` u32, `burst`
 //! u32, the TAT u128 in ns × `requests`; while two parameter sets are in use at once, the other
-//! set's 32 bytes and when it was last in use follow ([`PAIR_LEN`], see [`rebased`]). A window:
+//! set's 32 bytes and when it was last in use follow ([`PAIR_LEN`], see `rebased`). A window:
 //! `kgW1` and its ring (`window`). Anything else (another plugin's bytes) is overwritten as if
 //! absent.
 
