@@ -228,6 +228,16 @@ impl Plugin {
         retry: bool,
     ) -> Result<(), (Vec<LeaseWaiter>, &'static str)> {
         let now = self.now;
+        // waiters whose own time is up take `on_failure` now; the call gets what is left of the
+        // oldest of the others' time
+        let (expired, waiters): (Vec<_>, Vec<_>) = waiters
+            .into_iter()
+            .partition(|w| w.arrived_ms.saturating_add(fc.timeout_ms) <= now);
+        if !expired.is_empty() {
+            self.fail_waiters(expired, "timeout");
+            // back to the context this call is made from (the calls belong to the root)
+            abi::set_effective_context(current);
+        }
         let Some(first) = waiters.first() else {
             return Ok(());
         };
