@@ -79,6 +79,10 @@ pub struct RateConfig {
     pub plans: Vec<(String, Option<Policy>)>,
     /// For plans not in the table; `None` means unlimited.
     pub default: Option<Policy>,
+    /// A `rate_limit` section without a `default`: every plan must be one of `plans` (a key
+    /// service that names another plan gets 503, never an unlimited key). Without a `rate_limit`
+    /// section nothing is limited, and plans are only names.
+    pub plans_declared_only: bool,
     pub reset: Option<ResetStyle>,
     pub ietf_headers: bool,
     /// Rate-limit headers on allowed responses (`X-RateLimit-*`, and the IETF pair when on).
@@ -93,6 +97,12 @@ impl RateConfig {
             Some((_, p)) => p.as_ref(),
             None => self.default.as_ref(),
         }
+    }
+
+    /// Whether `plan` means something here: a plan of the table, or any plan when a `default`
+    /// catches the others or nothing is limited.
+    pub fn declares(&self, plan: &str) -> bool {
+        !self.plans_declared_only || self.plans.iter().any(|(n, _)| n == plan)
     }
 
     pub fn reset_style(&self) -> ResetStyle {
@@ -759,7 +769,7 @@ fn parse_access(field: &str, s: Option<&str>, default: Access) -> Result<Access,
     }
 }
 
-fn parse_route(path: &str, r: RawRoute, w: &mut Vec<String>) -> Result<Route, ConfigError> {
+fn parse_route(path: &str, r: RawRoute) -> Result<Route, ConfigError> {
     let matcher = match (r.exact, r.prefix) {
         (Some(e), None) if e.starts_with('/') => PathMatch::Exact(e),
         (None, Some(p)) if p.starts_with('/') => PathMatch::Prefix(p),
@@ -815,23 +825,6 @@ fn parse_route(path: &str, r: RawRoute, w: &mut Vec<String>) -> Result<Route, Co
             ));
         }
     }
-    let writes = ["POST", "PUT", "PATCH", "DELETE"];
-    let named = writes
-        .iter()
-        .filter(|m| methods.iter().any(|x| x == *m))
-        .count();
-    if access != Access::Public && named > 0 && named < writes.len() {
-        let missing: Vec<&str> = writes
-            .iter()
-            .filter(|m| !methods.iter().any(|x| x == *m))
-            .copied()
-            .collect();
-        w.push(format!(
-            "keygate: `{}` names some write methods but not {}: those requests skip this route (a route without `methods` after it catches every method)",
-            mf,
-            missing.join(", ")
-        ));
-    }
     Ok(Route {
         methods,
         matcher,
@@ -842,6 +835,69 @@ fn parse_route(path: &str, r: RawRoute, w: &mut Vec<String>) -> Result<Route, Co
 }
 
 const BODYLESS: [&str; 4] = ["GET", "HEAD", "OPTIONS", "DELETE"];
+
+/// Every embedded key's plan must be declared when anything is limited: a key naming a plan
+/// the table lacks would fall to the default, or be unlimited without one, so a typo would be
+/// an unlimited key. A key naming no plan needs a `default`.
+fn check_key_plans(plans: &[Option<String>], rate: &RateConfig) -> Result<(), ConfigError> {
+    let limited = rate.plans_declared_only || rate.default.is_some() || !rate.plans.is_empty();
+    if !limited {
+        return Ok(());
+    }
+    for (i, plan) in plans.iter().enumerate() {
+        match plan {
+            Some(p) if !rate.plans.iter().any(|(n, _)| n == p) => {
+                return Err(err(
+                    &format!("keys[{i}].plan"),
+                    format!("`{p}` is not a plan of rate_limit.plans: declare it (\"unlimited\" if it has no limit)"),
+                ))
+            }
+            None if rate.plans_declared_only => {
+                return Err(err(
+                    &format!("keys[{i}].plan"),
+                    "the key names no plan and rate_limit has no `default`: name one of rate_limit.plans, or declare rate_limit.default",
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The methods that only read. Any token is an HTTP method (`PROPPATCH`, `PURGE`, an API's own),
+/// so a rule that lists others lets every method it does not list skip it.
+const READ_METHODS: [&str; 3] = ["GET", "HEAD", "OPTIONS"];
+
+/// Warns about a rule that lists write methods with no catch-all after it: every other method
+/// (one the operator did not think of) skips the rule and falls to a later route or
+/// `default_access`. The safe pattern lists the read methods and catches the rest with a route
+/// for the same path without `methods`.
+fn warn_method_lists(routes: &[Route], w: &mut Vec<String>) {
+    for (i, r) in routes.iter().enumerate() {
+        if r.access == Access::Public {
+            continue;
+        }
+        let writes: Vec<&str> = r
+            .methods
+            .iter()
+            .map(String::as_str)
+            .filter(|m| !READ_METHODS.contains(m))
+            .collect();
+        if writes.is_empty() {
+            continue;
+        }
+        let caught = routes.iter().skip(i + 1).any(|later| {
+            later.matcher == r.matcher && later.methods.is_empty() && later.access != Access::Public
+        });
+        if !caught {
+            w.push(format!(
+                "keygate: `routes[{i}].methods` lists {}: every method it does not list (PROPPATCH, PURGE, any other) skips this rule; list the read methods ({}) instead and catch the rest with a route for the same path without `methods`",
+                writes.join(", "),
+                READ_METHODS.join(", ")
+            ));
+        }
+    }
+}
 
 /// An HTTP method as a rule names it: an RFC 9110 token, upper-cased (methods match ignoring case).
 fn method_token(field: &str, s: &str) -> Result<String, ConfigError> {
@@ -1359,10 +1415,13 @@ fn build(raw: RawConfig, w: &mut Vec<String>) -> Result<Config, ConfigError> {
     let (credentials, hide_credentials, malformed_status) = parse_credentials(raw.credentials)?;
 
     let mut keys = KeyStore::default();
+    // each key's plan as written (`None`: the default), checked once the plans are known
+    let mut key_plans: Vec<Option<String>> = Vec::new();
     if let Some(arr) = raw.keys {
         let mut ids: Vec<String> = Vec::with_capacity(arr.len());
         for (i, k) in arr.into_iter().enumerate() {
             let path = format!("keys[{i}]");
+            key_plans.push(k.plan.clone());
             let (digest, entry) = parse_key(&path, k)?;
             let kid = &entry.identity.key_id;
             if let Some(j) = ids.iter().position(|x| x == kid) {
@@ -1392,8 +1451,9 @@ fn build(raw: RawConfig, w: &mut Vec<String>) -> Result<Config, ConfigError> {
             let p = parse_policy(&f, &name, p)?;
             rate.plans.push((name, p));
         }
-        if let Some(p) = r.default {
-            rate.default = parse_policy("rate_limit.default", "default", p)?;
+        match r.default {
+            Some(p) => rate.default = parse_policy("rate_limit.default", "default", p)?,
+            None => rate.plans_declared_only = true,
         }
         rate.reset = match r.reset.as_deref() {
             None | Some("seconds") => Some(ResetStyle::Seconds),
@@ -1409,12 +1469,15 @@ fn build(raw: RawConfig, w: &mut Vec<String>) -> Result<Config, ConfigError> {
         rate.headers = r.headers.unwrap_or(true);
     }
 
+    check_key_plans(&key_plans, &rate)?;
+
     let identity_headers = parse_identity_headers(raw.identity_headers, &credentials)?;
 
     let mut routes = Vec::new();
     for (i, r) in raw.routes.unwrap_or_default().into_iter().enumerate() {
-        routes.push(parse_route(&format!("routes[{i}]"), r, w)?);
+        routes.push(parse_route(&format!("routes[{i}]"), r)?);
     }
+    warn_method_lists(&routes, w);
     let key_service = match raw.key_service {
         Some(k) => Some(parse_key_service(k)?),
         None => None,

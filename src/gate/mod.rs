@@ -467,6 +467,25 @@ impl Gate {
                 return Err(self.deny(&problems(), Problem::new(401, kind, detail), h, None));
             }
         };
+        if !self.cfg.rate.declares(&id.plan) {
+            // a plan this gateway does not know (a key service ahead of the config, or a
+            // cached verdict of a plan since removed): never an unlimited key
+            let (mut key_id, mut plan) = (String::new(), String::new());
+            push_log_value(&mut key_id, &id.key_id);
+            push_log_value(&mut plan, &id.plan);
+            log::warn!("keygate: key {key_id} has plan {plan}, which rate_limit.plans does not declare (and there is no rate_limit.default): refused with 503");
+            let retry = self.cfg.key_service.as_ref().map_or(1, |k| k.retry_after_s);
+            return Err(self.deny(
+                &problems(),
+                Problem::new(
+                    503,
+                    Kind::KeyServiceUnavailable,
+                    "the key's plan is not one this gateway declares",
+                ),
+                vec![("retry-after".to_string(), retry.to_string())],
+                None,
+            ));
+        }
 
         let route: Option<&Route> = p.route.and_then(|i| self.cfg.routes.get(i));
         let mut body = None;

@@ -785,3 +785,117 @@ fn fleet_config_refusals_name_the_field() {
         "fleet.timeout_ms"
     );
 }
+
+#[test]
+fn a_basic_users_key_is_no_bearer_token_and_a_plain_key_no_basic_password() {
+    let sha = |s: &[u8]| crate::hash::to_hex(&crate::hash::sha256(s));
+    let g = gate(&format!(
+        r#"{{"keys":[{{"id":"pat","sha256":"{}","user":"alice"}},{{"id":"plain","sha256":"{}"}}]}}"#,
+        sha(b"pat-secret"),
+        sha(b"plain-secret")
+    ));
+    let st = MemoryStore::default();
+    let basic = |u: &str, p: &str| {
+        use base64::Engine;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+        )
+    };
+    let status = |auth: &[(&str, &[u8])]| match run(&g, &st, auth) {
+        Decision::Allow(a) => (200, a.log.key_id().to_string()),
+        Decision::Deny(r, l) => (r.status, l.decision.as_str().to_string()),
+    };
+    let ok_basic = basic("alice", "pat-secret");
+    assert_eq!(
+        status(&[(":path", b"/a"), ("authorization", ok_basic.as_bytes())]),
+        (200, "pat".to_string())
+    );
+    for refused in [
+        "Bearer pat-secret".to_string(),
+        basic("bob", "pat-secret"),
+        basic("alice", "plain-secret"),
+    ] {
+        assert_eq!(
+            status(&[(":path", b"/a"), ("authorization", refused.as_bytes())]).0,
+            401,
+            "{refused}"
+        );
+    }
+    assert_eq!(
+        status(&[(":path", b"/a"), ("x-api-key", b"pat-secret")]).0,
+        401
+    );
+    assert_eq!(
+        status(&[(":path", b"/a"), ("x-api-key", b"plain-secret")]),
+        (200, "plain".to_string())
+    );
+}
+
+#[test]
+fn a_plan_the_config_does_not_declare_is_never_an_unlimited_key() {
+    let sha = crate::hash::to_hex(&crate::hash::sha256(b"secret-1"));
+    // embedded keys: refused at configuration
+    for (rate, field) in [
+        (r#"{"plans":{"pro":{"requests":5}}}"#, "keys[0].plan"),
+        (
+            r#"{"plans":{"pro":{"requests":5}},"default":"unlimited"}"#,
+            "keys[0].plan",
+        ),
+    ] {
+        let cfg = format!(
+            r#"{{"keys":[{{"id":"k","sha256":"{sha}","plan":"porn"}}],"rate_limit":{rate}}}"#
+        );
+        let e = config::parse(cfg.as_bytes(), &mut Vec::new()).unwrap_err();
+        assert!(e.to_string().contains(field), "{e}");
+    }
+    let no_plan = format!(
+        r#"{{"keys":[{{"id":"k","sha256":"{sha}"}}],"rate_limit":{{"plans":{{"pro":{{"requests":5}}}}}}}}"#
+    );
+    assert!(config::parse(no_plan.as_bytes(), &mut Vec::new()).is_err());
+    // without a rate_limit section nothing is limited and plans are names
+    let labels = format!(r#"{{"keys":[{{"id":"k","sha256":"{sha}","plan":"any"}}]}}"#);
+    assert!(config::parse(labels.as_bytes(), &mut Vec::new()).is_ok());
+
+    // a verdict from elsewhere (key service, cache) naming an undeclared plan: 503, not allowed
+    let g = gate(r#"{"rate_limit":{"plans":{"pro":{"requests":5}}}}"#);
+    let st = MemoryStore::default();
+    let id = |plan: &str| {
+        Verdict::Valid(Rc::new(Identity {
+            key_id: "k".into(),
+            subject: "k".into(),
+            account: "acme".into(),
+            plan: plan.into(),
+            scopes: vec![],
+            expires_at: None,
+            rate_limit: None,
+            resources: vec![],
+        }))
+    };
+    let h: &[(&str, &[u8])] = &[(":path", b"/a"), ("x-api-key", b"whatever")];
+    let Step::Verify(p) = g.begin(h) else {
+        panic!()
+    };
+    let Decision::Deny(r, _) = g.finish(p, id("porn"), &st, NOW_US) else {
+        panic!()
+    };
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    let Step::Verify(p) = g.begin(h) else {
+        panic!()
+    };
+    assert!(matches!(
+        g.finish(p, id("pro"), &st, NOW_US),
+        Decision::Allow(_)
+    ));
+    // with a default, other plans get it
+    let g = gate(r#"{"rate_limit":{"plans":{"pro":{"requests":5}},"default":{"requests":2}}}"#);
+    let Step::Verify(p) = g.begin(h) else {
+        panic!()
+    };
+    let d = g.finish(p, id("porn"), &MemoryStore::default(), NOW_US);
+    let Decision::Allow(a) = d else {
+        panic!("{d:?}")
+    };
+    assert_eq!(a.rate.unwrap().limit, 2);
+}
