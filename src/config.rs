@@ -181,6 +181,26 @@ pub struct Config {
     pub problems: Dialects,
     /// Fleet-wide limits on a rate-limit engine (`None`: every limit is this Envoy's own).
     pub fleet: Option<FleetConfig>,
+    /// How the bodies that owner checks read are held (`bodies`).
+    pub bodies: BodyLimits,
+}
+
+/// `bodies`: the bodies keygate holds until an owner check has read them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyLimits {
+    /// Bodies held at once per worker; past it a new one is refused (503), never one forgotten.
+    pub max_held: usize,
+    /// A body still incomplete this long after keygate began to hold it ends its request (408).
+    pub timeout_ms: u64,
+}
+
+impl Default for BodyLimits {
+    fn default() -> Self {
+        BodyLimits {
+            max_held: 4096,
+            timeout_ms: 60_000,
+        }
+    }
 }
 
 /// Every configuration field the parser knows, as `a.b[].c` paths (`<name>` for map keys,
@@ -235,6 +255,13 @@ struct RawConfig {
     problems: Option<Entries<RawDialect>>,
     fleet: Option<RawFleet>,
     default_access: Option<String>,
+    bodies: Option<RawBodies>,
+}
+
+#[derive(Deserialize)]
+struct RawBodies {
+    max_held: Option<u64>,
+    timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -841,7 +868,10 @@ fn parse_route(path: &str, r: RawRoute, w: &mut Vec<String>) -> Result<Route, Co
     })
 }
 
-const BODYLESS: [&str; 4] = ["GET", "HEAD", "OPTIONS", "DELETE"];
+/// Methods whose body has no defined meaning (RFC 9110): on an owner route that reads bodies,
+/// one of them with a body is refused from its headers (upstreams disagree whether to read it,
+/// and one that does not answers before the body is checked).
+pub const BODYLESS: [&str; 5] = ["GET", "HEAD", "OPTIONS", "DELETE", "TRACE"];
 
 /// An HTTP method as a rule names it: an RFC 9110 token, upper-cased (methods match ignoring case).
 fn method_token(field: &str, s: &str) -> Result<String, ConfigError> {
@@ -1457,6 +1487,23 @@ fn build(raw: RawConfig, w: &mut Vec<String>) -> Result<Config, ConfigError> {
     };
     let default_access =
         parse_access("default_access", raw.default_access.as_deref(), Access::Key)?;
+    let bodies = match raw.bodies {
+        None => BodyLimits::default(),
+        Some(b) => {
+            let d = BodyLimits::default();
+            BodyLimits {
+                max_held: bounded("bodies.max_held", b.max_held, d.max_held as u64, 1, 65_536)?
+                    as usize,
+                timeout_ms: bounded(
+                    "bodies.timeout_ms",
+                    b.timeout_ms,
+                    d.timeout_ms,
+                    100,
+                    3_600_000,
+                )?,
+            }
+        }
+    };
 
     Ok(Config {
         realm,
@@ -1478,6 +1525,7 @@ fn build(raw: RawConfig, w: &mut Vec<String>) -> Result<Config, ConfigError> {
         malformed_status,
         problems,
         fleet,
+        bodies,
     })
 }
 

@@ -30,27 +30,7 @@ class Answer:
 
 def http1(port: int, raw: bytes, timeout: float = 10) -> Answer:
     """Sends `raw` (a whole request, `Connection: close` is up to the caller) and reads to EOF."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(raw)
-        data = b""
-        try:
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        except (ConnectionResetError, socket.timeout):
-            pass
-    if not data.startswith(b"HTTP/1."):
-        return Answer(0)
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = []
-    for line in lines[1:]:
-        k, _, v = line.partition(":")
-        headers.append((k.strip().lower(), v.strip()))
-    return Answer(status, headers, body)
+    return exchange1(port, raw, (), timeout)
 
 
 def request1(port: int, method: str, target: str, headers: list[tuple[str, str]] = (), body: bytes = b"") -> Answer:
@@ -101,3 +81,99 @@ def request2(port: int, method: str, path: str, headers: list[tuple[str, str]] =
                     return Answer(0)
             s.sendall(conn.data_to_send())
     return Answer(status, got, data)
+
+
+def exchange2(port: int, method: str, path: str, headers: list[tuple[str, str]] = (), steps=(),
+              timeout: float = 10) -> Answer:
+    """One HTTP/2 stream driven step by step: after the request headers (never ending the stream),
+    each step is ("data", bytes, end_stream), ("trailers", [(name, value)]) (a HEADERS frame that
+    ends the stream), ("reset",) or ("sleep", seconds). Returns the response, or status 0 when
+    the stream was reset or nothing came within `timeout`."""
+    cfg = h2.config.H2Configuration(client_side=True, validate_outbound_headers=False,
+                                    normalize_outbound_headers=False, validate_inbound_headers=False)
+    conn = h2.connection.H2Connection(config=cfg)
+    conn.initiate_connection()
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        sid = conn.get_next_available_stream_id()
+        hdrs = [(":method", method), (":path", path), (":scheme", "http"), (":authority", "gate.test")]
+        conn.send_headers(sid, hdrs + list(headers), end_stream=False)
+        s.sendall(conn.data_to_send())
+        for step in steps:
+            if step[0] == "data":
+                conn.send_data(sid, step[1], end_stream=step[2])
+            elif step[0] == "trailers":
+                conn.send_headers(sid, list(step[1]), end_stream=True)
+            elif step[0] == "reset":
+                conn.reset_stream(sid)
+            elif step[0] == "sleep":
+                import time
+                time.sleep(step[1])
+            s.sendall(conn.data_to_send())
+        status, got, data = 0, [], b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except (ConnectionResetError, socket.timeout):
+                break
+            if not chunk:
+                break
+            for ev in conn.receive_data(chunk):
+                if isinstance(ev, h2.events.ResponseReceived) and ev.stream_id == sid:
+                    got = [(k.decode() if isinstance(k, bytes) else k, v.decode() if isinstance(v, bytes) else v)
+                           for k, v in ev.headers]
+                    status = int(dict(got)[":status"])
+                elif isinstance(ev, h2.events.TrailersReceived) and ev.stream_id == sid:
+                    got += [(k.decode() if isinstance(k, bytes) else k, v.decode() if isinstance(v, bytes) else v)
+                            for k, v in ev.headers]
+                elif isinstance(ev, h2.events.DataReceived) and ev.stream_id == sid:
+                    data += ev.data
+                    conn.acknowledge_received_data(ev.flow_controlled_length, sid)
+                elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id == sid:
+                    return Answer(status, got, data)
+                elif isinstance(ev, (h2.events.StreamReset, h2.events.ConnectionTerminated)):
+                    return Answer(0)
+            try:
+                s.sendall(conn.data_to_send())
+            except OSError:
+                break
+    return Answer(status, got, data)
+
+
+def exchange1(port: int, head: bytes, parts=(), timeout: float = 10) -> Answer:
+    """Raw HTTP/1.1: sends `head` (request line and headers, ending in the blank line), then each
+    part (bytes, or a float: seconds to wait), then reads the answer to EOF or `timeout`."""
+    import time
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(head)
+        for p in parts:
+            if isinstance(p, (int, float)):
+                time.sleep(p)
+            else:
+                try:
+                    s.sendall(p)
+                except OSError:
+                    break
+        data = b""
+        try:
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        except (ConnectionResetError, socket.timeout):
+            pass
+    if not data.startswith(b"HTTP/1."):
+        return Answer(0)
+    head_, _, body = data.partition(b"\r\n\r\n")
+    lines = head_.decode("latin-1").split("\r\n")
+    headers = []
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers.append((k.strip().lower(), v.strip()))
+    return Answer(int(lines[0].split()[1]), headers, body)
+
+
+def chunked(*chunks: bytes, trailers: list[tuple[str, str]] = ()) -> bytes:
+    """An HTTP/1.1 chunked body with these chunks and trailers."""
+    out = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks if c)
+    return out + b"0\r\n" + b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in trailers) + b"\r\n"
