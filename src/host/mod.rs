@@ -196,6 +196,10 @@ struct Plugin {
     held: Held<(BodyCheck, Rc<Identity>)>,
     /// When a full `held` was last swept to make room (at most every `ROOM_SWEEP_MS`).
     room_swept_ms: u64,
+    /// gRPC-Web denials sent and the `content-type` their response must carry: Envoy drops it
+    /// from a local reply without a body, `on_response_headers` puts it back (the last
+    /// `WEB_REPLIES` of them; a stream reset before its response leaves nothing that matters).
+    web_replies: Vec<(u32, String)>,
     throttle: Option<Throttle>,
     metrics: Metrics,
     /// The access-log value is written here (kept across requests: no allocation each time).
@@ -238,6 +242,7 @@ const METRICS_FLUSH_MS: u32 = 1000;
 const RESPONSE_HEADERS_MAX_AGE_MS: u64 = 600_000;
 /// A full table of held bodies is swept for streams that are gone at most this often.
 const ROOM_SWEEP_MS: u64 = 100;
+const WEB_REPLIES: usize = 64;
 /// Held streams older than this are asked after on every tick (is the stream still there?).
 const HELD_PROBE_AFTER_MS: u64 = 5_000;
 
@@ -316,6 +321,7 @@ pub extern "C" fn proxy_on_configure(root_id: u32, size: usize) -> u32 {
         response_headers: HashMap::default(),
         held: Held::new(cfg_bodies.max_held, cfg_bodies.timeout_ms),
         room_swept_ms: 0,
+        web_replies: Vec::new(),
         throttle,
         metrics: Metrics::default(),
         log_buf: String::with_capacity(128),
@@ -415,14 +421,25 @@ impl Plugin {
         }
         match d {
             Decision::Deny(reply, _) => {
-                let grpc = reply.grpc_status.unwrap_or(-1);
-                if !abi::send_local_response(
-                    reply.status,
-                    &reply.headers,
-                    reply.body.as_bytes(),
-                    grpc,
-                ) {
+                // a gRPC or gRPC-Web denial is a whole trailers-only response, HTTP 200: sent as
+                // it is (no gRPC status for Envoy to map, see `Reply::grpc_status`)
+                let status = if reply.grpc_status.is_some() {
+                    if let Some(ct) = reply
+                        .header("content-type")
+                        .filter(|ct| ct.starts_with("application/grpc-web"))
+                    {
+                        if self.web_replies.len() >= WEB_REPLIES {
+                            self.web_replies.remove(0);
+                        }
+                        self.web_replies.push((ctx, ct.to_string()));
+                    }
+                    200
+                } else {
+                    reply.status
+                };
+                if !abi::send_local_response(status, &reply.headers, reply.body.as_bytes(), -1) {
                     log::error!("keygate: could not send a local reply");
+                    abi::reset_request();
                 }
                 ACTION_PAUSE
             }
@@ -1059,6 +1076,12 @@ impl Plugin {
         }
         if let Some((rate, _)) = self.response_headers.remove(&ctx) {
             rate.for_each(|n, v| abi::add_header(abi::MapType::ResponseHeaders, n, v));
+        }
+        if !self.web_replies.is_empty() {
+            if let Some(i) = self.web_replies.iter().position(|(c, _)| *c == ctx) {
+                let (_, ct) = self.web_replies.swap_remove(i);
+                abi::replace_header(abi::MapType::ResponseHeaders, "content-type", ct.as_bytes());
+            }
         }
         ACTION_CONTINUE
     }

@@ -170,10 +170,94 @@ def exchange1(port: int, head: bytes, parts=(), timeout: float = 10) -> Answer:
     for line in lines[1:]:
         k, _, v = line.partition(":")
         headers.append((k.strip().lower(), v.strip()))
+    if ("transfer-encoding", "chunked") in headers:
+        body = dechunk(body)
     return Answer(int(lines[0].split()[1]), headers, body)
+
+
+def dechunk(raw: bytes) -> bytes:
+    """The payload of a chunked HTTP/1.1 body (trailers dropped)."""
+    out = b""
+    while raw:
+        line, _, raw = raw.partition(b"\r\n")
+        size = int(line.split(b";")[0].strip() or b"0", 16)
+        if size == 0:
+            break
+        out, raw = out + raw[:size], raw[size + 2:]
+    return out
 
 
 def chunked(*chunks: bytes, trailers: list[tuple[str, str]] = ()) -> bytes:
     """An HTTP/1.1 chunked body with these chunks and trailers."""
     out = b"".join(b"%x\r\n%s\r\n" % (len(c), c) for c in chunks if c)
     return out + b"0\r\n" + b"".join(f"{k}: {v}\r\n".encode("latin-1") for k, v in trailers) + b"\r\n"
+
+
+class H2Conn:
+    """One HTTP/2 connection (h2c) carrying many streams a test drives one by one: `open` sends a
+    stream's headers (never ending it), `data`/`trailers` continue it, `answers` collects the
+    responses of the given streams (status 0: reset, or none before the timeout)."""
+
+    def __init__(self, port: int, timeout: float = 10):
+        cfg = h2.config.H2Configuration(client_side=True, validate_outbound_headers=False,
+                                        normalize_outbound_headers=False, validate_inbound_headers=False)
+        self.conn = h2.connection.H2Connection(config=cfg)
+        self.conn.initiate_connection()
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.got: dict[int, Answer] = {}
+        self.done: set[int] = set()
+        self.flush()
+
+    def flush(self):
+        self.sock.sendall(self.conn.data_to_send())
+
+    def open(self, method: str, path: str, headers=()) -> int:
+        sid = self.conn.get_next_available_stream_id()
+        hdrs = [(":method", method), (":path", path), (":scheme", "http"), (":authority", "gate.test")]
+        self.conn.send_headers(sid, hdrs + list(headers), end_stream=False)
+        self.flush()
+        return sid
+
+    def data(self, sid: int, body: bytes, end: bool):
+        self.conn.send_data(sid, body, end_stream=end)
+        self.flush()
+
+    def trailers(self, sid: int, trailers):
+        self.conn.send_headers(sid, list(trailers), end_stream=True)
+        self.flush()
+
+    def answers(self, sids, timeout: float = 10) -> dict[int, Answer]:
+        import time
+        deadline = time.monotonic() + timeout
+        want = set(sids)
+        while not want <= self.done and time.monotonic() < deadline:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                chunk = self.sock.recv(65536)
+            except (socket.timeout, ConnectionResetError):
+                break
+            if not chunk:
+                break
+            for ev in self.conn.receive_data(chunk):
+                sid = getattr(ev, "stream_id", None)
+                if isinstance(ev, h2.events.ResponseReceived):
+                    hs = [(k.decode() if isinstance(k, bytes) else k, v.decode() if isinstance(v, bytes) else v)
+                          for k, v in ev.headers]
+                    self.got[sid] = Answer(int(dict(hs)[":status"]), hs)
+                elif isinstance(ev, h2.events.DataReceived):
+                    if sid in self.got:
+                        self.got[sid].body += ev.data
+                    self.conn.acknowledge_received_data(ev.flow_controlled_length, sid)
+                elif isinstance(ev, h2.events.StreamEnded):
+                    self.done.add(sid)
+                elif isinstance(ev, h2.events.StreamReset):
+                    self.got[sid] = Answer(0)
+                    self.done.add(sid)
+            try:
+                self.flush()
+            except OSError:
+                break
+        return {s: self.got.get(s, Answer(0)) for s in sids}
+
+    def close(self):
+        self.sock.close()
