@@ -642,18 +642,23 @@ impl Gate {
         self.deny(&pb, Problem::new(status, kind, detail), headers, id)
     }
 
-    /// Trailer names keygate acts on: the ones to remove before the upstream (identity headers
-    /// and the fail-open marker, in every spelling, as in the headers: an upstream that merges
-    /// trailers into headers, such as Apache httpd's `MergeTrailers`, would read them), and
-    /// whether one would change how a held body reads.
-    pub fn trailers<'a>(&self, names: &[&'a str]) -> (Vec<&'a str>, bool) {
+    /// Request trailers keygate acts on: the ones to remove before the upstream (identity
+    /// headers and the fail-open marker in every spelling, and with `hide_from_upstream` the
+    /// credential carriers, as in the headers: an upstream that merges trailers into headers,
+    /// such as Apache httpd's `MergeTrailers`, would read them), and whether one would change how
+    /// a held body reads (`content-type`, `content-encoding`, a method override).
+    pub fn trailers<'a>(&self, pairs: &[(&'a str, &[u8])]) -> (Vec<&'a str>, bool) {
         let idh = self.cfg.identity_headers.names();
+        let c = &self.cfg.credentials;
         let mut remove = Vec::new();
         let mut changes_body = false;
-        for &n in names {
+        for &(n, v) in pairs {
             let dashed = n.replace('_', "-");
             let d = dashed.as_str();
-            if idh.contains(&d) || d == FAIL_OPEN_HEADER {
+            let carrier = self.cfg.hide_credentials
+                && (c.api_key_headers.iter().any(|h| h == d)
+                    || (d == "authorization" && credential::is_our_scheme(c, v)));
+            if idh.contains(&d) || d == FAIL_OPEN_HEADER || carrier {
                 if !remove.contains(&n) {
                     remove.push(n);
                 }

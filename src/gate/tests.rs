@@ -890,3 +890,41 @@ fn fleet_config_refusals_name_the_field() {
         "fleet.timeout_ms"
     );
 }
+
+#[test]
+fn trailers_lose_identity_headers_and_carriers_and_flag_what_changes_a_body() {
+    let g = gate(&key_json(""));
+    let pairs: &[(&str, &[u8])] = &[
+        ("x-keygate-account", b"victim"),
+        ("x_keygate_plan", b"forged"),
+        ("x-keygate-fail-open", b"1"),
+        ("x-api-key", b"secret-1"),
+        ("authorization", b"Bearer secret-1"),
+        ("x-other", b"kept"),
+    ];
+    let (remove, changes) = g.trailers(pairs);
+    assert_eq!(
+        remove,
+        [
+            "x-keygate-account",
+            "x_keygate_plan",
+            "x-keygate-fail-open",
+            "x-api-key",
+            "authorization"
+        ]
+    );
+    assert!(!changes);
+    // a scheme keygate does not read stays, as in the headers
+    let (remove, _) = g.trailers(&[("authorization", &b"Digest x"[..])]);
+    assert!(remove.is_empty());
+    for name in [
+        "content-type",
+        "Content-Encoding",
+        "x-http-method-override",
+        "x_http_method",
+    ] {
+        let lower = name.to_ascii_lowercase();
+        let (_, changes) = g.trailers(&[(lower.as_str(), &b"x"[..])]);
+        assert!(changes, "{name}");
+    }
+}

@@ -549,14 +549,14 @@ impl Plugin {
     }
 
     /// Request trailers: the end of a request whose body ended without `end_of_stream` (an h2
-    /// HEADERS frame after the data, HTTP/1.1 chunked trailers). Identity headers are removed
-    /// from them as from the headers; a held body is checked now, with the trailers.
+    /// HEADERS frame after the data, HTTP/1.1 chunked trailers). Identity headers (and hidden
+    /// credential carriers) are removed from them as from the headers; a held body is checked
+    /// now, with the trailers.
     fn on_request_trailers(&mut self, ctx: u32) -> u32 {
         let map = abi::get_headers(abi::MapType::RequestTrailers);
         let gate = self.gate.clone();
         let (remove, changes_body) = map.with_pairs(|pairs| {
-            let names: Vec<&str> = pairs.iter().map(|&(n, _)| n).collect();
-            let (remove, changes) = gate.trailers(&names);
+            let (remove, changes) = gate.trailers(pairs);
             (
                 remove.into_iter().map(str::to_string).collect::<Vec<_>>(),
                 changes,

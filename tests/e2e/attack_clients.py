@@ -155,7 +155,7 @@ def exchange1(port: int, head: bytes, parts=(), timeout: float = 10) -> Answer:
                     break
         data = b""
         try:
-            while True:
+            while not complete(data):
                 chunk = s.recv(65536)
                 if not chunk:
                     break
@@ -173,6 +173,25 @@ def exchange1(port: int, head: bytes, parts=(), timeout: float = 10) -> Answer:
     if ("transfer-encoding", "chunked") in headers:
         body = dechunk(body)
     return Answer(int(lines[0].split()[1]), headers, body)
+
+
+def complete(data: bytes) -> bool:
+    """Whether `data` holds a whole HTTP/1.1 response (by its Content-Length or its last chunk), so
+    the client need not wait for the server to close (Envoy delays that close by a second after a
+    local reply that left the request's body unread)."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep or not head.startswith(b"HTTP/1."):
+        return False
+    if head.split(b" ", 2)[1:2] and head.split(b" ", 2)[1].startswith(b"1"):
+        return False  # 1xx: the real answer follows
+    for line in head.split(b"\r\n")[1:]:
+        k, _, v = line.partition(b":")
+        k, v = k.strip().lower(), v.strip().lower()
+        if k == b"content-length":
+            return len(body) >= int(v)
+        if k == b"transfer-encoding" and b"chunked" in v:
+            return body.endswith(b"0\r\n\r\n") and (body.startswith(b"0\r\n") or b"\r\n0\r\n" in body)
+    return False
 
 
 def dechunk(raw: bytes) -> bytes:
