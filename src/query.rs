@@ -79,25 +79,42 @@ pub fn name_is(raw: &[u8], name: &str) -> bool {
 /// four letters outside ASCII whose case mapping lands in it (`İ`, `ı`, `ſ`, the Kelvin sign:
 /// `_ıd` is `_ID` to ASP.NET Core). `None` when the name does not decode.
 pub fn lenient_name(raw: &[u8]) -> Option<Vec<u8>> {
-    lenient(raw, true)
+    lenient(raw, true, Brackets::Php)
+}
+
+/// How a reader takes brackets in a parameter name.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Brackets {
+    /// PHP: `[` opens an array suffix when a `]` follows, else it reads as `_`.
+    Php,
+    /// Rack 2 (Rails 6 and 7.0): leading and stray brackets dropped, the name ends at the first
+    /// bracket after it (`[_id]`, `]_id`, `_id]`, `_id[` are all `_id`).
+    Rack,
 }
 
 /// Whether an upstream may read the raw parameter name `raw` as the name whose lenient form
-/// (`lenient_name`) is `want`: read up to its first NUL, or with its NULs dropped (a reader that
-/// skips them), either reading counts.
+/// (`lenient_name`) is `want`: read up to its first NUL or with its NULs dropped (a reader that
+/// skips them), brackets read as PHP or as Rack reads them; any of these readings counts.
 pub fn lenient_is(raw: &[u8], want: &[u8]) -> bool {
     if raw.len() < want.len() {
         return false; // no reading makes a name longer than its raw bytes
     }
-    if lenient(raw, true).is_some_and(|n| n == want) {
-        return true;
-    }
-    raw.iter().any(|&c| c == b'%' || c == 0) && lenient(raw, false).is_some_and(|n| n == want)
+    let nul = raw.iter().any(|&c| c == b'%' || c == 0);
+    let brackets = raw.iter().any(|&c| c == b'[' || c == b']' || c == b'%');
+    [
+        (true, Brackets::Php),
+        (false, Brackets::Php),
+        (true, Brackets::Rack),
+        (false, Brackets::Rack),
+    ]
+    .into_iter()
+    .filter(|&(cut, b)| (cut || nul) && (b == Brackets::Php || brackets))
+    .any(|(cut, b)| lenient(raw, cut, b).is_some_and(|n| n == want))
 }
 
-/// `lenient_name`, the NUL rule chosen: `cut` reads up to the first NUL, else NULs are dropped
-/// like the other control bytes.
-fn lenient(raw: &[u8], cut: bool) -> Option<Vec<u8>> {
+/// `lenient_name`, the readings chosen: `cut` reads up to the first NUL, else NULs are dropped
+/// like the other control bytes; `brackets` as PHP or as Rack reads them.
+fn lenient(raw: &[u8], cut: bool, brackets: Brackets) -> Option<Vec<u8>> {
     let plus: Vec<u8> = raw
         .iter()
         .map(|&c| if c == b'+' { b' ' } else { c })
@@ -117,9 +134,23 @@ fn lenient(raw: &[u8], cut: bool) -> Option<Vec<u8>> {
     if d.iter().any(|&c| c >= 0x80) {
         d = fold_outside_ascii(&d);
     }
-    if let Some(open) = d.iter().position(|&c| c == b'[') {
-        if open > 0 && d[open..].contains(&b']') {
-            d.truncate(open);
+    match brackets {
+        Brackets::Php => {
+            if let Some(open) = d.iter().position(|&c| c == b'[') {
+                if open > 0 && d[open..].contains(&b']') {
+                    d.truncate(open);
+                }
+            }
+        }
+        Brackets::Rack => {
+            let start = d
+                .iter()
+                .position(|&c| c != b'[' && c != b']')
+                .unwrap_or(d.len());
+            d.drain(..start);
+            if let Some(end) = d.iter().position(|&c| c == b'[' || c == b']') {
+                d.truncate(end);
+            }
         }
     }
     for c in d.iter_mut() {
@@ -230,6 +261,12 @@ mod tests {
             b"_id%5B%5D",
             b"_id[x]",
             b".id",
+            b"[_id]",
+            b"%5B_id%5D",
+            b"]]_id",
+            b"_id]",
+            b"_id[",
+            b"[_id][x]",
         ] {
             assert!(lenient_is(raw, &want), "{}", String::from_utf8_lossy(raw));
         }
@@ -258,8 +295,10 @@ mod tests {
         #[test]
         fn lenient_names_never_grow(raw in proptest::collection::vec(proptest::num::u8::ANY, 0..24)) {
             for cut in [true, false] {
-                if let Some(n) = lenient(&raw, cut) {
-                    proptest::prop_assert!(n.len() <= raw.len());
+                for b in [Brackets::Php, Brackets::Rack] {
+                    if let Some(n) = lenient(&raw, cut, b) {
+                        proptest::prop_assert!(n.len() <= raw.len());
+                    }
                 }
             }
         }

@@ -46,6 +46,40 @@ pub enum OwnerBody {
     Unchecked,
 }
 
+/// The values the cookies give for the owner parameter `name`, read as the frameworks that merge
+/// cookies into request parameters read them (PHP's `$_REQUEST` under its default
+/// `variables_order`, classic ASP.NET's `Request[...]`): pairs split at `;` and `,`, names as the
+/// query's (`query::lenient_is`), each value literally, percent-decoded (with `+` as a space, as
+/// PHP's `urldecode`), and without surrounding quotes (Go, Python). Every one must be owned.
+pub fn owner_values_in_cookies(name: &str, cookies: &[u8]) -> Vec<Vec<u8>> {
+    let want = query::lenient_name(name.as_bytes()).unwrap_or_default();
+    let mut out = Vec::new();
+    for pair in cookies.split(|&c| c == b';' || c == b',') {
+        let (n, v) = match pair.iter().position(|&c| c == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &b""[..]),
+        };
+        if !query::lenient_is(n.trim_ascii(), &want) {
+            continue;
+        }
+        let v = v.trim_ascii();
+        let unquoted = v
+            .strip_prefix(b"\"")
+            .and_then(|x| x.strip_suffix(b"\""))
+            .unwrap_or(v);
+        let spaced: Vec<u8> = v
+            .iter()
+            .map(|&c| if c == b'+' { b' ' } else { c })
+            .collect();
+        out.push(v.to_vec());
+        out.push(unquoted.to_vec());
+        for d in [query::percent_decode(v), query::percent_decode(&spaced)] {
+            out.push(d.unwrap_or_else(|| b"\0undecodable".to_vec()));
+        }
+    }
+    out
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Owner {
     pub source: OwnerSource,
@@ -277,6 +311,42 @@ mod tests {
             assert_eq!(owns(&q, p.as_bytes()), Ownership::Owned, "{p}");
         }
         assert_eq!(owns(&q, b"/e?_idx=victim&id=v"), Ownership::Unnamed);
+    }
+
+    #[test]
+    fn cookies_that_name_the_owner_are_read_every_way() {
+        let v = |c: &str| owner_values_in_cookies("_id", c.as_bytes());
+        assert!(v("session=abc; theme=dark").is_empty());
+        let got = v("session=abc; _id=a%202, _ID=\"a1\"");
+        assert!(got.contains(&b"a 2".to_vec()) && got.contains(&b"a1".to_vec()));
+        assert!(
+            got.contains(&b"\"a1\"".to_vec()),
+            "the quoted value as PHP keeps it"
+        );
+        assert!(v("_id%00=x").contains(&b"x".to_vec()));
+        assert!(v(" _id=a+2").contains(&b"a 2".to_vec()));
+        let q = Owner {
+            source: OwnerSource::Query("_id".into()),
+            resource: "aggregator".into(),
+            status: 404,
+            body: OwnerBody::Read,
+        };
+        let c = v("_id=zz");
+        assert_eq!(
+            check_owner(&q, b"/e", Some(b"_id=a1"), Some(&c), &id()),
+            Ownership::NotOwned
+        );
+        let c = v("_id=a1");
+        assert_eq!(
+            check_owner(&q, b"/e", None, Some(&c), &id()),
+            Ownership::Owned
+        );
+        // a quoted owned value reads as `"a1"` to PHP: not owned
+        let c = v("_id=\"a1\"");
+        assert_eq!(
+            check_owner(&q, b"/e", None, Some(&c), &id()),
+            Ownership::NotOwned
+        );
     }
 
     #[test]

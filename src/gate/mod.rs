@@ -170,6 +170,9 @@ pub struct Pending {
     rpc: Rpc,
     /// The route's owner check reads the body (`owner.body: "read"`), this way.
     body_check: Option<Reading>,
+    /// The request's cookies, on a route whose owner is a query parameter (PHP's `$_REQUEST`
+    /// and classic ASP.NET's `Request[...]` merge cookies into the parameters).
+    cookies: Option<Vec<u8>>,
 }
 
 pub enum Step {
@@ -326,6 +329,11 @@ impl Gate {
             }
         }
 
+        let cookies = match route.and_then(|r| r.owner.as_ref()) {
+            Some(o) if matches!(o.source, OwnerSource::Query(_)) => cookie_header(headers),
+            _ => None,
+        };
+
         match access {
             Access::Closed => {
                 return Step::Done(self.deny(
@@ -366,6 +374,7 @@ impl Gate {
             strip,
             rpc,
             body_check,
+            cookies,
         })
     }
 
@@ -518,7 +527,15 @@ impl Gate {
             if let Some(owner) = &route.owner {
                 let (raw_path, raw_query) = query::split_path(&p.path);
                 let owned = match crate::path::canonical(raw_path, &self.cfg.paths) {
-                    Ok(canon) => route::check_owner(owner, &canon, raw_query, None, &id),
+                    Ok(canon) => {
+                        let from_cookies = match (&owner.source, p.cookies.as_deref()) {
+                            (OwnerSource::Query(name), Some(c)) => {
+                                route::owner_values_in_cookies(name, c)
+                            }
+                            _ => Vec::new(),
+                        };
+                        route::check_owner(owner, &canon, raw_query, Some(&from_cookies), &id)
+                    }
                     Err(_) => Ownership::NotOwned, // refused in phase one already
                 };
                 // a body the upstream may take the owner from is checked when it is in
@@ -722,6 +739,21 @@ pub struct Admitted {
     pub id: Rc<Identity>,
     /// The owner check left for the body (`Allow::body`).
     body: Option<BodyCheck>,
+}
+
+/// Every `cookie` header of the request, joined (`None` without one).
+fn cookie_header(headers: &[(&str, &[u8])]) -> Option<Vec<u8>> {
+    let mut out: Option<Vec<u8>> = None;
+    for &(n, v) in headers {
+        if n == "cookie" {
+            let o = out.get_or_insert_with(Vec::new);
+            if !o.is_empty() {
+                o.push(b';');
+            }
+            o.extend_from_slice(v);
+        }
+    }
+    out
 }
 
 /// How the body of a request on an owner route reads, from its `content-type` and

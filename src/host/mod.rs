@@ -540,7 +540,10 @@ impl Plugin {
             None => Some(gate.body_unchecked(check, Some(id), Unchecked::Unreadable)),
         };
         match denial {
-            Some(deny) => self.apply(ctx, deny, false),
+            Some(deny) => {
+                note_ended(ctx);
+                self.apply(ctx, deny, false)
+            }
             None => {
                 self.metrics.inc(Metric::of_outcome(Outcome::Allowed));
                 ACTION_CONTINUE
@@ -570,6 +573,7 @@ impl Plugin {
         };
         self.now = now_ms();
         if changes_body {
+            note_ended(ctx);
             let d = gate.body_unchecked(&check, Some(&id), Unchecked::Trailers);
             return self.apply(ctx, d, false);
         }

@@ -409,6 +409,7 @@ BODIES = [
     ("utf-16 form without a charset", [FORM], [], b"\xff\xfe" + utf16("_id=victim"), 400),
     ("form field cut at NUL (PHP)", [FORM], [], b"_id%00=victim&name=x", 404),
     ("form field with a dotless i (.NET folds it)", [FORM], [], b"_%C4%B1d=victim", 404),
+    ("form field in leading brackets (Rack 2)", [FORM], [], b"name=x&[_id]=victim", 404),
     ("json member cut at NUL", [JSON], [], b'{"_id\\u0000": "victim"}', 404),
     ("multipart", ["multipart/form-data; boundary=zz"], [],
      b'--zz\r\nContent-Disposition: form-data; name="_id"\r\n\r\nvictim\r\n--zz--', 400),
@@ -450,10 +451,27 @@ def test_bodies_read_one_way_still_pass_whole(alone, rec, proto, ctype, body):
 @pytest.mark.parametrize("proto", [1, 2])
 @pytest.mark.parametrize("query", ["_id=agg-1&_id%00=victim", "_id=agg-1&_id%00x=victim", "_id=agg-1&%00_id=victim",
                                    "_id=agg-1&_id%01=victim", "_id=agg-1&_i%7Fd=victim", "_id=agg-1&_%C4%B1d=victim",
-                                   "_id=agg-1&_%C4%B0D=victim", "_id%00=victim"])
+                                   "_id=agg-1&_%C4%B0D=victim", "_id%00=victim", "_id=agg-1&%5B_id%5D=victim",
+                                   "_id=agg-1&%5D_id=victim"])
 def test_query_names_every_reader_takes_for_the_owner_must_be_owned(alone, rec, proto, query):
     m, mk = mark()
     a = send(alone, proto, "GET", f"/api/event?{query}", [mk, ("x-api-key", READER)])
     got, seen = of(rec, m)
     assert a.status == 404 and slug(a) == "resource-forbidden", (query, a.status)
     assert got == [] and seen == []
+
+
+@pytest.mark.parametrize("proto", [1, 2])
+@pytest.mark.parametrize("cookie", ["_id=victim", "session=1; _ID=victim", "a=1, _id=victim", "_id%00=victim",
+                                    ' _id="agg-1"'])
+def test_a_cookie_naming_the_owner_must_be_owned_too(alone, rec, proto, cookie):
+    # PHP's $_REQUEST (its default variables_order, as in the official images without a php.ini)
+    # and classic ASP.NET's Request[...] read cookies as parameters: a cookie would win
+    m, mk = mark()
+    a = send(alone, proto, "GET", f"/api/event?_id={OWNED}", [mk, ("x-api-key", READER), ("cookie", cookie)])
+    got, seen = of(rec, m)
+    assert a.status == 404 and slug(a) == "resource-forbidden", (cookie, a.status)
+    assert got == [] and seen == []
+    m, mk = mark()
+    a = send(alone, proto, "GET", f"/api/event?_id={OWNED}", [mk, ("x-api-key", READER), ("cookie", f"_id={OWNED}")])
+    assert a.status == 200 and len(of(rec, m)[0]) == 1
