@@ -26,6 +26,7 @@
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 
+use crate::credential::trim_ows;
 use crate::query;
 
 /// The largest body an owner check reads; a longer one is refused (413).
@@ -144,18 +145,6 @@ fn is_token(s: &[u8]) -> bool {
                         | b'~'
                 )
         })
-}
-
-fn trim_ows(s: &[u8]) -> &[u8] {
-    let start = s
-        .iter()
-        .position(|&c| c != b' ' && c != b'\t')
-        .unwrap_or(s.len());
-    let end = s
-        .iter()
-        .rposition(|&c| c != b' ' && c != b'\t')
-        .map_or(start, |e| e + 1);
-    s.get(start..end).unwrap_or_default()
 }
 
 /// `application/json` or a `+json` type (the essence), case ignored.

@@ -326,7 +326,10 @@ impl ProblemBuilder<'_> {
             }
             let code = grpc_status(status);
             headers.push(("content-type".into(), self.rpc.content_type().into()));
-            headers.push(("grpc-status".into(), code.to_string()));
+            headers.push((
+                "grpc-status".into(),
+                itoa::Buffer::new().format(code).into(),
+            ));
             headers.push(("grpc-message".into(), grpc_percent_encode(&msg)));
             headers.push(("cache-control".into(), "no-store".into()));
             return Reply {

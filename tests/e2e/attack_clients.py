@@ -46,49 +46,17 @@ def request1(port: int, method: str, target: str, headers: list[tuple[str, str]]
 def request2(port: int, method: str, path: str, headers: list[tuple[str, str]] = (), body: bytes = b"",
              timeout: float = 10) -> Answer:
     """One HTTP/2 request (h2c, prior knowledge) with headers sent as given, unvalidated."""
-    cfg = h2.config.H2Configuration(client_side=True, validate_outbound_headers=False,
-                                    normalize_outbound_headers=False, validate_inbound_headers=False)
-    conn = h2.connection.H2Connection(config=cfg)
-    conn.initiate_connection()
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        sid = conn.get_next_available_stream_id()
-        hdrs = [(":method", method), (":path", path), (":scheme", "http"), (":authority", "gate.test")]
-        hdrs += list(headers)
-        conn.send_headers(sid, hdrs, end_stream=not body)
-        if body:
-            conn.send_data(sid, body, end_stream=True)
-        s.sendall(conn.data_to_send())
-        status, got, data = 0, [], b""
-        done = False
-        while not done:
-            try:
-                chunk = s.recv(65536)
-            except (ConnectionResetError, socket.timeout):
-                break
-            if not chunk:
-                break
-            for ev in conn.receive_data(chunk):
-                if isinstance(ev, h2.events.ResponseReceived) and ev.stream_id == sid:
-                    got = [(k.decode() if isinstance(k, bytes) else k, v.decode() if isinstance(v, bytes) else v)
-                           for k, v in ev.headers]
-                    status = int(dict(got)[":status"])
-                elif isinstance(ev, h2.events.DataReceived) and ev.stream_id == sid:
-                    data += ev.data
-                    conn.acknowledge_received_data(ev.flow_controlled_length, sid)
-                elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id == sid:
-                    done = True
-                elif isinstance(ev, (h2.events.StreamReset, h2.events.ConnectionTerminated)):
-                    return Answer(0)
-            s.sendall(conn.data_to_send())
-    return Answer(status, got, data)
+    return exchange2(port, method, path, headers, [("data", body, True)] if body else [], timeout,
+                     end_with_headers=not body)
 
 
 def exchange2(port: int, method: str, path: str, headers: list[tuple[str, str]] = (), steps=(),
-              timeout: float = 10) -> Answer:
-    """One HTTP/2 stream driven step by step: after the request headers (never ending the stream),
-    each step is ("data", bytes, end_stream), ("trailers", [(name, value)]) (a HEADERS frame that
-    ends the stream), ("reset",) or ("sleep", seconds). Returns the response, or status 0 when
-    the stream was reset or nothing came within `timeout`."""
+              timeout: float = 10, end_with_headers: bool = False) -> Answer:
+    """One HTTP/2 stream driven step by step: after the request headers (which end the stream only
+    with `end_with_headers`), each step is ("data", bytes, end_stream), ("trailers", [(name,
+    value)]) (a HEADERS frame that ends the stream), ("reset",) or ("sleep", seconds). Returns the
+    response (its trailers after its headers), or status 0 when the stream was reset or nothing
+    came within `timeout`."""
     cfg = h2.config.H2Configuration(client_side=True, validate_outbound_headers=False,
                                     normalize_outbound_headers=False, validate_inbound_headers=False)
     conn = h2.connection.H2Connection(config=cfg)
@@ -96,7 +64,7 @@ def exchange2(port: int, method: str, path: str, headers: list[tuple[str, str]] 
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         sid = conn.get_next_available_stream_id()
         hdrs = [(":method", method), (":path", path), (":scheme", "http"), (":authority", "gate.test")]
-        conn.send_headers(sid, hdrs + list(headers), end_stream=False)
+        conn.send_headers(sid, hdrs + list(headers), end_stream=end_with_headers)
         s.sendall(conn.data_to_send())
         for step in steps:
             if step[0] == "data":

@@ -26,9 +26,9 @@ import pytest
 import yaml
 
 from attack_clients import H2Conn, chunked, exchange1, exchange2, request1, request2
-from harness import ROOT, Envoy, Upstream, free_port, wait_until
+from harness import ROOT, Envoy, Upstream
 from keys import sha
-from test_demo import YamlEnvoy
+from test_demo import started_demo
 
 READER = "bodies-reader-key-0001"
 OWNED, VICTIM = "agg-1", "victim"
@@ -322,10 +322,7 @@ def test_every_shipped_config_with_owner_bodies_buffers_between_keygate_and_the_
 
 @pytest.fixture(scope="module")
 def demo(rec):
-    ports = {10000: free_port(), 9901: free_port(), 8080: rec.port}
-    e = YamlEnvoy("envoy/demo.yaml", ports)
-    e.port, e.admin_port = ports[10000], ports[9901]
-    e.start()
+    e = started_demo(rec.port)
     yield e
     e.stop()
 
