@@ -191,6 +191,26 @@ pub struct Config {
     pub problems: Dialects,
     /// Fleet-wide limits on a rate-limit engine (`None`: every limit is this Envoy's own).
     pub fleet: Option<FleetConfig>,
+    /// How the bodies that owner checks read are held (`bodies`).
+    pub bodies: BodyLimits,
+}
+
+/// `bodies`: the bodies keygate holds until an owner check has read them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyLimits {
+    /// Bodies held at once per worker; past it a new one is refused (503), never one forgotten.
+    pub max_held: usize,
+    /// A body still incomplete this long after keygate began to hold it ends its request (408).
+    pub timeout_ms: u64,
+}
+
+impl Default for BodyLimits {
+    fn default() -> Self {
+        BodyLimits {
+            max_held: 4096,
+            timeout_ms: 60_000,
+        }
+    }
 }
 
 /// Every configuration field the parser knows, as `a.b[].c` paths (`<name>` for map keys,
@@ -245,6 +265,13 @@ struct RawConfig {
     problems: Option<Entries<RawDialect>>,
     fleet: Option<RawFleet>,
     default_access: Option<String>,
+    bodies: Option<RawBodies>,
+}
+
+#[derive(Deserialize)]
+struct RawBodies {
+    max_held: Option<u64>,
+    timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -834,7 +861,10 @@ fn parse_route(path: &str, r: RawRoute) -> Result<Route, ConfigError> {
     })
 }
 
-const BODYLESS: [&str; 4] = ["GET", "HEAD", "OPTIONS", "DELETE"];
+/// Methods whose body has no defined meaning (RFC 9110): on an owner route that reads bodies,
+/// one of them with a body is refused from its headers (upstreams disagree whether to read it,
+/// and one that does not answers before the body is checked).
+pub const BODYLESS: [&str; 5] = ["GET", "HEAD", "OPTIONS", "DELETE", "TRACE"];
 
 /// Every embedded key's plan must be declared when anything is limited: a key naming a plan
 /// the table lacks would fall to the default, or be unlimited without one, so a typo would be
@@ -1523,6 +1553,23 @@ fn build(raw: RawConfig, w: &mut Vec<String>) -> Result<Config, ConfigError> {
     };
     let default_access =
         parse_access("default_access", raw.default_access.as_deref(), Access::Key)?;
+    let bodies = match raw.bodies {
+        None => BodyLimits::default(),
+        Some(b) => {
+            let d = BodyLimits::default();
+            BodyLimits {
+                max_held: bounded("bodies.max_held", b.max_held, d.max_held as u64, 1, 65_536)?
+                    as usize,
+                timeout_ms: bounded(
+                    "bodies.timeout_ms",
+                    b.timeout_ms,
+                    d.timeout_ms,
+                    100,
+                    3_600_000,
+                )?,
+            }
+        }
+    };
 
     Ok(Config {
         realm,
@@ -1544,6 +1591,7 @@ fn build(raw: RawConfig, w: &mut Vec<String>) -> Result<Config, ConfigError> {
         malformed_status,
         problems,
         fleet,
+        bodies,
     })
 }
 

@@ -46,12 +46,17 @@ class YamlEnvoy(Envoy):
         return cfg
 
 
-@pytest.fixture(scope="module")
-def demo(upstream):
-    ports = {10000: free_port(), 9901: free_port(), 8080: upstream.port}
+def started_demo(upstream_port: int) -> YamlEnvoy:
+    """envoy/demo.yaml in a real Envoy on free ports, in front of the upstream at this port."""
+    ports = {10000: free_port(), 9901: free_port(), 8080: upstream_port}
     e = YamlEnvoy("envoy/demo.yaml", ports)
     e.port, e.admin_port = ports[10000], ports[9901]
-    e.start()
+    return e.start()
+
+
+@pytest.fixture(scope="module")
+def demo(upstream):
+    e = started_demo(upstream.port)
     yield e
     e.stop()
 
