@@ -71,7 +71,7 @@ impl Gate {
             id,
             body,
         } = a;
-        let problems = || self.problems(instance_of(&p.path), p.request_id.as_deref(), p.grpc);
+        let problems = || self.problems(instance_of(&p.path), p.request_id.as_deref(), p.rpc);
         let now_us = now_ns / 1000;
         let mut rate = None;
         if let Some(l) = self.limit_for(&id) {
