@@ -1,0 +1,214 @@
+"""A red team against the held-body hardening: bodies, streams, readings, shipped configs.
+
+Every case goes through a real Envoy with the built keygate.wasm to the recording echo upstream
+(tests/services/echo.py), over raw HTTP/1.1 and HTTP/2 (h2c), and asserts two things: keygate's
+answer, and what the upstream received (`received`: requests it answered, with body and trailers;
+`seen`: every request whose headers reached it, including any a desynchronised connection made
+it parse out of another request's bytes).
+
+The readings were first asked of the real readers (PHP 8.2's built-in server, Go 1.19 net/http
+and encoding/json, Flask 3 / Werkzeug, Django 4.2 and 5.2, Express 4 with qs and body-parser,
+Rack 2.2) as upstreams behind the same Envoy; each test names the reader that read the request
+differently from keygate.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+import yaml
+
+from attack_clients import chunked, exchange1, exchange2, request1, request2
+from harness import ROOT, Envoy, KeyService, Upstream
+from keys import sha
+
+FORM, JSON = "application/x-www-form-urlencoded", "application/json"
+ISTIO_LIKE = {"normalize_path": None, "merge_slashes": None,
+              "http_protocol_options": {"enable_trailers": True}}
+BUFFER_FILTER = yaml.safe_load((ROOT / "envoy" / "istio" / "owner-bodies.yaml").read_text())[
+    "spec"]["configPatches"][0]["patch"]["value"]
+
+
+@pytest.fixture(scope="module")
+def rec():
+    u = Upstream()
+    yield u
+    u.stop()
+
+
+def mark() -> tuple[str, tuple[str, str]]:
+    m = uuid.uuid4().hex
+    return m, ("x-case", m)
+
+
+def of(rec, m: str) -> tuple[list, list]:
+    """(received, seen) of the case marked `m` (the pause: what must NOT have arrived)."""
+    time.sleep(0.1)
+
+    def mine(rs):
+        return [r for r in rs if ["x-case", m] in r["headers"]]
+    return mine(rec.received()), mine(rec.seen())
+
+
+def slug(a) -> str:
+    return a.json()["type"].rsplit(":", 1)[-1] if a.body.startswith(b"{") else ""
+
+
+def h1_head(method, target, headers) -> bytes:
+    lines = [f"{method} {target} HTTP/1.1", "Host: gate.test", "Connection: close"]
+    lines += [f"{k}: {v}" for k, v in headers]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def send(e, proto, method, target, headers=(), body=b""):
+    fn = request1 if proto == 1 else request2
+    return fn(e.port, method, target, list(headers), body)
+
+
+# -- 1. a body that ends in trailers while keygate waits for a verdict ---------------------------
+#
+# keygate pauses a request's headers while it asks the key service (or a fleet engine). Envoy then
+# buffers what follows: the body, and trailers. When the verdict lets the request on, Envoy hands
+# keygate the buffered body and, in the same resumption, the trailers. keygate held the body and
+# let it go at the trailers; Envoy's filter manager, still inside that resumption, skipped the
+# body for every filter after keygate and gave it to the router after the trailers. Without the
+# buffer filter the upstream got an empty body; with it (the shipped hardening) the buffer filter
+# counted no body, the router sent `content-length: 0`, and then the body's bytes, raw, on the
+# upstream connection: a second request the upstream parsed out of the body, which keygate never
+# saw (any path, closed routes included, any identity header).
+
+def smuggled_request(tag: str) -> bytes:
+    return (f"GET /admin/smuggled-{tag} HTTP/1.1\r\nhost: upstream\r\nx-keygate-account: victim-corp\r\n"
+            f"x-keygate-key-id: victim-key\r\ncontent-length: 0\r\n\r\n").encode()
+
+
+@pytest.fixture(scope="module")
+def ks():
+    k = KeyService().start()
+    yield k
+    k.stop()
+
+
+def remote_config() -> dict:
+    return {
+        "key_service": {"cluster": "keyservice", "timeout_ms": 3000},
+        "routes": [{"prefix": "/admin", "access": "closed"},
+                   {"prefix": "/api/event", "owner": {"query": "_id", "resource": "aggregator", "status": 404}}],
+        "rate_limit": {"plans": {"free": {"requests": 1000, "window_s": 60}}},
+        "auth_throttle": False,
+    }
+
+
+@pytest.fixture(scope="module", params=["alone", "buffered"])
+def remote(request, rec, ks):
+    kw = {"filters_after": [BUFFER_FILTER]} if request.param == "buffered" else {}
+    e = Envoy(remote_config(), rec.port, concurrency=1, extra_clusters=[ks.cluster()], hcm=ISTIO_LIKE,
+              upstream_http1={"enable_trailers": True}, **kw).start()
+    e.wait_feed_polled()
+    yield e
+    e.stop()
+
+
+def new_key(ks) -> str:
+    secret = "kgt_" + uuid.uuid4().hex
+    ks.add_key(secret, "k_" + uuid.uuid4().hex[:10], plan="free", resources={"aggregator": ["agg-1"]})
+    return secret
+
+
+@pytest.mark.parametrize("proto", [1, 2])
+@pytest.mark.parametrize("when", ["trailers before the verdict", "trailers after it"])
+def test_a_body_ending_in_trailers_during_a_key_service_call_reaches_the_upstream_whole_and_alone(
+        remote, rec, ks, proto, when):
+    tag = uuid.uuid4().hex[:12]
+    body = smuggled_request(tag)  # a form with no `_id`: nothing for the owner check to refuse
+    secret = new_key(ks)  # a new key: its verdict comes from the service, not the cache
+    ks.mode("slow:0.3")  # the body and the trailers are in before the verdict
+    try:
+        m, case = mark()
+        h = [case, ("x-api-key", secret), ("content-type", FORM)]
+        trailers = [("x-checksum", "abc")]
+        wait = 0.8 if when == "trailers after it" else 0
+        if proto == 1:
+            whole = chunked(body, trailers=trailers)
+            cut = whole.index(b"0\r\nx-checksum")
+            a = exchange1(remote.port, h1_head("POST", "/api/event?_id=agg-1", h + [("transfer-encoding", "chunked")]),
+                          [whole[:cut], wait, whole[cut:]], timeout=8)
+        else:
+            a = exchange2(remote.port, "POST", "/api/event?_id=agg-1", h,
+                          [("data", body, False), ("sleep", wait), ("trailers", trailers)], timeout=8)
+    finally:
+        ks.mode("ok")
+    got, _ = of(rec, m)
+    smuggled = [s for s in rec.seen() if f"smuggled-{tag}" in s["path"]]
+    assert smuggled == [], "a request keygate never saw reached the upstream out of a body's bytes"
+    assert a.status == 200, (a.status, a.body[:300])
+    assert len(got) == 1 and got[0]["body"] == body, [g["body"] for g in got]
+    cl = dict(got[0]["headers"]).get("content-length")
+    assert cl in (None, str(len(body))), cl
+
+
+@pytest.mark.parametrize("proto", [1, 2])
+def test_a_refused_body_ending_in_trailers_during_a_key_service_call_reaches_nothing(remote, rec, ks, proto):
+    secret = new_key(ks)
+    ks.mode("slow:0.3")
+    try:
+        m, case = mark()
+        h = [case, ("x-api-key", secret), ("content-type", FORM)]
+        body, trailers = b"name=x&_id=victim", [("x-checksum", "abc")]
+        if proto == 1:
+            a = exchange1(remote.port, h1_head("POST", "/api/event?_id=agg-1", h + [("transfer-encoding", "chunked")]),
+                          [chunked(body, trailers=trailers)], timeout=8)
+        else:
+            a = exchange2(remote.port, "POST", "/api/event?_id=agg-1", h, [("data", body, False), ("trailers", trailers)],
+                          timeout=8)
+    finally:
+        ks.mode("ok")
+    got, seen = of(rec, m)
+    assert a.status == 404 and slug(a) == "resource-forbidden", (a.status, a.body[:300])
+    assert got == []
+    if remote.filters_after:
+        assert seen == []
+
+
+def shipped_plugin_config(path) -> str:
+    """The keygate configuration (JSON text) of the wasm filter in a shipped Envoy config."""
+    cfg = yaml.safe_load((ROOT / path).read_text())
+    for listener in cfg["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for f in chain["filters"]:
+                for hf in f["typed_config"].get("http_filters", []):
+                    if hf["name"] == "envoy.filters.http.wasm":
+                        return hf["typed_config"]["config"]["configuration"]["value"]
+    raise AssertionError(f"no keygate filter in {path}")
+
+
+@pytest.mark.parametrize("proto", [1, 2])
+def test_the_fleet_demo_passes_a_body_ending_in_trailers_during_a_lease_call_whole(rec, proto):
+    # envoy/fleet/demo-fleet.yaml's keygate (owner route /api/event, plan cat leased) and its buffer
+    # filter, in front of a slow engine: the first request of a worker waits on a lease call, and
+    # Envoy buffers its body and trailers meanwhile
+    from harness import RlsEngine, grpc_cluster
+    engine = RlsEngine((ROOT / "envoy" / "fleet" / "limits.yaml").read_text(), delay_ms=150)
+    conf = shipped_plugin_config("envoy/fleet/demo-fleet.yaml")
+    e = Envoy(conf, rec.port, concurrency=1, extra_clusters=[grpc_cluster("ratelimit", engine.port)],
+              hcm=ISTIO_LIKE, upstream_http1={"enable_trailers": True}, filters_after=[BUFFER_FILTER]).start()
+    try:
+        tag = uuid.uuid4().hex[:12]
+        body = smuggled_request(tag)
+        m, case = mark()
+        h = [case, ("authorization", "Bearer cat-demo-key-0001"), ("content-type", FORM)]
+        if proto == 1:
+            a = exchange1(e.port, h1_head("POST", "/api/event?_id=agg-demo-1", h + [("transfer-encoding", "chunked")]),
+                          [chunked(body, trailers=[("x-t", "1")])], timeout=8)
+        else:
+            a = exchange2(e.port, "POST", "/api/event?_id=agg-demo-1", h, [("data", body, False), ("trailers", [("x-t", "1")])],
+                          timeout=8)
+        got, _ = of(rec, m)
+        assert [s for s in rec.seen() if f"smuggled-{tag}" in s["path"]] == []
+        assert a.status == 200, (a.status, a.body[:300])
+        assert len(got) == 1 and got[0]["body"] == body
+        assert engine.calls(), "the request did wait on the engine"
+    finally:
+        e.stop()
+        engine.stop()
