@@ -212,3 +212,86 @@ def test_the_fleet_demo_passes_a_body_ending_in_trailers_during_a_lease_call_who
     finally:
         e.stop()
         engine.stop()
+
+
+# -- 2. readings the real readers take that keygate did not --------------------------------------
+
+READER = "redteam-reader-key-0001"
+OWNED = "agg-1"
+BIG = "9007199254740993"  # 2^53 + 1: owned, and read as 2^53 (someone else's) by doubles
+ALONE_CONFIG = {
+    "keys": [{"id": "reader", "sha256": sha(READER), "account": "acme", "plan": "p", "scopes": ["read"],
+              "resources": {"aggregator": [OWNED, BIG]}}],
+    "routes": [{"prefix": "/api/event", "owner": {"query": "_id", "resource": "aggregator", "status": 404}}],
+    "auth_throttle": False,
+}
+
+
+@pytest.fixture(scope="module")
+def alone(rec):
+    e = Envoy(ALONE_CONFIG, rec.port, concurrency=1, hcm=ISTIO_LIKE, upstream_http1={"enable_trailers": True}).start()
+    yield e
+    e.stop()
+
+
+READINGS = [
+    # (case, method, target, headers, body, status): each was read as another resource than the
+    # owned one by the reader named, and let through
+    ("query name cut at NUL after a bad escape (PHP: `_id`)", "GET", f"/api/event?_id={OWNED}&_id%00%zz=victim",
+     [], b"", 404),
+    ("query name cut at NUL before a lone % (PHP: `_id`)", "GET", f"/api/event?_id={OWNED}&_id%00%=victim", [], b"", 404),
+    ("form name cut at NUL after a bad escape (PHP $_POST: `_id`)", "POST", f"/api/event?_id={OWNED}",
+     [("content-type", FORM)], b"name=x&_id%00%zz=victim", 404),
+    ("query value holding `;` (PHP, Go, Python, Express: one value `agg-1;x`)", "GET",
+     f"/api/event?_id={OWNED};_x=victim", [], b"", 404),
+    ("form value holding `;` (PHP $_POST: one value)", "POST", f"/api/event?_id={OWNED}",
+     [("content-type", FORM)], f"_id={OWNED};victim".encode(), 404),
+    ("cookie value holding `,` (PHP 7+: one value `agg-1,victim`)", "GET", f"/api/event?_id={OWNED}",
+     [("cookie", f"_id={OWNED},victim")], b"", 404),
+    ("charset as an RFC 2231 parameter (Django 4.2 decodes the form as UTF-7)", "POST", f"/api/event?_id={OWNED}",
+     [("content-type", FORM + "; charset*=utf-8''utf-7")], b"+AF8-id=victim", 400),
+    ("charset twice, once extended (Django 4.2: the last, cp037)", "POST", f"/api/event?_id={OWNED}",
+     [("content-type", FORM + "; charset=utf-8; charset*=utf-8''cp037")], "_id=victim".encode("cp037"), 400),
+    ("a JSON integer past 2^53 (Express, Go interface{}: 2^53)", "POST", "/api/event",
+     [("content-type", JSON)], b'{"_id": ' + BIG.encode() + b"}", 404),
+    ("the same in a form that is JSON (Go's json.NewDecoder)", "POST", "/api/event",
+     [("content-type", FORM)], b'{"_id": ' + BIG.encode() + b"}", 404),
+    ("a JSON number with a fraction (PHP, JavaScript: `1`)", "POST", "/api/event",
+     [("content-type", JSON)], b'{"_id": 9007199254740993.0}', 404),
+]
+
+
+@pytest.mark.parametrize("proto", [1, 2])
+@pytest.mark.parametrize("case,method,target,headers,body,status", READINGS, ids=[r[0] for r in READINGS])
+def test_every_reading_of_the_owner_an_upstream_takes_is_checked(alone, rec, proto, case, method, target,
+                                                                 headers, body, status):
+    m, mk = mark()
+    a = send(alone, proto, method, target, [mk, ("x-api-key", READER)] + headers, body)
+    got, _ = of(rec, m)
+    assert a.status == status, (case, a.status, a.body[:300])
+    assert slug(a) == ("resource-forbidden" if status == 404 else "request-ambiguous"), a.body[:300]
+    assert got == [], case
+
+
+@pytest.mark.parametrize("proto", [1, 2])
+@pytest.mark.parametrize("target,headers,body", [
+    (f"/api/event?_id={OWNED}&name=a%zz", [], b""),
+    (f"/api/event?_id={OWNED}", [("content-type", JSON)], b'{"_id": ' + BIG.encode()[:-1] + b"1}"),
+    (f"/api/event?_id={OWNED}", [("content-type", JSON)], b'{"_id": 42, "n": 1.5}'),
+    (f"/api/event?_id={OWNED}", [("cookie", "theme=dark; lang=en")], b""),
+    (f"/api/event?_id={OWNED}", [("content-type", FORM + "; charset=utf-8")], b"name=a;b"),
+])
+def test_what_reads_one_way_still_passes(alone, rec, proto, target, headers, body):
+    # the owned big number is 9007199254740993; 9007199254740991 (2^53 - 1) reads exactly everywhere
+    # but is not owned: 404; the rest pass whole
+    m, mk = mark()
+    a = send(alone, proto, "POST" if body else "GET", target, [mk, ("x-api-key", READER)] + headers, body)
+    got, _ = of(rec, m)
+    if b"9007199254740991" in body:
+        assert a.status == 404, (a.status, a.body[:300])
+        return
+    if b'"_id": 42' in body:
+        assert a.status == 404  # 42 is no resource of the key, and is read as 42 by all
+        return
+    assert a.status == 200, (a.status, a.body[:300])
+    assert len(got) == 1 and got[0]["body"] == body
