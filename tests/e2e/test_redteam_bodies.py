@@ -295,3 +295,90 @@ def test_what_reads_one_way_still_passes(alone, rec, proto, target, headers, bod
         return
     assert a.status == 200, (a.status, a.body[:300])
     assert len(got) == 1 and got[0]["body"] == body
+
+
+# -- 3. left for a design decision ---------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason=(
+    "keygate reads no body off owner routes, so a `_method` field in a form body is not seen: Rack's "
+    "MethodOverride (Rails), Laravel, Symfony, Spring's HiddenHttpMethodFilter and Express's "
+    "method-override turn such a POST into a DELETE/PUT/PATCH. Measured with Rack 2.2 behind keygate: "
+    "a DELETE needing a key reached the app through a public POST rule. Closing it means holding and "
+    "reading the form bodies of POSTs on routes whose other methods are protected differently (the "
+    "held-body machinery, on routes without an owner), or refusing form POSTs there: a design decision"))
+@pytest.mark.parametrize("proto", [1, 2])
+def test_a_method_override_in_a_form_body_does_not_dodge_a_method_rule(rec, proto):
+    cfg = {"routes": [{"prefix": "/v1/comments", "methods": ["POST"], "access": "public"},
+                      {"prefix": "/v1/comments", "scopes": ["write"]}], "auth_throttle": False}
+    e = Envoy(cfg, rec.port, concurrency=1, hcm=ISTIO_LIKE).start()
+    try:
+        assert send(e, proto, "DELETE", "/v1/comments/42").status == 401
+        m, mk = mark()
+        a = send(e, proto, "POST", "/v1/comments/42", [mk, ("content-type", FORM)], b"_method=DELETE")
+        got, seen = of(rec, m)
+        assert a.status == 400 and slug(a) == "request-ambiguous", (a.status, a.body[:200])
+        assert got == [] and seen == []
+    finally:
+        e.stop()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "the token is taken when the headers are admitted, before the body is in; an owner denial "
+    "decided from the body (404) keeps it spent, contrary to the README's 'a request refused with "
+    "403/404 spends no token'. Either refund it on the body's denial (the local bucket and rolling "
+    "window: give one back by CAS; a fleet engine cannot be refunded) or say so in the README: a "
+    "design decision, and ratelimit.rs is being reworked on another branch"))
+def test_an_owner_denial_decided_from_the_body_spends_no_token(rec):
+    key = "redteam-tiny-key-0001"
+    cfg = {"keys": [{"id": "tiny", "sha256": sha(key), "account": "a", "plan": "tiny",
+                     "resources": {"aggregator": [OWNED]}}],
+           "rate_limit": {"plans": {"tiny": {"requests": 3, "window_s": 3600}}},
+           "routes": [{"prefix": "/api/event", "owner": {"query": "_id", "resource": "aggregator", "status": 404}}],
+           "auth_throttle": False}
+    e = Envoy(cfg, rec.port, concurrency=1).start()
+    try:
+        for _ in range(3):
+            a = send(e, 1, "POST", f"/api/event?_id={OWNED}", [("x-api-key", key), ("content-type", FORM)],
+                     b"_id=victim")
+            assert a.status == 404
+        a = send(e, 1, "GET", f"/api/event?_id={OWNED}", [("x-api-key", key)])
+        assert a.status == 200, (a.status, a.header("x-ratelimit-remaining"))
+    finally:
+        e.stop()
+
+
+# -- 4. what keygate-check passes must mean what is deployed --------------------------------------
+
+WASMPLUGIN = """apiVersion: extensions.istio.io/v1alpha1
+kind: WasmPlugin
+metadata:
+  name: keygate
+  namespace: shop
+spec:
+  url: oci://ghcr.io/acme/keygate:1
+  pluginConfig:
+    credentials: {query_param: %s}
+    rate_limit: {plans: {free: {requests: 100, window_s: %s}}, default: {requests: 10}}
+"""
+
+
+@pytest.mark.parametrize("query_param,window", [("off", "60"), ("'_apikey'", "060"), ("No", "60"), ("'_apikey'", "1_0"),
+                                                ("'_apikey'", "1:00")])
+def test_keygate_check_strict_refuses_yaml_that_kubernetes_reads_otherwise(tmp_path, query_param, window):
+    # Kubernetes decodes a WasmPlugin with YAML 1.1 (sigs.k8s.io/yaml): `off` and `No` are false
+    # (no query credential at all), `060` is 48 (octal), `1_0` is 10 and `1:00` is 60 (base 60);
+    # keygate-check read them as YAML 1.2: the query parameter `off`, 60 s, strings. Its "ok" was
+    # about another configuration than the one deployed.
+    import subprocess
+    subprocess.run(["cargo", "build", "--quiet", "--bin", "keygate-check"], cwd=ROOT, check=True)
+    f = tmp_path / "plugin.yaml"
+    f.write_text(WASMPLUGIN % (query_param, window))
+    r = subprocess.run([str(ROOT / "target" / "debug" / "keygate-check"), "--strict", str(f)],
+                       capture_output=True, text=True)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "YAML 1.1" in r.stderr
+    # quoted, or written as meant, it passes
+    f.write_text(WASMPLUGIN % ("'_apikey'", "60"))
+    r = subprocess.run([str(ROOT / "target" / "debug" / "keygate-check"), "--strict", str(f)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and r.stderr == "", r.stdout + r.stderr
