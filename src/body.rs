@@ -8,7 +8,9 @@
 //!   none at all: refused (PHP cuts the type at `;`, `,` or a space, Rack at `;` or `,`, so
 //!   `form, x/y+json` is a form to them and JSON to a reader of its end);
 //! - the charset: none, or UTF-8. Any other (ASP.NET Core decodes forms and JSON in UTF-16,
-//!   UTF-32, Latin-1 and more; UTF-7 reads `+AF8-id` as `_id`), or two of them: refused;
+//!   UTF-32, Latin-1 and more; UTF-7 reads `+AF8-id` as `_id`), two of them, or an RFC 2231
+//!   extended parameter (`charset*=utf-8''utf-7`, which Django 4.2 decodes the form with):
+//!   refused;
 //! - the content coding: none or `identity`. `gzip`, `deflate`, `br` and the rest are refused
 //!   (Express's body-parser and ASP.NET Core's request decompression inflate them; keygate would
 //!   read the compressed bytes);
@@ -21,7 +23,8 @@
 //! read as JSON too, and must be JSON (handlers that decode JSON whatever the type says: Go's
 //! `json.NewDecoder(r.Body)`, which also ignores what follows the first value, Flask's
 //! `get_json(force=True)`); a JSON object that names a member twice is refused (Go's gjson and
-//! fastjson and simdjson read the first, most others the last).
+//! fastjson and simdjson read the first, most others the last); a JSON number names a resource
+//! only as an integer within 2^53 (past it, JavaScript and Go's `interface{}` read another one).
 
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::Value;
