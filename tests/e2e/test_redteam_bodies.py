@@ -13,57 +13,15 @@ differently from keygate.
 """
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
 import yaml
 
-from attack_clients import chunked, exchange1, exchange2, request1, request2
-from harness import ROOT, Envoy, KeyService, Upstream
+from attack_clients import chunked, exchange1, exchange2
+from harness import ROOT, Envoy, KeyService
 from keys import sha
-
-FORM, JSON = "application/x-www-form-urlencoded", "application/json"
-ISTIO_LIKE = {"normalize_path": None, "merge_slashes": None,
-              "http_protocol_options": {"enable_trailers": True}}
-BUFFER_FILTER = yaml.safe_load((ROOT / "envoy" / "istio" / "owner-bodies.yaml").read_text())[
-    "spec"]["configPatches"][0]["patch"]["value"]
-
-
-@pytest.fixture(scope="module")
-def rec():
-    u = Upstream()
-    yield u
-    u.stop()
-
-
-def mark() -> tuple[str, tuple[str, str]]:
-    m = uuid.uuid4().hex
-    return m, ("x-case", m)
-
-
-def of(rec, m: str) -> tuple[list, list]:
-    """(received, seen) of the case marked `m` (the pause: what must NOT have arrived)."""
-    time.sleep(0.1)
-
-    def mine(rs):
-        return [r for r in rs if ["x-case", m] in r["headers"]]
-    return mine(rec.received()), mine(rec.seen())
-
-
-def slug(a) -> str:
-    return a.json()["type"].rsplit(":", 1)[-1] if a.body.startswith(b"{") else ""
-
-
-def h1_head(method, target, headers) -> bytes:
-    lines = [f"{method} {target} HTTP/1.1", "Host: gate.test", "Connection: close"]
-    lines += [f"{k}: {v}" for k, v in headers]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-
-
-def send(e, proto, method, target, headers=(), body=b""):
-    fn = request1 if proto == 1 else request2
-    return fn(e.port, method, target, list(headers), body)
+from test_bodies import BUFFER_FILTER, FORM, ISTIO_LIKE, JSON, h1_head, mark, of, rec, send, slug  # noqa: F401 (rec: the fixture)
 
 
 # -- 1. a body that ends in trailers while keygate waits for a verdict ---------------------------
