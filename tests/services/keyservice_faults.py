@@ -17,9 +17,13 @@ Everything the reference service does, unchanged, plus (only with ``--admin-toke
   way); ``status:NNN`` (that status, a small JSON body); ``garbage`` (200, not JSON); ``huge``
   (200, a 5 MiB JSON body); ``reset`` (a TCP reset, no answer); ``anyuser`` (verify: a key matches
   whatever Basic user, as a service the contract allows may do).
+* ``POST /admin/update-key`` ``{"id", "plan"?, "account"?, "subject"?, "ratelimit"?}``: changes a
+  stored key in place (a plan downgrade, a lowered per-key limit, a renamed account), as an
+  operator's back office would; keygate sees it once its cached verdict expires.
 """
 from __future__ import annotations
 
+import json
 import re
 import socket
 import struct
@@ -115,6 +119,7 @@ class FaultHandler(keyservice.Handler):
         route("POST", r"/admin/reset-stats", "admin_reset_stats", admin=True),
         route("GET", r"/admin/mode", "admin_get_mode", admin=True),
         route("POST", r"/admin/mode", "admin_set_mode", admin=True),
+        route("POST", r"/admin/update-key", "admin_update_key", admin=True),
     ]
 
     def _match(self, path: str) -> tuple[keyservice.Route | None, dict[str, str], list[str]]:
@@ -217,6 +222,28 @@ class FaultHandler(keyservice.Handler):
         for endpoint, mode in modes.items():
             self.server.faults.set(endpoint, mode)
         self._json(200, self.server.faults.snapshot())
+
+
+    def admin_update_key(self) -> None:
+        """``POST /admin/update-key`` ``{"id", "plan"?, "account"?, "subject"?, "ratelimit"?}``."""
+        req = keyservice.parse_json_object(self.body)
+        key_id = keyservice.req_str(req, "id", max_len=64)
+        unknown = set(req) - {"id", "plan", "account", "subject", "ratelimit"}
+        if unknown:
+            raise bad_request(f"unknown members: {', '.join(sorted(unknown))}")
+        sets: dict[str, Any] = {}
+        for name in ("plan", "account", "subject"):
+            if name in req:
+                sets[name] = keyservice.req_str(req, name, max_len=200)
+        if "ratelimit" in req:
+            rl = keyservice.parse_ratelimit(req["ratelimit"])
+            sets["ratelimit"] = json.dumps(rl) if rl is not None else None
+        if self.server.store.key_by_id(key_id) is None:
+            raise keyservice.not_found(f"no key {key_id}")
+        with self.server.store._tx() as db:
+            for column, value in sets.items():
+                db.execute(f"UPDATE keys SET {column} = ? WHERE id = ?", (value, key_id))
+        self._json(200, {"data": self.server.store.key_by_id(key_id).public()})
 
 
 if __name__ == "__main__":
