@@ -91,7 +91,7 @@ run_envoy() {
 }
 
 if [ "$mode" = fleet ]; then
-  python3 tests/services/echo.py --port 8080 &
+  python3 envoy/upstream/echo.py --port 8080 &
   pids+=($!)
   engine=$(tests/rls-engine/build.sh)
   "$engine" --limits envoy/fleet/limits.yaml --addr 127.0.0.1:8090 >/dev/null &
@@ -116,7 +116,7 @@ sed -e "s/port_value: 10000 /port_value: $port /; s/port_value: 9901 /port_value
     -e "s/port_value: 8080 /port_value: $upstream_port /; s/port_value: 8081 /port_value: $keyservice_port /" \
     "$config" > "$run_config"
 
-python3 tests/services/echo.py --port "$upstream_port" &
+python3 envoy/upstream/echo.py --port "$upstream_port" &
 pids+=($!)
 wait_port=("$upstream_port")
 if $needs_keyservice; then
