@@ -15,6 +15,7 @@ pub mod gate;
 pub mod hash;
 pub mod headermap;
 pub mod json;
+pub mod keyformat;
 pub mod keystore;
 pub mod lease;
 pub mod metrics;

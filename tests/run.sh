@@ -14,15 +14,18 @@ fi
 
 step "format and lints (clippy denies unwrap/expect/panic outside tests)"
 cargo fmt --all -- --check
-cargo clippy --quiet --all-targets -- -D warnings
+cargo clippy --quiet --workspace --all-targets -- -D warnings
 cargo clippy --quiet --lib --target wasm32-wasip1 -- -D warnings
 
-step "unit and property tests (native)"
-cargo test --quiet
+step "unit and property tests (native: the filter's core and the key service)"
+cargo test --quiet --workspace
 
 step "build keygate.wasm"
 cargo wasm --quiet
 ls -l target/wasm32-wasip1/release/keygate.wasm
+
+step "build the key service (envoy/keyservice; the e2e tests run this binary)"
+cargo build --quiet --release -p keyservice
 
 if [ -f tests/bench/noop-filter/Cargo.toml ] && [ -f tests/bench/bench.py ]; then
   step "build the benchmark (not run here: benchmarks are not tests)"

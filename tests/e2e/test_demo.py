@@ -155,7 +155,7 @@ def test_demo_sh_runs_a_profile_on_other_ports_and_prints_its_keys():
 
 
 def test_demo_sh_remote_runs_the_reference_key_service():
-    """`envoy/demo.sh remote`: the reference key service (envoy/keyservice/keyservice.py, the
+    """`envoy/demo.sh remote`: the key service (envoy/keyservice, the
     product, seeded) behind Envoy, every port moved."""
     names = ("KEYGATE_PORT", "KEYGATE_ADMIN_PORT", "KEYGATE_UPSTREAM_PORT", "KEYGATE_KEYSERVICE_PORT")
     ports = {n: free_port() for n in names}

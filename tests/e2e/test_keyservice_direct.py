@@ -1,18 +1,18 @@
-"""The reference key service, tested directly over HTTP on loopback (no Envoy).
+"""The key service (envoy/keyservice), tested directly over HTTP on loopback (no Envoy).
 
 Each service is a real subprocess on a port it picks itself (`--port 0`, read back from its
-"listening" line) with a database in a temporary directory: the product,
-`envoy/keyservice/keyservice.py`, for everything it does; its test-only extension,
-`tests/services/keyservice_faults.py`, for the fault modes and counters (and to show that they
-are absent from the product). Where keygate would sit in front of the management API,
-`identity()` does what keygate does: verify the key, then pass the verdict on as `x-keygate-*`
-headers.
+"listening" line) with a database in a temporary directory: the product for everything it does;
+the test-only fault proxy in front of it (`tests/services/faultproxy.py`) for the fault modes and
+counters (and to show that they are absent from the product). Where keygate would sit in front of
+the management API, `identity()` does what keygate does: verify the key, then pass the verdict on
+as `x-keygate-*` headers.
 """
 from __future__ import annotations
 
 import hashlib
 import http.client
 import json
+import os
 import re
 import socket
 import sqlite3
@@ -26,11 +26,10 @@ from typing import Any
 
 import pytest
 
-from harness import wait_until
+from harness import FAULT_PROXY, key_service_bin, wait_listening, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICE = ROOT / "envoy" / "keyservice" / "keyservice.py"  # the product
-FAULTY = ROOT / "tests" / "services" / "keyservice_faults.py"  # the product + test-only faults
+SERVICE_SRC = ROOT / "envoy" / "keyservice" / "src"  # the product's source
 ADMIN = "test-admin-token"
 ADMIN_HDR = {"x-admin-token": ADMIN}
 
@@ -54,39 +53,44 @@ class Service:
     """One keyservice subprocess; `stop()` then `start()` again reuses the same database."""
 
     def __init__(self, workdir: Path, *, seed: bool = True, admin: bool = True,
-                 script: Path = SERVICE) -> None:
-        self.script = script
+                 faults: bool = False, extra: list[str] | None = None) -> None:
         self.db = workdir / "keys.db"
         self.log = workdir / "keyservice.log"
-        self.args = ["--db", str(self.db)] + (["--seed-demo"] if seed else [])
-        self.args += ["--admin-token", ADMIN] if admin else []
+        self.args = ["--db", str(self.db), "serve", "--port", "0"] + (["--seed-demo"] if seed else [])
+        self.args += extra or []
+        self.admin_token = ADMIN if admin or faults else None
+        self.faults = faults
         self.proc: subprocess.Popen[bytes] | None = None
+        self.proxy: subprocess.Popen[bytes] | None = None
         self.port = 0
 
     def start(self, timeout: float = 15) -> Service:
         self.log.write_text("")
+        env = {k: v for k, v in os.environ.items() if k != "KEYSERVICE_ADMIN_TOKEN"}
+        if self.admin_token:
+            env["KEYSERVICE_ADMIN_TOKEN"] = self.admin_token
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(self.script), "--port", "0", *self.args],
-                stdout=subprocess.DEVNULL, stderr=log)
-
-        def listening() -> re.Match[str] | None:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"keyservice exited {self.proc.returncode}:\n{self.log.read_text()}")
-            return re.search(r"listening on http://127\.0\.0\.1:(\d+)", self.log.read_text())
-        m = wait_until(listening, timeout, 0.02, lambda _: f"keyservice to start:\n{self.log.read_text()}")
-        self.port = int(m.group(1))
+            self.proc = subprocess.Popen([str(key_service_bin()), *self.args],
+                                         stdout=subprocess.DEVNULL, stderr=log, env=env)
+        self.port = wait_listening(self.proc, self.log, "keyservice", timeout=timeout)
+        if self.faults:
+            with self.log.open("ab") as log:
+                self.proxy = subprocess.Popen(
+                    [sys.executable, str(FAULT_PROXY), "--port", "0", "--backend",
+                     f"127.0.0.1:{self.port}", "--admin-token", ADMIN],
+                    stdout=subprocess.DEVNULL, stderr=log)
+            self.port = wait_listening(self.proxy, self.log, "faultproxy", timeout=timeout)
         return self
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        for p in (self.proxy, self.proc):
+            if p and p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
 
     def call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
              timeout: float = 10) -> Resp:
@@ -166,8 +170,8 @@ def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 
 @pytest.fixture(scope="module")
 def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """The test-only service: the product plus counters and fault modes."""
-    s = Service(tmp_path_factory.mktemp("keyservice-faults"), script=FAULTY).start()
+    """The product behind the test-only fault proxy (counters and fault modes)."""
+    s = Service(tmp_path_factory.mktemp("keyservice-faults"), faults=True).start()
     yield s
     s.stop()
 
@@ -333,7 +337,7 @@ def test_revocation_feed_pages_hold_at_most_1000(tmp_path: Path) -> None:
     s = Service(tmp_path, seed=False, admin=False).start()
     try:
         with sqlite3.connect(s.db) as db:
-            db.executemany("INSERT INTO revocations(key_id, key_hash, user, reason, recorded_at)"
+            db.executemany("INSERT INTO revocations(key_id, key_hash, username, reason, recorded_at)"
                            " VALUES (?, ?, NULL, 'test', 0)",
                            [(f"bk_{i}", sha(str(i))) for i in range(1203)])
         assert s.cursor() == 1203
@@ -626,12 +630,12 @@ def test_admin_needs_the_token(svc: Service, faulty: Service) -> None:
 
 
 def test_the_product_has_no_test_support(svc: Service) -> None:
-    """Counters and fault modes live only in tests/services/keyservice_faults.py."""
+    """Counters and fault modes live only in tests/services/faultproxy.py."""
     for method, path, body in [("GET", "/admin/stats", None), ("POST", "/admin/reset-stats", None),
                                ("GET", "/admin/mode", None), ("POST", "/admin/mode", {"verify": "reset"})]:
         assert_problem(svc.admin(method, path, body), 404, "not-found")
     assert svc.verify(DEMO_ACME)["code"] == "VALID"
-    source = SERVICE.read_text()
+    source = "".join(p.read_text() for p in SERVICE_SRC.rglob("*.rs"))
     for word in ("Faults", "fault mode", "anyuser", "late:", "slow:", "/admin/stats", "/admin/mode"):
         assert word not in source, word
 
