@@ -78,6 +78,12 @@ pub fn well_formed<S: AsRef<str>>(secret: &str, prefixes: &[S]) -> bool {
     checksum(head) == sum
 }
 
+/// `key_service.key_format`: should keygate refuse `secret` without asking the key service?
+/// Called only when no cached verdict exists for the key (never on a cache hit).
+pub fn refused_locally(prefixes: Option<&[String]>, secret: &str) -> bool {
+    prefixes.is_some_and(|p| !well_formed(secret, p))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -161,6 +167,32 @@ mod tests {
             "kg b_",
         ] {
             assert!(!valid_prefix(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_config_option_parses_and_refuses_only_when_set() {
+        let cfg =
+            r#"{"key_service": {"cluster": "ks", "key_format": {"prefixes": ["kgb_", "kgn_"]}}}"#;
+        let c = crate::config::parse(cfg.as_bytes(), &mut Vec::new()).unwrap();
+        let p = c.key_service.unwrap().key_format.unwrap();
+        assert_eq!(p, ["kgb_", "kgn_"]);
+        assert!(refused_locally(Some(&p), "kgb_random_guess"));
+        assert!(!refused_locally(Some(&p), &key("kgn_", 1)));
+        assert!(refused_locally(Some(&p), &key("kgp_", 1)));
+        assert!(!refused_locally(None, "anything"));
+        for bad in [
+            r#"{"key_service": {"cluster": "ks", "key_format": {}}}"#,
+            r#"{"key_service": {"cluster": "ks", "key_format": {"prefixes": []}}}"#,
+            r#"{"key_service": {"cluster": "ks", "key_format": {"prefixes": ["KGB_"]}}}"#,
+            r#"{"key_service": {"cluster": "ks", "key_format": {"prefixes": "kgb_"}}}"#,
+        ] {
+            let e = crate::config::parse(bad.as_bytes(), &mut Vec::new()).err();
+            assert!(
+                e.as_ref()
+                    .is_some_and(|e| e.to_string().contains("key_service.key_format")),
+                "{bad}: {e:?}"
+            );
         }
     }
 

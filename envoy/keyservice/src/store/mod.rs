@@ -6,6 +6,7 @@ use async_trait::async_trait;
 
 use crate::model::{Account, FeedEntry, KeyRecord, Kind, Session, User};
 
+pub mod postgres;
 pub mod sqlite;
 
 #[derive(Debug)]
@@ -121,9 +122,7 @@ pub trait Store: Send + Sync + 'static {
 /// migrations.
 pub async fn open(db: &str) -> Result<std::sync::Arc<dyn Store>> {
     if db.starts_with("postgres://") || db.starts_with("postgresql://") {
-        Err(StoreError::Db(
-            "PostgreSQL is not built into this version".into(),
-        ))
+        Ok(std::sync::Arc::new(postgres::PgStore::open(db).await?))
     } else {
         Ok(std::sync::Arc::new(sqlite::SqliteStore::open(db)?))
     }

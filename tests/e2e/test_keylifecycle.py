@@ -1,0 +1,137 @@
+"""The key service's key lifecycle through keygate in real Envoy: keys in the published format and
+keygate's local format check (`key_service.key_format`), rotation with a grace period honoured
+through the verdict's expiry and the revocation feed.
+
+Real Envoy (2 workers), the real key service (envoy/keyservice) behind the test fault proxy,
+which counts the verify calls that reach the service."""
+import json
+import random
+import re
+import string
+import time
+import urllib.request
+
+import pytest
+
+from harness import Envoy, KeyService, wait_until
+
+PREFIXES = ["kgb_", "kgp_", "kgn_"]
+POLL_MS = 300
+# the published format, as README "Key format" gives it to secret scanners
+KEY_RE = re.compile(r"\b(kg[bpn])_[0-9A-Za-z]{38}\b")
+
+
+def config(**ks):
+    return {
+        "key_service": {"cluster": "keyservice", "timeout_ms": 2000, "positive_ttl_s": 60,
+                        "negative_ttl_s": 30, "revocation_poll_ms": POLL_MS, **ks},
+        "auth_throttle": False,
+        "routes": [{"prefix": "/v1/auth/login", "methods": ["POST"], "access": "public"}],
+        "rate_limit": {"plans": {"free": {"requests": 100000, "window_s": 60}}},
+    }
+
+
+@pytest.fixture(scope="module")
+def ks():
+    k = KeyService().start()
+    yield k
+    k.stop()
+
+
+@pytest.fixture(scope="module")
+def envoys(upstream, ks):
+    started = []
+
+    def start(**cfg):
+        e = Envoy(config(**cfg), upstream.port, extra_clusters=[ks.cluster()],
+                  routes=[("/v1/auth", "keyservice"), ("/v1/tokens", "keyservice")])
+        started.append(e)
+        return e.start().wait_feed_polled()
+    yield start
+    for e in started:
+        e.stop()
+
+
+def call(e: Envoy, key: str, path: str = "/v1/objects/events", method: str = "GET", body: bytes | None = None,
+         user: str | None = None):
+    if user is None:
+        auth = f"Bearer {key}"
+    else:
+        import base64
+        auth = "Basic " + base64.b64encode(f"{user}:{key}".encode()).decode()
+    headers = [("Authorization", auth)]
+    if body is not None:
+        headers.append(("content-type", "application/json"))
+    return e.req(method, path, headers, body)
+
+
+def login(e: Envoy, email="alice@example.com", password="alice-password") -> str:
+    r = e.req("POST", "/v1/auth/login", [("content-type", "application/json")],
+              json.dumps({"email": email, "password": password}).encode())
+    assert r.status == 200, r.body
+    return r.json()["data"]["access_token"]
+
+
+def new_business_key(e: Envoy, token: str, name: str = "k") -> dict:
+    r = call(e, token, "/v1/tokens/business", "POST", json.dumps({"name": name}).encode())
+    assert r.status == 201, r.body
+    return r.json()["data"]
+
+
+def random_keys(valid: str, n: int) -> list[str]:
+    """Keys a flood would send: the right shape with a wrong checksum, one character of a real key
+    changed, the wrong prefix, other lengths, and plain noise."""
+    rng = random.Random(7)
+    alnum = string.ascii_letters + string.digits
+    out = []
+    for i in range(n):
+        kind = i % 5
+        if kind == 0:
+            out.append(rng.choice(PREFIXES) + "".join(rng.choices(alnum, k=38)))
+        elif kind == 1:
+            pos = rng.randrange(4, len(valid))
+            c = rng.choice([x for x in alnum if x != valid[pos]])
+            out.append(valid[:pos] + c + valid[pos + 1:])
+        elif kind == 2:
+            out.append("kgx_" + valid[4:])
+        elif kind == 3:
+            out.append(valid + rng.choice(alnum))
+        else:
+            out.append("".join(rng.choices(alnum + "-._~", k=rng.randrange(8, 60))))
+    return out
+
+
+def test_issued_keys_have_the_published_format(envoys, ks):
+    e = envoys()
+    token = login(e)
+    made = new_business_key(e, token, "format")
+    named = call(e, token, "/v1/tokens/named", "POST", b'{"name":"n","lifetime_days":1}').json()["data"]
+    for secret, prefix in ((token, "kgp"), (made["key"], "kgb"), (named["key"], "kgn")):
+        m = KEY_RE.fullmatch(secret)
+        assert m and m.group(1) == prefix, secret
+
+
+def test_a_random_key_flood_makes_no_call_with_the_format_check(envoys, ks):
+    checked = envoys(key_format={"prefixes": PREFIXES})
+    token = login(checked)
+    key = new_business_key(checked, token, "flood")["key"]
+    calls = ks.verify_calls()
+    assert call(checked, key).status == 200  # a real key: one call, then cached
+    assert ks.verify_calls() == calls + 1
+    flood = random_keys(key, 300)
+    calls = ks.verify_calls()
+    for k in flood:
+        r = call(checked, k)
+        assert r.status == 401 and r.json()["type"].endswith("credential-invalid"), (k, r.status, r.body)
+    assert ks.verify_calls() == calls, "the flood reached the key service"
+    assert call(checked, key).status == 200  # the real key still works (from the cache)
+    assert ks.verify_calls() == calls
+
+    # The same flood without the check: every distinct key is a call (this is what it saves).
+    unchecked = envoys()
+    calls = ks.verify_calls()
+    for k in flood[:50]:
+        assert call(unchecked, k).status == 401
+    # one call per distinct key (a repeated one is in the negative cache; a worker may miss it once)
+    distinct = len(set(flood[:50]))
+    assert distinct - 2 <= ks.verify_calls() - calls <= distinct + 2
