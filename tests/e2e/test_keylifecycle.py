@@ -46,7 +46,8 @@ def envoys(upstream, ks):
         e = Envoy(config(**cfg), upstream.port, extra_clusters=[ks.cluster()],
                   routes=[("/v1/auth", "keyservice"), ("/v1/tokens", "keyservice")])
         started.append(e)
-        return e.start().wait_feed_polled()
+        e.start()
+        return e.wait_feed_polled() if cfg.get("revocations_path", True) else e
     yield start
     for e in started:
         e.stop()
@@ -135,3 +136,99 @@ def test_a_random_key_flood_makes_no_call_with_the_format_check(envoys, ks):
     # one call per distinct key (a repeated one is in the negative cache; a worker may miss it once)
     distinct = len(set(flood[:50]))
     assert distinct - 2 <= ks.verify_calls() - calls <= distinct + 2
+
+
+def rotate(e: Envoy, token: str, key_id: str, grace_s: int | None, kind: str = "business") -> dict:
+    body = json.dumps({} if grace_s is None else {"grace_s": grace_s}).encode()
+    r = call(e, token, f"/v1/tokens/{kind}/{key_id}/rotate", "POST", body)
+    assert r.status == 201, r.body
+    return r.json()["data"]
+
+
+def status_until(e: Envoy, key: str, until: float, user: str | None = None) -> list[tuple[float, int]]:
+    """(time, status) of calls with `key` every 100 ms until `until`."""
+    seen = []
+    while time.time() < until:
+        seen.append((time.time(), call(e, key, user=user).status))
+        time.sleep(0.1)
+    return seen
+
+
+def test_rotation_old_key_works_until_its_instant_then_401_from_the_feed(envoys, ks):
+    """The old key's verdict was cached before the rotation (no expiry in it): the feed entry at
+    the end of the grace marks it, so the cache stops serving it at the instant."""
+    e = envoys()
+    token = login(e)
+    old = new_business_key(e, token, "rotate-me")
+    assert call(e, old["key"]).status == 200  # cached, without an expiry
+    calls = ks.verify_calls()
+    new = rotate(e, token, old["id"], 3)
+    assert new["replaces"] == old["id"] and new["key"] != old["key"] and new["name"] == "rotate-me"
+    instant = new["old_key_until"]
+    assert abs(instant - (time.time() + 3)) < 2
+    before = status_until(e, old["key"], instant - 0.3)
+    assert before and all(s == 200 for _, s in before), before
+    assert ks.verify_calls() == calls  # served from the cache all along
+    # refused within the grace's instant + the service's promotion tick (1 s) + keygate's poll
+    wait_until(lambda: call(e, old["key"]).status == 401, instant + 1 + POLL_MS / 1000 + 1.5 - time.time(),
+               0.05, "the old key to be refused")
+    refused_at = time.time()
+    assert refused_at <= instant + 1 + POLL_MS / 1000 + 1.5
+    r = call(e, old["key"])
+    assert r.status == 401 and r.json()["type"].endswith("credential-revoked"), r.body
+    assert call(e, new["key"]).status == 200
+
+
+def test_rotation_old_key_refused_at_its_instant_by_the_verdicts_expiry(envoys, ks):
+    """Verified first during its grace, the old key's verdict carries the instant as expires_at:
+    with the revocation feed off, keygate serves it from the cache until then and never after (not
+    even as a stale verdict while the service fails); asked again, the service refuses it."""
+    e = envoys(revocations_path=False)
+    token = login(e)
+    old = new_business_key(e, token, "expiry")
+    new = rotate(e, token, old["id"], 3)
+    instant = new["old_key_until"]
+    r = call(e, old["key"])
+    assert r.status == 200
+    calls = ks.verify_calls()
+    ks.mode(verify="status:503")  # from here on only the cache can say yes
+    try:
+        before = status_until(e, old["key"], instant - 0.3)
+        assert before and all(s == 200 for _, s in before), before
+        assert ks.verify_calls() == calls  # from the cache
+        time.sleep(max(0, instant - time.time()) + 0.2)
+        r = call(e, old["key"])
+        assert r.status == 503, r.body  # the cached verdict ended at the instant: no stale 200
+    finally:
+        ks.mode(verify="ok")
+    r = call(e, old["key"])
+    # EXPIRED, or REVOKED once the service has moved it into the feed (within a second)
+    assert r.status == 401 and r.json()["type"].rsplit(":", 1)[1] in ("credential-expired", "credential-revoked"), r.body
+    assert call(e, new["key"]).status == 200
+
+
+def test_rotation_with_no_grace_refuses_the_old_key_at_once(envoys, ks):
+    e = envoys()
+    token = login(e)
+    named = call(e, token, "/v1/tokens/named", "POST", b'{"name":"laptop","lifetime_days":30}').json()["data"]
+    assert call(e, named["key"], "/api/records/contacts", user="alice").status == 200
+    new = rotate(e, token, named["id"], 0, kind="named")
+    assert new["user"] == "alice" and abs(new["expires_at"] - (time.time() + 30 * 86400)) < 60
+    wait_until(lambda: call(e, named["key"], "/api/records/contacts", user="alice").status == 401,
+               POLL_MS / 1000 + 1.5, 0.05, "the old PAT to be refused")
+    assert call(e, new["key"], "/api/records/contacts", user="alice").status == 200
+    # regenerating the old key again is refused: it was replaced
+    r = call(e, token, f"/v1/tokens/named/{named['id']}/rotate", "POST", b"{}")
+    assert r.status == 409, r.body
+
+
+def test_rotation_grace_is_bounded_and_defaults_to_a_day(envoys, ks):
+    e = envoys()
+    token = login(e)
+    old = new_business_key(e, token, "default-grace")
+    new = rotate(e, token, old["id"], None)
+    assert abs(new["old_key_until"] - (time.time() + 86400)) < 10
+    other = new_business_key(e, token, "too-long")
+    for bad in (b'{"grace_s": -1}', b'{"grace_s": 99999999999}', b'{"grace_s": "1"}'):
+        r = call(e, token, f"/v1/tokens/business/{other['id']}/rotate", "POST", bad)
+        assert r.status == 400, (bad, r.body)
