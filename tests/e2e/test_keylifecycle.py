@@ -232,3 +232,63 @@ def test_rotation_grace_is_bounded_and_defaults_to_a_day(envoys, ks):
     for bad in (b'{"grace_s": -1}', b'{"grace_s": 99999999999}', b'{"grace_s": "1"}'):
         r = call(e, token, f"/v1/tokens/business/{other['id']}/rotate", "POST", bad)
         assert r.status == 400, (bad, r.body)
+
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL: two replicas of the service on one database
+# ---------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A throwaway PostgreSQL cluster (tests/services/pg.sh: Debian's package, as the postgres
+    user, a free loopback port)."""
+    import subprocess
+    import tempfile
+    from harness import ROOT
+    d = tempfile.mkdtemp(prefix="keygate-pgdir-")
+    url = subprocess.run([str(ROOT / "tests" / "services" / "pg.sh"), "start", d], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    yield url
+    subprocess.run([str(ROOT / "tests" / "services" / "pg.sh"), "stop", d], capture_output=True)
+
+
+def two_endpoint_cluster(name: str, ports: list[int]) -> dict:
+    return {"name": name, "type": "STATIC", "connect_timeout": "1s", "lb_policy": "ROUND_ROBIN",
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": p}}}}
+                for p in ports]}]}}
+
+
+def test_two_replicas_on_one_database_revoke_everywhere(upstream, postgres):
+    a = KeyService(db=postgres, faults=False).start()  # seeds the demo
+    b = KeyService(db=postgres, faults=False, seed_demo=False).start()
+    started = []
+    try:
+        def envoy(ports):
+            e = Envoy(config(), upstream.port, extra_clusters=[two_endpoint_cluster("keyservice", ports)],
+                      routes=[("/v1/auth", "keyservice"), ("/v1/tokens", "keyservice")])
+            started.append(e)
+            return e.start().wait_feed_polled()
+        both, only_b = envoy([a.port, b.port]), envoy([b.port])
+        token = login(both)
+        keys = [new_business_key(both, token, f"replicated-{i}") for i in range(2)]
+        for k in keys:  # verified (by either replica) and cached in both Envoys
+            assert call(both, k["key"]).status == 200 and call(only_b, k["key"]).status == 200
+        # revoked through the API on whichever replica answered, and on replica A directly
+        assert call(both, token, f"/v1/tokens/business/{keys[0]['id']}", "DELETE").status == 200
+        a.revoke(keys[1]["id"])
+        for e in (both, only_b):
+            for k in keys:
+                wait_until(lambda: call(e, k["key"]).status == 401, POLL_MS / 1000 + 2, 0.05,
+                           "a key revoked on one replica to be refused everywhere")
+        # one cursor: both replicas give the same feed
+        feed = lambda ks: json.loads(urllib.request.urlopen(  # noqa: E731
+            f"http://127.0.0.1:{ks.port}/v1/keys/revocations?since=0", timeout=5).read())
+        fa, fb = feed(a), feed(b)
+        assert fa == fb and fa["cursor"] >= 2
+        assert {r["key_id"] for r in fa["revoked"]} >= {keys[0]["id"], keys[1]["id"]}
+    finally:
+        for e in started:
+            e.stop()
+        a.stop()
+        b.stop()
