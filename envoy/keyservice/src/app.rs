@@ -33,6 +33,9 @@ pub struct Config {
     pub login_failures_per_client: u32,
     /// The public URL of the API behind keygate, shown in the dashboard's examples.
     pub api_url: String,
+    /// What the dashboard calls a business key and a named token ("API key", "access token", …).
+    pub key_label: String,
+    pub pat_label: String,
 }
 
 impl Default for Config {
@@ -49,6 +52,8 @@ impl Default for Config {
             login_failures_per_email: 10,
             login_failures_per_client: 100,
             api_url: "http://127.0.0.1:10000".into(),
+            key_label: "API key".into(),
+            pat_label: "personal access token".into(),
         }
     }
 }

@@ -73,6 +73,12 @@ struct Serve {
     /// The dashboard's product name.
     #[arg(long, default_value = "API")]
     product_name: String,
+    /// What the dashboard calls an account's key (a profile's wording: "API key", "access token").
+    #[arg(long, default_value = "API key")]
+    key_label: String,
+    /// What the dashboard calls a user's named token for Basic.
+    #[arg(long, default_value = "personal access token")]
+    pat_label: String,
     /// The API's public URL (behind keygate), shown in the dashboard's examples.
     #[arg(long, default_value = "http://127.0.0.1:10000")]
     api_url: String,
@@ -176,6 +182,8 @@ async fn run(cli: Cli) -> Result<(), String> {
                 secure_cookies: s.secure_cookies,
                 client_ip_header: s.client_ip_header.map(|h| h.to_ascii_lowercase()),
                 api_url: s.api_url,
+                key_label: s.key_label,
+                pat_label: s.pat_label,
                 ..Config::default()
             };
             let app = Arc::new(App::new(store, s.admin_token.as_deref(), s.verbose, cfg)?);
