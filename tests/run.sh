@@ -12,12 +12,24 @@ if command -v rustup >/dev/null 2>&1; then
   rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 fi
 
+step "system packages the tests use (installed by name when missing): PostgreSQL, Chromium"
+missing=()
+ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || missing+=(postgresql)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
 step "format and lints (clippy denies unwrap/expect/panic outside tests)"
 cargo fmt --all -- --check
 cargo clippy --quiet --workspace --all-targets -- -D warnings
 cargo clippy --quiet --lib --target wasm32-wasip1 -- -D warnings
 
-step "unit and property tests (native: the filter's core and the key service)"
+step "unit and property tests (native: the filter's core; the key service, its store suite on SQLite and on a throwaway PostgreSQL)"
 cargo test --quiet --workspace
 
 step "build keygate.wasm"
