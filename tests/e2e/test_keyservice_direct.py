@@ -636,7 +636,7 @@ def test_the_product_has_no_test_support(svc: Service) -> None:
         assert_problem(svc.admin(method, path, body), 404, "not-found")
     assert svc.verify(DEMO_ACME)["code"] == "VALID"
     source = "".join(p.read_text() for p in SERVICE_SRC.rglob("*.rs"))
-    for word in ("Faults", "fault mode", "anyuser", "late:", "slow:", "/admin/stats", "/admin/mode"):
+    for word in ("Faults", "fault mode", "anyuser", '"late:', '"slow:', "/admin/stats", "/admin/mode"):
         assert word not in source, word
 
 
@@ -701,3 +701,131 @@ def test_stats_count_every_call_whatever_the_mode(faults: Service) -> None:
     assert svc.admin("GET", "/admin/stats").json() == {"verify_calls": 4, "revocation_calls": 2}
     svc.admin("POST", "/admin/reset-stats")
     assert svc.admin("GET", "/admin/stats").json() == {"verify_calls": 0, "revocation_calls": 0}
+
+
+# ---------------------------------------------------------------------------------------------
+# Attacks: guessing passwords, filling tables, numbers from clients
+# ---------------------------------------------------------------------------------------------
+
+def test_login_throttle_per_email_then_per_client(tmp_path: Path) -> None:
+    """Ten failures for one email lock that email (even the right password answers 429, with
+    Retry-After) while other emails still log in; the throttle is keyed by the email's hash and
+    the client address, not by anything the attacker can vary for free."""
+    s = Service(tmp_path).start()
+    try:
+        for _ in range(10):
+            assert_problem(s.call("POST", "/v1/auth/login", {"email": "alice@example.com", "password": "guess"}),
+                           401, "invalid-credentials")
+        for pw in ("guess", "alice-password"):
+            r = s.call("POST", "/v1/auth/login", {"email": "ALICE@example.com", "password": pw})
+            assert_problem(r, 429, "login-throttled")
+            assert 1 <= int(r.headers["retry-after"]) <= 900
+        assert s.login("bob@example.com", "bob-password").startswith("kgp_")
+        # one client spraying many emails: its own budget (100 failures) runs out too
+        for i in range(90):
+            s.call("POST", "/v1/auth/login", {"email": f"user{i}@example.com", "password": "x"})
+        assert_problem(s.call("POST", "/v1/auth/login", {"email": "bob@example.com", "password": "bob-password"}),
+                       429, "login-throttled")
+        assert not re.search(rb"alice-password|bob-password|guess", s.log.read_bytes())
+    finally:
+        s.stop()
+
+
+def test_bounded_numbers_and_key_counts(tmp_path: Path) -> None:
+    s = Service(tmp_path, extra=["--max-keys-per-account", "3", "--max-lifetime-days", "30"]).start()
+    try:
+        me = s.identity(s.login("alice@example.com", "alice-password"))
+        # the seeded acme key, the PAT and this login's token count: room for none more
+        r = s.call("POST", "/v1/tokens/business", {"name": "one too many"}, headers=me)
+        assert_problem(r, 409, "too-many-keys")
+        s.admin("POST", "/admin/revoke", {"id": "bk_demo_acme"})
+        assert s.call("POST", "/v1/tokens/business", {"name": "fits"}, headers=me).status == 201
+        for bad in ({"name": "x", "lifetime_days": 31}, {"name": "x", "lifetime_days": 10**30},
+                    {"name": "x" * 101, "lifetime_days": 1}, {"name": "a\u0000b", "lifetime_days": 1}):
+            assert_problem(s.call("POST", "/v1/tokens/named", bad, headers=me), 400, "bad-request")
+        for q in ("since=0&limit=0", "since=0&limit=1001", "since=-5", "since=4611686018427387905"):
+            r = s.call("GET", f"/v1/keys/revocations?{q}")
+            assert r.status == 400 and "error" in r.json(), q
+        big = s.call("POST", "/v1/keys/verify", b'{"key":"' + b"a" * (1 << 20) + b'"}')
+        assert big.status == 413
+        for bad in ({"key": "k", "account": "x", "scopes": ["a b"]},
+                    {"key": "k", "account": "x", "scopes": ["x"] * 129},
+                    {"key": "k", "account": "x", "resources": {f"r{i}": [] for i in range(33)}},
+                    {"key": "k", "account": "x", "subject": "a\nb"},
+                    {"key_hash": "zz" * 32, "account": "x"},
+                    {"key": "k", "key_hash": "00" * 32, "account": "x"}):
+            assert_problem(s.admin("POST", "/admin/keys", bad), 400, "bad-request")
+        # an imported hash verifies the secret it came from (stored as given, never the secret)
+        imported = s.admin("POST", "/admin/keys", {"key_hash": sha("legacy-secret-1"), "account": "acme",
+                                                  "id": "bk_legacy"})
+        assert imported.status == 201
+        assert s.verify("legacy-secret-1")["key_id"] == "bk_legacy"
+    finally:
+        s.stop()
+
+
+def test_accounts_and_users_through_the_admin_api_and_the_cli(tmp_path: Path) -> None:
+    s = Service(tmp_path, seed=False).start()
+    try:
+        assert s.admin("POST", "/admin/accounts", {"name": "initech", "plan": "basic"}).status == 201
+        assert_problem(s.admin("POST", "/admin/accounts", {"name": "initech"}), 409, "conflict")
+        assert_problem(s.admin("POST", "/admin/accounts", {"name": "a b"}), 400)
+        r = s.admin("POST", "/admin/users", {"name": "peter", "email": "Peter@Initech.example",
+                                             "account": "initech", "password": "tps-report-cover"})
+        assert r.status == 201 and r.json()["data"] == {
+            "name": "peter", "email": "peter@initech.example", "account": "initech", "disabled": False,
+            "created_at": r.json()["data"]["created_at"]}
+        assert_problem(s.admin("POST", "/admin/users", {"name": "x", "email": "x@y.z", "account": "nope",
+                                                        "password": "long enough"}), 400)
+        assert_problem(s.admin("POST", "/admin/users", {"name": "x", "email": "x@y.z", "account": "initech",
+                                                        "password": "short"}), 400)
+        assert [u["name"] for u in s.admin("GET", "/admin/users?account=initech").json()["data"]] == ["peter"]
+        token = s.login("peter@initech.example", "tps-report-cover")
+        assert s.verify(token)["plan"] == "basic"
+        # disabling the user refuses its keys at once and announces them; the login is refused too
+        start = s.cursor()
+        assert s.admin("POST", "/admin/users/disable", {"name": "peter"}).status == 200
+        assert s.verify(token)["code"] == "DISABLED"
+        assert sha(token) in {e["key_hash"] for e in s.feed(start)["revoked"]}
+        assert_problem(s.call("POST", "/v1/auth/login", {"email": "peter@initech.example",
+                                                          "password": "tps-report-cover"}), 401)
+        assert s.admin("POST", "/admin/users/disable", {"name": "peter", "disabled": False}).status == 200
+        assert s.verify(token)["code"] == "VALID"
+        # an account disabled: every key of it
+        assert s.admin("POST", "/admin/accounts/disable", {"name": "initech"}).status == 200
+        assert s.verify(token)["code"] == "DISABLED"
+        listed = s.admin("GET", "/admin/accounts").json()["data"]
+        assert listed == [{"name": "initech", "plan": "basic", "disabled": True, "created_at": listed[0]["created_at"]}]
+    finally:
+        s.stop()
+    # the CLI, on the same database with the service stopped
+    import subprocess
+    from harness import key_service_bin
+    cli = lambda *a, inp=None: subprocess.run([str(key_service_bin()), "--db", str(s.db), *a], input=inp,  # noqa: E731
+                                              capture_output=True, text=True, timeout=60)
+    assert cli("account", "add", "hooli", "--plan", "enterprise").returncode == 0
+    assert cli("account", "add", "hooli").returncode == 1
+    r = cli("user", "add", "gavin", "--email", "gavin@hooli.example", "--account", "hooli", inp="nucleus-rules\n")
+    assert r.returncode == 0, r.stderr
+    assert "gavin\tgavin@hooli.example\thooli\tactive" in cli("user", "list").stdout
+    assert "initech\tbasic\tdisabled" in cli("account", "list").stdout
+    assert cli("account", "enable", "initech").returncode == 0
+    lines = "\n".join(json.dumps(x) for x in (
+        {"key_hash": sha("old-system-key-1"), "id": "bk_old1", "account": "hooli"},
+        {"key": "old-system-key-2", "id": "nk_old2", "kind": "named", "user": "gavin", "account": "hooli"}))
+    r = cli("import", "-", inp=lines + "\n")
+    assert r.returncode == 0 and "2 keys imported" in r.stdout, r.stderr
+    assert "0 keys imported, 2 already there" in cli("import", "-", inp=lines).stdout
+    assert cli("import", "-", inp='{"account": "hooli"}').returncode == 1
+    assert cli("user", "disable", "nobody").returncode == 1
+    s.start()
+    try:
+        assert s.verify("old-system-key-1")["key_id"] == "bk_old1"
+        assert s.verify("old-system-key-2", "gavin")["key_id"] == "nk_old2"
+        assert s.login("gavin@hooli.example", "nucleus-rules").startswith("kgp_")
+        assert s.verify(s.login("peter@initech.example", "tps-report-cover"))["code"] == "VALID"
+        stored = b"".join(p.read_bytes() for p in s.db.parent.iterdir() if p.name.startswith(s.db.name))
+        for secret in (b"nucleus-rules", b"tps-report-cover", b"old-system-key-2"):
+            assert secret not in stored
+    finally:
+        s.stop()

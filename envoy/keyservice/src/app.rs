@@ -31,6 +31,9 @@ pub struct Config {
     pub client_ip_header: Option<String>,
     pub login_failures_per_email: u32,
     pub login_failures_per_client: u32,
+    /// Revoked and expired keys, feed entries and sessions are deleted this long after they
+    /// ended (at least 8 days: longer than keygate may hold a verdict, fresh or stale).
+    pub retention_s: i64,
     /// The public URL of the API behind keygate, shown in the dashboard's examples.
     pub api_url: String,
     /// What the dashboard calls a business key and a named token ("API key", "access token", …).
@@ -51,6 +54,7 @@ impl Default for Config {
             client_ip_header: None,
             login_failures_per_email: 10,
             login_failures_per_client: 100,
+            retention_s: 30 * 86_400,
             api_url: "http://127.0.0.1:10000".into(),
             key_label: "API key".into(),
             pat_label: "personal access token".into(),
@@ -284,10 +288,18 @@ pub async fn serve(app: Arc<App>, host: &str, port: u16) -> Result<(), String> {
         let app = app.clone();
         tokio::spawn(async move {
             let mut t = tokio::time::interval(std::time::Duration::from_secs(1));
+            let mut purged_at = 0;
             loop {
                 t.tick().await;
-                if let Err(e) = app.store.promote_due(now_s()).await {
+                let now = now_s();
+                if let Err(e) = app.store.promote_due(now).await {
                     eprintln!("keyservice: promoting rotated keys: {e}");
+                }
+                if now - purged_at >= 3_600 {
+                    purged_at = now;
+                    if let Err(e) = app.store.purge(now - app.cfg.retention_s).await {
+                        eprintln!("keyservice: purging ended keys: {e}");
+                    }
                 }
             }
         })

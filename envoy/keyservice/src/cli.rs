@@ -94,6 +94,9 @@ struct Serve {
     /// Keys that work (not revoked or expired) one account may hold.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     max_keys_per_account: u64,
+    /// Days after which revoked and expired keys, feed entries and sessions are deleted.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(i64).range(8..=36_500))]
+    retention_days: i64,
     /// Mark the session cookie Secure (serve the dashboard over HTTPS).
     #[arg(long)]
     secure_cookies: bool,
@@ -183,6 +186,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 client_ip_header: s.client_ip_header.map(|h| h.to_ascii_lowercase()),
                 api_url: s.api_url,
                 key_label: s.key_label,
+                retention_s: s.retention_days * 86_400,
                 pat_label: s.pat_label,
                 ..Config::default()
             };

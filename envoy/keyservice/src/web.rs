@@ -46,8 +46,14 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/dashboard/keys", post(create))
         .route("/dashboard/keys/{id}/rotate", post(rotate))
         .route("/dashboard/keys/{id}/revoke", post(revoke))
-        .route("/dashboard/static/app.css", get(|| async { asset(CSS, "text/css") }))
-        .route("/dashboard/static/app.js", get(|| async { asset(JS, "text/javascript") }))
+        .route(
+            "/dashboard/static/app.css",
+            get(|| async { asset(CSS, "text/css") }),
+        )
+        .route(
+            "/dashboard/static/app.js",
+            get(|| async { asset(JS, "text/javascript") }),
+        )
         .layer(DefaultBodyLimit::max(16 * 1024))
 }
 
@@ -78,8 +84,10 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
     secure_headers(&mut r);
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("max-age=300"));
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("max-age=300"),
+    );
     r
 }
 
@@ -96,7 +104,10 @@ fn page(status: StatusCode, t: impl Template) -> Response {
         }
         Err(e) => {
             eprintln!("keyservice: template: {e}");
-            plain(StatusCode::INTERNAL_SERVER_ERROR, "the page could not be rendered")
+            plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the page could not be rendered",
+            )
         }
     }
 }
@@ -114,8 +125,14 @@ fn see_other(to: &'static str) -> Response {
 }
 
 fn cookie(app: &App, name: &str, value: &str, max_age: i64) -> HeaderValue {
-    let secure = if app.cfg.secure_cookies { "; Secure" } else { "" };
-    let v = format!("{name}={value}; Path=/dashboard; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}");
+    let secure = if app.cfg.secure_cookies {
+        "; Secure"
+    } else {
+        ""
+    };
+    let v = format!(
+        "{name}={value}; Path=/dashboard; HttpOnly; SameSite=Strict; Max-Age={max_age}{secure}"
+    );
     HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
@@ -163,7 +180,11 @@ pub fn when(t: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02} UTC", secs / 3600, secs % 3600 / 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        secs / 3600,
+        secs % 3600 / 60
+    )
 }
 
 // --------------------------------------------------------------------------------------------
@@ -209,7 +230,10 @@ async fn guarded(app: &App, headers: &HeaderMap, csrf: &str) -> Result<Signed, R
         return Err(see_other("/dashboard/login"));
     };
     if !tokens_equal(csrf, &s.session.csrf) {
-        return Err(plain(StatusCode::FORBIDDEN, "the form's CSRF token is missing or wrong"));
+        return Err(plain(
+            StatusCode::FORBIDDEN,
+            "the form's CSRF token is missing or wrong",
+        ));
     }
     Ok(s)
 }
@@ -295,7 +319,11 @@ fn row(k: &KeyRecord, now: i64) -> Row {
     Row {
         id: k.id.clone(),
         name: k.name.clone(),
-        hint: if k.hint.is_empty() { "(imported)".into() } else { k.hint.clone() },
+        hint: if k.hint.is_empty() {
+            "(imported)".into()
+        } else {
+            k.hint.clone()
+        },
         created: when(k.created_at),
         expires: k.expires_at.map_or_else(|| "never".into(), when),
         state: label,
@@ -330,7 +358,10 @@ async fn index(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
         .list_keys(&list(Kind::Named, Some(&s.user.name)))
         .await;
     let (Ok(business), Ok(named)) = (business, named) else {
-        return plain(StatusCode::SERVICE_UNAVAILABLE, "the database failed; try again");
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the database failed; try again",
+        );
     };
     let cfg = &app.cfg;
     let mut graces: Vec<i64> = vec![0, 3_600, 86_400, 7 * 86_400, cfg.default_grace_s];
@@ -416,13 +447,21 @@ async fn login(
         );
     }
     if f.email.len() > 320 || f.password.len() > 1024 {
-        return login_form(&app, Some("The email or password is incorrect.".into()), StatusCode::UNAUTHORIZED);
+        return login_form(
+            &app,
+            Some("The email or password is incorrect.".into()),
+            StatusCode::UNAUTHORIZED,
+        );
     }
     let client = api::client_address(&app, &headers, Some(peer));
     let user = match api::check_password(&app, &f.email, &f.password, &client).await {
         Ok(u) => u,
         Err(LoginError::Invalid) => {
-            return login_form(&app, Some("The email or password is incorrect.".into()), StatusCode::UNAUTHORIZED)
+            return login_form(
+                &app,
+                Some("The email or password is incorrect.".into()),
+                StatusCode::UNAUTHORIZED,
+            )
         }
         Err(LoginError::Throttled(s)) => {
             let mut r = login_form(
@@ -436,7 +475,11 @@ async fn login(
             return r;
         }
         Err(LoginError::Busy | LoginError::Store(_)) => {
-            return login_form(&app, Some("Please try again.".into()), StatusCode::SERVICE_UNAVAILABLE)
+            return login_form(
+                &app,
+                Some("Please try again.".into()),
+                StatusCode::SERVICE_UNAVAILABLE,
+            )
         }
     };
     // a fresh session id at every login: a session id known before it (fixation) is worthless
@@ -454,18 +497,32 @@ async fn login(
         created_at: now,
         expires_at: now + app.cfg.session_ttl_s,
     };
-    if app.store.create_session(&s, SESSIONS_PER_USER).await.is_err() {
-        return plain(StatusCode::SERVICE_UNAVAILABLE, "the database failed; try again");
+    if app
+        .store
+        .create_session(&s, SESSIONS_PER_USER)
+        .await
+        .is_err()
+    {
+        return plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the database failed; try again",
+        );
     }
     let mut r = see_other("/dashboard");
-    r.headers_mut()
-        .append(header::SET_COOKIE, cookie(&app, SESSION_COOKIE, &id, app.cfg.session_ttl_s));
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        cookie(&app, SESSION_COOKIE, &id, app.cfg.session_ttl_s),
+    );
     r.headers_mut()
         .append(header::SET_COOKIE, cookie(&app, LOGIN_COOKIE, "", 0));
     r
 }
 
-async fn logout(State(app): State<Arc<App>>, headers: HeaderMap, Form(f): Form<CsrfOnly>) -> Response {
+async fn logout(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Form(f): Form<CsrfOnly>,
+) -> Response {
     let s = match guarded(&app, &headers, &f.csrf).await {
         Ok(s) => s,
         Err(r) => return r,
@@ -485,8 +542,18 @@ struct CreateForm {
     lifetime_days: i64,
 }
 
-fn secret_page(app: &App, s: &Signed, rec: &KeyRecord, secret: String, old_until: Option<i64>) -> Response {
-    let label = if rec.kind == Kind::Named { &app.cfg.pat_label } else { &app.cfg.key_label };
+fn secret_page(
+    app: &App,
+    s: &Signed,
+    rec: &KeyRecord,
+    secret: String,
+    old_until: Option<i64>,
+) -> Response {
+    let label = if rec.kind == Kind::Named {
+        &app.cfg.pat_label
+    } else {
+        &app.cfg.key_label
+    };
     page(
         StatusCode::OK,
         SecretPage {
@@ -507,7 +574,11 @@ fn bad(text: &'static str) -> Response {
     plain(StatusCode::BAD_REQUEST, text)
 }
 
-async fn create(State(app): State<Arc<App>>, headers: HeaderMap, Form(f): Form<CreateForm>) -> Response {
+async fn create(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Form(f): Form<CreateForm>,
+) -> Response {
     let s = match guarded(&app, &headers, &f.csrf).await {
         Ok(s) => s,
         Err(r) => return r,
@@ -533,14 +604,23 @@ async fn create(State(app): State<Arc<App>>, headers: HeaderMap, Form(f): Form<C
     };
     let plan = match app.store.account(&s.user.account).await {
         Ok(a) => a.map_or_else(|| "free".to_string(), |a| a.plan),
-        Err(_) => return plain(StatusCode::SERVICE_UNAVAILABLE, "the database failed; try again"),
+        Err(_) => {
+            return plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the database failed; try again",
+            )
+        }
     };
     match api::new_key(&app, kind, name, &s.user.account, &plan, user, expires_at).await {
         Ok((rec, secret)) => secret_page(&app, &s, &rec, secret, None),
-        Err(e) if e.status == StatusCode::CONFLICT => {
-            plain(StatusCode::CONFLICT, "this account holds as many keys as it may; revoke some first")
-        }
-        Err(_) => plain(StatusCode::SERVICE_UNAVAILABLE, "the key could not be made; try again"),
+        Err(e) if e.status == StatusCode::CONFLICT => plain(
+            StatusCode::CONFLICT,
+            "this account holds as many keys as it may; revoke some first",
+        ),
+        Err(_) => plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the key could not be made; try again",
+        ),
     }
 }
 
@@ -584,10 +664,14 @@ async fn rotate(
             let until = (f.grace_s > 0).then(|| now_s() + f.grace_s);
             secret_page(&app, &s, &rec, secret, until)
         }
-        Err(e) if e.status == StatusCode::CONFLICT => {
-            plain(StatusCode::CONFLICT, "only a key that works and was not regenerated already can be regenerated")
-        }
-        Err(_) => plain(StatusCode::SERVICE_UNAVAILABLE, "the key could not be regenerated; try again"),
+        Err(e) if e.status == StatusCode::CONFLICT => plain(
+            StatusCode::CONFLICT,
+            "only a key that works and was not regenerated already can be regenerated",
+        ),
+        Err(_) => plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the key could not be regenerated; try again",
+        ),
     }
 }
 
@@ -606,7 +690,10 @@ async fn revoke(
     };
     match app.store.revoke(&k.id, "revoked", now_s()).await {
         Ok(_) => see_other("/dashboard"),
-        Err(_) => plain(StatusCode::SERVICE_UNAVAILABLE, "the key could not be revoked; try again"),
+        Err(_) => plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the key could not be revoked; try again",
+        ),
     }
 }
 
@@ -627,9 +714,15 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8081"));
         assert!(same_origin(&h));
-        h.insert(header::ORIGIN, HeaderValue::from_static("http://127.0.0.1:8081"));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://127.0.0.1:8081"),
+        );
         assert!(same_origin(&h));
-        h.insert(header::ORIGIN, HeaderValue::from_static("http://evil.example"));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://evil.example"),
+        );
         assert!(!same_origin(&h));
         h.insert(header::ORIGIN, HeaderValue::from_static("null"));
         assert!(!same_origin(&h));

@@ -394,6 +394,20 @@ async fn suite(s: Arc<dyn Store>) {
         .unwrap()
         .is_none());
     assert!(s.set_password("alice", "$argon2id$other").await.unwrap());
+
+    // -- purge: what ended before the instant goes; the live keys and the cursor stay
+    let cursor = s.revocation_cursor().await.unwrap();
+    let live_before = s.count_live_keys("acme", 0).await.unwrap();
+    let gone = s.purge(4_601).await.unwrap();
+    assert!(gone >= 5, "{gone}");
+    assert!(s.key_by_id("bk_3").await.unwrap().is_none()); // revoked at 102
+    assert!(s.key_by_id("bk_rot").await.unwrap().is_none()); // revoked at 4_600
+    assert!(s.key_by_id("bk_short").await.unwrap().is_none()); // expired at 3_000
+    assert!(s.key_by_id("bk_1").await.unwrap().is_some());
+    assert_eq!(s.revocation_cursor().await.unwrap(), cursor);
+    let (left, _) = s.revocations_since(0, 1000).await.unwrap();
+    assert_eq!(left.len(), 1, "only the newest entry stays: {left:?}");
+    assert!(s.count_live_keys("acme", 0).await.unwrap() <= live_before);
     assert_eq!(
         s.user_by_name("alice")
             .await

@@ -89,6 +89,11 @@ pub trait Store: Send + Sync + 'static {
     /// holds that hash).
     async fn restore_key(&self, id: &str, key_hash: &str, expires_at: Option<i64>) -> Result<()>;
 
+    /// Deletes what ended before `before`: keys revoked or expired then, feed entries recorded
+    /// then, expired sessions. Keeps every table bounded by what happened since; returns how
+    /// many rows went.
+    async fn purge(&self, before: i64) -> Result<u64>;
+
     // -- the revocation feed ------------------------------------------------------------------
     async fn revocation_cursor(&self) -> Result<i64>;
     /// Up to `limit` entries after `since`, in order, and whether more remain.

@@ -503,6 +503,35 @@ impl Store for PgStore {
         Ok(())
     }
 
+    async fn purge(&self, before: i64) -> Result<u64> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        let mut n = tx
+            .execute(
+                "DELETE FROM keys WHERE revoked_at < $1 OR expires_at < $1",
+                &[&before],
+            )
+            .await
+            .map_err(db)?;
+        // under the feed lock; the newest entry stays, so the cursor never goes back
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&FEED_LOCK])
+            .await
+            .map_err(db)?;
+        n += tx
+            .execute(
+                "DELETE FROM revocations WHERE recorded_at < $1 AND seq < (SELECT MAX(seq) FROM revocations)",
+                &[&before],
+            )
+            .await
+            .map_err(db)?;
+        n += tx
+            .execute("DELETE FROM sessions WHERE expires_at < $1", &[&before])
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(n)
+    }
+
     async fn revocation_cursor(&self) -> Result<i64> {
         let c = self.client().await?;
         let r = c

@@ -516,6 +516,29 @@ impl Store for SqliteStore {
         })
     }
 
+    async fn purge(&self, before: i64) -> Result<u64> {
+        self.tx(|c| {
+            let mut n = c
+                .execute(
+                    "DELETE FROM keys WHERE revoked_at < ?1 OR expires_at < ?1",
+                    [before],
+                )
+                .map_err(db)?;
+            // the newest entry stays, so the cursor never goes back
+            n += c
+                .execute(
+                    "DELETE FROM revocations WHERE recorded_at < ?1 \
+                     AND seq < (SELECT MAX(seq) FROM revocations)",
+                    [before],
+                )
+                .map_err(db)?;
+            n += c
+                .execute("DELETE FROM sessions WHERE expires_at < ?1", [before])
+                .map_err(db)?;
+            Ok(n as u64)
+        })
+    }
+
     async fn revocation_cursor(&self) -> Result<i64> {
         self.r()
             .query_row("SELECT COALESCE(MAX(seq), 0) FROM revocations", [], |r| {
