@@ -111,9 +111,12 @@ python3 tests/services/echo.py --port "$upstream_port" &
 pids+=($!)
 wait_port=("$upstream_port")
 if $needs_keyservice; then
+  # the dashboard's wording: `# product_name:` and `# key_label:` lines in the config's header
   product=$(sed -n 's/^# *product_name: *//p' "$config" | head -1)
+  key_label=$(sed -n 's/^# *key_label: *//p' "$config" | head -1)
   target/release/keyservice --db .demo/keys.sqlite serve --port "$keyservice_port" --seed-demo \
-    --product-name "${product:-keygate demo API}" --api-url "http://127.0.0.1:$port" &
+    --product-name "${product:-keygate demo API}" --key-label "${key_label:-API key}" \
+    --api-url "http://127.0.0.1:$port" &
   pids+=($!)
   wait_port+=("$keyservice_port")
 fi

@@ -178,8 +178,13 @@ def test_demo_sh_remote_runs_the_reference_key_service():
                        [("Authorization", f"Basic {b}")]).status == 200
         # the service itself, on its moved port: the product, without the tests' fault modes
         assert request(ports["KEYGATE_KEYSERVICE_PORT"], "GET", "/admin/mode").status == 404
+        # its dashboard, where the printed demo login leads
+        page = request(ports["KEYGATE_KEYSERVICE_PORT"], "GET", "/dashboard/login")
+        assert page.status == 200 and b"keygate demo API" in page.body and b'id="password"' in page.body
     finally:
         os.killpg(p.pid, signal.SIGTERM)
         _, err = p.communicate(timeout=30)
     assert "kgb_demo_acme_business_0001" in err
     assert f"127.0.0.1:{ports['KEYGATE_KEYSERVICE_PORT']}" in err
+    assert f"http://127.0.0.1:{ports['KEYGATE_KEYSERVICE_PORT']}/dashboard" in err
+    assert "alice@example.com / alice-password" in err

@@ -17,8 +17,12 @@ from harness import Envoy, KeyService, wait_until
 
 PREFIXES = ["kgb_", "kgp_", "kgn_"]
 POLL_MS = 300
-# the published format, as README "Key format" gives it to secret scanners
-KEY_RE = re.compile(r"\b(kg[bpn])_[0-9A-Za-z]{38}\b")
+def gitleaks_regex() -> re.Pattern:
+    """The published format, from the gitleaks rule file secret scanners use."""
+    import tomllib
+    from harness import ROOT
+    rules = tomllib.loads((ROOT / "envoy" / "keyservice" / "gitleaks.toml").read_text())["rules"]
+    return re.compile(rules[0]["regex"])
 
 
 def config(**ks):
@@ -107,9 +111,13 @@ def test_issued_keys_have_the_published_format(envoys, ks):
     token = login(e)
     made = new_business_key(e, token, "format")
     named = call(e, token, "/v1/tokens/named", "POST", b'{"name":"n","lifetime_days":1}').json()["data"]
+    rx = gitleaks_regex()
     for secret, prefix in ((token, "kgp"), (made["key"], "kgb"), (named["key"], "kgn")):
-        m = KEY_RE.fullmatch(secret)
-        assert m and m.group(1) == prefix, secret
+        m = rx.search(f"leaked in a commit: token = '{secret}'\n")
+        assert m and m.group(1) == secret and secret.startswith(prefix + "_"), secret
+    # the demo's readable keys and other strings are not findings
+    for other in ("kgb_demo_acme_business_0001", "kgb_" + "x" * 37, "xkgb_" + made["key"][4:] + "9"):
+        assert not rx.search(other), other
 
 
 def test_a_random_key_flood_makes_no_call_with_the_format_check(envoys, ks):
