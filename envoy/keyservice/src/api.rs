@@ -639,16 +639,25 @@ pub fn verdict_json(rec: Option<&KeyRecord>, user: Option<&str>, now: i64) -> Ve
     .unwrap_or_default()
 }
 
+/// The verify request, read without building a JSON tree (the hot path).
+#[derive(serde::Deserialize)]
+struct VerifyRequest<'a> {
+    #[serde(borrow)]
+    key: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow)]
+    user: Option<std::borrow::Cow<'a, str>>,
+}
+
 async fn verify(app: &App, c: &Call) -> ApiResult {
-    let req = parse_object(&c.body, false)?;
-    let secret = match req.get("key") {
-        Some(Value::String(s)) if !s.is_empty() => s,
+    if c.body.iter().all(u8::is_ascii_whitespace) {
+        return Err(bad_request("a JSON object body is required"));
+    }
+    let req: VerifyRequest<'_> = serde_json::from_slice(&c.body).map_err(|_| {
+        bad_request("the body must be a JSON object with `key` (a non-empty string) and `user` (a string or null)")
+    })?;
+    let secret = match &req.key {
+        Some(s) if !s.is_empty() => s,
         _ => return Err(bad_request("`key` must be a non-empty string")),
-    };
-    let user = match req.get("user") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(u)) => Some(u.as_str()),
-        Some(_) => return Err(bad_request("`user` must be a string or null")),
     };
     let rec = app
         .store
@@ -656,7 +665,7 @@ async fn verify(app: &App, c: &Call) -> ApiResult {
         .await?;
     Ok(json_response(
         StatusCode::OK,
-        verdict_json(rec.as_ref(), user, now_s()),
+        verdict_json(rec.as_ref(), req.user.as_deref(), now_s()),
         "application/json",
     ))
 }

@@ -505,7 +505,7 @@ fn tempdir(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!(
         "keyservice-test-{tag}-{}-{}",
         std::process::id(),
-        sha256_hex(tag.as_bytes())[..6].to_string()
+        &sha256_hex(tag.as_bytes())[..6]
     ));
     std::fs::create_dir_all(&d).unwrap();
     d

@@ -271,10 +271,11 @@ impl SqliteStore {
 
     fn one_key(&self, cond: &str, arg: &str) -> Result<Option<KeyRecord>> {
         let c = self.r();
-        let raw = c
-            .query_row(&format!("SELECT {KEY_COLS} WHERE {cond}"), [arg], key_row)
-            .optional()
+        // cached per connection: verify is this, and compiling it each time cost a third of it
+        let mut st = c
+            .prepare_cached(&format!("SELECT {KEY_COLS} WHERE {cond}"))
             .map_err(db)?;
+        let raw = st.query_row([arg], key_row).optional().map_err(db)?;
         raw.map(|(r,)| r.decode()).transpose()
     }
 }
