@@ -130,6 +130,13 @@ impl KeyRecord {
     }
 }
 
+/// Rotation: the instant a replaced key stops working. It keeps its own expiry when that comes
+/// first (a grace never lengthens a key's life); a grace that ends at or before `at` means now.
+pub fn replaced_key_until(old_expiry: Option<i64>, grace_until: i64, at: i64) -> i64 {
+    let until = old_expiry.map_or(grace_until, |e| e.min(grace_until));
+    until.max(at.min(grace_until))
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Account {
     pub name: String,
@@ -188,4 +195,72 @@ pub fn now_s() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn key(expires_at: Option<i64>) -> KeyRecord {
+        KeyRecord {
+            id: "k".into(),
+            kind: Kind::Business,
+            name: "n".into(),
+            key_hash: sha256_hex(b"s"),
+            hint: String::new(),
+            user: None,
+            subject: "k".into(),
+            account: "a".into(),
+            plan: "p".into(),
+            scopes: vec![],
+            resources: BTreeMap::new(),
+            ratelimit: None,
+            created_at: 0,
+            expires_at,
+            revoked_at: None,
+            disabled: false,
+            replaced_by: Some("k2".into()),
+            account_disabled: false,
+            user_disabled: false,
+        }
+    }
+
+    proptest! {
+        /// A rotated key works exactly until min(its own expiry, the end of its grace), never
+        /// longer, and a grace of 0 ends it at once.
+        #[test]
+        fn rotation_windows(at in 0i64..1_000_000, grace in 0i64..100_000,
+                            expiry in proptest::option::of(0i64..2_000_000), probe in 0i64..2_200_000) {
+            let until = replaced_key_until(expiry, at + grace, at);
+            let k = key(Some(until));
+            // works exactly before the instant
+            prop_assert_eq!(k.state(probe) == State::Valid, probe < until);
+            // never past the grace, never before now
+            prop_assert!(at <= until && until <= at + grace);
+            // never past the key's own expiry (unless that was already past: then now)
+            if let Some(e) = expiry {
+                prop_assert!(until <= e.max(at));
+            }
+            if grace == 0 {
+                prop_assert_eq!(until, at);
+            }
+        }
+    }
+
+    #[test]
+    fn states_and_their_precedence() {
+        let mut k = key(Some(100));
+        assert_eq!(k.state(99), State::Valid);
+        assert_eq!(k.state(100), State::Expired);
+        k.account_disabled = true;
+        assert_eq!(k.state(100), State::Disabled);
+        k.revoked_at = Some(50);
+        assert_eq!(k.state(0), State::Revoked);
+        assert_eq!(replaced_key_until(None, 500, 100), 500);
+        assert_eq!(replaced_key_until(Some(300), 500, 100), 300);
+        assert_eq!(replaced_key_until(Some(50), 500, 100), 100); // already expired: now
+        assert_eq!(replaced_key_until(None, 100, 100), 100);
+    }
 }

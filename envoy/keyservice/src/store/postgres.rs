@@ -451,7 +451,7 @@ impl Store for PgStore {
             .await
             .map_err(db)?;
         } else {
-            let until = old_expiry.map_or(grace_until, |e| e.min(grace_until));
+            let until = crate::model::replaced_key_until(old_expiry, grace_until, at);
             tx.execute(
                 "UPDATE keys SET expires_at = $2, replaced_by = $3 WHERE id = $1",
                 &[&old_id, &until, &k.id],

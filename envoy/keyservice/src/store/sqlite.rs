@@ -75,6 +75,9 @@ const KEY_COLS: &str = "k.id, k.kind, k.name, k.key_hash, k.hint, k.username, k.
 const READERS: usize = 4;
 
 pub struct SqliteStore {
+    /// The two lookups' statements, built once.
+    by_hash: String,
+    by_id: String,
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
     next: AtomicUsize,
@@ -236,6 +239,8 @@ impl SqliteStore {
             .map(|_| connect(path).map(Mutex::new))
             .collect::<Result<Vec<_>>>()?;
         Ok(SqliteStore {
+            by_hash: format!("SELECT {KEY_COLS} WHERE k.key_hash = ?1"),
+            by_id: format!("SELECT {KEY_COLS} WHERE k.id = ?1"),
             writer: Mutex::new(w),
             readers,
             next: AtomicUsize::new(0),
@@ -269,12 +274,10 @@ impl SqliteStore {
         Ok(v)
     }
 
-    fn one_key(&self, cond: &str, arg: &str) -> Result<Option<KeyRecord>> {
+    fn one_key(&self, sql: &str, arg: &str) -> Result<Option<KeyRecord>> {
         let c = self.r();
         // cached per connection: verify is this, and compiling it each time cost a third of it
-        let mut st = c
-            .prepare_cached(&format!("SELECT {KEY_COLS} WHERE {cond}"))
-            .map_err(db)?;
+        let mut st = c.prepare_cached(sql).map_err(db)?;
         let raw = st.query_row([arg], key_row).optional().map_err(db)?;
         raw.map(|(r,)| r.decode()).transpose()
     }
@@ -283,11 +286,11 @@ impl SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn key_by_hash(&self, key_hash: &str) -> Result<Option<KeyRecord>> {
-        self.one_key("k.key_hash = ?1", key_hash)
+        self.one_key(&self.by_hash, key_hash)
     }
 
     async fn key_by_id(&self, id: &str) -> Result<Option<KeyRecord>> {
-        self.one_key("k.id = ?1", id)
+        self.one_key(&self.by_id, id)
     }
 
     async fn insert_key(&self, k: &KeyRecord, ignore_existing: bool) -> Result<bool> {
@@ -469,7 +472,7 @@ impl Store for SqliteStore {
                 )
                 .map_err(db)?;
             } else {
-                let until = old_expiry.map_or(grace_until, |e| e.min(grace_until));
+                let until = crate::model::replaced_key_until(old_expiry, grace_until, at);
                 c.execute(
                     "UPDATE keys SET expires_at = ?2, replaced_by = ?3 WHERE id = ?1",
                     params![old_id, until, k.id],
