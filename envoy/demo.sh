@@ -77,9 +77,21 @@ cargo wasm --quiet
 $needs_keyservice && cargo build --quiet --release -p keyservice
 ENVOY_CMD=$(envoy/find-envoy.sh)
 
+# Every process the demo starts is a child in pids; Envoy runs in the background too, waited
+# for, so that SIGTERM or SIGINT to this script (a supervisor, `timeout`, Ctrl-C) stops it at
+# once and takes all of them down (bash runs no trap while a foreground child runs).
+pids=()
+cleanup() { [ ${#pids[@]} -eq 0 ] || kill "${pids[@]}" 2>/dev/null || true; }
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+run_envoy() {
+  $ENVOY_CMD "$@" &
+  pids+=($!)
+  wait "$!"
+}
+
 if [ "$mode" = fleet ]; then
-  pids=()
-  trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT INT TERM
   python3 tests/services/echo.py --port 8080 &
   pids+=($!)
   engine=$(tests/rls-engine/build.sh)
@@ -94,7 +106,7 @@ if [ "$mode" = fleet ]; then
   pids+=($!)
   echo "keygate fleet demo: Envoy A http://127.0.0.1:10000, Envoy B http://127.0.0.1:10001, one engine on :8090" >&2
   echo "  for i in \$(seq 6); do curl -s -o /dev/null -w '%{http_code} ' localhost:1000\$((i % 2))/x -H 'X-API-Key: tiny-demo-key-0001'; done  # 200 200 200 429 429 429" >&2
-  $ENVOY_CMD -c envoy/fleet/demo-fleet.yaml --concurrency 2 --disable-hot-restart -l warning "$@"
+  run_envoy -c envoy/fleet/demo-fleet.yaml --concurrency 2 --disable-hot-restart -l warning "$@"
   exit
 fi
 
@@ -105,8 +117,6 @@ sed -e "s/port_value: 10000 /port_value: $port /; s/port_value: 9901 /port_value
     -e "s/port_value: 8080 /port_value: $upstream_port /; s/port_value: 8081 /port_value: $keyservice_port /" \
     "$config" > "$run_config"
 
-pids=()
-trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT INT TERM
 python3 tests/services/echo.py --port "$upstream_port" &
 pids+=($!)
 wait_port=("$upstream_port")
@@ -142,4 +152,4 @@ done
     echo "    (or bob@example.com / bob-password): generate a key, call the API with it, regenerate, revoke"
   fi
 } >&2
-$ENVOY_CMD -c "$run_config" --concurrency 2 --disable-hot-restart -l warning "$@"
+run_envoy -c "$run_config" --concurrency 2 --disable-hot-restart -l warning "$@"

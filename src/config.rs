@@ -79,6 +79,10 @@ pub struct RateConfig {
     pub plans: Vec<(String, Option<Policy>)>,
     /// For plans not in the table; `None` means unlimited.
     pub default: Option<Policy>,
+    /// A `rate_limit` section without a `default`: every plan must be one of `plans` (a key
+    /// service that names another plan gets 503, never an unlimited key). Without a `rate_limit`
+    /// section nothing is limited, and plans are only names.
+    pub plans_declared_only: bool,
     pub reset: Option<ResetStyle>,
     pub ietf_headers: bool,
     /// Rate-limit headers on allowed responses (`X-RateLimit-*`, and the IETF pair when on).
@@ -93,6 +97,12 @@ impl RateConfig {
             Some((_, p)) => p.as_ref(),
             None => self.default.as_ref(),
         }
+    }
+
+    /// Whether `plan` means something here: a plan of the table, or any plan when a `default`
+    /// catches the others or nothing is limited.
+    pub fn declares(&self, plan: &str) -> bool {
+        !self.plans_declared_only || self.plans.iter().any(|(n, _)| n == plan)
     }
 
     pub fn reset_style(&self) -> ResetStyle {
@@ -184,6 +194,26 @@ pub struct Config {
     pub problems: Dialects,
     /// Fleet-wide limits on a rate-limit engine (`None`: every limit is this Envoy's own).
     pub fleet: Option<FleetConfig>,
+    /// How the bodies that owner checks read are held (`bodies`).
+    pub bodies: BodyLimits,
+}
+
+/// `bodies`: the bodies keygate holds until an owner check has read them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyLimits {
+    /// Bodies held at once per worker; past it a new one is refused (503), never one forgotten.
+    pub max_held: usize,
+    /// A body still incomplete this long after keygate began to hold it ends its request (408).
+    pub timeout_ms: u64,
+}
+
+impl Default for BodyLimits {
+    fn default() -> Self {
+        BodyLimits {
+            max_held: 4096,
+            timeout_ms: 60_000,
+        }
+    }
 }
 
 /// Every configuration field the parser knows, as `a.b[].c` paths (`<name>` for map keys,
@@ -238,6 +268,13 @@ struct RawConfig {
     problems: Option<Entries<RawDialect>>,
     fleet: Option<RawFleet>,
     default_access: Option<String>,
+    bodies: Option<RawBodies>,
+}
+
+#[derive(Deserialize)]
+struct RawBodies {
+    max_held: Option<u64>,
+    timeout_ms: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -768,7 +805,7 @@ fn parse_access(field: &str, s: Option<&str>, default: Access) -> Result<Access,
     }
 }
 
-fn parse_route(path: &str, r: RawRoute, w: &mut Vec<String>) -> Result<Route, ConfigError> {
+fn parse_route(path: &str, r: RawRoute) -> Result<Route, ConfigError> {
     let matcher = match (r.exact, r.prefix) {
         (Some(e), None) if e.starts_with('/') => PathMatch::Exact(e),
         (None, Some(p)) if p.starts_with('/') => PathMatch::Prefix(p),
@@ -824,23 +861,6 @@ fn parse_route(path: &str, r: RawRoute, w: &mut Vec<String>) -> Result<Route, Co
             ));
         }
     }
-    let writes = ["POST", "PUT", "PATCH", "DELETE"];
-    let named = writes
-        .iter()
-        .filter(|m| methods.iter().any(|x| x == *m))
-        .count();
-    if access != Access::Public && named > 0 && named < writes.len() {
-        let missing: Vec<&str> = writes
-            .iter()
-            .filter(|m| !methods.iter().any(|x| x == *m))
-            .copied()
-            .collect();
-        w.push(format!(
-            "keygate: `{}` names some write methods but not {}: those requests skip this route (a route without `methods` after it catches every method)",
-            mf,
-            missing.join(", ")
-        ));
-    }
     Ok(Route {
         methods,
         matcher,
@@ -850,7 +870,73 @@ fn parse_route(path: &str, r: RawRoute, w: &mut Vec<String>) -> Result<Route, Co
     })
 }
 
-const BODYLESS: [&str; 4] = ["GET", "HEAD", "OPTIONS", "DELETE"];
+/// Methods whose body has no defined meaning (RFC 9110): on an owner route that reads bodies,
+/// one of them with a body is refused from its headers (upstreams disagree whether to read it,
+/// and one that does not answers before the body is checked).
+pub const BODYLESS: [&str; 5] = ["GET", "HEAD", "OPTIONS", "DELETE", "TRACE"];
+
+/// Every embedded key's plan must be declared when anything is limited: a key naming a plan
+/// the table lacks would fall to the default, or be unlimited without one, so a typo would be
+/// an unlimited key. A key naming no plan needs a `default`.
+fn check_key_plans(plans: &[Option<String>], rate: &RateConfig) -> Result<(), ConfigError> {
+    let limited = rate.plans_declared_only || rate.default.is_some() || !rate.plans.is_empty();
+    if !limited {
+        return Ok(());
+    }
+    for (i, plan) in plans.iter().enumerate() {
+        match plan {
+            Some(p) if !rate.plans.iter().any(|(n, _)| n == p) => {
+                return Err(err(
+                    &format!("keys[{i}].plan"),
+                    format!("`{p}` is not a plan of rate_limit.plans: declare it (\"unlimited\" if it has no limit)"),
+                ))
+            }
+            None if rate.plans_declared_only => {
+                return Err(err(
+                    &format!("keys[{i}].plan"),
+                    "the key names no plan and rate_limit has no `default`: name one of rate_limit.plans, or declare rate_limit.default",
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The methods that only read. Any token is an HTTP method (`PROPPATCH`, `PURGE`, an API's own),
+/// so a rule that lists others lets every method it does not list skip it.
+const READ_METHODS: [&str; 3] = ["GET", "HEAD", "OPTIONS"];
+
+/// Warns about a rule that lists write methods with no catch-all after it: every other method
+/// (one the operator did not think of) skips the rule and falls to a later route or
+/// `default_access`. The safe pattern lists the read methods and catches the rest with a route
+/// for the same path without `methods`.
+fn warn_method_lists(routes: &[Route], w: &mut Vec<String>) {
+    for (i, r) in routes.iter().enumerate() {
+        if r.access == Access::Public {
+            continue;
+        }
+        let writes: Vec<&str> = r
+            .methods
+            .iter()
+            .map(String::as_str)
+            .filter(|m| !READ_METHODS.contains(m))
+            .collect();
+        if writes.is_empty() {
+            continue;
+        }
+        let caught = routes.iter().skip(i + 1).any(|later| {
+            later.matcher == r.matcher && later.methods.is_empty() && later.access != Access::Public
+        });
+        if !caught {
+            w.push(format!(
+                "keygate: `routes[{i}].methods` lists {}: every method it does not list (PROPPATCH, PURGE, any other) skips this rule; list the read methods ({}) instead and catch the rest with a route for the same path without `methods`",
+                writes.join(", "),
+                READ_METHODS.join(", ")
+            ));
+        }
+    }
+}
 
 /// An HTTP method as a rule names it: an RFC 9110 token, upper-cased (methods match ignoring case).
 fn method_token(field: &str, s: &str) -> Result<String, ConfigError> {
@@ -1386,19 +1472,25 @@ fn build(raw: RawConfig, w: &mut Vec<String>) -> Result<Config, ConfigError> {
     let (credentials, hide_credentials, malformed_status) = parse_credentials(raw.credentials)?;
 
     let mut keys = KeyStore::default();
+    // each key's plan as written (`None`: the default), checked once the plans are known
+    let mut key_plans: Vec<Option<String>> = Vec::new();
     if let Some(arr) = raw.keys {
-        let mut ids: Vec<String> = Vec::with_capacity(arr.len());
+        // key id -> its index: duplicates found in linear time (100k keys parse in well under
+        // a second; a scan per key was quadratic)
+        let mut ids: std::collections::HashMap<String, usize> =
+            std::collections::HashMap::with_capacity(arr.len());
         for (i, k) in arr.into_iter().enumerate() {
             let path = format!("keys[{i}]");
+            key_plans.push(k.plan.clone());
             let (digest, entry) = parse_key(&path, k)?;
             let kid = &entry.identity.key_id;
-            if let Some(j) = ids.iter().position(|x| x == kid) {
+            if let Some(j) = ids.get(kid) {
                 return Err(err(
                     &format!("{path}.id"),
                     format!("`{kid}` is already the id of keys[{j}]: two keys would share one bucket and one identity"),
                 ));
             }
-            ids.push(kid.clone());
+            ids.insert(kid.clone(), i);
             if !keys.insert(digest, entry) {
                 return Err(err(
                     &format!("{path}.sha256"),
@@ -1419,8 +1511,9 @@ fn build(raw: RawConfig, w: &mut Vec<String>) -> Result<Config, ConfigError> {
             let p = parse_policy(&f, &name, p)?;
             rate.plans.push((name, p));
         }
-        if let Some(p) = r.default {
-            rate.default = parse_policy("rate_limit.default", "default", p)?;
+        match r.default {
+            Some(p) => rate.default = parse_policy("rate_limit.default", "default", p)?,
+            None => rate.plans_declared_only = true,
         }
         rate.reset = match r.reset.as_deref() {
             None | Some("seconds") => Some(ResetStyle::Seconds),
@@ -1436,12 +1529,15 @@ fn build(raw: RawConfig, w: &mut Vec<String>) -> Result<Config, ConfigError> {
         rate.headers = r.headers.unwrap_or(true);
     }
 
+    check_key_plans(&key_plans, &rate)?;
+
     let identity_headers = parse_identity_headers(raw.identity_headers, &credentials)?;
 
     let mut routes = Vec::new();
     for (i, r) in raw.routes.unwrap_or_default().into_iter().enumerate() {
-        routes.push(parse_route(&format!("routes[{i}]"), r, w)?);
+        routes.push(parse_route(&format!("routes[{i}]"), r)?);
     }
+    warn_method_lists(&routes, w);
     let key_service = match raw.key_service {
         Some(k) => Some(parse_key_service(k)?),
         None => None,
@@ -1484,6 +1580,23 @@ fn build(raw: RawConfig, w: &mut Vec<String>) -> Result<Config, ConfigError> {
     };
     let default_access =
         parse_access("default_access", raw.default_access.as_deref(), Access::Key)?;
+    let bodies = match raw.bodies {
+        None => BodyLimits::default(),
+        Some(b) => {
+            let d = BodyLimits::default();
+            BodyLimits {
+                max_held: bounded("bodies.max_held", b.max_held, d.max_held as u64, 1, 65_536)?
+                    as usize,
+                timeout_ms: bounded(
+                    "bodies.timeout_ms",
+                    b.timeout_ms,
+                    d.timeout_ms,
+                    100,
+                    3_600_000,
+                )?,
+            }
+        }
+    };
 
     Ok(Config {
         realm,
@@ -1505,6 +1618,7 @@ fn build(raw: RawConfig, w: &mut Vec<String>) -> Result<Config, ConfigError> {
         malformed_status,
         problems,
         fleet,
+        bodies,
     })
 }
 

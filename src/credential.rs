@@ -223,7 +223,8 @@ fn parse_basic(param: &[u8]) -> Result<Credential, CredError> {
     })
 }
 
-fn trim_ows(b: &[u8]) -> &[u8] {
+/// `b` without leading and trailing optional whitespace (RFC 9110 OWS: spaces and tabs).
+pub(crate) fn trim_ows(b: &[u8]) -> &[u8] {
     let start = b
         .iter()
         .position(|&c| c != b' ' && c != b'\t')

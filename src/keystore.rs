@@ -4,14 +4,15 @@ use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::rc::Rc;
 
-use crate::credential::{Credential, Style};
+use crate::credential::Credential;
 use crate::hash::{Digest32, TagHasher};
 use crate::verdict::{Identity, Refusal, Verdict};
 
 #[derive(Clone, Debug)]
 pub struct KeyEntry {
-    /// Checked when the key is presented with Basic: a Basic credential is (user, token), so an
-    /// entry without a user never matches Basic, and one with a user matches only that user.
+    /// A Basic credential is (user, token): an entry with a user matches only Basic with that
+    /// user, and one without a user never matches Basic (its token is a Bearer, header or query
+    /// key). So a Basic PAT is never also a Bearer token that names no user.
     pub user: Option<String>,
     pub disabled: bool,
     pub identity: Rc<Identity>,
@@ -43,7 +44,8 @@ impl KeyStore {
         let Some(entry) = self.by_hash.get(secret_sha256) else {
             return Verdict::Refused(Refusal::Unknown);
         };
-        if cred.style == Style::Basic && entry.user.as_deref() != cred.user.as_deref() {
+        // only Basic carries a user: this also refuses a user's key in any other style
+        if entry.user.as_deref() != cred.user.as_deref() {
             return Verdict::Refused(Refusal::Unknown);
         }
         if entry.disabled {

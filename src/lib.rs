@@ -4,6 +4,7 @@
 //! itself, in `host::abi`), tested natively with `cargo test`.
 
 pub mod batch;
+pub mod body;
 pub mod cache;
 pub mod config;
 pub mod conformance;
@@ -14,6 +15,7 @@ pub mod flights;
 pub mod gate;
 pub mod hash;
 pub mod headermap;
+pub mod held;
 pub mod json;
 pub mod keyformat;
 pub mod keystore;

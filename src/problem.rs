@@ -25,6 +25,7 @@ pub enum Kind {
     ResourceForbidden,
     RouteClosed,
     RequestAmbiguous,
+    BodyUnchecked,
     RateLimited,
     AuthThrottled,
     KeyServiceUnavailable,
@@ -47,6 +48,7 @@ impl Kind {
             Kind::ResourceForbidden => "resource-forbidden",
             Kind::RouteClosed => "route-closed",
             Kind::RequestAmbiguous => "request-ambiguous",
+            Kind::BodyUnchecked => "body-unchecked",
             Kind::RateLimited => "rate-limited",
             Kind::AuthThrottled => "auth-throttled",
             Kind::KeyServiceUnavailable => "key-service-unavailable",
@@ -56,7 +58,7 @@ impl Kind {
     }
 
     /// Every kind, in `index` order.
-    pub const ALL: [Kind; 17] = [
+    pub const ALL: [Kind; 18] = [
         Kind::CredentialMissing,
         Kind::CredentialMalformed,
         Kind::CredentialTooLarge,
@@ -69,6 +71,7 @@ impl Kind {
         Kind::ResourceForbidden,
         Kind::RouteClosed,
         Kind::RequestAmbiguous,
+        Kind::BodyUnchecked,
         Kind::RateLimited,
         Kind::AuthThrottled,
         Kind::KeyServiceUnavailable,
@@ -108,6 +111,7 @@ impl Kind {
             Kind::ResourceForbidden => "Resource not accessible",
             Kind::RouteClosed => "Route closed",
             Kind::RequestAmbiguous => "Ambiguous request",
+            Kind::BodyUnchecked => "Body not checked",
             Kind::RateLimited => "Too many requests",
             Kind::AuthThrottled => "Too many failed authentications",
             Kind::KeyServiceUnavailable => "Key service unavailable",
@@ -148,21 +152,73 @@ pub fn grpc_status(status: u32) -> i32 {
         401 => 16, // UNAUTHENTICATED
         403 => 7,  // PERMISSION_DENIED
         404 => 5,  // NOT_FOUND
+        408 => 4,  // DEADLINE_EXCEEDED
+        413 => 8,  // RESOURCE_EXHAUSTED, as for a message over gRPC's own size limit
         429 => 8,  // RESOURCE_EXHAUSTED
         503 => 14, // UNAVAILABLE
         _ => 13,   // INTERNAL
     }
 }
 
+/// How a client reads a denial, from the request's `content-type`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Rpc {
+    /// Anything else: an RFC 9457 problem.
+    #[default]
+    Http,
+    /// `application/grpc`, alone or followed by `+` (also what Envoy's `grpc_web` filter turns a
+    /// gRPC-Web request into when it runs before keygate).
+    Grpc,
+    /// `application/grpc-web`, alone or followed by `+`.
+    GrpcWeb,
+    /// `application/grpc-web-text`, alone or followed by `+` (base64 frames).
+    GrpcWebText,
+}
+
+impl Rpc {
+    /// As Envoy tells them apart (case counts): its gRPC test for `application/grpc`, its
+    /// `grpc_web` filter's types for gRPC-Web (any `+` subtype read alike).
+    pub fn of(content_type: &[u8]) -> Rpc {
+        match content_type.strip_prefix(b"application/grpc") {
+            Some(b"") => Rpc::Grpc,
+            Some([b'+', ..]) => Rpc::Grpc,
+            Some(web) => match web.strip_prefix(b"-web") {
+                Some(b"" | [b'+', ..]) => Rpc::GrpcWeb,
+                Some(text) => match text.strip_prefix(b"-text") {
+                    Some(b"" | [b'+', ..]) => Rpc::GrpcWebText,
+                    _ => Rpc::Http,
+                },
+                None => Rpc::Http,
+            },
+            None => Rpc::Http,
+        }
+    }
+
+    /// The reply's `content-type`.
+    fn content_type(self) -> &'static str {
+        match self {
+            Rpc::Http => "application/problem+json",
+            Rpc::Grpc => "application/grpc",
+            Rpc::GrpcWeb => "application/grpc-web+proto",
+            Rpc::GrpcWebText => "application/grpc-web-text+proto",
+        }
+    }
+}
+
 /// A local reply ready for `send_http_response`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Reply {
+    /// The problem's status (a gRPC or gRPC-Web reply goes out as HTTP 200, see `grpc_status`).
     pub status: u32,
     pub kind: Kind,
     pub headers: Vec<(String, String)>,
-    /// The problem+json body; for a gRPC client, the short `grpc-message` text.
+    /// The problem+json body; empty for a gRPC or gRPC-Web client (its message is `grpc-message`).
     pub body: String,
-    /// For a gRPC client: the `grpc-status` (Envoy then answers trailers-only).
+    /// For a gRPC or gRPC-Web client: the `grpc-status`. The reply is then a complete
+    /// trailers-only gRPC response (HTTP 200, `grpc-status` and `grpc-message` among its headers,
+    /// no body), built here rather than by Envoy: Envoy builds gRPC replies only for requests
+    /// that were gRPC when they arrived, and its `grpc_web` filter maps any other status to a
+    /// gRPC status of its own (429 to UNAVAILABLE, which clients retry at once).
     pub grpc_status: Option<i32>,
 }
 
@@ -205,14 +261,30 @@ fn escape_into(out: &mut String, s: &str) {
     }
 }
 
+/// gRPC's `grpc-message` encoding: bytes outside 0x20-0x7E, and `%`, percent-encoded.
+fn grpc_percent_encode(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    for &b in msg.as_bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            out.push(char::from(b));
+        } else {
+            const HEX: &[u8; 16] = b"0123456789ABCDEF";
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 15)]));
+        }
+    }
+    out
+}
+
 pub struct ProblemBuilder<'a> {
     pub type_base: &'a str,
     pub instance: String,
     pub request_id: Option<String>,
     /// The configuration's wording and members per kind (may be empty).
     pub dialects: &'a [Dialect],
-    /// The request is gRPC (`content-type: application/grpc` or `application/grpc+…`).
-    pub grpc: bool,
+    /// How the client reads a denial (gRPC, gRPC-Web or HTTP).
+    pub rpc: Rpc,
 }
 
 /// At most this many bytes of detail go into `grpc-message`.
@@ -232,9 +304,9 @@ impl ProblemBuilder<'_> {
             .and_then(|d| d.title.as_deref())
             .unwrap_or(kind.title());
         let detail = dialect.and_then(|d| d.detail.as_deref()).unwrap_or(detail);
-        if self.grpc {
-            // trailers-only: Envoy sets `content-type: application/grpc`, `grpc-status`, and
-            // `grpc-message` from this text; retry hints stay, and gRPC's own is added
+        if self.rpc != Rpc::Http {
+            // trailers-only: HTTP 200, the status and message among the headers, no body; retry
+            // hints stay, and gRPC's own is added
             let mut msg = String::with_capacity(detail.len().min(MAX_GRPC_MESSAGE));
             for c in detail.chars() {
                 if msg.len() + c.len_utf8() > MAX_GRPC_MESSAGE {
@@ -252,12 +324,20 @@ impl ProblemBuilder<'_> {
                     s.saturating_mul(1000).to_string(),
                 ));
             }
+            let code = grpc_status(status);
+            headers.push(("content-type".into(), self.rpc.content_type().into()));
+            headers.push((
+                "grpc-status".into(),
+                itoa::Buffer::new().format(code).into(),
+            ));
+            headers.push(("grpc-message".into(), grpc_percent_encode(&msg)));
+            headers.push(("cache-control".into(), "no-store".into()));
             return Reply {
                 status,
                 kind,
                 headers,
-                body: msg,
-                grpc_status: Some(grpc_status(status)),
+                body: String::new(),
+                grpc_status: Some(code),
             };
         }
         // written directly (members in RFC 9457's order, then the extensions): a serde_json Map
@@ -335,7 +415,7 @@ mod tests {
             instance: instance_of(b"/v1/x?_apikey=SECRET"),
             request_id: Some("r1".into()),
             dialects: &[],
-            grpc: false,
+            rpc: Rpc::Http,
         };
         let r = b.reply(
             401,
@@ -365,7 +445,7 @@ mod tests {
             instance: instance_of(b"/\"\\\xff"),
             request_id: None,
             dialects: &[],
-            grpc: false,
+            rpc: Rpc::Http,
         };
         let r = b.reply(400, Kind::CredentialMalformed, "d", &[], vec![]);
         let v: Value = serde_json::from_str(&r.body).unwrap();
@@ -402,7 +482,7 @@ mod tests {
             instance: "/p".into(),
             request_id: None,
             dialects: &dialects,
-            grpc: false,
+            rpc: Rpc::Http,
         };
         let r = b.reply(401, Kind::CredentialInvalid, "the \"key\"", &[], vec![]);
         let v: Value = serde_json::from_str(&r.body).unwrap();
@@ -421,34 +501,63 @@ mod tests {
 
     #[test]
     fn grpc_clients_get_a_status_and_a_short_message() {
-        let b = ProblemBuilder {
-            type_base: "urn:x:",
-            instance: "/p".into(),
-            request_id: Some("r".into()),
-            dialects: &[],
-            grpc: true,
-        };
-        let h = vec![("retry-after".to_string(), "3".to_string())];
-        let r = b.reply(429, Kind::RateLimited, &"x\ny".repeat(200), &[], h);
-        assert_eq!(r.grpc_status, Some(8));
-        assert_eq!(r.body.len(), 256);
-        assert!(r.body.starts_with("x y"));
-        assert_eq!(r.header("grpc-retry-pushback-ms"), Some("3000"));
-        assert_eq!(
-            r.header("content-type"),
-            None,
-            "Envoy sets application/grpc"
-        );
+        for (rpc, ct) in [
+            (Rpc::Grpc, "application/grpc"),
+            (Rpc::GrpcWeb, "application/grpc-web+proto"),
+            (Rpc::GrpcWebText, "application/grpc-web-text+proto"),
+        ] {
+            let b = ProblemBuilder {
+                type_base: "urn:x:",
+                instance: "/p".into(),
+                request_id: Some("r".into()),
+                dialects: &[],
+                rpc,
+            };
+            let h = vec![("retry-after".to_string(), "3".to_string())];
+            let r = b.reply(429, Kind::RateLimited, &"x\ny%é".repeat(100), &[], h);
+            assert_eq!(r.grpc_status, Some(8));
+            assert!(r.body.is_empty(), "trailers-only: no body");
+            let msg = r.header("grpc-message").unwrap();
+            assert!(msg.starts_with("x y%25%C3%A9x y"), "{msg}");
+            assert!(msg.bytes().all(|c| (0x20..0x7f).contains(&c)));
+            assert_eq!(r.header("grpc-status"), Some("8"));
+            assert_eq!(r.header("grpc-retry-pushback-ms"), Some("3000"));
+            assert_eq!(r.header("content-type"), Some(ct));
+            assert_eq!(r.header("cache-control"), Some("no-store"));
+        }
         for (status, code) in [
             (400, 3),
             (401, 16),
             (403, 7),
             (404, 5),
+            (408, 4),
+            (413, 8),
             (429, 8),
             (503, 14),
             (500, 13),
         ] {
             assert_eq!(grpc_status(status), code);
+        }
+    }
+
+    #[test]
+    fn rpc_from_the_content_type() {
+        for (ct, rpc) in [
+            (&b"application/grpc"[..], Rpc::Grpc),
+            (b"application/grpc+proto", Rpc::Grpc),
+            (b"application/grpc+json", Rpc::Grpc),
+            (b"Application/GRPC", Rpc::Http),
+            (b"application/grpc-web", Rpc::GrpcWeb),
+            (b"application/grpc-web+proto", Rpc::GrpcWeb),
+            (b"application/grpc-web-text", Rpc::GrpcWebText),
+            (b"application/grpc-web-text+proto", Rpc::GrpcWebText),
+            (b"application/grpcx", Rpc::Http),
+            (b"application/grpc-webx", Rpc::Http),
+            (b"application/grpc-web-textx", Rpc::Http),
+            (b"application/json", Rpc::Http),
+            (b"", Rpc::Http),
+        ] {
+            assert_eq!(Rpc::of(ct), rpc, "{}", String::from_utf8_lossy(ct));
         }
     }
 
@@ -458,7 +567,7 @@ mod tests {
         fn body_is_json_for_any_text(detail in ".*", instance in ".*", rid in proptest::option::of(".*"),
                                      extra in ".*") {
             let b = ProblemBuilder { type_base: "urn:x:", instance: instance.clone(), request_id: rid.clone(),
-                                    dialects: &[], grpc: false };
+                                    dialects: &[], rpc: Rpc::Http };
             let r = b.reply(429, Kind::RateLimited, &detail, &[("policy", Extra::Text(&extra)),
                                                                ("limit", Extra::Int(7))], vec![]);
             let v: Value = serde_json::from_str(&r.body).unwrap();

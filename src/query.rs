@@ -71,24 +71,86 @@ pub fn name_is(raw: &[u8], name: &str) -> bool {
 }
 
 /// A parameter name as the most lenient frameworks read it, so that every spelling an upstream
-/// may take for `name` compares equal: percent- and form-decoded (`+` is a space), leading
-/// whitespace dropped (PHP), an array suffix dropped (`_id[]`, `_id[0]`: PHP, Rack, Rails),
-/// `.`, space and `[` turned into `_` (PHP), ASCII case folded (ASP.NET Core, Go's `r.Form` is
-/// not, but nothing is lost by folding). `None` when the name does not decode.
+/// may take for `name` compares equal: percent- and form-decoded (`+` is a space), read up to its
+/// first NUL (PHP and other C-string readers stop there: `_id%00x` is `_id`), leading whitespace
+/// and control bytes dropped (PHP), other control bytes dropped wherever they are, an array
+/// suffix dropped (`_id[]`, `_id[0]`: PHP, Rack, Rails), `.`, space and `[` turned into `_`
+/// (PHP), case folded as .NET's and Java's case-insensitive comparisons fold it: ASCII, and the
+/// four letters outside ASCII whose case mapping lands in it (`İ`, `ı`, `ſ`, the Kelvin sign:
+/// `_ıd` is `_ID` to ASP.NET Core). `None` when the name does not decode.
 pub fn lenient_name(raw: &[u8]) -> Option<Vec<u8>> {
+    lenient(raw, true, Brackets::Php)
+}
+
+/// How a reader takes brackets in a parameter name.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Brackets {
+    /// PHP: `[` opens an array suffix when a `]` follows, else it reads as `_`.
+    Php,
+    /// Rack 2 (Rails 6 and 7.0): leading and stray brackets dropped, the name ends at the first
+    /// bracket after it (`[_id]`, `]_id`, `_id]`, `_id[` are all `_id`).
+    Rack,
+}
+
+/// Whether an upstream may read the raw parameter name `raw` as the name whose lenient form
+/// (`lenient_name`) is `want`: read up to its first NUL or with its NULs dropped (a reader that
+/// skips them), brackets read as PHP or as Rack reads them; any of these readings counts.
+pub fn lenient_is(raw: &[u8], want: &[u8]) -> bool {
+    if raw.len() < want.len() {
+        return false; // no reading makes a name longer than its raw bytes
+    }
+    let nul = raw.iter().any(|&c| c == b'%' || c == 0);
+    let brackets = raw.iter().any(|&c| c == b'[' || c == b']' || c == b'%');
+    [
+        (true, Brackets::Php),
+        (false, Brackets::Php),
+        (true, Brackets::Rack),
+        (false, Brackets::Rack),
+    ]
+    .into_iter()
+    .filter(|&(cut, b)| (cut || nul) && (b == Brackets::Php || brackets))
+    .any(|(cut, b)| lenient(raw, cut, b).is_some_and(|n| n == want))
+}
+
+/// `lenient_name`, the readings chosen: `cut` reads up to the first NUL, else NULs are dropped
+/// like the other control bytes; `brackets` as PHP or as Rack reads them.
+fn lenient(raw: &[u8], cut: bool, brackets: Brackets) -> Option<Vec<u8>> {
     let plus: Vec<u8> = raw
         .iter()
         .map(|&c| if c == b'+' { b' ' } else { c })
         .collect();
     let mut d = percent_decode(&plus)?;
+    if cut {
+        if let Some(nul) = d.iter().position(|&c| c == 0) {
+            d.truncate(nul);
+        }
+    }
     let start = d
         .iter()
-        .position(|&c| !matches!(c, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c | 0))
+        .position(|&c| c > b' ' && c != 0x7f)
         .unwrap_or(d.len());
     d.drain(..start);
-    if let Some(open) = d.iter().position(|&c| c == b'[') {
-        if open > 0 && d[open..].contains(&b']') {
-            d.truncate(open);
+    d.retain(|&c| c >= b' ' && c != 0x7f);
+    if d.iter().any(|&c| c >= 0x80) {
+        d = fold_outside_ascii(&d);
+    }
+    match brackets {
+        Brackets::Php => {
+            if let Some(open) = d.iter().position(|&c| c == b'[') {
+                if open > 0 && d[open..].contains(&b']') {
+                    d.truncate(open);
+                }
+            }
+        }
+        Brackets::Rack => {
+            let start = d
+                .iter()
+                .position(|&c| c != b'[' && c != b']')
+                .unwrap_or(d.len());
+            d.drain(..start);
+            if let Some(end) = d.iter().position(|&c| c == b'[' || c == b']') {
+                d.truncate(end);
+            }
         }
     }
     for c in d.iter_mut() {
@@ -98,6 +160,25 @@ pub fn lenient_name(raw: &[u8]) -> Option<Vec<u8>> {
         }
     }
     Some(d)
+}
+
+/// The letters outside ASCII whose simple case mapping (UnicodeData) is an ASCII letter, as
+/// their ASCII letter: U+0130 `İ` and U+0131 `ı` (i), U+017F `ſ` (s), U+212A Kelvin (k).
+fn fold_outside_ascii(d: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(d.len());
+    let mut i = 0;
+    while i < d.len() {
+        let (letter, len) = match &d[i..] {
+            [0xc4, 0xb0, ..] | [0xc4, 0xb1, ..] => (b'i', 2),
+            [0xc5, 0xbf, ..] => (b's', 2),
+            [0xe2, 0x84, 0xaa, ..] => (b'k', 3),
+            [c, ..] => (*c, 1),
+            [] => break,
+        };
+        out.push(letter);
+        i += len;
+    }
+    out
 }
 
 /// `:path` with every parameter named `name` removed; all other bytes (including empty pairs
@@ -158,7 +239,70 @@ mod tests {
         );
     }
 
+    #[test]
+    fn names_cut_at_nul_and_stripped_of_control_bytes() {
+        let want = lenient_name(b"_id").unwrap();
+        for raw in [
+            &b"_id"[..],
+            b"_id%00",
+            b"_id%00x",
+            b"_id%00%00victim",
+            b"%00_id",
+            b"_%00id",
+            b"%01_id",
+            b"_i%01d",
+            b"_id%1F",
+            b"_id%7F",
+            b"%09_id",
+            b"+_id",
+            b"_ID",
+            b"_%C4%B1d",
+            b"_%C4%B0D",
+            b"_id%5B%5D",
+            b"_id[x]",
+            b".id",
+            b"[_id]",
+            b"%5B_id%5D",
+            b"]]_id",
+            b"_id]",
+            b"_id[",
+            b"[_id][x]",
+        ] {
+            assert!(lenient_is(raw, &want), "{}", String::from_utf8_lossy(raw));
+        }
+        for raw in [
+            &b"_idx"[..],
+            b"x_id",
+            b"_i",
+            b"id",
+            b"_id%zz",
+            b"%00",
+            b"_i%C4d",
+        ] {
+            assert!(!lenient_is(raw, &want), "{}", String::from_utf8_lossy(raw));
+        }
+        // the Kelvin sign and the long s
+        let key = lenient_name(b"_keys").unwrap();
+        assert!(lenient_is(b"_%E2%84%AAey%C5%BF", &key));
+        // JSON member names arrive decoded: a raw NUL cuts them too
+        assert!(lenient_is(b"_id\0victim", &want));
+        assert!(lenient_is(b"\0_id", &want));
+    }
+
     proptest::proptest! {
+        /// A name is never read longer than its raw bytes (what `lenient_is` relies on), and
+        /// never panics.
+        #[test]
+        fn lenient_names_never_grow(raw in proptest::collection::vec(proptest::num::u8::ANY, 0..24)) {
+            for cut in [true, false] {
+                for b in [Brackets::Php, Brackets::Rack] {
+                    if let Some(n) = lenient(&raw, cut, b) {
+                        proptest::prop_assert!(n.len() <= raw.len());
+                    }
+                }
+            }
+        }
+
         /// Whatever the query, no parameter named `_apikey` (after decoding) survives, and every
         /// other pair is kept, in order, byte for byte.
         #[test]

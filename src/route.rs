@@ -34,10 +34,11 @@ pub enum OwnerSource {
 /// What an owner check does with a request that carries a body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OwnerBody {
-    /// keygate reads the body (up to [`MAX_OWNER_BODY`] bytes): a form's fields and a JSON
-    /// object's top-level members are what PHP, Rack, Rails, Express and others merge into the
-    /// same parameters as the query, so every spelling of the owner parameter there must name an
-    /// owned resource too; other body types are refused (400 `request-ambiguous`). The default.
+    /// keygate reads the body (up to [`crate::body::MAX_OWNER_BODY`] bytes): a form's fields and
+    /// a JSON object's top-level members are what PHP, Rack, Rails, Express and others merge into
+    /// the same parameters as the query, so every spelling of the owner parameter there must name
+    /// an owned resource too; what could be read otherwise is refused (400 `request-ambiguous`,
+    /// see `crate::body`). The default.
     Read,
     /// Refused (400 `request-ambiguous`), whatever it holds.
     Reject,
@@ -45,74 +46,38 @@ pub enum OwnerBody {
     Unchecked,
 }
 
-/// The largest body an owner check reads; a longer one is refused (413).
-pub const MAX_OWNER_BODY: usize = 65_536;
-
-/// The values a request body gives for the owner parameter `name`, read the way lenient
-/// frameworks merge bodies into request parameters: form fields (`+` as space, and literally:
-/// both must be owned) and a JSON object's top-level members (strings, numbers, arrays of
-/// them; anything else is a value no resource matches). `Err`: a body whose parameters keygate
-/// cannot read (multipart, another type, JSON that does not parse).
-pub fn owner_values_in_body(
-    name: &str,
-    content_type: &[u8],
-    body: &[u8],
-) -> Result<Vec<Vec<u8>>, &'static str> {
-    let essence = content_type
-        .split(|&c| c == b';')
-        .next()
-        .unwrap_or_default()
-        .trim_ascii();
+/// The values the cookies give for the owner parameter `name`, read as the frameworks that merge
+/// cookies into request parameters read them (PHP's `$_REQUEST` under its default
+/// `variables_order`, classic ASP.NET's `Request[...]`): pairs split at `;` and `,`, names as the
+/// query's (`query::lenient_is`), each value literally, percent-decoded (with `+` as a space, as
+/// PHP's `urldecode`), and without surrounding quotes (Go, Python). Every one must be owned.
+pub fn owner_values_in_cookies(name: &str, cookies: &[u8]) -> Vec<Vec<u8>> {
     let want = query::lenient_name(name.as_bytes()).unwrap_or_default();
     let mut out = Vec::new();
-    if essence.eq_ignore_ascii_case(b"application/x-www-form-urlencoded") {
-        for p in query::params_lenient(body) {
-            if query::lenient_name(p.name).as_deref() != Some(want.as_slice()) {
-                continue;
-            }
-            let raw = p.value.unwrap_or(b"");
-            let spaced: Vec<u8> = raw
-                .iter()
-                .map(|&c| if c == b'+' { b' ' } else { c })
-                .collect();
-            for v in [query::percent_decode(raw), query::percent_decode(&spaced)] {
-                out.push(v.unwrap_or_else(|| b"\0undecodable".to_vec()));
-            }
+    for pair in cookies.split(|&c| c == b';' || c == b',') {
+        let (n, v) = match pair.iter().position(|&c| c == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &b""[..]),
+        };
+        if !query::lenient_is(n.trim_ascii(), &want) {
+            continue;
         }
-        return Ok(out);
-    }
-    if is_json(essence) {
-        let v: serde_json::Value =
-            serde_json::from_slice(body).map_err(|_| "the body is not valid JSON")?;
-        if let serde_json::Value::Object(m) = v {
-            for (k, v) in &m {
-                if query::lenient_name(k.as_bytes()).as_deref() == Some(want.as_slice()) {
-                    json_values(v, 0, &mut out);
-                }
-            }
+        let v = v.trim_ascii();
+        let unquoted = v
+            .strip_prefix(b"\"")
+            .and_then(|x| x.strip_suffix(b"\""))
+            .unwrap_or(v);
+        let spaced: Vec<u8> = v
+            .iter()
+            .map(|&c| if c == b'+' { b' ' } else { c })
+            .collect();
+        out.push(v.to_vec());
+        out.push(unquoted.to_vec());
+        for d in [query::percent_decode(v), query::percent_decode(&spaced)] {
+            out.push(d.unwrap_or_else(|| b"\0undecodable".to_vec()));
         }
-        return Ok(out);
     }
-    Err("this route checks which resource the request names, and reads form or JSON bodies only")
-}
-
-fn json_values(v: &serde_json::Value, depth: usize, out: &mut Vec<Vec<u8>>) {
-    use serde_json::Value;
-    match v {
-        Value::String(s) => out.push(s.as_bytes().to_vec()),
-        Value::Number(n) => out.push(n.to_string().into_bytes()),
-        Value::Array(a) if depth == 0 => a.iter().for_each(|x| json_values(x, 1, out)),
-        // null, booleans, objects, nested arrays: the upstream's reading is anyone's guess
-        _ => out.push(b"\0not-a-resource".to_vec()),
-    }
-}
-
-/// `application/json` or a `+json` type (the essence, parameters already cut), case ignored.
-fn is_json(essence: &[u8]) -> bool {
-    essence.eq_ignore_ascii_case(b"application/json")
-        || (essence.len() > 5
-            && essence[essence.len() - 5..].eq_ignore_ascii_case(b"+json")
-            && essence.contains(&b'/'))
+    out
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -192,9 +157,10 @@ pub enum Ownership {
 /// Checks every value the request gives for the owner attribute against the identity's list.
 ///
 /// `path` is the canonical path (decoded), `query` the raw query string. The query is read the
-/// way the most lenient upstream reads it (`query::params_lenient`, `query::lenient_name`): every
-/// spelling of the parameter an upstream may take for it (`_ID`, ` _id`, `_id[]`, `;_id=`) must
-/// name an owned resource, under both decodings of `+` (literal, and a space as in forms).
+/// way the most lenient upstream reads it (`query::params_lenient`, `query::lenient_is`): every
+/// spelling of the parameter an upstream may take for it (`_ID`, ` _id`, `_id[]`, `;_id=`,
+/// `_id%00x`) must name an owned resource, under both decodings of `+` (literal, and a space as
+/// in forms).
 pub fn check_owner(
     owner: &Owner,
     path: &[u8],
@@ -207,15 +173,14 @@ pub fn check_owner(
     match &owner.source {
         OwnerSource::Query(name) => {
             let want = query::lenient_name(name.as_bytes()).unwrap_or_default();
-            // what the body gives for it (`owner_values_in_body`) must be owned as well
+            // what the body gives for it (`body::owner_values`) must be owned as well
             let from_body = body.unwrap_or_default();
             if from_body.iter().any(|v| !has(v)) {
                 return Ownership::NotOwned;
             }
             let mut named = !from_body.is_empty();
             for p in query.map(query::params_lenient).into_iter().flatten() {
-                let exact = query::name_is(p.name, name);
-                if !exact && query::lenient_name(p.name).as_deref() != Some(want.as_slice()) {
+                if !query::name_is(p.name, name) && !query::lenient_is(p.name, &want) {
                     continue;
                 }
                 named = true;
@@ -333,6 +298,10 @@ mod tests {
             "/e?_id=a1&_id[0]=victim",
             "/e?_id=a1&%5Fid=victim",
             "/e?_id=a1&.id=victim",
+            "/e?_id=a1&_id%00=victim",
+            "/e?_id=a1&_id%00x=victim",
+            "/e?_id=a1&%00_id=victim",
+            "/e?_id=a1&_%C4%B1d=victim",
             "/e?_ID=victim",
             "/e?_id=a+2",
         ] {
@@ -345,30 +314,43 @@ mod tests {
     }
 
     #[test]
-    fn owner_values_in_form_and_json_bodies() {
-        let form = |b: &str| {
-            owner_values_in_body("_id", b"application/x-www-form-urlencoded", b.as_bytes())
+    fn cookies_that_name_the_owner_are_read_every_way() {
+        let v = |c: &str| owner_values_in_cookies("_id", c.as_bytes());
+        assert!(v("session=abc; theme=dark").is_empty());
+        let got = v("session=abc; _id=a%202, _ID=\"a1\"");
+        assert!(got.contains(&b"a 2".to_vec()) && got.contains(&b"a1".to_vec()));
+        assert!(
+            got.contains(&b"\"a1\"".to_vec()),
+            "the quoted value as PHP keeps it"
+        );
+        assert!(v("_id%00=x").contains(&b"x".to_vec()));
+        assert!(v(" _id=a+2").contains(&b"a 2".to_vec()));
+        let q = Owner {
+            source: OwnerSource::Query("_id".into()),
+            resource: "aggregator".into(),
+            status: 404,
+            body: OwnerBody::Read,
         };
+        let c = v("_id=zz");
         assert_eq!(
-            form("name=x&_ID=a1").unwrap(),
-            [b"a1".to_vec(), b"a1".to_vec()]
+            check_owner(&q, b"/e", Some(b"_id=a1"), Some(&c), &id()),
+            Ownership::NotOwned
         );
-        assert_eq!(form("_id=a+2").unwrap(), [b"a+2".to_vec(), b"a 2".to_vec()]);
-        assert!(form("name=x").unwrap().is_empty());
-        let json =
-            |b: &str| owner_values_in_body("_id", b"application/json; charset=utf-8", b.as_bytes());
-        assert_eq!(json(r#"{"_id":"v","name":"x"}"#).unwrap(), [b"v".to_vec()]);
+        let c = v("_id=a1");
         assert_eq!(
-            json(r#"{"_Id":["a",7]}"#).unwrap(),
-            [b"a".to_vec(), b"7".to_vec()]
+            check_owner(&q, b"/e", None, Some(&c), &id()),
+            Ownership::Owned
         );
-        assert_eq!(json(r#"{"_id":{"$ne":"x"}}"#).unwrap().len(), 1);
-        assert!(json(r#"{"event":{"_id":"nested"}}"#).unwrap().is_empty());
-        assert!(json("[1,2]").unwrap().is_empty());
-        assert!(json("{bad").is_err());
-        assert!(owner_values_in_body("_id", b"multipart/form-data; boundary=x", b"--x").is_err());
-        assert!(owner_values_in_body("_id", b"text/plain", b"_id=v").is_err());
-        assert!(owner_values_in_body("_id", b"", b"_id=v").is_err());
+        // a quoted owned value reads as `"a1"` to PHP: not owned
+        let c = v("_id=\"a1\"");
+        assert_eq!(
+            check_owner(&q, b"/e", None, Some(&c), &id()),
+            Ownership::NotOwned
+        );
+    }
+
+    #[test]
+    fn owner_values_from_a_body_must_be_owned_too() {
         let q = Owner {
             source: OwnerSource::Query("_id".into()),
             resource: "aggregator".into(),

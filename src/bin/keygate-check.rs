@@ -1,6 +1,8 @@
-//! `keygate-check [FILE...]`: checks keygate plugin configurations (JSON) with the same parser the
-//! filter runs in `on_configure`. Prints warnings and `ok`, or the one-line refusal; exits 1 on a
-//! refusal. Reads standard input when no file is given. Use it in CI before a config reaches Envoy.
+//! `keygate-check [--strict] [FILE...]`: checks keygate plugin configurations with the same parser
+//! the filter runs in `on_configure`: a keygate JSON configuration, or the keygate filters of an
+//! Envoy configuration (YAML or JSON) or an Istio WasmPlugin. Prints warnings and `ok`, or the
+//! one-line refusal; exits 1 on a refusal, and with `--strict` on any warning too. Reads standard
+//! input when no file is given. Use it in CI before a config reaches Envoy (`--help`).
 //!
 //! `keygate-check --key-service http://HOST:PORT [--valid-key KEY [--user USER]]
 //! [--verify-path P] [--revocations-path P|none]`: checks a key service against contract v1
@@ -165,43 +167,280 @@ fn key_service(args: &[String]) -> ExitCode {
     }
 }
 
-fn check(name: &str, bytes: &[u8]) -> bool {
+/// How a file's keygate configurations are reported: its name and, inside an Envoy config or
+/// an Istio resource, where each one sits.
+struct Found {
+    place: String,
+    json: Result<Vec<u8>, String>,
+}
+
+const USAGE: &str = "usage:
+  keygate-check [--strict] [FILE...]
+      Checks keygate configurations with the filter's own parser. A FILE may be a keygate
+      configuration (JSON), or an Envoy configuration (YAML or JSON: a bootstrap, a listener,
+      an LDS/xDS file, an Istio EnvoyFilter) whose keygate wasm filters are each checked, or an
+      Istio WasmPlugin (its spec.pluginConfig); multi-document YAML is read whole. Without FILE,
+      standard input. Exit 0 when all are accepted, 1 when one is refused (with --strict also
+      when one draws a warning: unknown fields, rules that skip write methods), 2 on usage.
+      --strict   warnings are errors (for CI)
+  keygate-check --key-service http://HOST:PORT [--valid-key KEY [--user USER]]
+                [--verify-path P] [--revocations-path P|none]
+      Checks a running key service against contract v1 with keygate's own parser of its
+      answers; one line per check; exit 1 when one fails.
+  keygate-check --help";
+
+/// Checks one keygate configuration; false when it is refused (or, strict, warned about).
+fn check(place: &str, bytes: &[u8], strict: bool) -> bool {
     let mut warnings = Vec::new();
     match keygate::config::parse(bytes, &mut warnings) {
         Ok(cfg) => {
-            for w in warnings {
-                eprintln!("{name}: {w}");
+            for w in &warnings {
+                eprintln!("{place}: {w}");
             }
-            println!("{name}: ok ({})", cfg.summary());
+            if strict && !warnings.is_empty() {
+                println!(
+                    "{place}: refused under --strict: {} warning(s)",
+                    warnings.len()
+                );
+                return false;
+            }
+            println!("{place}: ok ({})", cfg.summary());
             true
         }
         Err(e) => {
-            println!("{name}: {e}");
+            println!("{place}: {e}");
             false
         }
     }
 }
 
+/// The keygate configurations in a file: the file itself when it is one, else every keygate
+/// filter of an Envoy configuration and every keygate WasmPlugin in it.
+fn configurations(name: &str, bytes: &[u8]) -> Result<Vec<Found>, String> {
+    if let Ok(doc) = serde_json::from_slice::<serde_json::Value>(bytes) {
+        let mut found = Vec::new();
+        embedded(&doc, name, &mut found);
+        if found.is_empty() {
+            // a keygate configuration itself: the filter's parser sees the bytes as they are
+            // (it refuses duplicate members, which a parsed value has lost)
+            found.push(Found {
+                place: name.to_string(),
+                json: Ok(bytes.to_vec()),
+            });
+        }
+        return Ok(found);
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| "neither JSON nor UTF-8 YAML".to_string())?;
+    let docs = yaml_rust2::YamlLoader::load_from_str(text).map_err(|e| format!("YAML: {e}"))?;
+    let mut found = Vec::new();
+    for (i, d) in docs.iter().enumerate() {
+        let place = if docs.len() > 1 {
+            format!("{name}[doc {i}]")
+        } else {
+            name.to_string()
+        };
+        embedded(&yaml_to_json(d)?, &place, &mut found);
+    }
+    if found.is_empty() {
+        return Err(
+            "no keygate configuration in it (no keygate wasm filter, no WasmPlugin)".into(),
+        );
+    }
+    Ok(found)
+}
+
+const WASM_FILTER: &str = "envoy.extensions.filters.http.wasm.v3.Wasm";
+
+/// Walks a document for keygate's configurations: wasm HTTP filters (their
+/// `config.configuration`, a StringValue) and WasmPlugins (`spec.pluginConfig`).
+fn embedded(v: &serde_json::Value, place: &str, out: &mut Vec<Found>) {
+    use serde_json::Value;
+    match v {
+        Value::Object(o) => {
+            let kind = o.get("kind").and_then(Value::as_str);
+            if kind == Some("WasmPlugin") {
+                let spec = o.get("spec");
+                let json = spec
+                    .and_then(|s| s.get("pluginConfig"))
+                    .map_or(Ok(b"{}".to_vec()), |c| {
+                        serde_json::to_vec(c).map_err(|e| e.to_string())
+                    });
+                let name = o
+                    .get("metadata")
+                    .and_then(|m| m.get("name"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("?");
+                if is_keygate(spec.unwrap_or(&Value::Null)) {
+                    out.push(Found {
+                        place: format!("{place} > WasmPlugin {name}"),
+                        json,
+                    });
+                }
+                return;
+            }
+            let ty = o.get("@type").and_then(Value::as_str).unwrap_or_default();
+            if ty.ends_with(WASM_FILTER) {
+                let config = o.get("config").unwrap_or(&Value::Null);
+                if is_keygate(config) {
+                    out.push(Found {
+                        place: place.to_string(),
+                        json: string_value(config.get("configuration")),
+                    });
+                }
+                return;
+            }
+            for child in o.values() {
+                embedded(child, &named(place, child), out);
+            }
+        }
+        Value::Array(a) => {
+            for child in a {
+                embedded(child, &named(place, child), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The place of a child: the names of the named objects (listeners, filters) on the way.
+fn named(place: &str, child: &serde_json::Value) -> String {
+    match child.get("name").and_then(|n| n.as_str()) {
+        Some(n) => format!("{place} > {n}"),
+        None => place.to_string(),
+    }
+}
+
+/// Whether a wasm filter's config or a WasmPlugin's spec runs keygate: its module, plugin name
+/// or root id says so.
+fn is_keygate(v: &serde_json::Value) -> bool {
+    let mut text = Vec::new();
+    for path in [
+        &["vm_config", "code", "local", "filename"][..],
+        &["vm_config", "code", "remote", "http_uri", "uri"],
+        &["name"],
+        &["root_id"],
+        &["url"],
+        &["pluginName"],
+    ] {
+        let mut at = v;
+        for p in path {
+            at = at.get(p).unwrap_or(&serde_json::Value::Null);
+        }
+        if let Some(s) = at.as_str() {
+            text.push(s.to_ascii_lowercase());
+        }
+    }
+    text.iter().any(|t| t.contains("keygate"))
+}
+
+/// The JSON in a wasm filter's `configuration` (a `google.protobuf.StringValue`).
+fn string_value(c: Option<&serde_json::Value>) -> Result<Vec<u8>, String> {
+    let Some(c) = c else {
+        return Ok(Vec::new()); // no configuration: the filter parses an empty one
+    };
+    let ty = c.get("@type").and_then(|t| t.as_str()).unwrap_or_default();
+    if !ty.ends_with("google.protobuf.StringValue") {
+        return Err(format!(
+            "configuration is `{ty}`, not a google.protobuf.StringValue holding keygate's JSON"
+        ));
+    }
+    match c.get("value") {
+        Some(serde_json::Value::String(s)) => Ok(s.clone().into_bytes()),
+        None => Ok(Vec::new()),
+        Some(_) => Err("configuration.value is not a string".into()),
+    }
+}
+
+fn yaml_to_json(y: &yaml_rust2::Yaml) -> Result<serde_json::Value, String> {
+    use serde_json::Value;
+    use yaml_rust2::Yaml;
+    Ok(match y {
+        Yaml::Null => Value::Null,
+        Yaml::Boolean(b) => Value::Bool(*b),
+        Yaml::Integer(i) => Value::from(*i),
+        Yaml::Real(r) => match r.parse::<f64>().ok().and_then(serde_json::Number::from_f64) {
+            Some(n) => Value::Number(n),
+            None => return Err(format!("YAML: the number {r} has no JSON form")),
+        },
+        Yaml::String(s) => Value::String(s.clone()),
+        Yaml::Array(a) => Value::Array(a.iter().map(yaml_to_json).collect::<Result<_, _>>()?),
+        Yaml::Hash(h) => {
+            let mut o = serde_json::Map::new();
+            for (k, v) in h {
+                let key = match k {
+                    Yaml::String(s) => s.clone(),
+                    Yaml::Integer(i) => i.to_string(),
+                    Yaml::Boolean(b) => b.to_string(),
+                    other => return Err(format!("YAML: a mapping key {other:?} is not a string")),
+                };
+                o.insert(key, yaml_to_json(v)?);
+            }
+            Value::Object(o)
+        }
+        Yaml::Alias(_) | Yaml::BadValue => return Err("YAML: aliases are not supported".into()),
+    })
+}
+
+fn check_file(name: &str, bytes: &[u8], strict: bool) -> bool {
+    match configurations(name, bytes) {
+        Err(e) => {
+            println!("{name}: {e}");
+            false
+        }
+        Ok(found) => {
+            let mut ok = true;
+            for f in found {
+                ok &= match f.json {
+                    Ok(json) => check(&f.place, &json, strict),
+                    Err(e) => {
+                        println!("{}: {e}", f.place);
+                        false
+                    }
+                };
+            }
+            ok
+        }
+    }
+}
+
 fn main() -> ExitCode {
-    let files: Vec<String> = std::env::args().skip(1).collect();
-    if files.first().is_some_and(|a| a.starts_with("--")) {
-        return key_service(&files);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
+    if args.iter().any(|a| a == "--key-service") {
+        return key_service(&args);
+    }
+    let strict = args.iter().any(|a| a == "--strict");
+    let mut files = Vec::new();
+    for a in &args {
+        match a.as_str() {
+            "--strict" => {}
+            "-" => files.push(a.clone()),
+            o if o.starts_with('-') => {
+                eprintln!("keygate-check: unknown option {o}\n{USAGE}");
+                return ExitCode::from(2);
+            }
+            f => files.push(f.to_string()),
+        }
+    }
+    if files.is_empty() {
+        files.push("-".into());
     }
     let mut ok = true;
-    if files.is_empty() {
-        let mut buf = Vec::new();
-        if std::io::stdin().read_to_end(&mut buf).is_err() {
-            eprintln!("keygate-check: cannot read standard input");
-            return ExitCode::from(2);
-        }
-        ok = check("<stdin>", &buf);
-    }
     for f in &files {
-        match std::fs::read(f) {
-            Ok(b) => ok &= check(f, &b),
+        let read = if f == "-" {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf).map(|_| buf)
+        } else {
+            std::fs::read(f)
+        };
+        match read {
+            Ok(b) => ok &= check_file(if f == "-" { "<stdin>" } else { f }, &b, strict),
             Err(e) => {
                 eprintln!("keygate-check: {f}: {e}");
-                ok = false;
+                return ExitCode::from(2);
             }
         }
     }

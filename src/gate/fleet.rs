@@ -91,7 +91,7 @@ impl Gate {
         let pb = self.problems(
             instance_of(&a.pending.path),
             a.pending.request_id.as_deref(),
-            a.pending.grpc,
+            a.pending.rpc,
         );
         let policy = (t.policy, &shown, Algorithm::TokenBucket);
         self.over_limit(&pb, &d, h, policy, now_us, &a.id)
@@ -102,7 +102,7 @@ impl Gate {
         let pb = self.problems(
             instance_of(&a.pending.path),
             a.pending.request_id.as_deref(),
-            a.pending.grpc,
+            a.pending.rpc,
         );
         let h = vec![("retry-after".to_string(), retry_after_s.to_string())];
         let detail = "the rate-limit engine could not count the request; retry shortly";

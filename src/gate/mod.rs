@@ -13,9 +13,10 @@
 
 use std::rc::Rc;
 
-use crate::config::{Algorithm, Config, ResetStyle};
+use crate::body::{self, Reading};
+use crate::config::{Algorithm, Config, ResetStyle, BODYLESS};
 use crate::credential::{self, Carriers, CredError, Credential, Style};
-use crate::problem::{instance_of, Extra, Kind, ProblemBuilder, Reply};
+use crate::problem::{instance_of, Extra, Kind, ProblemBuilder, Reply, Rpc};
 use crate::query;
 use crate::ratelimit::{self, RateDecision, RateError, Scope};
 use crate::route::{self, Access, OwnerBody, OwnerSource, Ownership, Route};
@@ -111,16 +112,32 @@ pub struct Allow {
     pub body: Option<BodyCheck>,
 }
 
-/// An owner check left for the request's body (`owner.body: "read"`).
+/// An owner check left for the request's body (`owner.body: "read"`): what a denial needs,
+/// bounded (the problem's `instance`, at most 256 bytes, not the path).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BodyCheck {
     route: usize,
-    content_type: Vec<u8>,
+    reading: Reading,
     /// The query named an owned resource already (else the body must name one).
     named_in_query: bool,
-    path: Vec<u8>,
+    instance: String,
     request_id: Option<Vec<u8>>,
-    grpc: bool,
+    rpc: Rpc,
+}
+
+/// Why a held body could not be checked: its request is refused (`Gate::body_unchecked`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unchecked {
+    /// Still incomplete `bodies.timeout_ms` after keygate began to hold it: 408.
+    TimedOut,
+    /// `bodies.max_held` bodies are held already: 503 with `Retry-After`.
+    NoRoom,
+    /// The upstream answered before the body was complete: 502 instead of its answer.
+    UpstreamFirst,
+    /// The host did not hand over the body: 500.
+    Unreadable,
+    /// Trailers that would change how the body reads (a `content-type` after the body): 400.
+    Trailers,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -149,10 +166,13 @@ pub struct Pending {
     request_id: Option<Vec<u8>>,
     /// Identity / API-key headers the client sent (to remove).
     strip: Vec<String>,
-    /// A gRPC request: denials go out as gRPC statuses.
-    grpc: bool,
-    /// The route's owner check reads the body (`owner.body: "read"`): its content type.
-    body_check: Option<Vec<u8>>,
+    /// How the client reads a denial (gRPC, gRPC-Web or HTTP).
+    rpc: Rpc,
+    /// The route's owner check reads the body (`owner.body: "read"`), this way.
+    body_check: Option<Reading>,
+    /// The request's cookies, on a route whose owner is a query parameter (PHP's `$_REQUEST`
+    /// and classic ASP.NET's `Request[...]` merge cookies into the parameters).
+    cookies: Option<Vec<u8>>,
 }
 
 pub enum Step {
@@ -216,10 +236,9 @@ impl Gate {
         let mut method: &[u8] = b"";
         let mut path: &[u8] = b"/";
         let mut request_id = None;
-        let mut grpc = false;
+        let mut rpc = Rpc::Http;
         let mut strip: Vec<String> = Vec::new();
         let mut ambiguous: Option<&'static str> = None;
-        let mut content_type: &[u8] = b"";
         let idh = self.cfg.identity_headers.names();
         for &(name, value) in headers {
             match name {
@@ -227,10 +246,7 @@ impl Gate {
                 ":path" => path = value,
                 // kept only when it could be echoed (at most 128 bytes): a huge one is not copied
                 "x-request-id" => request_id = (value.len() <= 128).then_some(value),
-                "content-type" => {
-                    content_type = value;
-                    grpc = is_grpc(value);
-                }
+                "content-type" => rpc = Rpc::of(value),
                 n => {
                     // identity headers and the fail-open marker are keygate's to set, never the
                     // client's; API-key headers present are noted so only they get removed
@@ -257,7 +273,7 @@ impl Gate {
         }
         let (raw_path, raw_query) = query::split_path(path);
         // the problem builder (and its `instance` string) only on a denial
-        let pb = || self.problems(instance_of(path), request_id, grpc);
+        let pb = || self.problems(instance_of(path), request_id, rpc);
         let ambiguous_reply = |detail: &str| {
             Step::Done(self.deny(
                 &pb(),
@@ -298,11 +314,25 @@ impl Gate {
                         "this route checks which resource the request names and takes no body: send the request without one",
                     )
                 }
-                (OwnerBody::Read, OwnerSource::Query(_)) => body_check = Some(content_type.to_vec()),
+                (OwnerBody::Read, OwnerSource::Query(_)) => {
+                    // decided from the headers: what reaches the upstream before the body is read
+                    if BODYLESS.iter().any(|m| m.as_bytes().eq_ignore_ascii_case(method)) {
+                        return ambiguous_reply("a GET, HEAD, OPTIONS, DELETE or TRACE request carries a body on a route that checks which resource it names: upstreams disagree whether to read it; send it without one");
+                    }
+                    match body_reading(headers) {
+                        Ok(r) => body_check = Some(r),
+                        Err(why) => return ambiguous_reply(why),
+                    }
+                }
                 // a path segment names the resource; `unchecked`: the operator's word
                 _ => {}
             }
         }
+
+        let cookies = match route.and_then(|r| r.owner.as_ref()) {
+            Some(o) if matches!(o.source, OwnerSource::Query(_)) => cookie_header(headers),
+            _ => None,
+        };
 
         match access {
             Access::Closed => {
@@ -342,8 +372,9 @@ impl Gate {
             path: path.to_vec(),
             request_id: request_id.map(<[u8]>::to_vec),
             strip,
-            grpc,
+            rpc,
             body_check,
+            cookies,
         })
     }
 
@@ -450,7 +481,7 @@ impl Gate {
     #[allow(clippy::result_large_err)]
     pub fn admit(&self, p: Pending, verdict: Verdict) -> Result<Admitted, Decision> {
         // built only on a denial: the allowed path allocates no problem
-        let problems = || self.problems(instance_of(&p.path), p.request_id.as_deref(), p.grpc);
+        let problems = || self.problems(instance_of(&p.path), p.request_id.as_deref(), p.rpc);
         let presented_token = p.credential.style != Style::Basic;
         let id = match verdict {
             Verdict::Valid(id) => id,
@@ -467,6 +498,25 @@ impl Gate {
                 return Err(self.deny(&problems(), Problem::new(401, kind, detail), h, None));
             }
         };
+        if !self.cfg.rate.declares(&id.plan) {
+            // a plan this gateway does not know (a key service ahead of the config, or a
+            // cached verdict of a plan since removed): never an unlimited key
+            let (mut key_id, mut plan) = (String::new(), String::new());
+            push_log_value(&mut key_id, &id.key_id);
+            push_log_value(&mut plan, &id.plan);
+            log::warn!("keygate: key {key_id} has plan {plan}, which rate_limit.plans does not declare (and there is no rate_limit.default): refused with 503");
+            let retry = self.cfg.key_service.as_ref().map_or(1, |k| k.retry_after_s);
+            return Err(self.deny(
+                &problems(),
+                Problem::new(
+                    503,
+                    Kind::KeyServiceUnavailable,
+                    "the key's plan is not one this gateway declares",
+                ),
+                vec![("retry-after".to_string(), retry.to_string())],
+                None,
+            ));
+        }
 
         let route: Option<&Route> = p.route.and_then(|i| self.cfg.routes.get(i));
         let mut body = None;
@@ -496,19 +546,27 @@ impl Gate {
             if let Some(owner) = &route.owner {
                 let (raw_path, raw_query) = query::split_path(&p.path);
                 let owned = match crate::path::canonical(raw_path, &self.cfg.paths) {
-                    Ok(canon) => route::check_owner(owner, &canon, raw_query, None, &id),
+                    Ok(canon) => {
+                        let from_cookies = match (&owner.source, p.cookies.as_deref()) {
+                            (OwnerSource::Query(name), Some(c)) => {
+                                route::owner_values_in_cookies(name, c)
+                            }
+                            _ => Vec::new(),
+                        };
+                        route::check_owner(owner, &canon, raw_query, Some(&from_cookies), &id)
+                    }
                     Err(_) => Ownership::NotOwned, // refused in phase one already
                 };
                 // a body the upstream may take the owner from is checked when it is in
                 // (`Gate::check_body`); a request that names the resource only there is fine
-                if p.body_check.is_some() && owned != Ownership::NotOwned {
+                if let (Some(reading), true) = (p.body_check, owned != Ownership::NotOwned) {
                     body = Some(BodyCheck {
                         route: p.route.unwrap_or_default(),
-                        content_type: p.body_check.clone().unwrap_or_default(),
+                        reading,
                         named_in_query: owned == Ownership::Owned,
-                        path: p.path.clone(),
+                        instance: instance_of(&p.path),
                         request_id: p.request_id.clone(),
-                        grpc: p.grpc,
+                        rpc: p.rpc,
                     });
                 }
                 let detail = match owned {
@@ -541,22 +599,20 @@ impl Gate {
         })
     }
 
-    /// The owner check on a request's body (at most `route::MAX_OWNER_BODY` + 1 bytes of it:
+    /// The owner check on a request's body (at most `body::MAX_OWNER_BODY` + 1 bytes of it:
     /// longer is refused with 413). `None`: the body may go on to the upstream.
     pub fn check_body(&self, c: &BodyCheck, id: &Rc<Identity>, body: &[u8]) -> Option<Decision> {
-        let owner = self
-            .cfg
-            .routes
-            .get(c.route)
-            .and_then(|r| r.owner.as_ref())?;
-        let OwnerSource::Query(name) = &owner.source else {
-            return None;
+        let Some(owner) = self.cfg.routes.get(c.route).and_then(|r| r.owner.as_ref()) else {
+            return Some(self.body_unchecked(c, Some(id), Unchecked::Unreadable));
         };
-        let pb = self.problems(instance_of(&c.path), c.request_id.as_deref(), c.grpc);
-        if body.len() > route::MAX_OWNER_BODY {
+        let OwnerSource::Query(name) = &owner.source else {
+            return Some(self.body_unchecked(c, Some(id), Unchecked::Unreadable));
+        };
+        let pb = self.problems(c.instance.clone(), c.request_id.as_deref(), c.rpc);
+        if body.len() > body::MAX_OWNER_BODY {
             return Some(self.deny(&pb, Problem::new(413, Kind::RequestAmbiguous, "the body is longer than keygate reads on a route that checks which resource the request names"), vec![], Some(id)));
         }
-        let values = match route::owner_values_in_body(name, &c.content_type, body) {
+        let values = match body::owner_values(name, c.reading, body) {
             Ok(v) => v,
             Err(why) => {
                 return Some(self.deny(
@@ -581,6 +637,76 @@ impl Gate {
             vec![],
             Some(id),
         ))
+    }
+
+    /// The denial of a request whose held body could not be checked.
+    pub fn body_unchecked(
+        &self,
+        c: &BodyCheck,
+        id: Option<&Rc<Identity>>,
+        why: Unchecked,
+    ) -> Decision {
+        let pb = self.problems(c.instance.clone(), c.request_id.as_deref(), c.rpc);
+        let (status, detail, headers) = match why {
+            Unchecked::TimedOut => (
+                408,
+                "the body did not arrive in time: keygate checks it before the upstream may act on the request",
+                vec![],
+            ),
+            Unchecked::NoRoom => (
+                503,
+                "keygate holds too many bodies for checking right now; retry shortly",
+                vec![("retry-after".to_string(), "1".to_string())],
+            ),
+            Unchecked::UpstreamFirst => (
+                502,
+                "the upstream answered before keygate had checked the request's body",
+                vec![],
+            ),
+            Unchecked::Unreadable => (500, "keygate could not read the request's body", vec![]),
+            Unchecked::Trailers => (
+                400,
+                "the request's trailers would change how its body reads (content-type, content-encoding, a method override)",
+                vec![],
+            ),
+        };
+        let kind = if why == Unchecked::Trailers {
+            Kind::RequestAmbiguous
+        } else {
+            Kind::BodyUnchecked
+        };
+        self.deny(&pb, Problem::new(status, kind, detail), headers, id)
+    }
+
+    /// Request trailers keygate acts on: the ones to remove before the upstream (identity
+    /// headers and the fail-open marker in every spelling, and with `hide_from_upstream` the
+    /// credential carriers, as in the headers: an upstream that merges trailers into headers,
+    /// such as Apache httpd's `MergeTrailers`, would read them), and whether one would change how
+    /// a held body reads (`content-type`, `content-encoding`, a method override).
+    pub fn trailers<'a>(&self, pairs: &[(&'a str, &[u8])]) -> (Vec<&'a str>, bool) {
+        let idh = self.cfg.identity_headers.names();
+        let c = &self.cfg.credentials;
+        let mut remove = Vec::new();
+        let mut changes_body = false;
+        for &(n, v) in pairs {
+            let dashed = n.replace('_', "-");
+            let d = dashed.as_str();
+            let carrier = self.cfg.hide_credentials
+                && (c.api_key_headers.iter().any(|h| h == d)
+                    || (d == "authorization" && credential::is_our_scheme(c, v)));
+            if idh.contains(&d) || d == FAIL_OPEN_HEADER || carrier {
+                if !remove.contains(&n) {
+                    remove.push(n);
+                }
+            } else if matches!(
+                d,
+                "content-type" | "content-encoding" | "content-length" | "transfer-encoding"
+            ) || is_method_override(d)
+            {
+                changes_body = true;
+            }
+        }
+        (remove, changes_body)
     }
 
     /// An admitted request within its limit (either tier): carriers hidden, identity to set.
@@ -634,13 +760,32 @@ pub struct Admitted {
     body: Option<BodyCheck>,
 }
 
-/// A gRPC content type as Envoy decides it for local replies: `application/grpc`, alone or
-/// followed by `+` (`application/grpc-web` is not gRPC: Envoy would answer it over HTTP).
-fn is_grpc(content_type: &[u8]) -> bool {
-    match content_type.strip_prefix(b"application/grpc") {
-        Some(rest) => rest.is_empty() || rest.starts_with(b"+"),
-        None => false,
+/// Every `cookie` header of the request, joined (`None` without one).
+fn cookie_header(headers: &[(&str, &[u8])]) -> Option<Vec<u8>> {
+    let mut out: Option<Vec<u8>> = None;
+    for &(n, v) in headers {
+        if n == "cookie" {
+            let o = out.get_or_insert_with(Vec::new);
+            if !o.is_empty() {
+                o.push(b';');
+            }
+            o.extend_from_slice(v);
+        }
     }
+    out
+}
+
+/// How the body of a request on an owner route reads, from its `content-type` and
+/// `content-encoding` headers (`body::reading`).
+fn body_reading(headers: &[(&str, &[u8])]) -> Result<Reading, &'static str> {
+    let of = |name: &str| -> Vec<&[u8]> {
+        headers
+            .iter()
+            .filter(|&&(n, _)| n == name)
+            .map(|&(_, v)| v)
+            .collect()
+    };
+    body::reading(&of("content-type"), &of("content-encoding"))
 }
 
 /// A logfmt value that reads one way only: `-` when empty, and any byte that could split or
@@ -676,9 +821,7 @@ fn is_method_override(name: &str) -> bool {
 
 /// Whether the query names `name` in any spelling a lenient upstream reads as it.
 fn has_lenient_param(q: &[u8], name: &[u8]) -> bool {
-    query::params_lenient(q).any(|p| {
-        p.name.len() >= name.len() && query::lenient_name(p.name).is_some_and(|n| n == name)
-    })
+    query::params_lenient(q).any(|p| query::lenient_is(p.name, name))
 }
 
 fn has_param(path: &[u8], name: &str) -> bool {

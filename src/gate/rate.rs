@@ -50,7 +50,7 @@ impl Gate {
             id,
             body,
         } = a;
-        let problems = || self.problems(instance_of(&p.path), p.request_id.as_deref(), p.grpc);
+        let problems = || self.problems(instance_of(&p.path), p.request_id.as_deref(), p.rpc);
         let mut rate = None;
         if let Some((policy_name, limit, scope, algorithm)) = self.limit_for(&id) {
             let owner = owner_of(&id, scope);

@@ -8,14 +8,14 @@ impl Gate {
         &self,
         instance: String,
         request_id: Option<&[u8]>,
-        grpc: bool,
+        rpc: Rpc,
     ) -> ProblemBuilder<'_> {
         ProblemBuilder {
             type_base: &self.cfg.problem_base,
             instance,
             request_id: request_id.and_then(printable_id),
             dialects: &self.cfg.problems,
-            grpc,
+            rpc,
         }
     }
 
@@ -83,7 +83,7 @@ impl Gate {
 
     /// Too many failed authentications from this client: 429 without verifying anything.
     pub fn throttled(&self, p: &Pending, retry_after_ms: u64) -> Decision {
-        let pb = self.problems(instance_of(&p.path), p.request_id.as_deref(), p.grpc);
+        let pb = self.problems(instance_of(&p.path), p.request_id.as_deref(), p.rpc);
         let retry = retry_after_ms.div_ceil(1000).max(1);
         let h = vec![("retry-after".to_string(), retry.to_string())];
         let detail =
@@ -98,7 +98,7 @@ impl Gate {
 
     /// The key service failed and no stale verdict may serve: 503, fail closed.
     pub fn unavailable(&self, p: &Pending, retry_after_s: u64) -> Decision {
-        let pb = self.problems(instance_of(&p.path), p.request_id.as_deref(), p.grpc);
+        let pb = self.problems(instance_of(&p.path), p.request_id.as_deref(), p.rpc);
         let h = vec![("retry-after".to_string(), retry_after_s.to_string())];
         let detail = "the key service could not verify the credential; retry shortly";
         self.deny(

@@ -138,8 +138,14 @@ fn grpc_requests_get_grpc_statuses() {
         panic!()
     };
     assert_eq!((r.status, r.grpc_status), (401, Some(16)));
-    assert_eq!(r.body, "the credential is not valid");
-    assert!(r.header("content-type").is_none());
+    assert_eq!(r.body, "", "trailers-only: the message is a header");
+    assert_eq!(
+        r.header("grpc-message"),
+        Some("the credential is not valid")
+    );
+    assert_eq!(r.header("grpc-status"), Some("16"));
+    assert_eq!(r.header("content-type"), Some("application/grpc"));
+    assert_eq!(r.header("cache-control"), Some("no-store"));
     let Decision::Deny(r, _) = run(&g, &st, &grpc(b"/closed/M", b"secret-1")) else {
         panic!()
     };
@@ -155,11 +161,37 @@ fn grpc_requests_get_grpc_statuses() {
     assert_eq!(r.header("retry-after"), Some("60"));
     assert_eq!(r.header("grpc-retry-pushback-ms"), Some("60000"));
     assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
-    // not gRPC (as Envoy decides it): problem+json as ever
+    // gRPC-Web: the same status, in a gRPC-Web reply
+    for (ct, reply_ct) in [
+        (&b"application/grpc-web"[..], "application/grpc-web+proto"),
+        (b"application/grpc-web+proto", "application/grpc-web+proto"),
+        (
+            b"application/grpc-web-text",
+            "application/grpc-web-text+proto",
+        ),
+        (
+            b"application/grpc-web-text+proto",
+            "application/grpc-web-text+proto",
+        ),
+    ] {
+        let h: &[(&str, &[u8])] = &[
+            (":path", b"/svc/M"),
+            ("content-type", ct),
+            ("x-api-key", b"secret-1"),
+        ];
+        let Decision::Deny(r, _) = run(&g, &st, h) else {
+            panic!()
+        };
+        assert_eq!((r.status, r.grpc_status), (429, Some(8)));
+        assert_eq!(r.header("grpc-status"), Some("8"));
+        assert_eq!(r.header("content-type"), Some(reply_ct));
+        assert_eq!(r.header("cache-control"), Some("no-store"));
+    }
+    // neither: problem+json as ever
     for ct in [
         &b"application/json"[..],
-        b"application/grpc-web",
         b"application/grpcx",
+        b"application/grpc-webx",
         b"",
     ] {
         let h: &[(&str, &[u8])] = &[(":path", b"/a"), ("content-type", ct)];
@@ -169,7 +201,6 @@ fn grpc_requests_get_grpc_statuses() {
         assert_eq!(r.grpc_status, None);
         assert_eq!(r.header("content-type"), Some("application/problem+json"));
     }
-    assert!(is_grpc(b"application/grpc") && is_grpc(b"application/grpc+json"));
 }
 
 #[test]
@@ -315,8 +346,12 @@ fn spellings_upstreams_read_alike_cannot_dodge_a_rule() {
             b"GET",
             b"/e?_id=x",
             &[("content-length", b"5")],
-            (404, "resource-forbidden"), // the query is checked first; the body when in
+            (400, "request-ambiguous"), // a body on GET: refused from the headers
         ),
+        (b"DELETE", b"/e", FORM, (400, "request-ambiguous")),
+        (b"get", b"/e", FORM, (400, "request-ambiguous")),
+        (b"POST", b"/e?_id=x", MULTI, (400, "request-ambiguous")),
+        (b"POST", b"/e?_id=x", PJSON, (404, "resource-forbidden")),
         (
             b"GET",
             b"/e?_id=x",
@@ -417,6 +452,53 @@ fn owner_routes_read_form_and_json_bodies() {
             (400, "request-ambiguous"),
         ),
         (b"/e", json, b"{}", (404, "resource-forbidden")),
+        // a member named twice: first-wins and last-wins readers disagree
+        (
+            b"/e?_id=a1",
+            json,
+            br#"{"_id":"a1","_id":"victim"}"#,
+            (400, "request-ambiguous"),
+        ),
+        (
+            b"/e?_id=a1",
+            json,
+            br#"{"_id":"victim","_id":"a1"}"#,
+            (400, "request-ambiguous"),
+        ),
+        (b"/e", json, br#"{"_id":"a1","_ID":"a1"}"#, (200, "allowed")),
+        // a form that is JSON is read as JSON too
+        (
+            b"/e?_id=a1",
+            form,
+            br#"{"_id":"victim"}"#,
+            (404, "resource-forbidden"),
+        ),
+        (
+            b"/e?_id=a1",
+            form,
+            b"_id%00=victim",
+            (404, "resource-forbidden"),
+        ),
+        (
+            b"/e?_id=a1",
+            form,
+            b"\xef\xbb\xbf_id=a1",
+            (400, "request-ambiguous"),
+        ),
+        // types, charsets and codings that read differently: refused from the headers
+        (
+            b"/e?_id=a1",
+            b"application/x-www-form-urlencoded, x/y+json",
+            br#"{"name":"x"}"#,
+            (400, "request-ambiguous"),
+        ),
+        (
+            b"/e?_id=a1",
+            b"application/x-www-form-urlencoded; charset=utf-16",
+            b"name=x",
+            (400, "request-ambiguous"),
+        ),
+        (b"/e?_id=a1", b"", b"name=x", (400, "request-ambiguous")),
     ] {
         let h: &[(&str, &[u8])] = &[
             (":method", b"POST"),
@@ -428,7 +510,30 @@ fn owner_routes_read_form_and_json_bodies() {
         let d = decide_with_body(&g, h, body, &st, NOW_US);
         assert_eq!(status_of(&d), want, "{}", String::from_utf8_lossy(body));
     }
-    let big = vec![b'a'; route::MAX_OWNER_BODY + 1];
+    // a compressed body is refused before it is read
+    let h: &[(&str, &[u8])] = &[
+        (":method", b"POST"),
+        (":path", b"/e?_id=a1"),
+        ("x-api-key", b"secret-1"),
+        ("content-type", form),
+        ("content-encoding", b"gzip"),
+        ("content-length", b"1"),
+    ];
+    assert_eq!(
+        status_of(&decide_with_body(&g, h, b"x", &st, NOW_US)),
+        (400, "request-ambiguous")
+    );
+    // the owner parameter cut at NUL in the query
+    let h: &[(&str, &[u8])] = &[
+        (":method", b"GET"),
+        (":path", b"/e?_id=a1&_id%00=victim"),
+        ("x-api-key", b"secret-1"),
+    ];
+    assert_eq!(
+        status_of(&decide(&g, h, &st, NOW_US)),
+        (404, "resource-forbidden")
+    );
+    let big = vec![b'a'; body::MAX_OWNER_BODY + 1];
     let h: &[(&str, &[u8])] = &[
         (":method", b"POST"),
         (":path", b"/e?_id=a1"),
@@ -784,4 +889,156 @@ fn fleet_config_refusals_name_the_field() {
         bad(r#","fleet":{"cluster":"rls","timeout_ms":0}"#),
         "fleet.timeout_ms"
     );
+}
+
+#[test]
+fn a_basic_users_key_is_no_bearer_token_and_a_plain_key_no_basic_password() {
+    let sha = |s: &[u8]| crate::hash::to_hex(&crate::hash::sha256(s));
+    let g = gate(&format!(
+        r#"{{"keys":[{{"id":"pat","sha256":"{}","user":"alice"}},{{"id":"plain","sha256":"{}"}}]}}"#,
+        sha(b"pat-secret"),
+        sha(b"plain-secret")
+    ));
+    let st = MemoryStore::default();
+    let basic = |u: &str, p: &str| {
+        use base64::Engine;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"))
+        )
+    };
+    let status = |auth: &[(&str, &[u8])]| match run(&g, &st, auth) {
+        Decision::Allow(a) => (200, a.log.key_id().to_string()),
+        Decision::Deny(r, l) => (r.status, l.decision.as_str().to_string()),
+    };
+    let ok_basic = basic("alice", "pat-secret");
+    assert_eq!(
+        status(&[(":path", b"/a"), ("authorization", ok_basic.as_bytes())]),
+        (200, "pat".to_string())
+    );
+    for refused in [
+        "Bearer pat-secret".to_string(),
+        basic("bob", "pat-secret"),
+        basic("alice", "plain-secret"),
+    ] {
+        assert_eq!(
+            status(&[(":path", b"/a"), ("authorization", refused.as_bytes())]).0,
+            401,
+            "{refused}"
+        );
+    }
+    assert_eq!(
+        status(&[(":path", b"/a"), ("x-api-key", b"pat-secret")]).0,
+        401
+    );
+    assert_eq!(
+        status(&[(":path", b"/a"), ("x-api-key", b"plain-secret")]),
+        (200, "plain".to_string())
+    );
+}
+
+#[test]
+fn a_plan_the_config_does_not_declare_is_never_an_unlimited_key() {
+    let sha = crate::hash::to_hex(&crate::hash::sha256(b"secret-1"));
+    // embedded keys: refused at configuration
+    for (rate, field) in [
+        (r#"{"plans":{"pro":{"requests":5}}}"#, "keys[0].plan"),
+        (
+            r#"{"plans":{"pro":{"requests":5}},"default":"unlimited"}"#,
+            "keys[0].plan",
+        ),
+    ] {
+        let cfg = format!(
+            r#"{{"keys":[{{"id":"k","sha256":"{sha}","plan":"porn"}}],"rate_limit":{rate}}}"#
+        );
+        let e = config::parse(cfg.as_bytes(), &mut Vec::new()).unwrap_err();
+        assert!(e.to_string().contains(field), "{e}");
+    }
+    let no_plan = format!(
+        r#"{{"keys":[{{"id":"k","sha256":"{sha}"}}],"rate_limit":{{"plans":{{"pro":{{"requests":5}}}}}}}}"#
+    );
+    assert!(config::parse(no_plan.as_bytes(), &mut Vec::new()).is_err());
+    // without a rate_limit section nothing is limited and plans are names
+    let labels = format!(r#"{{"keys":[{{"id":"k","sha256":"{sha}","plan":"any"}}]}}"#);
+    assert!(config::parse(labels.as_bytes(), &mut Vec::new()).is_ok());
+
+    // a verdict from elsewhere (key service, cache) naming an undeclared plan: 503, not allowed
+    let g = gate(r#"{"rate_limit":{"plans":{"pro":{"requests":5}}}}"#);
+    let st = MemoryStore::default();
+    let id = |plan: &str| {
+        Verdict::Valid(Rc::new(Identity {
+            key_id: "k".into(),
+            subject: "k".into(),
+            account: "acme".into(),
+            plan: plan.into(),
+            scopes: vec![],
+            expires_at: None,
+            rate_limit: None,
+            resources: vec![],
+        }))
+    };
+    let h: &[(&str, &[u8])] = &[(":path", b"/a"), ("x-api-key", b"whatever")];
+    let Step::Verify(p) = g.begin(h) else {
+        panic!()
+    };
+    let Decision::Deny(r, _) = g.finish(p, id("porn"), &st, NOW_US) else {
+        panic!()
+    };
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    let Step::Verify(p) = g.begin(h) else {
+        panic!()
+    };
+    assert!(matches!(
+        g.finish(p, id("pro"), &st, NOW_US),
+        Decision::Allow(_)
+    ));
+    // with a default, other plans get it
+    let g = gate(r#"{"rate_limit":{"plans":{"pro":{"requests":5}},"default":{"requests":2}}}"#);
+    let Step::Verify(p) = g.begin(h) else {
+        panic!()
+    };
+    let d = g.finish(p, id("porn"), &MemoryStore::default(), NOW_US);
+    let Decision::Allow(a) = d else {
+        panic!("{d:?}")
+    };
+    assert_eq!(a.rate.unwrap().limit, 2);
+}
+
+#[test]
+fn trailers_lose_identity_headers_and_carriers_and_flag_what_changes_a_body() {
+    let g = gate(&key_json(""));
+    let pairs: &[(&str, &[u8])] = &[
+        ("x-keygate-account", b"victim"),
+        ("x_keygate_plan", b"forged"),
+        ("x-keygate-fail-open", b"1"),
+        ("x-api-key", b"secret-1"),
+        ("authorization", b"Bearer secret-1"),
+        ("x-other", b"kept"),
+    ];
+    let (remove, changes) = g.trailers(pairs);
+    assert_eq!(
+        remove,
+        [
+            "x-keygate-account",
+            "x_keygate_plan",
+            "x-keygate-fail-open",
+            "x-api-key",
+            "authorization"
+        ]
+    );
+    assert!(!changes);
+    // a scheme keygate does not read stays, as in the headers
+    let (remove, _) = g.trailers(&[("authorization", &b"Digest x"[..])]);
+    assert!(remove.is_empty());
+    for name in [
+        "content-type",
+        "Content-Encoding",
+        "x-http-method-override",
+        "x_http_method",
+    ] {
+        let lower = name.to_ascii_lowercase();
+        let (_, changes) = g.trailers(&[(lower.as_str(), &b"x"[..])]);
+        assert!(changes, "{name}");
+    }
 }

@@ -210,6 +210,12 @@ pub fn continue_request() -> bool {
     unsafe { proxy_continue_stream(STREAM_HTTP_REQUEST) == STATUS_OK }
 }
 
+/// Resets the current stream (both ways): for a stream keygate cannot answer any more.
+pub fn reset_request() -> bool {
+    // SAFETY: no pointers.
+    unsafe { proxy_close_stream(STREAM_HTTP_REQUEST) == STATUS_OK }
+}
+
 /// `grpc_status`: -1 for an HTTP reply; a gRPC status makes Envoy answer a gRPC request
 /// trailers-only, with `body` as `grpc-message`.
 pub fn send_local_response(

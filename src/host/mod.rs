@@ -1,10 +1,11 @@
 //! The host edge: the proxy-wasm callbacks keygate exports, adapting Envoy to the pure core.
 //!
 //! Exported per request: `proxy_on_request_headers` and `proxy_on_response_headers` (two VM
-//! entries; the SDK's dispatcher costs seven), and `proxy_on_request_body`, which Envoy enters
+//! entries; the SDK's dispatcher costs seven), `proxy_on_request_body`, which Envoy enters
 //! only for requests with a body (once per chunk; it returns at once unless the route's owner
-//! check reads the body). Per plugin: `proxy_on_vm_start`,
-//! `proxy_on_configure`, `proxy_on_tick` (revocation feed), `proxy_on_http_call_response`.
+//! check reads the body), and `proxy_on_request_trailers`, only for requests with trailers.
+//! Per plugin: `proxy_on_vm_start`, `proxy_on_configure`, `proxy_on_tick` (revocation feed,
+//! held bodies), `proxy_on_http_call_response`.
 //!
 //! State is per VM (one VM per worker thread): the compiled config, a memo of decoded cache
 //! entries, the bounded negative cache, in-flight key-service calls (one per credential per
@@ -20,19 +21,21 @@ use std::hash::BuildHasherDefault;
 use std::rc::Rc;
 
 use crate::batch::Batch;
+use crate::body::MAX_OWNER_BODY;
 use crate::cache::{self, Lookup, Memo, NegativeCache};
 use crate::config::{self, KeyServiceConfig, OnFailure};
 use crate::contract::{self, ServiceFailure};
 use crate::flights::Flights;
 use crate::gate::{
     push_log_value, BodyCheck, Decision, Gate, LogFields, Outcome, Pending, RateHeaders, Step,
+    Unchecked,
 };
 use crate::hash::{credential_id_from_hash, Digest32, DigestMemo, TagHasher};
+use crate::held::{Ended, Held};
 use crate::lease;
 use crate::metrics::{self, Metric};
 use crate::plugins::{Configured, Plugins};
 use crate::problem::Kind;
-use crate::route::MAX_OWNER_BODY;
 use crate::store::{Guesses, SetOutcome, SharedStore, Speculative};
 use crate::throttle::{client_of, Throttle};
 use crate::verdict::{Identity, Refusal, Verdict};
@@ -189,8 +192,14 @@ struct Plugin {
     /// stored (entries of streams reset before their response are swept by age).
     response_headers: HashMap<u32, (RateHeaders, u64), BuildHasherDefault<TagHasher>>,
     /// Requests whose body an owner check reads when it is in (`Allow::body`), with their
-    /// identity and the time they started waiting (swept by age, like `response_headers`).
-    awaiting_body: HashMap<u32, (BodyCheck, Rc<Identity>, u64), BuildHasherDefault<TagHasher>>,
+    /// identity: bounded, ended (never forgotten) when overdue (`crate::held`).
+    held: Held<(BodyCheck, Rc<Identity>)>,
+    /// When a full `held` was last swept to make room (at most every `ROOM_SWEEP_MS`).
+    room_swept_ms: u64,
+    /// gRPC-Web denials sent and the `content-type` their response must carry: Envoy drops it
+    /// from a local reply without a body, `on_response_headers` puts it back (the last
+    /// `WEB_REPLIES` of them; a stream reset before its response leaves nothing that matters).
+    web_replies: Vec<(u32, String)>,
     throttle: Option<Throttle>,
     metrics: Metrics,
     /// The access-log value is written here (kept across requests: no allocation each time).
@@ -207,6 +216,22 @@ struct Plugin {
 
 thread_local! {
         static VM: RefCell<Vm> = RefCell::new(Vm::default());
+        /// Streams ended while their body was held, whichever plugin held them: a chunk or
+        /// trailers that still come for one are refused, never let through as a stranger's.
+        static ENDED: RefCell<Ended> = RefCell::new(Ended::default());
+}
+
+fn note_ended(ctx: u32) {
+    ENDED.with(|e| {
+        if let Ok(mut e) = e.try_borrow_mut() {
+            e.note(ctx);
+        }
+    });
+}
+
+/// Whether keygate ended stream `ctx` while it held its body (or cannot tell: then yes).
+fn was_ended(ctx: u32) -> bool {
+    ENDED.with(|e| e.try_borrow().map_or(true, |e| e.contains(ctx)))
 }
 
 const RESPONSE_HEADERS_SWEEP: usize = 1024;
@@ -215,6 +240,11 @@ const DIGEST_MEMO_ENTRIES: usize = 2048;
 const STARTUP_TICK_MS: u32 = 100;
 const METRICS_FLUSH_MS: u32 = 1000;
 const RESPONSE_HEADERS_MAX_AGE_MS: u64 = 600_000;
+/// A full table of held bodies is swept for streams that are gone at most this often.
+const ROOM_SWEEP_MS: u64 = 100;
+const WEB_REPLIES: usize = 64;
+/// Held streams older than this are asked after on every tick (is the stream still there?).
+const HELD_PROBE_AFTER_MS: u64 = 5_000;
 
 #[no_mangle]
 pub extern "C" fn proxy_abi_version_0_2_1() {}
@@ -278,6 +308,7 @@ pub extern "C" fn proxy_on_configure(root_id: u32, size: usize) -> u32 {
         METRICS_FLUSH_MS
     });
     let throttle = cfg.auth_throttle.map(Throttle::new);
+    let cfg_bodies = cfg.bodies;
     let plugin = Plugin {
         root_id,
         gate: Rc::new(Gate::new(cfg)),
@@ -288,7 +319,9 @@ pub extern "C" fn proxy_on_configure(root_id: u32, size: usize) -> u32 {
         flights: Flights::default(),
         calls: HashMap::new(),
         response_headers: HashMap::default(),
-        awaiting_body: HashMap::default(),
+        held: Held::new(cfg_bodies.max_held, cfg_bodies.timeout_ms),
+        room_swept_ms: 0,
+        web_replies: Vec::new(),
         throttle,
         metrics: Metrics::default(),
         log_buf: String::with_capacity(128),
@@ -388,18 +421,43 @@ impl Plugin {
         }
         match d {
             Decision::Deny(reply, _) => {
-                let grpc = reply.grpc_status.unwrap_or(-1);
-                if !abi::send_local_response(
-                    reply.status,
-                    &reply.headers,
-                    reply.body.as_bytes(),
-                    grpc,
-                ) {
+                // a gRPC or gRPC-Web denial is a whole trailers-only response, HTTP 200: sent as
+                // it is (no gRPC status for Envoy to map, see `Reply::grpc_status`)
+                let status = if reply.grpc_status.is_some() {
+                    if let Some(ct) = reply
+                        .header("content-type")
+                        .filter(|ct| ct.starts_with("application/grpc-web"))
+                    {
+                        if self.web_replies.len() >= WEB_REPLIES {
+                            self.web_replies.remove(0);
+                        }
+                        self.web_replies.push((ctx, ct.to_string()));
+                    }
+                    200
+                } else {
+                    reply.status
+                };
+                if !abi::send_local_response(status, &reply.headers, reply.body.as_bytes(), -1) {
                     log::error!("keygate: could not send a local reply");
+                    abi::reset_request();
                 }
                 ACTION_PAUSE
             }
-            Decision::Allow(a) => {
+            Decision::Allow(mut a) => {
+                // a body an owner check reads is held until it is in: with room for it, or the
+                // request is refused (a full table never forgets one it holds)
+                if let (Some(check), Some(id)) = (a.body.take(), a.identity.clone()) {
+                    if self.held.is_full() {
+                        self.make_room(ctx);
+                    }
+                    if let Err((check, id)) = self.held.hold(ctx, (check, id), self.now) {
+                        let d =
+                            self.gate
+                                .clone()
+                                .body_unchecked(&check, Some(&id), Unchecked::NoRoom);
+                        return self.apply(ctx, d, resume);
+                    }
+                }
                 for name in &a.remove {
                     abi::remove_header(abi::MapType::RequestHeaders, name);
                 }
@@ -427,15 +485,6 @@ impl Plugin {
                     }
                     self.response_headers.insert(ctx, (rate, now));
                 }
-                if let (Some(check), Some(id)) = (a.body, a.identity) {
-                    let now = self.now;
-                    if self.awaiting_body.len() >= RESPONSE_HEADERS_SWEEP {
-                        self.awaiting_body.retain(|_, (_, _, t)| {
-                            now.saturating_sub(*t) < RESPONSE_HEADERS_MAX_AGE_MS
-                        });
-                    }
-                    self.awaiting_body.insert(ctx, (check, id, now));
-                }
                 if resume {
                     abi::continue_request();
                 }
@@ -450,31 +499,124 @@ impl Plugin {
         map.with_pairs(|headers| self.request(ctx, headers, has_body))
     }
 
-    /// A body chunk. Only requests whose owner check reads the body (`Allow::body`) wait for
-    /// it: Envoy buffers it until the end of the stream, or until it is longer than an owner
+    /// A body chunk. Only requests whose owner check reads the body (`Allow::body`) are held:
+    /// Envoy buffers the body until the end of the stream, or until it is longer than an owner
     /// check reads, then it is checked and goes on to the upstream, or the request is refused.
     /// (The request's headers went on already: proxy-wasm in Envoy turns a paused header
-    /// callback into "stop all", which withholds the body from the filter too.)
+    /// callback into "stop all", which withholds the body from the filter too. What the
+    /// upstream may do with the headers alone is the shipped configs' `buffer` filter's to
+    /// hold: README, "What keygate assumes of Envoy".)
     fn on_request_body(&mut self, ctx: u32, size: usize, end_of_stream: bool) -> u32 {
-        let Some((check, id, since)) = self.awaiting_body.remove(&ctx) else {
+        if !self.held.contains(ctx) {
             return ACTION_CONTINUE;
-        };
+        }
         if !end_of_stream && size <= MAX_OWNER_BODY {
-            self.awaiting_body.insert(ctx, (check, id, since));
             return ACTION_PAUSE; // StopIterationAndBuffer
         }
+        let Some((check, id)) = self.held.take(ctx) else {
+            return ACTION_CONTINUE;
+        };
         self.now = now_ms();
         let body = abi::get_buffer(
             abi::BufferType::HttpRequestBody,
             0,
             size.min(MAX_OWNER_BODY + 1),
-        )
-        .unwrap_or_default();
-        match self.gate.clone().check_body(&check, &id, &body) {
-            Some(deny) => self.apply(ctx, deny, false),
+        );
+        self.check_held(ctx, &check, &id, body)
+    }
+
+    /// The held body is complete (`body`: what the host handed over, `None` if nothing): the
+    /// owner check decides.
+    fn check_held(
+        &mut self,
+        ctx: u32,
+        check: &BodyCheck,
+        id: &Rc<Identity>,
+        body: Option<Vec<u8>>,
+    ) -> u32 {
+        let gate = self.gate.clone();
+        let denial = match body {
+            Some(body) => gate.check_body(check, id, &body),
+            None => Some(gate.body_unchecked(check, Some(id), Unchecked::Unreadable)),
+        };
+        match denial {
+            Some(deny) => {
+                note_ended(ctx);
+                self.apply(ctx, deny, false)
+            }
             None => {
                 self.metrics.inc(Metric::of_outcome(Outcome::Allowed));
                 ACTION_CONTINUE
+            }
+        }
+    }
+
+    /// Request trailers: the end of a request whose body ended without `end_of_stream` (an h2
+    /// HEADERS frame after the data, HTTP/1.1 chunked trailers). Identity headers (and hidden
+    /// credential carriers) are removed from them as from the headers; a held body is checked
+    /// now, with the trailers.
+    fn on_request_trailers(&mut self, ctx: u32) -> u32 {
+        let map = abi::get_headers(abi::MapType::RequestTrailers);
+        let gate = self.gate.clone();
+        let (remove, changes_body) = map.with_pairs(|pairs| {
+            let (remove, changes) = gate.trailers(pairs);
+            (
+                remove.into_iter().map(str::to_string).collect::<Vec<_>>(),
+                changes,
+            )
+        });
+        for n in &remove {
+            abi::remove_header(abi::MapType::RequestTrailers, n);
+        }
+        let Some((check, id)) = self.held.take(ctx) else {
+            return ACTION_CONTINUE;
+        };
+        self.now = now_ms();
+        if changes_body {
+            note_ended(ctx);
+            let d = gate.body_unchecked(&check, Some(&id), Unchecked::Trailers);
+            return self.apply(ctx, d, false);
+        }
+        let body = abi::get_buffer(abi::BufferType::HttpRequestBody, 0, MAX_OWNER_BODY + 1);
+        self.check_held(ctx, &check, &id, body)
+    }
+
+    /// Makes room in a full table of held bodies: streams that are gone leave it, overdue ones
+    /// are ended (at most every `ROOM_SWEEP_MS`: a table kept full by live streams costs one
+    /// sweep, not one per request). Restores `ctx` as the effective context.
+    fn make_room(&mut self, ctx: u32) {
+        let now = self.now;
+        if now.saturating_sub(self.room_swept_ms) < ROOM_SWEEP_MS {
+            return;
+        }
+        self.room_swept_ms = now;
+        self.sweep_held(now, 0);
+        abi::set_effective_context(ctx);
+    }
+
+    /// Ends every held stream past `bodies.timeout_ms` (408) and forgets those of held streams
+    /// older than `probe_after_ms` that the host no longer knows (the client went away). Leaves
+    /// the effective context wherever it was last set: the caller restores it.
+    fn sweep_held(&mut self, now: u64, probe_after_ms: u64) {
+        if self.held.is_empty() {
+            return;
+        }
+        for ctx in self.held.overdue(now) {
+            let Some((check, id)) = self.held.take(ctx) else {
+                continue;
+            };
+            if abi::set_effective_context(ctx) {
+                note_ended(ctx);
+                let d = self
+                    .gate
+                    .clone()
+                    .body_unchecked(&check, Some(&id), Unchecked::TimedOut);
+                self.apply(ctx, d, false);
+            }
+        }
+        for ctx in self.held.older_than(now, probe_after_ms) {
+            if !abi::set_effective_context(ctx) {
+                self.held.take(ctx);
             }
         }
     }
@@ -918,7 +1060,7 @@ impl Plugin {
     /// Whether this plugin holds state of stream `ctx` (a body it waits for, headers for its
     /// response, a call it waits on).
     fn holds(&self, ctx: u32) -> bool {
-        self.awaiting_body.contains_key(&ctx)
+        self.held.contains(ctx)
             || self.response_headers.contains_key(&ctx)
             || self.flights.is_waiting(ctx)
     }
@@ -926,15 +1068,34 @@ impl Plugin {
     /// Nothing in flight and no stream waiting: a retired plugin may go.
     fn idle(&self) -> bool {
         self.calls.is_empty()
-            && self.awaiting_body.is_empty()
+            && self.held.is_empty()
             && self.response_headers.is_empty()
             && self.fleet.is_empty()
     }
 
-    fn on_response_headers(&mut self, ctx: u32) {
+    fn on_response_headers(&mut self, ctx: u32) -> u32 {
+        if let Some((check, id)) = self.held.take(ctx) {
+            // the upstream answered on the headers alone, before the body was in and checked:
+            // its answer does not reach the client
+            self.now = now_ms();
+            self.response_headers.remove(&ctx);
+            note_ended(ctx);
+            let d = self
+                .gate
+                .clone()
+                .body_unchecked(&check, Some(&id), Unchecked::UpstreamFirst);
+            return self.apply(ctx, d, false);
+        }
         if let Some((rate, _)) = self.response_headers.remove(&ctx) {
             rate.for_each(|n, v| abi::add_header(abi::MapType::ResponseHeaders, n, v));
         }
+        if !self.web_replies.is_empty() {
+            if let Some(i) = self.web_replies.iter().position(|(c, _)| *c == ctx) {
+                let (_, ct) = self.web_replies.swap_remove(i);
+                abi::replace_header(abi::MapType::ResponseHeaders, "content-type", ct.as_bytes());
+            }
+        }
+        ACTION_CONTINUE
     }
 }
 
@@ -951,12 +1112,30 @@ pub extern "C" fn proxy_on_request_headers(
     })
 }
 
+/// A chunk or trailers of a stream keygate ended while it held its body: refused (reset).
+fn refuse_ended() -> u32 {
+    abi::reset_request();
+    ACTION_PAUSE
+}
+
 #[no_mangle]
 pub extern "C" fn proxy_on_request_body(ctx: u32, body_size: usize, end_of_stream: u32) -> u32 {
+    if was_ended(ctx) {
+        return refuse_ended();
+    }
     with_stream(ctx, |p| {
         p.on_request_body(ctx, body_size, end_of_stream != 0)
     })
     .unwrap_or(ACTION_PAUSE)
+}
+
+/// Envoy enters it only for requests that end with trailers: nothing on other requests.
+#[no_mangle]
+pub extern "C" fn proxy_on_request_trailers(ctx: u32, _num_trailers: usize) -> u32 {
+    if was_ended(ctx) {
+        return refuse_ended();
+    }
+    with_stream(ctx, |p| p.on_request_trailers(ctx)).unwrap_or(ACTION_PAUSE)
 }
 
 #[no_mangle]
@@ -965,8 +1144,7 @@ pub extern "C" fn proxy_on_response_headers(
     _num_headers: usize,
     _end_of_stream: u32,
 ) -> u32 {
-    with_stream(ctx, |p| p.on_response_headers(ctx));
-    ACTION_CONTINUE
+    with_stream(ctx, |p| p.on_response_headers(ctx)).unwrap_or(ACTION_CONTINUE)
 }
 
 #[no_mangle]
@@ -987,7 +1165,11 @@ pub extern "C" fn proxy_on_tick(root: u32) {
             return;
         };
         let retired = vm.is_retired(root);
+        let now = now_ms();
         if let Some(p) = vm.root(root) {
+            // held bodies: the overdue ended, those of streams gone forgotten
+            p.sweep_held(now, HELD_PROBE_AFTER_MS);
+            abi::set_effective_context(root);
             if retired {
                 // replaced by a new configuration: it only finishes what it holds
                 p.metrics.flush();
@@ -998,6 +1180,8 @@ pub extern "C" fn proxy_on_tick(root: u32) {
         // any root's tick sweeps: Envoy may stop ticking a replaced root before it is idle
         if vm.has_retired() {
             vm.sweep(|p| {
+                p.sweep_held(now, HELD_PROBE_AFTER_MS);
+                abi::set_effective_context(root);
                 let idle = p.idle();
                 if idle {
                     p.metrics.flush();

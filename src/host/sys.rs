@@ -35,6 +35,7 @@ pub enum LogLevel {
 #[repr(u32)]
 pub enum MapType {
     RequestHeaders = 0,
+    RequestTrailers = 1,
     ResponseHeaders = 2,
     HttpCallResponseHeaders = 6,
     HttpCallResponseTrailers = 7,
@@ -120,6 +121,7 @@ extern "C" {
         cas: u32,
     ) -> u32;
     pub fn proxy_continue_stream(stream: u32) -> u32;
+    pub fn proxy_close_stream(stream: u32) -> u32;
     #[allow(clippy::too_many_arguments)]
     pub fn proxy_send_local_response(
         status: u32,

@@ -119,8 +119,8 @@ def request(port: int, method: str, path: str, headers=(), body: bytes | None = 
         conn.close()
 
 
-def cluster(name: str, port: int, timeout: str = "5s") -> dict:
-    return {
+def cluster(name: str, port: int, timeout: str = "5s", http1: dict | None = None) -> dict:
+    c = {
         "name": name,
         "type": "STATIC",
         "connect_timeout": "1s",
@@ -129,6 +129,14 @@ def cluster(name: str, port: int, timeout: str = "5s") -> dict:
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}],
         },
     }
+    if http1 is not None:
+        c["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http_protocol_options": http1},
+            }
+        }
+    return c
 
 
 @dataclass
@@ -143,6 +151,11 @@ class Envoy:
     admin_port: int = 0
     # HTTP connection manager fields to set (a value of None removes the field)
     hcm: dict = field(default_factory=dict)
+    # HTTP filters placed before keygate, and between keygate and the router
+    filters_before: list = field(default_factory=list)
+    filters_after: list = field(default_factory=list)
+    # the upstream cluster's HTTP/1.1 options (e.g. {"enable_trailers": True})
+    upstream_http1: dict | None = None
     workdir: Path | None = None
     proc: subprocess.Popen | None = None
 
@@ -183,7 +196,7 @@ class Envoy:
                                 "routes": [{"match": {"prefix": p}, "route": {"cluster": c}} for p, c in self.routes]
                                 + [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}],
                             }]},
-                            "http_filters": [
+                            "http_filters": self.filters_before + [
                                 {
                                     "name": "envoy.filters.http.wasm",
                                     "typed_config": {
@@ -200,12 +213,13 @@ class Envoy:
                                         },
                                     },
                                 },
+                            ] + self.filters_after + [
                                 {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
                             ],
                         },
                     }]}],
                 }],
-                "clusters": [cluster("upstream", self.upstream_port)] + self.extra_clusters,
+                "clusters": [cluster("upstream", self.upstream_port, http1=self.upstream_http1)] + self.extra_clusters,
             },
             "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": self.admin_port}}},
             "stats_config": {"stats_tags": STATS_TAGS},
@@ -322,11 +336,18 @@ class Upstream:
         self.thread.start()
 
     def received(self) -> list[dict]:
-        """Every request this upstream received so far: {"method", "path", "headers"}."""
+        """Every request this upstream answered so far: {"method", "path", "headers", "body_bytes",
+        "body", "trailers"}."""
         return list(self.srv.received)
+
+    def seen(self) -> list[dict]:
+        """Every request whose headers reached this upstream, body or not: {"method", "path",
+        "headers"}."""
+        return list(self.srv.seen)
 
     def clear(self) -> None:
         self.srv.received.clear()
+        self.srv.seen.clear()
 
     def stop(self):
         self.srv.shutdown()

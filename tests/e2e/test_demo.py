@@ -46,12 +46,17 @@ class YamlEnvoy(Envoy):
         return cfg
 
 
-@pytest.fixture(scope="module")
-def demo(upstream):
-    ports = {10000: free_port(), 9901: free_port(), 8080: upstream.port}
+def started_demo(upstream_port: int) -> YamlEnvoy:
+    """envoy/demo.yaml in a real Envoy on free ports, in front of the upstream at this port."""
+    ports = {10000: free_port(), 9901: free_port(), 8080: upstream_port}
     e = YamlEnvoy("envoy/demo.yaml", ports)
     e.port, e.admin_port = ports[10000], ports[9901]
-    e.start()
+    return e.start()
+
+
+@pytest.fixture(scope="module")
+def demo(upstream):
+    e = started_demo(upstream.port)
     yield e
     e.stop()
 
@@ -188,3 +193,37 @@ def test_demo_sh_remote_runs_the_reference_key_service():
     assert f"127.0.0.1:{ports['KEYGATE_KEYSERVICE_PORT']}" in err
     assert f"http://127.0.0.1:{ports['KEYGATE_KEYSERVICE_PORT']}/dashboard" in err
     assert "alice@example.com / alice-password" in err
+
+
+def test_demo_sh_stops_on_sigterm_to_its_own_pid():
+    """A supervisor or `timeout` signals the script's PID only, not its process group: the demo
+    must stop at once, and take Envoy and its upstream down with it."""
+    ports = {n: free_port() for n in ("KEYGATE_PORT", "KEYGATE_ADMIN_PORT", "KEYGATE_UPSTREAM_PORT")}
+    p = demo_sh("evon", env={k: str(v) for k, v in ports.items()})
+    try:
+        def answered():
+            assert p.poll() is None, p.stderr.read()
+            try:
+                return request(ports["KEYGATE_PORT"], "GET", "/organization", [("X-API-Key", "evon_demo_read_0001")])
+            except OSError:
+                return None
+        wait_until(answered, 60, 0.1, "the demo to answer")
+        p.send_signal(signal.SIGTERM)  # the script's PID alone
+        assert p.wait(timeout=10) == 143
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+        p.communicate(timeout=30)
+
+    def all_free():
+        for port in ports.values():
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a listener, not TIME_WAIT
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+            finally:
+                s.close()
+        return True
+    wait_until(all_free, 10, 0.1, "Envoy and the upstream to be gone")

@@ -16,6 +16,7 @@ from harness import cluster, free_port
 from keys import sha
 
 KEY, SCOPED, LIMITED = "grpc-key-0001", "grpc-admin-0002", "grpc-limited-0003"
+WEB_LIMITED = "grpc-web-limited-0004"
 
 CONFIG = {
     "keys": [
@@ -23,6 +24,7 @@ CONFIG = {
          "resources": {"aggregator": ["Mine"]}},
         {"id": "g2", "sha256": sha(SCOPED), "account": "acme", "plan": "roomy", "scopes": ["read", "admin"]},
         {"id": "g3", "sha256": sha(LIMITED), "account": "acme", "plan": "tiny", "scopes": ["read"]},
+        {"id": "g4", "sha256": sha(WEB_LIMITED), "account": "acme", "plan": "tiny", "scopes": ["read"]},
     ],
     "rate_limit": {"plans": {"roomy": {"requests": 1000, "window_s": 60},
                              "tiny": {"requests": 2, "window_s": 60, "algorithm": "rolling_window"}}},
@@ -151,6 +153,7 @@ def test_over_the_limit_is_resource_exhausted_with_retry_hints(channel):
     assert 58 <= retry <= 60
     assert trailers["grpc-retry-pushback-ms"] == str(retry * 1000)
     assert trailers["x-ratelimit-remaining"] == "0" and trailers["x-ratelimit-limit"] == "2"
+    assert trailers["cache-control"] == "no-store"  # a denial is never cached
 
 
 def test_malformed_as_401_is_unauthenticated(make_envoy, grpc_upstream):
@@ -175,3 +178,94 @@ def test_key_service_down_is_unavailable(make_envoy, grpc_upstream):
 def test_http_clients_still_get_problem_json(envoy):
     r = envoy.req("GET", "/kg.Echo/Say", [("x-api-key", "grpc-nope")])
     assert r.status == 401 and r.header("content-type") == "application/problem+json"
+
+
+# -- gRPC-Web ------------------------------------------------------------------------------------
+# Browsers speak gRPC-Web (HTTP/1.1 or HTTP/2, `application/grpc-web…`) to Envoy's `grpc_web`
+# filter, which turns it into gRPC for the upstream. Envoy's docs put that filter first
+# (grpc_web, cors, router); an operator adds keygate before or after it. Either way a client must
+# read keygate's status: before this, with the filter first, Envoy's own mapping turned a 429 into
+# UNAVAILABLE (clients retry that at once), and with keygate first the client got problem+json.
+
+GRPC_WEB = {"name": "envoy.filters.http.grpc_web",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.grpc_web.v3.GrpcWeb"}}
+CORS = {"name": "envoy.filters.http.cors",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"}}
+
+
+def web_call(port: int, proto: int, path: str, metadata=(), text: bool = False, message: bytes = b"hi"):
+    """A gRPC-Web unary call: (HTTP status, grpc-status, grpc-message, response headers, messages)."""
+    import base64
+    import struct
+    from attack_clients import request1, request2
+    frame = b"\x00" + struct.pack(">I", len(message)) + message
+    ct = "application/grpc-web-text" if text else "application/grpc-web+proto"
+    body = base64.b64encode(frame) if text else frame
+    headers = [("content-type", ct), ("x-grpc-web", "1"), *metadata]
+    a = (request1 if proto == 1 else request2)(port, "POST", path, headers, body)
+    data = a.body
+    if (a.header("content-type") or "").startswith("application/grpc-web-text"):
+        # frame by frame, each in its own base64: 4 characters at a time
+        data = b"".join(base64.b64decode(a.body[i:i + 4]) for i in range(0, len(a.body), 4))
+    status = a.header("grpc-status")
+    message_ = a.header("grpc-message")
+    msgs = []
+    while len(data) >= 5:  # frames: data (flag 0) and the trailers frame (flag 0x80)
+        flag, n = data[0], struct.unpack(">I", data[1:5])[0]
+        payload, data = data[5:5 + n], data[5 + n:]
+        if flag & 0x80:
+            for line in payload.decode().split("\r\n"):
+                k, _, v = line.partition(":")
+                if k.strip() == "grpc-status":
+                    status = v.strip()
+                elif k.strip() == "grpc-message":
+                    message_ = v.strip()
+        else:
+            msgs.append(payload)
+    return a.status, status, message_, a, msgs
+
+
+@pytest.fixture(scope="module")
+def web_envoys(make_envoy, grpc_upstream):
+    """keygate with Envoy's grpc_web filter first (as Envoy's docs order it, keygate after it),
+    with keygate first, and with no grpc_web filter at all."""
+    return {
+        "grpc_web first": start(make_envoy, grpc_upstream, CONFIG, filters_before=[GRPC_WEB, CORS]),
+        "keygate first": start(make_envoy, grpc_upstream, CONFIG, filters_after=[GRPC_WEB, CORS]),
+        "no grpc_web": start(make_envoy, grpc_upstream, CONFIG),
+    }
+
+
+@pytest.mark.parametrize("order", ["grpc_web first", "keygate first", "no grpc_web"])
+def test_grpc_web_clients_read_keygates_status(web_envoys, order):
+    e = web_envoys[order]
+    # over the limit: RESOURCE_EXHAUSTED with the retry hints, never UNAVAILABLE
+    statuses = [web_call(e.port, 2, "/kg.Echo/Say", [("x-api-key", WEB_LIMITED)])[1] for _ in range(4)]
+    http, status, message, a, _ = web_call(e.port, 1, "/kg.Echo/Say", [("x-api-key", WEB_LIMITED)], text=True)
+    assert (http, status) == (200, "8"), (order, statuses, http, status, a.headers)
+    assert "requests in any 60 s" in message and int(a.header("retry-after")) > 0
+    assert a.header("grpc-retry-pushback-ms") == str(int(a.header("retry-after")) * 1000)
+    cases = [("/kg.Echo/Say", [], "16"), ("/kg.Echo/Say", [("x-api-key", "nope")], "16"),
+             ("/kg.Echo/Admin", [("x-api-key", KEY)], "7"), ("/kg.Agg/Other", [("x-api-key", KEY)], "5"),
+             ("/kg.Echo/Say", [("authorization", "Bearer two tokens")], "3")]
+    for proto in (1, 2):
+        for text in (False, True):
+            # (over HTTP/1.1 each denial costs Envoy's 1 s delayed close: one case there)
+            for path, md, code in cases if proto == 2 else cases[2:3]:
+                http, status, message, a, msgs = web_call(e.port, proto, path, md, text)
+                where = (order, proto, text, path, md)
+                assert (http, status) == (200, code), (where, http, status, a.headers, a.body[:200])
+                assert message and not message.startswith("{"), where
+                assert a.header("cache-control") == "no-store", where
+                assert a.header("content-type").startswith("application/grpc-web"), where
+                assert msgs == [], where
+
+
+@pytest.mark.parametrize("order", ["grpc_web first", "keygate first"])
+def test_an_allowed_grpc_web_call_reaches_the_grpc_upstream(web_envoys, order):
+    for proto in (1, 2):
+        for text in (False, True):
+            http, status, _, a, msgs = web_call(web_envoys[order].port, proto, "/kg.Echo/Say",
+                                                [("x-api-key", KEY)], text, b"ping")
+            assert (http, status) == (200, "0"), (order, proto, text, a.headers, a.body[:200])
+            assert len(msgs) == 1 and msgs[0].startswith(b"echo:ping|") and b"x-keygate-key-id=g1" in msgs[0]

@@ -168,7 +168,7 @@ def test_istio_shaped_envoy_runs_the_plugin_config(upstream, keyservice, started
     e = IstioShapedEnvoy([("keygate", plugin_config_json())], upstream.port, keyservice)
     started.append(e)
     e.start()
-    configured = f"keygate: configured (0 embedded keys, 3 routes, key service: {CLUSTER})"
+    configured = f"keygate: configured (0 embedded keys, 4 routes, key service: {CLUSTER})"
     assert configured in e.wait_for(e.logs, configured)
     calls = keyservice.verify_calls()
     for header in (("Authorization", "Bearer kgb_demo_acme_business_0001"),
@@ -183,6 +183,14 @@ def test_istio_shaped_envoy_runs_the_plugin_config(upstream, keyservice, started
         assert r.header("ratelimit-policy") == '"free";q=60;w=60'
     assert keyservice.verify_calls() >= calls + 1  # verified through the Istio-named cluster
     assert e.req("POST", "/v1/orders", [("X-API-Key", "kgb_demo_acme_business_0001")]).status == 200
+    # a read-only key reads, and every other method needs the write scope (the WasmPlugin lists
+    # the read methods, never the write ones)
+    reader = "kgb_istio_reader_" + uuid.uuid4().hex
+    keyservice.add_key(reader, "istio-reader", scopes=["read"])
+    assert e.req("GET", "/v1/orders/42", [("X-API-Key", reader)]).status == 200
+    for method in ("POST", "PUT", "PATCH", "DELETE", "PROPPATCH", "PURGE"):
+        r = e.req(method, "/v1/orders/42", [("X-API-Key", reader)])
+        assert r.status == 403 and r.json()["type"] == PROBLEM + "insufficient-scope", method
     r = e.req("GET", "/v1/orders/42", [("X-API-Key", "kgb_" + uuid.uuid4().hex)])
     assert r.status == 401 and r.json()["type"] == PROBLEM + "credential-invalid"
     r = e.req("GET", "/v1/orders/42")

@@ -21,7 +21,7 @@ KEYS = [
     key("b2", account="other", plan="small"),
     key("override", account="x", plan="small", rate_limit={"requests": 2, "window_s": 3600}),
     key("free", account="y", plan="nolimit"),
-    key("default-plan", account="z", plan="not-in-table"),
+    key("default-plan", account="z"),  # names no plan: the default
 ]
 
 CONFIG = {
@@ -132,7 +132,7 @@ def test_rate_headers_can_be_turned_off(make_envoy):
 
 
 def test_rejections_are_counted_per_plan_and_other(make_envoy):
-    cfg = {"keys": [key("listed", plan="p"), key("unlisted", plan="not-in-table")],
+    cfg = {"keys": [key("listed", plan="p"), key("unlisted")],  # no plan: the default
            "rate_limit": {"plans": {"p": {"requests": 1, "window_s": 3600}},
                           "default": {"requests": 1, "window_s": 3600}}}
     e = make_envoy(cfg)
@@ -140,7 +140,7 @@ def test_rejections_are_counted_per_plan_and_other(make_envoy):
     assert [call(e, "unlisted").status for _ in range(2)] == [200, 429]
     # every worker that served one of the 5 requests has flushed once the decisions' totals are in
     prom = e.prometheus('keygate_requests{decision="allowed"} 2\n', 'keygate_requests{decision="rate_limited"} 3\n')
-    # a plan missing from the table is counted as `other` (the series stay bounded by the config)
+    # a plan missing from the table (the default) is counted as `other` (the series stay bounded)
     assert 'keygate_ratelimit_rejected{plan="p"} 2' in prom, prom
     assert 'keygate_ratelimit_rejected{plan="other"} 1' in prom, prom
 

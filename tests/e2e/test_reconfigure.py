@@ -115,3 +115,29 @@ def test_a_new_configuration_takes_over_and_a_body_in_flight_is_still_checked(re
         assert "keygate: configuration refused" not in e.logs()
     finally:
         e.stop()
+
+
+def test_a_body_held_across_a_reconfiguration_is_still_ended_in_time(rec):
+    # the body never completes; the plugin that holds it is replaced; the stream is still ended
+    # (408) by the retired plugin, and nothing of it reaches the upstream
+    cfg = dict(conf("before"), bodies={"timeout_ms": 1500})
+    e = LdsEnvoy(cfg, rec.port, concurrency=1).start()
+    try:
+        wait_realm(e, "before")
+        marker = uuid.uuid4().hex
+        head = (f"POST /api/event?_id=agg-1 HTTP/1.1\r\nHost: t\r\nConnection: close\r\nx-case: {marker}\r\n"
+                f"X-API-Key: {SECRET}\r\nContent-Type: {FORM}\r\nContent-Length: 40\r\n\r\n").encode()
+        with socket.create_connection(("127.0.0.1", e.port), timeout=15) as s:
+            s.sendall(head + b"name=x")
+            wait_until(lambda: active_requests(e) == 1, 5, 0.02, "Envoy to hold the request")
+            e.reconfigure(dict(conf("after"), bodies={"timeout_ms": 60000}))
+            wait_realm(e, "after")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        assert data.startswith(b"HTTP/1.1 408"), data[:300]
+        assert b"body-unchecked" in data
+        got = [r for r in rec.received() if ["x-case", marker] in r["headers"]]
+        assert got == []
+    finally:
+        e.stop()

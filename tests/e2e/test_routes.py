@@ -3,11 +3,14 @@ import pytest
 
 from keys import sha, basic
 
-KEY, OTHER = "route-key-0001", "route-key-reader"
+KEY, OTHER, PAT = "route-key-0001", "route-key-reader", "route-pat-alice-0001"
 CONFIG = {
     "keys": [
-        {"id": "kw", "sha256": sha(KEY), "user": "alice", "account": "acme", "plan": "p",
+        {"id": "kw", "sha256": sha(KEY), "subject": "alice", "account": "acme", "plan": "p",
          "scopes": ["read", "write"], "resources": {"aggregator": ["agg-1", "agg 2"]}},
+        # a Basic password is its user's only: the same identity for Basic is a key of its own
+        {"id": "kw-basic", "sha256": sha(PAT), "user": "alice", "account": "acme", "plan": "p",
+         "scopes": ["read", "write"]},
         {"id": "kr", "sha256": sha(OTHER), "account": "acme", "plan": "p", "scopes": ["read"]},
     ],
     "routes": [
@@ -42,17 +45,17 @@ def values(e, name):
     return [v for k, v in e["headers"] if k == name]
 
 
-@pytest.mark.parametrize("headers,path", [
-    ([("X-API-Key", KEY)], "/v1/x?a=1"),
-    ([("Authorization", f"Bearer {KEY}")], "/v1/x?a=1"),
-    ([("Authorization", basic("alice", KEY))], "/v1/x?a=1"),
-    ([], f"/v1/x?a=1&_apikey={KEY}"),
+@pytest.mark.parametrize("headers,path,key_id", [
+    ([("X-API-Key", KEY)], "/v1/x?a=1", "kw"),
+    ([("Authorization", f"Bearer {KEY}")], "/v1/x?a=1", "kw"),
+    ([("Authorization", basic("alice", PAT))], "/v1/x?a=1", "kw-basic"),
+    ([], f"/v1/x?a=1&_apikey={KEY}", "kw"),
 ])
-def test_upstream_sees_identity_not_credentials_nor_forgeries(envoy, headers, path):
+def test_upstream_sees_identity_not_credentials_nor_forgeries(envoy, headers, path, key_id):
     e = echo(envoy.req("GET", path, headers + FORGED + [("X-Other", "kept")]))
     assert e["path"] == "/v1/x?a=1"
     assert "authorization" not in names(e) and "x-api-key" not in names(e)
-    assert values(e, "x-keygate-key-id") == ["kw"]
+    assert values(e, "x-keygate-key-id") == [key_id]
     assert values(e, "x-keygate-subject") == ["alice"]
     assert values(e, "x-keygate-account") == ["acme"]
     assert values(e, "x-keygate-plan") == ["p"]

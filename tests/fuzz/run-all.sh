@@ -12,7 +12,7 @@ cd "$(dirname "$0")/../.."
 secs=${1:-180}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(credential query contract cache config gate)
+[ ${#targets[@]} -eq 0 ] && targets=(credential query contract cache config gate rls)
 
 cargo +nightly fuzz build --fuzz-dir tests/fuzz
 bin=tests/fuzz/target/x86_64-unknown-linux-gnu/release

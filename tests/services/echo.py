@@ -5,6 +5,12 @@
 
 Body: {"method", "path" (raw request target, byte for byte), "headers": [[name, value], ...]
 (every header line in order, duplicates kept), "body_bytes"}.
+
+For tests it also records, in the server (never in its answer): `seen`, every request whose
+headers arrived, at once, before any of its body (an upstream that acts on headers alone sees
+this much); and `received`, every request it answered, with its body and chunked trailers.
+Paths under one of `early` (a server attribute) are answered on their headers alone, the body
+left unread, as a handler that never reads one does.
 """
 import argparse
 import collections
@@ -17,9 +23,9 @@ class Echo(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # one write for headers, one for the body: no delayed-ACK stall
 
-    def _body(self) -> bytes | None:
-        """The whole body, as a framework reads it before a handler sees form or JSON fields;
-        None when the client (Envoy) went away before it was complete."""
+    def _body(self) -> tuple[bytes, list] | None:
+        """The whole body and its trailers, as a framework reads it before a handler sees form or
+        JSON fields; None when the client (Envoy) went away before it was complete."""
         if "chunked" in (self.headers.get("transfer-encoding") or "").lower():
             body = b""
             while True:
@@ -28,28 +34,41 @@ class Echo(BaseHTTPRequestHandler):
                     return None
                 size = int(line.split(b";")[0].strip() or b"0", 16)
                 if size == 0:
-                    self.rfile.readline(1024)
-                    return body
+                    trailers = []
+                    while True:  # trailer lines up to the empty line that ends the message
+                        line = self.rfile.readline(8192)
+                        if not line.endswith(b"\n"):
+                            return None
+                        if line in (b"\r\n", b"\n"):
+                            return body, trailers
+                        k, _, v = line.decode("latin-1").partition(":")
+                        trailers.append([k.strip().lower(), v.strip()])
                 chunk = self.rfile.read(size + 2)
                 if len(chunk) != size + 2:
                     return None
                 body += chunk[:size]
         length = int(self.headers.get("content-length") or 0)
         body = self.rfile.read(length) if length > 0 else b""
-        return body if len(body) == length else None
+        return (body, []) if len(body) == length else None
 
     def _answer(self):
-        body = self._body()
-        if body is None:
-            self.close_connection = True
-            return
+        headers = [[k.lower(), v] for k, v in self.headers.items()]
+        self.server.seen.append({"method": self.command, "path": self.path, "headers": headers})
+        if any(self.path.startswith(p) for p in self.server.early):
+            body, trailers, self.close_connection = None, [], True
+        else:
+            got = self._body()
+            if got is None:
+                self.close_connection = True
+                return
+            body, trailers = got
         out = {
             "method": self.command,
             "path": self.path,
-            "headers": [[k.lower(), v] for k, v in self.headers.items()],
-            "body_bytes": len(body),
+            "headers": headers,
+            "body_bytes": len(body) if body is not None else None,
         }
-        self.server.received.append(out)
+        self.server.received.append(dict(out, body=body, trailers=trailers))
         data = json.dumps(out).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
@@ -75,6 +94,8 @@ def serve(port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
     srv.daemon_threads = True
     # what it received, for tests that assert a request never reached the upstream
     srv.received = collections.deque(maxlen=20000)
+    srv.seen = collections.deque(maxlen=20000)
+    srv.early = ()
     return srv
 
 

@@ -1,58 +1,10 @@
-//! `cache::decode` on arbitrary shared-data bytes (another worker's, another plugin's, an older
-//! layout's), then the same bytes through `Memo::lookup` and `mark_revoked`.
-//! Properties: whatever decodes re-encodes to something that decodes to the same entry (a
-//! refusal always comes back as the revoked mark, the only refusal keygate writes); after
-//! `mark_revoked`, no lookup at that instant serves a `Valid` verdict.
-//!
-//! Input: the raw stored value (`KG2` + fresh_until_ms u64le + stale_until_ms u64le + tag, then
-//! the binding and the JSON identity when tag is 0, the revocation instant u64le otherwise).
+//! The `cache` fuzz target: `targets/cache.rs` on each input (what it checks is said there; a
+//! stable `cargo test` replays the seeds and reproducers through the same function).
 #![no_main]
 
 #[path = "../common/mod.rs"]
 mod common;
+#[path = "../targets/cache.rs"]
+mod target;
 
-use keygate::cache::{self, CachePolicy, Lookup, Memo};
-use keygate::hash::credential_id;
-use keygate::store::SharedStore;
-use keygate::verdict::{Refusal, Verdict};
-use libfuzzer_sys::fuzz_target;
-
-const NOW_MS: u64 = 1_800_000_000_000;
-
-fuzz_target!(|data: &[u8]| {
-    if let Some(e) = cache::decode(data) {
-        let back = cache::decode(&cache::encode(&e)).expect("an encoded entry must decode");
-        assert_eq!(
-            (back.fresh_until_ms, back.stale_until_ms),
-            (e.fresh_until_ms, e.stale_until_ms)
-        );
-        match &e.verdict {
-            // keygate only ever writes Valid (tag 0) and the revoked mark (tag 1).
-            Verdict::Valid(_) => assert_eq!(back.verdict, e.verdict, "round trip"),
-            Verdict::Refused(_) => assert_eq!(back.verdict, Verdict::Refused(Refusal::Revoked)),
-        }
-    }
-
-    let store = common::FuzzStore::default();
-    let id = credential_id(Some("alice"), "secret");
-    let key = cache::entry_key("kg", &id);
-    store.set(&key, data, 0);
-    let mut memo = Memo::default();
-    let before = memo.lookup(&store, || key.clone(), &id, Some("alice"), NOW_MS, 0);
-    if cache::decode(data).is_none() {
-        assert_eq!(before, Lookup::Miss);
-    }
-    // Second lookup hits the memo: it must agree with the first.
-    assert_eq!(memo.lookup(&store, || key.clone(), &id, Some("alice"), NOW_MS, 0), before);
-
-    let policy = CachePolicy::default();
-    cache::mark_revoked(&store, &key, &policy, NOW_MS);
-    {
-        match memo.lookup(&store, || key.clone(), &id, Some("alice"), NOW_MS, 0) {
-            Lookup::Fresh(Verdict::Valid(_)) | Lookup::Stale(Verdict::Valid(_)) => {
-                panic!("a revoked entry still serves Valid")
-            }
-            _ => {}
-        }
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| target::run(data));
