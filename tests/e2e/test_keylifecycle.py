@@ -182,6 +182,7 @@ def test_rotation_old_key_works_until_its_instant_then_401_from_the_feed(envoys,
                0.05, "the old key to be refused")
     refused_at = time.time()
     assert refused_at <= instant + 1 + POLL_MS / 1000 + 1.5
+    time.sleep(0.3)  # keygate's other worker may use its copy for shared_recheck_ms (250 ms)
     r = call(e, old["key"])
     assert r.status == 401 and r.json()["type"].endswith("credential-revoked"), r.body
     assert call(e, new["key"]).status == 200
@@ -300,3 +301,34 @@ def test_two_replicas_on_one_database_revoke_everywhere(upstream, postgres):
             e.stop()
         a.stop()
         b.stop()
+
+
+def test_a_refusal_written_by_the_cli_while_the_service_runs_reaches_keygate(upstream):
+    """The service remembers found keys for a second (SQLite); a user disabled from the command
+    line, another process, is still refused by keygate within its poll period, cached or not."""
+    import subprocess
+    from harness import key_service_bin
+    ks = KeyService(faults=False).start()
+    e = None
+    try:
+        e = Envoy(config(), upstream.port, extra_clusters=[ks.cluster()],
+                  routes=[("/v1/auth", "keyservice"), ("/v1/tokens", "keyservice")]).start().wait_feed_polled()
+        token = login(e)
+        key = new_business_key(e, token, "cli")["key"]
+        pat = call(e, token, "/v1/tokens/named", "POST", b'{"name":"p","lifetime_days":1}').json()["data"]["key"]
+        for _ in range(3):  # cached in keygate and remembered by the service
+            assert call(e, pat, "/api/records/contacts", user="alice").status == 200
+        r = subprocess.run([str(key_service_bin()), "--db", ks.db, "user", "disable", "alice"],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: call(e, pat, "/api/records/contacts", user="alice").status == 401,
+                   POLL_MS / 1000 + 1.5, 0.05, "the disabled user's token to be refused")
+        time.sleep(0.3)  # keygate's other worker may use its copy for shared_recheck_ms (250 ms)
+        for _ in range(5):  # and it stays refused (no answer from the service's memory)
+            assert call(e, pat, "/api/records/contacts", user="alice").status == 401
+            time.sleep(0.2)
+        assert call(e, key).status == 200  # the account's business key is not the user's
+    finally:
+        if e:
+            e.stop()
+        ks.stop()

@@ -295,6 +295,11 @@ pub async fn serve(app: Arc<App>, host: &str, port: u16) -> Result<(), String> {
                 if let Err(e) = app.store.promote_due(now).await {
                     eprintln!("keyservice: promoting rotated keys: {e}");
                 }
+                // notices refusals written by another process (the verify path's memory of
+                // lookups is emptied when the feed moved)
+                if let Err(e) = app.store.revocation_cursor().await {
+                    eprintln!("keyservice: reading the feed's cursor: {e}");
+                }
                 if now - purged_at >= 3_600 {
                     purged_at = now;
                     if let Err(e) = app.store.purge(now - app.cfg.retention_s).await {

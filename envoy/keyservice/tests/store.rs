@@ -443,6 +443,74 @@ async fn sqlite_behaves() {
     std::fs::remove_dir_all(dir).ok();
 }
 
+/// The SQLite store remembers found keys for a second: a refusal written by another process
+/// (the CLI) is noticed as soon as the feed's cursor is read, which happens before any feed
+/// answer and every second.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_memory_of_lookups_forgets_what_another_process_refused() {
+    let dir = tempdir("sqlite-memory");
+    let path = dir.join("keys.sqlite");
+    let service = store::open(path.to_str().unwrap()).await.unwrap();
+    let cli = store::open(path.to_str().unwrap()).await.unwrap();
+    let k = key("bk_m", Kind::Business, "acme", None, 1);
+    service.insert_key(&k, false).await.unwrap();
+    service.revocation_cursor().await.unwrap();
+    assert_eq!(
+        service
+            .key_by_hash(&k.key_hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .state(0),
+        State::Valid
+    );
+    // refused by another process: remembered for at most a second, until the cursor is read
+    cli.revoke("bk_m", "revoked", 5).await.unwrap();
+    let remembered = service.key_by_hash(&k.key_hash).await.unwrap().unwrap();
+    assert_eq!(
+        remembered.state(0),
+        State::Valid,
+        "the memory is what this test is about"
+    );
+    assert_eq!(service.revocation_cursor().await.unwrap(), 1);
+    assert_eq!(
+        service
+            .key_by_hash(&k.key_hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .state(0),
+        State::Revoked
+    );
+    // a write through the service itself forgets at once
+    let k2 = key("bk_m2", Kind::Business, "acme", None, 2);
+    service.insert_key(&k2, false).await.unwrap();
+    assert!(service.key_by_hash(&k2.key_hash).await.unwrap().is_some());
+    service.set_key_disabled("bk_m2", true, 6).await.unwrap();
+    assert_eq!(
+        service
+            .key_by_hash(&k2.key_hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .state(0),
+        State::Disabled
+    );
+    // and the memory lasts a second at most
+    cli.set_key_disabled("bk_m2", false, 7).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(
+        service
+            .key_by_hash(&k2.key_hash)
+            .await
+            .unwrap()
+            .unwrap()
+            .state(0),
+        State::Valid
+    );
+    std::fs::remove_dir_all(dir).ok();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn postgres_behaves_and_replicas_agree_on_one_feed() {
     let pg = Postgres::start();

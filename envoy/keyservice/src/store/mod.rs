@@ -6,6 +6,7 @@ use async_trait::async_trait;
 
 use crate::model::{Account, FeedEntry, KeyRecord, Kind, Session, User};
 
+pub mod cache;
 pub mod postgres;
 pub mod sqlite;
 
@@ -129,7 +130,12 @@ pub async fn open(db: &str) -> Result<std::sync::Arc<dyn Store>> {
     if db.starts_with("postgres://") || db.starts_with("postgresql://") {
         Ok(std::sync::Arc::new(postgres::PgStore::open(db).await?))
     } else {
-        Ok(std::sync::Arc::new(sqlite::SqliteStore::open(db)?))
+        let sqlite: std::sync::Arc<dyn Store> = std::sync::Arc::new(sqlite::SqliteStore::open(db)?);
+        Ok(std::sync::Arc::new(cache::CachedStore::new(
+            sqlite,
+            std::time::Duration::from_secs(1),
+            100_000,
+        )))
     }
 }
 
