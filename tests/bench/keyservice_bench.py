@@ -341,8 +341,10 @@ def main() -> int:
             wrk(port, random_lua, 2, args.connections, "1")
         for rnd in range(args.rounds):
             for name, (p, port, admin) in envoys.items():
+                time.sleep(1.5)  # keygate adds its counts to Envoy's on the worker's tick (<= 1 s)
                 calls0 = envoy_counter(admin, "keygate.keyservice.calls")
                 r = wrk(port, random_lua, args.seconds, args.connections, "1")
+                time.sleep(1.5)
                 r["calls_per_request"] = (envoy_counter(admin, "keygate.keyservice.calls") - calls0) / max(1, r["requests"])
                 e2e[name].append(r)
                 print(f"   round {rnd + 1} {name}: {r['rps']:.0f}/s p50 {r['p50_ms']:.2f} ms p99 {r['p99_ms']:.2f} ms "
@@ -356,10 +358,13 @@ def main() -> int:
         envoys = {"off": envoy(svcs["rust"], False, "flood-off"), "on": envoy(svcs["rust"], True, "flood-on")}
         for rnd in range(args.rounds):
             for name, (p, port, admin) in envoys.items():
+                time.sleep(1.5)  # calls still in flight from the run before land before the count starts
                 calls0, cpu0 = rust_verify_calls(svcs["rust"]), cpu_seconds(p.pid)
                 r = wrk(port, random_lua, args.seconds, args.connections, "1")
+                cpu1 = cpu_seconds(p.pid)
+                time.sleep(1.5)
                 r["service_calls"] = rust_verify_calls(svcs["rust"]) - calls0
-                r["envoy_cpu_ms_per_1k"] = (cpu_seconds(p.pid) - cpu0) * 1e6 / max(1, r["requests"])
+                r["envoy_cpu_ms_per_1k"] = (cpu1 - cpu0) * 1e6 / max(1, r["requests"])
                 flood[name].append(r)
                 print(f"   round {rnd + 1} key_format {name}: {r['rps']:.0f}/s, {r['service_calls']} service calls "
                       f"for {r['requests']} requests, Envoy {r['envoy_cpu_ms_per_1k']:.0f} ms CPU / 1k requests",

@@ -665,7 +665,7 @@ async fn verify(app: &App, c: &Call) -> ApiResult {
         .await?;
     Ok(json_response(
         StatusCode::OK,
-        verdict_json(rec.as_ref(), req.user.as_deref(), now_s()),
+        verdict_json(rec.as_deref(), req.user.as_deref(), now_s()),
         "application/json",
     ))
 }

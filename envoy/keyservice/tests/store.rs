@@ -59,7 +59,7 @@ async fn suite(s: Arc<dyn Store>) {
     let k1 = key("bk_1", Kind::Business, "acme", None, 10);
     assert!(s.insert_key(&k1, false).await.unwrap());
     assert_eq!(
-        s.key_by_hash(&k1.key_hash).await.unwrap().as_ref(),
+        s.key_by_hash(&k1.key_hash).await.unwrap().as_deref(),
         Some(&k1)
     );
     assert_eq!(s.key_by_id("bk_1").await.unwrap().as_ref(), Some(&k1));

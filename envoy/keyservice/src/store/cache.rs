@@ -22,7 +22,7 @@ use crate::model::{Account, FeedEntry, KeyRecord, Kind, Session, User};
 struct Memory {
     generation: u64,
     cursor: Option<i64>,
-    keys: HashMap<String, (KeyRecord, Instant)>,
+    keys: HashMap<String, (Arc<KeyRecord>, Instant)>,
 }
 
 pub struct CachedStore {
@@ -65,12 +65,12 @@ impl CachedStore {
 
 #[async_trait]
 impl Store for CachedStore {
-    async fn key_by_hash(&self, key_hash: &str) -> Result<Option<KeyRecord>> {
+    async fn key_by_hash(&self, key_hash: &str) -> Result<Option<Arc<KeyRecord>>> {
         let generation = {
             let m = self.mem();
             if let Some((rec, at)) = m.keys.get(key_hash) {
                 if at.elapsed() < self.ttl {
-                    return Ok(Some(rec.clone()));
+                    return Ok(Some(Arc::clone(rec)));
                 }
             }
             m.generation

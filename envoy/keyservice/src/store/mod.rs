@@ -49,7 +49,8 @@ pub struct KeyFilter<'a> {
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     // -- keys -------------------------------------------------------------------------------
-    async fn key_by_hash(&self, key_hash: &str) -> Result<Option<KeyRecord>>;
+    /// Shared: the verify path's answer is built from it without copying.
+    async fn key_by_hash(&self, key_hash: &str) -> Result<Option<std::sync::Arc<KeyRecord>>>;
     async fn key_by_id(&self, id: &str) -> Result<Option<KeyRecord>>;
     /// Stores a key; `Conflict` on a duplicate id or hash unless `ignore_existing` (then `false`).
     async fn insert_key(&self, rec: &KeyRecord, ignore_existing: bool) -> Result<bool>;

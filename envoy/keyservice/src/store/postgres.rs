@@ -245,8 +245,11 @@ fn key_params(k: &KeyRecord) -> (String, String, Option<String>) {
 
 #[async_trait]
 impl Store for PgStore {
-    async fn key_by_hash(&self, key_hash: &str) -> Result<Option<KeyRecord>> {
-        self.one_key("k.key_hash = $1", key_hash).await
+    async fn key_by_hash(&self, key_hash: &str) -> Result<Option<std::sync::Arc<KeyRecord>>> {
+        Ok(self
+            .one_key("k.key_hash = $1", key_hash)
+            .await?
+            .map(std::sync::Arc::new))
     }
 
     async fn key_by_id(&self, id: &str) -> Result<Option<KeyRecord>> {

@@ -285,8 +285,10 @@ impl SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn key_by_hash(&self, key_hash: &str) -> Result<Option<KeyRecord>> {
-        self.one_key(&self.by_hash, key_hash)
+    async fn key_by_hash(&self, key_hash: &str) -> Result<Option<std::sync::Arc<KeyRecord>>> {
+        Ok(self
+            .one_key(&self.by_hash, key_hash)?
+            .map(std::sync::Arc::new))
     }
 
     async fn key_by_id(&self, id: &str) -> Result<Option<KeyRecord>> {
