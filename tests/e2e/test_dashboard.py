@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -305,6 +306,19 @@ def test_csrf_from_another_origin_and_forms_without_the_token_are_refused(browse
     assert c["httpOnly"] and c["sameSite"] == "Strict" and c["path"] == "/dashboard"
 
 
+def session_of(ks, email: str, password: str) -> str:
+    """A session id from a login without a browser (the login form's own double-submit token)."""
+    import http.cookiejar
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    page = opener.open(f"{base(ks)}/dashboard/login", timeout=5).read().decode()
+    csrf = page.split('name="csrf" value="', 1)[1].split('"', 1)[0]
+    form = urllib.parse.urlencode({"csrf": csrf, "email": email, "password": password}).encode()
+    opener.open(urllib.request.Request(f"{base(ks)}/dashboard/login", data=form,
+                                       headers={"origin": base(ks)}), timeout=5).read()
+    return next(c.value for c in jar if c.name == "ks_session")
+
+
 def test_a_session_id_planted_before_login_is_worthless(browser, ks):
     d = browser
     d.get(base(ks) + "/dashboard/login")
@@ -316,6 +330,14 @@ def test_a_session_id_planted_before_login_is_worthless(browser, ks):
     req = urllib.request.Request(f"{base(ks)}/dashboard", headers={"cookie": f"ks_session={planted}"})
     with urllib.request.urlopen(req, timeout=5) as r:  # redirected to the login page
         assert r.url.endswith("/dashboard/login")
+    # a second session cookie planted beside the real one (another path, as a sibling domain
+    # could): an ambiguous session is no session, never the planted one
+    bob = session_of(ks, "bob@example.com", "bob-password")  # the attacker's own valid session
+    for both in (f"ks_session={now}; ks_session={bob}", f"ks_session={bob}; ks_session={now}"):
+        req = urllib.request.Request(f"{base(ks)}/dashboard", headers={"cookie": both})
+        with urllib.request.urlopen(req, timeout=5) as r:
+            assert r.url.endswith("/dashboard/login"), both
+            assert b"globex" not in r.read()
     # logging out ends the session on the server, not only in the browser
     d.find_element(By.ID, "logout").click()
     wait_until(lambda: d.current_url.endswith("/dashboard/login"), 5)

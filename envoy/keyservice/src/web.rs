@@ -10,7 +10,6 @@
 //! inline script); every page is `no-store`; logins go through the same throttle and argon2id
 //! check as the API.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -124,7 +123,7 @@ fn see_other(to: &'static str) -> Response {
     r
 }
 
-fn cookie(app: &App, name: &str, value: &str, max_age: i64) -> HeaderValue {
+fn set_cookie(app: &App, name: &str, value: &str, max_age: i64) -> HeaderValue {
     let secure = if app.cfg.secure_cookies {
         "; Secure"
     } else {
@@ -136,15 +135,20 @@ fn cookie(app: &App, name: &str, value: &str, max_age: i64) -> HeaderValue {
     HeaderValue::from_str(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
-fn cookies(headers: &HeaderMap) -> HashMap<String, String> {
-    headers
+/// The value of cookie `name`, or `None` when it is absent or sent more than once: a second
+/// cookie of that name (planted for a parent domain or another path) makes the request
+/// ambiguous, and an ambiguous session is no session.
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    let mut found = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
+        .filter(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string());
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
 }
 
 /// A POST from another origin is refused whatever it carries (browsers send `Origin` on POST).
@@ -199,7 +203,7 @@ struct Signed {
 /// The signed-in user, or `None` (no cookie, unknown or expired session, user or account
 /// disabled).
 async fn signed_in(app: &App, headers: &HeaderMap) -> Option<Signed> {
-    let id = cookies(headers).remove(SESSION_COOKIE)?;
+    let id = cookie(headers, SESSION_COOKIE)?;
     if id.len() != 64 {
         return None;
     }
@@ -410,8 +414,10 @@ fn login_form(app: &App, error: Option<String>, status: StatusCode) -> Response 
             pat_label: &app.cfg.pat_label,
         },
     );
-    r.headers_mut()
-        .append(header::SET_COOKIE, cookie(app, LOGIN_COOKIE, &csrf, 3_600));
+    r.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(app, LOGIN_COOKIE, &csrf, 3_600),
+    );
     r
 }
 
@@ -438,7 +444,7 @@ async fn login(
     if !same_origin(&headers) {
         return plain(StatusCode::FORBIDDEN, "cross-origin request refused");
     }
-    let pre = cookies(&headers).remove(LOGIN_COOKIE).unwrap_or_default();
+    let pre = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
     if !tokens_equal(&f.csrf, &pre) {
         return login_form(
             &app,
@@ -487,7 +493,7 @@ async fn login(
         return plain(StatusCode::INTERNAL_SERVER_ERROR, "no randomness");
     };
     let now = now_s();
-    if let Some(old) = cookies(&headers).remove(SESSION_COOKIE) {
+    if let Some(old) = cookie(&headers, SESSION_COOKIE) {
         let _ = app.store.delete_session(&sha256_hex(old.as_bytes())).await;
     }
     let s = Session {
@@ -511,10 +517,10 @@ async fn login(
     let mut r = see_other("/dashboard");
     r.headers_mut().append(
         header::SET_COOKIE,
-        cookie(&app, SESSION_COOKIE, &id, app.cfg.session_ttl_s),
+        set_cookie(&app, SESSION_COOKIE, &id, app.cfg.session_ttl_s),
     );
     r.headers_mut()
-        .append(header::SET_COOKIE, cookie(&app, LOGIN_COOKIE, "", 0));
+        .append(header::SET_COOKIE, set_cookie(&app, LOGIN_COOKIE, "", 0));
     r
 }
 
@@ -530,7 +536,7 @@ async fn logout(
     let _ = app.store.delete_session(&s.session.id_hash).await;
     let mut r = see_other("/dashboard/login");
     r.headers_mut()
-        .append(header::SET_COOKIE, cookie(&app, SESSION_COOKIE, "", 0));
+        .append(header::SET_COOKIE, set_cookie(&app, SESSION_COOKIE, "", 0));
     r
 }
 
@@ -726,6 +732,28 @@ mod tests {
         assert!(!same_origin(&h));
         h.insert(header::ORIGIN, HeaderValue::from_static("null"));
         assert!(!same_origin(&h));
+    }
+
+    #[test]
+    fn a_cookie_sent_twice_is_no_cookie() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; ks_session=abc; b=2"),
+        );
+        assert_eq!(cookie(&h, "ks_session").as_deref(), Some("abc"));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("ks_session=planted"),
+        );
+        assert_eq!(cookie(&h, "ks_session"), None);
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("ks_session=abc; ks_session=planted"),
+        );
+        assert_eq!(cookie(&h, "ks_session"), None);
+        assert_eq!(cookie(&h, "other"), None);
     }
 
     #[test]
