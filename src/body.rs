@@ -8,7 +8,9 @@
 //!   none at all: refused (PHP cuts the type at `;`, `,` or a space, Rack at `;` or `,`, so
 //!   `form, x/y+json` is a form to them and JSON to a reader of its end);
 //! - the charset: none, or UTF-8. Any other (ASP.NET Core decodes forms and JSON in UTF-16,
-//!   UTF-32, Latin-1 and more; UTF-7 reads `+AF8-id` as `_id`), or two of them: refused;
+//!   UTF-32, Latin-1 and more; UTF-7 reads `+AF8-id` as `_id`), two of them, or an RFC 2231
+//!   extended parameter (`charset*=utf-8''utf-7`, which Django 4.2 decodes the form with):
+//!   refused;
 //! - the content coding: none or `identity`. `gzip`, `deflate`, `br` and the rest are refused
 //!   (Express's body-parser and ASP.NET Core's request decompression inflate them; keygate would
 //!   read the compressed bytes);
@@ -21,7 +23,8 @@
 //! read as JSON too, and must be JSON (handlers that decode JSON whatever the type says: Go's
 //! `json.NewDecoder(r.Body)`, which also ignores what follows the first value, Flask's
 //! `get_json(force=True)`); a JSON object that names a member twice is refused (Go's gjson and
-//! fastjson and simdjson read the first, most others the last).
+//! fastjson and simdjson read the first, most others the last); a JSON number names a resource
+//! only as an integer within 2^53 (past it, JavaScript and Go's `interface{}` read another one).
 
 use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::Value;
@@ -109,6 +112,12 @@ fn media_type(v: &[u8]) -> Result<&[u8], &'static str> {
         if !is_token(name) {
             return Err(AMBIGUOUS);
         }
+        if name.contains(&b'*') {
+            // RFC 2231 / 8187 extended parameters: Django (4.2) reads `charset*=utf-8''utf-7`
+            // as the charset and decodes the body with it, Werkzeug and Go's `mime` decode
+            // them too; keygate would have read the form as UTF-8
+            return Err("the Content-Type has an extended parameter (`name*=`), which some readers decode into the body's charset");
+        }
         if name.eq_ignore_ascii_case(b"charset") {
             if charset {
                 return Err("the Content-Type names its charset twice");
@@ -175,7 +184,7 @@ pub fn owner_values(
     if body.contains(&0) {
         return Err("the body holds NUL bytes (UTF-16 or UTF-32 to readers that detect it, the end of a string to others)");
     }
-    let want = query::lenient_name(name.as_bytes()).unwrap_or_default();
+    let want = query::lenient_name(name.as_bytes());
     let looks_json = matches!(
         body.iter().find(|c| !c.is_ascii_whitespace()),
         Some(b'{' | b'[')
@@ -265,10 +274,10 @@ impl<'de> Visitor<'de> for UniqueMembers {
     }
 }
 
-/// Form fields (`&` and `;` separated, as the query): every field an upstream may take for the
+/// Form fields (split as the query is, `query::params_either`): every field an upstream may take for the
 /// owner parameter, its value read literally and with `+` as a space (both must be owned).
 fn form_values(want: &[u8], body: &[u8], out: &mut Vec<Vec<u8>>) {
-    for p in query::params_lenient(body) {
+    for p in query::params_either(body) {
         if !query::lenient_is(p.name, want) {
             continue;
         }
@@ -283,12 +292,26 @@ fn form_values(want: &[u8], body: &[u8], out: &mut Vec<Vec<u8>>) {
     }
 }
 
+/// The largest integer every JSON reader reads exactly: 2^53 - 1. JavaScript (Express) and Go's
+/// `interface{}` decoding read numbers as doubles: 9007199254740993 is 9007199254740992 to them.
+const EXACT_INTEGERS: u64 = (1 << 53) - 1;
+
 fn json_values(v: &Value, depth: usize, out: &mut Vec<Vec<u8>>) {
     match v {
         Value::String(s) => out.push(s.as_bytes().to_vec()),
-        Value::Number(n) => out.push(n.to_string().into_bytes()),
+        // an integer every reader reads as the same number names that resource; a fraction, an
+        // exponent or an integer past 2^53 reads differently (`1.0` is `1` to PHP and
+        // JavaScript, big integers round): no resource
+        Value::Number(n)
+            if n.as_u64().is_some_and(|u| u <= EXACT_INTEGERS)
+                || n.as_i64()
+                    .is_some_and(|i| i.unsigned_abs() <= EXACT_INTEGERS) =>
+        {
+            out.push(n.to_string().into_bytes())
+        }
         Value::Array(a) if depth == 0 => a.iter().for_each(|x| json_values(x, 1, out)),
-        // null, booleans, objects, nested arrays: the upstream's reading is anyone's guess
+        // null, booleans, objects, nested arrays, other numbers: the upstream's reading is
+        // anyone's guess
         _ => out.push(b"\0not-a-resource".to_vec()),
     }
 }
@@ -359,6 +382,10 @@ mod tests {
             b"application/x-www-form-urlencoded; charset=utf-7",
             b"application/x-www-form-urlencoded; charset=utf-8; charset=utf-16",
             b"application/x-www-form-urlencoded; CHARSET=\"utf-16\"",
+            // RFC 2231 extended parameters (Django 4.2 decodes the form in that charset)
+            b"application/x-www-form-urlencoded; charset*=utf-8''utf-7",
+            b"application/x-www-form-urlencoded; charset=utf-8; charset*=utf-8''cp037",
+            b"application/json; charset*0=utf-16",
             // types keygate does not read
             b"multipart/form-data; boundary=x",
             b"text/plain",
@@ -457,6 +484,33 @@ mod tests {
         assert!(owner_values("_id", Reading::Form, b"_\x00i\x00d\x00=\x00v\x00").is_err());
         assert!(owner_values("_id", Reading::Form, b"").unwrap().is_empty());
         assert!(owner_values("_id", Reading::Json, b"").unwrap().is_empty());
+    }
+
+    #[test]
+    fn json_numbers_name_a_resource_only_as_every_reader_reads_them() {
+        assert_eq!(
+            strs(values(Reading::Json, r#"{"_id":9007199254740991}"#).unwrap()),
+            ["9007199254740991"]
+        );
+        assert_eq!(
+            strs(values(Reading::Json, r#"{"_id":-42}"#).unwrap()),
+            ["-42"]
+        );
+        for body in [
+            r#"{"_id":9007199254740993}"#,
+            r#"{"_id":-9007199254740993}"#,
+            r#"{"_id":18446744073709551615}"#,
+            r#"{"_id":1.0}"#,
+            r#"{"_id":1e2}"#,
+            r#"{"_id":[7, 9007199254740993]}"#,
+        ] {
+            let got = values(Reading::Json, body).unwrap();
+            assert!(
+                got.iter().any(|v| v.starts_with(b"\0")),
+                "{body}: {:?}",
+                strs(got)
+            );
+        }
     }
 
     #[test]

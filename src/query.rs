@@ -22,6 +22,35 @@ pub fn percent_decode(raw: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// Percent-decodes `raw` as the lenient readers do (PHP's `urldecode`, Python's `unquote`,
+/// ASP.NET Core, Node's `querystring`): an escape that is not `%` and two hex digits stays as
+/// it is, the rest is decoded. So PHP reads `_id%00%zz` as `_id` (decoded, then cut at the NUL).
+pub fn percent_decode_lenient(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let c = raw[i];
+        let escape = (c == b'%')
+            .then(|| {
+                let hi = raw.get(i + 1).copied().and_then(hex_val)?;
+                let lo = raw.get(i + 2).copied().and_then(hex_val)?;
+                Some((hi << 4) | lo)
+            })
+            .flatten();
+        match escape {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
+}
+
 /// Splits a `:path` into (path, query) at the first `?`. The fragment never reaches a proxy.
 pub fn split_path(path: &[u8]) -> (&[u8], Option<&[u8]>) {
     match path.iter().position(|&c| c == b'?') {
@@ -44,6 +73,14 @@ pub fn params(query: &[u8]) -> impl Iterator<Item = Param<'_>> {
 /// and older Rails, Perl's CGI, some Java containers).
 pub fn params_lenient(query: &[u8]) -> impl Iterator<Item = Param<'_>> {
     pairs(query, |c| c == b'&' || c == b';')
+}
+
+/// The pairs of a query string (or a form) under either split: at `&` and `;`
+/// (`params_lenient`), and at `&` alone (PHP, Go, Python, Node, Java, .NET) where that gives
+/// another value, i.e. for pairs whose value holds a `;`.
+pub fn params_either(query: &[u8]) -> impl Iterator<Item = Param<'_>> {
+    params_lenient(query)
+        .chain(params(query).filter(|p| p.value.is_some_and(|v| v.contains(&b';'))))
 }
 
 fn pairs(query: &[u8], is_sep: fn(u8) -> bool) -> impl Iterator<Item = Param<'_>> {
@@ -71,14 +108,15 @@ pub fn name_is(raw: &[u8], name: &str) -> bool {
 }
 
 /// A parameter name as the most lenient frameworks read it, so that every spelling an upstream
-/// may take for `name` compares equal: percent- and form-decoded (`+` is a space), read up to its
+/// may take for `name` compares equal: percent- and form-decoded (`+` is a space; an escape that
+/// does not decode kept as it is, as PHP and most others keep it), read up to its
 /// first NUL (PHP and other C-string readers stop there: `_id%00x` is `_id`), leading whitespace
 /// and control bytes dropped (PHP), other control bytes dropped wherever they are, an array
 /// suffix dropped (`_id[]`, `_id[0]`: PHP, Rack, Rails), `.`, space and `[` turned into `_`
 /// (PHP), case folded as .NET's and Java's case-insensitive comparisons fold it: ASCII, and the
 /// four letters outside ASCII whose case mapping lands in it (`İ`, `ı`, `ſ`, the Kelvin sign:
-/// `_ıd` is `_ID` to ASP.NET Core). `None` when the name does not decode.
-pub fn lenient_name(raw: &[u8]) -> Option<Vec<u8>> {
+/// `_ıd` is `_ID` to ASP.NET Core).
+pub fn lenient_name(raw: &[u8]) -> Vec<u8> {
     lenient(raw, true, Brackets::Php)
 }
 
@@ -109,17 +147,17 @@ pub fn lenient_is(raw: &[u8], want: &[u8]) -> bool {
     ]
     .into_iter()
     .filter(|&(cut, b)| (cut || nul) && (b == Brackets::Php || brackets))
-    .any(|(cut, b)| lenient(raw, cut, b).is_some_and(|n| n == want))
+    .any(|(cut, b)| lenient(raw, cut, b) == want)
 }
 
 /// `lenient_name`, the readings chosen: `cut` reads up to the first NUL, else NULs are dropped
 /// like the other control bytes; `brackets` as PHP or as Rack reads them.
-fn lenient(raw: &[u8], cut: bool, brackets: Brackets) -> Option<Vec<u8>> {
+fn lenient(raw: &[u8], cut: bool, brackets: Brackets) -> Vec<u8> {
     let plus: Vec<u8> = raw
         .iter()
         .map(|&c| if c == b'+' { b' ' } else { c })
         .collect();
-    let mut d = percent_decode(&plus)?;
+    let mut d = percent_decode_lenient(&plus);
     if cut {
         if let Some(nul) = d.iter().position(|&c| c == 0) {
             d.truncate(nul);
@@ -159,7 +197,7 @@ fn lenient(raw: &[u8], cut: bool, brackets: Brackets) -> Option<Vec<u8>> {
             other => *c = other.to_ascii_lowercase(),
         }
     }
-    Some(d)
+    d
 }
 
 /// The letters outside ASCII whose simple case mapping (UnicodeData) is an ASCII letter, as
@@ -241,7 +279,7 @@ mod tests {
 
     #[test]
     fn names_cut_at_nul_and_stripped_of_control_bytes() {
-        let want = lenient_name(b"_id").unwrap();
+        let want = lenient_name(b"_id");
         for raw in [
             &b"_id"[..],
             b"_id%00",
@@ -267,6 +305,11 @@ mod tests {
             b"_id]",
             b"_id[",
             b"[_id][x]",
+            // PHP decodes what decodes, keeps the rest, then cuts at the NUL
+            b"_id%00%zz",
+            b"_id%00%",
+            b"_id%00%4",
+            b"+_id%00%G0",
         ] {
             assert!(lenient_is(raw, &want), "{}", String::from_utf8_lossy(raw));
         }
@@ -276,13 +319,15 @@ mod tests {
             b"_i",
             b"id",
             b"_id%zz",
+            b"%zz_id",
+            b"_id%",
             b"%00",
             b"_i%C4d",
         ] {
             assert!(!lenient_is(raw, &want), "{}", String::from_utf8_lossy(raw));
         }
         // the Kelvin sign and the long s
-        let key = lenient_name(b"_keys").unwrap();
+        let key = lenient_name(b"_keys");
         assert!(lenient_is(b"_%E2%84%AAey%C5%BF", &key));
         // JSON member names arrive decoded: a raw NUL cuts them too
         assert!(lenient_is(b"_id\0victim", &want));
@@ -296,9 +341,7 @@ mod tests {
         fn lenient_names_never_grow(raw in proptest::collection::vec(proptest::num::u8::ANY, 0..24)) {
             for cut in [true, false] {
                 for b in [Brackets::Php, Brackets::Rack] {
-                    if let Some(n) = lenient(&raw, cut, b) {
-                        proptest::prop_assert!(n.len() <= raw.len());
-                    }
+                    proptest::prop_assert!(lenient(&raw, cut, b).len() <= raw.len());
                 }
             }
         }

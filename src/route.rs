@@ -48,13 +48,21 @@ pub enum OwnerBody {
 
 /// The values the cookies give for the owner parameter `name`, read as the frameworks that merge
 /// cookies into request parameters read them (PHP's `$_REQUEST` under its default
-/// `variables_order`, classic ASP.NET's `Request[...]`): pairs split at `;` and `,`, names as the
+/// `variables_order`, classic ASP.NET's `Request[...]`): pairs split at `;` and `,` and at `;`
+/// alone, names as the
 /// query's (`query::lenient_is`), each value literally, percent-decoded (with `+` as a space, as
 /// PHP's `urldecode`), and without surrounding quotes (Go, Python). Every one must be owned.
 pub fn owner_values_in_cookies(name: &str, cookies: &[u8]) -> Vec<Vec<u8>> {
-    let want = query::lenient_name(name.as_bytes()).unwrap_or_default();
+    let want = query::lenient_name(name.as_bytes());
     let mut out = Vec::new();
-    for pair in cookies.split(|&c| c == b';' || c == b',') {
+    // split at `;` and `,` (PHP 5, classic ASP.NET), and at `;` alone (PHP 7+, Go, Python): a
+    // value holding `,` is another value to the second
+    let either = cookies.split(|&c| c == b';' || c == b',').chain(
+        cookies
+            .split(|&c| c == b';')
+            .filter(|pair| pair.contains(&b',')),
+    );
+    for pair in either {
         let (n, v) = match pair.iter().position(|&c| c == b'=') {
             Some(i) => (&pair[..i], &pair[i + 1..]),
             None => (pair, &b""[..]),
@@ -157,10 +165,10 @@ pub enum Ownership {
 /// Checks every value the request gives for the owner attribute against the identity's list.
 ///
 /// `path` is the canonical path (decoded), `query` the raw query string. The query is read the
-/// way the most lenient upstream reads it (`query::params_lenient`, `query::lenient_is`): every
-/// spelling of the parameter an upstream may take for it (`_ID`, ` _id`, `_id[]`, `;_id=`,
-/// `_id%00x`) must name an owned resource, under both decodings of `+` (literal, and a space as
-/// in forms).
+/// way every upstream may read it (`query::params_either`, `query::lenient_is`): every spelling
+/// of the parameter an upstream may take for it (`_ID`, ` _id`, `_id[]`, `;_id=`, `_id%00x`)
+/// must name an owned resource, under both decodings of `+` (literal, and a space as in forms),
+/// and split at `;` or not (`_id=a1;x` is `a1` to Rack, `a1;x` to PHP).
 pub fn check_owner(
     owner: &Owner,
     path: &[u8],
@@ -172,14 +180,14 @@ pub fn check_owner(
     let has = |v: &[u8]| owned.iter().any(|o| o.as_bytes() == v);
     match &owner.source {
         OwnerSource::Query(name) => {
-            let want = query::lenient_name(name.as_bytes()).unwrap_or_default();
+            let want = query::lenient_name(name.as_bytes());
             // what the body gives for it (`body::owner_values`) must be owned as well
             let from_body = body.unwrap_or_default();
             if from_body.iter().any(|v| !has(v)) {
                 return Ownership::NotOwned;
             }
             let mut named = !from_body.is_empty();
-            for p in query.map(query::params_lenient).into_iter().flatten() {
+            for p in query.into_iter().flat_map(query::params_either) {
                 if !query::name_is(p.name, name) && !query::lenient_is(p.name, &want) {
                     continue;
                 }
@@ -304,6 +312,12 @@ mod tests {
             "/e?_id=a1&_%C4%B1d=victim",
             "/e?_ID=victim",
             "/e?_id=a+2",
+            // PHP decodes what decodes and cuts at the NUL: `_id`
+            "/e?_id=a1&_id%00%zz=victim",
+            "/e?_id=a1&_id%00%=victim",
+            // `a1;x` to readers that split at `&` only (PHP, Go, Python, Node)
+            "/e?_id=a1;x",
+            "/e?_id=a1;_id=a1",
         ] {
             assert_eq!(owns(&q, p.as_bytes()), Ownership::NotOwned, "{p}");
         }
@@ -324,6 +338,9 @@ mod tests {
             "the quoted value as PHP keeps it"
         );
         assert!(v("_id%00=x").contains(&b"x".to_vec()));
+        // PHP 7+ splits cookies at `;` only: `a1,x` is one value to it
+        assert!(v("_id=a1,x").contains(&b"a1,x".to_vec()));
+        assert!(v("_id=a1, theme=dark").contains(&b"a1, theme=dark".to_vec()));
         assert!(v(" _id=a+2").contains(&b"a 2".to_vec()));
         let q = Owner {
             source: OwnerSource::Query("_id".into()),

@@ -382,25 +382,109 @@ fn yaml_to_json(y: &yaml_rust2::Yaml) -> Result<serde_json::Value, String> {
 }
 
 fn check_file(name: &str, bytes: &[u8], strict: bool) -> bool {
-    match configurations(name, bytes) {
-        Err(e) => {
-            println!("{name}: {e}");
-            false
-        }
-        Ok(found) => {
-            let mut ok = true;
-            for f in found {
-                ok &= match f.json {
-                    Ok(json) => check(&f.place, &json, strict),
-                    Err(e) => {
-                        println!("{}: {e}", f.place);
-                        false
-                    }
-                };
+    // YAML that Kubernetes (YAML 1.1) or Envoy (yaml-cpp) reads otherwise than this tool
+    let mut ambiguous_ok = true;
+    if serde_json::from_slice::<serde_json::Value>(bytes).is_err() {
+        if let Ok(text) = std::str::from_utf8(bytes) {
+            for (line, value, other) in yaml_ambiguities(text) {
+                eprintln!("{name}: line {line}: `{value}` is {other} to Kubernetes (YAML 1.1, which decodes a WasmPlugin's pluginConfig), not what this check read (YAML 1.2): quote it, or write what you mean");
+                ambiguous_ok = !strict;
             }
-            ok
+            if !ambiguous_ok {
+                println!("{name}: refused under --strict: plain YAML scalars read two ways");
+            }
         }
     }
+    ambiguous_ok
+        & match configurations(name, bytes) {
+            Err(e) => {
+                println!("{name}: {e}");
+                false
+            }
+            Ok(found) => {
+                let mut ok = true;
+                for f in found {
+                    ok &= match f.json {
+                        Ok(json) => check(&f.place, &json, strict),
+                        Err(e) => {
+                            println!("{}: {e}", f.place);
+                            false
+                        }
+                    };
+                }
+                ok
+            }
+        }
+}
+
+/// The plain scalars of a YAML text that this tool (yaml-rust2, YAML 1.2) reads otherwise than
+/// Kubernetes (sigs.k8s.io/yaml: go-yaml, YAML 1.1), which decodes an Istio WasmPlugin's
+/// `pluginConfig`: `(line, value, what YAML 1.1 makes of it)`.
+/// `query_param: off` is the parameter `off` here and no query credential there; `window_s: 060`
+/// is 60 here and 48 there.
+fn yaml_ambiguities(text: &str) -> Vec<(usize, String, &'static str)> {
+    use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+    use yaml_rust2::scanner::{Marker, TScalarStyle};
+    struct Found(Vec<(usize, String, &'static str)>);
+    impl MarkedEventReceiver for Found {
+        fn on_event(&mut self, ev: Event, mark: Marker) {
+            if let Event::Scalar(v, TScalarStyle::Plain, _, None) = ev {
+                if let Some(other) = yaml11_reading(&v) {
+                    self.0.push((mark.line(), v, other));
+                }
+            }
+        }
+    }
+    let mut found = Found(Vec::new());
+    // a text that does not parse is reported by `configurations`
+    let _ = Parser::new_from_str(text).load(&mut found, true);
+    found.0
+}
+
+/// What YAML 1.1 makes of a plain scalar that YAML 1.2 (this tool) reads as a string or as
+/// another number, or `None` when both read it alike.
+fn yaml11_reading(v: &str) -> Option<&'static str> {
+    const BOOLS: [&str; 16] = [
+        "y", "Y", "yes", "Yes", "YES", "on", "On", "ON", "n", "N", "no", "No", "NO", "off", "Off",
+        "OFF",
+    ];
+    if BOOLS.contains(&v) {
+        return Some("a boolean");
+    }
+    if v == "Null" || v == "NULL" {
+        return Some("null");
+    }
+    let digits = v.strip_prefix(['-', '+']).unwrap_or(v);
+    let all = |s: &str, f: fn(char) -> bool| !s.is_empty() && s.chars().all(f);
+    if digits.len() > 1 && digits.starts_with('0') && all(digits, |c| c.is_ascii_digit()) {
+        return Some("an octal number");
+    }
+    if let Some(rest) = digits.strip_prefix("0o") {
+        if all(rest, |c| c.is_digit(8)) {
+            return Some("a string");
+        }
+    }
+    if let Some(rest) = digits.strip_prefix("0b") {
+        if all(rest, |c| c == '0' || c == '1' || c == '_') {
+            return Some("a binary number");
+        }
+    }
+    if digits.contains('_')
+        && all(digits, |c| {
+            c.is_ascii_hexdigit() || matches!(c, '_' | '.' | 'x')
+        })
+    {
+        return Some("a number");
+    }
+    if digits.contains(':')
+        && digits.starts_with(|c: char| c.is_ascii_digit())
+        && all(digits, |c| {
+            c.is_ascii_digit() || matches!(c, ':' | '.' | '_')
+        })
+    {
+        return Some("a base-60 number");
+    }
+    None
 }
 
 fn main() -> ExitCode {

@@ -666,7 +666,7 @@ impl Gate {
             Unchecked::Unreadable => (500, "keygate could not read the request's body", vec![]),
             Unchecked::Trailers => (
                 400,
-                "the request's trailers would change how its body reads (content-type, content-encoding, a method override)",
+                "the request's trailers would change how it reads (content-type, content-encoding, a method override, a cookie)",
                 vec![],
             ),
         };
@@ -682,7 +682,8 @@ impl Gate {
     /// headers and the fail-open marker in every spelling, and with `hide_from_upstream` the
     /// credential carriers, as in the headers: an upstream that merges trailers into headers,
     /// such as Apache httpd's `MergeTrailers`, would read them), and whether one would change how
-    /// a held body reads (`content-type`, `content-encoding`, a method override).
+    /// a held request reads (`content-type`, `content-encoding`, a method override, a `cookie`
+    /// naming parameters).
     pub fn trailers<'a>(&self, pairs: &[(&'a str, &[u8])]) -> (Vec<&'a str>, bool) {
         let idh = self.cfg.identity_headers.names();
         let c = &self.cfg.credentials;
@@ -700,7 +701,12 @@ impl Gate {
                 }
             } else if matches!(
                 d,
-                "content-type" | "content-encoding" | "content-length" | "transfer-encoding"
+                "content-type"
+                    | "content-encoding"
+                    | "content-length"
+                    | "transfer-encoding"
+                    // a cookie merged into the headers is a parameter to PHP's $_REQUEST
+                    | "cookie"
             ) || is_method_override(d)
             {
                 changes_body = true;

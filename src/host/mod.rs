@@ -179,6 +179,15 @@ enum Call {
     Revocations,
 }
 
+/// A body held for its owner check: what the check needs, and how the hold began.
+struct HeldBody {
+    check: BodyCheck,
+    id: Rc<Identity>,
+    /// The hold began as a paused request resumed (its verdict came from a key-service or
+    /// fleet call): Envoy hands over what it buffered meanwhile, trailers included, in one go.
+    resumed: bool,
+}
+
 struct Plugin {
     root_id: u32,
     gate: Rc<Gate>,
@@ -193,7 +202,13 @@ struct Plugin {
     response_headers: HashMap<u32, (RateHeaders, u64), BuildHasherDefault<TagHasher>>,
     /// Requests whose body an owner check reads when it is in (`Allow::body`), with their
     /// identity: bounded, ended (never forgotten) when overdue (`crate::held`).
-    held: Held<(BodyCheck, Rc<Identity>)>,
+    held: Held<HeldBody>,
+    /// Streams whose held body passed its check at trailers that arrived while the request was
+    /// paused: let on from the next tick, outside Envoy's resumption (`on_request_trailers`).
+    /// Each came out of `held`, so they are as many as it holds at most.
+    resume_soon: Vec<u32>,
+    /// The tick period was set to 1 ms for `resume_soon`: the next tick sets it back.
+    fast_tick: bool,
     /// When a full `held` was last swept to make room (at most every `ROOM_SWEEP_MS`).
     room_swept_ms: u64,
     /// gRPC-Web denials sent and the `content-type` their response must carry: Envoy drops it
@@ -320,6 +335,8 @@ pub extern "C" fn proxy_on_configure(root_id: u32, size: usize) -> u32 {
         calls: HashMap::new(),
         response_headers: HashMap::default(),
         held: Held::new(cfg_bodies.max_held, cfg_bodies.timeout_ms),
+        resume_soon: Vec::new(),
+        fast_tick: false,
         room_swept_ms: 0,
         web_replies: Vec::new(),
         throttle,
@@ -450,11 +467,17 @@ impl Plugin {
                     if self.held.is_full() {
                         self.make_room(ctx);
                     }
-                    if let Err((check, id)) = self.held.hold(ctx, (check, id), self.now) {
-                        let d =
-                            self.gate
-                                .clone()
-                                .body_unchecked(&check, Some(&id), Unchecked::NoRoom);
+                    let held = HeldBody {
+                        check,
+                        id,
+                        resumed: resume,
+                    };
+                    if let Err(h) = self.held.hold(ctx, held, self.now) {
+                        let d = self.gate.clone().body_unchecked(
+                            &h.check,
+                            Some(&h.id),
+                            Unchecked::NoRoom,
+                        );
                         return self.apply(ctx, d, resume);
                     }
                 }
@@ -513,7 +536,7 @@ impl Plugin {
         if !end_of_stream && size <= MAX_OWNER_BODY {
             return ACTION_PAUSE; // StopIterationAndBuffer
         }
-        let Some((check, id)) = self.held.take(ctx) else {
+        let Some(h) = self.held.take(ctx) else {
             return ACTION_CONTINUE;
         };
         self.now = now_ms();
@@ -522,7 +545,7 @@ impl Plugin {
             0,
             size.min(MAX_OWNER_BODY + 1),
         );
-        self.check_held(ctx, &check, &id, body)
+        self.check_held(ctx, &h.check, &h.id, body)
     }
 
     /// The held body is complete (`body`: what the host handed over, `None` if nothing): the
@@ -568,17 +591,59 @@ impl Plugin {
         for n in &remove {
             abi::remove_header(abi::MapType::RequestTrailers, n);
         }
-        let Some((check, id)) = self.held.take(ctx) else {
+        let Some(h) = self.held.take(ctx) else {
             return ACTION_CONTINUE;
         };
         self.now = now_ms();
         if changes_body {
             note_ended(ctx);
-            let d = gate.body_unchecked(&check, Some(&id), Unchecked::Trailers);
+            let d = gate.body_unchecked(&h.check, Some(&h.id), Unchecked::Trailers);
             return self.apply(ctx, d, false);
         }
         let body = abi::get_buffer(abi::BufferType::HttpRequestBody, 0, MAX_OWNER_BODY + 1);
-        self.check_held(ctx, &check, &id, body)
+        let action = self.check_held(ctx, &h.check, &h.id, body);
+        if action == ACTION_CONTINUE && h.resumed {
+            // The body passed, but these trailers may be Envoy's own resumption of the paused
+            // request (they came before the verdict): continuing from inside it, Envoy skips
+            // the body for every filter after keygate and hands it to the router after the
+            // trailers (measured in Envoy 1.40: the upstream got an empty body; behind the
+            // buffer filter, `content-length: 0` and then the body's raw bytes, a request of
+            // their own to the upstream). So the request stops here and goes on from the next
+            // tick, made to come at once, outside that resumption: the body then reaches the
+            // filters after keygate before the trailers, as when it had no pause.
+            self.resume_soon.push(ctx);
+            self.fast_tick = true;
+            abi::set_tick_period_ms(1);
+            return ACTION_PAUSE;
+        }
+        action
+    }
+
+    /// Lets on the streams of `resume_soon` that are still there. Leaves the effective context
+    /// wherever it was last set: the caller restores it.
+    fn resume_pending(&mut self) {
+        for ctx in std::mem::take(&mut self.resume_soon) {
+            if abi::set_effective_context(ctx) {
+                abi::continue_request();
+            }
+        }
+    }
+
+    /// The tick period outside `resume_soon`'s one fast tick: fast until the revocation feed's
+    /// cursor is known, then `min(poll_ms, the metrics period)` (see `tick`).
+    fn tick_period_ms(&self) -> u32 {
+        match self.gate.cfg.key_service.as_ref() {
+            Some(ks) if ks.revocations_path.is_some() => {
+                if self.steady_ticks {
+                    u32::try_from(ks.poll_ms)
+                        .unwrap_or(u32::MAX)
+                        .min(METRICS_FLUSH_MS)
+                } else {
+                    STARTUP_TICK_MS
+                }
+            }
+            _ => METRICS_FLUSH_MS,
+        }
     }
 
     /// Makes room in a full table of held bodies: streams that are gone leave it, overdue ones
@@ -602,15 +667,15 @@ impl Plugin {
             return;
         }
         for ctx in self.held.overdue(now) {
-            let Some((check, id)) = self.held.take(ctx) else {
+            let Some(h) = self.held.take(ctx) else {
                 continue;
             };
             if abi::set_effective_context(ctx) {
                 note_ended(ctx);
-                let d = self
-                    .gate
-                    .clone()
-                    .body_unchecked(&check, Some(&id), Unchecked::TimedOut);
+                let d =
+                    self.gate
+                        .clone()
+                        .body_unchecked(&h.check, Some(&h.id), Unchecked::TimedOut);
                 self.apply(ctx, d, false);
             }
         }
@@ -1061,6 +1126,7 @@ impl Plugin {
     /// response, a call it waits on).
     fn holds(&self, ctx: u32) -> bool {
         self.held.contains(ctx)
+            || self.resume_soon.contains(&ctx)
             || self.response_headers.contains_key(&ctx)
             || self.flights.is_waiting(ctx)
     }
@@ -1069,21 +1135,22 @@ impl Plugin {
     fn idle(&self) -> bool {
         self.calls.is_empty()
             && self.held.is_empty()
+            && self.resume_soon.is_empty()
             && self.response_headers.is_empty()
             && self.fleet.is_empty()
     }
 
     fn on_response_headers(&mut self, ctx: u32) -> u32 {
-        if let Some((check, id)) = self.held.take(ctx) {
+        if let Some(h) = self.held.take(ctx) {
             // the upstream answered on the headers alone, before the body was in and checked:
             // its answer does not reach the client
             self.now = now_ms();
             self.response_headers.remove(&ctx);
             note_ended(ctx);
-            let d = self
-                .gate
-                .clone()
-                .body_unchecked(&check, Some(&id), Unchecked::UpstreamFirst);
+            let d =
+                self.gate
+                    .clone()
+                    .body_unchecked(&h.check, Some(&h.id), Unchecked::UpstreamFirst);
             return self.apply(ctx, d, false);
         }
         if let Some((rate, _)) = self.response_headers.remove(&ctx) {
@@ -1167,7 +1234,12 @@ pub extern "C" fn proxy_on_tick(root: u32) {
         let retired = vm.is_retired(root);
         let now = now_ms();
         if let Some(p) = vm.root(root) {
-            // held bodies: the overdue ended, those of streams gone forgotten
+            // held bodies: checked ones let on, the overdue ended, those of streams gone forgotten
+            p.resume_pending();
+            if std::mem::take(&mut p.fast_tick) {
+                abi::set_effective_context(root);
+                abi::set_tick_period_ms(p.tick_period_ms());
+            }
             p.sweep_held(now, HELD_PROBE_AFTER_MS);
             abi::set_effective_context(root);
             if retired {
@@ -1180,6 +1252,7 @@ pub extern "C" fn proxy_on_tick(root: u32) {
         // any root's tick sweeps: Envoy may stop ticking a replaced root before it is idle
         if vm.has_retired() {
             vm.sweep(|p| {
+                p.resume_pending();
                 p.sweep_held(now, HELD_PROBE_AFTER_MS);
                 abi::set_effective_context(root);
                 let idle = p.idle();

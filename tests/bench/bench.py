@@ -108,6 +108,7 @@ CLIENT_CPU = "1"  # wrk, the ext_authz authorizer and the key service
 # --------------------------------------------------------------------------------------------
 
 BENCH_KEY = "bench-key-0001"  # plan "big": allowed, the bucket and headers are exercised
+BASIC_KEY = "bench-key-basic"  # the same, as user alice's Basic password (a key with a `user` is that only)
 LIMITED_KEY = "bench-key-limited"  # plan "tiny": 1 request a day, then always 429
 UNKNOWN_KEY = "bench-key-unknown"  # not in the store: 401
 REMOTE_KEY = "kg_bench_remote_0001"  # created in the key service at start (plan "big")
@@ -124,7 +125,8 @@ def basic(user: str, password: str) -> str:
 
 KEYGATE_CONFIG = {
     "keys": [
-        {"id": "bench", "sha256": sha256_hex(BENCH_KEY), "user": "alice", "account": "acme", "plan": "big"},
+        {"id": "bench", "sha256": sha256_hex(BENCH_KEY), "account": "acme", "plan": "big"},
+        {"id": "basic", "sha256": sha256_hex(BASIC_KEY), "user": "alice", "account": "acme", "plan": "big"},
         {"id": "slow", "sha256": sha256_hex(LIMITED_KEY), "account": "acme", "plan": "tiny"},
     ],
     "rate_limit": {
@@ -231,7 +233,7 @@ KEYGATE_SCENARIOS: list[dict] = [
     {"name": "kg_header", "headers": {"X-API-Key": BENCH_KEY}, "expect_headers": RATELIMIT_HEADERS},
     {"name": "kg_bearer", "headers": {"Authorization": f"Bearer {BENCH_KEY}"},
      "expect_headers": RATELIMIT_HEADERS},
-    {"name": "kg_basic", "headers": {"Authorization": basic("alice", BENCH_KEY)},
+    {"name": "kg_basic", "headers": {"Authorization": basic("alice", BASIC_KEY)},
      "expect_headers": RATELIMIT_HEADERS},
     {"name": "kg_query", "path": f"/bench?_apikey={BENCH_KEY}", "expect_headers": RATELIMIT_HEADERS},
     # The same request, keygate configured lean: the key-id identity header only, no rate-limit
