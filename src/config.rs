@@ -25,6 +25,7 @@ use crate::path::PathPolicy;
 use crate::problem::{Dialect, Dialects, Kind, MemberValue};
 use crate::ratelimit::{Limit, Scope};
 use crate::route::{Access, Owner, OwnerBody, OwnerSource, PathMatch, Route};
+use crate::state_key::{self, Origin, Tier};
 use crate::throttle::ThrottleConfig;
 use crate::verdict::Identity;
 
@@ -59,6 +60,11 @@ pub enum ResetStyle {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
     pub name: String,
+    /// A plan of `rate_limit.plans`, or `rate_limit.default` (its state is named apart, see
+    /// `state_key`).
+    pub origin: Origin,
+    /// The start of the shared-data keys of its local counts (`state_key::stem`).
+    pub stem: String,
     pub limit: Limit,
     pub scope: Scope,
     pub algorithm: Algorithm,
@@ -705,7 +711,11 @@ fn parse_scope(field: &str, s: Option<&str>) -> Result<Scope, ConfigError> {
 }
 
 /// A plan's policy: `"unlimited"` (`None`) or `{requests, window_s, burst, per, algorithm}`.
-fn parse_policy(path: &str, name: &str, p: RawPolicy) -> Result<Option<Policy>, ConfigError> {
+fn parse_policy(
+    path: &str,
+    (origin, name): (Origin, &str),
+    p: RawPolicy,
+) -> Result<Option<Policy>, ConfigError> {
     let p = match p {
         RawPolicy::Unlimited => return Ok(None),
         RawPolicy::Limited(p) => p,
@@ -751,6 +761,8 @@ fn parse_policy(path: &str, name: &str, p: RawPolicy) -> Result<Option<Policy>, 
     }
     Ok(Some(Policy {
         name: name.to_string(),
+        origin,
+        stem: String::new(),
         limit,
         scope,
         algorithm,
@@ -1508,11 +1520,13 @@ fn build(raw: RawConfig, w: &mut Vec<String>) -> Result<Config, ConfigError> {
         for (name, p) in r.plans.unwrap_or_default().0 {
             let f = format!("rate_limit.plans.{name}");
             log_token(&f, &name, 128)?;
-            let p = parse_policy(&f, &name, p)?;
+            let p = parse_policy(&f, (Origin::Plan, &name), p)?;
             rate.plans.push((name, p));
         }
         match r.default {
-            Some(p) => rate.default = parse_policy("rate_limit.default", "default", p)?,
+            Some(p) => {
+                rate.default = parse_policy("rate_limit.default", (Origin::Default, "default"), p)?
+            }
             None => rate.plans_declared_only = true,
         }
         rate.reset = match r.reset.as_deref() {
@@ -1527,6 +1541,10 @@ fn build(raw: RawConfig, w: &mut Vec<String>) -> Result<Config, ConfigError> {
         };
         rate.ietf_headers = r.ietf_headers.unwrap_or(false);
         rate.headers = r.headers.unwrap_or(true);
+    }
+    let policies = rate.plans.iter_mut().filter_map(|(_, p)| p.as_mut());
+    for p in policies.chain(rate.default.as_mut()) {
+        p.stem = state_key::stem(&shared_prefix, Tier::Local, (p.origin, &p.name));
     }
 
     check_key_plans(&key_plans, &rate)?;
@@ -1772,6 +1790,24 @@ fn parse_fleet(o: RawFleet, rate: &RateConfig) -> Result<FleetConfig, ConfigErro
             ))
         }
     };
+    // the engine tells policies apart by the descriptor's `plan` only: a plan may not take the
+    // name of a key's own limit (`key`) or of `rate_limit.default` (`default`)
+    for (name, _) in &rate.plans {
+        let taken = name == "key" || (name == "default" && rate.default.is_some());
+        if taken {
+            return Err(err(
+                &join("rate_limit.plans", name),
+                format!(
+                    "is the name the rate-limit engine is sent for {} (`plan: {name}`): rename the plan",
+                    if name == "key" {
+                        "a key's own limit"
+                    } else {
+                        "rate_limit.default"
+                    }
+                ),
+            ));
+        }
+    }
     let default = parse_mode("fleet.default", o.default.as_deref(), Mode::Local)?;
     let mut plans = Vec::new();
     for (name, v) in o.plans.unwrap_or_default().0 {

@@ -22,7 +22,11 @@
 //! remaining))` in a window where clients ask for more than the limit. Stranded tokens are
 //! counted (`keygate.fleet.lease.stranded`) when an expired lease is replaced.
 
+use std::borrow::Cow;
+
 use crate::ratelimit::Scope;
+use crate::rls;
+use crate::state_key;
 use crate::store::{SetOutcome, SharedStore, ABSENT_CAS};
 
 /// How a policy's limit is counted.
@@ -101,10 +105,62 @@ pub fn owner_entry(scope: Scope) -> &'static str {
     }
 }
 
-/// The one descriptor keygate sends: `[("plan", policy), (owner_entry(scope), owner)]`. Never
-/// the secret: the key's id (or its account / subject).
-pub fn descriptor<'a>(policy: &'a str, scope: Scope, owner: &'a str) -> [(&'a str, &'a str); 2] {
-    [("plan", policy), (owner_entry(scope), owner)]
+/// The one descriptor keygate sends: `[("plan", policy), (owner_entry(per), owner)]`, the owner
+/// being counted as `kind` (`state_key::descriptor_value`: a key standing in for an absent
+/// account or subject is `~key:<id>`). Never the secret: the key's id (or its account / subject).
+pub fn descriptor<'a>(
+    policy: &'a str,
+    per: Scope,
+    kind: Scope,
+    owner: &'a str,
+) -> [(&'a str, Cow<'a, str>); 2] {
+    [
+        ("plan", Cow::Borrowed(policy)),
+        (
+            owner_entry(per),
+            state_key::descriptor_value(per, kind, owner),
+        ),
+    ]
+}
+
+/// The shortest a remembered OVER_LIMIT lasts: an engine that says its window resets in 0 s
+/// (Limitador does in its window's last second, its headers count whole seconds) is asked
+/// again a second later, not at once (`Retry-After` counts whole seconds too).
+pub const MIN_DENIAL_MS: u64 = 1000;
+
+/// An engine's numbers, bounded before keygate acts on them or shows them to a client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Counted {
+    /// The engine's limit (1 to `u32::MAX`: `requests_per_unit` is a uint32), else the
+    /// configured one.
+    pub limit: u64,
+    /// What the engine says remains, at most `limit` (`None`: it did not say).
+    pub remaining: Option<u64>,
+    /// Milliseconds until the engine's window resets, at most the plan's window (`None`: it
+    /// did not say). Zero stays zero: a lease of zero life serves only the requests that asked.
+    pub reset_ms: Option<u64>,
+}
+
+/// Bounds an engine's status: `configured` is the plan's limit, `window_ms` its window (the
+/// longest any of the engine's times may count for: a huge reset is not a ban for ever).
+pub fn counted(status: Option<rls::Status>, configured: u64, window_ms: u64) -> Counted {
+    let limit = status
+        .and_then(|s| s.limit)
+        .map_or(configured, |l| l.clamp(1, u64::from(u32::MAX)));
+    Counted {
+        limit,
+        remaining: status.map(|s| s.remaining.min(limit)),
+        reset_ms: status.and_then(|s| s.reset_ms).map(|r| r.min(window_ms)),
+    }
+}
+
+/// How long an OVER_LIMIT is remembered (and the 429's `Retry-After`): the engine's reset, at
+/// least [`MIN_DENIAL_MS`], at most the plan's window; `fallback_ms` when the engine gave none.
+pub fn denial_ms(c: &Counted, fallback_ms: u64, window_ms: u64) -> u64 {
+    c.reset_ms
+        .unwrap_or(fallback_ms)
+        .max(MIN_DENIAL_MS)
+        .min(window_ms.max(MIN_DENIAL_MS))
 }
 
 /// A lease's size: `percent` of what remains (at least 1, at most `max`).
@@ -164,12 +220,21 @@ impl LeaseState {
         })
     }
 
-    fn live_tokens(&self, now_ms: u64) -> u64 {
-        if self.expires_ms > now_ms {
+    /// Unspent tokens of a lease that has not expired; a lease that would live longer than
+    /// `max_ms` from now (the wall clock was stepped back) counts as expired.
+    fn live_tokens(&self, now_ms: u64, max_ms: u64) -> u64 {
+        if self.expires_ms > now_ms && self.expires_ms - now_ms <= max_ms {
             self.tokens
         } else {
             0
         }
+    }
+
+    /// A remembered OVER_LIMIT, if it lasts beyond now (and no longer than `max_ms`: one that
+    /// would is from a clock stepped back, and is forgotten): ms until it ends.
+    fn denial(&self, now_ms: u64, max_ms: u64) -> Option<u64> {
+        let left = self.denied_until_ms.checked_sub(now_ms)?;
+        (left > 0 && left <= max_ms).then_some(left)
     }
 }
 
@@ -201,25 +266,28 @@ fn read(store: &dyn SharedStore, key: &str) -> (Option<LeaseState>, u32) {
     }
 }
 
-/// Spends one token of the owner's lease at `key`, if it has one.
-pub fn spend(store: &dyn SharedStore, key: &str, now_ms: u64) -> Spend {
+/// Spends one token of the owner's lease at `key`, if it has one. `max_ms` is the plan's
+/// window: no stored time counts for longer (a lease or a denial further ahead is from a clock
+/// stepped back, and is ignored), and what is shown stays consistent (remaining <= limit).
+pub fn spend(store: &dyn SharedStore, key: &str, now_ms: u64, max_ms: u64) -> Spend {
     for _ in 0..MAX_ATTEMPTS {
         let (state, cas) = read(store, key);
         let Some(mut s) = state else {
             return Spend::Empty { remaining: None };
         };
-        if s.live_tokens(now_ms) == 0 {
+        if s.live_tokens(now_ms, max_ms) == 0 {
             if store.last_was_guess() {
                 // decided on this worker's guess of its own last write: read the host's value
                 continue;
             }
-            if s.denied_until_ms > now_ms {
+            if let Some(retry_ms) = s.denial(now_ms, max_ms) {
                 return Spend::Denied {
                     limit: s.limit,
-                    retry_ms: s.denied_until_ms - now_ms,
+                    retry_ms,
                 };
             }
-            let remaining = (s.expires_ms > now_ms).then_some(s.engine_remaining);
+            let live = s.expires_ms > now_ms && s.expires_ms - now_ms <= max_ms;
+            let remaining = live.then_some(s.engine_remaining);
             return Spend::Empty { remaining };
         }
         s.tokens -= 1;
@@ -227,7 +295,7 @@ pub fn spend(store: &dyn SharedStore, key: &str, now_ms: u64) -> Spend {
             SetOutcome::Written => {
                 return Spend::Spent {
                     limit: s.limit,
-                    remaining: s.tokens.saturating_add(s.engine_remaining),
+                    remaining: s.tokens.saturating_add(s.engine_remaining).min(s.limit),
                     reset_ms: s.expires_ms - now_ms,
                 }
             }
@@ -239,29 +307,30 @@ pub fn spend(store: &dyn SharedStore, key: &str, now_ms: u64) -> Spend {
 }
 
 /// A remembered OVER_LIMIT at `key`, if its window has not reset: (limit, ms until it does).
-pub fn denied(store: &dyn SharedStore, key: &str, now_ms: u64) -> Option<(u64, u64)> {
+pub fn denied(store: &dyn SharedStore, key: &str, now_ms: u64, max_ms: u64) -> Option<(u64, u64)> {
     let (s, _) = read(store, key);
     let s = s?;
-    (s.denied_until_ms > now_ms).then(|| (s.limit, s.denied_until_ms - now_ms))
+    s.denial(now_ms, max_ms).map(|left| (s.limit, left))
 }
 
 /// Adds `granted` tokens (taken from the engine, valid until `expires_ms`) to the owner's lease.
 /// Unspent tokens of an expired lease are dropped (never spent in another window) and returned:
 /// what was stranded. Live tokens of an earlier answer are kept, under the earlier expiry of the
 /// two. `None` when the store refused every attempt (the tokens are then stranded too).
+#[allow(clippy::too_many_arguments)]
 pub fn grant(
     store: &dyn SharedStore,
     key: &str,
     granted: u64,
     expires_ms: u64,
-    limit: u64,
-    engine_remaining: u64,
+    c: &Counted,
     now_ms: u64,
+    max_ms: u64,
 ) -> Option<u64> {
     for _ in 0..MAX_ATTEMPTS {
         let (state, cas) = read(store, key);
         let old = state.unwrap_or_default();
-        let live = old.live_tokens(now_ms);
+        let live = old.live_tokens(now_ms, max_ms);
         let stranded = old.tokens - live;
         let new = LeaseState {
             tokens: live.saturating_add(granted),
@@ -271,8 +340,8 @@ pub fn grant(
                 expires_ms
             },
             denied_until_ms: 0,
-            limit,
-            engine_remaining,
+            limit: c.limit,
+            engine_remaining: c.remaining.unwrap_or(0),
         };
         match store.set(key, &new.encode(), cas) {
             SetOutcome::Written => return Some(stranded),
@@ -283,19 +352,20 @@ pub fn grant(
     None
 }
 
-/// Remembers an OVER_LIMIT until the engine's window resets (`until_ms`); live tokens are kept
-/// (they were taken already). Returns the tokens of an expired lease dropped meanwhile.
+/// Remembers an OVER_LIMIT until `until_ms` (bounded by the caller: `denial_ms`); live tokens
+/// are kept (they were taken already). Returns the tokens of an expired lease dropped meanwhile.
 pub fn remember_denial(
     store: &dyn SharedStore,
     key: &str,
     until_ms: u64,
     limit: u64,
     now_ms: u64,
+    max_ms: u64,
 ) -> u64 {
     for _ in 0..MAX_ATTEMPTS {
         let (state, cas) = read(store, key);
         let old = state.unwrap_or_default();
-        let live = old.live_tokens(now_ms);
+        let live = old.live_tokens(now_ms, max_ms);
         let new = LeaseState {
             tokens: live,
             expires_ms: if live > 0 { old.expires_ms } else { 0 },
@@ -319,6 +389,38 @@ mod tests {
     use crate::store::memory::MemoryStore;
     use proptest::prelude::*;
 
+    /// The plan's window in the tests that are not about it: far away.
+    const W: u64 = 1 << 40;
+
+    fn spend(st: &MemoryStore, key: &str, now: u64) -> Spend {
+        super::spend(st, key, now, W)
+    }
+
+    fn denied(st: &MemoryStore, key: &str, now: u64) -> Option<(u64, u64)> {
+        super::denied(st, key, now, W)
+    }
+
+    fn remember_denial(st: &MemoryStore, key: &str, until: u64, limit: u64, now: u64) -> u64 {
+        super::remember_denial(st, key, until, limit, now, W)
+    }
+
+    fn grant(
+        st: &MemoryStore,
+        key: &str,
+        n: u64,
+        expires: u64,
+        limit: u64,
+        remaining: u64,
+        now: u64,
+    ) -> Option<u64> {
+        let c = Counted {
+            limit,
+            remaining: Some(remaining),
+            reset_ms: None,
+        };
+        super::grant(st, key, n, expires, &c, now, W)
+    }
+
     const P: LeasePolicy = LeasePolicy {
         max: 50,
         percent: 10,
@@ -341,10 +443,14 @@ mod tests {
         assert_eq!(c.mode_for("tiny"), Mode::Request);
         assert_eq!(c.mode_for("key"), Mode::Leased);
         assert_eq!(c.mode_for("other"), Mode::Local);
+        let d = descriptor("tiny", Scope::Account, Scope::Account, "acme");
         assert_eq!(
-            descriptor("tiny", Scope::Account, "acme"),
+            [(d[0].0, &*d[0].1), (d[1].0, &*d[1].1)],
             [("plan", "tiny"), ("account", "acme")]
         );
+        // a key with no account, on a per-account plan: the account entry, keygate's own value
+        let d = descriptor("tiny", Scope::Account, Scope::Key, "k1");
+        assert_eq!((d[1].0, &*d[1].1), ("account", "~key:k1"));
     }
 
     #[test]
@@ -441,6 +547,82 @@ mod tests {
         assert_eq!(spend(&st, "k", 2), Spend::Empty { remaining: Some(0) });
         st.conflicts.set(100);
         grant(&st, "k", 0, 1000, 30, 0, 3);
+    }
+
+    #[test]
+    fn engine_numbers_are_bounded() {
+        let st = |limit: Option<u64>, remaining: u64, reset_ms: Option<u64>| rls::Status {
+            limit,
+            unit_s: None,
+            remaining,
+            reset_ms,
+        };
+        // remaining above the limit, a reset of millennia: the limit, the plan's window
+        let c = counted(Some(st(Some(5), 1000, Some(u64::MAX / 2))), 30, 60_000);
+        assert_eq!(
+            c,
+            Counted {
+                limit: 5,
+                remaining: Some(5),
+                reset_ms: Some(60_000)
+            }
+        );
+        // a limit beyond what the protocol can carry; no status: the configured limit
+        assert_eq!(
+            counted(Some(st(Some(1 << 40), 1, None)), 30, 1).limit,
+            u64::from(u32::MAX)
+        );
+        assert_eq!(
+            counted(None, 30, 1000),
+            Counted {
+                limit: 30,
+                remaining: None,
+                reset_ms: None
+            }
+        );
+        // a denial: at least a second (a zero reset is not a loop), at most the window
+        let zero = counted(Some(st(Some(5), 0, Some(0))), 30, 60_000);
+        assert_eq!(zero.reset_ms, Some(0));
+        assert_eq!(denial_ms(&zero, 500, 60_000), 1000);
+        let huge = counted(Some(st(Some(5), 0, Some(1 << 50))), 30, 60_000);
+        assert_eq!(denial_ms(&huge, 500, 60_000), 60_000);
+        assert_eq!(denial_ms(&counted(None, 30, 2000), 5000, 2000), 2000);
+        assert_eq!(
+            denial_ms(&counted(Some(st(None, 0, Some(1500))), 3, 2000), 0, 2000),
+            1500
+        );
+    }
+
+    #[test]
+    fn stored_times_beyond_the_window_are_a_clock_stepped_back() {
+        let st = MemoryStore::default();
+        // written an hour ahead of now (the clock went back): neither a ban nor a lease
+        super::remember_denial(&st, "d", 3_600_000 + 500, 5, 0, 60_000);
+        assert_eq!(super::denied(&st, "d", 0, 60_000), None);
+        assert_eq!(
+            super::spend(&st, "d", 0, 60_000),
+            Spend::Empty { remaining: None }
+        );
+        let c = Counted {
+            limit: 5,
+            remaining: Some(50),
+            reset_ms: None,
+        };
+        super::grant(&st, "l", 3, 3_600_000, &c, 0, 60_000);
+        assert_eq!(
+            super::spend(&st, "l", 0, 60_000),
+            Spend::Empty { remaining: None }
+        );
+        // within the window: spent, and what is shown stays within the limit
+        super::grant(&st, "m", 3, 30_000, &c, 0, 60_000);
+        assert_eq!(
+            super::spend(&st, "m", 0, 60_000),
+            Spend::Spent {
+                limit: 5,
+                remaining: 5,
+                reset_ms: 30_000
+            }
+        );
     }
 
     proptest! {

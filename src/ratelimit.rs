@@ -1,15 +1,24 @@
-//! Token buckets in shared data, exact across Envoy's worker threads.
+//! Token buckets, exact across Envoy's worker threads.
 //!
-//! Each bucket is stored as one number, its *theoretical arrival time* (TAT): the instant at
-//! which the bucket would be full again. This is the token bucket written the GCRA way (capacity
-//! `burst`, refill `requests` per `window_s`), refilled lazily from timestamps: tokens available at
-//! `now` = (now + burst*T - TAT) / T with T = window / requests. One 16-byte value per bucket, one
-//! CAS write per allowed request, no write on a denial, no timers.
+//! A bucket is one number, its *theoretical arrival time* (TAT): the instant at which the bucket
+//! would be full again. This is the token bucket written the GCRA way (capacity `burst`, refill
+//! `requests` per `window_s`), refilled lazily from timestamps: tokens available at `now` =
+//! (now + burst*T - TAT) / T with T = window / requests. One CAS write per allowed request, no
+//! write on a denial, no timers. How a bucket is stored in shared data (with the parameters its
+//! time is scaled by) is `limiter`'s.
 //!
-//! Time is kept in units of 1/requests microsecond, so T = window in µs and all math is exact
-//! integer math (u128): no drift, no float rounding, whatever the rate.
+//! Time is kept in units of 1/requests of the clock's unit (ns for shared buckets, µs for the
+//! per-worker auth throttle), so T = the window in clock units and all math is exact integer
+//! math (u128): no drift, no float rounding, whatever the rate.
 
 use crate::store::{SetOutcome, SharedStore, ABSENT_CAS};
+
+/// Clock units per second: the shared buckets count in ns (the host's clock, never rounded),
+/// the auth throttle in µs.
+pub const NS: u128 = 1_000_000_000;
+/// Clock units per millisecond, as [`step_in`] takes them.
+pub const NS_PER_MS: u64 = 1_000_000;
+pub const US_PER_MS: u64 = 1000;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limit {
@@ -62,12 +71,10 @@ pub enum RateError {
 /// W workers more than W-1 consecutive losses is already rare; 16 leaves wide margin.
 pub const MAX_ATTEMPTS: u32 = 16;
 
-const US_PER_MS: u128 = 1000;
-
 /// `a / b` rounded down or up, in 64-bit arithmetic when both fit (every quotient `step` takes is
 /// of a difference of instants, which fits for any sane limit): 128-bit division is a slow
 /// library call in wasm.
-fn div(a: u128, b: u128, up: bool) -> u128 {
+pub(crate) fn div(a: u128, b: u128, up: bool) -> u128 {
     match (u64::try_from(a), u64::try_from(b)) {
         (Ok(a), Ok(b)) if b > 0 => u128::from(if up { a.div_ceil(b) } else { a / b }),
         _ if up => a.div_ceil(b.max(1)),
@@ -75,19 +82,30 @@ fn div(a: u128, b: u128, up: bool) -> u128 {
     }
 }
 
-/// One GCRA step. `tat` and `now` are in scaled units (µs × requests). Returns the decision and
-/// the new TAT to store when allowed.
+/// One GCRA step with `now` in µs (the auth throttle): see [`step_in`].
 pub fn step(limit: &Limit, tat: Option<u128>, now_us: u128) -> (RateDecision, Option<u128>) {
+    step_in(limit, tat, now_us, US_PER_MS)
+}
+
+/// One GCRA step. `now` is in clock units (`per_ms` a millisecond), `tat` in scaled units
+/// (clock units × requests). Returns the decision and the new TAT to store when allowed.
+pub fn step_in(
+    limit: &Limit,
+    tat: Option<u128>,
+    now: u128,
+    per_ms: u64,
+) -> (RateDecision, Option<u128>) {
     let req = u128::from(limit.requests.max(1));
     let burst = u128::from(limit.burst.max(1));
-    let t = u128::from(limit.window_s.max(1)) * 1_000_000; // T, scaled
-    let now = now_us * req;
+    let t = u128::from(limit.window_s.max(1) * 1000) * u128::from(per_ms); // T, scaled
+    let now = now * req;
     let base = tat.map_or(now, |x| x.max(now));
-    let new_tat = base + t;
+    // a stored TAT is another writer's number: it may be anything
+    let new_tat = base.saturating_add(t);
     let horizon = now + burst * t;
     let to_ms = |scaled: u128| -> u64 {
-        let us = div(scaled, req, true);
-        u64::try_from(div(us, US_PER_MS, true)).unwrap_or(u64::MAX)
+        let units = div(scaled, req, true);
+        u64::try_from(div(units, u128::from(per_ms), true)).unwrap_or(u64::MAX)
     };
     if new_tat <= horizon {
         let remaining = u64::try_from(div(horizon - new_tat, t, false)).unwrap_or(u64::MAX);
@@ -109,11 +127,6 @@ pub fn step(limit: &Limit, tat: Option<u128>, now_us: u128) -> (RateDecision, Op
         };
         (d, None)
     }
-}
-
-fn decode(v: &[u8]) -> Option<u128> {
-    let bytes: [u8; 16] = v.try_into().ok()?;
-    Some(u128::from_le_bytes(bytes))
 }
 
 /// What a step made of the value it read.
@@ -165,33 +178,23 @@ pub fn update<D>(
     Err(RateError::Contended)
 }
 
-/// Takes one token from the bucket at `key` (`buf`: scratch for the new value).
-pub fn take(
-    store: &dyn SharedStore,
-    key: &str,
-    limit: &Limit,
-    now_us: u64,
-    buf: &mut Vec<u8>,
-) -> Result<RateDecision, RateError> {
-    update(store, key, buf, |value, out| {
-        // a value of the wrong shape (another plugin, an older layout) is overwritten
-        let tat = value.and_then(decode);
-        match step(limit, tat, u128::from(now_us)) {
-            (d, Some(new_tat)) => {
-                out.extend_from_slice(&new_tat.to_le_bytes());
-                (d, Write::New)
-            }
-            (d, None) if tat.is_some() => (d, Write::Unchanged),
-            (d, None) => (d, Write::Nothing),
-        }
-    })
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+    use crate::config::Algorithm;
     use crate::store::memory::MemoryStore;
+
+    /// A shared bucket (`limiter`), in these tests' µs.
+    fn take(
+        st: &dyn SharedStore,
+        key: &str,
+        l: &Limit,
+        now_us: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<RateDecision, RateError> {
+        crate::limiter::take(st, key, l, Algorithm::TokenBucket, now_us * 1000, buf)
+    }
 
     const S: u64 = 1_000_000; // one second in µs
     const T0: u64 = 1_790_000_000 * S;
@@ -289,28 +292,6 @@ mod tests {
         assert_eq!(
             take(&st, "b", &l, T0, &mut Vec::new()),
             Err(RateError::Contended)
-        );
-    }
-
-    #[test]
-    fn first_writers_race_is_not_a_lost_update() {
-        // Two workers both saw the key absent; the second insert must mismatch, not overwrite.
-        let st = MemoryStore::default();
-        let l = lim(10, 60, 10);
-        let (_, tat_a) = step(&l, None, u128::from(T0));
-        assert_eq!(
-            st.set("b", &tat_a.unwrap().to_le_bytes(), ABSENT_CAS),
-            SetOutcome::Written
-        );
-        let (_, tat_b) = step(&l, None, u128::from(T0));
-        assert_eq!(
-            st.set("b", &tat_b.unwrap().to_le_bytes(), ABSENT_CAS),
-            SetOutcome::CasMismatch
-        );
-        // and the loop then counts both.
-        assert_eq!(
-            take(&st, "b", &l, T0, &mut Vec::new()).unwrap().remaining,
-            8
         );
     }
 

@@ -1,7 +1,11 @@
 //! The shared store the core needs (Envoy shared data), and an in-memory one with Envoy's rules.
 
 use std::cell::{Cell, RefCell};
+use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault};
+
+use crate::hash::TagHasher;
 
 /// Envoy's shared data as the core sees it. Rules (proxy-wasm-cpp-host `SharedData`):
 /// `cas == 0` writes unconditionally; a non-zero `cas` must equal the entry's current one; a
@@ -38,6 +42,8 @@ pub const ABSENT_CAS: u32 = u32::MAX;
 /// What this worker last wrote to a key, and the CAS token that write most likely received.
 #[derive(Clone, Debug)]
 struct Guess {
+    /// The shared-data key (the map is keyed by its hash).
+    key: Box<str>,
     value: Vec<u8>,
     /// 0: no guess (used, or its write mismatched).
     cas: u32,
@@ -45,20 +51,39 @@ struct Guess {
 }
 
 /// This worker's guesses for the keys it writes often (token buckets, rolling windows), bounded
-/// in entries and in bytes.
+/// in entries and in bytes. Keyed by a keyed hash of the shared-data key, computed once a
+/// request (a bucket's get and set share it), and the key itself compared word by word: both
+/// are on every rate-limited request's path, where a byte-wise `memcmp` of the key and a second
+/// SipHash of it cost more than the rest of the bucket's arithmetic.
 #[derive(Default)]
 pub struct Guesses {
-    map: HashMap<String, Guess>,
-    /// Bytes of the values held (a rolling window's value is 12 + 4N bytes).
+    map: HashMap<u64, Guess, BuildHasherDefault<TagHasher>>,
+    /// Keys the hashes (random per VM: the keys carry account and subject names).
+    hasher: RandomState,
+    /// The last key hashed and its hash: a read-modify-write hashes its key once.
+    last: (String, u64),
+    /// Bytes of the values held (a rolling window's value is 16 + 4N bytes).
     bytes: usize,
+}
+
+/// Whether two keys are equal, compared 8 bytes at a time.
+fn same_key(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let (mut x, mut y) = (a.chunks_exact(8), b.chunks_exact(8));
+    let word = |c: &[u8]| c.try_into().map_or(0, u64::from_ne_bytes);
+    (&mut x).zip(&mut y).all(|(p, q)| word(p) == word(q)) && x.remainder() == y.remainder()
 }
 
 /// Guesses older than this are not used: CAS tokens are a 32-bit counter that wraps, and a
 /// guess must not outlive one turn of it.
 const GUESS_MAX_AGE_MS: u64 = 10_000;
 const GUESSES_MAX: usize = 4096;
-/// At most this many bytes of guessed values per worker: 4096 token buckets take 64 KiB; rolling
-/// windows of N = 1,000 (4 KB each) fit 256 before the guesses are dropped and start again.
+/// At most this many bytes of guessed values per worker: 4096 token buckets take 128 KiB;
+/// rolling windows of N = 1,000 (4 KB each) fit 256 before the guesses are dropped and start
+/// again.
 const GUESS_BYTES_MAX: usize = 1 << 20;
 
 /// A store that skips the read of a read-modify-write when it can guess the read's answer.
@@ -91,11 +116,23 @@ impl<'a> Speculative<'a> {
     }
 }
 
+impl Guesses {
+    fn hash(&mut self, key: &str) -> u64 {
+        if !same_key(&self.last.0, key) {
+            self.last.1 = self.hasher.hash_one(key);
+            self.last.0.clear();
+            self.last.0.push_str(key);
+        }
+        self.last.1
+    }
+}
+
 impl SharedStore for Speculative<'_> {
     fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
         // a guess is used once: if its write mismatches, the retry reads from the host
         let guess = self.guesses.try_borrow_mut().ok().and_then(|mut g| {
-            let guess = g.map.get_mut(key)?;
+            let h = g.hash(key);
+            let guess = g.map.get_mut(&h).filter(|g| same_key(&g.key, key))?;
             let fresh =
                 guess.cas != 0 && self.now_ms.saturating_sub(guess.at_ms) < GUESS_MAX_AGE_MS;
             let cas = std::mem::replace(&mut guess.cas, 0);
@@ -119,30 +156,38 @@ impl SharedStore for Speculative<'_> {
         if out == SetOutcome::Written && cas != 0 && cas != ABSENT_CAS {
             if let Ok(mut g) = self.guesses.try_borrow_mut() {
                 let cas = next_token(cas);
-                let Guesses { map, bytes } = &mut *g;
-                if let Some(guess) = map.get_mut(key) {
-                    // one lookup on the hot path (a bucket's 16 bytes replace 16 bytes)
-                    *bytes = bytes.saturating_sub(guess.value.len()) + value.len();
-                    guess.value.clear();
-                    guess.value.extend_from_slice(value);
-                    guess.cas = cas;
-                    guess.at_ms = self.now_ms;
-                    if *bytes > GUESS_BYTES_MAX {
-                        map.clear();
-                        *bytes = 0;
+                let h = g.hash(key);
+                let Guesses { map, bytes, .. } = &mut *g;
+                match map.get_mut(&h) {
+                    // one lookup on the hot path (a bucket's 32 bytes replace 32 bytes)
+                    Some(guess) if same_key(&guess.key, key) => {
+                        *bytes = bytes.saturating_sub(guess.value.len()) + value.len();
+                        guess.value.clear();
+                        guess.value.extend_from_slice(value);
+                        guess.cas = cas;
+                        guess.at_ms = self.now_ms;
+                        if *bytes > GUESS_BYTES_MAX {
+                            map.clear();
+                            *bytes = 0;
+                        }
                     }
-                } else {
-                    if map.len() >= GUESSES_MAX || *bytes + value.len() > GUESS_BYTES_MAX {
-                        map.clear();
-                        *bytes = 0;
+                    // new, or another key of the same hash (replaced)
+                    other => {
+                        let replaced = other.map_or(0, |g| g.value.len());
+                        *bytes = bytes.saturating_sub(replaced);
+                        if map.len() >= GUESSES_MAX || *bytes + value.len() > GUESS_BYTES_MAX {
+                            map.clear();
+                            *bytes = 0;
+                        }
+                        *bytes += value.len();
+                        let guess = Guess {
+                            key: key.into(),
+                            value: value.to_vec(),
+                            cas,
+                            at_ms: self.now_ms,
+                        };
+                        map.insert(h, guess);
                     }
-                    *bytes += value.len();
-                    let guess = Guess {
-                        value: value.to_vec(),
-                        cas,
-                        at_ms: self.now_ms,
-                    };
-                    map.insert(key.to_string(), guess);
                 }
             }
         }

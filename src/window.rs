@@ -2,30 +2,38 @@
 //! seconds, exact across Envoy's worker threads.
 //!
 //! The state is a ring of the last N allowed instants (N = `requests`), in Envoy shared data as
-//! one value taken with compare-and-swap, like the token buckets (`ratelimit`). A request at `now`
+//! one value taken with compare-and-swap, like the token buckets (`limiter`). A request at `now`
 //! is allowed exactly when the oldest of the last N allowed instants is at least a window old;
 //! it then replaces that oldest instant. So any N+1 allowed requests span at least a window, and
 //! a half-open interval of a window's length never holds more than N.
 //!
-//! Layout (little-endian): `base_ms` (u64), `head` (u32, the ring index of the oldest entry),
-//! then N u32 slots, each `t_ms - base_ms + 1` (0: empty). 12 + 4·N bytes: 412 bytes at N = 100,
-//! 4,012 at N = 1,000. An allowed request rewrites one slot and `head` (the value is written
-//! whole, as shared data has no partial writes); no write on a denial.
+//! Layout (little-endian): the tag `kgW1`, `base_ms` (u64), `head` (u32, the ring index of the
+//! oldest entry), then N u32 slots, each `t_ms - base_ms + 1` (0: empty). 16 + 4·N bytes: 416
+//! bytes at N = 100, 4,016 at N = 1,000. An allowed request rewrites one slot and `head` (the
+//! value is written whole, as shared data has no partial writes); no write on a denial.
 //!
-//! Instants are stored in milliseconds rounded *up*, and the ring is kept non-decreasing (an
+//! Time comes in ns, as the host's clock gives it, never rounded before this code rounds: an
+//! instant is recorded in milliseconds rounded *up*, and the ring is kept non-decreasing (an
 //! instant earlier than the newest, from a worker whose clock read a little earlier, is recorded
-//! as the newest): a recorded instant is never earlier than the real one, and the check compares
-//! the real `now` (in µs) with the recorded oldest, so rounding only ever errs on refusing.
+//! as the newest), so a recorded instant is never earlier than the real one; the check compares
+//! the real `now` (ns) with the recorded oldest, so rounding only ever errs on refusing. An
+//! instant recorded more than [`MAX_AHEAD_MS`] after `now` (the wall clock was stepped back) is
+//! read as `now`: a clock step costs at most one window, never a ban as long as the step.
 
-use crate::ratelimit::{update, RateDecision, RateError, Write};
-use crate::store::SharedStore;
+use crate::ratelimit::RateDecision;
 
 /// Largest N a rolling window may have (40 KB of shared data per owner).
 pub const MAX_REQUESTS: u64 = 10_000;
 /// Longest window (30 days): slots are u32 milliseconds, so every live entry fits.
 pub const MAX_WINDOW_S: u64 = 30 * 86_400;
+/// How far ahead of `now` a recorded instant may be before it is read as `now` (worker clocks
+/// differ by far less; a larger gap is a wall clock stepped back).
+pub const MAX_AHEAD_MS: u64 = 1000;
 
-const HEADER: usize = 12;
+/// Marks a rolling window's value (and its format version).
+pub const TAG: &[u8; 4] = b"kgW1";
+const HEADER: usize = 16;
+const NS_PER_MS: u64 = 1_000_000;
 
 /// The size in bytes of the shared-data value for a window of `requests`.
 pub fn value_len(requests: u64) -> usize {
@@ -34,16 +42,20 @@ pub fn value_len(requests: u64) -> usize {
 
 /// A decoded ring: the recorded instants in ms, oldest first (`None`: an empty slot, always at
 /// the front).
-struct Ring<'a> {
+pub(crate) struct Ring<'a> {
     base_ms: u64,
     head: usize,
     slots: &'a [u8],
 }
 
 impl<'a> Ring<'a> {
-    fn parse(v: &'a [u8]) -> Option<Self> {
-        let base_ms = u64::from_le_bytes(v.get(0..8)?.try_into().ok()?);
-        let head = u32::from_le_bytes(v.get(8..12)?.try_into().ok()?) as usize;
+    /// `None` for anything but a rolling window's value.
+    pub(crate) fn parse(v: &'a [u8]) -> Option<Self> {
+        if v.get(0..4)? != TAG {
+            return None;
+        }
+        let base_ms = u64::from_le_bytes(v.get(4..12)?.try_into().ok()?);
+        let head = u32::from_le_bytes(v.get(12..16)?.try_into().ok()?) as usize;
         let slots = v.get(HEADER..)?;
         if slots.is_empty() || slots.len() % 4 != 0 || head >= slots.len() / 4 {
             return None;
@@ -55,12 +67,12 @@ impl<'a> Ring<'a> {
         })
     }
 
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.slots.len() / 4
     }
 
     /// The `i`-th oldest recorded instant.
-    fn at(&self, i: usize) -> Option<u64> {
+    pub(crate) fn at(&self, i: usize) -> Option<u64> {
         let n = self.len();
         let j = (self.head + i) % n;
         let b = self.slots.get(4 * j..4 * j + 4)?;
@@ -69,48 +81,77 @@ impl<'a> Ring<'a> {
     }
 }
 
-fn ms_up(us: u64) -> u64 {
-    us.div_ceil(1000)
+/// The instant a request at `now_ns` is recorded as: never earlier than the real one.
+pub fn ms_up(now_ns: u64) -> u64 {
+    now_ns.div_ceil(NS_PER_MS)
 }
 
-/// One step of the window of `n` requests per `window_us` at `now_us`, given the stored value.
-/// Returns the decision and, when allowed, the value to store (written into `out`).
+/// Writes a ring of `n` slots, slot `i` (oldest first, non-decreasing) holding `at(i)`;
+/// instants before `base` are written as empty slots.
+pub(crate) fn write_ring(
+    n: usize,
+    base: u64,
+    out: &mut Vec<u8>,
+    at: impl Fn(usize) -> Option<u64>,
+) {
+    out.clear();
+    out.extend_from_slice(TAG);
+    out.extend_from_slice(&base.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    for i in 0..n {
+        let off = match at(i) {
+            Some(t) if t >= base => u32::try_from(t - base + 1).unwrap_or(u32::MAX),
+            _ => 0,
+        };
+        out.extend_from_slice(&off.to_le_bytes());
+    }
+}
+
+/// One step of the window of `n` requests per `window_s` at `now_ns`, given the stored value.
+/// Returns the decision and whether `out` holds a value to store: the new ring when allowed,
+/// or (on a denial) the stored one read anew, when it held instants ahead of the clock.
 pub fn step(
     n: u64,
     window_s: u64,
     value: Option<&[u8]>,
-    now_us: u64,
+    now_ns: u64,
     out: &mut Vec<u8>,
 ) -> (RateDecision, bool) {
     let n_us = usize::try_from(n.clamp(1, MAX_REQUESTS)).unwrap_or(1);
-    let window_us = window_s.clamp(1, MAX_WINDOW_S) * 1_000_000;
+    let window_ns = window_s.clamp(1, MAX_WINDOW_S) * 1_000_000_000;
+    let now_ms = ms_up(now_ns);
     let ring = value.and_then(Ring::parse);
     // the last `n_us` recorded instants, oldest first, whatever size the stored ring has (a
     // changed configuration keeps the newest ones)
     let stored = ring.as_ref().map_or(0, Ring::len);
     let skip = stored.saturating_sub(n_us);
     let pad = n_us.saturating_sub(stored);
-    let at = |i: usize| -> Option<u64> {
+    let raw = |i: usize| -> Option<u64> {
         if i < pad {
             None
         } else {
             ring.as_ref().and_then(|r| r.at(i - pad + skip))
         }
     };
+    // a clock stepped back: what lies ahead of it is read as now
+    let ahead = raw(n_us - 1).is_some_and(|t| t > now_ms.saturating_add(MAX_AHEAD_MS));
+    let at = |i: usize| raw(i).map(|t| if ahead { t.min(now_ms) } else { t });
     let free = |t: Option<u64>| {
-        t.is_none_or(|t| t.saturating_mul(1000).saturating_add(window_us) <= now_us)
+        t.is_none_or(|t| t.saturating_mul(NS_PER_MS).saturating_add(window_ns) <= now_ns)
     };
     let oldest = at(0);
     let newest = at(n_us - 1);
     // entries are non-decreasing, so the free ones are a prefix
     let free_count = partition_point(n_us, |i| free(at(i)));
     let until = |t_ms: u64| {
-        ms_up(
-            t_ms.saturating_mul(1000)
-                .saturating_add(window_us)
-                .saturating_sub(now_us),
-        )
+        t_ms.saturating_mul(NS_PER_MS)
+            .saturating_add(window_ns)
+            .saturating_sub(now_ns)
+            .div_ceil(NS_PER_MS)
     };
+    // rewritten from the instants, based at the oldest entry still inside a window (older ones
+    // are free anyway)
+    let base = now_ms.saturating_sub(window_ns / NS_PER_MS + 1);
     if !free(oldest) {
         let d = RateDecision {
             allowed: false,
@@ -119,47 +160,41 @@ pub fn step(
             reset_ms: newest.map_or(0, until),
             retry_after_ms: oldest.map_or(0, until).max(1),
         };
-        return (d, false);
+        if ahead {
+            write_ring(n_us, base, out, at);
+        }
+        return (d, ahead);
     }
-    let rec = newest.map_or(ms_up(now_us), |t| t.max(ms_up(now_us)));
+    let rec = newest.map_or(now_ms, |t| t.max(now_ms));
     out.clear();
-    match ring.as_ref() {
+    match (ring.as_ref(), value) {
         // the common case: the ring of this size, and the new instant fits its base
-        Some(r)
-            if skip == 0
+        (Some(r), Some(v))
+            if !ahead
+                && skip == 0
                 && pad == 0
                 && rec >= r.base_ms
                 && rec - r.base_ms < u64::from(u32::MAX - 1) =>
         {
-            out.extend_from_slice(value.unwrap_or_default());
+            out.extend_from_slice(v);
             let off = (rec - r.base_ms + 1) as u32;
             let j = HEADER + 4 * r.head;
             if let Some(slot) = out.get_mut(j..j + 4) {
                 slot.copy_from_slice(&off.to_le_bytes());
             }
             let head = ((r.head + 1) % n_us) as u32;
-            if let Some(h) = out.get_mut(8..12) {
+            if let Some(h) = out.get_mut(12..16) {
                 h.copy_from_slice(&head.to_le_bytes());
             }
         }
-        // a new ring, a resized one, or a base too far behind: rewritten from the instants,
-        // based at the oldest entry still inside a window (older ones are free anyway)
-        _ => {
-            let base = (now_us / 1000)
-                .min(rec)
-                .saturating_sub(window_us / 1000 + 1);
-            let off = |t: u64| u32::try_from(t - base + 1).unwrap_or(u32::MAX);
-            out.extend_from_slice(&base.to_le_bytes());
-            out.extend_from_slice(&0u32.to_le_bytes());
-            for i in 1..n_us {
-                let off = match at(i) {
-                    Some(t) if t >= base => off(t),
-                    _ => 0,
-                };
-                out.extend_from_slice(&off.to_le_bytes());
+        // a new ring, a resized one, or a base too far behind
+        _ => write_ring(n_us, base.min(rec), out, |i| {
+            if i + 1 < n_us {
+                at(i + 1)
+            } else {
+                Some(rec)
             }
-            out.extend_from_slice(&off(rec).to_le_bytes());
-        }
+        }),
     }
     let d = RateDecision {
         allowed: true,
@@ -185,36 +220,34 @@ fn partition_point(n: usize, pred: impl Fn(usize) -> bool) -> usize {
     lo
 }
 
-/// Takes one request from the window at `key` (`buf`: scratch for the new value), through
-/// the same CAS loop as token buckets (`ratelimit::update`).
-pub fn take(
-    store: &dyn SharedStore,
-    key: &str,
-    requests: u64,
-    window_s: u64,
-    now_us: u64,
-    buf: &mut Vec<u8>,
-) -> Result<RateDecision, RateError> {
-    update(store, key, buf, |value, out| {
-        match step(requests, window_s, value, now_us, out) {
-            (d, true) => (d, Write::New),
-            (d, false) if value.is_some() => (d, Write::Unchanged),
-            (d, false) => (d, Write::Nothing),
-        }
-    })
-}
-
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::ratelimit::MAX_ATTEMPTS;
+    use crate::config::Algorithm;
+    use crate::ratelimit::{Limit, RateError, MAX_ATTEMPTS};
     use crate::store::memory::MemoryStore;
-    use crate::store::{Guesses, Speculative};
+    use crate::store::{Guesses, SharedStore, Speculative};
     use std::cell::RefCell;
 
-    const S: u64 = 1_000_000;
+    const S: u64 = 1_000_000; // these tests count in µs; the limiter takes ns
     const T0: u64 = 1_790_000_000 * S;
+
+    fn take(
+        st: &dyn SharedStore,
+        key: &str,
+        n: u64,
+        w: u64,
+        now_us: u64,
+        buf: &mut Vec<u8>,
+    ) -> Result<RateDecision, RateError> {
+        let l = Limit {
+            requests: n,
+            window_s: w,
+            burst: n,
+        };
+        crate::limiter::take(st, key, &l, Algorithm::RollingWindow, now_us * 1000, buf)
+    }
 
     fn take1(st: &dyn SharedStore, n: u64, w: u64, now: u64) -> RateDecision {
         take(st, "w", n, w, now, &mut Vec::new()).unwrap()
@@ -253,15 +286,15 @@ mod tests {
     }
 
     #[test]
-    fn value_size_is_12_plus_4n() {
+    fn value_size_is_16_plus_4n() {
         for n in [1u64, 100, 1000] {
             let st = MemoryStore::default();
             take1(&st, n, 60, T0);
             take1(&st, n, 60, T0 + 1);
             assert_eq!(st.map.borrow()["w"].0.len(), value_len(n));
         }
-        assert_eq!(value_len(100), 412);
-        assert_eq!(value_len(1000), 4012);
+        assert_eq!(value_len(100), 416);
+        assert_eq!(value_len(1000), 4016);
     }
 
     #[test]
@@ -291,7 +324,8 @@ mod tests {
         assert!(d.allowed && d.remaining == 2);
         // a head out of range is garbage too
         let mut v = vec![0u8; value_len(3)];
-        v[8] = 7;
+        v[..4].copy_from_slice(TAG);
+        v[12] = 7;
         st.set("w", &v, 0);
         assert!(take1(&st, 3, 1, T0).remaining == 2);
     }
@@ -351,7 +385,7 @@ mod tests {
             }
             let st = MemoryStore::default();
             st.set("w", &v, 0);
-            let _ = take(&st, "w", n, 60, now, &mut out);
+            let _ = take(&st, "w", n, 60, now / 1000, &mut out);
         }
 
         /// Any arrival pattern, any N and window: never N+1 allowed in any window-length

@@ -1,16 +1,33 @@
 //! The fleet tier (`crate::fleet`): decisions from a rate-limit engine's answer, with the same
 //! headers and the same 429 as the local tier.
 
-use super::rate::owner_of;
 use super::*;
 
-/// The limit an admitted request falls under: policy name, the configured limit, its scope and
-/// owner.
+/// The limit an admitted request falls under: the policy (name and origin), the configured
+/// limit, whom it counts (`per`) and the owner it counts, as the kind it is counted as
+/// (`state_key::owner`: a key stands in for an absent account or subject).
 pub struct Target<'a> {
     pub policy: &'a str,
+    pub origin: Origin,
     pub limit: ratelimit::Limit,
-    pub scope: Scope,
+    pub per: Scope,
+    pub kind: Scope,
     pub owner: &'a str,
+}
+
+impl Target<'_> {
+    /// The shared-data key of this owner's fleet state (leases, a remembered OVER_LIMIT).
+    pub fn lease_key(&self, prefix: &str) -> String {
+        let mut k = state_key::stem(prefix, Tier::Lease, (self.origin, self.policy));
+        state_key::push(&mut k, "", self.kind, self.owner);
+        k
+    }
+
+    /// The longest the engine's numbers of time may count for this limit (a reset, a lease's
+    /// life, a remembered OVER_LIMIT): the plan's window.
+    pub fn window_ms(&self) -> u64 {
+        self.limit.window_s.max(1).saturating_mul(1000)
+    }
 }
 
 /// The fleet tier (`crate::fleet`): decisions from a rate-limit engine's answer, with the same
@@ -18,13 +35,17 @@ pub struct Target<'a> {
 impl Gate {
     /// The limit `a` falls under (`None`: unlimited).
     pub fn target<'a>(&'a self, a: &'a Admitted) -> Option<Target<'a>> {
-        self.limit_for(&a.id)
-            .map(|(policy, limit, scope, _)| Target {
-                policy,
-                limit,
-                scope,
-                owner: owner_of(&a.id, scope),
-            })
+        self.limit_for(&a.id).map(|l| {
+            let (kind, owner) = state_key::owner(&a.id, l.per);
+            Target {
+                policy: l.policy,
+                origin: l.origin,
+                limit: l.limit,
+                per: l.per,
+                kind,
+                owner,
+            }
+        })
     }
 
     /// Allowed by the engine: `limit` (the engine's, else the configured one), `remaining`, and

@@ -16,13 +16,14 @@ use std::rc::Rc;
 use crate::body::{self, Reading};
 use crate::config::{Algorithm, Config, ResetStyle, BODYLESS};
 use crate::credential::{self, Carriers, CredError, Credential, Style};
+use crate::limiter;
 use crate::problem::{instance_of, Extra, Kind, ProblemBuilder, Reply, Rpc};
 use crate::query;
 use crate::ratelimit::{self, RateDecision, RateError, Scope};
 use crate::route::{self, Access, OwnerBody, OwnerSource, Ownership, Route};
+use crate::state_key::{self, Origin, Tier};
 use crate::store::SharedStore;
 use crate::verdict::{Identity, Refusal, Verdict};
-use crate::window;
 
 mod fleet;
 mod rate;
@@ -30,7 +31,7 @@ mod replies;
 use replies::Problem;
 
 pub use fleet::Target;
-pub use rate::{IetfRate, RateHeaders};
+pub use rate::{IetfRate, LimitOf, RateHeaders};
 
 /// Marks a request let through by `on_failure: open` while the key service was failing.
 pub const FAIL_OPEN_HEADER: &str = "x-keygate-fail-open";
@@ -184,6 +185,8 @@ pub struct Gate {
     pub cfg: Config,
     /// The rate-limit entry's shared-data key is built here, reused across requests.
     bucket_key: std::cell::Cell<String>,
+    /// The start of the local state keys of keys' own limits (`state_key::stem`).
+    key_stem: String,
     /// A bucket's or a rolling window's new value is built here, reused across requests.
     value_buf: std::cell::Cell<Vec<u8>>,
 }
@@ -195,8 +198,10 @@ fn quoted(s: &str) -> String {
 
 impl Gate {
     pub fn new(cfg: Config) -> Self {
+        let key_stem = state_key::stem(&cfg.shared_prefix, Tier::Local, (Origin::Key, "key"));
         Gate {
             cfg,
+            key_stem,
             bucket_key: std::cell::Cell::new(String::new()),
             value_buf: std::cell::Cell::new(Vec::new()),
         }
@@ -467,10 +472,10 @@ impl Gate {
         p: Pending,
         verdict: Verdict,
         store: &dyn SharedStore,
-        now_us: u64,
+        now_ns: u64,
     ) -> Decision {
         match self.admit(p, verdict) {
-            Ok(a) => self.limit_local(a, store, now_us),
+            Ok(a) => self.limit_local(a, store, now_ns),
             Err(d) => d,
         }
     }
@@ -862,7 +867,7 @@ pub fn decide_with_body(
             let v = gate
                 .embedded_verdict(&p, &digest, now_us / 1_000_000)
                 .unwrap_or(Verdict::Refused(Refusal::Unknown));
-            gate.finish(p, v, store, now_us)
+            gate.finish(p, v, store, now_us.saturating_mul(1000))
         }
     };
     match &d {

@@ -3,19 +3,39 @@
 
 use super::*;
 
+/// The limit a request falls under: the policy (its name and where it comes from), the limit,
+/// whom it counts (`per`) and how.
+#[derive(Clone, Copy, Debug)]
+pub struct LimitOf<'a> {
+    pub policy: &'a str,
+    pub origin: Origin,
+    /// The start of its local state keys (`state_key::stem`).
+    pub stem: &'a str,
+    pub limit: ratelimit::Limit,
+    pub per: Scope,
+    pub algorithm: Algorithm,
+}
+
 impl Gate {
-    #[allow(clippy::type_complexity)]
-    pub(super) fn limit_for<'a>(
-        &'a self,
-        id: &'a Identity,
-    ) -> Option<(&'a str, ratelimit::Limit, Scope, Algorithm)> {
-        if let Some(l) = id.rate_limit {
-            return Some(("key", l, Scope::Key, Algorithm::TokenBucket));
+    pub(super) fn limit_for<'a>(&'a self, id: &'a Identity) -> Option<LimitOf<'a>> {
+        if let Some(limit) = id.rate_limit {
+            return Some(LimitOf {
+                policy: "key",
+                origin: Origin::Key,
+                stem: &self.key_stem,
+                limit,
+                per: Scope::Key,
+                algorithm: Algorithm::TokenBucket,
+            });
         }
-        self.cfg
-            .rate
-            .policy_for(&id.plan)
-            .map(|p| (p.name.as_str(), p.limit, p.scope, p.algorithm))
+        self.cfg.rate.policy_for(&id.plan).map(|p| LimitOf {
+            policy: p.name.as_str(),
+            origin: p.origin,
+            stem: &p.stem,
+            limit: p.limit,
+            per: p.scope,
+            algorithm: p.algorithm,
+        })
     }
 
     pub(super) fn rate_headers(
@@ -43,52 +63,41 @@ impl Gate {
         }
     }
 
-    /// This Envoy's own token bucket for an admitted request (the local tier).
-    pub fn limit_local(&self, a: Admitted, store: &dyn SharedStore, now_us: u64) -> Decision {
+    /// This Envoy's own count (a token bucket or a rolling window) for an admitted request (the
+    /// local tier), at `now_ns` (the host's clock, unrounded).
+    pub fn limit_local(&self, a: Admitted, store: &dyn SharedStore, now_ns: u64) -> Decision {
         let Admitted {
             pending: p,
             id,
             body,
         } = a;
         let problems = || self.problems(instance_of(&p.path), p.request_id.as_deref(), p.rpc);
+        let now_us = now_ns / 1000;
         let mut rate = None;
-        if let Some((policy_name, limit, scope, algorithm)) = self.limit_for(&id) {
-            let owner = owner_of(&id, scope);
+        if let Some(l) = self.limit_for(&id) {
+            let (kind, owner) = state_key::owner(&id, l.per);
             let mut key = self.bucket_key.take();
             key.clear();
-            key.push_str(&self.cfg.shared_prefix);
-            key.push_str(match algorithm {
-                Algorithm::TokenBucket => ":rl:",
-                Algorithm::RollingWindow => ":rw:",
-            });
-            key.push(scope.letter());
-            key.push(':');
-            key.push_str(owner);
+            state_key::push(&mut key, l.stem, kind, owner);
             let mut buf = self.value_buf.take();
-            let taken = match algorithm {
-                Algorithm::TokenBucket => ratelimit::take(store, &key, &limit, now_us, &mut buf),
-                Algorithm::RollingWindow => {
-                    let (n, w) = (limit.requests, limit.window_s);
-                    window::take(store, &key, n, w, now_us, &mut buf)
-                }
-            };
+            let taken = limiter::take(store, &key, &l.limit, l.algorithm, now_ns, &mut buf);
             self.value_buf.set(buf);
             self.bucket_key.set(key);
             match taken {
                 Ok(d) => {
                     if !d.allowed {
-                        let h = self.rate_headers(&d, policy_name, &limit, now_us);
+                        let h = self.rate_headers(&d, l.policy, &l.limit, now_us);
                         return self.over_limit(
                             &problems(),
                             &d,
                             h,
-                            (policy_name, &limit, algorithm),
+                            (l.policy, &l.limit, l.algorithm),
                             now_us,
                             &id,
                         );
                     }
                     if self.cfg.rate.headers {
-                        rate = Some(self.rate_headers(&d, policy_name, &limit, now_us));
+                        rate = Some(self.rate_headers(&d, l.policy, &l.limit, now_us));
                     }
                 }
                 Err(e) => {
@@ -161,16 +170,5 @@ impl RateHeaders {
         let mut v = Vec::with_capacity(5);
         self.for_each(|n, val| v.push((n, val.to_string())));
         v
-    }
-}
-
-/// Who a bucket (or a fleet limit) belongs to: the key, its subject, or its account (the key when
-/// it has no account).
-pub(super) fn owner_of(id: &Identity, scope: Scope) -> &str {
-    match scope {
-        Scope::Key => &id.key_id,
-        Scope::Subject => &id.subject,
-        Scope::Account if !id.account.is_empty() => &id.account,
-        Scope::Account => &id.key_id,
     }
 }

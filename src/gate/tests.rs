@@ -77,8 +77,8 @@ fn rolling_window_plan_refuses_until_the_oldest_is_a_window_old() {
         .as_str()
         .unwrap()
         .contains("allows 3 requests in any 60 s; retry in 30 s"));
-    // its own shared-data key, 12 + 4 x 3 bytes
-    assert_eq!(st.map.borrow()["keygate.v1:rw:k:k1"].0.len(), 24);
+    // its shared-data key names the plan and the owner; 16 + 4 x 3 bytes
+    assert_eq!(st.map.borrow()["keygate.v1:l:1:p:k:k1"].0.len(), 28);
     assert!(matches!(
         decide(&g, h, &st, NOW_US + 60 * s),
         Decision::Allow(_)
@@ -793,7 +793,11 @@ fn the_fleet_tier_targets_the_policy_owner() {
     let g = gate(&key_json(FLEET));
     let a = admitted(&g);
     let t = g.target(&a).unwrap();
-    assert_eq!((t.policy, t.owner, t.scope), ("p", "acme", Scope::Account));
+    assert_eq!(
+        (t.policy, t.owner, t.per, t.kind),
+        ("p", "acme", Scope::Account, Scope::Account)
+    );
+    assert_eq!(t.lease_key("kg"), "kg:f:1:p:a:acme");
     assert_eq!(
         g.cfg.fleet.as_ref().unwrap().mode_for(t.policy),
         crate::fleet::Mode::Request

@@ -221,6 +221,9 @@ struct Plugin {
     log_buf: String,
     /// Wall-clock ms read once at the start of the current callback.
     now: u64,
+    /// The same instant in ns, as the host gave it: the rate limiters round it themselves, in
+    /// the direction their promise needs (a rolling window never sees it rounded down to ms).
+    now_ns: u64,
     /// The revocation feed's cursor exists (or there is no feed): verdicts may be cached.
     feed_ready: bool,
     /// The tick period was switched from the startup period to `poll_ms`.
@@ -343,6 +346,7 @@ pub extern "C" fn proxy_on_configure(root_id: u32, size: usize) -> u32 {
         metrics: Metrics::default(),
         log_buf: String::with_capacity(128),
         now: 0,
+        now_ns: 0,
         feed_ready: false,
         steady_ticks: false,
         fleet: fleet::Flights::default(),
@@ -517,7 +521,7 @@ impl Plugin {
     }
 
     fn on_request_headers(&mut self, ctx: u32, has_body: bool) -> u32 {
-        self.now = now_ms();
+        self.read_clock();
         let map = abi::get_headers(abi::MapType::RequestHeaders);
         map.with_pairs(|headers| self.request(ctx, headers, has_body))
     }
@@ -802,6 +806,14 @@ impl Plugin {
         }
     }
 
+    /// Reads the wall clock once for the current callback (`now`, `now_ns`); returns it in ms.
+    fn read_clock(&mut self) -> u64 {
+        let ns = abi::now_ns();
+        self.now_ns = ns;
+        self.now = ns / 1_000_000;
+        self.now
+    }
+
     /// The store the token buckets go through: Envoy shared data, with this worker's guesses of
     /// its own last writes (`store::Speculative`: one host call a request instead of two).
     fn buckets(&self, now_ms: u64) -> Speculative<'_> {
@@ -925,8 +937,7 @@ impl Plugin {
         status: Option<u32>,
         body: Option<Vec<u8>>,
     ) {
-        let now = now_ms();
-        self.now = now;
+        let now = self.read_clock();
         let id = call.id;
         let mut result = match body {
             None => Err(ServiceFailure::BodyTooLarge),

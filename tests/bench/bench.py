@@ -926,16 +926,17 @@ def table(rows: list[dict]) -> str:
 
 def shared_data_sizes() -> str:
     """Bytes keygate keeps in shared data per token bucket and per cached verdict, from the
-    formats in src/ratelimit.rs and src/cache.rs (default `shared_prefix`, the bench's keys)."""
+    formats in src/state_key.rs, src/limiter.rs and src/cache.rs (default `shared_prefix`, the
+    bench's keys)."""
     prefix = "keygate.v1"
-    bucket_key = f"{prefix}:rl:k:bench"
+    bucket_key = f"{prefix}:l:3:big:k:bench"
     verdict_key = f"{prefix}:v:" + "0" * 64
     rec = REMOTE_KEY_RECORD
     identity = {"valid": True, "key_id": rec["id"], "subject": rec["user"] or rec["id"], "account": rec["account"],
                 "plan": rec["plan"], "scopes": rec["scopes"], "expires_at": rec["expires_at"],
                 "ratelimit": rec["ratelimit"], "resources": rec["resources"]}
     verdict_value = 3 + 8 + 8 + 1 + len(json.dumps(identity, separators=(",", ":"), sort_keys=True))
-    return (f"per token bucket {len(bucket_key)} B key (`{bucket_key}`) + 16 B value; per cached verdict "
+    return (f"per token bucket {len(bucket_key)} B key (`{bucket_key}`) + 32 B value; per cached verdict "
             f"{len(verdict_key)} B key + {verdict_value} B value (20 B header + the identity JSON of "
             f"the remote bench key; it grows with scopes and resources)")
 

@@ -457,6 +457,10 @@ class KeyService:
         body.update(kw)
         return self.admin("POST", "/admin/keys", body)
 
+    def update_key(self, key_id: str, **changes) -> dict:
+        """Changes a stored key in place (`plan`, `account`, `subject`, `ratelimit`)."""
+        return self.admin("POST", "/admin/update-key", {"id": key_id, **changes})
+
     def revoke(self, key_id: str) -> None:
         self.admin("POST", "/admin/revoke", {"id": key_id})
 
@@ -485,6 +489,7 @@ class RlsEngine:
 
     def __init__(self, limits_yaml: str, delay_ms: int = 0, error: bool = False, port: int = 0,
                  limitador_style: bool = False):
+        # faults (`fault()`): read by the engine from this file on every call
         if not RLS_ENGINE.exists():
             raise RuntimeError(f"{RLS_ENGINE} is missing: build it with tests/rls-engine/build.sh")
         self.dir = Path(tempfile.mkdtemp(prefix="keygate-rls-"))
@@ -497,6 +502,7 @@ class RlsEngine:
         self.limitador_style = limitador_style
         self.proc: subprocess.Popen | None = None
         self.log = self.dir / "engine.log"
+        self.faults = self.dir / "faults.yaml"
         self.start()
 
     def start(self, delay_ms: int | None = None, error: bool | None = None) -> "RlsEngine":
@@ -506,7 +512,8 @@ class RlsEngine:
             self.error = error
         cmd = [str(RLS_ENGINE), "--limits", str(self.limits), "--addr", f"127.0.0.1:{self.port}",
                "--delay-ms", str(self.delay_ms)] + (["--error"] if self.error else []) \
-            + (["--rate-limit-headers"] if self.limitador_style else [])
+            + (["--rate-limit-headers"] if self.limitador_style else []) \
+            + ["--faults", str(self.faults)]
         out = open(self.log, "a")
         self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
 
@@ -523,6 +530,14 @@ class RlsEngine:
 
     def stop(self) -> None:
         stop_process(self.proc, grace=5)
+
+    def fault(self, **faults) -> None:
+        """Makes every later answer wrong (tests/rls-engine `--faults`): `reset_s`, `remaining_add`,
+        `limit`, `over_limit`, `delay_ms`, `plan` (only that plan's descriptors). No argument:
+        the engine answers truthfully again."""
+        tmp = self.faults.with_suffix(".tmp")
+        tmp.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in faults.items()))
+        os.replace(tmp, self.faults)
 
     def calls(self) -> list[str]:
         """Every ShouldRateLimit the engine answered (one line each)."""

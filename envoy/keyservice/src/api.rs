@@ -21,7 +21,7 @@ use crate::auth;
 use crate::model::{
     now_s, sha256_hex, Account, KeyRecord, Kind, RateLimit, State as KeyState, User,
 };
-use crate::store::{KeyFilter, StoreError, FEED_PAGE};
+use crate::store::{KeyChange, KeyFilter, StoreError, FEED_PAGE};
 
 pub const CONTRACT: u64 = 1;
 pub const VALID_CACHE_TTL_S: i64 = 60;
@@ -146,6 +146,7 @@ enum Action {
     AdminCreateKey,
     AdminRevoke,
     AdminDisable,
+    AdminUpdateKey,
     AdminCreateAccount,
     AdminListAccounts,
     AdminDisableAccount,
@@ -162,6 +163,7 @@ impl Action {
             Action::AdminCreateKey
                 | Action::AdminRevoke
                 | Action::AdminDisable
+                | Action::AdminUpdateKey
                 | Action::AdminCreateAccount
                 | Action::AdminListAccounts
                 | Action::AdminDisableAccount
@@ -197,6 +199,7 @@ fn routes_for(path: &str) -> Vec<(Method, Action, Option<String>)> {
         "/admin/keys" => vec![p(Method::POST, AdminCreateKey)],
         "/admin/revoke" => vec![p(Method::POST, AdminRevoke)],
         "/admin/disable" => vec![p(Method::POST, AdminDisable)],
+        "/admin/update-key" => vec![p(Method::POST, AdminUpdateKey)],
         "/admin/accounts" => vec![
             p(Method::GET, AdminListAccounts),
             p(Method::POST, AdminCreateAccount),
@@ -358,6 +361,7 @@ async fn dispatch(app: &App, action: Action, id: Option<String>, c: Call) -> Api
         AdminCreateKey => admin_create_key(app, &c).await,
         AdminRevoke => admin_revoke(app, &c).await,
         AdminDisable => admin_disable(app, &c).await,
+        AdminUpdateKey => admin_update_key(app, &c).await,
         AdminCreateAccount => admin_create_account(app, &c).await,
         AdminListAccounts => admin_list_accounts(app).await,
         AdminDisableAccount => admin_disable_account(app, &c).await,
@@ -1260,6 +1264,39 @@ async fn admin_disable(app: &App, c: &Call) -> ApiResult {
         StatusCode::OK,
         &json!({"success": true, "data": public(&rec)}),
     )
+}
+
+/// `POST /admin/update-key` `{"id", "plan"?, "account"?, "subject"?, "ratelimit"?}`: what the
+/// key's verdict says from now on (keygate sees it when its cached verdict expires).
+async fn admin_update_key(app: &App, c: &Call) -> ApiResult {
+    let req = parse_object(&c.body, false)?;
+    let id = req_str(&req, "id", 64)?;
+    let unknown: Vec<&str> = req
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !["id", "plan", "account", "subject", "ratelimit"].contains(k))
+        .collect();
+    if !unknown.is_empty() {
+        return Err(bad_request(format!(
+            "unknown members: {}",
+            unknown.join(", ")
+        )));
+    }
+    let change = KeyChange {
+        plan: opt_str(&req, "plan", 100)?,
+        account: opt_str(&req, "account", 100)?,
+        subject: opt_str(&req, "subject", 200)?,
+        ratelimit: match req.get("ratelimit") {
+            None => None,
+            Some(v) => Some(parse_ratelimit(Some(v))?),
+        },
+    };
+    let rec = app
+        .store
+        .update_key(&id, &change)
+        .await?
+        .ok_or_else(|| not_found(format!("no key {id}")))?;
+    ok_json(StatusCode::OK, &json!({"data": public(&rec)}))
 }
 
 pub fn name_ok(s: &str) -> bool {

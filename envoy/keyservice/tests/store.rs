@@ -132,6 +132,46 @@ async fn suite(s: Arc<dyn Store>) {
     );
     assert_eq!(s.count_live_keys("acme", 0).await.unwrap(), 2);
 
+    // -- an operator's change: plan, account, subject, limit; no feed entry
+    let c = s.revocation_cursor().await.unwrap();
+    let ch = keyservice::store::KeyChange {
+        plan: Some("pro".into()),
+        ratelimit: Some(Some(keyservice::model::RateLimit {
+            requests: 5,
+            window_s: 60,
+            burst: 5,
+        })),
+        ..Default::default()
+    };
+    let k = s.update_key("bk_4", &ch).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            k.plan.as_str(),
+            k.account.as_str(),
+            k.ratelimit.map(|r| r.requests)
+        ),
+        ("pro", "acme", Some(5))
+    );
+    let k = s
+        .update_key(
+            "bk_4",
+            &keyservice::store::KeyChange {
+                ratelimit: Some(None),
+                plan: Some("free".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((k.plan.as_str(), k.ratelimit), ("free", None));
+    assert_eq!(
+        s.key_by_hash(&k.key_hash).await.unwrap().unwrap().plan,
+        "free"
+    );
+    assert!(s.update_key("nope", &ch).await.unwrap().is_none());
+    assert_eq!(s.revocation_cursor().await.unwrap(), c);
+
     // -- disabling a key: a feed entry once; re-enabling: none
     let c = s.revocation_cursor().await.unwrap();
     let k = s

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{KeyFilter, Result, Store};
+use super::{KeyChange, KeyFilter, Result, Store};
 use crate::model::{Account, FeedEntry, KeyRecord, Kind, Session, User};
 
 struct Memory {
@@ -114,6 +114,9 @@ impl Store for CachedStore {
     ) -> Result<u64> {
         self.write(self.inner.revoke_all(account, kind, user, at).await)
             .await
+    }
+    async fn update_key(&self, id: &str, change: &KeyChange) -> Result<Option<KeyRecord>> {
+        self.write(self.inner.update_key(id, change).await).await
     }
     async fn set_key_disabled(
         &self,

@@ -34,6 +34,15 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 /// A page of the revocation feed.
 pub const FEED_PAGE: usize = 1000;
 
+/// What `update_key` changes (`None`: left as it is; `ratelimit: Some(None)` removes the limit).
+#[derive(Clone, Debug, Default)]
+pub struct KeyChange {
+    pub plan: Option<String>,
+    pub account: Option<String>,
+    pub subject: Option<String>,
+    pub ratelimit: Option<Option<crate::model::RateLimit>>,
+}
+
 /// Which keys a listing returns.
 #[derive(Clone, Debug, Default)]
 pub struct KeyFilter<'a> {
@@ -68,6 +77,10 @@ pub trait Store: Send + Sync + 'static {
         user: Option<&str>,
         at: i64,
     ) -> Result<u64>;
+    /// Changes what a key's verdict says (an operator's back office: a plan changed, an account
+    /// renamed, a per-key limit set or removed). No feed entry: keygate sees it when its cached
+    /// verdict expires. `None` if there is no such key.
+    async fn update_key(&self, id: &str, change: &KeyChange) -> Result<Option<KeyRecord>>;
     /// Disables (a feed entry, so caches drop it) or re-enables a key.
     async fn set_key_disabled(
         &self,

@@ -12,7 +12,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row, Transaction};
 
 use super::sqlite::KeyRecordRaw;
-use super::{cols, KeyFilter, Result, Store, StoreError};
+use super::{cols, KeyChange, KeyFilter, Result, Store, StoreError};
 use crate::model::{Account, FeedEntry, KeyRecord, Kind, Session, User};
 
 /// Serialises appends to the revocation feed (see the module's comment).
@@ -368,6 +368,27 @@ impl Store for PgStore {
         .map_err(db)?;
         tx.commit().await.map_err(db)?;
         Ok(n)
+    }
+
+    async fn update_key(&self, id: &str, ch: &KeyChange) -> Result<Option<KeyRecord>> {
+        let n = {
+            let c = self.client().await?;
+            let set_limit = ch.ratelimit.is_some();
+            let limit = ch.ratelimit.flatten().as_ref().map(cols::enc);
+            c.execute(
+                "UPDATE keys SET plan = COALESCE($2, plan), account = COALESCE($3, account), \
+                 subject = COALESCE($4, subject), \
+                 ratelimit = CASE WHEN $5 THEN $6 ELSE ratelimit END WHERE id = $1",
+                &[&id, &ch.plan, &ch.account, &ch.subject, &set_limit, &limit],
+            )
+            .await
+            .map_err(db)?
+        };
+        if n == 1 {
+            self.key_by_id(id).await
+        } else {
+            Ok(None)
+        }
     }
 
     async fn set_key_disabled(

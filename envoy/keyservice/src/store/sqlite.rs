@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::{cols, KeyFilter, Result, Store, StoreError};
+use super::{cols, KeyChange, KeyFilter, Result, Store, StoreError};
 use crate::model::{Account, FeedEntry, KeyRecord, Kind, Session, User};
 
 /// Each migration runs once, in order, in one transaction; `PRAGMA user_version` is the number
@@ -404,6 +404,32 @@ impl Store for SqliteStore {
             .map_err(db)?;
             Ok(n)
         })
+    }
+
+    async fn update_key(&self, id: &str, ch: &KeyChange) -> Result<Option<KeyRecord>> {
+        let found = self.tx(|c| {
+            let n = c
+                .execute(
+                    "UPDATE keys SET plan = COALESCE(?2, plan), account = COALESCE(?3, account), \
+                     subject = COALESCE(?4, subject), \
+                     ratelimit = CASE WHEN ?5 THEN ?6 ELSE ratelimit END WHERE id = ?1",
+                    params![
+                        id,
+                        ch.plan,
+                        ch.account,
+                        ch.subject,
+                        ch.ratelimit.is_some(),
+                        ch.ratelimit.flatten().as_ref().map(cols::enc),
+                    ],
+                )
+                .map_err(db)?;
+            Ok(n == 1)
+        })?;
+        if found {
+            self.key_by_id(id).await
+        } else {
+            Ok(None)
+        }
     }
 
     async fn set_key_disabled(
