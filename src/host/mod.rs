@@ -741,7 +741,15 @@ impl Plugin {
                 return self.run(ctx, next, false);
             }
             Lookup::Stale(v) => Some(v),
-            Lookup::Miss => None,
+            Lookup::Miss => {
+                // a key that cannot be one the service issued: refused here, no call, nothing
+                // cached (a cached or stale verdict above was valid, so in the format)
+                if crate::keyformat::refused_locally(ks.key_format.as_deref(), &c.secret) {
+                    let next = self.conclude(pending, Verdict::Refused(Refusal::Unknown), now);
+                    return self.run(ctx, next, false);
+                }
+                None
+            }
         };
         self.metrics.inc(Metric::CacheMiss);
         // A client over its failed-authentication budget gets no call to the key service. The
