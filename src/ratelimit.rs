@@ -251,8 +251,8 @@ pub fn update<D>(
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
-    use super::*;
     use super::Algorithm;
+    use super::*;
     use crate::store::memory::MemoryStore;
 
     /// A shared bucket (`limiter`), in these tests' µs.
