@@ -29,6 +29,7 @@ pub mod query;
 pub mod ratelimit;
 pub mod rls;
 pub mod route;
+pub mod slots;
 pub mod state_key;
 pub mod store;
 pub mod throttle;

@@ -29,6 +29,7 @@
 
 use crate::ratelimit::Algorithm;
 use crate::ratelimit::{self, div, update, Limit, RateDecision, RateError, Write, NS, NS_PER_MS};
+use crate::slots;
 use crate::store::SharedStore;
 use crate::window;
 
@@ -134,6 +135,108 @@ pub fn take(
         Algorithm::RollingWindow => update(store, key, buf, |value, out| {
             rolling(limit, value, now_ns, out)
         }),
+    }
+}
+
+/// Scratch space of a slotted step, kept across requests: the set's key, the owner's value.
+#[derive(Default)]
+pub struct Bufs {
+    pub key: String,
+    pub way: Vec<u8>,
+    pub value: Vec<u8>,
+}
+
+/// Bytes before a count's value in its way: the instant (ms) from which it holds nothing (a
+/// full bucket, an empty window), so any owner's request may reuse the way.
+const FREE_AT: usize = 8;
+
+/// The instant (ms, rounded up) from which a count written under `limit` and `algorithm` holds
+/// nothing: every bucket slot full again, or every recorded instant a window old.
+fn free_at_ms(limit: &Limit, algorithm: Algorithm, v: &[u8]) -> u64 {
+    let ms = |x: u128| u64::try_from(x.div_ceil(u128::from(NS_PER_MS))).unwrap_or(u64::MAX);
+    match (algorithm, decode_pair(v)) {
+        (_, Some(((h, tat), other))) => {
+            let full = |h: u128, tat: u128| ms(tat / u128::from(limit_of(h).requests.max(1)) + 1);
+            let o = other.map_or(0, |((oh, ot), _)| full(oh, ot));
+            full(h, tat).max(o)
+        }
+        (_, None) => window::Ring::parse(v).map_or(0, |r| {
+            let newest = (0..r.len()).rev().find_map(|i| r.at(i)).unwrap_or(0);
+            newest
+                .saturating_add(limit.window_s.saturating_mul(1000))
+                .saturating_add(1)
+        }),
+    }
+}
+
+/// [`take`] on the owner named `name` in the table of local counts (`slots`): the owner's count
+/// is one way of a set. A new owner takes a way whose count holds nothing (full bucket, empty
+/// window: reusing it forgets nothing); when every way of the set still counts, the request is
+/// refused ([`RateError::Full`], a 429 with the wait until a way frees), never admitted by
+/// dropping another owner's count.
+#[allow(clippy::too_many_arguments)]
+pub fn take_in(
+    store: &dyn SharedStore,
+    table: &slots::Table,
+    name: &str,
+    limit: &Limit,
+    algorithm: Algorithm,
+    now_ns: u64,
+    buf: &mut Vec<u8>,
+    bufs: &mut Bufs,
+) -> Result<RateDecision, RateError> {
+    let tag = table.locate(name.as_bytes(), &mut bufs.key);
+    let ways = table.geometry().ways;
+    let h = header(limit);
+    let now_ms = now_ns / NS_PER_MS;
+    let Bufs { key, way, value } = bufs;
+    let mut evicted = false;
+    let r = update(store, key, buf, |set, out| {
+        let own = slots::find(set, tag).and_then(|b| b.get(FREE_AT..));
+        way.clear();
+        way.extend_from_slice(&[0; FREE_AT]);
+        let (d, w) = match algorithm {
+            Algorithm::TokenBucket => bucket(limit, h, own, now_ns, value),
+            Algorithm::RollingWindow => rolling(limit, own, now_ns, value),
+        };
+        match w {
+            Write::New => {
+                let free = free_at_ms(limit, algorithm, value);
+                way[..FREE_AT].copy_from_slice(&free.to_le_bytes());
+                way.extend_from_slice(value);
+                let class = |b: &[u8]| match b.get(..FREE_AT).and_then(|x| x.try_into().ok()) {
+                    Some(x) if u64::from_le_bytes(x) > now_ms => slots::Class::Keep,
+                    _ => slots::Class::Free,
+                };
+                match slots::place(set, ways, tag, way, class, out) {
+                    Ok(p) => {
+                        evicted = p != slots::Placed::Kept;
+                        (Ok(d), Write::New)
+                    }
+                    Err(slots::Full) => {
+                        let first_free = slots::entries(set)
+                            .filter_map(|(_, b)| b.get(..FREE_AT)?.try_into().ok())
+                            .map(u64::from_le_bytes)
+                            .min()
+                            .unwrap_or(now_ms);
+                        let wait = first_free.saturating_sub(now_ms).max(1);
+                        (Err(RateError::Full(wait)), Write::Nothing)
+                    }
+                }
+            }
+            other => (Ok(d), other),
+        }
+    });
+    if evicted {
+        table.counts.evicted.set(table.counts.evicted.get() + 1);
+    }
+    match r {
+        Ok(Ok(d)) => Ok(d),
+        Ok(Err(e)) => {
+            table.counts.full.set(table.counts.full.get() + 1);
+            Err(e)
+        }
+        Err(e) => Err(e),
     }
 }
 

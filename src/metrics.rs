@@ -97,6 +97,11 @@ metrics! {
     FleetDispatchFailed = "keygate.fleet.failure.dispatch",
     FleetStoreFailed = "keygate.fleet.failure.store",
     FleetLatency = "keygate.fleet.latency_ms" (Histogram),
+    SlotsVerdictsEvicted = "keygate.slots.verdicts.evicted",
+    SlotsVerdictsFull = "keygate.slots.verdicts.full",
+    SlotsVerdictsUnsure = "keygate.slots.verdicts.unsure",
+    SlotsStatesReused = "keygate.slots.states.reused",
+    SlotsStatesFull = "keygate.slots.states.full",
 }
 
 impl Metric {

@@ -135,6 +135,9 @@ pub enum RateError {
     Contended,
     /// The host refused the write.
     StoreFailed,
+    /// A new owner found every way of its set still counting (`slots`): refused, with the wait
+    /// (ms) until the first way holds nothing.
+    Full(u64),
 }
 
 /// CAS attempts before giving up. Each loss means another worker *did* write (progress), so with

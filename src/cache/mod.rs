@@ -17,11 +17,13 @@
 //!   answer whose call started before that time never overwrites the mark ([`store_valid`]): the
 //!   service may have checked the key before it was revoked.
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
 use crate::contract;
-use crate::hash::{credential_id_from_hash, to_hex, Digest32};
+use crate::hash::{credential_id_from_hash, Digest32};
+use crate::slots::{self, Class, Placed, Spot, Table};
 use crate::store::{SetOutcome, SharedStore};
 use crate::verdict::{Identity, Refusal, Verdict};
 
@@ -33,6 +35,9 @@ pub struct CachePolicy {
     pub negative_entries: usize,
     /// How long a worker uses a verdict it read from shared data before reading it again.
     pub recheck_ms: u64,
+    /// How long a revocation mark may not be evicted: longer than any key-service call that
+    /// started before it can take to answer (`key_service.timeout_ms` and a margin).
+    pub hold_ms: u64,
 }
 
 impl Default for CachePolicy {
@@ -43,16 +48,96 @@ impl Default for CachePolicy {
             stale_ms: 600_000,
             negative_entries: 10_000,
             recheck_ms: 250,
+            hold_ms: 500 + HOLD_MARGIN_MS,
         }
     }
 }
 
-pub fn entry_key(prefix: &str, id: &Digest32) -> String {
-    let mut k = String::with_capacity(prefix.len() + 3 + 64);
-    k.push_str(prefix);
-    k.push_str(":v:");
-    k.push_str(&to_hex(id));
+/// What is added to `key_service.timeout_ms` to hold a revocation mark: worker clocks, a
+/// callback that runs late, an answer Envoy delivers after its timer.
+pub const HOLD_MARGIN_MS: u64 = 10_000;
+
+/// A cached verdict larger than this is not cached (served, and asked again next time): the
+/// verdict table's footprint is its slots times this at most.
+pub const MAX_ENTRY_BYTES: usize = 2048;
+
+/// Where a secret's verdict lives: its set in the verdict table (`slots`), its tag there.
+#[derive(Clone)]
+pub struct Slot<'a> {
+    pub table: &'a Table,
+    pub spot: Spot,
+}
+
+/// The slot of the secret whose id (without a Basic user) is `id`.
+pub fn entry_key<'a>(table: &'a Table, id: &Digest32) -> Slot<'a> {
+    Slot {
+        table,
+        spot: table.spot(id),
+    }
+}
+
+/// The shared-data key of the revocation floor of `table` (see [`mark_revoked`]).
+fn floor_key(table: &Table) -> String {
+    let mut k = table.spot(b"").key;
+    while k.ends_with(|c: char| c.is_ascii_digit()) {
+        k.pop();
+    }
+    k.push_str(":floor");
     k
+}
+
+/// The newest revocation whose mark was evicted while held (ms; 0: none).
+fn read_floor(store: &dyn SharedStore, table: &Table) -> u64 {
+    store
+        .get(&floor_key(table))
+        .and_then(|(v, _)| v.get(..8).and_then(|b| b.try_into().ok()))
+        .map_or(0, u64::from_le_bytes)
+}
+
+/// Raises the revocation floor to `at` (never lowers it). Whether it holds at least `at` now.
+fn raise_floor(store: &dyn SharedStore, table: &Table, at: u64) -> bool {
+    let key = floor_key(table);
+    for _ in 0..8 {
+        let (cur, cas) = match store.get(&key) {
+            None => (0, crate::store::ABSENT_CAS),
+            Some((v, cas)) => (
+                v.get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map_or(0, u64::from_le_bytes),
+                cas,
+            ),
+        };
+        if cur >= at {
+            return true;
+        }
+        match store.set(&key, &at.to_le_bytes(), cas) {
+            SetOutcome::Written => return true,
+            SetOutcome::CasMismatch => continue,
+            SetOutcome::Failed => return false,
+        }
+    }
+    false
+}
+
+/// How the verdict table's rule sees an entry when room is needed at `now_ms`: a dead one (or
+/// foreign bytes) is free; a valid verdict may go (a miss), the soonest to expire first; a
+/// revocation mark is kept while held (`hold_ms` after keygate learned of it: an answer to a
+/// call that started before it may still come), then may go like a verdict.
+fn class(b: &[u8], now_ms: u64, hold_ms: u64) -> Class {
+    match decode(b) {
+        None => Class::Free,
+        Some(e) if now_ms >= e.stale_until_ms => Class::Free,
+        Some(e) if matches!(e.verdict, Verdict::Refused(_))
+            && now_ms < e.revoked_at_ms.saturating_add(hold_ms) =>
+        {
+            Class::Keep
+        }
+        Some(e) => Class::Evictable(e.stale_until_ms),
+    }
+}
+
+fn count(c: &Cell<u64>) {
+    c.set(c.get().saturating_add(1));
 }
 
 const MAGIC: &[u8; 3] = b"KG2";
@@ -202,10 +287,10 @@ impl Memo {
     /// `key` builds the entry's shared-data key (only when shared data is read); `id` is the
     /// secret's id (no user), `user` the Basic user presented: a valid verdict given for another
     /// user is a miss (a revoked mark holds for every user).
-    pub fn lookup(
+    pub fn lookup<'t>(
         &mut self,
         store: &dyn SharedStore,
-        key: impl FnOnce() -> String,
+        key: impl FnOnce() -> Slot<'t>,
         id: &Digest32,
         user: Option<&str>,
         now_ms: u64,
@@ -231,15 +316,16 @@ impl Memo {
         }
     }
 
-    /// Reads the entry from shared data; decodes it only when its CAS token changed.
+    /// Reads the entry's set from shared data; decodes the entry only when the set's CAS token
+    /// changed (a write to another entry of the set changes it too: then it is decoded again).
     fn read(
         &mut self,
         store: &dyn SharedStore,
-        key: &str,
+        slot: &Slot<'_>,
         id: &Digest32,
         now_ms: u64,
     ) -> Option<Entry> {
-        let Some((bytes, cas)) = store.get(key) else {
+        let Some((bytes, cas)) = store.get(&slot.spot.key) else {
             self.map.remove(id);
             return None;
         };
@@ -247,7 +333,7 @@ impl Memo {
             m.read_ms = now_ms;
             return Some(m.entry.clone());
         }
-        let Some(entry) = decode(&bytes) else {
+        let Some(entry) = slots::find(Some(&bytes), slot.spot.tag).and_then(decode) else {
             self.map.remove(id);
             return None;
         };
@@ -276,6 +362,13 @@ pub enum Stored {
     /// The secret was revoked after the call that brought the answer started: the answer lost,
     /// and the request it was for must be refused as revoked.
     Revoked,
+    /// The call started before a revocation whose mark had to be evicted while it was held
+    /// (every way of its set held a newer one): whether this secret was the one revoked cannot
+    /// be told. The answer is not used; the request gets a retryable failure, never the verdict.
+    Unsure,
+    /// Not cached (every way of the set was to be kept, or the entry is too large); the answer
+    /// stands.
+    NotCached,
     Failed,
 }
 
@@ -289,11 +382,12 @@ pub struct Offer<'a> {
 }
 
 /// Stores a positive verdict brought by a call started at `offer.started_ms`, unless a
-/// revocation marked since then is in the way (CAS: a mark written between the read and the
-/// write makes the write mismatch and the mark is seen on the retry).
+/// revocation marked since then is in the way (CAS on the whole set: a mark written between the
+/// read and the write makes the write mismatch and the mark is seen on the retry), or a
+/// revocation learned since then had its mark evicted (the floor: [`Stored::Unsure`]).
 pub fn store_valid(
     store: &dyn SharedStore,
-    key: &str,
+    slot: &Slot<'_>,
     offer: Offer<'_>,
     policy: &CachePolicy,
     now_ms: u64,
@@ -322,25 +416,51 @@ pub fn store_valid(
         binding,
         revoked_at_ms: 0,
     });
+    let Slot { table, spot } = slot;
+    let mut out = Vec::new();
     for _ in 0..4 {
-        let cas = match store.get(key) {
-            None => crate::store::ABSENT_CAS,
-            Some((bytes, cas)) => {
-                if let Some(old) = decode(&bytes) {
-                    if old.verdict == Verdict::Refused(Refusal::Revoked)
-                        && old.revoked_at_ms >= started_ms
-                        && now_ms < old.stale_until_ms
-                    {
-                        return Stored::Revoked;
-                    }
-                }
-                cas
-            }
+        let (set, cas) = match store.get(&spot.key) {
+            None => (None, crate::store::ABSENT_CAS),
+            Some((bytes, cas)) => (Some(bytes), cas),
         };
-        match store.set(key, &e, cas) {
-            SetOutcome::Written => return Stored::Written,
-            SetOutcome::CasMismatch => continue,
-            SetOutcome::Failed => return Stored::Failed,
+        if let Some(old) = slots::find(set.as_deref(), spot.tag).and_then(decode) {
+            if old.verdict == Verdict::Refused(Refusal::Revoked)
+                && old.revoked_at_ms >= started_ms
+                && now_ms < old.stale_until_ms
+            {
+                return Stored::Revoked;
+            }
+        }
+        // read after the set: a mark evicted before this read raised the floor first
+        if read_floor(store, table) >= started_ms {
+            return Stored::Unsure;
+        }
+        if e.len() > MAX_ENTRY_BYTES {
+            return Stored::NotCached;
+        }
+        let placed = slots::place(
+            set.as_deref(),
+            table.geometry().ways,
+            spot.tag,
+            &e,
+            |b| class(b, now_ms, policy.hold_ms),
+            &mut out,
+        );
+        match placed {
+            Err(slots::Full) => {
+                count(&table.counts.full);
+                return Stored::NotCached;
+            }
+            Ok(p) => match store.set(&spot.key, &out, cas) {
+                SetOutcome::Written => {
+                    if p == Placed::Evicted {
+                        count(&table.counts.evicted);
+                    }
+                    return Stored::Written;
+                }
+                SetOutcome::CasMismatch => continue,
+                SetOutcome::Failed => return Stored::Failed,
+            },
         }
     }
     Stored::Failed
@@ -348,7 +468,13 @@ pub fn store_valid(
 
 /// Marks the secret revoked as of `now_ms`, over its entry or as a new one (the feed names real
 /// keys, not attacker input). Returns whether a valid entry was overwritten.
-pub fn mark_revoked(store: &dyn SharedStore, key: &str, policy: &CachePolicy, now_ms: u64) -> bool {
+///
+/// A mark is held (never evicted) for `hold_ms`: an answer to a call that started before the
+/// revocation can only come within that time, and finds the mark. When every way of the set
+/// holds a held mark (more revocations at once than a set has ways), the oldest is evicted all
+/// the same, but first the **floor** is raised to its time: from then on any valid answer to a
+/// call that started before the floor is refused ([`Stored::Unsure`]), whichever secret it is for.
+pub fn mark_revoked(store: &dyn SharedStore, slot: &Slot<'_>, policy: &CachePolicy, now_ms: u64) -> bool {
     // outlives any answer still on its way (a call lasts at most the key-service timeout, far
     // below the TTLs), and any valid entry it replaces
     let until = now_ms.saturating_add(policy.positive_ttl_ms.max(policy.stale_ms).max(60_000));
@@ -359,16 +485,36 @@ pub fn mark_revoked(store: &dyn SharedStore, key: &str, policy: &CachePolicy, no
         binding: Binding::NoUser,
         revoked_at_ms: now_ms,
     });
-    for _ in 0..4 {
-        let (was_valid, cas) = match store.get(key) {
-            None => (false, crate::store::ABSENT_CAS),
-            Some((bytes, cas)) => (
-                decode(&bytes).is_some_and(|e| matches!(e.verdict, Verdict::Valid(_))),
-                cas,
-            ),
+    let Slot { table, spot } = slot;
+    let ways = table.geometry().ways;
+    let mut out = Vec::new();
+    for _ in 0..8 {
+        let (set, cas) = match store.get(&spot.key) {
+            None => (None, crate::store::ABSENT_CAS),
+            Some((bytes, cas)) => (Some(bytes), cas),
         };
-        match store.set(key, &e, cas) {
-            SetOutcome::Written => return was_valid,
+        let set = set.as_deref();
+        let was_valid = slots::find(set, spot.tag)
+            .and_then(decode)
+            .is_some_and(|e| matches!(e.verdict, Verdict::Valid(_)));
+        let mut placed = slots::place(set, ways, spot.tag, &e, |b| class(b, now_ms, policy.hold_ms), &mut out);
+        if placed.is_err() {
+            // every way a held mark: the oldest goes, after the floor rises to its time
+            let held = |b: &[u8]| decode(b).map_or(0, |e| e.revoked_at_ms);
+            let oldest = slots::entries(set).map(|(_, b)| held(b)).min().unwrap_or(now_ms);
+            if !raise_floor(store, table, oldest) {
+                return false;
+            }
+            placed = slots::place(set, ways, spot.tag, &e, |b| Class::Evictable(held(b)), &mut out);
+        }
+        let Ok(p) = placed else { return false };
+        match store.set(&spot.key, &out, cas) {
+            SetOutcome::Written => {
+                if p == Placed::Evicted {
+                    count(&table.counts.evicted);
+                }
+                return was_valid;
+            }
             SetOutcome::CasMismatch => continue,
             SetOutcome::Failed => return false,
         }
@@ -383,7 +529,7 @@ pub fn mark_revoked(store: &dyn SharedStore, key: &str, policy: &CachePolicy, no
 /// verdicts were overwritten.
 pub fn apply_revocations(
     store: &dyn SharedStore,
-    prefix: &str,
+    table: &Table,
     policy: &CachePolicy,
     revoked: &[(Digest32, Option<String>)],
     memo: &mut Memo,
@@ -406,7 +552,7 @@ pub fn apply_revocations(
                 now_ms,
             );
         }
-        if mark_revoked(store, &entry_key(prefix, &entry), policy, now_ms) {
+        if mark_revoked(store, &entry_key(table, &entry), policy, now_ms) {
             marked += 1;
         }
     }

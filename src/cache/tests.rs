@@ -6,7 +6,7 @@ use super::*;
 /// A valid verdict stored by a call that started and ended at `now`.
 fn store_at(
     st: &dyn SharedStore,
-    key: &str,
+    key: &Slot<'_>,
     identity: &Rc<Identity>,
     binding: Binding,
     ttl_hint_s: Option<u64>,
@@ -23,6 +23,21 @@ fn store_at(
 }
 use crate::hash::credential_id;
 use crate::store::memory::MemoryStore;
+
+/// The verdict table these tests use (one per call, all alike: the same seed and geometry).
+fn table() -> &'static Table {
+    Box::leak(Box::new(Table::new(
+        "kg",
+        'v',
+        slots::Geometry::of(1024, slots::VERDICT_WAYS),
+        (7, 9),
+    )))
+}
+
+/// The slot of `id` in [`table`] (`_prefix`: as the tests name it).
+fn entry_key(_prefix: &str, id: &Digest32) -> Slot<'static> {
+    super::entry_key(table(), id)
+}
 
 fn ident(expires_at: Option<u64>) -> Rc<Identity> {
     Rc::new(Identity {
@@ -49,7 +64,7 @@ fn fresh_then_stale_then_miss() {
     };
     let id = credential_id(None, "secret");
     let key = entry_key("kg", &id);
-    assert!(!key.contains("secret"));
+    assert!(!key.spot.key.contains("secret"));
     store_at(&st, &key, &ident(None), Binding::NoUser, None, &p, NOW);
     let mut m = Memo::default();
     assert!(matches!(
@@ -129,7 +144,8 @@ fn revocation_marks_the_secret_for_every_user_and_invalidates_memos() {
     // a mark for a secret nothing cached yet is written too (an answer may be on its way)
     let other = entry_key("kg", &credential_id(None, "t"));
     assert!(!mark_revoked(&st, &other, &p, NOW));
-    assert!(st.map.borrow().contains_key(&other));
+    let set = st.map.borrow()[&other.spot.key].0.clone();
+    assert!(slots::find(Some(&set), other.spot.tag).is_some());
 }
 
 #[test]
@@ -185,6 +201,8 @@ proptest::proptest! {
             store_at(&st, &key, &ident(None), b, None, &p, t);
         }
         proptest::prop_assert_eq!(st.map.borrow().len(), 1);
+        let set = st.map.borrow()[&key.spot.key].0.clone();
+        proptest::prop_assert_eq!(slots::entries(Some(&set)).count(), 1);
     }
 }
 
@@ -333,7 +351,7 @@ fn the_feed_revokes_a_secret_for_every_worker_and_each_of_its_credentials() {
         (crate::hash::sha256(b"s"), Some("alice".to_string())),
         (crate::hash::sha256(b"never-cached"), None),
     ];
-    let marked = apply_revocations(&st, "kg", &p, &feed, &mut memo, &mut neg, NOW + 1);
+    let marked = apply_revocations(&st, table(), &p, &feed, &mut memo, &mut neg, NOW + 1);
     assert_eq!(
         marked, 1,
         "one valid verdict overwritten; the other secret gets a mark"
@@ -364,7 +382,7 @@ fn the_feed_revokes_a_secret_for_every_worker_and_each_of_its_credentials() {
     assert_eq!(store_valid(&st, &key, late, &p, NOW + 3), Stored::Revoked);
     // applied twice (a page read again), nothing new is overwritten
     assert_eq!(
-        apply_revocations(&st, "kg", &p, &feed, &mut memo, &mut neg, NOW + 4),
+        apply_revocations(&st, table(), &p, &feed, &mut memo, &mut neg, NOW + 4),
         0
     );
 }

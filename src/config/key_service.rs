@@ -123,6 +123,7 @@ pub(super) fn parse_key_service(o: RawKeyService) -> Result<KeyServiceConfig, Co
             o.shared_recheck_ms,
             SHARED_RECHECK_MS,
         )?,
+        hold_ms: timeout_ms.saturating_add(crate::cache::HOLD_MARGIN_MS),
     };
     let on_failure = match o.on_failure.as_deref() {
         None | Some("closed") => OnFailure::Closed,

@@ -26,6 +26,7 @@ mod credentials;
 mod dupes;
 mod fields;
 mod fleet;
+mod slots;
 mod key_service;
 mod keys;
 mod problems;
@@ -119,6 +120,8 @@ pub struct Config {
     pub fleet: Option<FleetConfig>,
     /// How the bodies that owner checks read are held (`bodies`).
     pub bodies: BodyLimits,
+    /// How much shared data the verdict cache and the local counts may hold (`slots`).
+    pub slots: crate::slots::Wanted,
 }
 
 /// Every configuration field the parser knows, as `a.b[].c` paths (`<name>` for map keys,
@@ -174,6 +177,7 @@ struct RawConfig {
     fleet: Option<fleet::RawFleet>,
     default_access: Option<String>,
     bodies: Option<routes::RawBodies>,
+    slots: Option<slots::RawSlots>,
 }
 
 /// Parses and checks the whole configuration. `warnings` collects one line per ignored field.
@@ -240,6 +244,10 @@ fn build(raw: RawConfig, w: &mut Vec<String>) -> Result<Config, ConfigError> {
     let default_access =
         routes::parse_access("default_access", raw.default_access.as_deref(), Access::Key)?;
     let bodies = routes::build_bodies(raw.bodies)?;
+    let slots = slots::parse_slots(raw.slots)?;
+    if slots.seed.is_some() {
+        w.push("keygate: slots.seed is set: whoever knows it can choose keys that share a set (for tests only)".to_string());
+    }
 
     Ok(Config {
         realm,
@@ -262,5 +270,6 @@ fn build(raw: RawConfig, w: &mut Vec<String>) -> Result<Config, ConfigError> {
         problems,
         fleet,
         bodies,
+        slots,
     })
 }

@@ -189,6 +189,10 @@ pub struct Gate {
     key_stem: String,
     /// A bucket's or a rolling window's new value is built here, reused across requests.
     value_buf: std::cell::Cell<Vec<u8>>,
+    /// The rest of a slotted step's scratch (`limiter::take_in`).
+    slot_bufs: std::cell::Cell<crate::limiter::Bufs>,
+    /// The shared-data tables (verdicts, local counts) of this configuration's prefix.
+    pub tables: crate::slots::Tables,
 }
 
 fn quoted(s: &str) -> String {
@@ -197,13 +201,28 @@ fn quoted(s: &str) -> String {
 }
 
 impl Gate {
+    /// A gate whose tables are its own (seeded at random unless the configuration names a seed):
+    /// for tests and tools. In Envoy, [`Gate::with_tables`] with the prefix's shared tables.
     pub fn new(cfg: Config) -> Self {
+        let mut notes = Vec::new();
+        let tables = crate::slots::establish(
+            &crate::slots::Unshared,
+            &cfg.shared_prefix,
+            &cfg.slots,
+            &mut notes,
+        );
+        Gate::with_tables(cfg, tables)
+    }
+
+    pub fn with_tables(cfg: Config, tables: crate::slots::Tables) -> Self {
         let key_stem = state_key::stem(&cfg.shared_prefix, Tier::Local, (Origin::Key, "key"));
         Gate {
             cfg,
             key_stem,
             bucket_key: std::cell::Cell::new(String::new()),
             value_buf: std::cell::Cell::new(Vec::new()),
+            slot_bufs: std::cell::Cell::new(crate::limiter::Bufs::default()),
+            tables,
         }
     }
 

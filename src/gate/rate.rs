@@ -80,7 +80,18 @@ impl Gate {
             key.clear();
             state_key::push(&mut key, l.stem, kind, owner);
             let mut buf = self.value_buf.take();
-            let taken = limiter::take(store, &key, &l.limit, l.algorithm, now_ns, &mut buf);
+            let mut bufs = self.slot_bufs.take();
+            let taken = limiter::take_in(
+                store,
+                &self.tables.states,
+                &key,
+                &l.limit,
+                l.algorithm,
+                now_ns,
+                &mut buf,
+                &mut bufs,
+            );
+            self.slot_bufs.set(bufs);
             self.value_buf.set(buf);
             self.bucket_key.set(key);
             match taken {
@@ -101,11 +112,19 @@ impl Gate {
                     }
                 }
                 Err(e) => {
-                    let detail = match e {
-                        RateError::Contended => "the rate limiter is contended; retry shortly",
-                        RateError::StoreFailed => "the rate limiter could not record the request",
+                    let (detail, wait_s) = match e {
+                        RateError::Contended => ("the rate limiter is contended; retry shortly", 1),
+                        RateError::StoreFailed => {
+                            ("the rate limiter could not record the request", 1)
+                        }
+                        // every way of the owner's set still counts: refused, never by
+                        // forgetting another owner's count
+                        RateError::Full(ms) => (
+                            "the rate limiter has no room for this count now; retry later",
+                            ms.div_ceil(1000).clamp(1, 3600),
+                        ),
                     };
-                    let h = vec![("retry-after".to_string(), "1".to_string())];
+                    let h = vec![("retry-after".to_string(), wait_s.to_string())];
                     return self.deny(
                         &problems(),
                         Problem::new(429, Kind::RateLimited, detail),

@@ -77,8 +77,11 @@ fn rolling_window_plan_refuses_until_the_oldest_is_a_window_old() {
         .as_str()
         .unwrap()
         .contains("allows 3 requests in any 60 s; retry in 30 s"));
-    // its shared-data key names the plan and the owner; 16 + 4 x 3 bytes
-    assert_eq!(st.map.borrow()["keygate.v1:l:1:p:k:k1"].0.len(), 28);
+    // its name names the plan and the owner (its set's tag); 16 + 4 x 3 bytes after the
+    // instant it frees
+    let slot = g.tables.states.spot(b"keygate.v1:l:1:p:k:k1");
+    let set = st.map.borrow()[&slot.key].0.clone();
+    assert_eq!(crate::slots::find(Some(&set), slot.tag).unwrap().len(), 8 + 28);
     assert!(matches!(
         decide(&g, h, &st, NOW_US + 60 * s),
         Decision::Allow(_)

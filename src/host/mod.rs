@@ -327,9 +327,14 @@ pub extern "C" fn proxy_on_configure(root_id: u32, size: usize) -> u32 {
     });
     let throttle = cfg.auth_throttle.map(Throttle::new);
     let cfg_bodies = cfg.bodies;
+    let mut notes = Vec::new();
+    let tables = crate::slots::establish(&EnvoyStore, &cfg.shared_prefix, &cfg.slots, &mut notes);
+    for n in &notes {
+        log::warn!("{n}");
+    }
     let plugin = Plugin {
         root_id,
-        gate: Rc::new(Gate::new(cfg)),
+        gate: Rc::new(Gate::with_tables(cfg, tables)),
         memo: Memo::default(),
         guesses: RefCell::new(Guesses::default()),
         digests: DigestMemo::new(DIGEST_MEMO_ENTRIES),
@@ -728,8 +733,7 @@ impl Plugin {
             let next = self.conclude(pending, Verdict::Refused(r), now);
             return self.run(ctx, next, false);
         }
-        let prefix = &gate.cfg.shared_prefix;
-        let key = || cache::entry_key(prefix, &entry);
+        let key = || cache::entry_key(&gate.tables.verdicts, &entry);
         let user = c.user.as_deref();
         let stale = match self
             .memo
@@ -944,9 +948,10 @@ impl Plugin {
             Some(b) => contract::parse_verify(status, &b),
         };
         let gate = self.gate.clone();
+        let mut unsure = false;
         if let Ok(a) = result.as_mut() {
             if let (Verdict::Valid(identity), true) = (&a.verdict, call.cacheable) {
-                let key = cache::entry_key(&gate.cfg.shared_prefix, &call.entry);
+                let key = cache::entry_key(&gate.tables.verdicts, &call.entry);
                 let binding = cache::Binding::of(call.user.as_deref(), a.user_bound);
                 let stored = cache::store_valid(
                     &EnvoyStore,
@@ -967,7 +972,21 @@ impl Plugin {
                     a.verdict = Verdict::Refused(Refusal::Revoked);
                     a.ttl_hint_s = None;
                 }
+                if stored == cache::Stored::Unsure {
+                    // older than a revocation whose mark was evicted: not used, nothing cached
+                    self.metrics.add_now(Metric::SlotsVerdictsUnsure, 1);
+                    unsure = true;
+                }
             }
+        }
+        if unsure {
+            let retry = ks.retry_after_s;
+            self.settle_flight(&id, |p, w| {
+                let gate = p.gate.clone();
+                Next::Decided(gate.unavailable(&w.pending, retry))
+            });
+            abi::set_effective_context(self.root_id);
+            return;
         }
         match &result {
             Ok(a) => match &a.verdict {
@@ -1045,6 +1064,18 @@ impl Plugin {
 
     /// One worker at a time polls the revocation feed: a lease in shared data taken by CAS.
     fn tick(&mut self) {
+        let t = &self.gate.tables;
+        for (table, evicted, full) in [
+            (&t.verdicts, Metric::SlotsVerdictsEvicted, Metric::SlotsVerdictsFull),
+            (&t.states, Metric::SlotsStatesReused, Metric::SlotsStatesFull),
+        ] {
+            let (e, f) = table.counts.take();
+            for (m, n) in [(evicted, e), (full, f)] {
+                if n > 0 {
+                    self.metrics.add_now(m, i64::try_from(n).unwrap_or(i64::MAX));
+                }
+            }
+        }
         self.metrics.flush();
         let Some(ks) = self.gate.cfg.key_service.clone() else {
             return;
@@ -1097,7 +1128,7 @@ impl Plugin {
                 self.metrics.add_now(Metric::RevocationPolls, 1);
                 let marked = cache::apply_revocations(
                     &EnvoyStore,
-                    &self.gate.cfg.shared_prefix,
+                    &self.gate.tables.verdicts,
                     &ks.cache,
                     &r.revoked,
                     &mut self.memo,

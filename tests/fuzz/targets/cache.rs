@@ -4,6 +4,9 @@
 //! refusal always comes back as the revoked mark, the only refusal keygate writes); after
 //! `mark_revoked`, no lookup at that instant serves a `Valid` verdict.
 //!
+//! The bytes are tried as the secret's entry in its set, and as a whole set value (another
+//! writer's, or damaged).
+//!
 //! Input: the raw stored value (`KG2` + fresh_until_ms u64le + stale_until_ms u64le + tag, then
 //! the binding and the JSON identity when tag is 0, the revocation instant u64le otherwise).
 
@@ -11,6 +14,7 @@ use crate::common;
 
 use keygate::cache::{self, CachePolicy, Lookup, Memo};
 use keygate::hash::credential_id;
+use keygate::slots;
 use keygate::store::SharedStore;
 use keygate::verdict::{Refusal, Verdict};
 
@@ -31,25 +35,36 @@ pub fn run(data: &[u8]) {
         }
     }
 
-    let store = common::FuzzStore::default();
+    let table = slots::Table::new("kg", 'v', slots::Geometry::of(64, 4), (1, 2));
     let id = credential_id(Some("alice"), "secret");
-    let key = cache::entry_key("kg", &id);
-    store.set(&key, data, 0);
+    let key = cache::entry_key(&table, &id);
+    let mut set = Vec::new();
+    let _ = slots::place(None, 4, key.spot.tag, data, |_| slots::Class::Free, &mut set);
+    for value in [&set[..], data] {
+        let store = common::FuzzStore::default();
+        store.set(&key.spot.key, value, 0);
+        one(&store, &key, &id, data, std::ptr::eq(value, data));
+    }
+}
+
+fn one(store: &common::FuzzStore, key: &cache::Slot<'_>, id: &keygate::hash::Digest32, data: &[u8], raw: bool) {
+    let store = store;
+    let id = *id;
     let mut memo = Memo::default();
-    let before = memo.lookup(&store, || key.clone(), &id, Some("alice"), NOW_MS, 0);
-    if cache::decode(data).is_none() {
+    let before = memo.lookup(store, || key.clone(), &id, Some("alice"), NOW_MS, 0);
+    if cache::decode(data).is_none() || raw {
         assert_eq!(before, Lookup::Miss);
     }
     // Second lookup hits the memo: it must agree with the first.
     assert_eq!(
-        memo.lookup(&store, || key.clone(), &id, Some("alice"), NOW_MS, 0),
+        memo.lookup(store, || key.clone(), &id, Some("alice"), NOW_MS, 0),
         before
     );
 
     let policy = CachePolicy::default();
-    cache::mark_revoked(&store, &key, &policy, NOW_MS);
+    cache::mark_revoked(store, key, &policy, NOW_MS);
     {
-        match memo.lookup(&store, || key.clone(), &id, Some("alice"), NOW_MS, 0) {
+        match memo.lookup(store, || key.clone(), &id, Some("alice"), NOW_MS, 0) {
             Lookup::Fresh(Verdict::Valid(_)) | Lookup::Stale(Verdict::Valid(_)) => {
                 panic!("a revoked entry still serves Valid")
             }
