@@ -75,8 +75,12 @@ pub(crate) fn hex_val(c: u8) -> Option<u8> {
 /// when full.
 pub struct DigestMemo {
     keys: (RandomState, RandomState),
-    map: HashMap<u128, Digest32, BuildHasherDefault<TagHasher>>,
+    /// The digest, and the secret's credential id without a user once asked for
+    /// ([`DigestMemo::entry_id`]).
+    map: HashMap<u128, (Digest32, Option<Digest32>), BuildHasherDefault<TagHasher>>,
     cap: usize,
+    /// The tag of the secret hashed last.
+    last: u128,
 }
 
 impl DigestMemo {
@@ -85,21 +89,33 @@ impl DigestMemo {
             keys: (RandomState::new(), RandomState::new()),
             map: HashMap::default(),
             cap: cap.max(1),
+            last: 0,
         }
     }
 
     pub fn sha256(&mut self, secret: &[u8]) -> Digest32 {
         let tag = (u128::from(self.keys.0.hash_one(secret)) << 64)
             | u128::from(self.keys.1.hash_one(secret));
-        if let Some(d) = self.map.get(&tag) {
+        self.last = tag;
+        if let Some((d, _)) = self.map.get(&tag) {
             return *d;
         }
         let d = sha256(secret);
         if self.map.len() >= self.cap {
             self.map.clear();
         }
-        self.map.insert(tag, d);
+        self.map.insert(tag, (d, None));
         d
+    }
+
+    /// `credential_id_from_hash(None, digest)` for the digest [`DigestMemo::sha256`] just gave:
+    /// remembered with it (one SHA-256 less on every cached request of a key-service key).
+    pub fn entry_id(&mut self, digest: &Digest32) -> Digest32 {
+        match self.map.get_mut(&self.last) {
+            Some((d, Some(id))) if d == digest => *id,
+            Some((d, slot)) if d == digest => *slot.insert(credential_id_from_hash(None, digest)),
+            _ => credential_id_from_hash(None, digest),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -143,6 +159,21 @@ impl Hasher for TagHasher {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_memo_gives_the_ids_it_would_compute() {
+        let mut m = DigestMemo::new(4);
+        for _ in 0..2 {
+            for s in ["a", "b", "c", "d", "e"] {
+                let d = m.sha256(s.as_bytes());
+                assert_eq!(d, sha256(s.as_bytes()));
+                assert_eq!(m.entry_id(&d), credential_id(None, s));
+                // a digest that is not the last one's: computed, not mixed up
+                assert_eq!(m.entry_id(&sha256(b"z")), credential_id(None, "z"));
+            }
+        }
+        assert!(m.len() <= 4);
+    }
 
     #[test]
     fn tag_hasher_spreads_sequential_ids_and_keeps_digest_bits() {

@@ -46,7 +46,9 @@ impl Geometry {
     /// `slots` entries in sets of `ways` (at least one set).
     pub fn of(slots: u64, ways: u8) -> Geometry {
         let ways = ways.max(1);
-        let sets = slots.div_ceil(u64::from(ways)).clamp(1, u64::from(u32::MAX));
+        let sets = slots
+            .div_ceil(u64::from(ways))
+            .clamp(1, u64::from(u32::MAX));
         Geometry {
             sets: u32::try_from(sets).unwrap_or(u32::MAX),
             ways,
@@ -315,8 +317,16 @@ fn decode_meta(v: &[u8]) -> Option<(Wanted, (u64, u64))> {
     if v.len() != META_LEN || &v[..4] != META_TAG {
         return None;
     }
-    let u64_at = |i: usize| v.get(i..i + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
-    let u32_at = |i: usize| v.get(i..i + 4).and_then(|b| b.try_into().ok()).map(u32::from_le_bytes);
+    let u64_at = |i: usize| {
+        v.get(i..i + 8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+    };
+    let u32_at = |i: usize| {
+        v.get(i..i + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+    };
     let seed = (u64_at(4)?, u64_at(12)?);
     let g = |at: usize| -> Option<Geometry> {
         Some(Geometry {
@@ -440,21 +450,33 @@ mod tests {
         let mut out = Vec::new();
         // room: appended
         let v = set_of(&[(1, b"k")]);
-        assert_eq!(place(Some(&v), 2, 9, b"n", class, &mut out), Ok(Placed::Kept));
+        assert_eq!(
+            place(Some(&v), 2, 9, b"n", class, &mut out),
+            Ok(Placed::Kept)
+        );
         assert_eq!(entries(Some(&out)).count(), 2);
         // own way replaced even when every way is kept
         let v = set_of(&[(1, b"k"), (2, b"k")]);
-        assert_eq!(place(Some(&v), 2, 2, b"x", class, &mut out), Ok(Placed::Kept));
+        assert_eq!(
+            place(Some(&v), 2, 2, b"x", class, &mut out),
+            Ok(Placed::Kept)
+        );
         assert_eq!(find(Some(&out), 2), Some(&b"x"[..]));
         // all kept: full, nothing written
         assert_eq!(place(Some(&v), 2, 9, b"n", class, &mut out), Err(Full));
         // free before evictable
         let v = set_of(&[(1, &[3]), (2, b"f"), (3, &[1])]);
-        assert_eq!(place(Some(&v), 3, 9, b"n", class, &mut out), Ok(Placed::Reused));
+        assert_eq!(
+            place(Some(&v), 3, 9, b"n", class, &mut out),
+            Ok(Placed::Reused)
+        );
         assert!(find(Some(&out), 2).is_none() && find(Some(&out), 1).is_some());
         // lowest rank among evictable
         let v = set_of(&[(1, &[3]), (2, b"k"), (3, &[1])]);
-        assert_eq!(place(Some(&v), 3, 9, b"n", class, &mut out), Ok(Placed::Evicted));
+        assert_eq!(
+            place(Some(&v), 3, 9, b"n", class, &mut out),
+            Ok(Placed::Evicted)
+        );
         assert!(find(Some(&out), 3).is_none() && find(Some(&out), 1).is_some());
     }
 

@@ -1,11 +1,6 @@
 //! The shared store the core needs (Envoy shared data), and an in-memory one with Envoy's rules.
 
 use std::cell::{Cell, RefCell};
-use std::collections::hash_map::RandomState;
-use std::collections::HashMap;
-use std::hash::{BuildHasher, BuildHasherDefault};
-
-use crate::hash::TagHasher;
 
 /// Envoy's shared data as the core sees it. Rules (proxy-wasm-cpp-host `SharedData`):
 /// `cas == 0` writes unconditionally; a non-zero `cas` must equal the entry's current one; a
@@ -39,31 +34,24 @@ pub enum SetOutcome {
 /// overwriting the racer's write.
 pub const ABSENT_CAS: u32 = u32::MAX;
 
-/// What this worker last wrote to a key, and the CAS token that write most likely received.
-#[derive(Clone, Debug)]
+/// What this worker last wrote, and the CAS token that write most likely received.
+#[derive(Clone, Debug, Default)]
 struct Guess {
-    /// The shared-data key (the map is keyed by its hash).
-    key: Box<str>,
+    key: String,
     value: Vec<u8>,
     /// 0: no guess (used, or its write mismatched).
     cas: u32,
     at_ms: u64,
 }
 
-/// This worker's guesses for the keys it writes often (token buckets, rolling windows), bounded
-/// in entries and in bytes. Keyed by a keyed hash of the shared-data key, computed once a
-/// request (a bucket's get and set share it), and the key itself compared word by word: both
-/// are on every rate-limited request's path, where a byte-wise `memcmp` of the key and a second
-/// SipHash of it cost more than the rest of the bucket's arithmetic.
+/// This worker's guess of its own last write. One, not one per key: a guess can only be right
+/// when no write at all (to any key, by anyone) came between the write it guesses from and the
+/// next one, so a guess for any key but the one this worker wrote last is certainly wrong (it
+/// would cost a failed write before the read). With many keys in turn, every request then pays
+/// a read and a write, never a failed write as well.
 #[derive(Default)]
 pub struct Guesses {
-    map: HashMap<u64, Guess, BuildHasherDefault<TagHasher>>,
-    /// Keys the hashes (random per VM: the keys carry account and subject names).
-    hasher: RandomState,
-    /// The last key hashed and its hash: a read-modify-write hashes its key once.
-    last: (String, u64),
-    /// Bytes of the values held (a rolling window's value is 16 + 4N bytes).
-    bytes: usize,
+    last: Guess,
 }
 
 /// Whether two keys are equal, compared 8 bytes at a time.
@@ -80,11 +68,6 @@ fn same_key(a: &str, b: &str) -> bool {
 /// Guesses older than this are not used: CAS tokens are a 32-bit counter that wraps, and a
 /// guess must not outlive one turn of it.
 const GUESS_MAX_AGE_MS: u64 = 10_000;
-const GUESSES_MAX: usize = 4096;
-/// At most this many bytes of guessed values per worker: 4096 token buckets take 128 KiB;
-/// rolling windows of N = 1,000 (4 KB each) fit 256 before the guesses are dropped and start
-/// again.
-const GUESS_BYTES_MAX: usize = 1 << 20;
 
 /// A store that skips the read of a read-modify-write when it can guess the read's answer.
 ///
@@ -116,27 +99,17 @@ impl<'a> Speculative<'a> {
     }
 }
 
-impl Guesses {
-    fn hash(&mut self, key: &str) -> u64 {
-        if !same_key(&self.last.0, key) {
-            self.last.1 = self.hasher.hash_one(key);
-            self.last.0.clear();
-            self.last.0.push_str(key);
-        }
-        self.last.1
-    }
-}
-
 impl SharedStore for Speculative<'_> {
     fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
         // a guess is used once: if its write mismatches, the retry reads from the host
         let guess = self.guesses.try_borrow_mut().ok().and_then(|mut g| {
-            let h = g.hash(key);
-            let guess = g.map.get_mut(&h).filter(|g| same_key(&g.key, key))?;
-            let fresh =
-                guess.cas != 0 && self.now_ms.saturating_sub(guess.at_ms) < GUESS_MAX_AGE_MS;
-            let cas = std::mem::replace(&mut guess.cas, 0);
-            fresh.then(|| (guess.value.clone(), cas))
+            let last = &mut g.last;
+            if last.cas == 0 || !same_key(&last.key, key) {
+                return None;
+            }
+            let fresh = self.now_ms.saturating_sub(last.at_ms) < GUESS_MAX_AGE_MS;
+            let cas = std::mem::replace(&mut last.cas, 0);
+            fresh.then(|| (last.value.clone(), cas))
         });
         self.guessed.set(guess.is_some());
         guess.or_else(|| self.inner.get(key))
@@ -152,43 +125,20 @@ impl SharedStore for Speculative<'_> {
 
     fn set(&self, key: &str, value: &[u8], cas: u32) -> SetOutcome {
         let out = self.inner.set(key, value, cas);
-        // an unconditional write or an insert tells nothing about the token it got
-        if out == SetOutcome::Written && cas != 0 && cas != ABSENT_CAS {
-            if let Ok(mut g) = self.guesses.try_borrow_mut() {
-                let cas = next_token(cas);
-                let h = g.hash(key);
-                let Guesses { map, bytes, .. } = &mut *g;
-                match map.get_mut(&h) {
-                    // one lookup on the hot path (a bucket's 32 bytes replace 32 bytes)
-                    Some(guess) if same_key(&guess.key, key) => {
-                        *bytes = bytes.saturating_sub(guess.value.len()) + value.len();
-                        guess.value.clear();
-                        guess.value.extend_from_slice(value);
-                        guess.cas = cas;
-                        guess.at_ms = self.now_ms;
-                        if *bytes > GUESS_BYTES_MAX {
-                            map.clear();
-                            *bytes = 0;
-                        }
-                    }
-                    // new, or another key of the same hash (replaced)
-                    other => {
-                        let replaced = other.map_or(0, |g| g.value.len());
-                        *bytes = bytes.saturating_sub(replaced);
-                        if map.len() >= GUESSES_MAX || *bytes + value.len() > GUESS_BYTES_MAX {
-                            map.clear();
-                            *bytes = 0;
-                        }
-                        *bytes += value.len();
-                        let guess = Guess {
-                            key: key.into(),
-                            value: value.to_vec(),
-                            cas,
-                            at_ms: self.now_ms,
-                        };
-                        map.insert(h, guess);
-                    }
+        if let Ok(mut g) = self.guesses.try_borrow_mut() {
+            let last = &mut g.last;
+            // an unconditional write or an insert tells nothing about the token it got, and any
+            // write moves the counter past the last guess
+            last.cas = 0;
+            if out == SetOutcome::Written && cas != 0 && cas != ABSENT_CAS {
+                if !same_key(&last.key, key) {
+                    last.key.clear();
+                    last.key.push_str(key);
                 }
+                last.value.clear();
+                last.value.extend_from_slice(value);
+                last.cas = next_token(cas);
+                last.at_ms = self.now_ms;
             }
         }
         out
@@ -203,6 +153,7 @@ fn next_token(cas: u32) -> u32 {
 #[cfg(test)]
 pub mod memory {
     use super::*;
+    use std::collections::HashMap;
 
     /// Follows Envoy's CAS rules; `conflicts` forces that many upcoming sets to mismatch, as if
     /// another worker had written in between (it also bumps the entry's CAS, as that write would).
@@ -262,26 +213,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn guesses_are_bounded_in_bytes() {
+    fn only_the_last_write_is_guessed() {
         let st = MemoryStore::default();
         let guesses = RefCell::new(Guesses::default());
         let sp = Speculative::new(&st, &guesses, 0);
-        let big = vec![7u8; 4012]; // a rolling window of N = 1,000
-        for i in 0..600 {
-            let k = format!("w{i}");
-            st.set(&k, &big, 0);
-            let (_, cas) = st.get(&k).unwrap();
-            assert_eq!(sp.set(&k, &big, cas), SetOutcome::Written);
-            let g = guesses.borrow();
-            assert!(g.bytes <= GUESS_BYTES_MAX);
-            assert_eq!(
-                g.bytes,
-                g.map.values().map(|x| x.value.len()).sum::<usize>()
-            );
+        let big = vec![7u8; 4012];
+        for k in ["a", "b"] {
+            st.set(k, &big, 0);
         }
-        assert!(guesses.borrow().map.len() < 600);
-        // and the newest guess is still good
-        let (v, _) = sp.get("w599").unwrap();
-        assert!(sp.last_was_guess() && v == big);
+        let (_, ca) = st.get("a").unwrap();
+        assert_eq!(sp.set("a", b"1", ca), SetOutcome::Written);
+        let (_, cb) = st.get("b").unwrap();
+        assert_eq!(sp.set("b", b"2", cb), SetOutcome::Written);
+        // a was written before b: no guess for it (it would be wrong), read from the store
+        let gets = st.gets.get();
+        assert_eq!(sp.get("a").unwrap().0, b"1");
+        assert!(!sp.last_was_guess() && st.gets.get() == gets + 1);
+        // b written twice in a row, nothing in between: the guess is right
+        let (_, cb) = st.get("b").unwrap();
+        assert_eq!(sp.set("b", b"3", cb), SetOutcome::Written);
+        let (v, cas) = sp.get("b").unwrap();
+        assert!(sp.last_was_guess() && v == b"3");
+        assert_eq!(sp.set("b", b"4", cas), SetOutcome::Written);
+        // held memory: one value
+        assert_eq!(guesses.borrow().last.value, b"4");
     }
 }

@@ -127,8 +127,9 @@ fn class(b: &[u8], now_ms: u64, hold_ms: u64) -> Class {
     match decode(b) {
         None => Class::Free,
         Some(e) if now_ms >= e.stale_until_ms => Class::Free,
-        Some(e) if matches!(e.verdict, Verdict::Refused(_))
-            && now_ms < e.revoked_at_ms.saturating_add(hold_ms) =>
+        Some(e)
+            if matches!(e.verdict, Verdict::Refused(_))
+                && now_ms < e.revoked_at_ms.saturating_add(hold_ms) =>
         {
             Class::Keep
         }
@@ -474,7 +475,12 @@ pub fn store_valid(
 /// holds a held mark (more revocations at once than a set has ways), the oldest is evicted all
 /// the same, but first the **floor** is raised to its time: from then on any valid answer to a
 /// call that started before the floor is refused ([`Stored::Unsure`]), whichever secret it is for.
-pub fn mark_revoked(store: &dyn SharedStore, slot: &Slot<'_>, policy: &CachePolicy, now_ms: u64) -> bool {
+pub fn mark_revoked(
+    store: &dyn SharedStore,
+    slot: &Slot<'_>,
+    policy: &CachePolicy,
+    now_ms: u64,
+) -> bool {
     // outlives any answer still on its way (a call lasts at most the key-service timeout, far
     // below the TTLs), and any valid entry it replaces
     let until = now_ms.saturating_add(policy.positive_ttl_ms.max(policy.stale_ms).max(60_000));
@@ -497,15 +503,32 @@ pub fn mark_revoked(store: &dyn SharedStore, slot: &Slot<'_>, policy: &CachePoli
         let was_valid = slots::find(set, spot.tag)
             .and_then(decode)
             .is_some_and(|e| matches!(e.verdict, Verdict::Valid(_)));
-        let mut placed = slots::place(set, ways, spot.tag, &e, |b| class(b, now_ms, policy.hold_ms), &mut out);
+        let mut placed = slots::place(
+            set,
+            ways,
+            spot.tag,
+            &e,
+            |b| class(b, now_ms, policy.hold_ms),
+            &mut out,
+        );
         if placed.is_err() {
             // every way a held mark: the oldest goes, after the floor rises to its time
             let held = |b: &[u8]| decode(b).map_or(0, |e| e.revoked_at_ms);
-            let oldest = slots::entries(set).map(|(_, b)| held(b)).min().unwrap_or(now_ms);
+            let oldest = slots::entries(set)
+                .map(|(_, b)| held(b))
+                .min()
+                .unwrap_or(now_ms);
             if !raise_floor(store, table, oldest) {
                 return false;
             }
-            placed = slots::place(set, ways, spot.tag, &e, |b| Class::Evictable(held(b)), &mut out);
+            placed = slots::place(
+                set,
+                ways,
+                spot.tag,
+                &e,
+                |b| Class::Evictable(held(b)),
+                &mut out,
+            );
         }
         let Ok(p) = placed else { return false };
         match store.set(&spot.key, &out, cas) {

@@ -26,12 +26,12 @@ mod credentials;
 mod dupes;
 mod fields;
 mod fleet;
-mod slots;
 mod key_service;
 mod keys;
 mod problems;
 mod rate;
 mod routes;
+mod slots;
 #[cfg(test)]
 mod tests;
 

@@ -29,12 +29,15 @@ pub(super) fn parse_slots(raw: Option<RawSlots>) -> Result<Wanted, ConfigError> 
         Some(s) => {
             let b = s.as_bytes();
             let ok = b.len() == 32 && b.iter().all(u8::is_ascii_hexdigit);
-            let n = u128::from_str_radix(&s, 16).ok().filter(|_| ok).ok_or_else(|| {
-                err(
+            let n = u128::from_str_radix(&s, 16)
+                .ok()
+                .filter(|_| ok)
+                .ok_or_else(|| {
+                    err(
                     "slots.seed",
                     "expected 32 hex digits (tests only: a known seed lets clients aim collisions)",
                 )
-            })?;
+                })?;
             Some(((n >> 64) as u64, n as u64))
         }
     };
@@ -56,11 +59,16 @@ mod tests {
         assert_eq!(c.slots.verdicts.slots(), 65_536);
         assert_eq!(c.slots.states.slots(), 131_072);
         assert!(c.slots.seed.is_none());
-        let c = p(r#"{"slots":{"verdicts":1000,"states":100,"seed":"000102030405060708090a0b0c0d0e0f"}}"#)
-            .unwrap();
+        let c = p(
+            r#"{"slots":{"verdicts":1000,"states":100,"seed":"000102030405060708090a0b0c0d0e0f"}}"#,
+        )
+        .unwrap();
         assert_eq!((c.slots.verdicts.sets, c.slots.verdicts.ways), (250, 4));
         assert_eq!((c.slots.states.sets, c.slots.states.ways), (13, 8));
-        assert_eq!(c.slots.seed, Some((0x0001_0203_0405_0607, 0x0809_0a0b_0c0d_0e0f)));
+        assert_eq!(
+            c.slots.seed,
+            Some((0x0001_0203_0405_0607, 0x0809_0a0b_0c0d_0e0f))
+        );
         for bad in [
             r#"{"slots":{"verdicts":0}}"#,
             r#"{"slots":{"states":1}}"#,

@@ -81,7 +81,10 @@ fn rolling_window_plan_refuses_until_the_oldest_is_a_window_old() {
     // instant it frees
     let slot = g.tables.states.spot(b"keygate.v1:l:1:p:k:k1");
     let set = st.map.borrow()[&slot.key].0.clone();
-    assert_eq!(crate::slots::find(Some(&set), slot.tag).unwrap().len(), 8 + 28);
+    assert_eq!(
+        crate::slots::find(Some(&set), slot.tag).unwrap().len(),
+        8 + 28
+    );
     assert!(matches!(
         decide(&g, h, &st, NOW_US + 60 * s),
         Decision::Allow(_)

@@ -726,8 +726,13 @@ impl Plugin {
             return self.run(ctx, next, false);
         };
         let c = &pending.credential;
-        let id = credential_id_from_hash(c.user.as_deref(), &secret_sha256);
-        let entry = credential_id_from_hash(None, &secret_sha256);
+        // the secret's id without a user is memoized with its digest; with no user it is the
+        // credential's id too
+        let entry = self.digests.entry_id(&secret_sha256);
+        let id = match c.user.as_deref() {
+            None => entry,
+            user => credential_id_from_hash(user, &secret_sha256),
+        };
         if let Some(r) = self.negative.get(&id, now) {
             self.metrics.inc(Metric::CacheNegativeHit);
             let next = self.conclude(pending, Verdict::Refused(r), now);
@@ -1066,13 +1071,22 @@ impl Plugin {
     fn tick(&mut self) {
         let t = &self.gate.tables;
         for (table, evicted, full) in [
-            (&t.verdicts, Metric::SlotsVerdictsEvicted, Metric::SlotsVerdictsFull),
-            (&t.states, Metric::SlotsStatesReused, Metric::SlotsStatesFull),
+            (
+                &t.verdicts,
+                Metric::SlotsVerdictsEvicted,
+                Metric::SlotsVerdictsFull,
+            ),
+            (
+                &t.states,
+                Metric::SlotsStatesReused,
+                Metric::SlotsStatesFull,
+            ),
         ] {
             let (e, f) = table.counts.take();
             for (m, n) in [(evicted, e), (full, f)] {
                 if n > 0 {
-                    self.metrics.add_now(m, i64::try_from(n).unwrap_or(i64::MAX));
+                    self.metrics
+                        .add_now(m, i64::try_from(n).unwrap_or(i64::MAX));
                 }
             }
         }

@@ -17,14 +17,27 @@ third of the router-only CPU time in `bench.py`) is not counted. So "× router" 
 than the wall-clock ratio for the same variant; use this to see what a change costs, and bench.py
 for the ratios. Variants driven by a wrk Lua script (a new key per request) are skipped.
 
+Scale variants (`SCALE_VARIANTS`, run here only): many keys through a fast stub key service
+(`tests/services/stubkeys.py`, pinned to the client CPU), driven from Python: `kg_cycle_10k` and
+`kg_cycle_100k` prime every key once (instrumentation off) and then count requests that go on
+cycling through all of them; `kg_remote_new` presents a key never seen on every request (a miss,
+a key-service call, a verdict stored); `kg_embedded_100k` cycles through 100,000 embedded keys;
+`kg_rolling_{100,1000,10000}` are one key under a rolling window of that N (paced under the
+limit). Their keys are in `SCALE_VARIANTS`' configurations.
+
 Keeps at most 4 wasm VMs per Envoy (valgrind's address space holds about 10 of V8's wasm memory
 reservations); more variants run in further Envoys, each with its own router baseline.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import http.client
+import itertools
+import json
+import os
 import re
+import threading
 import shutil
 import subprocess
 import sys
@@ -35,6 +48,109 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402  (same directory)
 
 MAX_VMS = 4
+
+STUB = Path(__file__).resolve().parents[1] / "services" / "stubkeys.py"
+STUB_CLUSTER = "stubkeys"
+STUB_PREFIX = "kg_stub_"
+BIG = {"big": {"requests": 1_000_000_000, "window_s": 1}}
+# every key its own owner (plan big counts per key); tables large enough for 100k active keys
+STUB_CONFIG = {"key_service": {"cluster": STUB_CLUSTER, "revocation_poll_ms": 1000},
+               "rate_limit": {"plans": BIG}, "auth_throttle": False,
+               "slots": {"verdicts": 262_144, "states": 262_144}}
+EMBEDDED_N = 100_000
+
+
+def embedded_config() -> dict:
+    keys = [{"id": f"e{i}", "sha256": hashlib.sha256(f"kg_emb_{i}".encode()).hexdigest(), "plan": "big"}
+            for i in range(EMBEDDED_N)]
+    return {"keys": keys, "rate_limit": {"plans": BIG}, "auth_throttle": False,
+            "slots": {"states": 262_144}}
+
+
+def rolling_config(n: int) -> dict:
+    return {"keys": [{"id": "r", "sha256": hashlib.sha256(b"kg_roll").hexdigest(), "plan": f"roll{n}"}],
+            "rate_limit": {"plans": {f"roll{n}": {"requests": n, "window_s": 1, "algorithm": "rolling_window"}}}}
+
+
+def cycling(prefix: str, n: int, start: int = 0):
+    """Headers for key `start`, `start`+1, ... modulo `n` (n = 0: never again)."""
+    for i in itertools.count(start):
+        yield {"X-API-Key": f"{prefix}{i % n if n else i}"}
+
+
+SCALE_VARIANTS = [
+    {"name": "kg_cycle_10k", "config": STUB_CONFIG, "stub": True, "cycle": (STUB_PREFIX, 10_000),
+     "expect_headers": bench.RATELIMIT_HEADERS, "note": "10,000 keys cycling, each cached"},
+    {"name": "kg_cycle_100k", "config": STUB_CONFIG, "stub": True, "cycle": (STUB_PREFIX, 100_000),
+     "expect_headers": bench.RATELIMIT_HEADERS, "note": "100,000 keys cycling, each cached"},
+    {"name": "kg_remote_new", "config": STUB_CONFIG, "stub": True, "cycle": (STUB_PREFIX, 0),
+     "start": 10_000_000, "expect_headers": bench.RATELIMIT_HEADERS,
+     "note": "a valid key never seen on every request: a key-service call each"},
+    {"name": "kg_embedded_100k", "config_fn": embedded_config, "cycle": ("kg_emb_", EMBEDDED_N),
+     "expect_headers": bench.RATELIMIT_HEADERS, "note": "100,000 embedded keys cycling"},
+    *[{"name": f"kg_rolling_{n}", "config": rolling_config(n), "headers": {"X-API-Key": "kg_roll"},
+       "pace": min(300, n * 0.6), "expect_headers": bench.RATELIMIT_HEADERS,
+       "note": f"rolling window, N = {n} per second, under its limit"} for n in (100, 1000, 10_000)],
+]
+
+
+def scale_variants() -> list[dict]:
+    out = []
+    for s in SCALE_VARIANTS:
+        v = dict(s)
+        cfg = v.pop("config_fn")() if "config_fn" in v else v.pop("config")
+        text = json.dumps(cfg, separators=(",", ":"))
+        v["filters"] = [bench.wasm_filter("keygate", f"keygate-{bench.sha256_hex(text)[:8]}",
+                                          bench.STAGED[bench.KEYGATE_WASM], text)]
+        for k, d in (("headers", {}), ("path", "/bench"), ("expect", 200), ("prime", 0), ("clusters", []),
+                     ("keyservice", None), ("keyservice_calls", None), ("sanity_headers", None),
+                     ("instructions_only", True), ("lua", None), ("saturates", True), ("rls", False),
+                     ("upstream", None), ("stub", False), ("cycle", None), ("start", 0), ("pace", 0)):
+            v.setdefault(k, d)
+        if v["cycle"]:
+            gen = cycling(*v["cycle"], start=v["start"])
+            v["next_headers"] = lambda g=gen: next(g)
+            v["sanity_headers"] = v["next_headers"]
+        out.append(v)
+    return out
+
+
+class Stub:
+    """tests/services/stubkeys.py on a free port, pinned to the client CPU."""
+
+    def __init__(self, procs: bench.Procs) -> None:
+        self.port = bench.free_port()
+        procs.start(["taskset", "-c", bench.CLIENT_CPU, sys.executable, str(STUB), "--port", str(self.port),
+                     "--prefix", STUB_PREFIX, "--plan", "big"], stdout=subprocess.DEVNULL)
+        bench.wait_port(self.port)
+
+    def stats(self) -> dict:
+        return json.loads(bench.http_get(f"http://127.0.0.1:{self.port}/admin/stats"))
+
+
+def prime_all(port: int, v: dict) -> None:
+    """One request for every key of a cycling variant (4 connections), so each is cached; the
+    variant's own generator then starts again at key 0 (the oldest cached)."""
+    prefix, n = v["cycle"]
+    if not n:
+        return
+    def work(lo: int, hi: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        for i in range(lo, hi):
+            conn.request("GET", v["path"], headers={"X-API-Key": f"{prefix}{i}"})
+            r = conn.getresponse()
+            r.read()
+            if r.status != 200:
+                raise bench.BenchError(f"{v['name']}: priming key {i} got {r.status}")
+        conn.close()
+    step = -(-n // 4)
+    ts = [threading.Thread(target=work, args=(i, min(n, i + step))) for i in range(0, n, step)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    gen = cycling(prefix, n, start=v["start"])
+    v["next_headers"] = lambda g=gen: next(g)
 
 
 def native_envoy() -> list[str]:
@@ -60,9 +176,14 @@ def total_instructions(pid: int) -> int:
 
 def drive(port: int, v: dict, n: int) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    pace = v.get("pace") or 0
+    t0 = time.monotonic()
     try:
-        for _ in range(n):
-            conn.request("GET", v["path"], headers=v["headers"])
+        for i in range(n):
+            if pace:
+                time.sleep(max(0.0, t0 + i / pace - time.monotonic()))
+            headers = v["next_headers"]() if v.get("next_headers") else v["headers"]
+            conn.request("GET", v["path"], headers=headers)
             r = conn.getresponse()
             r.read()
             if r.status != v["expect"]:
@@ -94,6 +215,9 @@ def measure_group(vs: list[dict], n: int) -> dict[str, float]:
     procs = bench.Procs()
     try:
         clusters, ks = bench.start_backends(procs, vs)
+        if any(v.get("stub") for v in vs):
+            stub = Stub(procs)
+            clusters.append(bench.static_cluster(STUB_CLUSTER, stub.port))
         cfg = bench.envoy_config([bench.listener(v["name"], v["filters"], upstream=v["upstream"]) for v in vs], clusters)
         wrap = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--smc-check=all-non-file",
                 f"--callgrind-out-file={bench.RUN_DIR}/callgrind.out.%p"]
@@ -101,8 +225,15 @@ def measure_group(vs: list[dict], n: int) -> dict[str, float]:
         envoy.wait_ready(timeout=300)
         if ks:
             ks.wait_for_feed(time.monotonic(), timeout=60)
+        if any(v.get("stub") for v in vs):
+            time.sleep(1.5)  # keygate caches nothing before its first revocation-feed poll
         for v in vs:
             bench.sanity_check(v, envoy.ports[v["name"]], ks)
+            if v.get("cycle"):
+                t = time.monotonic()
+                prime_all(envoy.ports[v["name"]], v)
+                print(f"  {v['name']}: primed {v['cycle'][1]:,} keys in {time.monotonic() - t:.0f} s",
+                      file=sys.stderr, flush=True)
             drive(envoy.ports[v["name"]], v, 200)  # warm every path before counting
         pid = envoy.proc.pid
         subprocess.run(["callgrind_control", "--instr=on", str(pid)], capture_output=True, check=True)
@@ -126,17 +257,21 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--requests", type=int, default=1000, help="requests per variant and pass (1000)")
     ap.add_argument("--only", default="", help="comma-separated variant names (router is always kept)")
     ap.add_argument("--no-build", action="store_true", help="use the existing keygate.wasm")
+    ap.add_argument("--wasm", help="measure this keygate.wasm (an older build) instead of building")
     args = ap.parse_args(argv)
     for tool in ("valgrind", "callgrind_control"):
         if not shutil.which(tool):
             print(f"{tool} not found: apt-get install -y valgrind", file=sys.stderr)
             return 2
-    vs = [v for v in bench.variants() if not v["lua"]]
+    vs = [v for v in bench.variants() if not v["lua"]] + scale_variants()
     if args.only:
         keep = {"router", *args.only.split(",")}
         vs = [v for v in vs if v["name"] in keep]
     lock = bench.lock_run_dir()
-    bench.build(skip=args.no_build)
+    bench.build(skip=args.no_build or bool(args.wasm))
+    if args.wasm:
+        # staged where the variants load it from (its file name must be keygate.wasm)
+        bench.STAGED = {(Path(args.wasm) if k == bench.KEYGATE_WASM else k): d for k, d in bench.STAGED.items()}
     wasm = bench.stage_wasm()
     results: list[tuple[str, float, float]] = []
     for g in groups(vs):

@@ -39,7 +39,14 @@ pub fn run(data: &[u8]) {
     let id = credential_id(Some("alice"), "secret");
     let key = cache::entry_key(&table, &id);
     let mut set = Vec::new();
-    let _ = slots::place(None, 4, key.spot.tag, data, |_| slots::Class::Free, &mut set);
+    let _ = slots::place(
+        None,
+        4,
+        key.spot.tag,
+        data,
+        |_| slots::Class::Free,
+        &mut set,
+    );
     for value in [&set[..], data] {
         let store = common::FuzzStore::default();
         store.set(&key.spot.key, value, 0);
@@ -47,8 +54,13 @@ pub fn run(data: &[u8]) {
     }
 }
 
-fn one(store: &common::FuzzStore, key: &cache::Slot<'_>, id: &keygate::hash::Digest32, data: &[u8], raw: bool) {
-    let store = store;
+fn one(
+    store: &common::FuzzStore,
+    key: &cache::Slot<'_>,
+    id: &keygate::hash::Digest32,
+    data: &[u8],
+    raw: bool,
+) {
     let id = *id;
     let mut memo = Memo::default();
     let before = memo.lookup(store, || key.clone(), &id, Some("alice"), NOW_MS, 0);
