@@ -200,7 +200,8 @@ pub enum Placed {
 
 /// The set value `v` with `tag`'s entry set to `new`: in its own way if it has one, else in a
 /// free way, else in the lowest-ranked evictable way (by `class`), else [`Full`]. Writes the new
-/// set value to `out`. Entries classed free are dropped on the way (they mean nothing).
+/// set value to `out`. Other entries classed free are dropped on the way (they mean nothing), so
+/// a set holds what still counts and its value stays small.
 pub fn place(
     v: Option<&[u8]>,
     ways: u8,
@@ -212,44 +213,51 @@ pub fn place(
     out.clear();
     out.extend_from_slice(SET_TAG);
     let ways = usize::from(ways.max(1));
-    if find(v, tag).is_some() {
-        for (t, b) in entries(v).take(ways) {
-            push_entry(out, t, if t == tag { new } else { b });
+    let mut kept = 0;
+    let mut own = false;
+    let mut dropped_free = false;
+    // the lowest-ranked evictable entry: (index, rank)
+    let mut victim: Option<(usize, u64)> = None;
+    for (i, (t, b)) in entries(v).take(ways).enumerate() {
+        if t == tag {
+            own = true;
+            continue;
         }
-        return Ok(Placed::Kept);
+        match class(b) {
+            Class::Free => dropped_free = true,
+            Class::Evictable(r) => {
+                if victim.is_none_or(|(_, s)| r < s) {
+                    victim = Some((i, r));
+                }
+                kept += 1;
+            }
+            Class::Keep => kept += 1,
+        }
     }
-    let count = entries(v).take(ways).count();
-    let mut victim: Option<(usize, Class)> = None;
-    if count >= ways {
-        for (i, (_, b)) in entries(v).take(ways).enumerate() {
-            let c = class(b);
-            let better = match (c, victim.map(|(_, c)| c)) {
-                (Class::Keep, _) => false,
-                (_, None) => true,
-                (Class::Free, Some(Class::Free)) => false,
-                (Class::Free, _) => true,
-                (Class::Evictable(r), Some(Class::Evictable(s))) => r < s,
-                (Class::Evictable(_), _) => false,
-            };
-            if better {
-                victim = Some((i, c));
+    let evict = if own || kept < ways {
+        None
+    } else {
+        match victim {
+            Some((i, _)) => Some(i),
+            None => {
+                out.clear();
+                return Err(Full);
             }
         }
-        if victim.is_none() {
-            out.clear();
-            return Err(Full);
-        }
-    }
+    };
     for (i, (t, b)) in entries(v).take(ways).enumerate() {
-        if victim.map(|(j, _)| j) != Some(i) {
-            push_entry(out, t, b);
+        if t == tag || evict == Some(i) || class(b) == Class::Free {
+            continue;
         }
+        push_entry(out, t, b);
     }
     push_entry(out, tag, new);
-    Ok(match victim {
-        Some((_, Class::Evictable(_))) => Placed::Evicted,
-        Some(_) => Placed::Reused,
-        None => Placed::Kept,
+    Ok(if evict.is_some() {
+        Placed::Evicted
+    } else if dropped_free && !own {
+        Placed::Reused
+    } else {
+        Placed::Kept
     })
 }
 

@@ -124,17 +124,33 @@ fn raise_floor(store: &dyn SharedStore, table: &Table, at: u64) -> bool {
 /// revocation mark is kept while held (`hold_ms` after keygate learned of it: an answer to a
 /// call that started before it may still come), then may go like a verdict.
 fn class(b: &[u8], now_ms: u64, hold_ms: u64) -> Class {
-    match decode(b) {
-        None => Class::Free,
-        Some(e) if now_ms >= e.stale_until_ms => Class::Free,
-        Some(e)
-            if matches!(e.verdict, Verdict::Refused(_))
-                && now_ms < e.revoked_at_ms.saturating_add(hold_ms) =>
-        {
-            Class::Keep
-        }
-        Some(e) => Class::Evictable(e.stale_until_ms),
+    // the header alone (no identity parsed): this runs for every way of a set on each write
+    let Some((stale_until, revoked_at)) = peek(b) else {
+        return Class::Free;
+    };
+    match revoked_at {
+        _ if now_ms >= stale_until => Class::Free,
+        Some(at) if now_ms < at.saturating_add(hold_ms) => Class::Keep,
+        _ => Class::Evictable(stale_until),
     }
+}
+
+/// An encoded entry's `stale_until_ms` and, for a revocation mark, its `revoked_at_ms`
+/// (`None`: not an entry).
+fn peek(b: &[u8]) -> Option<(u64, Option<u64>)> {
+    if b.len() < HEADER || &b[..3] != MAGIC {
+        return None;
+    }
+    let stale = u64::from_le_bytes(b.get(11..19)?.try_into().ok()?);
+    let at = match b[19] {
+        0 => None,
+        _ => Some(
+            b.get(HEADER..HEADER + 8)
+                .and_then(|r| r.try_into().ok())
+                .map_or(0, u64::from_le_bytes),
+        ),
+    };
+    Some((stale, at))
 }
 
 fn count(c: &Cell<u64>) {

@@ -443,3 +443,166 @@ mod secrets_tests {
         }
     }
 }
+
+mod eviction {
+    use super::*;
+
+    const TIMEOUT: u64 = 500;
+
+    fn small(sets: u64) -> Table {
+        Table::new("kg", 'v', slots::Geometry::of(sets * 2, 2), (3, 4))
+    }
+
+    /// One step of the model: a key-service answer for key `k` (a call that started `age` ms
+    /// ago, never more than the timeout), a revocation of `k`, a lookup of `k`, or time passing.
+    #[derive(Clone, Debug)]
+    enum Op {
+        Answer(usize, u64),
+        Revoke(usize),
+        Lookup(usize),
+        Wait(u64),
+    }
+
+    fn op() -> impl proptest::strategy::Strategy<Value = Op> {
+        use proptest::prelude::*;
+        prop_oneof![
+            (0usize..8, 0u64..=TIMEOUT).prop_map(|(k, a)| Op::Answer(k, a)),
+            (0usize..8).prop_map(Op::Revoke),
+            (0usize..8).prop_map(Op::Lookup),
+            (1u64..20_000).prop_map(Op::Wait),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+        /// Eight keys through one or two sets of two ways: every answer, revocation and lookup
+        /// in any order, with evictions all the time. The service answers valid only for calls
+        /// that started before the key was revoked (later calls see the revocation). Never is a
+        /// revoked key served: no valid answer that started before its revocation is stored or
+        /// used, and no lookup after the revocation gives a valid verdict.
+        #[test]
+        fn no_sequence_of_evictions_serves_a_revoked_key(
+            sets in 1u64..3,
+            ops in proptest::collection::vec(op(), 1..120),
+        ) {
+            let st = MemoryStore::default();
+            let t = small(sets);
+            let p = CachePolicy {
+                positive_ttl_ms: 30_000,
+                stale_ms: 30_000,
+                hold_ms: TIMEOUT + HOLD_MARGIN_MS,
+                ..Default::default()
+            };
+            let mut now = NOW;
+            let mut revoked_at: [Option<u64>; 8] = [None; 8];
+            let ids: Vec<Digest32> = (0..8).map(|k| credential_id(None, &format!("key{k}"))).collect();
+            for op in ops {
+                match op {
+                    Op::Wait(ms) => now += ms,
+                    Op::Revoke(k) => {
+                        mark_revoked(&st, &super::super::entry_key(&t, &ids[k]), &p, now);
+                        revoked_at[k].get_or_insert(now);
+                    }
+                    Op::Answer(k, age) => {
+                        let started = now.saturating_sub(age);
+                        // the service saw the revocation: it answers refused, nothing to store
+                        if revoked_at[k].is_some_and(|r| started > r) {
+                            continue;
+                        }
+                        let offer = Offer { identity: &ident(None), binding: Binding::NoUser, ttl_hint_s: None, started_ms: started };
+                        let got = store_valid(&st, &super::super::entry_key(&t, &ids[k]), offer, &p, now);
+                        if revoked_at[k].is_some() {
+                            proptest::prop_assert!(
+                                matches!(got, Stored::Revoked | Stored::Unsure),
+                                "key {} revoked at {:?}, answer started {} stored: {:?}", k, revoked_at[k], started, got
+                            );
+                        }
+                    }
+                    Op::Lookup(k) => {
+                        let got = Memo::default().lookup(&st, || super::super::entry_key(&t, &ids[k]), &ids[k], None, now, 0);
+                        if revoked_at[k].is_some() {
+                            proptest::prop_assert!(
+                                !matches!(got, Lookup::Fresh(Verdict::Valid(_)) | Lookup::Stale(Verdict::Valid(_))),
+                                "key {} revoked at {:?} served at {}: {:?}", k, revoked_at[k], now, got
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_held_mark_evicted_raises_the_floor() {
+        // one set of two ways: three revocations at once, then a late answer for the first
+        let st = MemoryStore::default();
+        let t = small(1);
+        let p = CachePolicy {
+            hold_ms: TIMEOUT + HOLD_MARGIN_MS,
+            ..Default::default()
+        };
+        let ids: Vec<Digest32> = (0..3)
+            .map(|k| credential_id(None, &format!("r{k}")))
+            .collect();
+        for (i, id) in ids.iter().enumerate() {
+            mark_revoked(&st, &super::super::entry_key(&t, id), &p, NOW + i as u64);
+        }
+        let late = |started| Offer {
+            identity: ident_static(),
+            binding: Binding::NoUser,
+            ttl_hint_s: None,
+            started_ms: started,
+        };
+        // the first mark was evicted: its late answer is unsure, never stored
+        assert_eq!(
+            store_valid(
+                &st,
+                &super::super::entry_key(&t, &ids[0]),
+                late(NOW - 10),
+                &p,
+                NOW + 5
+            ),
+            Stored::Unsure
+        );
+        // an answer to a call that started after the floor is stored as usual
+        let other = credential_id(None, "fresh");
+        assert_ne!(
+            store_valid(
+                &st,
+                &super::super::entry_key(&t, &other),
+                late(NOW + 3),
+                &p,
+                NOW + 5
+            ),
+            Stored::Unsure
+        );
+        // a valid verdict never evicts a held mark: not cached, the marks stay
+        assert_eq!(
+            store_valid(
+                &st,
+                &super::super::entry_key(&t, &other),
+                late(NOW + 3),
+                &p,
+                NOW + 6
+            ),
+            Stored::NotCached
+        );
+        // once the hold is over, it may
+        let after = NOW + 2 + p.hold_ms;
+        assert_eq!(
+            store_valid(
+                &st,
+                &super::super::entry_key(&t, &other),
+                late(after),
+                &p,
+                after
+            ),
+            Stored::Written
+        );
+        assert_eq!(t.counts.take().0, 2);
+    }
+
+    fn ident_static() -> &'static Rc<Identity> {
+        Box::leak(Box::new(ident(None)))
+    }
+}
