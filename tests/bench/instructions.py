@@ -22,7 +22,7 @@ Scale variants (`SCALE_VARIANTS`, run here only): many keys through a fast stub 
 `kg_cycle_100k` prime every key once (instrumentation off) and then count requests that go on
 cycling through all of them; `kg_remote_new` presents a key never seen on every request (a miss,
 a key-service call, a verdict stored); `kg_embedded_100k` cycles through 100,000 embedded keys;
-`kg_rolling_{100,1000,10000}` are one key under a rolling window of that N (paced under the
+`kg_window_{100,1000,10000}` are one key under a rolling window of that N (paced under the
 limit). Their keys are in `SCALE_VARIANTS`' configurations.
 
 Keeps at most 4 wasm VMs per Envoy (valgrind's address space holds about 10 of V8's wasm memory
@@ -88,7 +88,7 @@ SCALE_VARIANTS = [
      "note": "a valid key never seen on every request: a key-service call each"},
     {"name": "kg_embedded_100k", "config_fn": embedded_config, "cycle": ("kg_emb_", EMBEDDED_N),
      "expect_headers": bench.RATELIMIT_HEADERS, "note": "100,000 embedded keys cycling"},
-    *[{"name": f"kg_rolling_{n}", "config": rolling_config(n), "headers": {"X-API-Key": "kg_roll"},
+    *[{"name": f"kg_window_{n}", "config": rolling_config(n), "headers": {"X-API-Key": "kg_roll"},
        "pace": min(300, n * 0.6), "expect_headers": bench.RATELIMIT_HEADERS,
        "note": f"rolling window, N = {n} per second, under its limit"} for n in (100, 1000, 10_000)],
 ]
