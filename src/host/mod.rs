@@ -426,7 +426,7 @@ impl Plugin {
     /// Request headers change one host call per header: a header removed (only those present),
     /// one added per non-empty identity value: rewriting the whole map in one
     /// `proxy_set_header_map_pairs` costs several times more and grows with every header the
-    /// client sends (the measured costs: README, "What single calls cost"; rerun them with
+    /// client sends (the measured costs: tests/bench/RESULTS.md, "What single calls cost"; rerun them with
     /// `tests/bench/instructions.py`).
     fn apply(&mut self, ctx: u32, d: Decision, resume: bool) -> u32 {
         let log = d.log();
@@ -537,7 +537,7 @@ impl Plugin {
     /// (The request's headers went on already: proxy-wasm in Envoy turns a paused header
     /// callback into "stop all", which withholds the body from the filter too. What the
     /// upstream may do with the headers alone is the shipped configs' `buffer` filter's to
-    /// hold: README, "What keygate assumes of Envoy".)
+    /// hold: envoy/docs/security.md.)
     fn on_request_body(&mut self, ctx: u32, size: usize, end_of_stream: bool) -> u32 {
         if !self.held.contains(ctx) {
             return ACTION_CONTINUE;
