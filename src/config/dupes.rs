@@ -13,17 +13,34 @@ pub(super) fn check_duplicate_members(bytes: &[u8]) -> Result<(), ConfigError> {
     use serde::de::{DeserializeSeed, Deserializer, Error, MapAccess, SeqAccess, Visitor};
     use std::cell::RefCell;
 
-    struct Walk<'a> {
-        path: String,
+    /// Where a value is, built into a path only when a duplicate is found (a path per member
+    /// of 100,000 keys was most of the time of a large embedded store's check).
+    #[derive(Clone, Copy)]
+    enum At<'p> {
+        Root,
+        Index(&'p At<'p>, usize),
+        Name(&'p At<'p>, &'p str),
+    }
+    impl At<'_> {
+        fn path(&self) -> String {
+            match self {
+                At::Root => String::new(),
+                At::Index(up, i) => format!("{}[{i}]", up.path()),
+                At::Name(up, n) => join(&up.path(), n),
+            }
+        }
+    }
+    struct Walk<'a, 'p> {
+        at: At<'p>,
         found: &'a RefCell<Option<String>>,
     }
-    impl<'de> DeserializeSeed<'de> for Walk<'_> {
+    impl<'de> DeserializeSeed<'de> for Walk<'_, '_> {
         type Value = ();
         fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
             d.deserialize_any(self)
         }
     }
-    impl<'de> Visitor<'de> for Walk<'_> {
+    impl<'de> Visitor<'de> for Walk<'_, '_> {
         type Value = ();
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str("JSON")
@@ -50,7 +67,7 @@ pub(super) fn check_duplicate_members(bytes: &[u8]) -> Result<(), ConfigError> {
             let mut i = 0usize;
             while a
                 .next_element_seed(Walk {
-                    path: format!("{}[{i}]", self.path),
+                    at: At::Index(&self.at, i),
                     found: self.found,
                 })?
                 .is_some()
@@ -62,13 +79,12 @@ pub(super) fn check_duplicate_members(bytes: &[u8]) -> Result<(), ConfigError> {
         fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<(), A::Error> {
             let mut seen: Vec<String> = Vec::new();
             while let Some(k) = m.next_key::<String>()? {
-                let p = join(&self.path, &k);
                 if seen.contains(&k) {
-                    *self.found.borrow_mut() = Some(p);
+                    *self.found.borrow_mut() = Some(At::Name(&self.at, &k).path());
                     return Err(A::Error::custom("duplicate member"));
                 }
                 m.next_value_seed(Walk {
-                    path: p,
+                    at: At::Name(&self.at, &k),
                     found: self.found,
                 })?;
                 seen.push(k);
@@ -80,7 +96,7 @@ pub(super) fn check_duplicate_members(bytes: &[u8]) -> Result<(), ConfigError> {
     let found = RefCell::new(None);
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let walked = Walk {
-        path: String::new(),
+        at: At::Root,
         found: &found,
     }
     .deserialize(&mut de)

@@ -90,7 +90,7 @@ SCALE_VARIANTS = [
      "expect_headers": bench.RATELIMIT_HEADERS, "note": "100,000 embedded keys cycling"},
     *[{"name": f"kg_window_{n}", "config": rolling_config(n), "headers": {"X-API-Key": "kg_roll"},
        "pace": min(300, n * 0.6), "expect_headers": bench.RATELIMIT_HEADERS,
-       "note": f"rolling window, N = {n} per second, under its limit"} for n in (100, 1000, 10_000)],
+       "note": f"rolling window, N = {n} per second, under its limit"} for n in (100, 1000, 2000, 4000, 10_000)],
 ]
 
 
