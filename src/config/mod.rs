@@ -182,15 +182,47 @@ struct RawConfig {
 
 /// Parses and checks the whole configuration. `warnings` collects one line per ignored field.
 pub fn parse(bytes: &[u8], warnings: &mut Vec<String>) -> Result<Config, ConfigError> {
-    let doc = if bytes.iter().all(u8::is_ascii_whitespace) {
+    let mut doc = if bytes.iter().all(u8::is_ascii_whitespace) {
         Value::Object(serde_json::Map::new())
     } else {
         dupes::check_duplicate_members(bytes)?;
         serde_json::from_slice(bytes).map_err(|e| err("", format!("not valid JSON: {e}")))?
     };
+    // the embedded keys are decoded one by one, each key's JSON freed once read: a large store
+    // is never held twice (as JSON values and as decoded keys), and the VM's memory, which never
+    // shrinks, stays near the size of the JSON values
+    let key_values = match doc.as_object_mut().map(|o| o.remove("keys")) {
+        Some(Some(Value::Array(a))) => Some(a),
+        Some(Some(other)) => {
+            if let Some(o) = doc.as_object_mut() {
+                o.insert("keys".to_string(), other);
+            }
+            None
+        }
+        _ => None,
+    };
     let mut unknown = Vec::new();
-    let raw = json::decode_tracked::<RawConfig>(&doc, &mut unknown)
+    let mut raw = json::decode_tracked::<RawConfig>(&doc, &mut unknown)
         .map_err(|e| err(&e.path, e.message))?;
+    drop(doc);
+    if let Some(values) = key_values {
+        let mut keys = Vec::with_capacity(values.len());
+        for (i, v) in values.into_iter().enumerate() {
+            let at = |p: &str| {
+                if p.is_empty() {
+                    format!("keys[{i}]")
+                } else {
+                    format!("keys[{i}].{p}")
+                }
+            };
+            let mut u = Vec::new();
+            let k = json::decode_tracked::<keys::RawKey>(&v, &mut u)
+                .map_err(|e| err(&at(&e.path), e.message))?;
+            unknown.extend(u.iter().map(|f| at(f)));
+            keys.push(k);
+        }
+        raw.keys = Some(keys);
+    }
     let strict = raw.strict.unwrap_or(false);
     let mut w = Vec::new();
     let config = build(raw, &mut w)?;
