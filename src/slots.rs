@@ -304,8 +304,21 @@ impl Default for Wanted {
 
 pub const VERDICT_WAYS: u8 = 4;
 pub const STATE_WAYS: u8 = 8;
-pub const DEFAULT_VERDICT_SLOTS: u64 = 65_536;
+pub const DEFAULT_VERDICT_SLOTS: u64 = 32_768;
 pub const DEFAULT_STATE_SLOTS: u64 = 131_072;
+/// What Envoy spends per shared-data entry beyond the bytes of its key and value (the hash map's
+/// slot, the two strings' heap blocks, allocator rounding), generously.
+pub const ENTRY_OVERHEAD: u64 = 160;
+
+/// The most shared data a table of `g` can hold when no entry is larger than `max_entry` bytes:
+/// every set full, every way at its largest, Envoy's overhead, and an eighth for the
+/// allocator's size classes.
+pub fn bound_bytes(g: Geometry, max_entry: u64) -> u64 {
+    let set = 4 + u64::from(g.ways) * (ENTRY_HEAD as u64 + max_entry);
+    let per_set = ENTRY_OVERHEAD + 24 + set + set / 8;
+    u64::from(g.sets) * per_set
+}
+
 const META_TAG: &[u8; 4] = b"kgM1";
 const META_LEN: usize = 4 + 16 + 4 + 1 + 4 + 1;
 
@@ -486,6 +499,15 @@ mod tests {
             Ok(Placed::Evicted)
         );
         assert!(find(Some(&out), 3).is_none() && find(Some(&out), 1).is_some());
+    }
+
+    #[test]
+    fn the_default_tables_fit_64_mib_with_token_buckets() {
+        let w = Wanted::default();
+        let verdicts = bound_bytes(w.verdicts, crate::cache::MAX_ENTRY_BYTES as u64);
+        // a count: the instant it frees, and two parameter sets at once (72 bytes)
+        let states = bound_bytes(w.states, 8 + crate::limiter::PAIR_LEN as u64);
+        assert!(verdicts + states <= 64 << 20, "{verdicts} + {states}");
     }
 
     #[test]

@@ -59,7 +59,7 @@ pub const HOLD_MARGIN_MS: u64 = 10_000;
 
 /// A cached verdict larger than this is not cached (served, and asked again next time): the
 /// verdict table's footprint is its slots times this at most.
-pub const MAX_ENTRY_BYTES: usize = 2048;
+pub const MAX_ENTRY_BYTES: usize = 1024;
 
 /// Where a secret's verdict lives: its set in the verdict table (`slots`), its tag there.
 #[derive(Clone)]

@@ -142,6 +142,29 @@ pub fn known_fields() -> Vec<String> {
 }
 
 impl Config {
+    /// The most Envoy shared data this configuration's tables can hold (bytes): the verdict
+    /// table at its largest entries, the count table at the largest count any policy writes
+    /// (two token-bucket parameter sets, or a rolling window of the largest N).
+    pub fn shared_data_bound(&self) -> u64 {
+        let windows = self
+            .rate
+            .plans
+            .iter()
+            .filter_map(|(_, p)| p.as_ref())
+            .chain(self.rate.default.as_ref())
+            .filter(|p| p.algorithm == crate::ratelimit::Algorithm::RollingWindow)
+            .map(|p| crate::window::value_len(p.limit.requests) as u64)
+            .max()
+            .unwrap_or(0);
+        let count = 8 + windows.max(crate::limiter::PAIR_LEN as u64);
+        let verdicts = if self.key_service.is_some() {
+            crate::slots::bound_bytes(self.slots.verdicts, crate::cache::MAX_ENTRY_BYTES as u64)
+        } else {
+            0
+        };
+        verdicts + crate::slots::bound_bytes(self.slots.states, count)
+    }
+
     /// One line for logs: what this configuration holds.
     pub fn summary(&self) -> String {
         format!(

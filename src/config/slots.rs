@@ -56,7 +56,7 @@ mod tests {
     #[test]
     fn slots_default_bounds_and_seed() {
         let c = p("{}").unwrap();
-        assert_eq!(c.slots.verdicts.slots(), 65_536);
+        assert_eq!(c.slots.verdicts.slots(), 32_768);
         assert_eq!(c.slots.states.slots(), 131_072);
         assert!(c.slots.seed.is_none());
         let c = p(
@@ -69,6 +69,19 @@ mod tests {
             c.slots.seed,
             Some((0x0001_0203_0405_0607, 0x0809_0a0b_0c0d_0e0f))
         );
+        // what the defaults can hold: within 64 MiB with token buckets; a rolling window of
+        // 1,000 needs its own sizing
+        let d = p(r#"{"key_service":{"cluster":"k"},"rate_limit":{"plans":{"a":{"requests":5}}}}"#)
+            .unwrap();
+        assert!(
+            d.shared_data_bound() <= 64 << 20,
+            "{}",
+            d.shared_data_bound()
+        );
+        let w =
+            p(r#"{"rate_limit":{"plans":{"a":{"requests":1000,"algorithm":"rolling_window"}}}}"#)
+                .unwrap();
+        assert!(w.shared_data_bound() > 64 << 20);
         for bad in [
             r#"{"slots":{"verdicts":0}}"#,
             r#"{"slots":{"states":1}}"#,

@@ -310,6 +310,12 @@ pub extern "C" fn proxy_on_configure(root_id: u32, size: usize) -> u32 {
         log::warn!("{w}");
     }
     log::info!("keygate: configured ({})", cfg.summary());
+    log::info!(
+        "keygate: shared data at most {} MiB (slots: {} verdicts, {} counts)",
+        cfg.shared_data_bound().div_ceil(1 << 20),
+        cfg.slots.verdicts.slots(),
+        cfg.slots.states.slots()
+    );
     let negative_cap = cfg
         .key_service
         .as_ref()
