@@ -33,6 +33,7 @@ pub mod store;
 pub mod throttle;
 pub mod verdict;
 pub mod window;
+pub mod worker;
 
 #[cfg(target_arch = "wasm32")]
 mod host;

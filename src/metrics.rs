@@ -5,6 +5,7 @@
 //! (`keygate.ratelimit.rejected.<plan>`) are the one family named by the configuration.
 
 use crate::contract::ServiceFailure;
+use crate::fleet::EngineFailure;
 use crate::gate::Outcome;
 use crate::problem::Kind;
 
@@ -142,6 +143,19 @@ impl Metric {
             ServiceFailure::NoResponse => Metric::KeyServiceNoResponse,
             ServiceFailure::BodyTooLarge => Metric::KeyServiceBodyTooLarge,
             ServiceFailure::BadBody => Metric::KeyServiceBadBody,
+        }
+    }
+
+    /// The counter of a rate-limit engine's failure.
+    pub fn of_engine_failure(f: EngineFailure) -> Metric {
+        match f {
+            EngineFailure::Timeout => Metric::FleetTimeout,
+            EngineFailure::Status => Metric::FleetStatus,
+            EngineFailure::Grpc => Metric::FleetGrpc,
+            EngineFailure::Unavailable => Metric::FleetUnavailable,
+            EngineFailure::BadBody => Metric::FleetBadBody,
+            EngineFailure::Dispatch => Metric::FleetDispatchFailed,
+            EngineFailure::Store => Metric::FleetStoreFailed,
         }
     }
 }
