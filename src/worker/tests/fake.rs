@@ -39,6 +39,8 @@ impl Dispatched {
     }
 }
 
+pub type Headers = Vec<(String, String)>;
+
 /// What happened to one stream.
 #[derive(Clone, Debug, Default)]
 pub struct Stream {
@@ -48,7 +50,7 @@ pub struct Stream {
     pub request_trailers: Vec<(String, String)>,
     pub body: Vec<u8>,
     /// The local reply: status, headers, body (at most one is ever sent).
-    pub reply: Option<(u32, Vec<(String, String)>, Vec<u8>)>,
+    pub reply: Option<(u32, Headers, Vec<u8>)>,
     pub replies: u32,
     pub resumed: u32,
     pub reset: bool,
@@ -337,10 +339,6 @@ impl Sim {
 
     pub fn advance(&self, ms: u64) {
         self.process.now.set(self.process.now.get().plus_ms(ms));
-    }
-
-    pub fn now(&self) -> Time {
-        self.process.now.get()
     }
 
     /// A request's headers (`:method` and `:path` first); `has_body` when a body follows.

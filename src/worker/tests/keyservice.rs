@@ -93,6 +93,10 @@ fn the_throttle_refunds_an_attempt_that_was_a_valid_key() {
         assert!(c.body.windows(key.len()).any(|w| w == key.as_bytes()));
         sim.answer(c.token, valid(key, "free"));
         assert_eq!(sim.resumed(ctx), 1, "{key} let through");
+        assert_eq!(
+            sim.upstream_header(ctx, "x-keygate-key-id").as_deref(),
+            Some(key)
+        );
         assert_eq!(sim.status(ctx), None);
     }
     // two bad keys use the budget; the third attempt is throttled without a call
