@@ -468,6 +468,25 @@ mod tests {
         super::spend(st, key, now, W)
     }
 
+    #[test]
+    fn an_engines_answer_is_classified_by_status_grpc_status_and_time() {
+        use EngineFailure as F;
+        let ok = Some(&b"200"[..]);
+        assert_eq!(classify(ok, Some(0), 20, 5, 200), Ok(()));
+        assert_eq!(classify(ok, Some(0), 0, 5, 200), Err(F::BadBody));
+        let big = rls::MAX_RESPONSE_BYTES + 1;
+        assert_eq!(classify(ok, Some(0), big, 5, 200), Err(F::BadBody));
+        assert_eq!(classify(ok, None, 20, 5, 200), Err(F::Grpc));
+        assert_eq!(classify(ok, Some(7), 20, 5, 200), Err(F::Grpc));
+        assert_eq!(classify(ok, Some(4), 20, 5, 200), Err(F::Timeout));
+        // UNAVAILABLE: at 90% of the timeout or later, Envoy's own timeout
+        assert_eq!(classify(ok, Some(14), 0, 179, 200), Err(F::Unavailable));
+        assert_eq!(classify(ok, Some(14), 0, 180, 200), Err(F::Timeout));
+        assert_eq!(classify(Some(b"504"), None, 0, 1, 200), Err(F::Timeout));
+        assert_eq!(classify(Some(b"503"), None, 0, 1, 200), Err(F::Status));
+        assert_eq!(classify(None, None, 0, 1, 200), Err(F::Status));
+    }
+
     fn denied(st: &MemoryStore, key: &str, now: u64) -> Option<(u64, u64)> {
         super::denied(st, key, now, W)
     }

@@ -208,6 +208,24 @@ mod tests {
     }
 
     #[test]
+    fn every_engine_failure_has_its_own_fleet_counter() {
+        use crate::fleet::EngineFailure as F;
+        let all = [
+            F::Timeout,
+            F::Status,
+            F::Grpc,
+            F::Unavailable,
+            F::BadBody,
+            F::Dispatch,
+            F::Store,
+        ];
+        for f in all {
+            let name = Metric::of_engine_failure(f).name();
+            assert_eq!(name, format!("keygate.fleet.failure.{}", f.as_str()));
+        }
+    }
+
+    #[test]
     fn latencies_are_histograms() {
         let h: Vec<Metric> = Metric::ALL
             .iter()

@@ -14,9 +14,9 @@ mod sys;
 
 use std::cell::{Cell, RefCell};
 
-use crate::metrics;
 use crate::store::{SetOutcome, SharedStore};
 use crate::worker::{Action, Host, Time, Vm};
+use crate::{headermap, metrics};
 
 /// Envoy shared data behind the core's `SharedStore`.
 pub struct EnvoyStore;
@@ -69,13 +69,6 @@ fn focus(ctx: u32) -> bool {
 /// The worker's host in Envoy: the proxy-wasm ABI, for the plugin of root context `root`.
 pub struct Envoy {
     root: u32,
-}
-
-fn action(a: Action) -> u32 {
-    match a {
-        Action::Continue => 0,
-        Action::Pause => 1,
-    }
 }
 
 impl Host for Envoy {
@@ -214,6 +207,7 @@ fn with_vm<R>(f: impl FnOnce(&mut Vm<Envoy>) -> R) -> Option<R> {
     VM.with(|vm| vm.try_borrow_mut().ok().map(|mut vm| f(&mut vm)))
 }
 
+#[allow(unsafe_code)] // exported to the host by name (no_mangle)
 #[no_mangle]
 pub extern "C" fn proxy_abi_version_0_2_1() {}
 
@@ -221,18 +215,21 @@ extern "C" {
     fn __wasm_call_ctors();
 }
 
+#[allow(unsafe_code)] // exported to the host by name, and runs the reactor's constructors
 #[no_mangle]
 pub extern "C" fn _initialize() {
     // SAFETY: the WASI reactor's static constructors, run once before any callback.
     unsafe { __wasm_call_ctors() }
 }
 
+#[allow(unsafe_code)] // exported to the host by name (no_mangle)
 #[no_mangle]
 pub extern "C" fn proxy_on_vm_start(_root_id: u32, _size: usize) -> u32 {
     abi::init_logger();
     1
 }
 
+#[allow(unsafe_code)] // exported to the host by name (no_mangle)
 #[no_mangle]
 pub extern "C" fn proxy_on_configure(root_id: u32, size: usize) -> u32 {
     entered(root_id, || {
@@ -250,6 +247,7 @@ pub extern "C" fn proxy_on_configure(root_id: u32, size: usize) -> u32 {
     })
 }
 
+#[allow(unsafe_code)] // exported to the host by name (no_mangle)
 #[no_mangle]
 pub extern "C" fn proxy_on_request_headers(
     ctx: u32,
@@ -257,35 +255,42 @@ pub extern "C" fn proxy_on_request_headers(
     end_of_stream: u32,
 ) -> u32 {
     entered(ctx, || {
-        let map = abi::get_headers(abi::MapType::RequestHeaders);
+        let raw = abi::get_headers(abi::MapType::RequestHeaders);
         let has_body = end_of_stream == 0;
-        map.with_pairs(|h| with_vm(|vm| action(vm.on_request_headers(ctx, h, has_body))))
-            .unwrap_or_else(|| {
-                // no VM to ask (cannot happen outside a nested callback): never a free pass
-                abi::send_local_response(500, &[], b"keygate is not configured\n", -1);
-                action(Action::Pause)
-            })
+        headermap::with_pairs(&raw, |h| {
+            with_vm(|vm| vm.on_request_headers(ctx, h, has_body) as u32)
+        })
+        .unwrap_or_else(|| {
+            // no VM to ask (cannot happen outside a nested callback): never a free pass
+            abi::send_local_response(500, &[], b"keygate is not configured\n", -1);
+            Action::Pause as u32
+        })
     })
 }
 
+#[allow(unsafe_code)] // exported to the host by name (no_mangle)
 #[no_mangle]
 pub extern "C" fn proxy_on_request_body(ctx: u32, body_size: usize, end_of_stream: u32) -> u32 {
     entered(ctx, || {
-        with_vm(|vm| action(vm.on_request_body(ctx, body_size, end_of_stream != 0)))
-            .unwrap_or(action(Action::Pause))
+        with_vm(|vm| vm.on_request_body(ctx, body_size, end_of_stream != 0) as u32)
+            .unwrap_or(Action::Pause as u32)
     })
 }
 
 /// Envoy enters it only for requests that end with trailers: nothing on other requests.
+#[allow(unsafe_code)] // exported to the host by name (no_mangle)
 #[no_mangle]
 pub extern "C" fn proxy_on_request_trailers(ctx: u32, _num_trailers: usize) -> u32 {
     entered(ctx, || {
-        let map = abi::get_headers(abi::MapType::RequestTrailers);
-        map.with_pairs(|t| with_vm(|vm| action(vm.on_request_trailers(ctx, t))))
-            .unwrap_or(action(Action::Pause))
+        let raw = abi::get_headers(abi::MapType::RequestTrailers);
+        headermap::with_pairs(&raw, |t| {
+            with_vm(|vm| vm.on_request_trailers(ctx, t) as u32)
+        })
+        .unwrap_or(Action::Pause as u32)
     })
 }
 
+#[allow(unsafe_code)] // exported to the host by name (no_mangle)
 #[no_mangle]
 pub extern "C" fn proxy_on_response_headers(
     ctx: u32,
@@ -293,10 +298,11 @@ pub extern "C" fn proxy_on_response_headers(
     _end_of_stream: u32,
 ) -> u32 {
     entered(ctx, || {
-        with_vm(|vm| action(vm.on_response_headers(ctx))).unwrap_or(action(Action::Continue))
+        with_vm(|vm| vm.on_response_headers(ctx) as u32).unwrap_or(Action::Continue as u32)
     })
 }
 
+#[allow(unsafe_code)] // exported to the host by name (no_mangle)
 #[no_mangle]
 pub extern "C" fn proxy_on_http_call_response(
     root: u32,
@@ -310,6 +316,7 @@ pub extern "C" fn proxy_on_http_call_response(
     });
 }
 
+#[allow(unsafe_code)] // exported to the host by name (no_mangle)
 #[no_mangle]
 pub extern "C" fn proxy_on_tick(root: u32) {
     entered(root, || with_vm(|vm| vm.on_tick(root)));

@@ -48,9 +48,12 @@ pub use vm::Vm;
 /// What a request callback tells the host: go on, or stop here (the request waits for a
 /// verdict, its body, or was answered).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
 pub enum Action {
-    Continue,
-    Pause,
+    /// proxy-wasm's `Continue`.
+    Continue = 0,
+    /// proxy-wasm's `Pause` (StopIteration; for a body chunk, StopIterationAndBuffer).
+    Pause = 1,
 }
 
 const RESPONSE_HEADERS_SWEEP: usize = 1024;

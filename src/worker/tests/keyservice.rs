@@ -89,6 +89,11 @@ fn the_throttle_refunds_an_attempt_that_was_a_valid_key() {
     sim.rec.borrow_mut().client_address = b"10.0.0.9:4242".to_vec();
     for (ctx, key) in [(7, "valid-a"), (8, "valid-b"), (9, "valid-c")] {
         assert_eq!(sim.get(ctx, "/a", key), Action::Pause);
+        assert_eq!(
+            sim.status(ctx),
+            None,
+            "{key}: the valid keys before were refunded"
+        );
         let c = sim.last_call();
         assert!(c.body.windows(key.len()).any(|w| w == key.as_bytes()));
         sim.answer(c.token, valid(key, "free"));
