@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The demo: Envoy with keygate in front of the echo upstream.
 #   envoy/demo.sh          embedded key store (envoy/demo.yaml)
-#   envoy/demo.sh remote   the reference key service (envoy/keyservice/keyservice.py, config
-#                          envoy/demo-remote.yaml), its SQLite database
+#   envoy/demo.sh remote   the key service (envoy/keyservice, built here; config
+#                          envoy/demo-remote.yaml) with its dashboard, its SQLite database
 #                          in .demo/keys.sqlite (kept across runs; the demo keys are restored at
 #                          every start; `rm -rf .demo` forgets everything else)
 #   envoy/demo.sh fleet    fleet-wide limits (issue #15): the test rate-limit engine on 127.0.0.1:8090
@@ -74,6 +74,7 @@ if command -v rustup >/dev/null 2>&1; then
   rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 fi
 cargo wasm --quiet
+$needs_keyservice && cargo build --quiet --release -p keyservice
 ENVOY_CMD=$(envoy/find-envoy.sh)
 
 # Every process the demo starts is a child in pids; Envoy runs in the background too, waited
@@ -91,7 +92,7 @@ run_envoy() {
 }
 
 if [ "$mode" = fleet ]; then
-  python3 tests/services/echo.py --port 8080 &
+  python3 envoy/upstream/echo.py --port 8080 &
   pids+=($!)
   engine=$(tests/rls-engine/build.sh)
   "$engine" --limits envoy/fleet/limits.yaml --addr 127.0.0.1:8090 >/dev/null &
@@ -116,11 +117,16 @@ sed -e "s/port_value: 10000 /port_value: $port /; s/port_value: 9901 /port_value
     -e "s/port_value: 8080 /port_value: $upstream_port /; s/port_value: 8081 /port_value: $keyservice_port /" \
     "$config" > "$run_config"
 
-python3 tests/services/echo.py --port "$upstream_port" &
+python3 envoy/upstream/echo.py --port "$upstream_port" &
 pids+=($!)
 wait_port=("$upstream_port")
 if $needs_keyservice; then
-  python3 envoy/keyservice/keyservice.py --port "$keyservice_port" --db .demo/keys.sqlite --seed-demo &
+  # the dashboard's wording: `# product_name:` and `# key_label:` lines in the config's header
+  product=$(sed -n 's/^# *product_name: *//p' "$config" | head -1)
+  key_label=$(sed -n 's/^# *key_label: *//p' "$config" | head -1)
+  target/release/keyservice --db .demo/keys.sqlite serve --port "$keyservice_port" --seed-demo \
+    --product-name "${product:-keygate demo API}" --key-label "${key_label:-API key}" \
+    --api-url "http://127.0.0.1:$port" &
   pids+=($!)
   wait_port+=("$keyservice_port")
 fi
@@ -140,5 +146,10 @@ done
   sed -n '/^static_resources:/q; s/^# \{0,1\}/  /p' "$config" \
     | sed -e "s/localhost:10000/localhost:$port/g; s/127.0.0.1:10000/127.0.0.1:$port/g; s/127.0.0.1:9901/127.0.0.1:$admin_port/g" \
           -e "s/127.0.0.1:8080/127.0.0.1:$upstream_port/g; s/127.0.0.1:8081/127.0.0.1:$keyservice_port/g"
+  if $needs_keyservice; then
+    echo "  Dashboard (the key service's own page for your API's customers):"
+    echo "    http://127.0.0.1:$keyservice_port/dashboard   log in as alice@example.com / alice-password"
+    echo "    (or bob@example.com / bob-password): generate a key, call the API with it, regenerate, revoke"
+  fi
 } >&2
 run_envoy -c "$run_config" --concurrency 2 --disable-hot-restart -l warning "$@"

@@ -160,6 +160,9 @@ pub struct KeyServiceConfig {
     pub on_failure: OnFailure,
     pub retry_after_s: u64,
     pub cache: CachePolicy,
+    /// `key_format.prefixes`: a key not in the published format (`keyformat`) with one of these
+    /// prefixes is refused without a call.
+    pub key_format: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug)]
@@ -415,6 +418,12 @@ struct RawKeyService {
     negative_cache_entries: Option<u64>,
     shared_recheck_ms: Option<u64>,
     on_failure: Option<String>,
+    key_format: Option<RawKeyFormat>,
+}
+
+#[derive(Deserialize)]
+struct RawKeyFormat {
+    prefixes: Option<Vec<String>>,
 }
 
 /// `auth_throttle`: `true`, `false` or an object.
@@ -1085,6 +1094,23 @@ fn parse_key_service(o: RawKeyService) -> Result<KeyServiceConfig, ConfigError> 
             ))
         }
     };
+    let key_format = match o.key_format {
+        None => None,
+        Some(k) => {
+            let at = "key_service.key_format.prefixes";
+            let prefixes = k.prefixes.unwrap_or_default();
+            if prefixes.is_empty() || prefixes.len() > 16 {
+                return Err(err(at, "expected 1 to 16 prefixes"));
+            }
+            if let Some(bad) = prefixes.iter().find(|p| !crate::keyformat::valid_prefix(p)) {
+                return Err(err(
+                    at,
+                    format!("`{bad}` is not a prefix: 2 to 16 lowercase letters or digits (a letter first) and `_`"),
+                ));
+            }
+            Some(prefixes)
+        }
+    };
     Ok(KeyServiceConfig {
         cluster,
         authority,
@@ -1096,6 +1122,7 @@ fn parse_key_service(o: RawKeyService) -> Result<KeyServiceConfig, ConfigError> 
         on_failure,
         retry_after_s,
         cache,
+        key_format,
     })
 }
 

@@ -17,6 +17,7 @@ pub mod hash;
 pub mod headermap;
 pub mod held;
 pub mod json;
+pub mod keyformat;
 pub mod keystore;
 pub mod lease;
 pub mod limiter;

@@ -33,91 +33,168 @@ pub enum Kind {
     Internal,
 }
 
+/// One kind of denial: its slug (the `type` URI's end, stable), its title, and the extension
+/// members keygate itself may add to its body (a configured member may not reuse their names).
+struct Info {
+    kind: Kind,
+    slug: &'static str,
+    title: &'static str,
+    members: &'static [&'static str],
+}
+
+const fn info(
+    kind: Kind,
+    slug: &'static str,
+    title: &'static str,
+    members: &'static [&'static str],
+) -> Info {
+    Info {
+        kind,
+        slug,
+        title,
+        members,
+    }
+}
+
+/// Every kind, in declaration order: the one table slugs, titles and members come from.
+const KINDS: [Info; 18] = [
+    info(
+        Kind::CredentialMissing,
+        "credential-missing",
+        "Credential required",
+        &[],
+    ),
+    info(
+        Kind::CredentialMalformed,
+        "credential-malformed",
+        "Malformed credential",
+        &[],
+    ),
+    info(
+        Kind::CredentialTooLarge,
+        "credential-too-large",
+        "Credential too large",
+        &[],
+    ),
+    info(
+        Kind::CredentialConflict,
+        "credential-conflict",
+        "Conflicting credentials",
+        &[],
+    ),
+    info(
+        Kind::CredentialInvalid,
+        "credential-invalid",
+        "Invalid credential",
+        &[],
+    ),
+    info(
+        Kind::CredentialExpired,
+        "credential-expired",
+        "Credential expired",
+        &[],
+    ),
+    info(
+        Kind::CredentialRevoked,
+        "credential-revoked",
+        "Credential revoked",
+        &[],
+    ),
+    info(
+        Kind::CredentialDisabled,
+        "credential-disabled",
+        "Credential disabled",
+        &[],
+    ),
+    info(
+        Kind::InsufficientScope,
+        "insufficient-scope",
+        "Insufficient scope",
+        &["missing_scope"],
+    ),
+    info(
+        Kind::ResourceForbidden,
+        "resource-forbidden",
+        "Resource not accessible",
+        &[],
+    ),
+    info(Kind::RouteClosed, "route-closed", "Route closed", &[]),
+    info(
+        Kind::RequestAmbiguous,
+        "request-ambiguous",
+        "Ambiguous request",
+        &[],
+    ),
+    info(
+        Kind::BodyUnchecked,
+        "body-unchecked",
+        "Body not checked",
+        &[],
+    ),
+    info(
+        Kind::RateLimited,
+        "rate-limited",
+        "Too many requests",
+        &["policy", "limit", "remaining", "resetTime"],
+    ),
+    info(
+        Kind::AuthThrottled,
+        "auth-throttled",
+        "Too many failed authentications",
+        &[],
+    ),
+    info(
+        Kind::KeyServiceUnavailable,
+        "key-service-unavailable",
+        "Key service unavailable",
+        &[],
+    ),
+    info(
+        Kind::RateLimitUnavailable,
+        "rate-limit-unavailable",
+        "Rate-limit engine unavailable",
+        &[],
+    ),
+    info(Kind::Internal, "internal", "Gateway error", &[]),
+];
+
 impl Kind {
-    pub fn slug(self) -> &'static str {
-        match self {
-            Kind::CredentialMissing => "credential-missing",
-            Kind::CredentialMalformed => "credential-malformed",
-            Kind::CredentialTooLarge => "credential-too-large",
-            Kind::CredentialConflict => "credential-conflict",
-            Kind::CredentialInvalid => "credential-invalid",
-            Kind::CredentialExpired => "credential-expired",
-            Kind::CredentialRevoked => "credential-revoked",
-            Kind::CredentialDisabled => "credential-disabled",
-            Kind::InsufficientScope => "insufficient-scope",
-            Kind::ResourceForbidden => "resource-forbidden",
-            Kind::RouteClosed => "route-closed",
-            Kind::RequestAmbiguous => "request-ambiguous",
-            Kind::BodyUnchecked => "body-unchecked",
-            Kind::RateLimited => "rate-limited",
-            Kind::AuthThrottled => "auth-throttled",
-            Kind::KeyServiceUnavailable => "key-service-unavailable",
-            Kind::RateLimitUnavailable => "rate-limit-unavailable",
-            Kind::Internal => "internal",
-        }
+    fn info(self) -> &'static Info {
+        // KINDS is in declaration order (checked by a test), so the discriminant indexes it
+        &KINDS[self as usize]
     }
 
-    /// Every kind, in `index` order.
-    pub const ALL: [Kind; 18] = [
-        Kind::CredentialMissing,
-        Kind::CredentialMalformed,
-        Kind::CredentialTooLarge,
-        Kind::CredentialConflict,
-        Kind::CredentialInvalid,
-        Kind::CredentialExpired,
-        Kind::CredentialRevoked,
-        Kind::CredentialDisabled,
-        Kind::InsufficientScope,
-        Kind::ResourceForbidden,
-        Kind::RouteClosed,
-        Kind::RequestAmbiguous,
-        Kind::BodyUnchecked,
-        Kind::RateLimited,
-        Kind::AuthThrottled,
-        Kind::KeyServiceUnavailable,
-        Kind::RateLimitUnavailable,
-        Kind::Internal,
-    ];
+    pub fn slug(self) -> &'static str {
+        self.info().slug
+    }
+
+    /// Every kind, in `index` order (from the table).
+    pub const ALL: [Kind; KINDS.len()] = {
+        let mut all = [Kind::Internal; KINDS.len()];
+        let mut i = 0;
+        while i < KINDS.len() {
+            all[i] = KINDS[i].kind;
+            i += 1;
+        }
+        all
+    };
 
     pub fn index(self) -> usize {
         self as usize
     }
 
     pub fn from_slug(slug: &str) -> Option<Kind> {
-        Kind::ALL.into_iter().find(|k| k.slug() == slug)
+        KINDS.iter().find(|k| k.slug == slug).map(|k| k.kind)
     }
 
     /// The extension members keygate itself may add to this kind's body (a configured member
     /// may not reuse their names).
     pub fn own_members(self) -> &'static [&'static str] {
-        match self {
-            Kind::InsufficientScope => &["missing_scope"],
-            Kind::RateLimited => &["policy", "limit", "remaining", "resetTime"],
-            _ => &[],
-        }
+        self.info().members
     }
 
     pub fn title(self) -> &'static str {
-        match self {
-            Kind::CredentialMissing => "Credential required",
-            Kind::CredentialMalformed => "Malformed credential",
-            Kind::CredentialTooLarge => "Credential too large",
-            Kind::CredentialConflict => "Conflicting credentials",
-            Kind::CredentialInvalid => "Invalid credential",
-            Kind::CredentialExpired => "Credential expired",
-            Kind::CredentialRevoked => "Credential revoked",
-            Kind::CredentialDisabled => "Credential disabled",
-            Kind::InsufficientScope => "Insufficient scope",
-            Kind::ResourceForbidden => "Resource not accessible",
-            Kind::RouteClosed => "Route closed",
-            Kind::RequestAmbiguous => "Ambiguous request",
-            Kind::BodyUnchecked => "Body not checked",
-            Kind::RateLimited => "Too many requests",
-            Kind::AuthThrottled => "Too many failed authentications",
-            Kind::KeyServiceUnavailable => "Key service unavailable",
-            Kind::RateLimitUnavailable => "Rate-limit engine unavailable",
-            Kind::Internal => "Gateway error",
-        }
+        self.info().title
     }
 }
 
@@ -407,6 +484,18 @@ impl ProblemBuilder<'_> {
 mod tests {
     use super::*;
     use serde_json::Value;
+
+    #[test]
+    fn the_kinds_table_is_in_declaration_order_with_unique_slugs() {
+        for (i, k) in KINDS.iter().enumerate() {
+            assert_eq!(k.kind as usize, i, "{}", k.slug);
+            assert_eq!(Kind::from_slug(k.slug), Some(k.kind));
+        }
+        let mut slugs: Vec<&str> = KINDS.iter().map(|k| k.slug).collect();
+        slugs.sort_unstable();
+        slugs.dedup();
+        assert_eq!(slugs.len(), KINDS.len());
+    }
 
     #[test]
     fn body_has_rfc9457_members_and_no_query() {

@@ -21,13 +21,25 @@ if command -v rustup >/dev/null 2>&1; then
   rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 fi
 
+step "system packages the tests use (installed by name when missing): PostgreSQL, Chromium"
+missing=()
+ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || missing+=(postgresql)
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
+  $sudo apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
 step "format and lints (clippy denies unwrap/expect/panic outside tests)"
 cargo fmt --all -- --check
-cargo clippy --quiet --all-targets -- -D warnings
+cargo clippy --quiet --workspace --all-targets -- -D warnings
 cargo clippy --quiet --lib --target wasm32-wasip1 -- -D warnings
 
-step "unit and property tests (native)"
-cargo test --quiet
+step "unit and property tests (native: the filter's core; the key service, its store suite on SQLite and on a throwaway PostgreSQL)"
+cargo test --quiet --workspace
 if $fast; then
   step "fast run: done (no wasm build, no Envoy)"
   exit 0
@@ -36,6 +48,9 @@ fi
 step "build keygate.wasm"
 cargo wasm --quiet
 ls -l target/wasm32-wasip1/release/keygate.wasm
+
+step "build the key service (envoy/keyservice; the e2e tests run this binary)"
+cargo build --quiet --release -p keyservice
 
 if [ -f tests/bench/noop-filter/Cargo.toml ] && [ -f tests/bench/bench.py ]; then
   step "build the benchmark (not run here: benchmarks are not tests)"

@@ -337,7 +337,15 @@ impl<H: Host> Worker<H> {
                 return self.run(ctx, next, false);
             }
             Lookup::Stale(v) => Some(v),
-            Lookup::Miss => None,
+            Lookup::Miss => {
+                // a key that cannot be one the service issued: refused here, no call, nothing
+                // cached (a cached or stale verdict above was valid, so in the format)
+                if crate::keyformat::refused_locally(ks.key_format.as_deref(), &c.secret) {
+                    let next = self.conclude(ctx, pending, Verdict::Refused(Refusal::Unknown));
+                    return self.run(ctx, next, false);
+                }
+                None
+            }
         };
         self.stats.inc(&mut self.host, Metric::CacheMiss);
         // A client over its failed-authentication budget gets no call to the key service. The

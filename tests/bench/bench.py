@@ -24,9 +24,9 @@ Method
   and the keygate scenarios of
   ``KEYGATE_SCENARIOS`` (all the same ``keygate.wasm``, one listener each; scenarios with the same
   configuration share one VM, each other configuration gets a VM of its own).
-* The ``kg_remote_*`` scenarios verify keys with the reference key service
-  (``envoy/keyservice/keyservice.py``, Python + SQLite, run as ``tests/services/keyservice_faults.py``
-  for its call counters; no fault mode is set), started on a free loopback port and pinned
+* The ``kg_remote_*`` scenarios verify keys with the key service
+  (``envoy/keyservice``, Rust + SQLite, built with ``cargo build --release -p keyservice``; its
+  call counters are read from its ``/metrics``), started on a free loopback port and pinned
   to CPU 1 like the authorizer (its CPU is not counted) when a selected scenario needs it. The
   verify calls it answers during each timed run and keygate's key-service failure counters are
   recorded, so a "cache hit" scenario that calls the service, or 503s counted as expected
@@ -92,8 +92,8 @@ NOOP_MANIFEST = BENCH_DIR / "noop-filter" / "Cargo.toml"
 NOOP_WASM = BENCH_DIR / "noop-filter" / "target" / "wasm32-wasip1" / "release" / "noop_filter.wasm"
 FLOOR_MANIFEST = BENCH_DIR / "floor-filter" / "Cargo.toml"
 FLOOR_WASM = BENCH_DIR / "floor-filter" / "target" / "wasm32-wasip1" / "release" / "floor_filter.wasm"
-# the reference key service with the test-only call counters (/admin/stats)
-KEYSERVICE_PY = ROOT / "tests" / "services" / "keyservice_faults.py"
+# the key service (envoy/keyservice); its call counters are at /metrics
+KEYSERVICE_BIN = ROOT / "target" / "release" / "keyservice"
 RANDOM_KEY_LUA = BENCH_DIR / "random-key.lua"
 # Envoy loads copies, so a rebuild during the run cannot change what is measured.
 STAGED = {KEYGATE_WASM: RUN_DIR / "keygate.wasm", NOOP_WASM: RUN_DIR / "noop_filter.wasm",
@@ -586,9 +586,8 @@ class Envoy:
 
 
 class KeyService:
-    """The reference key service (envoy/keyservice/keyservice.py, SQLite; run as
-    tests/services/keyservice_faults.py for its call counters) on a free loopback port, pinned to
-    `cpu`, with the /admin endpoints enabled (a token made for this run)."""
+    """The key service (envoy/keyservice, SQLite; call counters at /metrics) on a free loopback
+    port, pinned to `cpu`, with the /admin endpoints enabled (a token made for this run)."""
 
     def __init__(self, procs: Procs, cpu: str) -> None:
         self.db = RUN_DIR / "keyservice.sqlite"
@@ -597,9 +596,12 @@ class KeyService:
         self.log_path = RUN_DIR / "keyservice.log"
         self.token = secrets.token_hex(16)
         self.log = open(self.log_path, "wb")
-        cmd = ["taskset", "-c", cpu, sys.executable, str(KEYSERVICE_PY), "--db", str(self.db),
-               "--admin-token", self.token, "--host", "127.0.0.1", "--port", "0"]
-        self.proc = procs.start(cmd, stdout=self.log, stderr=subprocess.STDOUT)
+        if not KEYSERVICE_BIN.exists():
+            raise BenchError(f"{KEYSERVICE_BIN} is missing: cargo build --release -p keyservice")
+        cmd = ["taskset", "-c", cpu, str(KEYSERVICE_BIN), "--db", str(self.db), "serve",
+               "--host", "127.0.0.1", "--port", "0"]
+        self.proc = procs.start(cmd, stdout=self.log, stderr=subprocess.STDOUT,
+                                env={**os.environ, "KEYSERVICE_ADMIN_TOKEN": self.token})
         self.port = 0
 
     def wait_ready(self, timeout: float = 15.0) -> None:
@@ -635,7 +637,10 @@ class KeyService:
         self.admin("POST", "/admin/keys", record)
 
     def stats(self) -> dict:
-        return self.admin("GET", "/admin/stats")
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+        m = re.search(r"^keyservice_verify_calls_total (\d+)$", text, re.M)
+        return {"verify_calls": int(m.group(1)) if m else 0}
 
     def verify_calls(self) -> int:
         return int(self.stats()["verify_calls"])

@@ -354,54 +354,84 @@ class Upstream:
         self.srv.server_close()
 
 
-REFERENCE_KEY_SERVICE = ROOT / "envoy" / "keyservice" / "keyservice.py"
-FAULTY_KEY_SERVICE = ROOT / "tests" / "services" / "keyservice_faults.py"
+KEY_SERVICE_BIN = ROOT / "target" / "release" / "keyservice"
+FAULT_PROXY = ROOT / "tests" / "services" / "faultproxy.py"
+
+
+def key_service_bin() -> Path:
+    """The key service's binary (envoy/keyservice), built by tests/run.sh
+    (`cargo build --release -p keyservice`)."""
+    if not KEY_SERVICE_BIN.exists():
+        raise RuntimeError(f"{KEY_SERVICE_BIN} is missing: build it with `cargo build --release -p keyservice`")
+    return KEY_SERVICE_BIN
+
+
+def wait_listening(proc: subprocess.Popen, log: Path, what: str, offset: int = 0, timeout: float = 15) -> int:
+    """The port from a process's "listening on http://127.0.0.1:PORT" line in `log` (past byte
+    `offset`: a restarted process appends to the log of the one before)."""
+    import re
+
+    def listening():
+        with open(log, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+        m = re.search(rf"{what} listening on http://127\.0\.0\.1:(\d+)", text)
+        if m:
+            return int(m.group(1))
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited {proc.returncode}:\n{log.read_text(errors='replace')}")
+        return None
+    return wait_until(listening, timeout, 0.02, lambda _: f"{what} to listen:\n{log.read_text(errors='replace')}")
 
 
 class KeyService:
-    """The reference key service as a real process on loopback: by default with the test-only
-    fault modes and call counters (tests/services/keyservice_faults.py, over the product);
-    `faults=False` runs the product itself (envoy/keyservice/keyservice.py), as operators do,
-    where `mode()` and the call counts do not exist."""
+    """The key service (envoy/keyservice, the Rust binary) as a real process on loopback with an
+    SQLite database (or `db`, e.g. a postgres:// URL): by default behind the test-only fault proxy
+    (tests/services/faultproxy.py: fault modes and call counters); `faults=False` runs the service
+    alone, as operators do, where `mode()` and the call counts do not exist. `port` is where
+    keygate's cluster points either way."""
 
     ADMIN_TOKEN = "e2e-admin-token"
 
-    def __init__(self, seed_demo: bool = True, faults: bool = True):
+    def __init__(self, seed_demo: bool = True, faults: bool = True, db: str | None = None,
+                 extra_args: list[str] | None = None):
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="keygate-ks-"))
         CREATED_DIRS.append(self.dir)
-        self.db = self.dir / "keys.sqlite"
+        self.db = db or str(self.dir / "keys.sqlite")
         self.seed_demo = seed_demo
-        self.script = FAULTY_KEY_SERVICE if faults else REFERENCE_KEY_SERVICE
+        self.faults = faults
+        self.extra_args = extra_args or []
         self.proc: subprocess.Popen | None = None
+        self.proxy: subprocess.Popen | None = None
+        self.service_port = 0
 
     def start(self) -> "KeyService":
         import sys
-        cmd = [sys.executable, str(self.script), "--port", str(self.port),
-               "--db", str(self.db), "--admin-token", self.ADMIN_TOKEN]
+        log = self.dir / "ks.log"
+        cmd = [str(key_service_bin()), "--db", self.db, "serve",
+               "--port", "0" if self.faults else str(self.port), *self.extra_args]
         if self.seed_demo:
             cmd.append("--seed-demo")
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(self.dir / "ks.log", "ab"))
-
-        def up() -> bool:
-            try:
-                if self.script == FAULTY_KEY_SERVICE:
-                    self.admin("GET", "/admin/stats")
-                else:  # the product has no /admin/stats; its feed answers once it serves
-                    urllib.request.urlopen(f"http://127.0.0.1:{self.port}/v1/keys/revocations", timeout=2).close()
-                return True
-            except OSError:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"key service exited: {(self.dir / 'ks.log').read_text()}")
-                return False
-        wait_until(up, 15, 0.05, "the key service to answer")
+        env = {**os.environ, "KEYSERVICE_ADMIN_TOKEN": self.ADMIN_TOKEN}
+        offset = log.stat().st_size if log.exists() else 0
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(log, "ab"), env=env)
+        self.service_port = wait_listening(self.proc, log, "keyservice", offset)
+        if self.faults:
+            self.proxy = subprocess.Popen(
+                [sys.executable, str(FAULT_PROXY), "--port", str(self.port),
+                 "--backend", f"127.0.0.1:{self.service_port}", "--admin-token", self.ADMIN_TOKEN],
+                stdout=subprocess.DEVNULL, stderr=open(log, "ab"))
+            wait_listening(self.proxy, log, "faultproxy", offset)
         return self
 
     def stop(self) -> None:
+        stop_process(self.proxy, grace=5)
         stop_process(self.proc, grace=5)
 
     def log(self) -> str:
-        """What the service wrote to stderr (e.g. "late verdict decided" under the late: mode)."""
+        """What the service and the fault proxy wrote to stderr (e.g. "late verdict decided" under
+        the late: mode)."""
         return (self.dir / "ks.log").read_text(errors="replace")
 
     def admin(self, method: str, path: str, body: dict | None = None) -> dict:

@@ -1,7 +1,7 @@
 """Issue #14: the key-service contract as a document, a JSON Schema and a conformance check an
 operator can point at their own service (`keygate-check --key-service URL`), run here against the
-reference service as operators run it (envoy/keyservice/keyservice.py) and against broken ones
-(the test-only fault modes of tests/services/keyservice_faults.py)."""
+key service as operators run it (envoy/keyservice) and against broken ones (the test-only fault
+proxy in front of it, tests/services/faultproxy.py)."""
 import json
 import subprocess
 import urllib.request
@@ -22,7 +22,7 @@ def check_bin():
 
 @pytest.fixture(scope="module")
 def reference():
-    """The product: envoy/keyservice/keyservice.py, no fault injection in it."""
+    """The product: envoy/keyservice, no fault injection in it."""
     k = KeyService(seed_demo=True, faults=False).start()
     yield k
     k.stop()

@@ -160,7 +160,7 @@ def test_demo_sh_runs_a_profile_on_other_ports_and_prints_its_keys():
 
 
 def test_demo_sh_remote_runs_the_reference_key_service():
-    """`envoy/demo.sh remote`: the reference key service (envoy/keyservice/keyservice.py, the
+    """`envoy/demo.sh remote`: the key service (envoy/keyservice, the
     product, seeded) behind Envoy, every port moved."""
     names = ("KEYGATE_PORT", "KEYGATE_ADMIN_PORT", "KEYGATE_UPSTREAM_PORT", "KEYGATE_KEYSERVICE_PORT")
     ports = {n: free_port() for n in names}
@@ -183,11 +183,16 @@ def test_demo_sh_remote_runs_the_reference_key_service():
                        [("Authorization", f"Basic {b}")]).status == 200
         # the service itself, on its moved port: the product, without the tests' fault modes
         assert request(ports["KEYGATE_KEYSERVICE_PORT"], "GET", "/admin/mode").status == 404
+        # its dashboard, where the printed demo login leads
+        page = request(ports["KEYGATE_KEYSERVICE_PORT"], "GET", "/dashboard/login")
+        assert page.status == 200 and b"keygate demo API" in page.body and b'id="password"' in page.body
     finally:
         os.killpg(p.pid, signal.SIGTERM)
         _, err = p.communicate(timeout=30)
     assert "kgb_demo_acme_business_0001" in err
     assert f"127.0.0.1:{ports['KEYGATE_KEYSERVICE_PORT']}" in err
+    assert f"http://127.0.0.1:{ports['KEYGATE_KEYSERVICE_PORT']}/dashboard" in err
+    assert "alice@example.com / alice-password" in err
 
 
 def test_demo_sh_stops_on_sigterm_to_its_own_pid():

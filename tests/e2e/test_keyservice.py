@@ -1,7 +1,7 @@
 """Issue: verification by dispatch_http_call to the key service, shared-data verdict cache,
 negative cache, service failures, revocation within seconds, and the key lifecycle through Envoy.
 
-Real Envoy (2 workers), the real reference key service process, the echo upstream; the service
+Real Envoy (2 workers), the real key service process (envoy/keyservice), the echo upstream; the service
 counts the verify calls it receives.
 """
 import time

@@ -1,18 +1,18 @@
-"""The reference key service, tested directly over HTTP on loopback (no Envoy).
+"""The key service (envoy/keyservice), tested directly over HTTP on loopback (no Envoy).
 
 Each service is a real subprocess on a port it picks itself (`--port 0`, read back from its
-"listening" line) with a database in a temporary directory: the product,
-`envoy/keyservice/keyservice.py`, for everything it does; its test-only extension,
-`tests/services/keyservice_faults.py`, for the fault modes and counters (and to show that they
-are absent from the product). Where keygate would sit in front of the management API,
-`identity()` does what keygate does: verify the key, then pass the verdict on as `x-keygate-*`
-headers.
+"listening" line) with a database in a temporary directory: the product for everything it does;
+the test-only fault proxy in front of it (`tests/services/faultproxy.py`) for the fault modes and
+counters (and to show that they are absent from the product). Where keygate would sit in front of
+the management API, `identity()` does what keygate does: verify the key, then pass the verdict on
+as `x-keygate-*` headers.
 """
 from __future__ import annotations
 
 import hashlib
 import http.client
 import json
+import os
 import re
 import socket
 import sqlite3
@@ -26,11 +26,10 @@ from typing import Any
 
 import pytest
 
-from harness import wait_until
+from harness import FAULT_PROXY, key_service_bin, wait_listening, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICE = ROOT / "envoy" / "keyservice" / "keyservice.py"  # the product
-FAULTY = ROOT / "tests" / "services" / "keyservice_faults.py"  # the product + test-only faults
+SERVICE_SRC = ROOT / "envoy" / "keyservice" / "src"  # the product's source
 ADMIN = "test-admin-token"
 ADMIN_HDR = {"x-admin-token": ADMIN}
 
@@ -54,39 +53,44 @@ class Service:
     """One keyservice subprocess; `stop()` then `start()` again reuses the same database."""
 
     def __init__(self, workdir: Path, *, seed: bool = True, admin: bool = True,
-                 script: Path = SERVICE) -> None:
-        self.script = script
+                 faults: bool = False, extra: list[str] | None = None) -> None:
         self.db = workdir / "keys.db"
         self.log = workdir / "keyservice.log"
-        self.args = ["--db", str(self.db)] + (["--seed-demo"] if seed else [])
-        self.args += ["--admin-token", ADMIN] if admin else []
+        self.args = ["--db", str(self.db), "serve", "--port", "0"] + (["--seed-demo"] if seed else [])
+        self.args += extra or []
+        self.admin_token = ADMIN if admin or faults else None
+        self.faults = faults
         self.proc: subprocess.Popen[bytes] | None = None
+        self.proxy: subprocess.Popen[bytes] | None = None
         self.port = 0
 
     def start(self, timeout: float = 15) -> Service:
         self.log.write_text("")
+        env = {k: v for k, v in os.environ.items() if k != "KEYSERVICE_ADMIN_TOKEN"}
+        if self.admin_token:
+            env["KEYSERVICE_ADMIN_TOKEN"] = self.admin_token
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(self.script), "--port", "0", *self.args],
-                stdout=subprocess.DEVNULL, stderr=log)
-
-        def listening() -> re.Match[str] | None:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"keyservice exited {self.proc.returncode}:\n{self.log.read_text()}")
-            return re.search(r"listening on http://127\.0\.0\.1:(\d+)", self.log.read_text())
-        m = wait_until(listening, timeout, 0.02, lambda _: f"keyservice to start:\n{self.log.read_text()}")
-        self.port = int(m.group(1))
+            self.proc = subprocess.Popen([str(key_service_bin()), *self.args],
+                                         stdout=subprocess.DEVNULL, stderr=log, env=env)
+        self.port = wait_listening(self.proc, self.log, "keyservice", timeout=timeout)
+        if self.faults:
+            with self.log.open("ab") as log:
+                self.proxy = subprocess.Popen(
+                    [sys.executable, str(FAULT_PROXY), "--port", "0", "--backend",
+                     f"127.0.0.1:{self.port}", "--admin-token", ADMIN],
+                    stdout=subprocess.DEVNULL, stderr=log)
+            self.port = wait_listening(self.proxy, self.log, "faultproxy", timeout=timeout)
         return self
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        for p in (self.proxy, self.proc):
+            if p and p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
 
     def call(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None,
              timeout: float = 10) -> Resp:
@@ -166,8 +170,8 @@ def svc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
 
 @pytest.fixture(scope="module")
 def faulty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    """The test-only service: the product plus counters and fault modes."""
-    s = Service(tmp_path_factory.mktemp("keyservice-faults"), script=FAULTY).start()
+    """The product behind the test-only fault proxy (counters and fault modes)."""
+    s = Service(tmp_path_factory.mktemp("keyservice-faults"), faults=True).start()
     yield s
     s.stop()
 
@@ -333,7 +337,7 @@ def test_revocation_feed_pages_hold_at_most_1000(tmp_path: Path) -> None:
     s = Service(tmp_path, seed=False, admin=False).start()
     try:
         with sqlite3.connect(s.db) as db:
-            db.executemany("INSERT INTO revocations(key_id, key_hash, user, reason, recorded_at)"
+            db.executemany("INSERT INTO revocations(key_id, key_hash, username, reason, recorded_at)"
                            " VALUES (?, ?, NULL, 'test', 0)",
                            [(f"bk_{i}", sha(str(i))) for i in range(1203)])
         assert s.cursor() == 1203
@@ -626,13 +630,13 @@ def test_admin_needs_the_token(svc: Service, faulty: Service) -> None:
 
 
 def test_the_product_has_no_test_support(svc: Service) -> None:
-    """Counters and fault modes live only in tests/services/keyservice_faults.py."""
+    """Counters and fault modes live only in tests/services/faultproxy.py."""
     for method, path, body in [("GET", "/admin/stats", None), ("POST", "/admin/reset-stats", None),
                                ("GET", "/admin/mode", None), ("POST", "/admin/mode", {"verify": "reset"})]:
         assert_problem(svc.admin(method, path, body), 404, "not-found")
     assert svc.verify(DEMO_ACME)["code"] == "VALID"
-    source = SERVICE.read_text()
-    for word in ("Faults", "fault mode", "anyuser", "late:", "slow:", "/admin/stats", "/admin/mode"):
+    source = "".join(p.read_text() for p in SERVICE_SRC.rglob("*.rs"))
+    for word in ("Faults", "fault mode", "anyuser", '"late:', '"slow:', "/admin/stats", "/admin/mode"):
         assert word not in source, word
 
 
@@ -697,3 +701,134 @@ def test_stats_count_every_call_whatever_the_mode(faults: Service) -> None:
     assert svc.admin("GET", "/admin/stats").json() == {"verify_calls": 4, "revocation_calls": 2}
     svc.admin("POST", "/admin/reset-stats")
     assert svc.admin("GET", "/admin/stats").json() == {"verify_calls": 0, "revocation_calls": 0}
+
+
+# ---------------------------------------------------------------------------------------------
+# Attacks: guessing passwords, filling tables, numbers from clients
+# ---------------------------------------------------------------------------------------------
+
+def test_login_throttle_per_email_then_per_client(tmp_path: Path) -> None:
+    """Ten failures for one email lock that email (even the right password answers 429, with
+    Retry-After) while other emails still log in; the throttle is keyed by the email's hash and
+    the client address, not by anything the attacker can vary for free."""
+    s = Service(tmp_path).start()
+    try:
+        for _ in range(10):
+            assert_problem(s.call("POST", "/v1/auth/login", {"email": "alice@example.com", "password": "guess"}),
+                           401, "invalid-credentials")
+        for pw in ("guess", "alice-password"):
+            r = s.call("POST", "/v1/auth/login", {"email": "ALICE@example.com", "password": pw})
+            assert_problem(r, 429, "login-throttled")
+            assert 1 <= int(r.headers["retry-after"]) <= 900
+        assert s.login("bob@example.com", "bob-password").startswith("kgp_")
+        # one client spraying many emails: its own budget (100 failures) runs out too
+        for i in range(90):
+            s.call("POST", "/v1/auth/login", {"email": f"user{i}@example.com", "password": "x"})
+        assert_problem(s.call("POST", "/v1/auth/login", {"email": "bob@example.com", "password": "bob-password"}),
+                       429, "login-throttled")
+        assert not re.search(rb"alice-password|bob-password|guess", s.log.read_bytes())
+    finally:
+        s.stop()
+
+
+def test_bounded_numbers_and_key_counts(tmp_path: Path) -> None:
+    s = Service(tmp_path, extra=["--max-keys-per-account", "3", "--max-lifetime-days", "30"]).start()
+    try:
+        me = s.identity(s.login("alice@example.com", "alice-password"))
+        # the seeded acme key, the PAT and this login's token count: room for none more
+        r = s.call("POST", "/v1/tokens/business", {"name": "one too many"}, headers=me)
+        assert_problem(r, 409, "too-many-keys")
+        s.admin("POST", "/admin/revoke", {"id": "bk_demo_acme"})
+        assert s.call("POST", "/v1/tokens/business", {"name": "fits"}, headers=me).status == 201
+        for bad in ({"name": "x", "lifetime_days": 31}, {"name": "x", "lifetime_days": 10**30},
+                    {"name": "x" * 101, "lifetime_days": 1}, {"name": "a\u0000b", "lifetime_days": 1}):
+            assert_problem(s.call("POST", "/v1/tokens/named", bad, headers=me), 400, "bad-request")
+        for q in ("since=0&limit=0", "since=0&limit=1001", "since=-5", "since=4611686018427387905"):
+            r = s.call("GET", f"/v1/keys/revocations?{q}")
+            assert r.status == 400 and "error" in r.json(), q
+        # a body over 1 MiB is refused from its Content-Length, before it is read
+        with socket.create_connection(("127.0.0.1", s.port), timeout=5) as sock:
+            sock.sendall(b"POST /v1/keys/verify HTTP/1.1\r\nHost: x\r\nContent-Length: 1048600\r\n\r\n"
+                         + b'{"key":"' + b"a" * 1000)
+            assert re.match(rb"HTTP/1\.1 413 ", sock.recv(4096))
+        for bad in ({"key": "k", "account": "x", "scopes": ["a b"]},
+                    {"key": "k", "account": "x", "scopes": ["x"] * 129},
+                    {"key": "k", "account": "x", "resources": {f"r{i}": [] for i in range(33)}},
+                    {"key": "k", "account": "x", "subject": "a\nb"},
+                    {"key_hash": "zz" * 32, "account": "x"},
+                    {"key": "k", "key_hash": "00" * 32, "account": "x"}):
+            assert_problem(s.admin("POST", "/admin/keys", bad), 400, "bad-request")
+        # an imported hash verifies the secret it came from (stored as given, never the secret)
+        imported = s.admin("POST", "/admin/keys", {"key_hash": sha("legacy-secret-1"), "account": "acme",
+                                                  "id": "bk_legacy"})
+        assert imported.status == 201
+        assert s.verify("legacy-secret-1")["key_id"] == "bk_legacy"
+    finally:
+        s.stop()
+
+
+def test_accounts_and_users_through_the_admin_api_and_the_cli(tmp_path: Path) -> None:
+    s = Service(tmp_path, seed=False).start()
+    try:
+        assert s.admin("POST", "/admin/accounts", {"name": "initech", "plan": "basic"}).status == 201
+        assert_problem(s.admin("POST", "/admin/accounts", {"name": "initech"}), 409, "conflict")
+        assert_problem(s.admin("POST", "/admin/accounts", {"name": "a b"}), 400)
+        r = s.admin("POST", "/admin/users", {"name": "peter", "email": "Peter@Initech.example",
+                                             "account": "initech", "password": "tps-report-cover"})
+        assert r.status == 201 and r.json()["data"] == {
+            "name": "peter", "email": "peter@initech.example", "account": "initech", "disabled": False,
+            "created_at": r.json()["data"]["created_at"]}
+        assert_problem(s.admin("POST", "/admin/users", {"name": "x", "email": "x@y.z", "account": "nope",
+                                                        "password": "long enough"}), 400)
+        assert_problem(s.admin("POST", "/admin/users", {"name": "x", "email": "x@y.z", "account": "initech",
+                                                        "password": "short"}), 400)
+        assert [u["name"] for u in s.admin("GET", "/admin/users?account=initech").json()["data"]] == ["peter"]
+        token = s.login("peter@initech.example", "tps-report-cover")
+        assert s.verify(token)["plan"] == "basic"
+        # disabling the user refuses its keys at once and announces them; the login is refused too
+        start = s.cursor()
+        assert s.admin("POST", "/admin/users/disable", {"name": "peter"}).status == 200
+        assert s.verify(token)["code"] == "DISABLED"
+        assert sha(token) in {e["key_hash"] for e in s.feed(start)["revoked"]}
+        assert_problem(s.call("POST", "/v1/auth/login", {"email": "peter@initech.example",
+                                                          "password": "tps-report-cover"}), 401)
+        assert s.admin("POST", "/admin/users/disable", {"name": "peter", "disabled": False}).status == 200
+        assert s.verify(token)["code"] == "VALID"
+        # an account disabled: every key of it
+        assert s.admin("POST", "/admin/accounts/disable", {"name": "initech"}).status == 200
+        assert s.verify(token)["code"] == "DISABLED"
+        listed = s.admin("GET", "/admin/accounts").json()["data"]
+        assert listed == [{"name": "initech", "plan": "basic", "disabled": True, "created_at": listed[0]["created_at"]}]
+    finally:
+        s.stop()
+    # the CLI, on the same database with the service stopped
+    import subprocess
+    from harness import key_service_bin
+    cli = lambda *a, inp=None: subprocess.run([str(key_service_bin()), "--db", str(s.db), *a], input=inp,  # noqa: E731
+                                              capture_output=True, text=True, timeout=60)
+    assert cli("account", "add", "hooli", "--plan", "enterprise").returncode == 0
+    assert cli("account", "add", "hooli").returncode == 1
+    r = cli("user", "add", "gavin", "--email", "gavin@hooli.example", "--account", "hooli", inp="nucleus-rules\n")
+    assert r.returncode == 0, r.stderr
+    assert "gavin\tgavin@hooli.example\thooli\tactive" in cli("user", "list").stdout
+    assert "initech\tbasic\tdisabled" in cli("account", "list").stdout
+    assert cli("account", "enable", "initech").returncode == 0
+    lines = "\n".join(json.dumps(x) for x in (
+        {"key_hash": sha("old-system-key-1"), "id": "bk_old1", "account": "hooli"},
+        {"key": "old-system-key-2", "id": "nk_old2", "kind": "named", "user": "gavin", "account": "hooli"}))
+    r = cli("import", "-", inp=lines + "\n")
+    assert r.returncode == 0 and "2 keys imported" in r.stdout, r.stderr
+    assert "0 keys imported, 2 already there" in cli("import", "-", inp=lines).stdout
+    assert cli("import", "-", inp='{"account": "hooli"}').returncode == 1
+    assert cli("user", "disable", "nobody").returncode == 1
+    s.start()
+    try:
+        assert s.verify("old-system-key-1")["key_id"] == "bk_old1"
+        assert s.verify("old-system-key-2", "gavin")["key_id"] == "nk_old2"
+        assert s.login("gavin@hooli.example", "nucleus-rules").startswith("kgp_")
+        assert s.verify(s.login("peter@initech.example", "tps-report-cover"))["code"] == "VALID"
+        stored = b"".join(p.read_bytes() for p in s.db.parent.iterdir() if p.name.startswith(s.db.name))
+        for secret in (b"nucleus-rules", b"tps-report-cover", b"old-system-key-2"):
+            assert secret not in stored
+    finally:
+        s.stop()

@@ -40,7 +40,7 @@ SECRETS = {
     "eventicat": ["cat_demo_key_0001", "cat_demo_key_0002", "cat_other_key_0001"],
     "astalty": ["ast_demo_owner_0001", "ast_demo_viewer_0002", "ast_demo_revoked_0003"],
 }
-# eventstaff keeps its keys in the key service; these are what `envoy/keyservice/keyservice.py --seed-demo` creates.
+# eventstaff keeps its keys in the key service; these are what `keyservice serve --seed-demo` creates.
 EVENTSTAFF_SEEDED = ["kgb_demo_acme_business_0001", "kgb_demo_globex_business_0001",
                      "alice@example.com", "alice-password"]
 

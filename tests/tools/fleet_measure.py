@@ -6,7 +6,7 @@ under-admission is what leases stranded) and the engine calls it took. keygate's
 counter is not read here: under continuous load every lease is spent (a replica strands tokens
 when its traffic stops before the window ends, or it dies: test_fleet.py measures that). Not a test (tests/e2e/test_fleet.py asserts the bounds); run:
 
-    .venv/bin/python tests/e2e/fleet_measure.py [--keys 10] [--requests 200]
+    .venv/bin/python tests/tools/fleet_measure.py [--keys 10] [--requests 200]
 """
 import argparse
 import statistics
@@ -15,7 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))  # the harness
 from harness import Envoy, RlsEngine, Upstream, grpc_cluster, stop_process  # noqa: E402
 from keys import sha  # noqa: E402
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Soak: a bounded mixed-traffic run through keygate in a real Envoy, sampling Envoy's memory.
 
-    python3 tests/e2e/soak.py [--seconds 180] [--connections 8]
+    python3 tests/tools/soak.py [--seconds 180] [--connections 8]
 
 Traffic mix per round: valid cached keys (embedded and remote, each style), a key over its
 limit, unknown random keys (from several fake client addresses via X-Forwarded-For is not
@@ -18,7 +18,7 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))  # the harness
 
 from harness import Envoy, KeyService, Upstream  # noqa: E402
 from keys import basic, sha  # noqa: E402
