@@ -7,7 +7,7 @@
 //! are checked before the rate limiter, so a request refused for those spends no token; then the
 //! bucket (429). Only then are carriers hidden and identity headers set.
 //!
-//! Split by concern: this module holds the decision (both phases, the owner check on bodies);
+//! Split by concern: this module holds the decision (both phases); `bodies` the checks on bodies;
 //! `replies` builds denials (problems, challenges); `rate` is the local rate-limit tier and its
 //! headers; `fleet` decides from a rate-limit engine's answer; `tests` the unit tests.
 
@@ -25,11 +25,14 @@ use crate::state_key::{self, Origin, Tier};
 use crate::store::SharedStore;
 use crate::verdict::{Identity, Refusal, Verdict};
 
+mod bodies;
 mod fleet;
 mod rate;
 mod replies;
 use replies::Problem;
 
+use bodies::body_reading;
+pub use bodies::{BodyCheck, Unchecked};
 pub use fleet::Target;
 pub use rate::{IetfRate, LimitOf, RateHeaders};
 
@@ -111,34 +114,6 @@ pub struct Allow {
     /// The owner check still to run on the body ([`Gate::check_body`]): the request goes on,
     /// its body held until it is in and checked.
     pub body: Option<BodyCheck>,
-}
-
-/// An owner check left for the request's body (`owner.body: "read"`): what a denial needs,
-/// bounded (the problem's `instance`, at most 256 bytes, not the path).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BodyCheck {
-    route: usize,
-    reading: Reading,
-    /// The query named an owned resource already (else the body must name one).
-    named_in_query: bool,
-    instance: String,
-    request_id: Option<Vec<u8>>,
-    rpc: Rpc,
-}
-
-/// Why a held body could not be checked: its request is refused (`Gate::body_unchecked`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Unchecked {
-    /// Still incomplete `bodies.timeout_ms` after keygate began to hold it: 408.
-    TimedOut,
-    /// `bodies.max_held` bodies are held already: 503 with `Retry-After`.
-    NoRoom,
-    /// The upstream answered before the body was complete: 502 instead of its answer.
-    UpstreamFirst,
-    /// The host did not hand over the body: 500.
-    Unreadable,
-    /// Trailers that would change how the body reads (a `content-type` after the body): 400.
-    Trailers,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -604,122 +579,6 @@ impl Gate {
         })
     }
 
-    /// The owner check on a request's body (at most `body::MAX_OWNER_BODY` + 1 bytes of it:
-    /// longer is refused with 413). `None`: the body may go on to the upstream.
-    pub fn check_body(&self, c: &BodyCheck, id: &Rc<Identity>, body: &[u8]) -> Option<Decision> {
-        let Some(owner) = self.cfg.routes.get(c.route).and_then(|r| r.owner.as_ref()) else {
-            return Some(self.body_unchecked(c, Some(id), Unchecked::Unreadable));
-        };
-        let OwnerSource::Query(name) = &owner.source else {
-            return Some(self.body_unchecked(c, Some(id), Unchecked::Unreadable));
-        };
-        let pb = self.problems(c.instance.clone(), c.request_id.as_deref(), c.rpc);
-        if body.len() > body::MAX_OWNER_BODY {
-            return Some(self.deny(&pb, Problem::new(413, Kind::RequestAmbiguous, "the body is longer than keygate reads on a route that checks which resource the request names"), vec![], Some(id)));
-        }
-        let values = match body::owner_values(name, c.reading, body) {
-            Ok(v) => v,
-            Err(why) => {
-                return Some(self.deny(
-                    &pb,
-                    Problem::new(400, Kind::RequestAmbiguous, why),
-                    vec![],
-                    Some(id),
-                ))
-            }
-        };
-        let owned = route::check_owner(owner, b"", None, Some(&values), id);
-        let detail = match owned {
-            Ownership::NotOwned => format!("no such {} for this account", quoted(&owner.resource)),
-            Ownership::Unnamed if !c.named_in_query => {
-                format!("the request does not name a {}", quoted(&owner.resource))
-            }
-            _ => return None,
-        };
-        Some(self.deny(
-            &pb,
-            Problem::new(owner.status, Kind::ResourceForbidden, &detail),
-            vec![],
-            Some(id),
-        ))
-    }
-
-    /// The denial of a request whose held body could not be checked.
-    pub fn body_unchecked(
-        &self,
-        c: &BodyCheck,
-        id: Option<&Rc<Identity>>,
-        why: Unchecked,
-    ) -> Decision {
-        let pb = self.problems(c.instance.clone(), c.request_id.as_deref(), c.rpc);
-        let (status, detail, headers) = match why {
-            Unchecked::TimedOut => (
-                408,
-                "the body did not arrive in time: keygate checks it before the upstream may act on the request",
-                vec![],
-            ),
-            Unchecked::NoRoom => (
-                503,
-                "keygate holds too many bodies for checking right now; retry shortly",
-                vec![("retry-after".to_string(), "1".to_string())],
-            ),
-            Unchecked::UpstreamFirst => (
-                502,
-                "the upstream answered before keygate had checked the request's body",
-                vec![],
-            ),
-            Unchecked::Unreadable => (500, "keygate could not read the request's body", vec![]),
-            Unchecked::Trailers => (
-                400,
-                "the request's trailers would change how it reads (content-type, content-encoding, a method override, a cookie)",
-                vec![],
-            ),
-        };
-        let kind = if why == Unchecked::Trailers {
-            Kind::RequestAmbiguous
-        } else {
-            Kind::BodyUnchecked
-        };
-        self.deny(&pb, Problem::new(status, kind, detail), headers, id)
-    }
-
-    /// Request trailers keygate acts on: the ones to remove before the upstream (identity
-    /// headers and the fail-open marker in every spelling, and with `hide_from_upstream` the
-    /// credential carriers, as in the headers: an upstream that merges trailers into headers,
-    /// such as Apache httpd's `MergeTrailers`, would read them), and whether one would change how
-    /// a held request reads (`content-type`, `content-encoding`, a method override, a `cookie`
-    /// naming parameters).
-    pub fn trailers<'a>(&self, pairs: &[(&'a str, &[u8])]) -> (Vec<&'a str>, bool) {
-        let idh = self.cfg.identity_headers.names();
-        let c = &self.cfg.credentials;
-        let mut remove = Vec::new();
-        let mut changes_body = false;
-        for &(n, v) in pairs {
-            let dashed = n.replace('_', "-");
-            let d = dashed.as_str();
-            let carrier = self.cfg.hide_credentials
-                && (c.api_key_headers.iter().any(|h| h == d)
-                    || (d == "authorization" && credential::is_our_scheme(c, v)));
-            if idh.contains(&d) || d == FAIL_OPEN_HEADER || carrier {
-                if !remove.contains(&n) {
-                    remove.push(n);
-                }
-            } else if matches!(
-                d,
-                "content-type"
-                    | "content-encoding"
-                    | "content-length"
-                    | "transfer-encoding"
-                    // a cookie merged into the headers is a parameter to PHP's $_REQUEST
-                    | "cookie"
-            ) || is_method_override(d)
-            {
-                changes_body = true;
-            }
-        }
-        (remove, changes_body)
-    }
-
     /// An admitted request within its limit (either tier): carriers hidden, identity to set.
     fn allowed(
         &self,
@@ -784,19 +643,6 @@ fn cookie_header(headers: &[(&str, &[u8])]) -> Option<Vec<u8>> {
         }
     }
     out
-}
-
-/// How the body of a request on an owner route reads, from its `content-type` and
-/// `content-encoding` headers (`body::reading`).
-fn body_reading(headers: &[(&str, &[u8])]) -> Result<Reading, &'static str> {
-    let of = |name: &str| -> Vec<&[u8]> {
-        headers
-            .iter()
-            .filter(|&&(n, _)| n == name)
-            .map(|&(_, v)| v)
-            .collect()
-    };
-    body::reading(&of("content-type"), &of("content-encoding"))
 }
 
 /// A logfmt value that reads one way only: `-` when empty, and any byte that could split or
