@@ -35,9 +35,15 @@ pub enum Unchecked {
 impl Gate {
     /// The owner check on a request's body (at most `body::MAX_OWNER_BODY` + 1 bytes of it:
     /// longer is refused with 413). `None`: the body may go on to the upstream.
-    pub fn check_body(&self, c: &BodyCheck, id: &Rc<Identity>, body: &[u8]) -> Option<Decision> {
-        let Some(owner) = self.cfg.routes.get(c.route).and_then(|r| r.owner.as_ref()) else {
-            return Some(self.body_unchecked(c, Some(id), Unchecked::Unreadable));
+    pub fn check_body(
+        &self,
+        c: &BodyCheck,
+        id: Option<&Rc<Identity>>,
+        body: &[u8],
+    ) -> Option<Decision> {
+        let owner = self.cfg.routes.get(c.route).and_then(|r| r.owner.as_ref());
+        let (Some(owner), Some(id)) = (owner, id) else {
+            return Some(self.body_unchecked(c, id, Unchecked::Unreadable));
         };
         let OwnerSource::Query(name) = &owner.source else {
             return Some(self.body_unchecked(c, Some(id), Unchecked::Unreadable));

@@ -576,17 +576,39 @@ impl Gate {
             pending: p,
             id,
             body,
+            headers_sent: false,
         })
     }
 
+    /// An admitted request whose body a check still reads (`Admitted::body`): the check comes
+    /// before its limit, so a request refused from its body spends nothing. Its headers go on
+    /// now (the decision returned: carriers hidden, identity set, the body held), and `a` keeps
+    /// what its limit needs; the decisions of that limit change no header (`headers_sent`).
+    /// `None`: no body check, the limit comes now.
+    pub fn before_body(&self, a: &mut Admitted) -> Option<Decision> {
+        let check = a.body.take()?;
+        let mut now = a.clone();
+        now.body = Some(check);
+        a.headers_sent = true;
+        Some(self.allowed(now, None))
+    }
+
     /// An admitted request within its limit (either tier): carriers hidden, identity to set.
-    fn allowed(
-        &self,
-        p: Pending,
-        id: Rc<Identity>,
-        body: Option<BodyCheck>,
-        rate: Option<RateHeaders>,
-    ) -> Decision {
+    fn allowed(&self, a: Admitted, rate: Option<RateHeaders>) -> Decision {
+        let Admitted {
+            pending: p,
+            id,
+            body,
+            headers_sent,
+        } = a;
+        if headers_sent {
+            // decided once the body passed: what the upstream gets was set with the headers
+            return Decision::Allow(Allow {
+                rate,
+                log: LogFields::of(Outcome::Allowed, Some(&id)),
+                ..Default::default()
+            });
+        }
         let mut remove = p.strip;
         let path = self.hide_carriers(&p.carriers, &p.path, &mut remove);
         Decision::Allow(Allow {
@@ -628,6 +650,16 @@ pub struct Admitted {
     pub id: Rc<Identity>,
     /// The owner check left for the body (`Allow::body`).
     body: Option<BodyCheck>,
+    /// Its headers went on before its body was checked (`Gate::before_body`): the decisions of
+    /// its limit change no header.
+    headers_sent: bool,
+}
+
+impl Admitted {
+    /// Whether its limit is counted after its body was checked (`Gate::before_body`).
+    pub fn headers_sent(&self) -> bool {
+        self.headers_sent
+    }
 }
 
 /// Every `cookie` header of the request, joined (`None` without one).
@@ -706,23 +738,45 @@ pub fn decide_with_body(
     store: &dyn SharedStore,
     now_us: u64,
 ) -> Decision {
-    let d = match gate.begin(headers) {
-        Step::Done(d) => d,
+    let now_ns = now_us.saturating_mul(1000);
+    let (d, later) = match gate.begin(headers) {
+        Step::Done(d) => (d, None),
         Step::Verify(p) => {
             let digest = crate::hash::sha256(p.credential.secret.as_bytes());
             let v = gate
                 .embedded_verdict(&p, &digest, now_us / 1_000_000)
                 .unwrap_or(Verdict::Refused(Refusal::Unknown));
-            gate.finish(p, v, store, now_us.saturating_mul(1000))
+            let mut a = match gate.admit(p, v) {
+                Ok(a) => a,
+                Err(d) => return d,
+            };
+            match gate.before_body(&mut a) {
+                Some(d) => (d, Some(a)),
+                None => return gate.limit_local(a, store, now_ns),
+            }
         }
     };
-    match &d {
-        Decision::Allow(Allow {
-            body: Some(c),
-            identity: Some(id),
-            ..
-        }) => gate.check_body(c, id, body).unwrap_or(d),
-        _ => d,
+    if let Decision::Allow(Allow {
+        body: Some(c),
+        identity,
+        ..
+    }) = &d
+    {
+        if let Some(deny) = gate.check_body(c, identity.as_ref(), body) {
+            return deny;
+        }
+    }
+    let Some(a) = later else { return d };
+    // the body passed: its limit counts now; the upstream gets what the first decision set, with
+    // the rate-limit headers of this one
+    match (d, gate.limit_local(a, store, now_ns)) {
+        (Decision::Allow(mut first), Decision::Allow(limited)) => {
+            first.rate = limited.rate;
+            first.body = None;
+            first.log = limited.log;
+            Decision::Allow(first)
+        }
+        (_, limited) => limited,
     }
 }
 

@@ -1047,3 +1047,59 @@ fn trailers_lose_identity_headers_and_carriers_and_flag_what_changes_a_body() {
         assert!(changes, "{name}");
     }
 }
+
+#[test]
+fn a_request_refused_from_its_body_spends_no_token_and_one_let_through_gets_its_headers() {
+    let g = gate(&format!(
+        r#"{{"keys":[{{"id":"k1","sha256":"{}","account":"acme","plan":"p","resources":{{"agg":["a1"]}}}}],
+            "rate_limit":{{"plans":{{"p":{{"requests":3,"window_s":3600}}}}}},
+            "routes":[{{"prefix":"/e","owner":{{"query":"_id","resource":"agg","status":404}}}}]}}"#,
+        crate::hash::to_hex(&crate::hash::sha256(b"secret-1"))
+    ));
+    let st = MemoryStore::default();
+    let post: &[(&str, &[u8])] = &[
+        (":method", b"POST"),
+        (":path", b"/e?_id=a1"),
+        ("x-api-key", b"secret-1"),
+        ("content-type", b"application/x-www-form-urlencoded"),
+        ("content-length", b"9"),
+    ];
+    for _ in 0..5 {
+        let d = decide_with_body(&g, post, b"_id=other", &st, NOW_US);
+        assert_eq!(status_of(&d), (404, "resource-forbidden"));
+    }
+    // the headers alone count nothing yet
+    let Step::Verify(p) = g.begin(post) else {
+        panic!()
+    };
+    let digest = crate::hash::sha256(b"secret-1");
+    let v = g.embedded_verdict(&p, &digest, NOW_US / 1_000_000).unwrap();
+    let mut a = g.admit(p, v).unwrap();
+    let Some(Decision::Allow(first)) = g.before_body(&mut a) else {
+        panic!()
+    };
+    assert!(first.rate.is_none() && first.body.is_some() && a.headers_sent());
+    assert!(
+        first.identity.is_some(),
+        "identity headers go with the headers"
+    );
+    // its limit, once the body passed, changes no header
+    let Decision::Allow(later) = g.limit_local(a, &st, NOW_US * 1000) else {
+        panic!()
+    };
+    assert!(later.identity.is_none() && later.remove.is_empty() && later.path.is_none());
+    assert_eq!(
+        later.rate.as_ref().unwrap().remaining,
+        2,
+        "the first token spent"
+    );
+    let Decision::Allow(a) = decide_with_body(&g, post, b"_id=a1", &st, NOW_US) else {
+        panic!()
+    };
+    assert_eq!(a.rate.unwrap().remaining, 1);
+    assert!(a.identity.is_some());
+    let d = decide_with_body(&g, post, b"_id=a1", &st, NOW_US);
+    assert_eq!(status_of(&d).0, 200);
+    let d = decide_with_body(&g, post, b"_id=a1", &st, NOW_US);
+    assert_eq!(status_of(&d), (429, "rate-limited"));
+}

@@ -13,7 +13,7 @@ use std::rc::Rc;
 
 use super::{Action, Host, Worker};
 use crate::body::MAX_OWNER_BODY;
-use crate::gate::{BodyCheck, Decision, Outcome, Unchecked};
+use crate::gate::{Admitted, Allow, BodyCheck, Decision, Outcome, Unchecked};
 use crate::metrics::Metric;
 use crate::verdict::Identity;
 
@@ -22,33 +22,49 @@ const ROOM_SWEEP_MS: u64 = 100;
 /// Held streams older than this are asked after on every tick (is the stream still there?).
 pub(super) const HELD_PROBE_AFTER_MS: u64 = 5_000;
 
-/// A body held for its check: what the check needs, and how the hold began.
+/// A body held for its check: what the check needs, how the hold began, and what comes after.
 pub(super) struct HeldBody {
     check: BodyCheck,
-    id: Rc<Identity>,
+    /// Whose request it is (`None`: a public route's).
+    id: Option<Rc<Identity>>,
     /// The hold began as a paused request resumed (its verdict came from a key-service or
     /// fleet call): Envoy hands over what it buffered meanwhile, trailers included, in one go.
     resumed: bool,
+    /// What the request is counted as when its body passed (`Allowed`, `Public`).
+    outcome: Outcome,
+    /// Its limit, counted once the body passed (`Gate::before_body`; `None`: nothing to count).
+    later: Option<Admitted>,
+    /// The body passed and the request waits for its limit (a fleet engine's answer): it stays
+    /// here so that the upstream answering first, or the client going away, ends the wait.
+    limiting: bool,
 }
 
 impl<H: Host> Worker<H> {
-    /// Holds stream `ctx`'s body for `check`, making room in a full table; the denial when
-    /// there is none (`None`: held).
+    /// Holds stream `ctx`'s body for `check` (`later`: the limit to count once it passed),
+    /// making room in a full table; the denial when there is none (`None`: held).
     pub(super) fn hold(
         &mut self,
         ctx: u32,
         check: BodyCheck,
-        id: Rc<Identity>,
+        a: &Allow,
         resumed: bool,
+        later: Option<Admitted>,
     ) -> Option<Decision> {
         if self.held.is_full() {
             self.make_room();
         }
-        let held = HeldBody { check, id, resumed };
+        let held = HeldBody {
+            check,
+            id: a.log.identity.clone(),
+            resumed,
+            outcome: a.log.decision,
+            later,
+            limiting: false,
+        };
         let h = self.held.hold(ctx, held, self.now.ms()).err()?;
         Some(
             self.gate
-                .body_unchecked(&h.check, Some(&h.id), Unchecked::NoRoom),
+                .body_unchecked(&h.check, h.id.as_ref(), Unchecked::NoRoom),
         )
     }
 
@@ -56,14 +72,31 @@ impl<H: Host> Worker<H> {
     /// trailers that still come for it are refused (`Vm`).
     pub(super) fn end_held(&mut self, ctx: u32, h: &HeldBody, why: Unchecked) -> Action {
         self.note_ended(ctx);
-        let d = self.gate.body_unchecked(&h.check, Some(&h.id), why);
+        let d = self.gate.body_unchecked(&h.check, h.id.as_ref(), why);
         self.apply(ctx, d, false)
     }
 
-    fn note_ended(&self, ctx: u32) {
+    pub(super) fn note_ended(&self, ctx: u32) {
         if let Ok(mut e) = self.ended.try_borrow_mut() {
             e.note(ctx);
         }
+    }
+
+    /// Whether stream `ctx` still waits for an answer to its limit (`after_body`: counted once
+    /// its body passed, `Gate::before_body`): it leaves the held table then.
+    pub(super) fn still_waiting(&mut self, ctx: u32, after_body: bool) -> bool {
+        if after_body && self.held.take(ctx).is_none() {
+            return false; // ended meanwhile (the upstream answered first, the client went away)
+        }
+        self.host.alive(ctx)
+    }
+
+    /// Applies the decision of a request that waited for its limit, and lets it go on.
+    pub(super) fn answer_waiter(&mut self, ctx: u32, d: Decision, after_body: bool) {
+        if after_body && matches!(d, Decision::Deny(..)) {
+            self.note_ended(ctx);
+        }
+        self.apply(ctx, d, true);
     }
 
     /// A body chunk. Only requests whose body a check reads are held: the host buffers the body
@@ -73,7 +106,9 @@ impl<H: Host> Worker<H> {
         if !self.held.contains(ctx) {
             return Action::Continue;
         }
-        if !end_of_stream && size <= MAX_OWNER_BODY {
+        if !end_of_stream && size <= MAX_OWNER_BODY
+            || self.held.get(ctx).is_some_and(|h| h.limiting)
+        {
             return Action::Pause; // StopIterationAndBuffer
         }
         let Some(h) = self.held.take(ctx) else {
@@ -81,49 +116,66 @@ impl<H: Host> Worker<H> {
         };
         self.read_clock();
         let body = self.host.request_body(ctx, size.min(MAX_OWNER_BODY + 1));
-        self.check_held(ctx, &h, body)
+        self.check_held(ctx, h, body, false)
     }
 
     /// The held body is complete (`body`: what the host handed over, `None` if nothing): the
-    /// check decides.
-    fn check_held(&mut self, ctx: u32, h: &HeldBody, body: Option<Vec<u8>>) -> Action {
+    /// check decides; a body that passed has its limit counted now (`at_trailers`: it ended with
+    /// trailers).
+    fn check_held(
+        &mut self,
+        ctx: u32,
+        h: HeldBody,
+        body: Option<Vec<u8>>,
+        at_trailers: bool,
+    ) -> Action {
         let gate = self.gate.clone();
         let denial = match body {
-            Some(body) => gate.check_body(&h.check, &h.id, &body),
-            None => Some(gate.body_unchecked(&h.check, Some(&h.id), Unchecked::Unreadable)),
+            Some(body) => gate.check_body(&h.check, h.id.as_ref(), &body),
+            None => Some(gate.body_unchecked(&h.check, h.id.as_ref(), Unchecked::Unreadable)),
         };
-        match denial {
-            Some(deny) => {
-                self.note_ended(ctx);
-                self.apply(ctx, deny, false)
-            }
+        if let Some(deny) = denial {
+            self.note_ended(ctx);
+            return self.apply(ctx, deny, false);
+        }
+        let HeldBody {
+            check,
+            id,
+            resumed,
+            outcome,
+            later,
+            ..
+        } = h;
+        let action = match later {
             None => {
-                self.stats
-                    .inc(&mut self.host, Metric::of_outcome(Outcome::Allowed));
+                self.stats.inc(&mut self.host, Metric::of_outcome(outcome));
                 Action::Continue
             }
-        }
-    }
-
-    /// Request trailers: the end of a request whose body ended without `end_of_stream` (an h2
-    /// HEADERS frame after the data, HTTP/1.1 chunked trailers). Identity headers (and hidden
-    /// credential carriers) are removed from them as from the headers; a held body is checked
-    /// now, with the trailers.
-    pub fn on_request_trailers(&mut self, ctx: u32, trailers: &[(&str, &[u8])]) -> Action {
-        let (remove, changes_body) = self.gate.trailers(trailers);
-        for n in remove {
-            self.host.remove_request_trailer(ctx, n);
-        }
-        let Some(h) = self.held.take(ctx) else {
-            return Action::Continue;
+            Some(a) => match self.count(ctx, a) {
+                Some(d) => {
+                    if matches!(d, Decision::Deny(..)) {
+                        self.note_ended(ctx);
+                    }
+                    self.apply(ctx, d, false)
+                }
+                None => {
+                    // the body stays paused until the engine answers (`still_waiting`)
+                    let h = HeldBody {
+                        check,
+                        id,
+                        resumed,
+                        outcome,
+                        later: None,
+                        limiting: true,
+                    };
+                    if let Err(h) = self.held.hold(ctx, h, self.now.ms()) {
+                        return self.end_held(ctx, &h, Unchecked::NoRoom);
+                    }
+                    return Action::Pause;
+                }
+            },
         };
-        self.read_clock();
-        if changes_body {
-            return self.end_held(ctx, &h, Unchecked::Trailers);
-        }
-        let body = self.host.request_body(ctx, MAX_OWNER_BODY + 1);
-        let action = self.check_held(ctx, &h, body);
-        if action == Action::Continue && h.resumed {
+        if at_trailers && action == Action::Continue && resumed {
             // The body passed, but these trailers may be Envoy's own resumption of the paused
             // request (they came before the verdict): continuing from inside it, Envoy skips
             // the body for every filter after keygate and hands it to the router after the
@@ -138,6 +190,31 @@ impl<H: Host> Worker<H> {
             return Action::Pause;
         }
         action
+    }
+
+    /// Request trailers: the end of a request whose body ended without `end_of_stream` (an h2
+    /// HEADERS frame after the data, HTTP/1.1 chunked trailers). Identity headers (and hidden
+    /// credential carriers) are removed from them as from the headers; a held body is checked
+    /// now, with the trailers.
+    pub fn on_request_trailers(&mut self, ctx: u32, trailers: &[(&str, &[u8])]) -> Action {
+        let (remove, changes_body) = self.gate.trailers(trailers);
+        for n in remove {
+            self.host.remove_request_trailer(ctx, n);
+        }
+        match self.held.get(ctx) {
+            None => return Action::Continue,
+            Some(h) if h.limiting => return Action::Pause,
+            Some(_) => {}
+        }
+        let Some(h) = self.held.take(ctx) else {
+            return Action::Continue;
+        };
+        self.read_clock();
+        if changes_body {
+            return self.end_held(ctx, &h, Unchecked::Trailers);
+        }
+        let body = self.host.request_body(ctx, MAX_OWNER_BODY + 1);
+        self.check_held(ctx, h, body, true)
     }
 
     /// On the tick: checked bodies let on, the overdue ended, those of streams gone forgotten.
@@ -178,6 +255,9 @@ impl<H: Host> Worker<H> {
         }
         let now = self.now.ms();
         for ctx in self.held.overdue(now) {
+            if self.held.get(ctx).is_some_and(|h| h.limiting) {
+                continue; // its body is in: the engine's answer (or its timeout) ends the wait
+            }
             let Some(h) = self.held.take(ctx) else {
                 continue;
             };

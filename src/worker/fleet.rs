@@ -67,30 +67,41 @@ impl<H: Host> Worker<H> {
         }
     }
 
+    /// The verdict is known: scopes and ownership (`Gate::admit`), a body check, then the
+    /// limit. A request whose body a check reads goes on now, its body held, and its limit is
+    /// counted once the body passed (`Gate::before_body`): refused from its body, it spends
+    /// nothing.
     fn limit(&mut self, ctx: u32, p: Pending, v: Verdict, resume: bool) -> Action {
         let gate = self.gate.clone();
-        let Some(fc) = gate.cfg.fleet.as_ref() else {
-            // no fleet: the local tier, as before
-            let d = gate.finish(p, v, &self.buckets(), self.now.ns());
-            return self.apply(ctx, d, resume);
-        };
-        let a = match gate.admit(p, v) {
+        let mut a = match gate.admit(p, v) {
             Ok(a) => a,
             Err(d) => return self.apply(ctx, d, resume),
+        };
+        if let Some(d) = gate.before_body(&mut a) {
+            return self.apply_then(ctx, d, resume, Some(a));
+        }
+        match self.count(ctx, a) {
+            Some(d) => self.apply(ctx, d, resume),
+            None => Action::Pause,
+        }
+    }
+
+    /// Counts an admitted request's limit: this Envoy's bucket, or the fleet's engine (per
+    /// request or from a lease). `None`: the request waits for the engine (its answer applies
+    /// the decision, `answer_waiter`).
+    pub(super) fn count(&mut self, ctx: u32, a: Admitted) -> Option<Decision> {
+        let gate = self.gate.clone();
+        let Some(fc) = gate.cfg.fleet.as_ref() else {
+            // no fleet: the local tier
+            return Some(gate.limit_local(a, &self.buckets(), self.now.ns()));
         };
         let mode = gate
             .target(&a)
             .map_or(Mode::Local, |t| fc.mode_for(t.policy));
         match mode {
-            Mode::Local => {
-                let d = gate.limit_local(a, &self.buckets(), self.now.ns());
-                self.apply(ctx, d, resume)
-            }
-            Mode::Request => self.per_request(ctx, a, fc, resume),
-            Mode::Leased => {
-                let now = self.now;
-                self.leased(ctx, a, fc, resume, now)
-            }
+            Mode::Local => Some(gate.limit_local(a, &self.buckets(), self.now.ns())),
+            Mode::Request => self.per_request(ctx, a, fc),
+            Mode::Leased => self.leased(ctx, a, fc),
         }
     }
 
@@ -103,19 +114,17 @@ impl<H: Host> Worker<H> {
 
     /// Per-request mode: one `ShouldRateLimit` for this request, unless an OVER_LIMIT for its
     /// owner is remembered.
-    fn per_request(&mut self, ctx: u32, a: Admitted, fc: &FleetConfig, resume: bool) -> Action {
+    fn per_request(&mut self, ctx: u32, a: Admitted, fc: &FleetConfig) -> Option<Decision> {
         let gate = self.gate.clone();
         let now = self.now;
         let Some((key, window_ms)) = self.fleet_key(&a) else {
-            let d = gate.limit_local(a, &self.buckets(), now.ns());
-            return self.apply(ctx, d, resume);
+            return Some(gate.limit_local(a, &self.buckets(), now.ns()));
         };
         if let Some((limit, retry_ms)) = fleet::denied(self.host.store(), &key, now.ms(), window_ms)
         {
             self.stats
                 .inc(&mut self.host, Metric::FleetDeniedRemembered);
-            let d = gate.fleet_over_limit(&a, limit, retry_ms, now.us());
-            return self.apply(ctx, d, resume);
+            return Some(gate.fleet_over_limit(&a, limit, retry_ms, now.us()));
         }
         match self.engine_call(fc, &a, 1, fc.timeout_ms) {
             Some(token) => {
@@ -127,53 +136,40 @@ impl<H: Host> Worker<H> {
                     waiting: Waiting::Request(ctx, Box::new(a)),
                 };
                 self.fleet.calls.insert(token, call);
-                Action::Pause
+                None
             }
-            None => {
-                let d = self.engine_failed(a, EngineFailure::Dispatch);
-                self.apply(ctx, d, resume)
-            }
+            None => Some(self.engine_failed(a, EngineFailure::Dispatch)),
         }
     }
 
     /// Leased mode: a token from the owner's lease, else a lease from the engine (one call per
-    /// owner per worker; later requests wait on it). `arrived`: when the request reached the
-    /// fleet tier (its deadline is `fleet.timeout_ms` after that, however long it waits).
-    fn leased(
-        &mut self,
-        ctx: u32,
-        a: Admitted,
-        fc: &FleetConfig,
-        resume: bool,
-        arrived: Time,
-    ) -> Action {
+    /// owner per worker; later requests wait on it). A request's deadline is `fleet.timeout_ms`
+    /// after it reached this tier, however long it waits.
+    fn leased(&mut self, ctx: u32, a: Admitted, fc: &FleetConfig) -> Option<Decision> {
         let gate = self.gate.clone();
         let now = self.now;
         let Some((key, window_ms)) = self.fleet_key(&a) else {
-            let d = gate.limit_local(a, &self.buckets(), now.ns());
-            return self.apply(ctx, d, resume);
+            return Some(gate.limit_local(a, &self.buckets(), now.ns()));
         };
         let remaining = match fleet::spend(&self.buckets(), &key, now.ms(), window_ms) {
             Spend::Empty { remaining } => remaining,
-            spent => {
-                let d = self.spent(a, spent);
-                return self.apply(ctx, d, resume);
-            }
+            spent => return Some(self.spent(a, spent)),
         };
-        let w = LeaseWaiter { ctx, a, arrived };
+        let w = LeaseWaiter {
+            ctx,
+            a,
+            arrived: now,
+        };
         if let Some(waiters) = self.fleet.leases.get_mut(&key) {
             waiters.push(w);
-            return Action::Pause;
+            return None;
         }
         match self.start_lease(fc, key, vec![w], remaining, false) {
-            Ok(()) => Action::Pause,
+            Ok(()) => None,
+            // only this request waited: it is answered on its own stack
             Err((waiters, kind)) => {
-                // only this request waited: it is answered on its own stack
-                let Some(w) = waiters.into_iter().next() else {
-                    return Action::Pause;
-                };
-                let d = self.engine_failed(w.a, kind);
-                self.apply(ctx, d, resume)
+                let w = waiters.into_iter().next()?;
+                Some(self.engine_failed(w.a, kind))
             }
         }
     }
@@ -256,9 +252,10 @@ impl<H: Host> Worker<H> {
     /// Every waiter (its stream still there) takes `fleet.on_failure` (the engine failed).
     fn fail_waiters(&mut self, waiters: Vec<LeaseWaiter>, kind: EngineFailure) {
         for w in waiters {
-            if self.host.alive(w.ctx) {
+            let after_body = w.a.headers_sent();
+            if self.still_waiting(w.ctx, after_body) {
                 let d = self.engine_failed(w.a, kind);
-                self.apply(w.ctx, d, true);
+                self.answer_waiter(w.ctx, d, after_body);
             }
         }
     }
@@ -345,9 +342,10 @@ impl<H: Host> Worker<H> {
         }
         match call.waiting {
             Waiting::Request(ctx, a) => {
-                if self.host.alive(ctx) {
+                let after_body = a.headers_sent();
+                if self.still_waiting(ctx, after_body) {
                     let d = self.request_answer(&call.key, *a, answer);
-                    self.apply(ctx, d, true);
+                    self.answer_waiter(ctx, d, after_body);
                 }
             }
             Waiting::Lease { retried } => self.lease_answer(call, retried, answer),
@@ -436,9 +434,10 @@ impl<H: Host> Worker<H> {
                     .add_now(&mut self.host, Metric::FleetLeaseStranded, n);
             }
             for w in waiters {
-                if self.host.alive(w.ctx) {
+                let after_body = w.a.headers_sent();
+                if self.still_waiting(w.ctx, after_body) {
                     let d = gate.fleet_over_limit(&w.a, c.limit, retry_ms, now.us());
-                    self.apply(w.ctx, d, true);
+                    self.answer_waiter(w.ctx, d, after_body);
                 }
             }
             return;
@@ -459,16 +458,17 @@ impl<H: Host> Worker<H> {
         let mut served = 0u64;
         let mut rest = Vec::new();
         for w in waiters {
+            let after_body = w.a.headers_sent();
             if served == granted {
                 rest.push(w);
-            } else if self.host.alive(w.ctx) {
+            } else if self.still_waiting(w.ctx, after_body) {
                 served += 1;
                 let left = (granted - served)
                     .saturating_add(engine_remaining)
                     .min(c.limit);
                 let shown = c.remaining.map(|_| (left, reset_ms));
                 let d = gate.fleet_allowed(w.a, c.limit, shown, now.us());
-                self.apply(w.ctx, d, true);
+                self.answer_waiter(w.ctx, d, after_body);
             }
         }
         // what is left of it goes to the owner's entry, for this replica's next requests
@@ -497,9 +497,10 @@ impl<H: Host> Worker<H> {
             match fleet::spend(&self.buckets(), &call.key, now.ms(), window_ms) {
                 Spend::Empty { .. } => uncovered.push(w),
                 spent => {
-                    if self.host.alive(w.ctx) {
+                    let after_body = w.a.headers_sent();
+                    if self.still_waiting(w.ctx, after_body) {
                         let d = self.spent(w.a, spent);
-                        self.apply(w.ctx, d, true);
+                        self.answer_waiter(w.ctx, d, after_body);
                     }
                 }
             }

@@ -30,7 +30,9 @@ use std::rc::Rc;
 use crate::cache::{self, Lookup, Memo, NegativeCache};
 use crate::config::Config;
 use crate::flights::Flights;
-use crate::gate::{push_log_value, Decision, Gate, LogFields, Outcome, Pending, RateHeaders, Step};
+use crate::gate::{
+    push_log_value, Admitted, Decision, Gate, LogFields, Outcome, Pending, RateHeaders, Step,
+};
 use crate::hash::{credential_id_from_hash, DigestMemo, TagHasher};
 use crate::held::{Ended, Held};
 use crate::metrics::Metric;
@@ -176,6 +178,17 @@ impl<H: Host> Worker<H> {
     /// client sends (the measured costs: README, "What single calls cost"; rerun them with
     /// `tests/bench/instructions.py`).
     fn apply(&mut self, ctx: u32, d: Decision, resume: bool) -> Action {
+        self.apply_then(ctx, d, resume, None)
+    }
+
+    /// `apply`, with the limit to count once a held body passed (`Gate::before_body`).
+    fn apply_then(
+        &mut self,
+        ctx: u32,
+        d: Decision,
+        resume: bool,
+        later: Option<Admitted>,
+    ) -> Action {
         let log = d.log();
         if self.gate.cfg.access_log_state {
             set_log_fields(&mut self.log_buf, log);
@@ -219,8 +232,8 @@ impl<H: Host> Worker<H> {
             Decision::Allow(mut a) => {
                 // a body a check reads is held until it is in: with room for it, or the request
                 // is refused (a full table never forgets one it holds)
-                if let (Some(check), Some(id)) = (a.body.take(), a.identity.clone()) {
-                    if let Some(d) = self.hold(ctx, check, id, resume) {
+                if let Some(check) = a.body.take() {
+                    if let Some(d) = self.hold(ctx, check, &a, resume, later) {
                         return self.apply(ctx, d, resume);
                     }
                 }

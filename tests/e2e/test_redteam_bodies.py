@@ -298,12 +298,6 @@ def test_a_method_override_in_a_form_body_does_not_dodge_a_method_rule(rec, prot
         e.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the token is taken when the headers are admitted, before the body is in; an owner denial "
-    "decided from the body (404) keeps it spent, contrary to the README's 'a request refused with "
-    "403/404 spends no token'. Either refund it on the body's denial (the local bucket and rolling "
-    "window: give one back by CAS; a fleet engine cannot be refunded) or say so in the README: a "
-    "design decision, and ratelimit.rs is being reworked on another branch"))
 def test_an_owner_denial_decided_from_the_body_spends_no_token(rec):
     key = "redteam-tiny-key-0001"
     cfg = {"keys": [{"id": "tiny", "sha256": sha(key), "account": "a", "plan": "tiny",
@@ -321,6 +315,56 @@ def test_an_owner_denial_decided_from_the_body_spends_no_token(rec):
         assert a.status == 200, (a.status, a.header("x-ratelimit-remaining"))
     finally:
         e.stop()
+
+
+FLEET_LIMITS = """
+- namespace: keygate
+  max_value: 3
+  seconds: 3600
+  conditions: ["descriptors[0].plan == 'tiny'"]
+  variables: ["descriptors[0].key_id"]
+"""
+
+
+@pytest.mark.parametrize("mode", ["request", "leased"])
+@pytest.mark.parametrize("proto", [1, 2])
+def test_an_owner_denial_decided_from_the_body_spends_no_fleet_token(rec, mode, proto):
+    # the fleet's engine is asked once the body passed (the body waits for its answer): a request
+    # refused from its body never reaches the engine, and the 429 comes from the body's turn
+    from harness import RlsEngine, grpc_cluster
+    key = f"redteam-fleet-key-{mode}-{proto}"
+    engine = RlsEngine(FLEET_LIMITS)
+    cfg = {"keys": [{"id": f"tiny-{mode}-{proto}", "sha256": sha(key), "account": "a", "plan": "tiny",
+                     "resources": {"aggregator": [OWNED]}}],
+           "rate_limit": {"plans": {"tiny": {"requests": 1000, "window_s": 3600}}},
+           "fleet": {"cluster": "ratelimit", "timeout_ms": 2000, "on_failure": "closed", "default": mode,
+                     "lease": {"max": 1}},
+           "routes": [{"prefix": "/api/event", "owner": {"query": "_id", "resource": "aggregator", "status": 404}}],
+           "auth_throttle": False}
+    e = Envoy(cfg, rec.port, concurrency=1, extra_clusters=[grpc_cluster("ratelimit", engine.port)],
+              filters_after=[BUFFER_FILTER]).start()
+    try:
+        h = [("x-api-key", key), ("content-type", FORM)]
+        for _ in range(4):
+            m, mk = mark()
+            a = send(e, proto, "POST", f"/api/event?_id={OWNED}", h + [mk], b"_id=victim")
+            assert a.status == 404 and slug(a) == "resource-forbidden", (a.status, a.body[:200])
+            assert of(rec, m) == ([], [])
+        assert engine.calls() == [], engine.calls()
+        for want in ["2", "1", "0"]:
+            m, mk = mark()
+            a = send(e, proto, "POST", f"/api/event?_id={OWNED}", h + [mk], b"name=x")
+            assert a.status == 200, (a.status, a.body[:200])
+            assert a.header("x-ratelimit-limit") == "3" and a.header("x-ratelimit-remaining") == want
+            got, _ = of(rec, m)
+            assert [g["body"] for g in got] == [b"name=x"]
+        m, mk = mark()
+        a = send(e, proto, "POST", f"/api/event?_id={OWNED}", h + [mk], b"name=x")
+        assert a.status == 429 and slug(a) == "rate-limited", (a.status, a.body[:200])
+        assert of(rec, m) == ([], [])
+    finally:
+        e.stop()
+        engine.stop()
 
 
 # -- 4. what keygate-check passes must mean what is deployed --------------------------------------

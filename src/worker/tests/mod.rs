@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod after_body;
 mod bodies;
 mod fake;
 mod fleet;
