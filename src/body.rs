@@ -77,6 +77,58 @@ pub fn reading(
     }
 }
 
+/// How a POST's body is read for a method override in it: a `_method` form field, which Rack's
+/// MethodOverride (Rails), Laravel, Symfony, Spring's HiddenHttpMethodFilter and Express's
+/// method-override honour, turning the POST into the method it names. Forms are read (a POST
+/// without a `Content-Type` too: Rack parses it as a form); a `multipart/*` body is refused,
+/// keygate does not parse multipart; a `Content-Type` that does not read one way, or a
+/// compressed form, is refused if a form reader could take it for one; other types are not read
+/// (`None`: those readers take `_method` from form fields only).
+pub fn override_reading(
+    content_types: &[&[u8]],
+    content_encodings: &[&[u8]],
+) -> Result<Option<Reading>, &'static str> {
+    let form = match content_types {
+        [] => true,
+        [one] => match media_type(one) {
+            Ok(e) if e.len() >= 10 && e[..10].eq_ignore_ascii_case(b"multipart/") => {
+                return Err(MULTIPART_OVERRIDE)
+            }
+            Ok(e) => e.eq_ignore_ascii_case(b"application/x-www-form-urlencoded"),
+            Err(why) => {
+                let v = one.to_ascii_lowercase();
+                let named = |w: &[u8]| v.windows(w.len()).any(|x| x == w);
+                if named(b"multipart") {
+                    return Err(MULTIPART_OVERRIDE);
+                }
+                if named(b"form") {
+                    return Err(why);
+                }
+                false
+            }
+        },
+        _ => {
+            return Err(
+                "the request has two Content-Type headers, which upstreams read differently",
+            )
+        }
+    };
+    if !form {
+        return Ok(None);
+    }
+    for v in content_encodings {
+        for coding in v.split(|&c| c == b',') {
+            let coding = trim_ows(coding);
+            if !coding.is_empty() && !coding.eq_ignore_ascii_case(b"identity") {
+                return Err("the form is compressed (Content-Encoding): upstreams that inflate it would read what keygate cannot; send it uncompressed");
+            }
+        }
+    }
+    Ok(Some(Reading::Form))
+}
+
+const MULTIPART_OVERRIDE: &str = "a multipart POST on a route whose rules depend on the method: keygate does not read multipart bodies for a `_method` field that would turn the POST into another method; send the request with its own method, or the form urlencoded";
+
 /// The essence (`type/subtype`) of a `Content-Type` value keygate reads one way only: a single
 /// `token/token`, parameters `token=token` or `token="text"`, a UTF-8 charset at most.
 fn media_type(v: &[u8]) -> Result<&[u8], &'static str> {
@@ -322,6 +374,46 @@ mod tests {
     use super::*;
 
     const FORM: &[u8] = b"application/x-www-form-urlencoded";
+
+    #[test]
+    fn a_method_override_is_looked_for_in_forms_and_multipart_is_refused() {
+        let ok = |ct: &[&[u8]], ce: &[&[u8]]| override_reading(ct, ce);
+        assert_eq!(ok(&[FORM], &[]), Ok(Some(Reading::Form)));
+        assert_eq!(
+            ok(&[], &[]),
+            Ok(Some(Reading::Form)),
+            "Rack: no type is a form"
+        );
+        assert_eq!(
+            ok(
+                &[b"Application/X-WWW-Form-Urlencoded; charset=utf-8"],
+                &[b"identity"]
+            ),
+            Ok(Some(Reading::Form))
+        );
+        for other in [
+            &b"application/json"[..],
+            b"text/plain",
+            b"application/octet-stream",
+            b"application/json; charset=utf-16",
+            b"image/png, image/gif",
+        ] {
+            assert_eq!(ok(&[other], &[b"gzip"]), Ok(None), "{other:?}");
+        }
+        for refused in [
+            &b"multipart/form-data; boundary=x"[..],
+            b"MULTIPART/mixed",
+            b"multipart/form-data boundary=x",
+            b"application/x-www-form-urlencoded, text/plain",
+            b"text/plain, application/x-www-form-urlencoded",
+            b"application/x-www-form-urlencoded; charset=utf-16",
+            b"application/x-www-form-urlencoded x",
+        ] {
+            assert!(ok(&[refused], &[]).is_err(), "{refused:?}");
+        }
+        assert!(ok(&[FORM], &[b"gzip"]).is_err());
+        assert!(ok(&[FORM, b"text/plain"], &[]).is_err());
+    }
 
     fn read(ct: &[u8]) -> Result<Reading, &'static str> {
         reading(&[ct], &[])

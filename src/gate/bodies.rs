@@ -4,14 +4,19 @@
 
 use super::*;
 
-/// An owner check left for the request's body (`owner.body: "read"`): what a denial needs,
-/// bounded (the problem's `instance`, at most 256 bytes, not the path).
+/// A check left for the request's body: the owner check (`owner.body: "read"`), a method
+/// override (`_method`) on a route whose rules depend on the method, or both. Holds what a denial
+/// needs, bounded (the problem's `instance`, at most 256 bytes, not the path).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BodyCheck {
     pub(super) route: usize,
     pub(super) reading: Reading,
+    /// The route's owner check reads the body.
+    pub(super) owner: bool,
     /// The query named an owned resource already (else the body must name one).
     pub(super) named_in_query: bool,
+    /// A `_method` field in the body is refused (`Gate::method_matters`).
+    pub(super) method: bool,
     pub(super) instance: String,
     pub(super) request_id: Option<Vec<u8>>,
     pub(super) rpc: Rpc,
@@ -41,6 +46,35 @@ impl Gate {
         id: Option<&Rc<Identity>>,
         body: &[u8],
     ) -> Option<Decision> {
+        let pb = || self.problems(c.instance.clone(), c.request_id.as_deref(), c.rpc);
+        let ambiguous = |status, why: &str| {
+            Some(self.deny(
+                &pb(),
+                Problem::new(status, Kind::RequestAmbiguous, why),
+                vec![],
+                id,
+            ))
+        };
+        if body.len() > body::MAX_OWNER_BODY {
+            return ambiguous(
+                413,
+                if c.owner {
+                    "the body is longer than keygate reads on a route that checks which resource the request names"
+                } else {
+                    "the body is longer than keygate reads of a form POST on a route whose rules depend on the method"
+                },
+            );
+        }
+        if c.method {
+            match body::owner_values("_method", c.reading, body) {
+                Ok(v) if v.is_empty() => {}
+                Ok(_) => return ambiguous(400, "the body overrides the request's method (_method), which routes here tell apart"),
+                Err(why) => return ambiguous(400, why),
+            }
+        }
+        if !c.owner {
+            return None;
+        }
         let owner = self.cfg.routes.get(c.route).and_then(|r| r.owner.as_ref());
         let (Some(owner), Some(id)) = (owner, id) else {
             return Some(self.body_unchecked(c, id, Unchecked::Unreadable));
@@ -48,20 +82,9 @@ impl Gate {
         let OwnerSource::Query(name) = &owner.source else {
             return Some(self.body_unchecked(c, Some(id), Unchecked::Unreadable));
         };
-        let pb = self.problems(c.instance.clone(), c.request_id.as_deref(), c.rpc);
-        if body.len() > body::MAX_OWNER_BODY {
-            return Some(self.deny(&pb, Problem::new(413, Kind::RequestAmbiguous, "the body is longer than keygate reads on a route that checks which resource the request names"), vec![], Some(id)));
-        }
         let values = match body::owner_values(name, c.reading, body) {
             Ok(v) => v,
-            Err(why) => {
-                return Some(self.deny(
-                    &pb,
-                    Problem::new(400, Kind::RequestAmbiguous, why),
-                    vec![],
-                    Some(id),
-                ))
-            }
+            Err(why) => return ambiguous(400, why),
         };
         let owned = route::check_owner(owner, b"", None, Some(&values), id);
         let detail = match owned {
@@ -72,11 +95,46 @@ impl Gate {
             _ => return None,
         };
         Some(self.deny(
-            &pb,
+            &pb(),
             Problem::new(owner.status, Kind::ResourceForbidden, &detail),
             vec![],
             Some(id),
         ))
+    }
+
+    /// Whether a method override could move a request for `canon` from the route it matches
+    /// as a POST (`post`) to another: a method some route names, or one none names, matches
+    /// another route (or none).
+    pub(super) fn method_matters(&self, canon: &[u8], post: Option<usize>) -> bool {
+        let cs = self.cfg.case_sensitive_paths;
+        let route_of = |m: &[u8]| self.cfg.routes.iter().position(|r| r.matches(m, canon, cs));
+        self.cfg
+            .routes
+            .iter()
+            .flat_map(|r| r.methods.iter().map(String::as_bytes))
+            .chain([&b"\0unnamed"[..]])
+            .any(|m| route_of(m) != post)
+    }
+
+    /// The method-override check a form POST's body needs (`body::override_reading`).
+    pub(super) fn method_check(
+        &self,
+        route: Option<usize>,
+        reading: Reading,
+        path: &[u8],
+        request_id: Option<&[u8]>,
+        rpc: Rpc,
+    ) -> BodyCheck {
+        BodyCheck {
+            route: route.unwrap_or_default(),
+            reading,
+            owner: false,
+            named_in_query: false,
+            method: true,
+            instance: instance_of(path),
+            request_id: request_id.map(<[u8]>::to_vec),
+            rpc,
+        }
     }
 
     /// The denial of a request whose held body could not be checked.
@@ -159,12 +217,24 @@ impl Gate {
 /// How the body of a request on an owner route reads, from its `content-type` and
 /// `content-encoding` headers (`body::reading`).
 pub(super) fn body_reading(headers: &[(&str, &[u8])]) -> Result<Reading, &'static str> {
-    let of = |name: &str| -> Vec<&[u8]> {
-        headers
-            .iter()
-            .filter(|&&(n, _)| n == name)
-            .map(|&(_, v)| v)
-            .collect()
-    };
-    body::reading(&of("content-type"), &of("content-encoding"))
+    body::reading(
+        &all(headers, "content-type"),
+        &all(headers, "content-encoding"),
+    )
+}
+
+/// How a POST's body is read for a `_method` field (`body::override_reading`).
+pub(super) fn override_reading(headers: &[(&str, &[u8])]) -> Result<Option<Reading>, &'static str> {
+    body::override_reading(
+        &all(headers, "content-type"),
+        &all(headers, "content-encoding"),
+    )
+}
+
+fn all<'a>(headers: &[(&str, &'a [u8])], name: &str) -> Vec<&'a [u8]> {
+    headers
+        .iter()
+        .filter(|&&(n, _)| n == name)
+        .map(|&(_, v)| v)
+        .collect()
 }

@@ -31,7 +31,7 @@ mod rate;
 mod replies;
 use replies::Problem;
 
-use bodies::body_reading;
+use bodies::{body_reading, override_reading};
 pub use bodies::{BodyCheck, Unchecked};
 pub use fleet::Target;
 pub use rate::{IetfRate, LimitOf, RateHeaders};
@@ -146,6 +146,8 @@ pub struct Pending {
     rpc: Rpc,
     /// The route's owner check reads the body (`owner.body: "read"`), this way.
     body_check: Option<Reading>,
+    /// A form POST on a route whose rules depend on the method: its body is read for `_method`.
+    method_scan: bool,
     /// The request's cookies, on a route whose owner is a query parameter (PHP's `$_REQUEST`
     /// and classic ASP.NET's `Request[...]` merge cookies into the parameters).
     cookies: Option<Vec<u8>>,
@@ -309,6 +311,22 @@ impl Gate {
             }
         }
 
+        // a form POST may name another method in its body (`_method`: Rack, Laravel, Symfony,
+        // Spring, Express turn it into that method): read where that could move it to another
+        // route (the upstream acts on the method the body names)
+        let mut method_scan = None;
+        if has_body
+            && access != Access::Closed
+            && self.cfg.method_rules
+            && method.eq_ignore_ascii_case(b"POST")
+            && self.method_matters(&canon, route_idx)
+        {
+            match override_reading(headers) {
+                Ok(r) => method_scan = r,
+                Err(why) => return ambiguous_reply(why),
+            }
+        }
+
         let cookies = match route.and_then(|r| r.owner.as_ref()) {
             Some(o) if matches!(o.source, OwnerSource::Query(_)) => cookie_header(headers),
             _ => None,
@@ -323,7 +341,11 @@ impl Gate {
                     None,
                 ))
             }
-            Access::Public => return Step::Done(self.public(headers, path, strip)),
+            Access::Public => {
+                let scan =
+                    method_scan.map(|r| self.method_check(route_idx, r, path, request_id, rpc));
+                return Step::Done(self.public(headers, path, strip, scan));
+            }
             Access::Key => {}
         }
 
@@ -354,6 +376,7 @@ impl Gate {
             strip,
             rpc,
             body_check,
+            method_scan: method_scan.is_some(),
             cookies,
         })
     }
@@ -381,7 +404,13 @@ impl Gate {
         None
     }
 
-    fn public(&self, headers: &[(&str, &[u8])], path: &[u8], mut strip: Vec<String>) -> Decision {
+    fn public(
+        &self,
+        headers: &[(&str, &[u8])],
+        path: &[u8],
+        mut strip: Vec<String>,
+        body: Option<BodyCheck>,
+    ) -> Decision {
         let mut new_path = None;
         if self.cfg.hide_credentials {
             let c = &self.cfg.credentials;
@@ -402,6 +431,7 @@ impl Gate {
             remove: strip,
             path: new_path,
             log: LogFields::of(Outcome::Public, None),
+            body,
             ..Default::default()
         })
     }
@@ -543,7 +573,9 @@ impl Gate {
                     body = Some(BodyCheck {
                         route: p.route.unwrap_or_default(),
                         reading,
+                        owner: true,
                         named_in_query: owned == Ownership::Owned,
+                        method: p.method_scan,
                         instance: instance_of(&p.path),
                         request_id: p.request_id.clone(),
                         rpc: p.rpc,
@@ -572,6 +604,16 @@ impl Gate {
             }
         }
 
+        if p.method_scan && body.is_none() {
+            let path = &p.path;
+            body = Some(self.method_check(
+                p.route,
+                Reading::Form,
+                path,
+                p.request_id.as_deref(),
+                p.rpc,
+            ));
+        }
         Ok(Admitted {
             pending: p,
             id,

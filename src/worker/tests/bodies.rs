@@ -122,3 +122,38 @@ fn a_body_late_or_overtaken_by_the_upstream_ends_its_request() {
     assert_eq!(sim.body(8, b"_id=agg-1", true), Action::Pause);
     assert!(sim.stream(8).reset);
 }
+
+#[test]
+fn a_public_form_post_is_held_and_read_for_a_method_override() {
+    // Rack, Laravel, Symfony, Spring and Express turn a form POST with `_method=DELETE` into a
+    // DELETE: under a public POST rule it would dodge the rule for DELETE
+    let mut sim = Sim::new(&embedded(
+        r#","routes":[{"prefix":"/c","methods":["POST"],"access":"public"},{"prefix":"/c","scopes":["write"]}]"#,
+    ));
+    let form = |sim: &mut Sim, ctx| {
+        sim.headers(
+            ctx,
+            &[
+                (":method", "POST"),
+                (":path", "/c/42"),
+                ("content-type", FORM),
+            ],
+            true,
+        )
+    };
+    assert_eq!(form(&mut sim, 7), Action::Continue);
+    assert_eq!(sim.body(7, b"a=1&_method", false), Action::Pause);
+    assert_eq!(sim.body(7, b"=DELETE", true), Action::Pause);
+    assert_eq!(sim.status(7), Some(400));
+    assert_eq!(sim.slug(7).as_deref(), Some("request-ambiguous"));
+    assert_eq!(form(&mut sim, 8), Action::Continue);
+    assert_eq!(sim.body(8, b"text=hi", true), Action::Continue);
+    assert_eq!(sim.status(8), None);
+    // the DELETE itself needs a key
+    let delete = [(":method", "DELETE"), (":path", "/c/42")];
+    assert_eq!(sim.headers(9, &delete, false), Action::Pause);
+    assert_eq!(sim.status(9), Some(401));
+    sim.tick(ROOT);
+    assert_eq!(sim.metric("keygate.requests.public"), 1);
+    assert_eq!(sim.metric("keygate.requests.request_ambiguous"), 1);
+}
