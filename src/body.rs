@@ -50,25 +50,16 @@ pub fn reading(
     content_types: &[&[u8]],
     content_encodings: &[&[u8]],
 ) -> Result<Reading, &'static str> {
-    for v in content_encodings {
-        for coding in v.split(|&c| c == b',') {
-            let coding = trim_ows(coding);
-            if !coding.is_empty() && !coding.eq_ignore_ascii_case(b"identity") {
-                return Err("the body is compressed (Content-Encoding): upstreams that inflate it would read what keygate cannot; send it uncompressed");
-            }
-        }
+    if compressed(content_encodings) {
+        return Err("the body is compressed (Content-Encoding): upstreams that inflate it would read what keygate cannot; send it uncompressed");
     }
     let ct = match content_types {
         [] => return Err("a body here needs a Content-Type (a form or JSON)"),
         [one] => *one,
-        _ => {
-            return Err(
-                "the request has two Content-Type headers, which upstreams read differently",
-            )
-        }
+        _ => return Err(TWO_TYPES),
     };
     let essence = media_type(ct)?;
-    if essence.eq_ignore_ascii_case(b"application/x-www-form-urlencoded") {
+    if essence.eq_ignore_ascii_case(FORM_TYPE) {
         Ok(Reading::Form)
     } else if is_json(essence) {
         Ok(Reading::Json)
@@ -88,43 +79,37 @@ pub fn override_reading(
     content_types: &[&[u8]],
     content_encodings: &[&[u8]],
 ) -> Result<Option<Reading>, &'static str> {
-    let form = match content_types {
-        [] => true,
-        [one] => match media_type(one) {
-            Ok(e) if e.len() >= 10 && e[..10].eq_ignore_ascii_case(b"multipart/") => {
-                return Err(MULTIPART_OVERRIDE)
-            }
-            Ok(e) => e.eq_ignore_ascii_case(b"application/x-www-form-urlencoded"),
-            Err(why) => {
-                let v = one.to_ascii_lowercase();
-                let named = |w: &[u8]| v.windows(w.len()).any(|x| x == w);
-                if named(b"multipart") {
-                    return Err(MULTIPART_OVERRIDE);
-                }
-                if named(b"form") {
-                    return Err(why);
-                }
-                false
-            }
-        },
-        _ => {
-            return Err(
-                "the request has two Content-Type headers, which upstreams read differently",
-            )
-        }
+    let one = match content_types {
+        [] => FORM_TYPE,
+        [one] => *one,
+        _ => return Err(TWO_TYPES),
     };
-    if !form {
-        return Ok(None);
+    let names = |w: &[u8]| one.windows(w.len()).any(|x| x.eq_ignore_ascii_case(w));
+    if names(b"multipart") {
+        return Err(MULTIPART_OVERRIDE);
     }
-    for v in content_encodings {
-        for coding in v.split(|&c| c == b',') {
+    match reading(&[one], content_encodings) {
+        Ok(Reading::Form) => Ok(Some(Reading::Form)),
+        Ok(Reading::Json) => Ok(None),
+        // a type that does not read one way, a charset, a coding: refused if a form reader
+        // could take it for a form
+        Err(why) if names(b"form") => Err(why),
+        Err(_) => Ok(None),
+    }
+}
+
+const FORM_TYPE: &[u8] = b"application/x-www-form-urlencoded";
+const TWO_TYPES: &str =
+    "the request has two Content-Type headers, which upstreams read differently";
+
+/// Whether a content coding other than `identity` is named.
+fn compressed(content_encodings: &[&[u8]]) -> bool {
+    content_encodings.iter().any(|v| {
+        v.split(|&c| c == b',').any(|coding| {
             let coding = trim_ows(coding);
-            if !coding.is_empty() && !coding.eq_ignore_ascii_case(b"identity") {
-                return Err("the form is compressed (Content-Encoding): upstreams that inflate it would read what keygate cannot; send it uncompressed");
-            }
-        }
-    }
-    Ok(Some(Reading::Form))
+            !coding.is_empty() && !coding.eq_ignore_ascii_case(b"identity")
+        })
+    })
 }
 
 const MULTIPART_OVERRIDE: &str = "a multipart POST on a route whose rules depend on the method: keygate does not read multipart bodies for a `_method` field that would turn the POST into another method; send the request with its own method, or the form urlencoded";

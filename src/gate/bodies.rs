@@ -107,13 +107,18 @@ impl Gate {
     /// another route (or none).
     pub(super) fn method_matters(&self, canon: &[u8], post: Option<usize>) -> bool {
         let cs = self.cfg.case_sensitive_paths;
-        let route_of = |m: &[u8]| self.cfg.routes.iter().position(|r| r.matches(m, canon, cs));
-        self.cfg
-            .routes
-            .iter()
-            .flat_map(|r| r.methods.iter().map(String::as_bytes))
-            .chain([&b"\0unnamed"[..]])
-            .any(|m| route_of(m) != post)
+        let moves = |m: &[u8]| self.cfg.routes.iter().position(|r| r.matches(m, canon, cs)) != post;
+        if moves(b"\0unnamed") {
+            return true;
+        }
+        for r in &self.cfg.routes {
+            for m in &r.methods {
+                if moves(m.as_bytes()) {
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     /// The method-override check a form POST's body needs (`body::override_reading`).

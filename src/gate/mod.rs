@@ -628,17 +628,15 @@ impl Gate {
     /// what its limit needs; the decisions of that limit change no header (`headers_sent`).
     /// `None`: no body check, the limit comes now.
     pub fn before_body(&self, a: &mut Admitted) -> Option<Decision> {
-        let check = a.body.take()?;
-        let mut now = a.clone();
-        now.body = Some(check);
+        let body = a.body.take()?;
         a.headers_sent = true;
-        Some(self.allowed(now, None))
+        Some(self.let_on(&mut a.pending, a.id.clone(), Some(body), None))
     }
 
     /// An admitted request within its limit (either tier): carriers hidden, identity to set.
     fn allowed(&self, a: Admitted, rate: Option<RateHeaders>) -> Decision {
         let Admitted {
-            pending: p,
+            mut pending,
             id,
             body,
             headers_sent,
@@ -651,7 +649,19 @@ impl Gate {
                 ..Default::default()
             });
         }
-        let mut remove = p.strip;
+        self.let_on(&mut pending, id, body, rate)
+    }
+
+    /// What the upstream gets of a request let on: forged identity headers and hidden carriers
+    /// removed (taken from `p`), the identity to set.
+    fn let_on(
+        &self,
+        p: &mut Pending,
+        id: Rc<Identity>,
+        body: Option<BodyCheck>,
+        rate: Option<RateHeaders>,
+    ) -> Decision {
+        let mut remove = std::mem::take(&mut p.strip);
         let path = self.hide_carriers(&p.carriers, &p.path, &mut remove);
         Decision::Allow(Allow {
             remove,

@@ -84,6 +84,7 @@ impl<H: Host> Worker<H> {
 
     /// Whether stream `ctx` still waits for an answer to its limit (`after_body`: counted once
     /// its body passed, `Gate::before_body`): it leaves the held table then.
+    #[inline(never)]
     pub(super) fn still_waiting(&mut self, ctx: u32, after_body: bool) -> bool {
         if after_body && self.held.take(ctx).is_none() {
             return false; // ended meanwhile (the upstream answered first, the client went away)
@@ -92,6 +93,7 @@ impl<H: Host> Worker<H> {
     }
 
     /// Applies the decision of a request that waited for its limit, and lets it go on.
+    #[inline(never)]
     pub(super) fn answer_waiter(&mut self, ctx: u32, d: Decision, after_body: bool) {
         if after_body && matches!(d, Decision::Deny(..)) {
             self.note_ended(ctx);
@@ -111,67 +113,45 @@ impl<H: Host> Worker<H> {
         {
             return Action::Pause; // StopIterationAndBuffer
         }
-        let Some(h) = self.held.take(ctx) else {
-            return Action::Continue;
-        };
         self.read_clock();
         let body = self.host.request_body(ctx, size.min(MAX_OWNER_BODY + 1));
-        self.check_held(ctx, h, body, false)
+        self.check_held(ctx, body, false)
     }
 
-    /// The held body is complete (`body`: what the host handed over, `None` if nothing): the
-    /// check decides; a body that passed has its limit counted now (`at_trailers`: it ended with
-    /// trailers).
-    fn check_held(
-        &mut self,
-        ctx: u32,
-        h: HeldBody,
-        body: Option<Vec<u8>>,
-        at_trailers: bool,
-    ) -> Action {
+    /// The held body of `ctx` is complete (`body`: what the host handed over, `None` if
+    /// nothing): the check decides; a body that passed has its limit counted now, and stays
+    /// held while a fleet engine is asked (`at_trailers`: it ended with trailers).
+    fn check_held(&mut self, ctx: u32, body: Option<Vec<u8>>, at_trailers: bool) -> Action {
         let gate = self.gate.clone();
+        let Some(h) = self.held.get_mut(ctx) else {
+            return Action::Continue;
+        };
         let denial = match body {
             Some(body) => gate.check_body(&h.check, h.id.as_ref(), &body),
             None => Some(gate.body_unchecked(&h.check, h.id.as_ref(), Unchecked::Unreadable)),
         };
         if let Some(deny) = denial {
+            self.held.take(ctx);
             self.note_ended(ctx);
             return self.apply(ctx, deny, false);
         }
-        let HeldBody {
-            check,
-            id,
-            resumed,
-            outcome,
-            later,
-            ..
-        } = h;
+        let (later, outcome, resumed) = (h.later.take(), h.outcome, h.resumed);
+        h.limiting = true;
         let action = match later {
             None => {
+                self.held.take(ctx);
                 self.stats.inc(&mut self.host, Metric::of_outcome(outcome));
                 Action::Continue
             }
+            // `None`: the body stays paused, held, until the engine answers (`still_waiting`)
             Some(a) => match self.count(ctx, a) {
+                None => return Action::Pause,
                 Some(d) => {
+                    self.held.take(ctx);
                     if matches!(d, Decision::Deny(..)) {
                         self.note_ended(ctx);
                     }
                     self.apply(ctx, d, false)
-                }
-                None => {
-                    // the body stays paused until the engine answers (`still_waiting`)
-                    let h = HeldBody {
-                        check,
-                        id,
-                        resumed,
-                        outcome,
-                        later: None,
-                        limiting: true,
-                    };
-                    if let Err(h) = self.held.hold(ctx, h, self.now.ms()) {
-                        return self.end_held(ctx, &h, Unchecked::NoRoom);
-                    }
-                    return Action::Pause;
                 }
             },
         };
@@ -206,15 +186,14 @@ impl<H: Host> Worker<H> {
             Some(h) if h.limiting => return Action::Pause,
             Some(_) => {}
         }
-        let Some(h) = self.held.take(ctx) else {
-            return Action::Continue;
-        };
         self.read_clock();
         if changes_body {
-            return self.end_held(ctx, &h, Unchecked::Trailers);
+            if let Some(h) = self.held.take(ctx) {
+                return self.end_held(ctx, &h, Unchecked::Trailers);
+            }
         }
         let body = self.host.request_body(ctx, MAX_OWNER_BODY + 1);
-        self.check_held(ctx, h, body, true)
+        self.check_held(ctx, body, true)
     }
 
     /// On the tick: checked bodies let on, the overdue ended, those of streams gone forgotten.

@@ -91,17 +91,17 @@ impl<H: Host> Worker<H> {
     /// the decision, `answer_waiter`).
     pub(super) fn count(&mut self, ctx: u32, a: Admitted) -> Option<Decision> {
         let gate = self.gate.clone();
-        let Some(fc) = gate.cfg.fleet.as_ref() else {
-            // no fleet: the local tier
-            return Some(gate.limit_local(a, &self.buckets(), self.now.ns()));
-        };
-        let mode = gate
-            .target(&a)
-            .map_or(Mode::Local, |t| fc.mode_for(t.policy));
-        match mode {
-            Mode::Local => Some(gate.limit_local(a, &self.buckets(), self.now.ns())),
-            Mode::Request => self.per_request(ctx, a, fc),
-            Mode::Leased => self.leased(ctx, a, fc),
+        let fleet = gate.cfg.fleet.as_ref().map(|fc| {
+            let mode = gate
+                .target(&a)
+                .map_or(Mode::Local, |t| fc.mode_for(t.policy));
+            (fc, mode)
+        });
+        match fleet {
+            Some((fc, Mode::Request)) => self.per_request(ctx, a, fc),
+            Some((fc, Mode::Leased)) => self.leased(ctx, a, fc),
+            // no fleet, or a policy it leaves to this Envoy: the local tier
+            _ => Some(gate.limit_local(a, &self.buckets(), self.now.ns())),
         }
     }
 
