@@ -1134,6 +1134,7 @@ fn a_method_override_in_a_form_body_is_read_where_the_method_moves_the_route() {
         b"_method%00x=DELETE",
         b"a=1;_method=PUT",
         b".method=DELETE",
+        b"[method=DELETE",
         b"_method",
         br#"{"_method":"DELETE"}"#,
     ] {
