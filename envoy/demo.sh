@@ -3,7 +3,7 @@
 #   envoy/demo.sh          embedded key store (envoy/demo.yaml)
 #   envoy/demo.sh remote   the key service (envoy/keyservice, built here; config
 #                          envoy/demo-remote.yaml) with its dashboard, its SQLite database
-#                          in .demo/keys.sqlite (kept across runs; the demo keys are restored at
+#                          in .demo/keyservice.sqlite (kept across runs; the demo keys are restored at
 #                          every start; `rm -rf .demo` forgets everything else)
 #   envoy/demo.sh fleet    fleet-wide limits (issue #15): the test rate-limit engine on 127.0.0.1:8090
 #                          (tests/rls-engine, limits in envoy/fleet/limits.yaml) and TWO Envoys from
@@ -124,7 +124,7 @@ if $needs_keyservice; then
   # the dashboard's wording: `# product_name:` and `# key_label:` lines in the config's header
   product=$(sed -n 's/^# *product_name: *//p' "$config" | head -1)
   key_label=$(sed -n 's/^# *key_label: *//p' "$config" | head -1)
-  target/release/keyservice --db .demo/keys.sqlite serve --port "$keyservice_port" --seed-demo \
+  target/release/keyservice --db .demo/keyservice.sqlite serve --port "$keyservice_port" --seed-demo \
     --product-name "${product:-keygate demo API}" --key-label "${key_label:-API key}" \
     --api-url "http://127.0.0.1:$port" &
   pids+=($!)

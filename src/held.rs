@@ -2,7 +2,7 @@
 //! ended while it held them. Pure: the host (`host::mod`) asks the host whether a stream still
 //! exists and sends the replies; this module decides what is held, for how long, and what goes.
 //!
-//! The rules (README, "What keygate assumes of Envoy"):
+//! The rules (envoy/docs/security.md):
 //! - **bounded**: at most `max` held at once; a request that would be one more is refused (the
 //!   host answers 503), never one already held forgotten;
 //! - **ended, never forgotten**: a body still incomplete `timeout_ms` after it began to be held

@@ -27,7 +27,7 @@
 //! `kgW1` and its ring (`window`). Anything else (another plugin's bytes) is overwritten as if
 //! absent.
 
-use crate::config::Algorithm;
+use crate::ratelimit::Algorithm;
 use crate::ratelimit::{self, div, update, Limit, RateDecision, RateError, Write, NS, NS_PER_MS};
 use crate::store::SharedStore;
 use crate::window;

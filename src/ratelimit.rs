@@ -11,7 +11,77 @@
 //! per-worker auth throttle), so T = the window in clock units and all math is exact integer
 //! math (u128): no drift, no float rounding, whatever the rate.
 
+use crate::state_key::Origin;
 use crate::store::{SetOutcome, SharedStore, ABSENT_CAS};
+
+// The compiled rate-limit configuration (`config::rate` builds it from `rate_limit`).
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResetStyle {
+    /// `X-RateLimit-Reset` is seconds until the bucket is full again.
+    Seconds,
+    /// `X-RateLimit-Reset` is the unix time at which it is.
+    Unix,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    pub name: String,
+    /// A plan of `rate_limit.plans`, or `rate_limit.default` (its state is named apart, see
+    /// `state_key`).
+    pub origin: Origin,
+    /// The start of the shared-data keys of its local counts (`state_key::stem`).
+    pub stem: String,
+    pub limit: Limit,
+    pub scope: Scope,
+    pub algorithm: Algorithm,
+}
+
+/// How a plan counts (`rate_limit.plans.<name>.algorithm`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    /// `burst` at once, refilled continuously (`ratelimit`).
+    TokenBucket,
+    /// At most `requests` in any `window_s`-long interval (`window`).
+    RollingWindow,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RateConfig {
+    /// Plan name -> policy; `None` is an explicitly unlimited plan.
+    pub plans: Vec<(String, Option<Policy>)>,
+    /// For plans not in the table; `None` means unlimited.
+    pub default: Option<Policy>,
+    /// A `rate_limit` section without a `default`: every plan must be one of `plans` (a key
+    /// service that names another plan gets 503, never an unlimited key). Without a `rate_limit`
+    /// section nothing is limited, and plans are only names.
+    pub plans_declared_only: bool,
+    pub reset: Option<ResetStyle>,
+    pub ietf_headers: bool,
+    /// Rate-limit headers on allowed responses (`X-RateLimit-*`, and the IETF pair when on).
+    /// A 429 carries them regardless: it is keygate's own reply and the client needs them to
+    /// back off.
+    pub headers: bool,
+}
+
+impl RateConfig {
+    pub fn policy_for(&self, plan: &str) -> Option<&Policy> {
+        match self.plans.iter().find(|(n, _)| n == plan) {
+            Some((_, p)) => p.as_ref(),
+            None => self.default.as_ref(),
+        }
+    }
+
+    /// Whether `plan` means something here: a plan of the table, or any plan when a `default`
+    /// catches the others or nothing is limited.
+    pub fn declares(&self, plan: &str) -> bool {
+        !self.plans_declared_only || self.plans.iter().any(|(n, _)| n == plan)
+    }
+
+    pub fn reset_style(&self) -> ResetStyle {
+        self.reset.unwrap_or(ResetStyle::Seconds)
+    }
+}
 
 /// Clock units per second: the shared buckets count in ns (the host's clock, never rounded),
 /// the auth throttle in µs.
@@ -181,8 +251,8 @@ pub fn update<D>(
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
+    use super::Algorithm;
     use super::*;
-    use crate::config::Algorithm;
     use crate::store::memory::MemoryStore;
 
     /// A shared bucket (`limiter`), in these tests' µs.

@@ -224,7 +224,7 @@ fn partition_point(n: usize, pred: impl Fn(usize) -> bool) -> usize {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::config::Algorithm;
+    use crate::ratelimit::Algorithm;
     use crate::ratelimit::{Limit, RateError, MAX_ATTEMPTS};
     use crate::store::memory::MemoryStore;
     use crate::store::{Guesses, SharedStore, Speculative};

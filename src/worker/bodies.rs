@@ -7,7 +7,7 @@
 //! (The request's headers go on before the body is read: proxy-wasm in Envoy turns a paused
 //! header callback into "stop all", which withholds the body from the filter too. What the
 //! upstream may do with the headers alone is the shipped configs' `buffer` filter's to hold:
-//! README, "What keygate assumes of Envoy".)
+//! envoy/docs/security.md.)
 
 use std::rc::Rc;
 

@@ -175,7 +175,7 @@ impl<H: Host> Worker<H> {
     /// Request headers change one host call per header: a header removed (only those present),
     /// one added per non-empty identity value: rewriting the whole map in one
     /// `proxy_set_header_map_pairs` costs several times more and grows with every header the
-    /// client sends (the measured costs: README, "What single calls cost"; rerun them with
+    /// client sends (the measured costs: tests/bench/RESULTS.md, "What single calls cost"; rerun them with
     /// `tests/bench/instructions.py`).
     fn apply(&mut self, ctx: u32, d: Decision, resume: bool) -> Action {
         self.apply_then(ctx, d, resume, None)
