@@ -4,12 +4,15 @@
 //! Order: identity headers from the client are always removed; the route decides whether a
 //! credential is needed; a credential is parsed (400 on malformed/conflicting input, 401 when
 //! missing); the verdict comes from a store (401 when refused); scopes (403), ownership (403/404)
-//! are checked before the rate limiter, so a request refused for those spends no token; then the
-//! bucket (429). Only then are carriers hidden and identity headers set.
+//! and a check on the body (its owner, a `_method` in a form: `Gate::before_body`, the request's
+//! headers going on first) are checked before the rate limiter, so a request refused for those
+//! spends no token; then the bucket (429). Carriers are hidden and identity headers set only for
+//! a request let on.
 //!
 //! Split by concern: this module holds the decision (both phases); `bodies` the checks on bodies;
 //! `replies` builds denials (problems, challenges); `rate` is the local rate-limit tier and its
-//! headers; `fleet` decides from a rate-limit engine's answer; `tests` the unit tests.
+//! headers; `fleet` decides from a rate-limit engine's answer; `whole` the whole decision in one
+//! call; `tests` the unit tests.
 
 use std::rc::Rc;
 
@@ -29,12 +32,14 @@ mod bodies;
 mod fleet;
 mod rate;
 mod replies;
+mod whole;
 use replies::Problem;
 
 use bodies::{body_reading, override_reading};
 pub use bodies::{BodyCheck, Unchecked};
 pub use fleet::Target;
 pub use rate::{IetfRate, LimitOf, RateHeaders};
+pub use whole::{decide, decide_with_body};
 
 /// Marks a request let through by `on_failure: open` while the key service was failing.
 pub const FAIL_OPEN_HEADER: &str = "x-keygate-fail-open";
@@ -769,66 +774,6 @@ fn has_param(path: &[u8], name: &str) -> bool {
     match query::split_path(path) {
         (_, Some(q)) => query::params(q).any(|p| query::name_is(p.name, name)),
         _ => false,
-    }
-}
-
-/// Convenience for a store-only gate: phase one, the embedded verdict, phase two.
-pub fn decide(
-    gate: &Gate,
-    headers: &[(&str, &[u8])],
-    store: &dyn SharedStore,
-    now_us: u64,
-) -> Decision {
-    decide_with_body(gate, headers, b"", store, now_us)
-}
-
-/// `decide` for a request with this body: the owner check on it runs when the route reads it.
-pub fn decide_with_body(
-    gate: &Gate,
-    headers: &[(&str, &[u8])],
-    body: &[u8],
-    store: &dyn SharedStore,
-    now_us: u64,
-) -> Decision {
-    let now_ns = now_us.saturating_mul(1000);
-    let (d, later) = match gate.begin(headers) {
-        Step::Done(d) => (d, None),
-        Step::Verify(p) => {
-            let digest = crate::hash::sha256(p.credential.secret.as_bytes());
-            let v = gate
-                .embedded_verdict(&p, &digest, now_us / 1_000_000)
-                .unwrap_or(Verdict::Refused(Refusal::Unknown));
-            let mut a = match gate.admit(p, v) {
-                Ok(a) => a,
-                Err(d) => return d,
-            };
-            match gate.before_body(&mut a) {
-                Some(d) => (d, Some(a)),
-                None => return gate.limit_local(a, store, now_ns),
-            }
-        }
-    };
-    if let Decision::Allow(Allow {
-        body: Some(c),
-        identity,
-        ..
-    }) = &d
-    {
-        if let Some(deny) = gate.check_body(c, identity.as_ref(), body) {
-            return deny;
-        }
-    }
-    let Some(a) = later else { return d };
-    // the body passed: its limit counts now; the upstream gets what the first decision set, with
-    // the rate-limit headers of this one
-    match (d, gate.limit_local(a, store, now_ns)) {
-        (Decision::Allow(mut first), Decision::Allow(limited)) => {
-            first.rate = limited.rate;
-            first.body = None;
-            first.log = limited.log;
-            Decision::Allow(first)
-        }
-        (_, limited) => limited,
     }
 }
 
