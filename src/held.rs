@@ -56,6 +56,14 @@ impl<T> Held<T> {
         !self.map.is_empty() && self.map.contains_key(&ctx)
     }
 
+    pub fn get(&self, ctx: u32) -> Option<&T> {
+        self.map.get(&ctx).map(|e| &e.value)
+    }
+
+    pub fn get_mut(&mut self, ctx: u32) -> Option<&mut T> {
+        self.map.get_mut(&ctx).map(|e| &mut e.value)
+    }
+
     /// Holds `value` for stream `ctx` from `now_ms`; a full table gives it back (refuse the
     /// request). A stream held already keeps the time it began.
     pub fn hold(&mut self, ctx: u32, value: T, now_ms: u64) -> Result<(), T> {

@@ -431,6 +431,11 @@ pub fn establish(
     }
 }
 
+/// A lone gate's own tables (tests and tools): seeded at random unless `wanted` names a seed.
+pub fn own(prefix: &str, wanted: &Wanted) -> Tables {
+    establish(&Unshared, prefix, wanted, &mut Vec::new())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
