@@ -73,7 +73,7 @@ fi
 if command -v rustup >/dev/null 2>&1; then
   rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 fi
-cargo wasm --quiet
+envoy/build-wasm.sh >/dev/null
 $needs_keyservice && cargo build --quiet --release -p keyservice
 ENVOY_CMD=$(envoy/find-envoy.sh)
 

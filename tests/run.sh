@@ -21,11 +21,12 @@ if command -v rustup >/dev/null 2>&1; then
   rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 fi
 
-step "system packages the tests use (installed by name when missing): PostgreSQL, Chromium"
+step "system packages the tests use (installed by name when missing): PostgreSQL, Chromium, binaryen"
 missing=()
 ls -d /usr/lib/postgresql/*/bin >/dev/null 2>&1 || missing+=(postgresql)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+command -v wasm-opt >/dev/null 2>&1 || missing+=(binaryen)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   sudo=; [ "$(id -u)" = 0 ] || sudo=sudo
@@ -45,8 +46,8 @@ if $fast; then
   exit 0
 fi
 
-step "build keygate.wasm"
-cargo wasm --quiet
+step "build keygate.wasm (cargo wasm, then wasm-opt)"
+envoy/build-wasm.sh >/dev/null
 ls -l target/wasm32-wasip1/release/keygate.wasm
 
 step "build the key service (envoy/keyservice; the e2e tests run this binary)"

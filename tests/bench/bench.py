@@ -840,7 +840,7 @@ def build(skip: bool) -> None:
     steps = [(m.parent.name, ["cargo", "build", "--release", "--target", "wasm32-wasip1", "--manifest-path",
                               str(m)]) for m in (NOOP_MANIFEST, FLOOR_MANIFEST)]
     if not skip:
-        steps.insert(0, ("keygate", ["cargo", "wasm"]))
+        steps.insert(0, ("keygate", ["envoy/build-wasm.sh"]))
     for name, cmd in steps:
         print(f"building {name}: {' '.join(cmd)}", file=sys.stderr, flush=True)
         r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
@@ -848,7 +848,7 @@ def build(skip: bool) -> None:
             raise BenchError(f"building {name} failed:\n{r.stderr[-3000:]}")
     for p in (KEYGATE_WASM, NOOP_WASM, FLOOR_WASM):
         if not p.exists():
-            raise BenchError(f"{p} is missing (run `cargo wasm` in {ROOT})")
+            raise BenchError(f"{p} is missing (run envoy/build-wasm.sh in {ROOT})")
 
 
 def median(xs: list[float]) -> float:

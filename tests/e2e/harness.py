@@ -237,7 +237,7 @@ class Envoy:
 
     def start(self, wait_ready: bool = True, log_level: str = "info", component_levels: str = "") -> "Envoy":
         if not WASM.exists():
-            raise RuntimeError(f"{WASM} is missing: build it with `cargo wasm`")
+            raise RuntimeError(f"{WASM} is missing: build it with envoy/build-wasm.sh")
         self.workdir = Path(tempfile.mkdtemp(prefix="keygate-e2e-"))
         CREATED_DIRS.append(self.workdir)
         self.port = self.port or free_port()

@@ -44,6 +44,23 @@ fn a_body_held_across_a_reconfiguration_is_checked_by_the_plugin_that_held_it() 
 }
 
 #[test]
+fn a_retired_plugin_is_kept_while_it_holds_a_body() {
+    // ticks (its own root's or the new one's) come between the reconfiguration and the body:
+    // the retired plugin holding the body must outlive them, else the body reaches the new
+    // plugin, which has no owner route, and goes on unchecked
+    let mut sim = Sim::new(&embedded(OWNER_ROUTE));
+    assert_eq!(post(&mut sim, 7), Action::Continue);
+    assert!(sim.configure(2, &embedded("")));
+    sim.tick(2);
+    sim.tick(ROOT);
+    assert!(sim.vm.worker(ROOT).is_some(), "still holds stream 7's body");
+    assert_eq!(sim.body(7, b"_id=victim", true), Action::Pause);
+    assert_eq!(sim.status(7), Some(404));
+    sim.tick(2);
+    assert!(sim.vm.worker(ROOT).is_none());
+}
+
+#[test]
 fn trailers_that_came_during_a_verdict_let_the_body_on_from_the_next_tick() {
     // Envoy hands over the body and the trailers it buffered during the key-service call inside
     // its own resumption; continuing from there skips the body for the filters after keygate

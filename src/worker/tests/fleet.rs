@@ -154,3 +154,41 @@ fn lease_waiters_out_of_time_take_on_failure_and_the_rest_ask_again() {
         assert_eq!(sim.status(ctx), Some(503), "{ctx}");
     }
 }
+
+#[test]
+fn a_lease_call_the_host_refuses_to_dispatch_takes_on_failure() {
+    // leased mode: a lease call that cannot be dispatched is answered on the request's own
+    // stack with `fleet.on_failure`, never left waiting for an answer that will not come
+    let mut sim = Sim::new(&fleet(
+        100,
+        "leased",
+        r#","on_failure":"closed","retry_after_s":7"#,
+    ));
+    sim.rec.borrow_mut().refuse_dispatch = 1;
+    assert_eq!(sim.get(7, "/a", "secret-1"), Action::Pause);
+    assert_eq!(sim.status(7), Some(503));
+    assert_eq!(sim.slug(7).as_deref(), Some("rate-limit-unavailable"));
+    // `local` (the default): this Envoy's bucket lets it on at once
+    let mut sim = Sim::new(&fleet(100, "leased", ""));
+    sim.rec.borrow_mut().refuse_dispatch = 1;
+    assert_eq!(sim.get(8, "/a", "secret-1"), Action::Continue);
+    sim.tick(ROOT);
+    assert_eq!(sim.metric("keygate.fleet.failure.dispatch"), 1);
+    assert_eq!(sim.metric("keygate.fleet.fallback_local"), 1);
+}
+
+#[test]
+fn a_refused_lease_is_asked_again_only_once() {
+    // the retry for exactly what remains is made once: refused again (another replica took
+    // tokens meanwhile), the request gets its 429 instead of a chain of ever smaller asks
+    let mut sim = Sim::new(&fleet(100, "leased", ""));
+    assert_eq!(sim.get(7, "/a", "secret-1"), Action::Pause);
+    let first = sim.last_call();
+    assert_eq!(hits(&first), 10);
+    sim.answer(first.token, rls(true, Some((100, 3, 30))));
+    let again = sim.last_call();
+    assert_eq!(hits(&again), 3);
+    sim.answer(again.token, rls(true, Some((100, 2, 30))));
+    assert_eq!(sim.calls().len(), 2, "no third ask");
+    assert_eq!(sim.status(7), Some(429));
+}
