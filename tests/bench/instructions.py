@@ -57,8 +57,11 @@ STUB = Path(__file__).resolve().parents[1] / "services" / "stubkeys.py"
 STUB_CLUSTER = "stubkeys"
 STUB_PREFIX = "kg_stub_"
 BIG = {"big": {"requests": 1_000_000_000, "window_s": 1}}
-# every key its own owner (plan big counts per key); tables large enough for 100k active keys
-STUB_CONFIG = {"key_service": {"cluster": STUB_CLUSTER, "revocation_poll_ms": 1000},
+# every key its own owner (plan big counts per key); tables large enough for 100k active keys;
+# verdicts fresh for an hour and a generous timeout: priming 100,000 keys under valgrind takes
+# minutes, and a variant measures the cached path, not refreshes or a stub slowed by the load
+STUB_CONFIG = {"key_service": {"cluster": STUB_CLUSTER, "revocation_poll_ms": 1000, "timeout_ms": 5000,
+                               "positive_ttl_s": 3600},
                "rate_limit": {"plans": BIG}, "auth_throttle": False,
                "slots": {"verdicts": 262_144, "states": 262_144}}
 EMBEDDED_N = 100_000
