@@ -4,7 +4,8 @@ tests/bench/RESULTS.md). Loopback only; every process it starts is stopped at th
 
     python3 tests/tools/scale_measure.py embedded --keys 100000 [--wasm PATH]
         Envoy (2 workers) with N embedded keys: seconds from Envoy's start until a request with
-        the last key is served, Envoy's /memory and RSS, the keygate VMs' linear memory.
+        the last key is served, the CPU time Envoy used by then (all threads) and the machine's
+        load, Envoy's /memory and RSS.
     python3 tests/tools/scale_measure.py remote --keys 1000000 [--slots '{}'] [--wasm PATH]
         N distinct valid keys from tests/services/stubkeys.py through Envoy (8 connections),
         each a miss, a call and a stored verdict; Envoy's /memory every 100,000 keys, and the
@@ -31,6 +32,13 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def cpu_s(pid: int) -> float:
+    """CPU time (user + system, every thread) the process has used: on a busy machine, what a
+    start-up cost apart from waiting for a core."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def memory(e) -> dict:
@@ -60,8 +68,9 @@ def embedded(args) -> None:
     try:
         wait_until(served, 900, 0.05, message="a request with the last key served")
         took = time.monotonic() - t0
+        cpu = cpu_s(e.proc.pid)
         print(json.dumps({"keys": n, "config_bytes": len(json.dumps(cfg)), "serving_after_s": round(took, 2),
-                          **memory(e)}))
+                          "envoy_cpu_s": round(cpu, 2), "load_1min": os.getloadavg()[0], **memory(e)}))
     finally:
         e.stop()
         up.stop()
