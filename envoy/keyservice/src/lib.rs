@@ -6,6 +6,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod cli;
+pub mod history;
 pub mod model;
 pub mod store;
 pub mod web;
