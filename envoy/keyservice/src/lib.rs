@@ -7,6 +7,8 @@ pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod history;
+pub mod ingest;
 pub mod model;
 pub mod store;
+pub mod usage;
 pub mod web;
