@@ -35,7 +35,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Serve the API and the dashboard.
-    Serve(Serve),
+    Serve(Box<Serve>),
     /// Accounts: `add NAME [--plan P]`, `list`, `disable NAME`, `enable NAME`.
     Account {
         #[command(subcommand)]

@@ -252,8 +252,7 @@ fn record(
 /// it was cut.
 fn text(s: &str, max: usize) -> (String, bool) {
     let mut out = String::with_capacity(s.len().min(max));
-    let mut n = 0;
-    for c in s.chars() {
+    for (n, c) in s.chars().enumerate() {
         if n == max || out.len() + c.len_utf8() > MAX_EXCERPT_BYTES {
             return (out, true);
         }
@@ -262,7 +261,6 @@ fn text(s: &str, max: usize) -> (String, bool) {
         } else {
             c
         });
-        n += 1;
     }
     (out, false)
 }
