@@ -204,6 +204,47 @@ def random_key_headers() -> dict:
     return {"X-API-Key": f"kg_rand_{secrets.randbelow(10**18)}"}
 
 
+# Request history (envoy/docs/history.md): Envoy's OpenTelemetry access logger sending OTLP/HTTP
+# to the key service, with the attributes the shipped configs set; and, for comparison, a plain
+# file access log of the same fields.
+HISTORY_ATTRIBUTES = [
+    ("http.request.method", "%REQ(:METHOD)%"),
+    ("url.path", "%PATH(WQ)%"),
+    ("http.response.status_code", "%RESPONSE_CODE%"),
+    ("keygate.duration_ms", "%DURATION%"),
+    ("keygate.upstream_ms", "%COMMON_DURATION(US_TX_BEG:US_RX_END:ms)%"),
+    ("http.request.body.size", "%BYTES_RECEIVED%"),
+    ("http.response.body.size", "%BYTES_SENT%"),
+    ("keygate.request_id", "%REQ(X-REQUEST-ID)%"),
+    ("keygate", "%FILTER_STATE(wasm.keygate:PLAIN)%"),
+]
+BODIES_ATTRIBUTE = ("keygate.bodies", "%FILTER_STATE(wasm.keygate_bodies:PLAIN)%")
+
+
+def otel_access_log(attributes: list[tuple[str, str]]) -> list[dict]:
+    return [{
+        "name": "envoy.access_loggers.open_telemetry",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig",
+            "http_service": {"http_uri": {"uri": "http://keyservice/v1/logs", "cluster": KEYSERVICE_CLUSTER,
+                                          "timeout": "1s"}},
+            "attributes": {"values": [{"key": k, "value": {"string_value": v}} for k, v in attributes]},
+        },
+    }]
+
+
+def file_access_log() -> list[dict]:
+    fmt = " ".join(f"{k}={v}" for k, v in HISTORY_ATTRIBUTES) + "\n"
+    return [{
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": str(RUN_DIR / "access.log"),
+            "log_format": {"text_format_source": {"inline_string": fmt}},
+        },
+    }]
+
+
 # One dict per keygate scenario, each served on its own listener. Fields:
 #   name      variant name (table row)
 #   headers   request headers sent by wrk and by the sanity check
@@ -262,6 +303,15 @@ KEYGATE_SCENARIOS: list[dict] = [
     {"name": "kg_remote_unknown", "headers": {"X-API-Key": REMOTE_UNKNOWN_KEY}, "config": REMOTE_CONFIG_NO_THROTTLE,
      "keyservice": [], "keyservice_calls": 0, "prime": 1, "expect": 401,
      "note": "401 expected; key service, cached refusal"},
+    # Request history, for instructions.py (history off is kg_header itself: keygate is the same):
+    # a plain file access log of the history's fields, and Envoy's OpenTelemetry logger to the
+    # key service (metadata only).
+    {"name": "kg_file_log", "headers": {"X-API-Key": BENCH_KEY}, "expect_headers": RATELIMIT_HEADERS,
+     "access_log": "file", "instructions_only": True,
+     "note": "kg_header + a file access log of the history's fields"},
+    {"name": "kg_history", "headers": {"X-API-Key": BENCH_KEY}, "expect_headers": RATELIMIT_HEADERS,
+     "access_log": "otel", "keyservice": [], "instructions_only": True,
+     "note": "kg_header + the OpenTelemetry access logger to the key service (history, metadata)"},
     # Rolling windows, for instructions.py only (wrk's rate would exceed 1,000 a second): the
     # allowed path at N = 1,000 (a 4,012-byte value rewritten per request), the 429 at N = 100.
     {"name": "kg_rolling_1000", "headers": {"X-API-Key": ROLLING_KEY}, "config": ROLLING_CONFIG,
@@ -393,6 +443,11 @@ def variants() -> list[dict]:
         cfg = json.dumps(v.pop("config", KEYGATE_CONFIG), separators=(",", ":"))
         vm_id = "keygate" if cfg == default_cfg else f"keygate-{sha256_hex(cfg)[:8]}"
         v["filters"] = [wasm_filter("keygate", vm_id, STAGED[KEYGATE_WASM], cfg)]
+        log = v.get("access_log")
+        if log == "file":
+            v["access_log"] = file_access_log()
+        elif log == "otel":
+            v["access_log"] = otel_access_log(HISTORY_ATTRIBUTES)
         out.append(v)
     for v in out:
         v.setdefault("headers", {})
@@ -410,6 +465,9 @@ def variants() -> list[dict]:
         v.setdefault("note", "")
         v.setdefault("rls", False)
         v.setdefault("upstream", None)
+        v.setdefault("access_log", None)
+        v.setdefault("method", "GET")
+        v.setdefault("body", None)
     return out
 
 
@@ -423,9 +481,11 @@ def static_cluster(name: str, port: int) -> dict:
     }
 
 
-def listener(name: str, http_filters: list[dict], status: int = 200, upstream: str | None = None) -> dict:
+def listener(name: str, http_filters: list[dict], status: int = 200, upstream: str | None = None,
+             access_log: list[dict] | None = None) -> dict:
     """A listener on an Envoy-chosen loopback port whose only route is a direct response (or, with
-    `upstream`, a route to that cluster carrying the native ratelimit filter's descriptor)."""
+    `upstream`, a route to that cluster carrying the native ratelimit filter's descriptor), with
+    the HTTP connection manager's `access_log` if given."""
     route = ({"match": {"prefix": "/"}, "route": {"cluster": upstream, "rate_limits": NATIVE_RLS_ACTIONS}}
              if upstream else
              {"match": {"prefix": "/"}, "direct_response": {"status": status, "body": {"inline_string": "ok\n"}}})
@@ -443,6 +503,7 @@ def listener(name: str, http_filters: list[dict], status: int = 200, upstream: s
                     "routes": [route],
                 }]},
                 "http_filters": http_filters + [ROUTER],
+                **({"access_log": access_log} if access_log else {}),
             },
         }]}],
     }
@@ -668,8 +729,8 @@ class KeyService:
 # --------------------------------------------------------------------------------------------
 
 
-def fetch(port: int, path: str, headers: dict) -> tuple[int, dict]:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)
+def fetch(port: int, path: str, headers: dict, method: str = "GET", body: bytes | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers, method=method, data=body)
     try:
         with urllib.request.urlopen(req, timeout=5) as r:
             r.read()
@@ -684,12 +745,12 @@ def sanity_check(v: dict, port: int, ks: KeyService | None = None) -> None:
         return v["sanity_headers"]() if v["sanity_headers"] else v["headers"]
 
     for _ in range(v["prime"]):
-        fetch(port, v["path"], request_headers())
+        fetch(port, v["path"], request_headers(), v["method"], v["body"])
     count_calls = ks is not None and v["keyservice_calls"] is not None
     n = 3 if count_calls else 1  # a few requests, to see the steady state's calls per request
     calls0 = ks.verify_calls() if count_calls else 0
     for _ in range(n):
-        status, headers = fetch(port, v["path"], request_headers())
+        status, headers = fetch(port, v["path"], request_headers(), v["method"], v["body"])
         if status != v["expect"]:
             raise BenchError(f"variant {v['name']} is misconfigured: GET {v['path']} on :{port} gave {status}, "
                              f"expected {v['expect']} (headers: {headers})")
@@ -1078,7 +1139,7 @@ def benchmark(args: argparse.Namespace, vs: list[dict]) -> dict:
     old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         clusters, ks = start_backends(procs, vs)
-        envoy = Envoy(procs, "envoy", envoy_config([listener(v["name"], v["filters"], upstream=v["upstream"]) for v in vs], clusters),
+        envoy = Envoy(procs, "envoy", envoy_config([listener(v["name"], v["filters"], upstream=v["upstream"], access_log=v["access_log"]) for v in vs], clusters),
                       ENVOY_CPU)
         envoy.wait_ready()
         ready_at = time.monotonic()

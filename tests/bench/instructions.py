@@ -62,7 +62,7 @@ def drive(port: int, v: dict, n: int) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         for _ in range(n):
-            conn.request("GET", v["path"], headers=v["headers"])
+            conn.request(v["method"], v["path"], body=v["body"], headers=v["headers"])
             r = conn.getresponse()
             r.read()
             if r.status != v["expect"]:
@@ -94,7 +94,8 @@ def measure_group(vs: list[dict], n: int) -> dict[str, float]:
     procs = bench.Procs()
     try:
         clusters, ks = bench.start_backends(procs, vs)
-        cfg = bench.envoy_config([bench.listener(v["name"], v["filters"], upstream=v["upstream"]) for v in vs], clusters)
+        cfg = bench.envoy_config([bench.listener(v["name"], v["filters"], upstream=v["upstream"],
+                                                 access_log=v["access_log"]) for v in vs], clusters)
         wrap = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--smc-check=all-non-file",
                 f"--callgrind-out-file={bench.RUN_DIR}/callgrind.out.%p"]
         envoy = bench.Envoy(procs, "envoy-callgrind", cfg, bench.ENVOY_CPU, wrap=wrap, envoy=native_envoy())

@@ -277,43 +277,10 @@ fn bound_excerpt(e: Excerpt, redact_prefixes: &[String]) -> Excerpt {
 }
 
 /// Masks every key-shaped token: one of `prefixes` (`kgb_`, …) at a word's start, followed by
-/// at least 8 of `[0-9A-Za-z_]` (the service's keys, the demo's readable keys, a key cut short).
+/// at least 8 of `[0-9A-Za-z_]` (the service's keys, the demo's readable keys, a key cut short);
+/// the same rule keygate's excerpt filter applies.
 pub fn redact<'a>(s: &'a str, prefixes: &[String]) -> Cow<'a, str> {
-    let b = s.as_bytes();
-    let word = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
-    let mut out: Option<String> = None;
-    let mut copied = 0;
-    let mut i = 0;
-    while i < b.len() {
-        let at_start = i == 0 || !word(b[i - 1]);
-        let hit = at_start
-            .then(|| {
-                prefixes
-                    .iter()
-                    .find(|p| !p.is_empty() && b[i..].starts_with(p.as_bytes()))
-            })
-            .flatten();
-        if let Some(p) = hit {
-            let tail = b[i + p.len()..].iter().take_while(|c| word(**c)).count();
-            if tail >= 8 {
-                let o = out.get_or_insert_with(|| String::with_capacity(s.len()));
-                o.push_str(&s[copied..i]);
-                o.push_str(p);
-                o.push_str("[redacted]");
-                i += p.len() + tail;
-                copied = i;
-                continue;
-            }
-        }
-        i += 1;
-    }
-    match out {
-        None => Cow::Borrowed(s),
-        Some(mut o) => {
-            o.push_str(&s[copied..]);
-            Cow::Owned(o)
-        }
-    }
+    keygate::excerpt::mask_prefixed(s, prefixes)
 }
 
 /// The default prefixes `redact` masks: the service's own key format.
