@@ -490,6 +490,26 @@ fn redact_fields(text: &str, sensitive: impl Fn(&[u8]) -> bool) -> String {
         while v < b.len() && (b[v] == b' ' || b[v] == b'\t') {
             v += 1;
         }
+        // a string inside a string (JSON sent as a JSON string value: `\"password\": \"x\"`):
+        // it ends at the same escaped quote
+        let escapes = b[v..].iter().take_while(|c| **c == b'\\').count();
+        if escapes > 0 && matches!(b.get(v + escapes), Some(b'"' | b'\'')) {
+            let delim = &b[v..v + escapes + 1];
+            let from = v + delim.len();
+            let vend = b[from..]
+                .windows(delim.len())
+                .position(|w| w == delim)
+                .map_or(b.len(), |p| from + p + delim.len());
+            out.push_str(&text[copied..v]);
+            out.push_str(&text[v..from]);
+            out.push_str(REDACTED);
+            if vend <= b.len() && vend >= from + delim.len() && &b[vend - delim.len()..vend] == delim {
+                out.push_str(&text[vend - delim.len()..vend]);
+            }
+            copied = vend;
+            i = vend;
+            continue;
+        }
         let (vstart, vend, quoted) = match b.get(v) {
             None => (v, v, false),
             Some(b'"' | b'\'') if sep != b'>' => (v, quoted_end(b, v), true),

@@ -62,6 +62,16 @@ fn named_fields_in_every_syntax() {
     assert_eq!(r("<root><password>x y</password></root>"), "<root><password>[REDACTED]</password></root>");
     assert_eq!(r("card-number = 4111111111111111; ok"), "card-number = [REDACTED]; ok");
     assert_eq!(r(r#"{"X-API-Key": "abc"}"#), r#"{"X-API-Key": "[REDACTED]"}"#);
+    // JSON inside a JSON string (an API that echoes the body it got), and twice inside
+    assert_eq!(
+        r(r#"{"received": "{\"password\": \"hunter2\", \"n\": 1}"}"#),
+        r#"{"received": "{\"password\": \"[REDACTED]\", \"n\": 1}"}"#
+    );
+    assert_eq!(
+        r(r#"{"a": "{\"b\": \"{\\\"secret\\\": \\\"x y\\\"}\"}"}"#),
+        r#"{"a": "{\"b\": \"{\\\"secret\\\": \\\"[REDACTED]\\\"}\"}"}"#
+    );
+    assert_eq!(r(r#"{"x": "{\"token\": \"cut"#), r#"{"x": "{\"token\": \"[REDACTED]"#);
     // a name that is only a value is not a field; names that do not match are left alone
     assert_eq!(r(r#"{"type": "password", "n": 1}"#), r#"{"type": "password", "n": 1}"#);
     assert_eq!(r(r#"{"passage": "x", "keyboard": "y"}"#), r#"{"passage": "x", "keyboard": "y"}"#);
@@ -153,7 +163,7 @@ proptest! {
     }
 
     #[test]
-    fn named_values_never_survive(value in "[a-zA-Z0-9]{6,30}", sep in prop::sample::select(vec![": ", "=", "\":\"", "\": \""])) {
+    fn named_values_never_survive(value in "[a-zA-Z0-9]{6,30}", sep in prop::sample::select(vec![": ", "=", "\":\"", "\": \"", "\\\": \\\"", "\\\":\\\"", "': '", " = "])) {
         let s = configure(b"").unwrap();
         let body = format!("{{\"password{sep}{value}\"}}");
         prop_assert!(!s.redact(&body, &[]).contains(&value));

@@ -988,19 +988,22 @@ struct Filters {
     code: String,
     from: String,
     to: String,
-    before: Option<i64>,
+    /// The next page starts after this row: `AT_MS.ID`.
+    before: Option<(i64, i64)>,
 }
 
 fn filters(query: Option<&str>) -> Filters {
     let mut f = Filters::default();
     for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
-        let v: String = v.chars().take(16).collect();
+        let v: String = v.chars().take(40).collect();
         match &*k {
             "status" => f.status = v,
             "code" => f.code = v.trim().to_string(),
             "from" => f.from = v,
             "to" => f.to = v,
-            "before" => f.before = v.parse().ok(),
+            "before" => {
+                f.before = v.split_once('.').and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+            }
             _ => {}
         }
     }
@@ -1068,7 +1071,7 @@ async fn history_page(
                 status,
                 from_ms,
                 to_ms,
-                before_id: f.before,
+                before: f.before,
                 limit: HISTORY_PAGE,
             };
             let Ok(found) = app.store.history(&q).await else {
@@ -1081,7 +1084,7 @@ async fn history_page(
                         .append_pair("code", &f.code)
                         .append_pair("from", &f.from)
                         .append_pair("to", &f.to)
-                        .append_pair("before", &last.id.to_string())
+                        .append_pair("before", &format!("{}.{}", last.record.at_ms, last.id))
                         .finish();
                     next = Some(format!("/dashboard/keys/{}/history?{qs}", v.id));
                 }
@@ -1210,10 +1213,10 @@ mod tests {
 
     #[test]
     fn history_filters() {
-        let f = filters(Some("status=4xx&from=2026-12-01&to=2026-12-06&before=77&x=1"));
+        let f = filters(Some("status=4xx&from=2026-12-01&to=2026-12-06&before=1796592605123.77&x=1"));
         assert_eq!(
             (f.status.as_str(), f.from.as_str(), f.to.as_str(), f.before),
-            ("4xx", "2026-12-01", "2026-12-06", Some(77))
+            ("4xx", "2026-12-01", "2026-12-06", Some((1_796_592_605_123, 77)))
         );
         let day = history::parse_date("2026-12-06").unwrap();
         let (st, from, to) = resolve(&f, day, 0).unwrap();

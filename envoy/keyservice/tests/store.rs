@@ -502,13 +502,17 @@ async fn history_suite(s: &dyn Store) {
     ];
     assert_eq!(s.record_history(&a, 3).await.unwrap(), 5);
     assert_eq!(s.record_history(&b, 3).await.unwrap(), 2);
+    // a late record older than the newest 3 is not kept
+    s.record_history(&[req("hk_a", "acme", t0 - 1, 204)], 3)
+        .await
+        .unwrap();
     assert_eq!(s.record_history(&[], 3).await.unwrap(), 0);
     let q = |key: &'static str, status| HistoryQuery {
         key_id: key,
         status,
         from_ms: 0,
         to_ms: i64::MAX,
-        before_id: None,
+        before: None,
         limit: 100,
     };
     // the newest 3 of hk_a stay, newest first
@@ -538,7 +542,7 @@ async fn history_suite(s: &dyn Store) {
     let mut page = q("hk_a", StatusFilter::Any);
     page.limit = 2;
     let first = s.history(&page).await.unwrap();
-    page.before_id = Some(first[1].id);
+    page.before = Some((first[1].record.at_ms, first[1].id));
     let second = s.history(&page).await.unwrap();
     assert_eq!(second.len(), 1);
     assert_eq!(second[0].record.status, 404);
@@ -559,7 +563,7 @@ async fn history_suite(s: &dyn Store) {
         .unwrap();
     assert_eq!(u.len(), 1);
     assert_eq!(u[0].counts.day, 20_000);
-    assert_eq!(u[0].counts.counts, [2, 0, 1, 1, 1]);
+    assert_eq!(u[0].counts.counts, [3, 0, 1, 1, 1]);
     s.record_history(&[req("hk_a", "acme", t0 + 10, 302)], 3)
         .await
         .unwrap();
@@ -567,7 +571,7 @@ async fn history_suite(s: &dyn Store) {
         .usage(UsageOf::Keys(&["hk_a".into()]), 20_000, 20_000)
         .await
         .unwrap();
-    assert_eq!(u[0].counts.counts, [2, 1, 1, 1, 1]);
+    assert_eq!(u[0].counts.counts, [3, 1, 1, 1, 1]);
     let all = s.usage(UsageOf::All, 0, 30_000).await.unwrap();
     assert_eq!(all.len(), 2);
     assert_eq!(

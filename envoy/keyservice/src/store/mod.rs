@@ -66,7 +66,7 @@ pub enum StatusFilter {
     Other,
 }
 
-/// A page of one key's requests, newest first.
+/// A page of one key's requests, newest first (by start time, then arrival).
 #[derive(Clone, Debug)]
 pub struct HistoryQuery<'a> {
     pub key_id: &'a str,
@@ -74,8 +74,8 @@ pub struct HistoryQuery<'a> {
     /// Requests that started in [from_ms, to_ms).
     pub from_ms: i64,
     pub to_ms: i64,
-    /// Only rows older than this row id (the next page).
-    pub before_id: Option<i64>,
+    /// Only rows after this one (its start time and id) in that order: the next page.
+    pub before: Option<(i64, i64)>,
     pub limit: usize,
 }
 
@@ -194,10 +194,10 @@ pub trait Store: Send + Sync + 'static {
 
     // -- request history ----------------------------------------------------------------------
     /// Stores a batch of requests in one transaction: each in its key's history (then only the
-    /// newest `keep_per_key` of each key it touched stay), counted in its key's usage of the day
+    /// newest `keep_per_key` of each key it touched stay, by start time), counted in its key's usage of the day
     /// by status class, and as the key's last use. Returns how many were stored.
     async fn record_history(&self, batch: &[HistoryRecord], keep_per_key: usize) -> Result<u64>;
-    /// A page of one key's requests, newest first.
+    /// A page of one key's requests, newest first (by start time, then arrival).
     async fn history(&self, q: &HistoryQuery<'_>) -> Result<Vec<HistoryRow>>;
     /// One request of a key.
     async fn history_entry(&self, key_id: &str, id: i64) -> Result<Option<HistoryRow>>;

@@ -100,7 +100,8 @@ CREATE TABLE history (
     req_body     TEXT,
     resp_body    TEXT
 );
-CREATE INDEX history_by_key ON history(key_id, id);
+CREATE INDEX history_by_key ON history(key_id, at_ms, id);
+CREATE INDEX history_by_key_id ON history(key_id, id);
 CREATE INDEX history_by_time ON history(at_ms);
 CREATE TABLE usage_daily (
     key_id   TEXT NOT NULL,
@@ -973,8 +974,8 @@ impl Store for PgStore {
             .map_err(db)?;
         let trim = tx
             .prepare_cached(
-                "DELETE FROM history WHERE key_id = $1 AND id <= \
-                 (SELECT id FROM history WHERE key_id = $1 ORDER BY id DESC LIMIT 1 OFFSET $2)",
+                "DELETE FROM history WHERE key_id = $1 AND id IN \
+                 (SELECT id FROM history WHERE key_id = $1 ORDER BY at_ms DESC, id DESC OFFSET $2)",
             )
             .await
             .map_err(db)?;
@@ -996,19 +997,20 @@ impl Store for PgStore {
         let c = self.client().await?;
         let st = c
             .prepare_cached(&format!(
-                "SELECT {HISTORY_COLS} WHERE key_id = $1 AND at_ms >= $2 AND at_ms < $3 AND id < $4 \
+                "SELECT {HISTORY_COLS} WHERE key_id = $1 AND at_ms >= $2 AND at_ms < $3 \
+                 AND (at_ms < $9 OR (at_ms = $9 AND id < $4)) \
                  AND ((NOT $7 AND status BETWEEN $5 AND $6) OR ($7 AND status NOT BETWEEN $5 AND $6)) \
-                 ORDER BY id DESC LIMIT $8"
+                 ORDER BY at_ms DESC, id DESC LIMIT $8"
             ))
             .await
             .map_err(db)?;
-        let before = q.before_id.unwrap_or(i64::MAX);
+        let (before_at, before) = q.before.unwrap_or((i64::MAX, i64::MAX));
         let limit = q.limit as i64;
         let rows = c
             .query(
                 &st,
                 &[
-                    &q.key_id, &q.from_ms, &q.to_ms, &before, &lo, &hi, &other, &limit,
+                    &q.key_id, &q.from_ms, &q.to_ms, &before, &lo, &hi, &other, &limit, &before_at,
                 ],
             )
             .await

@@ -90,7 +90,8 @@ CREATE TABLE IF NOT EXISTS history (
     req_body     TEXT,                      -- JSON excerpt (redacted), where bodies are on
     resp_body    TEXT
 );
-CREATE INDEX IF NOT EXISTS history_by_key ON history(key_id, id);
+CREATE INDEX IF NOT EXISTS history_by_key ON history(key_id, at_ms, id);
+CREATE INDEX IF NOT EXISTS history_by_key_id ON history(key_id, id);
 CREATE INDEX IF NOT EXISTS history_by_time ON history(at_ms);
 CREATE TABLE IF NOT EXISTS usage_daily (
     key_id   TEXT NOT NULL,
@@ -958,8 +959,8 @@ impl Store for SqliteStore {
                 .map_err(db)?;
             let mut trim = c
                 .prepare_cached(
-                    "DELETE FROM history WHERE key_id = ?1 AND id <= \
-                     (SELECT id FROM history WHERE key_id = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?2)",
+                    "DELETE FROM history WHERE key_id = ?1 AND id IN \
+                     (SELECT id FROM history WHERE key_id = ?1 ORDER BY at_ms DESC, id DESC LIMIT -1 OFFSET ?2)",
                 )
                 .map_err(db)?;
             for (key, (account, at)) in &sums.last {
@@ -979,9 +980,10 @@ impl Store for SqliteStore {
         let c = self.r();
         let mut st = c
             .prepare_cached(&format!(
-                "SELECT {HISTORY_COLS} WHERE key_id = ?1 AND at_ms >= ?2 AND at_ms < ?3 AND id < ?4 \
+                "SELECT {HISTORY_COLS} WHERE key_id = ?1 AND at_ms >= ?2 AND at_ms < ?3 \
+                 AND (at_ms < ?9 OR (at_ms = ?9 AND id < ?4)) \
                  AND ((?7 = 0 AND status BETWEEN ?5 AND ?6) OR (?7 = 1 AND status NOT BETWEEN ?5 AND ?6)) \
-                 ORDER BY id DESC LIMIT ?8"
+                 ORDER BY at_ms DESC, id DESC LIMIT ?8"
             ))
             .map_err(db)?;
         let rows = st
@@ -990,11 +992,12 @@ impl Store for SqliteStore {
                     q.key_id,
                     q.from_ms,
                     q.to_ms,
-                    q.before_id.unwrap_or(i64::MAX),
+                    q.before.map_or(i64::MAX, |b| b.1),
                     lo,
                     hi,
                     other as i64,
-                    q.limit as i64
+                    q.limit as i64,
+                    q.before.map_or(i64::MAX, |b| b.0),
                 ],
                 history_row,
             )
