@@ -221,16 +221,22 @@ HISTORY_ATTRIBUTES = [
 BODIES_ATTRIBUTE = ("keygate.bodies", "%FILTER_STATE(wasm.keygate_bodies:PLAIN)%")
 
 
-def otel_access_log(attributes: list[tuple[str, str]]) -> list[dict]:
-    return [{
-        "name": "envoy.access_loggers.open_telemetry",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig",
-            "http_service": {"http_uri": {"uri": "http://keyservice/v1/logs", "cluster": KEYSERVICE_CLUSTER,
-                                          "timeout": "1s"}},
-            "attributes": {"values": [{"key": k, "value": {"string_value": v}} for k, v in attributes]},
-        },
-    }]
+def otel_access_log(attributes: list[tuple[str, str]], body: str | None = None, buffer: int | None = None,
+                    flush_s: int | None = None) -> list[dict]:
+    cfg = {
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig",
+        "http_service": {"http_uri": {"uri": "http://keyservice/v1/logs", "cluster": KEYSERVICE_CLUSTER,
+                                      "timeout": "1s"}},
+    }
+    if attributes:
+        cfg["attributes"] = {"values": [{"key": k, "value": {"string_value": v}} for k, v in attributes]}
+    if body:
+        cfg["body"] = {"string_value": body}
+    if buffer:
+        cfg["buffer_size_bytes"] = buffer
+    if flush_s:
+        cfg["buffer_flush_interval"] = f"{flush_s}s"
+    return [{"name": "envoy.access_loggers.open_telemetry", "typed_config": cfg}]
 
 
 def file_access_log() -> list[dict]:
@@ -312,6 +318,12 @@ KEYGATE_SCENARIOS: list[dict] = [
     {"name": "kg_history", "headers": {"X-API-Key": BENCH_KEY}, "expect_headers": RATELIMIT_HEADERS,
      "access_log": "otel", "keyservice": [], "instructions_only": True,
      "note": "kg_header + the OpenTelemetry access logger to the key service (history, metadata)"},
+    {"name": "kg_history_big", "headers": {"X-API-Key": BENCH_KEY}, "expect_headers": RATELIMIT_HEADERS,
+     "access_log": "otel_big", "keyservice": [], "instructions_only": True},
+    {"name": "kg_history_line", "headers": {"X-API-Key": BENCH_KEY}, "expect_headers": RATELIMIT_HEADERS,
+     "access_log": "otel_line", "keyservice": [], "instructions_only": True},
+    {"name": "kg_history_line_big", "headers": {"X-API-Key": BENCH_KEY}, "expect_headers": RATELIMIT_HEADERS,
+     "access_log": "otel_line_big", "keyservice": [], "instructions_only": True},
     # Rolling windows, for instructions.py only (wrk's rate would exceed 1,000 a second): the
     # allowed path at N = 1,000 (a 4,012-byte value rewritten per request), the 429 at N = 100.
     {"name": "kg_rolling_1000", "headers": {"X-API-Key": ROLLING_KEY}, "config": ROLLING_CONFIG,
@@ -448,6 +460,13 @@ def variants() -> list[dict]:
             v["access_log"] = file_access_log()
         elif log == "otel":
             v["access_log"] = otel_access_log(HISTORY_ATTRIBUTES)
+        elif log == "otel_big":
+            v["access_log"] = otel_access_log(HISTORY_ATTRIBUTES, buffer=1 << 20, flush_s=5)
+        elif log == "otel_line":
+            v["access_log"] = otel_access_log([], body=" ".join(f for _, f in HISTORY_ATTRIBUTES))
+        elif log == "otel_line_big":
+            v["access_log"] = otel_access_log([], body=" ".join(f for _, f in HISTORY_ATTRIBUTES),
+                                              buffer=1 << 20, flush_s=5)
         out.append(v)
     for v in out:
         v.setdefault("headers", {})
@@ -700,8 +719,11 @@ class KeyService:
     def stats(self) -> dict:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as r:
             text = r.read().decode()
-        m = re.search(r"^keyservice_verify_calls_total (\d+)$", text, re.M)
-        return {"verify_calls": int(m.group(1)) if m else 0}
+        def counter(name: str) -> int:
+            m = re.search(rf"^{name} (\d+)$", text, re.M)
+            return int(m.group(1)) if m else 0
+        return {"verify_calls": counter("keyservice_verify_calls_total"),
+                "revocation_calls": counter("keyservice_revocation_calls_total")}
 
     def verify_calls(self) -> int:
         return int(self.stats()["verify_calls"])
