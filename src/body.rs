@@ -50,25 +50,16 @@ pub fn reading(
     content_types: &[&[u8]],
     content_encodings: &[&[u8]],
 ) -> Result<Reading, &'static str> {
-    for v in content_encodings {
-        for coding in v.split(|&c| c == b',') {
-            let coding = trim_ows(coding);
-            if !coding.is_empty() && !coding.eq_ignore_ascii_case(b"identity") {
-                return Err("the body is compressed (Content-Encoding): upstreams that inflate it would read what keygate cannot; send it uncompressed");
-            }
-        }
+    if compressed(content_encodings) {
+        return Err("the body is compressed (Content-Encoding): upstreams that inflate it would read what keygate cannot; send it uncompressed");
     }
     let ct = match content_types {
         [] => return Err("a body here needs a Content-Type (a form or JSON)"),
         [one] => *one,
-        _ => {
-            return Err(
-                "the request has two Content-Type headers, which upstreams read differently",
-            )
-        }
+        _ => return Err(TWO_TYPES),
     };
     let essence = media_type(ct)?;
-    if essence.eq_ignore_ascii_case(b"application/x-www-form-urlencoded") {
+    if essence.eq_ignore_ascii_case(FORM_TYPE) {
         Ok(Reading::Form)
     } else if is_json(essence) {
         Ok(Reading::Json)
@@ -76,6 +67,52 @@ pub fn reading(
         Err("this route checks which resource the request names, and reads form or JSON bodies only")
     }
 }
+
+/// How a POST's body is read for a method override in it: a `_method` form field, which Rack's
+/// MethodOverride (Rails), Laravel, Symfony, Spring's HiddenHttpMethodFilter and Express's
+/// method-override honour, turning the POST into the method it names. Forms are read (a POST
+/// without a `Content-Type` too: Rack parses it as a form); a `multipart/*` body is refused,
+/// keygate does not parse multipart; a `Content-Type` that does not read one way, or a
+/// compressed form, is refused if a form reader could take it for one; other types are not read
+/// (`None`: those readers take `_method` from form fields only).
+pub fn override_reading(
+    content_types: &[&[u8]],
+    content_encodings: &[&[u8]],
+) -> Result<Option<Reading>, &'static str> {
+    let one = match content_types {
+        [] => FORM_TYPE,
+        [one] => *one,
+        _ => return Err(TWO_TYPES),
+    };
+    let names = |w: &[u8]| one.windows(w.len()).any(|x| x.eq_ignore_ascii_case(w));
+    if names(b"multipart") {
+        return Err(MULTIPART_OVERRIDE);
+    }
+    match reading(&[one], content_encodings) {
+        Ok(Reading::Form) => Ok(Some(Reading::Form)),
+        Ok(Reading::Json) => Ok(None),
+        // a type that does not read one way, a charset, a coding: refused if a form reader
+        // could take it for a form
+        Err(why) if names(b"form") => Err(why),
+        Err(_) => Ok(None),
+    }
+}
+
+const FORM_TYPE: &[u8] = b"application/x-www-form-urlencoded";
+const TWO_TYPES: &str =
+    "the request has two Content-Type headers, which upstreams read differently";
+
+/// Whether a content coding other than `identity` is named.
+fn compressed(content_encodings: &[&[u8]]) -> bool {
+    content_encodings.iter().any(|v| {
+        v.split(|&c| c == b',').any(|coding| {
+            let coding = trim_ows(coding);
+            !coding.is_empty() && !coding.eq_ignore_ascii_case(b"identity")
+        })
+    })
+}
+
+const MULTIPART_OVERRIDE: &str = "a multipart POST on a route whose rules depend on the method: keygate does not read multipart bodies for a `_method` field that would turn the POST into another method; send the request with its own method, or the form urlencoded";
 
 /// The essence (`type/subtype`) of a `Content-Type` value keygate reads one way only: a single
 /// `token/token`, parameters `token=token` or `token="text"`, a UTF-8 charset at most.
@@ -322,6 +359,46 @@ mod tests {
     use super::*;
 
     const FORM: &[u8] = b"application/x-www-form-urlencoded";
+
+    #[test]
+    fn a_method_override_is_looked_for_in_forms_and_multipart_is_refused() {
+        let ok = |ct: &[&[u8]], ce: &[&[u8]]| override_reading(ct, ce);
+        assert_eq!(ok(&[FORM], &[]), Ok(Some(Reading::Form)));
+        assert_eq!(
+            ok(&[], &[]),
+            Ok(Some(Reading::Form)),
+            "Rack: no type is a form"
+        );
+        assert_eq!(
+            ok(
+                &[b"Application/X-WWW-Form-Urlencoded; charset=utf-8"],
+                &[b"identity"]
+            ),
+            Ok(Some(Reading::Form))
+        );
+        for other in [
+            &b"application/json"[..],
+            b"text/plain",
+            b"application/octet-stream",
+            b"application/json; charset=utf-16",
+            b"image/png, image/gif",
+        ] {
+            assert_eq!(ok(&[other], &[b"gzip"]), Ok(None), "{other:?}");
+        }
+        for refused in [
+            &b"multipart/form-data; boundary=x"[..],
+            b"MULTIPART/mixed",
+            b"multipart/form-data boundary=x",
+            b"application/x-www-form-urlencoded, text/plain",
+            b"text/plain, application/x-www-form-urlencoded",
+            b"application/x-www-form-urlencoded; charset=utf-16",
+            b"application/x-www-form-urlencoded x",
+        ] {
+            assert!(ok(&[refused], &[]).is_err(), "{refused:?}");
+        }
+        assert!(ok(&[FORM], &[b"gzip"]).is_err());
+        assert!(ok(&[FORM, b"text/plain"], &[]).is_err());
+    }
 
     fn read(ct: &[u8]) -> Result<Reading, &'static str> {
         reading(&[ct], &[])

@@ -1,4 +1,4 @@
-//! The key-service contract, version 1 (documented in README "Key-service contract").
+//! The key-service contract, version 1 (documented in envoy/contract/key-service-contract.md).
 //!
 //! keygate → `POST {verify_path}` `{"key": SECRET, "user": USER|null}`; a completed check is a 2xx
 //! JSON answer `{"contract":1, "valid":bool, "code":..., "key_id", "subject", "account", "plan",

@@ -153,11 +153,15 @@ pub fn configure(raw: &[u8]) -> Result<Settings, String> {
     if !(1..=MAX_BYTES_LIMIT).contains(&cfg.max_bytes) {
         return Err(format!("`max_bytes` must be 1 to {MAX_BYTES_LIMIT}"));
     }
-    let list_ok = |l: &[String]| l.len() <= MAX_LIST && l.iter().all(|s| (1..=MAX_NAME).contains(&s.len()));
+    let list_ok =
+        |l: &[String]| l.len() <= MAX_LIST && l.iter().all(|s| (1..=MAX_NAME).contains(&s.len()));
     for (name, l) in [
         ("content_types", &cfg.content_types),
         ("redact_fields", &cfg.redact_fields),
-        ("credentials.api_key_headers", &cfg.credentials.api_key_headers),
+        (
+            "credentials.api_key_headers",
+            &cfg.credentials.api_key_headers,
+        ),
         ("key_prefixes", &cfg.key_prefixes),
     ] {
         if !list_ok(l) {
@@ -170,7 +174,9 @@ pub fn configure(raw: &[u8]) -> Result<Settings, String> {
     for t in &cfg.content_types {
         let t = t.trim().to_ascii_lowercase();
         match t.split_once('/') {
-            Some((a, b)) if !a.is_empty() && !b.is_empty() && a != "*" && !t.contains([';', ',', ' ']) => {
+            Some((a, b))
+                if !a.is_empty() && !b.is_empty() && a != "*" && !t.contains([';', ',', ' ']) =>
+            {
                 types.push(t)
             }
             _ => return Err(format!("`content_types`: `{t}` is not type/subtype")),
@@ -207,7 +213,11 @@ pub fn configure(raw: &[u8]) -> Result<Settings, String> {
             .map(|h| h.to_ascii_lowercase())
             .collect(),
         query: cfg.credentials.query_param,
-        prefixes: cfg.key_prefixes.into_iter().filter(|p| !p.is_empty()).collect(),
+        prefixes: cfg
+            .key_prefixes
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .collect(),
     })
 }
 
@@ -216,7 +226,8 @@ pub fn configure(raw: &[u8]) -> Result<Settings, String> {
 pub fn normalise(name: &[u8]) -> String {
     let mut out = String::new();
     let mut i = 0;
-    let hex = |b: &[u8]| -> Option<u32> { u32::from_str_radix(std::str::from_utf8(b).ok()?, 16).ok() };
+    let hex =
+        |b: &[u8]| -> Option<u32> { u32::from_str_radix(std::str::from_utf8(b).ok()?, 16).ok() };
     while i < name.len() {
         let (c, used) = match name[i] {
             b'\\' if name.get(i + 1) == Some(&b'u') => match name.get(i + 2..i + 6).and_then(hex) {
@@ -253,7 +264,11 @@ impl Settings {
     }
 
     /// Whether a body of this `Content-Type` (and `Content-Encoding`) is recorded, or why not.
-    pub fn admit(&self, content_type: Option<&[u8]>, encoding: Option<&[u8]>) -> Result<String, &'static str> {
+    pub fn admit(
+        &self,
+        content_type: Option<&[u8]>,
+        encoding: Option<&[u8]>,
+    ) -> Result<String, &'static str> {
         if encoding.is_some_and(|e| !e.trim_ascii().eq_ignore_ascii_case(b"identity")) {
             return Err("compressed (content-encoding)");
         }
@@ -296,7 +311,10 @@ impl Settings {
     /// read differently by upstreams, so such a body is not recorded.
     pub fn admit_headers(&self, headers: &[(&str, &[u8])]) -> Result<String, &'static str> {
         let one = |name: &str| {
-            let mut it = headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| *v);
+            let mut it = headers
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| *v);
             let first = it.next();
             match it.next() {
                 Some(_) => Err("two content types or codings"),
@@ -363,7 +381,13 @@ impl Settings {
 
     /// The excerpt of a body's first bytes (`window` of them at most), redacted; `total` is
     /// the body's length when known.
-    pub fn excerpt(&self, media: String, head: &[u8], total: Option<u64>, secrets: &[Vec<u8>]) -> Excerpt {
+    pub fn excerpt(
+        &self,
+        media: String,
+        head: &[u8],
+        total: Option<u64>,
+        secrets: &[Vec<u8>],
+    ) -> Excerpt {
         let omitted = |why: &str| Excerpt {
             content_type: media.clone(),
             bytes: total,
@@ -374,7 +398,9 @@ impl Settings {
         // a multi-byte character cut by the window is not an error
         let text = match std::str::from_utf8(head) {
             Ok(t) => t,
-            Err(e) if e.error_len().is_none() => std::str::from_utf8(&head[..e.valid_up_to()]).unwrap_or(""),
+            Err(e) if e.error_len().is_none() => {
+                std::str::from_utf8(&head[..e.valid_up_to()]).unwrap_or("")
+            }
             Err(_) => return omitted("not UTF-8 text"),
         };
         if text.contains('\0') {
@@ -409,7 +435,11 @@ impl Settings {
 pub const REDACTED: &str = "[REDACTED]";
 
 fn is_name_byte(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b'[' | b']' | b'%' | b'+' | b'\\' | b'$' | b'@')
+    c.is_ascii_alphanumeric()
+        || matches!(
+            c,
+            b'_' | b'-' | b'.' | b'[' | b']' | b'%' | b'+' | b'\\' | b'$' | b'@'
+        )
 }
 
 /// The end of a JSON-like quoted string starting at `b[start]` (the quote), past its closing
@@ -503,7 +533,10 @@ fn redact_fields(text: &str, sensitive: impl Fn(&[u8]) -> bool) -> String {
             out.push_str(&text[copied..v]);
             out.push_str(&text[v..from]);
             out.push_str(REDACTED);
-            if vend <= b.len() && vend >= from + delim.len() && &b[vend - delim.len()..vend] == delim {
+            if vend <= b.len()
+                && vend >= from + delim.len()
+                && &b[vend - delim.len()..vend] == delim
+            {
                 out.push_str(&text[vend - delim.len()..vend]);
             }
             copied = vend;
@@ -613,7 +646,11 @@ pub fn mask_prefixed<'a>(s: &'a str, prefixes: &[String]) -> std::borrow::Cow<'a
     while i < b.len() {
         let at_start = i == 0 || !word(b[i - 1]);
         let hit = at_start
-            .then(|| prefixes.iter().find(|p| !p.is_empty() && b[i..].starts_with(p.as_bytes())))
+            .then(|| {
+                prefixes
+                    .iter()
+                    .find(|p| !p.is_empty() && b[i..].starts_with(p.as_bytes()))
+            })
             .flatten();
         if let Some(p) = hit {
             let tail = b[i + p.len()..].iter().take_while(|c| word(**c)).count();

@@ -96,6 +96,78 @@ impl FleetConfig {
     }
 }
 
+/// Why a call to the engine failed (its counter, `Metric::of_engine_failure`): never a verdict,
+/// `fleet.on_failure` decides what the requests get.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EngineFailure {
+    /// No answer within `fleet.timeout_ms` (Envoy's 504, gRPC DEADLINE_EXCEEDED, or an
+    /// UNAVAILABLE that came at the timeout).
+    Timeout,
+    /// An HTTP status other than 200.
+    Status,
+    /// A gRPC status other than OK (and than those above).
+    Grpc,
+    /// gRPC UNAVAILABLE well before the timeout: no connection, a reset.
+    Unavailable,
+    /// An answer keygate cannot read.
+    BadBody,
+    /// The host refused to dispatch the call.
+    Dispatch,
+    /// The lease in shared data could not be written.
+    Store,
+}
+
+impl EngineFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineFailure::Timeout => "timeout",
+            EngineFailure::Status => "status",
+            EngineFailure::Grpc => "grpc",
+            EngineFailure::Unavailable => "unavailable",
+            EngineFailure::BadBody => "bad_body",
+            EngineFailure::Dispatch => "dispatch",
+            EngineFailure::Store => "store",
+        }
+    }
+}
+
+/// Whether a call that failed with gRPC UNAVAILABLE timed out: Envoy reports its own timeout as
+/// UNAVAILABLE too, told apart by the time it took (at least 90% of the call's timeout: Envoy's
+/// timer and the wall clock differ by a few ms).
+pub fn timed_out(elapsed_ms: u64, timeout_ms: u64) -> bool {
+    elapsed_ms.saturating_mul(10) >= timeout_ms.saturating_mul(9)
+}
+
+/// What an engine's answer was, from its HTTP `:status`, its gRPC status (`rls::grpc_status`),
+/// the body's size and the time the call took: `Ok` when the body is to be decoded.
+pub fn classify(
+    status: Option<&[u8]>,
+    grpc: Option<u32>,
+    body_size: usize,
+    elapsed_ms: u64,
+    timeout_ms: u64,
+) -> Result<(), EngineFailure> {
+    match status {
+        Some(b"200") => {
+            // Envoy answers a gRPC call it could not complete with a gRPC status itself:
+            // 14 UNAVAILABLE (no connection, reset), 4 DEADLINE_EXCEEDED
+            if grpc == Some(14) && !timed_out(elapsed_ms, timeout_ms) {
+                Err(EngineFailure::Unavailable)
+            } else if grpc == Some(4) || grpc == Some(14) {
+                Err(EngineFailure::Timeout)
+            } else if grpc != Some(0) {
+                Err(EngineFailure::Grpc)
+            } else if body_size == 0 || body_size > rls::MAX_RESPONSE_BYTES {
+                Err(EngineFailure::BadBody)
+            } else {
+                Ok(())
+            }
+        }
+        Some(b"504") => Err(EngineFailure::Timeout),
+        _ => Err(EngineFailure::Status),
+    }
+}
+
 /// The descriptor entry that names a limit's owner.
 pub fn owner_entry(scope: Scope) -> &'static str {
     match scope {
@@ -394,6 +466,25 @@ mod tests {
 
     fn spend(st: &MemoryStore, key: &str, now: u64) -> Spend {
         super::spend(st, key, now, W)
+    }
+
+    #[test]
+    fn an_engines_answer_is_classified_by_status_grpc_status_and_time() {
+        use EngineFailure as F;
+        let ok = Some(&b"200"[..]);
+        assert_eq!(classify(ok, Some(0), 20, 5, 200), Ok(()));
+        assert_eq!(classify(ok, Some(0), 0, 5, 200), Err(F::BadBody));
+        let big = rls::MAX_RESPONSE_BYTES + 1;
+        assert_eq!(classify(ok, Some(0), big, 5, 200), Err(F::BadBody));
+        assert_eq!(classify(ok, None, 20, 5, 200), Err(F::Grpc));
+        assert_eq!(classify(ok, Some(7), 20, 5, 200), Err(F::Grpc));
+        assert_eq!(classify(ok, Some(4), 20, 5, 200), Err(F::Timeout));
+        // UNAVAILABLE: at 90% of the timeout or later, Envoy's own timeout
+        assert_eq!(classify(ok, Some(14), 0, 179, 200), Err(F::Unavailable));
+        assert_eq!(classify(ok, Some(14), 0, 180, 200), Err(F::Timeout));
+        assert_eq!(classify(Some(b"504"), None, 0, 1, 200), Err(F::Timeout));
+        assert_eq!(classify(Some(b"503"), None, 0, 1, 200), Err(F::Status));
+        assert_eq!(classify(None, None, 0, 1, 200), Err(F::Status));
     }
 
     fn denied(st: &MemoryStore, key: &str, now: u64) -> Option<(u64, u64)> {

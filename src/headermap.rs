@@ -33,9 +33,37 @@ pub fn decode<'a>(b: &'a [u8], mut each: impl FnMut(&'a str, &'a [u8])) {
         if k.is_ascii() {
             // SAFETY: ASCII is valid UTF-8 (checked just above, word-at-a-time: cheaper than
             // `from_utf8` for eight-odd short names a request). The one `unsafe` of the core.
-            #[allow(unsafe_code)]
+            #[allow(unsafe_code)] // from_utf8_unchecked on bytes checked to be ASCII
             each(unsafe { std::str::from_utf8_unchecked(k) }, v);
         }
+    }
+}
+
+/// Requests with more headers than this spill the pairs into a `Vec`.
+const STACK_PAIRS: usize = 32;
+
+/// Calls `f` with the (name, value) pairs of header map `raw`, borrowed from it: in an array on
+/// the stack for up to `STACK_PAIRS` headers (no allocation a request), else in a `Vec`.
+pub fn with_pairs<R>(raw: &[u8], f: impl FnOnce(&[(&str, &[u8])]) -> R) -> R {
+    let mut stack: [(&str, &[u8]); STACK_PAIRS] = [("", &[]); STACK_PAIRS];
+    let mut n = 0usize;
+    let mut spill: Vec<(&str, &[u8])> = Vec::new();
+    decode(raw, |k, v| match stack.get_mut(n) {
+        Some(slot) if spill.is_empty() => {
+            *slot = (k, v);
+            n += 1;
+        }
+        _ => {
+            if spill.is_empty() {
+                spill.extend_from_slice(&stack);
+            }
+            spill.push((k, v));
+        }
+    });
+    if spill.is_empty() {
+        f(stack.get(..n).unwrap_or_default())
+    } else {
+        f(&spill)
     }
 }
 

@@ -2,7 +2,7 @@
 //! ended while it held them. Pure: the host (`host::mod`) asks the host whether a stream still
 //! exists and sends the replies; this module decides what is held, for how long, and what goes.
 //!
-//! The rules (README, "What keygate assumes of Envoy"):
+//! The rules (envoy/docs/security.md):
 //! - **bounded**: at most `max` held at once; a request that would be one more is refused (the
 //!   host answers 503), never one already held forgotten;
 //! - **ended, never forgotten**: a body still incomplete `timeout_ms` after it began to be held
@@ -54,6 +54,14 @@ impl<T> Held<T> {
 
     pub fn contains(&self, ctx: u32) -> bool {
         !self.map.is_empty() && self.map.contains_key(&ctx)
+    }
+
+    pub fn get(&self, ctx: u32) -> Option<&T> {
+        self.map.get(&ctx).map(|e| &e.value)
+    }
+
+    pub fn get_mut(&mut self, ctx: u32) -> Option<&mut T> {
+        self.map.get_mut(&ctx).map(|e| &mut e.value)
     }
 
     /// Holds `value` for stream `ctx` from `now_ms`; a full table gives it back (refuse the

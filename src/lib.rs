@@ -35,6 +35,7 @@ pub mod store;
 pub mod throttle;
 pub mod verdict;
 pub mod window;
+pub mod worker;
 
 #[cfg(all(target_arch = "wasm32", feature = "filter"))]
 mod host;

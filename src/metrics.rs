@@ -5,6 +5,7 @@
 //! (`keygate.ratelimit.rejected.<plan>`) are the one family named by the configuration.
 
 use crate::contract::ServiceFailure;
+use crate::fleet::EngineFailure;
 use crate::gate::Outcome;
 use crate::problem::Kind;
 
@@ -144,6 +145,19 @@ impl Metric {
             ServiceFailure::BadBody => Metric::KeyServiceBadBody,
         }
     }
+
+    /// The counter of a rate-limit engine's failure.
+    pub fn of_engine_failure(f: EngineFailure) -> Metric {
+        match f {
+            EngineFailure::Timeout => Metric::FleetTimeout,
+            EngineFailure::Status => Metric::FleetStatus,
+            EngineFailure::Grpc => Metric::FleetGrpc,
+            EngineFailure::Unavailable => Metric::FleetUnavailable,
+            EngineFailure::BadBody => Metric::FleetBadBody,
+            EngineFailure::Dispatch => Metric::FleetDispatchFailed,
+            EngineFailure::Store => Metric::FleetStoreFailed,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -190,6 +204,24 @@ mod tests {
                 name,
                 format!("keygate.requests.{}", k.slug().replace('-', "_"))
             );
+        }
+    }
+
+    #[test]
+    fn every_engine_failure_has_its_own_fleet_counter() {
+        use crate::fleet::EngineFailure as F;
+        let all = [
+            F::Timeout,
+            F::Status,
+            F::Grpc,
+            F::Unavailable,
+            F::BadBody,
+            F::Dispatch,
+            F::Store,
+        ];
+        for f in all {
+            let name = Metric::of_engine_failure(f).name();
+            assert_eq!(name, format!("keygate.fleet.failure.{}", f.as_str()));
         }
     }
 

@@ -97,7 +97,7 @@ const GUESS_BYTES_MAX: usize = 1 << 20;
 /// other write to the key would have moved its token past `c + 1`); a mismatch makes the caller
 /// read again, from the host. So exactness is Envoy's CAS, unchanged; a good guess saves the
 /// read (every host call that returns data makes the host call back into the VM to allocate), a
-/// bad one costs one failed write, a far cheaper call (README, "What single calls cost").
+/// bad one costs one failed write, a far cheaper call (tests/bench/RESULTS.md, "What single calls cost").
 pub struct Speculative<'a> {
     inner: &'a dyn SharedStore,
     guesses: &'a RefCell<Guesses>,

@@ -182,7 +182,7 @@ pub enum Lookup {
 ///
 /// Within `recheck_ms` of its last read, an entry is used without reading shared data at all:
 /// a read that returns data is the costliest host call keygate makes (the host calls back into
-/// the VM to allocate; README, "What single calls cost"). The price is that a revocation marked by
+/// the VM to allocate; tests/bench/RESULTS.md, "What single calls cost"). The price is that a revocation marked by
 /// another worker is seen up to `recheck_ms` later; the worker that marks it forgets its memo
 /// at once ([`Memo::forget`]).
 #[derive(Default)]

@@ -76,12 +76,7 @@ impl Gate {
             }
             _ => None,
         };
-        let Admitted {
-            pending: p,
-            id,
-            body,
-        } = a;
-        self.allowed(p, id, body, rate)
+        self.allowed(a, rate)
     }
 
     /// Refused by the engine (OVER_LIMIT, now or remembered): the same 429 as the local tier,

@@ -4,12 +4,15 @@
 //! Order: identity headers from the client are always removed; the route decides whether a
 //! credential is needed; a credential is parsed (400 on malformed/conflicting input, 401 when
 //! missing); the verdict comes from a store (401 when refused); scopes (403), ownership (403/404)
-//! are checked before the rate limiter, so a request refused for those spends no token; then the
-//! bucket (429). Only then are carriers hidden and identity headers set.
+//! and a check on the body (its owner, a `_method` in a form: `Gate::before_body`, the request's
+//! headers going on first) are checked before the rate limiter, so a request refused for those
+//! spends no token; then the bucket (429). Carriers are hidden and identity headers set only for
+//! a request let on.
 //!
-//! Split by concern: this module holds the decision (both phases, the owner check on bodies);
+//! Split by concern: this module holds the decision (both phases); `bodies` the checks on bodies;
 //! `replies` builds denials (problems, challenges); `rate` is the local rate-limit tier and its
-//! headers; `fleet` decides from a rate-limit engine's answer; `tests` the unit tests.
+//! headers; `fleet` decides from a rate-limit engine's answer; `whole` the whole decision in one
+//! call; `tests` the unit tests.
 
 use std::rc::Rc;
 
@@ -25,13 +28,18 @@ use crate::state_key::{self, Origin, Tier};
 use crate::store::SharedStore;
 use crate::verdict::{Identity, Refusal, Verdict};
 
+mod bodies;
 mod fleet;
 mod rate;
 mod replies;
+mod whole;
 use replies::Problem;
 
+use bodies::{body_reading, override_reading};
+pub use bodies::{BodyCheck, Unchecked};
 pub use fleet::Target;
 pub use rate::{IetfRate, LimitOf, RateHeaders};
+pub use whole::{decide, decide_with_body};
 
 /// Marks a request let through by `on_failure: open` while the key service was failing.
 pub const FAIL_OPEN_HEADER: &str = "x-keygate-fail-open";
@@ -113,34 +121,6 @@ pub struct Allow {
     pub body: Option<BodyCheck>,
 }
 
-/// An owner check left for the request's body (`owner.body: "read"`): what a denial needs,
-/// bounded (the problem's `instance`, at most 256 bytes, not the path).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BodyCheck {
-    route: usize,
-    reading: Reading,
-    /// The query named an owned resource already (else the body must name one).
-    named_in_query: bool,
-    instance: String,
-    request_id: Option<Vec<u8>>,
-    rpc: Rpc,
-}
-
-/// Why a held body could not be checked: its request is refused (`Gate::body_unchecked`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Unchecked {
-    /// Still incomplete `bodies.timeout_ms` after keygate began to hold it: 408.
-    TimedOut,
-    /// `bodies.max_held` bodies are held already: 503 with `Retry-After`.
-    NoRoom,
-    /// The upstream answered before the body was complete: 502 instead of its answer.
-    UpstreamFirst,
-    /// The host did not hand over the body: 500.
-    Unreadable,
-    /// Trailers that would change how the body reads (a `content-type` after the body): 400.
-    Trailers,
-}
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
     Allow(Allow),
@@ -171,6 +151,8 @@ pub struct Pending {
     rpc: Rpc,
     /// The route's owner check reads the body (`owner.body: "read"`), this way.
     body_check: Option<Reading>,
+    /// A form POST on a route whose rules depend on the method: its body is read for `_method`.
+    method_scan: bool,
     /// The request's cookies, on a route whose owner is a query parameter (PHP's `$_REQUEST`
     /// and classic ASP.NET's `Request[...]` merge cookies into the parameters).
     cookies: Option<Vec<u8>>,
@@ -334,6 +316,22 @@ impl Gate {
             }
         }
 
+        // a form POST may name another method in its body (`_method`: Rack, Laravel, Symfony,
+        // Spring, Express turn it into that method): read where that could move it to another
+        // route (the upstream acts on the method the body names)
+        let mut method_scan = None;
+        if has_body
+            && access != Access::Closed
+            && self.cfg.method_rules
+            && method.eq_ignore_ascii_case(b"POST")
+            && self.method_matters(&canon, route_idx)
+        {
+            match override_reading(headers) {
+                Ok(r) => method_scan = r,
+                Err(why) => return ambiguous_reply(why),
+            }
+        }
+
         let cookies = match route.and_then(|r| r.owner.as_ref()) {
             Some(o) if matches!(o.source, OwnerSource::Query(_)) => cookie_header(headers),
             _ => None,
@@ -348,7 +346,11 @@ impl Gate {
                     None,
                 ))
             }
-            Access::Public => return Step::Done(self.public(headers, path, strip)),
+            Access::Public => {
+                let scan =
+                    method_scan.map(|r| self.method_check(route_idx, r, path, request_id, rpc));
+                return Step::Done(self.public(headers, path, strip, scan));
+            }
             Access::Key => {}
         }
 
@@ -379,6 +381,7 @@ impl Gate {
             strip,
             rpc,
             body_check,
+            method_scan: method_scan.is_some(),
             cookies,
         })
     }
@@ -406,7 +409,13 @@ impl Gate {
         None
     }
 
-    fn public(&self, headers: &[(&str, &[u8])], path: &[u8], mut strip: Vec<String>) -> Decision {
+    fn public(
+        &self,
+        headers: &[(&str, &[u8])],
+        path: &[u8],
+        mut strip: Vec<String>,
+        body: Option<BodyCheck>,
+    ) -> Decision {
         let mut new_path = None;
         if self.cfg.hide_credentials {
             let c = &self.cfg.credentials;
@@ -427,6 +436,7 @@ impl Gate {
             remove: strip,
             path: new_path,
             log: LogFields::of(Outcome::Public, None),
+            body,
             ..Default::default()
         })
     }
@@ -568,7 +578,9 @@ impl Gate {
                     body = Some(BodyCheck {
                         route: p.route.unwrap_or_default(),
                         reading,
+                        owner: true,
                         named_in_query: owned == Ownership::Owned,
+                        method: p.method_scan,
                         instance: instance_of(&p.path),
                         request_id: p.request_id.clone(),
                         rpc: p.rpc,
@@ -597,138 +609,64 @@ impl Gate {
             }
         }
 
+        if p.method_scan && body.is_none() {
+            let path = &p.path;
+            body = Some(self.method_check(
+                p.route,
+                Reading::Form,
+                path,
+                p.request_id.as_deref(),
+                p.rpc,
+            ));
+        }
         Ok(Admitted {
             pending: p,
             id,
             body,
+            headers_sent: false,
         })
     }
 
-    /// The owner check on a request's body (at most `body::MAX_OWNER_BODY` + 1 bytes of it:
-    /// longer is refused with 413). `None`: the body may go on to the upstream.
-    pub fn check_body(&self, c: &BodyCheck, id: &Rc<Identity>, body: &[u8]) -> Option<Decision> {
-        let Some(owner) = self.cfg.routes.get(c.route).and_then(|r| r.owner.as_ref()) else {
-            return Some(self.body_unchecked(c, Some(id), Unchecked::Unreadable));
-        };
-        let OwnerSource::Query(name) = &owner.source else {
-            return Some(self.body_unchecked(c, Some(id), Unchecked::Unreadable));
-        };
-        let pb = self.problems(c.instance.clone(), c.request_id.as_deref(), c.rpc);
-        if body.len() > body::MAX_OWNER_BODY {
-            return Some(self.deny(&pb, Problem::new(413, Kind::RequestAmbiguous, "the body is longer than keygate reads on a route that checks which resource the request names"), vec![], Some(id)));
-        }
-        let values = match body::owner_values(name, c.reading, body) {
-            Ok(v) => v,
-            Err(why) => {
-                return Some(self.deny(
-                    &pb,
-                    Problem::new(400, Kind::RequestAmbiguous, why),
-                    vec![],
-                    Some(id),
-                ))
-            }
-        };
-        let owned = route::check_owner(owner, b"", None, Some(&values), id);
-        let detail = match owned {
-            Ownership::NotOwned => format!("no such {} for this account", quoted(&owner.resource)),
-            Ownership::Unnamed if !c.named_in_query => {
-                format!("the request does not name a {}", quoted(&owner.resource))
-            }
-            _ => return None,
-        };
-        Some(self.deny(
-            &pb,
-            Problem::new(owner.status, Kind::ResourceForbidden, &detail),
-            vec![],
-            Some(id),
-        ))
-    }
-
-    /// The denial of a request whose held body could not be checked.
-    pub fn body_unchecked(
-        &self,
-        c: &BodyCheck,
-        id: Option<&Rc<Identity>>,
-        why: Unchecked,
-    ) -> Decision {
-        let pb = self.problems(c.instance.clone(), c.request_id.as_deref(), c.rpc);
-        let (status, detail, headers) = match why {
-            Unchecked::TimedOut => (
-                408,
-                "the body did not arrive in time: keygate checks it before the upstream may act on the request",
-                vec![],
-            ),
-            Unchecked::NoRoom => (
-                503,
-                "keygate holds too many bodies for checking right now; retry shortly",
-                vec![("retry-after".to_string(), "1".to_string())],
-            ),
-            Unchecked::UpstreamFirst => (
-                502,
-                "the upstream answered before keygate had checked the request's body",
-                vec![],
-            ),
-            Unchecked::Unreadable => (500, "keygate could not read the request's body", vec![]),
-            Unchecked::Trailers => (
-                400,
-                "the request's trailers would change how it reads (content-type, content-encoding, a method override, a cookie)",
-                vec![],
-            ),
-        };
-        let kind = if why == Unchecked::Trailers {
-            Kind::RequestAmbiguous
-        } else {
-            Kind::BodyUnchecked
-        };
-        self.deny(&pb, Problem::new(status, kind, detail), headers, id)
-    }
-
-    /// Request trailers keygate acts on: the ones to remove before the upstream (identity
-    /// headers and the fail-open marker in every spelling, and with `hide_from_upstream` the
-    /// credential carriers, as in the headers: an upstream that merges trailers into headers,
-    /// such as Apache httpd's `MergeTrailers`, would read them), and whether one would change how
-    /// a held request reads (`content-type`, `content-encoding`, a method override, a `cookie`
-    /// naming parameters).
-    pub fn trailers<'a>(&self, pairs: &[(&'a str, &[u8])]) -> (Vec<&'a str>, bool) {
-        let idh = self.cfg.identity_headers.names();
-        let c = &self.cfg.credentials;
-        let mut remove = Vec::new();
-        let mut changes_body = false;
-        for &(n, v) in pairs {
-            let dashed = n.replace('_', "-");
-            let d = dashed.as_str();
-            let carrier = self.cfg.hide_credentials
-                && (c.api_key_headers.iter().any(|h| h == d)
-                    || (d == "authorization" && credential::is_our_scheme(c, v)));
-            if idh.contains(&d) || d == FAIL_OPEN_HEADER || carrier {
-                if !remove.contains(&n) {
-                    remove.push(n);
-                }
-            } else if matches!(
-                d,
-                "content-type"
-                    | "content-encoding"
-                    | "content-length"
-                    | "transfer-encoding"
-                    // a cookie merged into the headers is a parameter to PHP's $_REQUEST
-                    | "cookie"
-            ) || is_method_override(d)
-            {
-                changes_body = true;
-            }
-        }
-        (remove, changes_body)
+    /// An admitted request whose body a check still reads (`Admitted::body`): the check comes
+    /// before its limit, so a request refused from its body spends nothing. Its headers go on
+    /// now (the decision returned: carriers hidden, identity set, the body held), and `a` keeps
+    /// what its limit needs; the decisions of that limit change no header (`headers_sent`).
+    /// `None`: no body check, the limit comes now.
+    pub fn before_body(&self, a: &mut Admitted) -> Option<Decision> {
+        let body = a.body.take()?;
+        a.headers_sent = true;
+        Some(self.let_on(&mut a.pending, a.id.clone(), Some(body), None))
     }
 
     /// An admitted request within its limit (either tier): carriers hidden, identity to set.
-    fn allowed(
+    fn allowed(&self, a: Admitted, rate: Option<RateHeaders>) -> Decision {
+        let Admitted {
+            mut pending,
+            id,
+            body,
+            headers_sent,
+        } = a;
+        if headers_sent {
+            // decided once the body passed: what the upstream gets was set with the headers
+            return Decision::Allow(Allow {
+                rate,
+                log: LogFields::of(Outcome::Allowed, Some(&id)),
+                ..Default::default()
+            });
+        }
+        self.let_on(&mut pending, id, body, rate)
+    }
+
+    /// What the upstream gets of a request let on: forged identity headers and hidden carriers
+    /// removed (taken from `p`), the identity to set.
+    fn let_on(
         &self,
-        p: Pending,
+        p: &mut Pending,
         id: Rc<Identity>,
         body: Option<BodyCheck>,
         rate: Option<RateHeaders>,
     ) -> Decision {
-        let mut remove = p.strip;
+        let mut remove = std::mem::take(&mut p.strip);
         let path = self.hide_carriers(&p.carriers, &p.path, &mut remove);
         Decision::Allow(Allow {
             remove,
@@ -769,6 +707,16 @@ pub struct Admitted {
     pub id: Rc<Identity>,
     /// The owner check left for the body (`Allow::body`).
     body: Option<BodyCheck>,
+    /// Its headers went on before its body was checked (`Gate::before_body`): the decisions of
+    /// its limit change no header.
+    headers_sent: bool,
+}
+
+impl Admitted {
+    /// Whether its limit is counted after its body was checked (`Gate::before_body`).
+    pub fn headers_sent(&self) -> bool {
+        self.headers_sent
+    }
 }
 
 /// Every `cookie` header of the request, joined (`None` without one).
@@ -784,19 +732,6 @@ fn cookie_header(headers: &[(&str, &[u8])]) -> Option<Vec<u8>> {
         }
     }
     out
-}
-
-/// How the body of a request on an owner route reads, from its `content-type` and
-/// `content-encoding` headers (`body::reading`).
-fn body_reading(headers: &[(&str, &[u8])]) -> Result<Reading, &'static str> {
-    let of = |name: &str| -> Vec<&[u8]> {
-        headers
-            .iter()
-            .filter(|&&(n, _)| n == name)
-            .map(|&(_, v)| v)
-            .collect()
-    };
-    body::reading(&of("content-type"), &of("content-encoding"))
 }
 
 /// A logfmt value that reads one way only: `-` when empty, and any byte that could split or
@@ -839,44 +774,6 @@ fn has_param(path: &[u8], name: &str) -> bool {
     match query::split_path(path) {
         (_, Some(q)) => query::params(q).any(|p| query::name_is(p.name, name)),
         _ => false,
-    }
-}
-
-/// Convenience for a store-only gate: phase one, the embedded verdict, phase two.
-pub fn decide(
-    gate: &Gate,
-    headers: &[(&str, &[u8])],
-    store: &dyn SharedStore,
-    now_us: u64,
-) -> Decision {
-    decide_with_body(gate, headers, b"", store, now_us)
-}
-
-/// `decide` for a request with this body: the owner check on it runs when the route reads it.
-pub fn decide_with_body(
-    gate: &Gate,
-    headers: &[(&str, &[u8])],
-    body: &[u8],
-    store: &dyn SharedStore,
-    now_us: u64,
-) -> Decision {
-    let d = match gate.begin(headers) {
-        Step::Done(d) => d,
-        Step::Verify(p) => {
-            let digest = crate::hash::sha256(p.credential.secret.as_bytes());
-            let v = gate
-                .embedded_verdict(&p, &digest, now_us / 1_000_000)
-                .unwrap_or(Verdict::Refused(Refusal::Unknown));
-            gate.finish(p, v, store, now_us.saturating_mul(1000))
-        }
-    };
-    match &d {
-        Decision::Allow(Allow {
-            body: Some(c),
-            identity: Some(id),
-            ..
-        }) => gate.check_body(c, id, body).unwrap_or(d),
-        _ => d,
     }
 }
 

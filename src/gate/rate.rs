@@ -66,16 +66,12 @@ impl Gate {
     /// This Envoy's own count (a token bucket or a rolling window) for an admitted request (the
     /// local tier), at `now_ns` (the host's clock, unrounded).
     pub fn limit_local(&self, a: Admitted, store: &dyn SharedStore, now_ns: u64) -> Decision {
-        let Admitted {
-            pending: p,
-            id,
-            body,
-        } = a;
+        let (p, id) = (&a.pending, &a.id);
         let problems = || self.problems(instance_of(&p.path), p.request_id.as_deref(), p.rpc);
         let now_us = now_ns / 1000;
         let mut rate = None;
-        if let Some(l) = self.limit_for(&id) {
-            let (kind, owner) = state_key::owner(&id, l.per);
+        if let Some(l) = self.limit_for(id) {
+            let (kind, owner) = state_key::owner(id, l.per);
             let mut key = self.bucket_key.take();
             key.clear();
             state_key::push(&mut key, l.stem, kind, owner);
@@ -93,7 +89,7 @@ impl Gate {
                             h,
                             (l.policy, &l.limit, l.algorithm),
                             now_us,
-                            &id,
+                            id,
                         );
                     }
                     if self.cfg.rate.headers {
@@ -110,13 +106,13 @@ impl Gate {
                         &problems(),
                         Problem::new(429, Kind::RateLimited, detail),
                         h,
-                        Some(&id),
+                        Some(id),
                     );
                 }
             }
         }
 
-        self.allowed(p, id, body, rate)
+        self.allowed(a, rate)
     }
 }
 

@@ -1047,3 +1047,119 @@ fn trailers_lose_identity_headers_and_carriers_and_flag_what_changes_a_body() {
         assert!(changes, "{name}");
     }
 }
+
+#[test]
+fn a_request_refused_from_its_body_spends_no_token_and_one_let_through_gets_its_headers() {
+    let g = gate(&format!(
+        r#"{{"keys":[{{"id":"k1","sha256":"{}","account":"acme","plan":"p","resources":{{"agg":["a1"]}}}}],
+            "rate_limit":{{"plans":{{"p":{{"requests":3,"window_s":3600}}}}}},
+            "routes":[{{"prefix":"/e","owner":{{"query":"_id","resource":"agg","status":404}}}}]}}"#,
+        crate::hash::to_hex(&crate::hash::sha256(b"secret-1"))
+    ));
+    let st = MemoryStore::default();
+    let post: &[(&str, &[u8])] = &[
+        (":method", b"POST"),
+        (":path", b"/e?_id=a1"),
+        ("x-api-key", b"secret-1"),
+        ("content-type", b"application/x-www-form-urlencoded"),
+        ("content-length", b"9"),
+    ];
+    for _ in 0..5 {
+        let d = decide_with_body(&g, post, b"_id=other", &st, NOW_US);
+        assert_eq!(status_of(&d), (404, "resource-forbidden"));
+    }
+    // the headers alone count nothing yet
+    let Step::Verify(p) = g.begin(post) else {
+        panic!()
+    };
+    let digest = crate::hash::sha256(b"secret-1");
+    let v = g.embedded_verdict(&p, &digest, NOW_US / 1_000_000).unwrap();
+    let mut a = g.admit(p, v).unwrap();
+    let Some(Decision::Allow(first)) = g.before_body(&mut a) else {
+        panic!()
+    };
+    assert!(first.rate.is_none() && first.body.is_some() && a.headers_sent());
+    assert!(
+        first.identity.is_some(),
+        "identity headers go with the headers"
+    );
+    // its limit, once the body passed, changes no header
+    let Decision::Allow(later) = g.limit_local(a, &st, NOW_US * 1000) else {
+        panic!()
+    };
+    assert!(later.identity.is_none() && later.remove.is_empty() && later.path.is_none());
+    assert_eq!(
+        later.rate.as_ref().unwrap().remaining,
+        2,
+        "the first token spent"
+    );
+    let Decision::Allow(a) = decide_with_body(&g, post, b"_id=a1", &st, NOW_US) else {
+        panic!()
+    };
+    assert_eq!(a.rate.unwrap().remaining, 1);
+    assert!(a.identity.is_some());
+    let d = decide_with_body(&g, post, b"_id=a1", &st, NOW_US);
+    assert_eq!(status_of(&d).0, 200);
+    let d = decide_with_body(&g, post, b"_id=a1", &st, NOW_US);
+    assert_eq!(status_of(&d), (429, "rate-limited"));
+}
+
+#[test]
+fn a_method_override_in_a_form_body_is_read_where_the_method_moves_the_route() {
+    let g = gate(&key_json(
+        r#","routes":[{"prefix":"/c","methods":["POST"],"access":"public"},{"prefix":"/c","scopes":["write"]},
+            {"prefix":"/k","methods":["GET"],"access":"public"},{"prefix":"/k","scopes":["read"]},
+            {"prefix":"/any","scopes":["read"]}]"#,
+    ));
+    let st = MemoryStore::default();
+    let post = |path: &'static [u8], ct: Option<&'static [u8]>, body: &[u8]| {
+        let mut h: Vec<(&str, &[u8])> = vec![
+            (":method", b"POST"),
+            (":path", path),
+            ("x-api-key", b"secret-1"),
+            ("content-length", b"9"),
+        ];
+        if let Some(ct) = ct {
+            h.push(("content-type", ct));
+        }
+        status_of(&decide_with_body(&g, &h, body, &st, NOW_US))
+    };
+    let form = Some(&b"application/x-www-form-urlencoded"[..]);
+    let refused = (400, "request-ambiguous");
+    // a public POST rule: a form naming another method in any spelling a reader takes is refused
+    for body in [
+        &b"_method=DELETE"[..],
+        b"a=1&_METHOD=delete",
+        b"%5Fmethod=DELETE",
+        b"_method%00x=DELETE",
+        b"a=1;_method=PUT",
+        b".method=DELETE",
+        b"[method=DELETE",
+        b"_method",
+        br#"{"_method":"DELETE"}"#,
+    ] {
+        assert_eq!(post(b"/c/42", form, body), refused, "{body:?}");
+        // a POST without a type is a form to Rack
+        assert_eq!(post(b"/c/42", None, body), refused, "{body:?} untyped");
+    }
+    assert_eq!(post(b"/c/42", form, b"text=hi&method=x"), (200, "public"));
+    // multipart is not read: refused where the method matters
+    let multi = Some(&b"multipart/form-data; boundary=z"[..]);
+    assert_eq!(post(b"/c/42", multi, b"--z--"), refused);
+    assert_eq!(post(b"/c/42", Some(b"form, text/plain"), b"x"), refused);
+    // other types are not forms to those readers
+    let json = Some(&b"application/json"[..]);
+    assert_eq!(
+        post(b"/c/42", json, br#"{"_method":"DELETE"}"#),
+        (200, "public")
+    );
+    // a route keygate checks a key on: the same, and the form of a key with the scope passes
+    assert_eq!(post(b"/k/1", form, b"_method=GET"), refused);
+    assert_eq!(post(b"/k/1", form, b"q=1"), (200, "allowed"));
+    // where every method lands on the same rule, the body is not read
+    assert_eq!(post(b"/any/1", form, b"_method=DELETE"), (200, "allowed"));
+    assert_eq!(post(b"/any/1", multi, b"--z--"), (200, "allowed"));
+    // a form longer than keygate reads is refused where it must be read
+    let big = vec![b'a'; body::MAX_OWNER_BODY + 1];
+    assert_eq!(post(b"/c/42", form, &big).0, 413);
+}

@@ -8,8 +8,6 @@
 //! keygate needs are exported, and a call to the key service is owned by the root context and
 //! settles every request waiting on it, so a client reset cannot orphan the others.
 
-#![allow(unsafe_code)]
-
 use super::sys::*;
 pub use super::sys::{BufferType, LogLevel, MapType, MetricType, SetStatus};
 
@@ -44,6 +42,7 @@ static LOGGER: ProxyLogger = ProxyLogger;
 
 /// Installs the logger, at Envoy's log level when the VM starts (a level lowered later through
 /// the admin interface shows keygate's lower records only in VMs started after it).
+#[allow(unsafe_code)] // FFI: proxy_get_log_level
 pub fn init_logger() {
     let mut level = LogLevel::Info as u32;
     // SAFETY: a valid pointer to a u32 the host writes.
@@ -61,6 +60,7 @@ pub fn init_logger() {
     }
 }
 
+#[allow(unsafe_code)] // FFI: proxy_log
 pub fn log(level: LogLevel, msg: &str) {
     // SAFETY: pointer and length describe a live &str.
     unsafe {
@@ -68,6 +68,7 @@ pub fn log(level: LogLevel, msg: &str) {
     }
 }
 
+#[allow(unsafe_code)] // FFI: proxy_get_current_time_nanoseconds
 pub fn now_ns() -> u64 {
     let mut t = 0u64;
     // SAFETY: `t` is a valid out-pointer.
@@ -77,11 +78,13 @@ pub fn now_ns() -> u64 {
     t
 }
 
+#[allow(unsafe_code)] // FFI: proxy_set_tick_period_milliseconds
 pub fn set_tick_period_ms(ms: u32) -> bool {
     // SAFETY: no pointers.
     unsafe { proxy_set_tick_period_milliseconds(ms) == STATUS_OK }
 }
 
+#[allow(unsafe_code)] // FFI: proxy_get_buffer_bytes
 pub fn get_buffer(kind: BufferType, start: usize, max: usize) -> Option<Vec<u8>> {
     let (mut p, mut n) = (null_mut(), 0usize);
     // SAFETY: valid out-pointers; the host allocates the result with proxy_on_memory_allocate.
@@ -89,55 +92,21 @@ pub fn get_buffer(kind: BufferType, start: usize, max: usize) -> Option<Vec<u8>>
     (st == STATUS_OK).then(|| take(p, n))
 }
 
-/// All headers of a map in one host call, as the raw wire buffer; `HeaderMap::pairs` borrows
-/// names and values from it without copying.
-pub struct HeaderMap {
-    raw: Vec<u8>,
-}
-
-/// Requests with more headers than this spill the pairs into a `Vec`.
-const STACK_PAIRS: usize = 32;
-
-impl HeaderMap {
-    /// Calls `f` with the (name, value) pairs, borrowed from the buffer: in an array on the stack
-    /// for up to `STACK_PAIRS` headers (no allocation a request), else in a `Vec`.
-    pub fn with_pairs<R>(&self, f: impl FnOnce(&[(&str, &[u8])]) -> R) -> R {
-        let mut stack: [(&str, &[u8]); STACK_PAIRS] = [("", &[]); STACK_PAIRS];
-        let mut n = 0usize;
-        let mut spill: Vec<(&str, &[u8])> = Vec::new();
-        crate::headermap::decode(&self.raw, |k, v| match stack.get_mut(n) {
-            Some(slot) if spill.is_empty() => {
-                *slot = (k, v);
-                n += 1;
-            }
-            _ => {
-                if spill.is_empty() {
-                    spill.extend_from_slice(&stack);
-                }
-                spill.push((k, v));
-            }
-        });
-        if spill.is_empty() {
-            f(stack.get(..n).unwrap_or_default())
-        } else {
-            f(&spill)
-        }
-    }
-}
-
-pub fn get_headers(map: MapType) -> HeaderMap {
+/// All headers of a map in one host call, as the raw wire buffer (`headermap::with_pairs`
+/// borrows names and values from it without copying).
+#[allow(unsafe_code)] // FFI: proxy_get_header_map_pairs
+pub fn get_headers(map: MapType) -> Vec<u8> {
     let (mut p, mut n) = (null_mut(), 0usize);
     // SAFETY: valid out-pointers; the result is ours.
     let st = unsafe { proxy_get_header_map_pairs(map as u32, &mut p, &mut n) };
-    HeaderMap {
-        raw: if st == STATUS_OK {
-            take(p, n)
-        } else {
-            Vec::new()
-        },
+    if st == STATUS_OK {
+        take(p, n)
+    } else {
+        Vec::new()
     }
 }
 
+#[allow(unsafe_code)] // FFI: proxy_get_header_map_value
 pub fn get_header(map: MapType, name: &str) -> Option<Vec<u8>> {
     let (mut p, mut n) = (null_mut(), 0usize);
     // SAFETY: valid key slice and out-pointers.
@@ -147,6 +116,7 @@ pub fn get_header(map: MapType, name: &str) -> Option<Vec<u8>> {
     (st == STATUS_OK).then(|| take(p, n))
 }
 
+#[allow(unsafe_code)] // FFI: proxy_replace_header_map_value
 pub fn replace_header(map: MapType, name: &str, value: &[u8]) {
     // SAFETY: valid slices.
     unsafe {
@@ -160,6 +130,7 @@ pub fn replace_header(map: MapType, name: &str, value: &[u8]) {
     }
 }
 
+#[allow(unsafe_code)] // FFI: proxy_remove_header_map_value
 pub fn remove_header(map: MapType, name: &str) {
     // SAFETY: valid slice.
     unsafe {
@@ -167,6 +138,7 @@ pub fn remove_header(map: MapType, name: &str) {
     }
 }
 
+#[allow(unsafe_code)] // FFI: proxy_add_header_map_value
 pub fn add_header(map: MapType, name: &str, value: &str) {
     // SAFETY: valid slices.
     unsafe {
@@ -180,6 +152,7 @@ pub fn add_header(map: MapType, name: &str, value: &str) {
     }
 }
 
+#[allow(unsafe_code)] // FFI: proxy_set_property
 pub fn set_property(name: &str, value: &[u8]) {
     // SAFETY: valid slices (a one-segment path needs no separators).
     unsafe {
@@ -187,6 +160,7 @@ pub fn set_property(name: &str, value: &[u8]) {
     }
 }
 
+#[allow(unsafe_code)] // FFI: proxy_get_shared_data
 pub fn shared_get(key: &str) -> Option<(Vec<u8>, u32)> {
     let (mut p, mut n, mut cas) = (null_mut(), 0usize, 0u32);
     // SAFETY: valid slice and out-pointers.
@@ -194,6 +168,7 @@ pub fn shared_get(key: &str) -> Option<(Vec<u8>, u32)> {
     (st == STATUS_OK && !p.is_null()).then(|| (take(p, n), cas))
 }
 
+#[allow(unsafe_code)] // FFI: proxy_set_shared_data
 pub fn shared_set(key: &str, value: &[u8], cas: u32) -> SetStatus {
     // SAFETY: valid slices.
     let st =
@@ -205,12 +180,14 @@ pub fn shared_set(key: &str, value: &[u8], cas: u32) -> SetStatus {
     }
 }
 
+#[allow(unsafe_code)] // FFI: proxy_continue_stream
 pub fn continue_request() -> bool {
     // SAFETY: no pointers.
     unsafe { proxy_continue_stream(STREAM_HTTP_REQUEST) == STATUS_OK }
 }
 
 /// Resets the current stream (both ways): for a stream keygate cannot answer any more.
+#[allow(unsafe_code)] // FFI: proxy_close_stream
 pub fn reset_request() -> bool {
     // SAFETY: no pointers.
     unsafe { proxy_close_stream(STREAM_HTTP_REQUEST) == STATUS_OK }
@@ -218,6 +195,7 @@ pub fn reset_request() -> bool {
 
 /// `grpc_status`: -1 for an HTTP reply; a gRPC status makes Envoy answer a gRPC request
 /// trailers-only, with `body` as `grpc-message`.
+#[allow(unsafe_code)] // FFI: proxy_send_local_response
 pub fn send_local_response(
     status: u32,
     headers: &[(String, String)],
@@ -244,6 +222,7 @@ pub fn send_local_response(
     }
 }
 
+#[allow(unsafe_code)] // FFI: proxy_http_call
 pub fn http_call(
     cluster: &str,
     headers: &[(&str, &str)],
@@ -271,12 +250,14 @@ pub fn http_call(
     (st == STATUS_OK).then_some(token)
 }
 
+#[allow(unsafe_code)] // FFI: proxy_set_effective_context
 pub fn set_effective_context(id: u32) -> bool {
     // SAFETY: no pointers.
     unsafe { proxy_set_effective_context(id) == STATUS_OK }
 }
 
 /// A property by path segments (joined with NUL, as the ABI wants), e.g. `["source", "address"]`.
+#[allow(unsafe_code)] // FFI: proxy_get_property
 pub fn get_property(path: &[&str]) -> Option<Vec<u8>> {
     let joined = path.join("\0");
     let (mut p, mut n) = (null_mut(), 0usize);
@@ -285,6 +266,7 @@ pub fn get_property(path: &[&str]) -> Option<Vec<u8>> {
     (st == STATUS_OK).then(|| take(p, n))
 }
 
+#[allow(unsafe_code)] // FFI: proxy_define_metric
 pub fn define_metric(kind: MetricType, name: &str) -> Option<u32> {
     let mut id = 0u32;
     // SAFETY: valid slice and out-pointer.
@@ -292,6 +274,7 @@ pub fn define_metric(kind: MetricType, name: &str) -> Option<u32> {
     (st == STATUS_OK).then_some(id)
 }
 
+#[allow(unsafe_code)] // FFI: proxy_increment_metric
 pub fn increment_metric(id: u32, by: i64) {
     // SAFETY: no pointers.
     unsafe {
@@ -299,6 +282,7 @@ pub fn increment_metric(id: u32, by: i64) {
     }
 }
 
+#[allow(unsafe_code)] // FFI: proxy_record_metric
 pub fn record_metric(id: u32, value: u64) {
     // SAFETY: no pointers.
     unsafe {

@@ -4,7 +4,7 @@
 //! keygate (`tests/bench/floor-filter`, `tests/fixtures/crasher` include it by `#[path]`), so
 //! there is one copy of every signature.
 
-#![allow(unsafe_code, dead_code)]
+#![allow(dead_code)]
 
 /// Host call statuses (proxy-wasm `WasmResult`), as far as keygate tells them apart.
 pub const STATUS_OK: u32 = 0;
@@ -165,6 +165,7 @@ extern "C" {
 
 /// Memory the host fills for us (returned buffers): an exact-size boxed slice, so that
 /// `Vec::from_raw_parts(ptr, size, size)` reclaims it.
+#[allow(unsafe_code)] // exported to the host by name (no_mangle): the allocator it calls
 #[no_mangle]
 pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
     // not zeroed: the host writes all `size` bytes before it hands the pointer over
@@ -173,6 +174,7 @@ pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
 }
 
 /// Takes ownership of a buffer the host allocated through `proxy_on_memory_allocate`.
+#[allow(unsafe_code)] // reclaims a buffer the host filled through our allocator
 pub fn take(ptr: *mut u8, size: usize) -> Vec<u8> {
     if ptr.is_null() {
         return Vec::new();

@@ -86,6 +86,27 @@ def test_readme_curls_embedded(demo):
     assert "evon-demo-key-0001" not in log
 
 
+def test_the_starter_config_puts_keygate_in_front_of_an_api(upstream):
+    """envoy/starter.yaml as README's "Put keygate in front of your API" tells a newcomer to use it:
+    its own key, its curls, its routes (reads need `read`, every other method `write`)."""
+    ports = {10000: free_port(), 9901: free_port(), 8000: upstream.port}
+    e = YamlEnvoy("envoy/starter.yaml", ports)
+    e.port, e.admin_port = ports[10000], ports[9901]
+    e.start()
+    try:
+        r = e.req("GET", "/anything", [("X-API-Key", "change-me-0001")])
+        assert r.status == 200 and r.json()["path"] == "/anything"
+        names = [k for k, _ in r.json()["headers"]]
+        assert "x-api-key" not in names and ["x-keygate-key-id", "first-key"] in r.json()["headers"]
+        assert r.header("x-ratelimit-limit") == "60"
+        assert e.req("POST", "/anything", [("X-API-Key", "change-me-0001")]).status == 200
+        r = e.req("GET", "/anything")
+        assert r.status == 401 and r.header("content-type") == "application/problem+json"
+        assert e.req("GET", "/health").status == 200
+    finally:
+        e.stop()
+
+
 def test_readme_lifecycle_remote(upstream):
     ks = KeyService(faults=False).start()  # the product, as README runs it
     ports = {10000: free_port(), 9901: free_port(), 8080: upstream.port, 8081: ks.port}

@@ -239,13 +239,15 @@ def test_profile_has_the_demo_shape(name):
     assert ("keygate.bodies" in attrs) == bodies
     assert "%FILTER_STATE(wasm.keygate:PLAIN)%" in fmt  # decision, key id, account, plan
     assert "%PATH(NQ)%" in fmt and "%REQ(:PATH)%" not in fmt
-    # a profile whose owner check reads bodies buffers them between keygate and the router
+    # a profile whose keygate reads bodies (an owner check that reads them, or routes that name
+    # methods: form POSTs are read for `_method`) buffers them between keygate and the router
     # (test_bodies.py checks every shipped config for that)
-    owner_bodies = any(r.get("owner", {}).get("query") and r["owner"].get("body", "read") == "read"
-                       for r in plugin_config(cfg).get("routes", []))
+    routes = plugin_config(cfg).get("routes", [])
+    reads_bodies = any(r.get("owner", {}).get("query") and r["owner"].get("body", "read") == "read"
+                       for r in routes) or any(r.get("methods") for r in routes)
     assert [f["name"] for f in h["http_filters"]] == (["keygate.excerpt"] if bodies else []) + [
         "envoy.filters.http.wasm"] + (
-        ["envoy.filters.http.buffer"] if owner_bodies else []) + ["envoy.filters.http.router"]
+        ["envoy.filters.http.buffer"] if reads_bodies else []) + ["envoy.filters.http.router"]
     w = wasm_config(cfg)
     assert w["vm_config"]["code"]["local"]["filename"] == WASM_REL
     assert w.get("failure_policy") == "FAIL_RELOAD"  # never FAIL_OPEN: see envoy/failure-policy.md

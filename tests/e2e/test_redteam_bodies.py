@@ -275,52 +275,89 @@ def test_a_cookie_in_trailers_refuses_a_held_body(alone, rec, proto):
 
 # -- 3. left for a design decision ---------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "keygate reads no body off owner routes, so a `_method` field in a form body is not seen: Rack's "
-    "MethodOverride (Rails), Laravel, Symfony, Spring's HiddenHttpMethodFilter and Express's "
-    "method-override turn such a POST into a DELETE/PUT/PATCH. Measured with Rack 2.2 behind keygate: "
-    "a DELETE needing a key reached the app through a public POST rule. Closing it means holding and "
-    "reading the form bodies of POSTs on routes whose other methods are protected differently (the "
-    "held-body machinery, on routes without an owner), or refusing form POSTs there: a design decision"))
+@pytest.mark.parametrize("buffered", [True, False], ids=["buffered", "alone"])
 @pytest.mark.parametrize("proto", [1, 2])
-def test_a_method_override_in_a_form_body_does_not_dodge_a_method_rule(rec, proto):
+def test_a_method_override_in_a_form_body_does_not_dodge_a_method_rule(rec, proto, buffered):
+    # Rack's MethodOverride (Rails), Laravel, Symfony, Spring's HiddenHttpMethodFilter and
+    # Express's method-override turn a form POST with `_method=DELETE` into a DELETE: under a
+    # public POST rule it would reach the app as a DELETE needing a key. keygate reads such a
+    # form (the held-body machinery, on a public route) and refuses it; multipart it refuses there
     cfg = {"routes": [{"prefix": "/v1/comments", "methods": ["POST"], "access": "public"},
                       {"prefix": "/v1/comments", "scopes": ["write"]}], "auth_throttle": False}
-    e = Envoy(cfg, rec.port, concurrency=1, hcm=ISTIO_LIKE).start()
+    kw = {"filters_after": [BUFFER_FILTER]} if buffered else {}
+    e = Envoy(cfg, rec.port, concurrency=1, hcm=ISTIO_LIKE, **kw).start()
     try:
         assert send(e, proto, "DELETE", "/v1/comments/42").status == 401
+        for ct, body in [(FORM, b"_method=DELETE"), (FORM, b"text=hi&_METHOD=delete"), (FORM, b"%5Fmethod=DELETE"),
+                         (FORM, b"text=hi;_method=PUT"), (None, b"_method=DELETE"),
+                         ("multipart/form-data; boundary=zz",
+                          b'--zz\r\ncontent-disposition: form-data; name="_method"\r\n\r\nDELETE\r\n--zz--\r\n')]:
+            m, mk = mark()
+            h = [mk] + ([("content-type", ct)] if ct else [])
+            a = send(e, proto, "POST", "/v1/comments/42", h, body)
+            got, seen = of(rec, m)
+            assert a.status == 400 and slug(a) == "request-ambiguous", (body, a.status, a.body[:200])
+            assert got == [], body
+            if buffered:
+                assert seen == [], body  # not even its headers
+        # a form without an override goes on whole
         m, mk = mark()
-        a = send(e, proto, "POST", "/v1/comments/42", [mk, ("content-type", FORM)], b"_method=DELETE")
-        got, seen = of(rec, m)
-        assert a.status == 400 and slug(a) == "request-ambiguous", (a.status, a.body[:200])
-        assert got == [] and seen == []
+        a = send(e, proto, "POST", "/v1/comments/42", [mk, ("content-type", FORM)], b"text=hi&method=x")
+        got, _ = of(rec, m)
+        assert a.status == 200, (a.status, a.body[:200])
+        assert [(g["method"], g["body"]) for g in got] == [("POST", b"text=hi&method=x")]
     finally:
         e.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the token is taken when the headers are admitted, before the body is in; an owner denial "
-    "decided from the body (404) keeps it spent, contrary to the README's 'a request refused with "
-    "403/404 spends no token'. Either refund it on the body's denial (the local bucket and rolling "
-    "window: give one back by CAS; a fleet engine cannot be refunded) or say so in the README: a "
-    "design decision, and ratelimit.rs is being reworked on another branch"))
-def test_an_owner_denial_decided_from_the_body_spends_no_token(rec):
-    key = "redteam-tiny-key-0001"
-    cfg = {"keys": [{"id": "tiny", "sha256": sha(key), "account": "a", "plan": "tiny",
+FLEET_LIMITS = """
+- namespace: keygate
+  max_value: 3
+  seconds: 3600
+  conditions: ["descriptors[0].plan == 'tiny'"]
+  variables: ["descriptors[0].key_id"]
+"""
+
+
+@pytest.mark.parametrize("mode", ["request", "leased"])
+@pytest.mark.parametrize("proto", [1, 2])
+def test_an_owner_denial_decided_from_the_body_spends_no_fleet_token(rec, mode, proto):
+    # the fleet's engine is asked once the body passed (the body waits for its answer): a request
+    # refused from its body never reaches the engine, and the 429 comes from the body's turn
+    from harness import RlsEngine, grpc_cluster
+    key = f"redteam-fleet-key-{mode}-{proto}"
+    engine = RlsEngine(FLEET_LIMITS)
+    cfg = {"keys": [{"id": f"tiny-{mode}-{proto}", "sha256": sha(key), "account": "a", "plan": "tiny",
                      "resources": {"aggregator": [OWNED]}}],
-           "rate_limit": {"plans": {"tiny": {"requests": 3, "window_s": 3600}}},
+           "rate_limit": {"plans": {"tiny": {"requests": 1000, "window_s": 3600}}},
+           "fleet": {"cluster": "ratelimit", "timeout_ms": 2000, "on_failure": "closed", "default": mode,
+                     "lease": {"max": 1}},
            "routes": [{"prefix": "/api/event", "owner": {"query": "_id", "resource": "aggregator", "status": 404}}],
            "auth_throttle": False}
-    e = Envoy(cfg, rec.port, concurrency=1).start()
+    e = Envoy(cfg, rec.port, concurrency=1, extra_clusters=[grpc_cluster("ratelimit", engine.port)],
+              filters_after=[BUFFER_FILTER]).start()
     try:
-        for _ in range(3):
-            a = send(e, 1, "POST", f"/api/event?_id={OWNED}", [("x-api-key", key), ("content-type", FORM)],
-                     b"_id=victim")
-            assert a.status == 404
-        a = send(e, 1, "GET", f"/api/event?_id={OWNED}", [("x-api-key", key)])
-        assert a.status == 200, (a.status, a.header("x-ratelimit-remaining"))
+        h = [("x-api-key", key), ("content-type", FORM)]
+        for _ in range(4):
+            m, mk = mark()
+            a = send(e, proto, "POST", f"/api/event?_id={OWNED}", h + [mk], b"_id=victim")
+            assert a.status == 404 and slug(a) == "resource-forbidden", (a.status, a.body[:200])
+            assert of(rec, m) == ([], [])
+        assert engine.calls() == [], engine.calls()
+        for want in ["2", "1", "0"]:
+            m, mk = mark()
+            a = send(e, proto, "POST", f"/api/event?_id={OWNED}", h + [mk], b"name=x")
+            assert a.status == 200, (a.status, a.body[:200])
+            assert a.header("x-ratelimit-limit") == "3" and a.header("x-ratelimit-remaining") == want
+            got, _ = of(rec, m)
+            assert [g["body"] for g in got] == [b"name=x"]
+        m, mk = mark()
+        a = send(e, proto, "POST", f"/api/event?_id={OWNED}", h + [mk], b"name=x")
+        assert a.status == 429 and slug(a) == "rate-limited", (a.status, a.body[:200])
+        assert of(rec, m) == ([], [])
     finally:
         e.stop()
+        engine.stop()
 
 
 # -- 4. what keygate-check passes must mean what is deployed --------------------------------------

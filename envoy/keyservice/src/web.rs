@@ -24,8 +24,8 @@ use serde::Deserialize;
 use crate::api::{self, LoginError};
 use crate::app::App;
 use crate::auth;
-use crate::model::{now_s, sha256_hex, KeyRecord, Kind, Session, State as KeyState, User};
 use crate::history;
+use crate::model::{now_s, sha256_hex, KeyRecord, Kind, Session, State as KeyState, User};
 use crate::store::{HistoryQuery, HistoryRow, KeyFilter, StatusFilter, UsageOf};
 
 const SESSION_COOKIE: &str = "ks_session";
@@ -740,7 +740,11 @@ fn when_precise(ms: i64) -> String {
     let s = ms.div_euclid(1000);
     let base = when(s);
     let date_hm = base.trim_end_matches(" UTC");
-    format!("{date_hm}:{:02}.{:03}", s.rem_euclid(60), ms.rem_euclid(1000))
+    format!(
+        "{date_hm}:{:02}.{:03}",
+        s.rem_euclid(60),
+        ms.rem_euclid(1000)
+    )
 }
 
 /// A key whose history the signed-in user may see: a business key of their account, their own
@@ -757,9 +761,7 @@ async fn visible(app: &App, s: &Signed, id: &str) -> Result<Option<Visible>, ()>
             let ok = k.account == s.user.account
                 && match k.kind {
                     Kind::Business => true,
-                    Kind::Named | Kind::Personal => {
-                        k.user.as_deref() == Some(s.user.name.as_str())
-                    }
+                    Kind::Named | Kind::Personal => k.user.as_deref() == Some(s.user.name.as_str()),
                 };
             Ok(ok.then(|| Visible {
                 id: k.id.clone(),
@@ -808,7 +810,10 @@ async fn visible_keys(app: &App, s: &Signed) -> Result<Vec<(Visible, Option<i64>
             .map_err(|_| ())?;
         for k in keys {
             seen.insert(k.id.clone());
-            let last = used.iter().find(|a| a.key_id == k.id).map(|a| a.last_used_ms);
+            let last = used
+                .iter()
+                .find(|a| a.key_id == k.id)
+                .map(|a| a.last_used_ms);
             out.push((
                 Visible {
                     name: if k.kind == Kind::Personal {
@@ -828,7 +833,13 @@ async fn visible_keys(app: &App, s: &Signed) -> Result<Vec<(Visible, Option<i64>
         }
         // in the history under this account: a key the store does not hold, or one of another
         // user (left out) or moved to another account (left out)
-        if app.store.key_by_id(&a.key_id).await.map_err(|_| ())?.is_none() {
+        if app
+            .store
+            .key_by_id(&a.key_id)
+            .await
+            .map_err(|_| ())?
+            .is_none()
+        {
             out.push((
                 Visible {
                     id: a.key_id.clone(),
@@ -1002,7 +1013,9 @@ fn filters(query: Option<&str>) -> Filters {
             "from" => f.from = v,
             "to" => f.to = v,
             "before" => {
-                f.before = v.split_once('.').and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+                f.before = v
+                    .split_once('.')
+                    .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
             }
             _ => {}
         }
@@ -1213,27 +1226,60 @@ mod tests {
 
     #[test]
     fn history_filters() {
-        let f = filters(Some("status=4xx&from=2026-12-01&to=2026-12-06&before=1796592605123.77&x=1"));
+        let f = filters(Some(
+            "status=4xx&from=2026-12-01&to=2026-12-06&before=1796592605123.77&x=1",
+        ));
         assert_eq!(
             (f.status.as_str(), f.from.as_str(), f.to.as_str(), f.before),
-            ("4xx", "2026-12-01", "2026-12-06", Some((1_796_592_605_123, 77)))
+            (
+                "4xx",
+                "2026-12-01",
+                "2026-12-06",
+                Some((1_796_592_605_123, 77))
+            )
         );
         let day = history::parse_date("2026-12-06").unwrap();
         let (st, from, to) = resolve(&f, day, 0).unwrap();
         assert_eq!(st, StatusFilter::Range(400, 499));
         assert_eq!(to - from, 6 * 86_400_000);
-        let code = Filters { code: "404".into(), status: "2xx".into(), ..Filters::default() };
-        assert_eq!(resolve(&code, day, 0).unwrap().0, StatusFilter::Range(404, 404));
-        let other = Filters { status: "other".into(), ..Filters::default() };
+        let code = Filters {
+            code: "404".into(),
+            status: "2xx".into(),
+            ..Filters::default()
+        };
+        assert_eq!(
+            resolve(&code, day, 0).unwrap().0,
+            StatusFilter::Range(404, 404)
+        );
+        let other = Filters {
+            status: "other".into(),
+            ..Filters::default()
+        };
         assert_eq!(resolve(&other, day, 0).unwrap().0, StatusFilter::Other);
         // never older than the history keeps
         assert_eq!(resolve(&other, day, 123).unwrap().1, 123);
         for bad in [
-            Filters { code: "99".into(), ..Filters::default() },
-            Filters { code: "abc".into(), ..Filters::default() },
-            Filters { status: "9xx".into(), ..Filters::default() },
-            Filters { from: "2026-13-01".into(), ..Filters::default() },
-            Filters { from: "2026-12-07".into(), to: "2026-12-06".into(), ..Filters::default() },
+            Filters {
+                code: "99".into(),
+                ..Filters::default()
+            },
+            Filters {
+                code: "abc".into(),
+                ..Filters::default()
+            },
+            Filters {
+                status: "9xx".into(),
+                ..Filters::default()
+            },
+            Filters {
+                from: "2026-13-01".into(),
+                ..Filters::default()
+            },
+            Filters {
+                from: "2026-12-07".into(),
+                to: "2026-12-06".into(),
+                ..Filters::default()
+            },
         ] {
             assert!(resolve(&bad, day, 0).is_err(), "{bad:?}");
         }

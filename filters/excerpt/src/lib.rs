@@ -19,7 +19,6 @@ use keygate::excerpt::{self, Capture, Settings};
 
 // The raw ABI (imports, `proxy_on_memory_allocate`, `take`): keygate's own declarations.
 #[path = "../../../src/host/sys.rs"]
-#[allow(dead_code)]
 mod sys;
 use sys::*;
 
