@@ -74,6 +74,10 @@ if command -v rustup >/dev/null 2>&1; then
   rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 fi
 cargo wasm --quiet
+# the excerpt filter (envoy/excerpt), where the config records bodies in the request history
+if grep -q keygate_excerpt "$config"; then
+  cargo build --quiet --release --target wasm32-wasip1 -p keygate-excerpt
+fi
 $needs_keyservice && cargo build --quiet --release -p keyservice
 ENVOY_CMD=$(envoy/find-envoy.sh)
 

@@ -1,4 +1,4 @@
-//! Body excerpts for the request history, as the excerpt filter (`filters/excerpt`, a second
+//! Body excerpts for the request history, as the excerpt filter (`envoy/excerpt`, a second
 //! small wasm module configured only on the routes where bodies are recorded) takes them: the
 //! first bytes of a request and a response body, only of the media types the operator chose,
 //! with credentials and operator-named fields redacted before anything leaves the filter.

@@ -172,7 +172,7 @@ fn key_service(args: &[String]) -> ExitCode {
 struct Found {
     place: String,
     json: Result<Vec<u8>, String>,
-    /// keygate's excerpt filter (filters/excerpt), checked with its own parser.
+    /// keygate's excerpt filter (envoy/excerpt), checked with its own parser.
     excerpt: bool,
 }
 

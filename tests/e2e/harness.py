@@ -24,9 +24,9 @@ ROOT = Path(__file__).resolve().parents[2]
 # KEYGATE_WASM: run the suite against another build (e.g. an older commit's, to see a test fail)
 WASM = Path(os.environ.get("KEYGATE_WASM") or ROOT / "target" / "wasm32-wasip1" / "release" / "keygate.wasm")
 
-# keygate's excerpt filter (filters/excerpt; built by tests/run.sh): body excerpts for the history
+# keygate's excerpt filter (envoy/excerpt; built by tests/run.sh): body excerpts for the history
 EXCERPT_WASM = Path(os.environ.get("KEYGATE_EXCERPT_WASM") or
-                    ROOT / "filters" / "excerpt" / "target" / "wasm32-wasip1" / "release" / "keygate_excerpt.wasm")
+                    ROOT / "target" / "wasm32-wasip1" / "release" / "keygate_excerpt.wasm")
 
 # Envoy's tag extraction turns keygate's flat metric names into labelled Prometheus series.
 STATS_TAGS = [

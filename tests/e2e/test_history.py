@@ -1,6 +1,6 @@
 """Request history end to end: keygate in a real Envoy, Envoy's own OpenTelemetry access logger
 sending OTLP/HTTP to the real key service (envoy/keyservice), keygate's excerpt filter
-(filters/excerpt) where bodies are on, and what each key's owner then sees in the dashboard.
+(envoy/excerpt) where bodies are on, and what each key's owner then sees in the dashboard.
 
 Traffic with several keys of two accounts (and requests without a key): each owner's history
 holds exactly their own requests, with the right status, path (never its query) and latency;

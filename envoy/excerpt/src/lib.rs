@@ -65,7 +65,9 @@ fn buffer(kind: u32, start: usize, max: usize) -> Option<Vec<u8>> {
 fn header(map: MapType, name: &str) -> Option<Vec<u8>> {
     let (mut p, mut n) = (null_mut(), 0usize);
     // SAFETY: valid key slice and out-pointers.
-    let st = unsafe { proxy_get_header_map_value(map as u32, name.as_ptr(), name.len(), &mut p, &mut n) };
+    let st = unsafe {
+        proxy_get_header_map_value(map as u32, name.as_ptr(), name.len(), &mut p, &mut n)
+    };
     (st == STATUS_OK && !p.is_null()).then(|| take(p, n))
 }
 
@@ -157,7 +159,9 @@ pub extern "C" fn proxy_on_request_body(ctx: u32, size: usize, end_of_stream: u3
         let want = st.req.push(size, st.window);
         if want > 0 {
             if let Some(chunk) = buffer(BufferType::HttpRequestBody as u32, 0, want) {
-                st.req.head.extend_from_slice(&chunk[..chunk.len().min(want)]);
+                st.req
+                    .head
+                    .extend_from_slice(&chunk[..chunk.len().min(want)]);
             }
         }
         if end_of_stream != 0 {
@@ -242,7 +246,9 @@ pub extern "C" fn proxy_on_response_body(ctx: u32, size: usize, end_of_stream: u
         let want = st.resp.push(size, st.window);
         if want > 0 {
             if let Some(chunk) = buffer(HTTP_RESPONSE_BODY, 0, want) {
-                st.resp.head.extend_from_slice(&chunk[..chunk.len().min(want)]);
+                st.resp
+                    .head
+                    .extend_from_slice(&chunk[..chunk.len().min(want)]);
             }
         }
     });
