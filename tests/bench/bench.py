@@ -96,8 +96,10 @@ FLOOR_WASM = BENCH_DIR / "floor-filter" / "target" / "wasm32-wasip1" / "release"
 KEYSERVICE_BIN = ROOT / "target" / "release" / "keyservice"
 RANDOM_KEY_LUA = BENCH_DIR / "random-key.lua"
 # Envoy loads copies, so a rebuild during the run cannot change what is measured.
+# keygate's excerpt filter (envoy/excerpt): body excerpts for the request history
+EXCERPT_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "keygate_excerpt.wasm"
 STAGED = {KEYGATE_WASM: RUN_DIR / "keygate.wasm", NOOP_WASM: RUN_DIR / "noop_filter.wasm",
-          FLOOR_WASM: RUN_DIR / "floor_filter.wasm"}
+          FLOOR_WASM: RUN_DIR / "floor_filter.wasm", EXCERPT_WASM: RUN_DIR / "keygate_excerpt.wasm"}
 
 ENVOY_CPU = "0"  # the Envoy under test
 BRACKET = 3  # variants between two router runs in a round
@@ -219,6 +221,12 @@ HISTORY_ATTRIBUTES = [
     ("keygate", "%FILTER_STATE(wasm.keygate:PLAIN)%"),
 ]
 BODIES_ATTRIBUTE = ("keygate.bodies", "%FILTER_STATE(wasm.keygate_bodies:PLAIN)%")
+# The excerpt filter as Astalty's profile configures it (the first 4 KiB of each body, redacted),
+# and the body the bodies variants POST (a JSON record of ~1 KiB with a field it redacts).
+EXCERPT_CONFIG = {"max_bytes": 4096, "credentials": {"api_key_headers": ["X-API-Key"], "query_param": "_apikey"},
+                  "redact_fields": ["date_of_birth", "medicare_number", "phone"]}
+BODY_JSON = json.dumps({"first_name": "Ada", "last_name": "Lovelace", "phone": "0400 000 000",
+                        "notes": "x" * 900, "tags": ["a", "b", "c"]}).encode()
 
 
 def otel_access_log(attributes: list[tuple[str, str]], body: str | None = None, buffer: int | None = None,
@@ -318,12 +326,24 @@ KEYGATE_SCENARIOS: list[dict] = [
     {"name": "kg_history", "headers": {"X-API-Key": BENCH_KEY}, "expect_headers": RATELIMIT_HEADERS,
      "access_log": "otel", "keyservice": [], "instructions_only": True,
      "note": "kg_header + the OpenTelemetry access logger to the key service (history, metadata)"},
+    # the same logger with a 1 MiB buffer flushed every 5 s (fewer, larger exports), and with the
+    # fields as one body line instead of attributes
     {"name": "kg_history_big", "headers": {"X-API-Key": BENCH_KEY}, "expect_headers": RATELIMIT_HEADERS,
      "access_log": "otel_big", "keyservice": [], "instructions_only": True},
     {"name": "kg_history_line", "headers": {"X-API-Key": BENCH_KEY}, "expect_headers": RATELIMIT_HEADERS,
      "access_log": "otel_line", "keyservice": [], "instructions_only": True},
     {"name": "kg_history_line_big", "headers": {"X-API-Key": BENCH_KEY}, "expect_headers": RATELIMIT_HEADERS,
      "access_log": "otel_line_big", "keyservice": [], "instructions_only": True},
+    # History with bodies, on a route with a body: a ~1 KiB JSON POST to an upstream (the authorizer
+    # Envoy, answering "ok"); kg_post is the same request with history off, router_upstream_post
+    # without keygate.
+    {"name": "kg_post", "headers": {"X-API-Key": BENCH_KEY, "Content-Type": "application/json"},
+     "method": "POST", "body": BODY_JSON, "upstream": "authz", "expect_headers": RATELIMIT_HEADERS,
+     "instructions_only": True, "note": "kg_header's key, a JSON POST to an upstream; history off"},
+    {"name": "kg_history_bodies", "headers": {"X-API-Key": BENCH_KEY, "Content-Type": "application/json"},
+     "method": "POST", "body": BODY_JSON, "upstream": "authz", "expect_headers": RATELIMIT_HEADERS,
+     "access_log": "otel_bodies", "excerpt": True, "keyservice": [], "instructions_only": True,
+     "note": "kg_post + the excerpt filter + the OpenTelemetry logger with the bodies attribute"},
     # Rolling windows, for instructions.py only (wrk's rate would exceed 1,000 a second): the
     # allowed path at N = 1,000 (a 4,012-byte value rewritten per request), the 429 at N = 100.
     {"name": "kg_rolling_1000", "headers": {"X-API-Key": ROLLING_KEY}, "config": ROLLING_CONFIG,
@@ -430,6 +450,12 @@ def variants() -> list[dict]:
          "expect_headers": RATELIMIT_HEADERS},
         {"name": "ext_authz", "filters": EXT_AUTHZ_FILTERS},
         {"name": "noop_wasm", "filters": [wasm_filter("noop", "noop", STAGED[NOOP_WASM], "")]},
+        # the history's loggers alone, for the breakdown (instructions.py): Envoy's OpenTelemetry
+        # logger to the key service, and a plain file access log of the same fields, no keygate
+        {"name": "router_otel", "filters": [], "access_log": "otel", "keyservice": [], "instructions_only": True,
+         "note": "router + the OpenTelemetry access logger (history, metadata)"},
+        {"name": "router_file_log", "filters": [], "access_log": "file", "instructions_only": True,
+         "note": "router + a file access log of the history's fields"},
         # keygate's host calls for a cached X-API-Key request, constant data, no logic: the floor
         # under kg_header (tests/bench/floor-filter)
         {"name": "floor_keygate", "filters": [wasm_filter("floor", "floor-keygate", STAGED[FLOOR_WASM], "keygate")],
@@ -445,6 +471,9 @@ def variants() -> list[dict]:
     # Envoy (which answers 200): compare them with each other, not with the direct-response rows.
     out.append({"name": "router_upstream", "filters": [], "upstream": "authz",
                 "note": "router to an upstream Envoy: the baseline of native_rls"})
+    out.append({"name": "router_upstream_post", "filters": [], "upstream": "authz", "method": "POST",
+                "body": BODY_JSON, "headers": {"Content-Type": "application/json"}, "instructions_only": True,
+                "note": "kg_post's request without keygate: the baseline of the bodies variants"})
     out.append({"name": "native_rls", "upstream": "authz", "rls": True, "headers": {"X-API-Key": BENCH_KEY},
                 "filters": [wasm_filter("keygate", "keygate", STAGED[KEYGATE_WASM],
                                         json.dumps(KEYGATE_CONFIG, separators=(",", ":"))), NATIVE_RLS_FILTER],
@@ -455,11 +484,18 @@ def variants() -> list[dict]:
         cfg = json.dumps(v.pop("config", KEYGATE_CONFIG), separators=(",", ":"))
         vm_id = "keygate" if cfg == default_cfg else f"keygate-{sha256_hex(cfg)[:8]}"
         v["filters"] = [wasm_filter("keygate", vm_id, STAGED[KEYGATE_WASM], cfg)]
+        if v.pop("excerpt", False):  # before keygate, as where bodies are recorded
+            v["filters"].insert(0, wasm_filter("excerpt", "keygate-excerpt", STAGED[EXCERPT_WASM],
+                                               json.dumps(EXCERPT_CONFIG, separators=(",", ":"))))
+        out.append(v)
+    for v in out:
         log = v.get("access_log")
         if log == "file":
             v["access_log"] = file_access_log()
         elif log == "otel":
             v["access_log"] = otel_access_log(HISTORY_ATTRIBUTES)
+        elif log == "otel_bodies":
+            v["access_log"] = otel_access_log(HISTORY_ATTRIBUTES + [BODIES_ATTRIBUTE])
         elif log == "otel_big":
             v["access_log"] = otel_access_log(HISTORY_ATTRIBUTES, buffer=1 << 20, flush_s=5)
         elif log == "otel_line":
@@ -467,7 +503,6 @@ def variants() -> list[dict]:
         elif log == "otel_line_big":
             v["access_log"] = otel_access_log([], body=" ".join(f for _, f in HISTORY_ATTRIBUTES),
                                               buffer=1 << 20, flush_s=5)
-        out.append(v)
     for v in out:
         v.setdefault("headers", {})
         v.setdefault("path", "/bench")
@@ -922,6 +957,7 @@ def measure(procs: Procs, envoy: Envoy, v: dict, port: int, seconds: int, warmup
 def build(skip: bool) -> None:
     steps = [(m.parent.name, ["cargo", "build", "--release", "--target", "wasm32-wasip1", "--manifest-path",
                               str(m)]) for m in (NOOP_MANIFEST, FLOOR_MANIFEST)]
+    steps.append(("excerpt", ["cargo", "build", "--release", "--target", "wasm32-wasip1", "-p", "keygate-excerpt"]))
     if not skip:
         steps.insert(0, ("keygate", ["cargo", "wasm"]))
     for name, cmd in steps:
@@ -929,7 +965,7 @@ def build(skip: bool) -> None:
         r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         if r.returncode != 0:
             raise BenchError(f"building {name} failed:\n{r.stderr[-3000:]}")
-    for p in (KEYGATE_WASM, NOOP_WASM, FLOOR_WASM):
+    for p in (KEYGATE_WASM, NOOP_WASM, FLOOR_WASM, EXCERPT_WASM):
         if not p.exists():
             raise BenchError(f"{p} is missing (run `cargo wasm` in {ROOT})")
 
