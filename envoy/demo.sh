@@ -76,7 +76,7 @@ fi
 cargo wasm --quiet
 # the excerpt filter (envoy/excerpt), where the config records bodies in the request history
 if grep -q keygate_excerpt "$config"; then
-  cargo build --quiet --release --target wasm32-wasip1 -p keygate-excerpt
+  cargo excerpt --quiet
 fi
 $needs_keyservice && cargo build --quiet --release -p keyservice
 ENVOY_CMD=$(envoy/find-envoy.sh)

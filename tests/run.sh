@@ -37,7 +37,7 @@ step "format and lints (clippy denies unwrap/expect/panic outside tests)"
 cargo fmt --all -- --check
 cargo clippy --quiet --workspace --all-targets -- -D warnings
 cargo clippy --quiet --lib --target wasm32-wasip1 -- -D warnings
-cargo clippy --quiet --target wasm32-wasip1 -p keygate-excerpt -- -D warnings
+cargo clippy --quiet --target wasm32-wasip1 -p keygate-excerpt --target-dir target/excerpt -- -D warnings
 
 step "unit and property tests (native: the filter's core; the key service, its store suite on SQLite and on a throwaway PostgreSQL)"
 cargo test --quiet --workspace
@@ -51,8 +51,8 @@ cargo wasm --quiet
 ls -l target/wasm32-wasip1/release/keygate.wasm
 
 step "build the excerpt filter (envoy/excerpt: body excerpts for the request history)"
-cargo build --quiet --release --target wasm32-wasip1 -p keygate-excerpt
-ls -l target/wasm32-wasip1/release/keygate_excerpt.wasm
+cargo excerpt --quiet
+ls -l target/excerpt/wasm32-wasip1/release/keygate_excerpt.wasm
 
 step "build the key service (envoy/keyservice; the e2e tests run this binary)"
 cargo build --quiet --release -p keyservice

@@ -97,7 +97,7 @@ KEYSERVICE_BIN = ROOT / "target" / "release" / "keyservice"
 RANDOM_KEY_LUA = BENCH_DIR / "random-key.lua"
 # Envoy loads copies, so a rebuild during the run cannot change what is measured.
 # keygate's excerpt filter (envoy/excerpt): body excerpts for the request history
-EXCERPT_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "keygate_excerpt.wasm"
+EXCERPT_WASM = ROOT / "target" / "excerpt" / "wasm32-wasip1" / "release" / "keygate_excerpt.wasm"
 STAGED = {KEYGATE_WASM: RUN_DIR / "keygate.wasm", NOOP_WASM: RUN_DIR / "noop_filter.wasm",
           FLOOR_WASM: RUN_DIR / "floor_filter.wasm", EXCERPT_WASM: RUN_DIR / "keygate_excerpt.wasm"}
 
@@ -957,7 +957,7 @@ def measure(procs: Procs, envoy: Envoy, v: dict, port: int, seconds: int, warmup
 def build(skip: bool) -> None:
     steps = [(m.parent.name, ["cargo", "build", "--release", "--target", "wasm32-wasip1", "--manifest-path",
                               str(m)]) for m in (NOOP_MANIFEST, FLOOR_MANIFEST)]
-    steps.append(("excerpt", ["cargo", "build", "--release", "--target", "wasm32-wasip1", "-p", "keygate-excerpt"]))
+    steps.append(("excerpt", ["cargo", "excerpt"]))
     if not skip:
         steps.insert(0, ("keygate", ["cargo", "wasm"]))
     for name, cmd in steps:
