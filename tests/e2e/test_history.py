@@ -40,16 +40,12 @@ GLOBEX, GLOBEX_ID = "kgb_demo_globex_business_0001", "bk_demo_globex"
 EMBEDDED, EMBEDDED_ID = "embedded-acme-key-0003", "emb-acme"  # in keygate's config only
 SECRETS = [ACME_A, ACME_B, GLOBEX, EMBEDDED, "alice-password", "bob-password", "hunter2-body-secret"]
 
+# What the shipped configs send (envoy/demo.yaml): one line, keygate's state first; the bodies
+# as an attribute where the excerpt filter records them
+HISTORY_LINE = ("%FILTER_STATE(wasm.keygate:PLAIN)% method=%REQ(:METHOD)% status=%RESPONSE_CODE% "
+                "duration_ms=%DURATION% upstream_ms=%COMMON_DURATION(US_TX_BEG:US_RX_END:ms)% "
+                "bytes_in=%BYTES_RECEIVED% bytes_out=%BYTES_SENT% path=%PATH(WQ)% request_id=%REQ(X-REQUEST-ID)%")
 HISTORY_ATTRIBUTES = [
-    ("http.request.method", "%REQ(:METHOD)%"),
-    ("url.path", "%PATH(WQ)%"),
-    ("http.response.status_code", "%RESPONSE_CODE%"),
-    ("keygate.duration_ms", "%DURATION%"),
-    ("keygate.upstream_ms", "%COMMON_DURATION(US_TX_BEG:US_RX_END:ms)%"),
-    ("http.request.body.size", "%BYTES_RECEIVED%"),
-    ("http.response.body.size", "%BYTES_SENT%"),
-    ("keygate.request_id", "%REQ(X-REQUEST-ID)%"),
-    ("keygate", "%FILTER_STATE(wasm.keygate:PLAIN)%"),
     ("keygate.bodies", "%FILTER_STATE(wasm.keygate_bodies:PLAIN)%"),
 ]
 
@@ -63,6 +59,7 @@ def otel_log(cluster_name: str = "keyservice_history", token: str | None = TOKEN
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig",
             "http_service": svc,
+            "body": {"string_value": HISTORY_LINE},
             "attributes": {"values": [{"key": k, "value": {"string_value": v}} for k, v in HISTORY_ATTRIBUTES]},
         },
     }

@@ -236,11 +236,11 @@ def history_docs() -> dict[str, dict]:
     return by_kind
 
 
-def demo_history_attributes() -> dict[str, str]:
+def demo_history_line() -> str:
     cfg = yaml.safe_load((ROOT / "envoy" / "demo.yaml").read_text())
     hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     [otel] = [a for a in hcm["access_log"] if a["name"] == "envoy.access_loggers.open_telemetry"]
-    return {a["key"]: a["value"]["string_value"] for a in otel["typed_config"]["attributes"]["values"]}
+    return otel["typed_config"]["body"]["string_value"]
 
 
 def test_history_recipe_wires_provider_collector_and_key_service():
@@ -252,9 +252,9 @@ def test_history_recipe_wires_provider_collector_and_key_service():
     assert als["service"] == f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc.cluster.local"
     [port] = svc["spec"]["ports"]
     assert als["port"] == port["port"] == 4317 and port["name"].startswith("grpc")
-    # the records carry exactly the demo's attributes (the key service reads them by name)
-    assert als["logFormat"]["labels"] == demo_history_attributes()
-    assert "%REQ(:PATH)%" not in json.dumps(als) and "%PATH(WQ)%" in als["logFormat"]["labels"].values()
+    # the records carry exactly the demo's line (the key service reads its fields by name)
+    assert als["logFormat"]["text"] == demo_history_line()
+    assert "%REQ(:PATH)%" not in json.dumps(als) and " path=%PATH(WQ)% " in als["logFormat"]["text"]
     # the Telemetry resource turns that provider on where the WasmPlugin runs, inbound only
     tel, plugin = d["Telemetry"], wasmplugin()
     assert tel["apiVersion"].startswith("telemetry.istio.io/")
@@ -283,16 +283,16 @@ def test_history_recipe_wires_provider_collector_and_key_service():
     assert d["Deployment"]["spec"]["template"]["metadata"]["labels"] == svc["spec"]["selector"]
 
 
-def test_history_recipe_labels_are_what_the_key_service_stores(upstream):
-    """The recipe's labels as istiod writes them (string attributes of each record), in a real
+def test_history_recipe_format_is_what_the_key_service_stores(upstream):
+    """The recipe's format as istiod writes it (its text the body of each record), in a real
     Envoy's OpenTelemetry logger, to the real key service: each request of a key is in its
     owner's history with its method, path (never the query) and status."""
     from test_history import KEYGATE, TOKEN, HistoryEnvoy, Owner, history_cluster, otel_log, wait_stored
-    labels = history_docs()["IstioOperator"]["spec"]["meshConfig"]["extensionProviders"][0]["envoyOtelAls"][
-        "logFormat"]["labels"]
+    text = history_docs()["IstioOperator"]["spec"]["meshConfig"]["extensionProviders"][0]["envoyOtelAls"][
+        "logFormat"]["text"]
     otel = otel_log()
-    otel["typed_config"]["attributes"] = {"values": [{"key": k, "value": {"string_value": v}}
-                                                     for k, v in labels.items()]}
+    otel["typed_config"]["body"] = {"string_value": text}
+    otel["typed_config"].pop("attributes")
     ks = KeyService(faults=False, extra_args=["--ingest-token", TOKEN]).start()
     e = HistoryEnvoy(KEYGATE, upstream.port, extra_clusters=[ks.cluster(), history_cluster(ks.port)], otel=otel)
     try:
