@@ -221,6 +221,7 @@ HISTORY_ATTRIBUTES = [
     ("keygate", "%FILTER_STATE(wasm.keygate:PLAIN)%"),
 ]
 BODIES_ATTRIBUTE = ("keygate.bodies", "%FILTER_STATE(wasm.keygate_bodies:PLAIN)%")
+SHIPPED_BUFFER = 64 << 10  # the shipped loggers' buffer_size_bytes
 # What the shipped configs send: the same fields as one body line, keygate's state first (one
 # formatter instead of one per attribute)
 HISTORY_LINE = ("%FILTER_STATE(wasm.keygate:PLAIN)% method=%REQ(:METHOD)% status=%RESPONSE_CODE% "
@@ -338,6 +339,12 @@ KEYGATE_SCENARIOS: list[dict] = [
      "access_log": "otel_attrs", "keyservice": [], "instructions_only": True},
     {"name": "kg_history_big", "headers": {"X-API-Key": BENCH_KEY}, "expect_headers": RATELIMIT_HEADERS,
      "access_log": "otel_big", "keyservice": [], "instructions_only": True},
+    # Envoy's default 16 KiB buffer (flushed every second; the shipped configs set 64 KiB), and the
+    # line without its request id
+    {"name": "kg_history_16k", "headers": {"X-API-Key": BENCH_KEY}, "expect_headers": RATELIMIT_HEADERS,
+     "access_log": "otel_16k", "keyservice": [], "instructions_only": True},
+    {"name": "kg_history_noid", "headers": {"X-API-Key": BENCH_KEY}, "expect_headers": RATELIMIT_HEADERS,
+     "access_log": "otel_noid", "keyservice": [], "instructions_only": True},
     # History with bodies, on a route with a body: a ~1 KiB JSON POST to an upstream (the authorizer
     # Envoy, answering "ok"); kg_post is the same request with history off, router_upstream_post
     # without keygate.
@@ -498,14 +505,19 @@ def variants() -> list[dict]:
         log = v.get("access_log")
         if log == "file":
             v["access_log"] = file_access_log()
-        elif log == "otel":
+        elif log == "otel":  # as shipped
+            v["access_log"] = otel_access_log([], body=HISTORY_LINE, buffer=SHIPPED_BUFFER)
+        elif log == "otel_16k":
             v["access_log"] = otel_access_log([], body=HISTORY_LINE)
         elif log == "otel_bodies":
-            v["access_log"] = otel_access_log([BODIES_ATTRIBUTE], body=HISTORY_LINE)
+            v["access_log"] = otel_access_log([BODIES_ATTRIBUTE], body=HISTORY_LINE, buffer=SHIPPED_BUFFER)
         elif log == "otel_attrs":
-            v["access_log"] = otel_access_log(HISTORY_ATTRIBUTES)
+            v["access_log"] = otel_access_log(HISTORY_ATTRIBUTES, buffer=SHIPPED_BUFFER)
         elif log == "otel_big":
             v["access_log"] = otel_access_log([], body=HISTORY_LINE, buffer=1 << 20, flush_s=5)
+        elif log == "otel_noid":
+            v["access_log"] = otel_access_log([], body=HISTORY_LINE.replace(" request_id=%REQ(X-REQUEST-ID)%", ""),
+                                              buffer=SHIPPED_BUFFER)
     for v in out:
         v.setdefault("headers", {})
         v.setdefault("path", "/bench")

@@ -59,6 +59,7 @@ def otel_log(cluster_name: str = "keyservice_history", token: str | None = TOKEN
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig",
             "http_service": svc,
+            "buffer_size_bytes": 65536,
             "body": {"string_value": HISTORY_LINE},
             "attributes": {"values": [{"key": k, "value": {"string_value": v}} for k, v in HISTORY_ATTRIBUTES]},
         },

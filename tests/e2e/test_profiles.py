@@ -230,6 +230,7 @@ def test_profile_has_the_demo_shape(name):
     assert history["name"] == "envoy.access_loggers.open_telemetry"
     hc = history["typed_config"]
     assert hc["http_service"]["http_uri"]["cluster"] == "keyservice_history"
+    assert hc["buffer_size_bytes"] == 65536  # bounded per worker; fewer exports than the 16 KiB default
     # one line (the cheap form): keygate's state first (only it may name the owner), then every
     # field the key service keeps; the path without its query
     line = hc["body"]["string_value"]
