@@ -74,6 +74,10 @@ if command -v rustup >/dev/null 2>&1; then
   rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 fi
 envoy/build-wasm.sh >/dev/null
+# the excerpt filter (envoy/excerpt), where the config records bodies in the request history
+if grep -q keygate_excerpt "$config"; then
+  cargo excerpt --quiet
+fi
 $needs_keyservice && cargo build --quiet --release -p keyservice
 ENVOY_CMD=$(envoy/find-envoy.sh)
 
@@ -124,6 +128,13 @@ if $needs_keyservice; then
   # the dashboard's wording: `# product_name:` and `# key_label:` lines in the config's header
   product=$(sed -n 's/^# *product_name: *//p' "$config" | head -1)
   key_label=$(sed -n 's/^# *key_label: *//p' "$config" | head -1)
+  # the dashboard's users of the config's accounts (`# dashboard_user: NAME EMAIL PASSWORD ACCOUNT`
+  # lines in its header): they see their keys' request history; created once, kept in .demo
+  sed -n 's/^# *dashboard_user: *//p' "$config" | while read -r u_name u_email u_password u_account; do
+    target/release/keyservice --db .demo/keyservice.sqlite account add "$u_account" >/dev/null 2>&1 || true
+    printf '%s\n' "$u_password" | target/release/keyservice --db .demo/keyservice.sqlite \
+      user add "$u_name" --email "$u_email" --account "$u_account" >/dev/null 2>&1 || true
+  done
   target/release/keyservice --db .demo/keyservice.sqlite serve --port "$keyservice_port" --seed-demo \
     --product-name "${product:-keygate demo API}" --key-label "${key_label:-API key}" \
     --api-url "http://127.0.0.1:$port" &
@@ -150,6 +161,9 @@ done
     echo "  Dashboard (the key service's own page for your API's customers):"
     echo "    http://127.0.0.1:$keyservice_port/dashboard   log in as alice@example.com / alice-password"
     echo "    (or bob@example.com / bob-password): generate a key, call the API with it, regenerate, revoke"
+    sed -n 's/^# *dashboard_user: *//p' "$config" | while read -r u_name u_email u_password u_account; do
+      echo "    or as $u_email / $u_password: the request history of account $u_account's keys"
+    done
   fi
 } >&2
 run_envoy -c "$run_config" --concurrency 2 --disable-hot-restart -l warning "$@"

@@ -10,6 +10,7 @@ pub mod config;
 pub mod conformance;
 pub mod contract;
 pub mod credential;
+pub mod excerpt;
 pub mod fleet;
 pub mod flights;
 pub mod gate;
@@ -37,5 +38,5 @@ pub mod verdict;
 pub mod window;
 pub mod worker;
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "filter"))]
 mod host;

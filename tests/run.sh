@@ -38,6 +38,7 @@ step "format and lints (clippy denies unwrap/expect/panic outside tests)"
 cargo fmt --all -- --check
 cargo clippy --quiet --workspace --all-targets -- -D warnings
 cargo clippy --quiet --lib --target wasm32-wasip1 -- -D warnings
+cargo clippy --quiet --target wasm32-wasip1 -p keygate-excerpt --target-dir target/excerpt -- -D warnings
 
 step "unit and property tests (native: the filter's core; the key service, its store suite on SQLite and on a throwaway PostgreSQL)"
 cargo test --quiet --workspace
@@ -49,6 +50,10 @@ fi
 step "build keygate.wasm (cargo wasm, then wasm-opt)"
 envoy/build-wasm.sh >/dev/null
 ls -l target/wasm32-wasip1/release/keygate.wasm
+
+step "build the excerpt filter (envoy/excerpt: body excerpts for the request history)"
+cargo excerpt --quiet
+ls -l target/excerpt/wasm32-wasip1/release/keygate_excerpt.wasm
 
 step "build the key service (envoy/keyservice; the e2e tests run this binary)"
 cargo build --quiet --release -p keyservice

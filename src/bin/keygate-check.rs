@@ -172,6 +172,8 @@ fn key_service(args: &[String]) -> ExitCode {
 struct Found {
     place: String,
     json: Result<Vec<u8>, String>,
+    /// keygate's excerpt filter (envoy/excerpt), checked with its own parser.
+    excerpt: bool,
 }
 
 const USAGE: &str = "usage:
@@ -226,6 +228,7 @@ fn configurations(name: &str, bytes: &[u8]) -> Result<Vec<Found>, String> {
             found.push(Found {
                 place: name.to_string(),
                 json: Ok(bytes.to_vec()),
+                excerpt: false,
             });
         }
         return Ok(found);
@@ -274,6 +277,7 @@ fn embedded(v: &serde_json::Value, place: &str, out: &mut Vec<Found>) {
                     out.push(Found {
                         place: format!("{place} > WasmPlugin {name}"),
                         json,
+                        excerpt: is_excerpt(spec.unwrap_or(&Value::Null)),
                     });
                 }
                 return;
@@ -285,6 +289,7 @@ fn embedded(v: &serde_json::Value, place: &str, out: &mut Vec<Found>) {
                     out.push(Found {
                         place: place.to_string(),
                         json: string_value(config.get("configuration")),
+                        excerpt: is_excerpt(config),
                     });
                 }
                 return;
@@ -331,6 +336,35 @@ fn is_keygate(v: &serde_json::Value) -> bool {
         }
     }
     text.iter().any(|t| t.contains("keygate"))
+}
+
+/// Whether it is keygate's excerpt filter (its module or root id names it).
+fn is_excerpt(v: &serde_json::Value) -> bool {
+    let s = |path: &[&str]| {
+        let mut at = v;
+        for p in path {
+            at = at.get(p).unwrap_or(&serde_json::Value::Null);
+        }
+        at.as_str().unwrap_or_default().to_ascii_lowercase()
+    };
+    s(&["vm_config", "code", "local", "filename"]).contains("excerpt")
+        || s(&["vm_config", "code", "remote", "http_uri", "uri"]).contains("excerpt")
+        || s(&["url"]).contains("excerpt")
+        || s(&["root_id"]) == "excerpt"
+}
+
+/// An excerpt filter's configuration, with its own parser.
+fn check_excerpt(place: &str, bytes: &[u8]) -> bool {
+    match keygate::excerpt::configure(bytes) {
+        Ok(s) => {
+            println!("{place}: ok (excerpt filter: {} bytes a body)", s.max_bytes);
+            true
+        }
+        Err(e) => {
+            println!("{place}: {e}");
+            false
+        }
+    }
 }
 
 /// The JSON in a wasm filter's `configuration` (a `google.protobuf.StringValue`).
@@ -405,6 +439,7 @@ fn check_file(name: &str, bytes: &[u8], strict: bool) -> bool {
                 let mut ok = true;
                 for f in found {
                     ok &= match f.json {
+                        Ok(json) if f.excerpt => check_excerpt(&f.place, &json),
                         Ok(json) => check(&f.place, &json, strict),
                         Err(e) => {
                             println!("{}: {e}", f.place);

@@ -96,8 +96,10 @@ FLOOR_WASM = BENCH_DIR / "floor-filter" / "target" / "wasm32-wasip1" / "release"
 KEYSERVICE_BIN = ROOT / "target" / "release" / "keyservice"
 RANDOM_KEY_LUA = BENCH_DIR / "random-key.lua"
 # Envoy loads copies, so a rebuild during the run cannot change what is measured.
+# keygate's excerpt filter (envoy/excerpt): body excerpts for the request history
+EXCERPT_WASM = ROOT / "target" / "excerpt" / "wasm32-wasip1" / "release" / "keygate_excerpt.wasm"
 STAGED = {KEYGATE_WASM: RUN_DIR / "keygate.wasm", NOOP_WASM: RUN_DIR / "noop_filter.wasm",
-          FLOOR_WASM: RUN_DIR / "floor_filter.wasm"}
+          FLOOR_WASM: RUN_DIR / "floor_filter.wasm", EXCERPT_WASM: RUN_DIR / "keygate_excerpt.wasm"}
 
 ENVOY_CPU = "0"  # the Envoy under test
 BRACKET = 3  # variants between two router runs in a round
@@ -204,6 +206,65 @@ def random_key_headers() -> dict:
     return {"X-API-Key": f"kg_rand_{secrets.randbelow(10**18)}"}
 
 
+# Request history (envoy/docs/history.md): Envoy's OpenTelemetry access logger sending OTLP/HTTP
+# to the key service, with the attributes the shipped configs set; and, for comparison, a plain
+# file access log of the same fields.
+HISTORY_ATTRIBUTES = [
+    ("http.request.method", "%REQ(:METHOD)%"),
+    ("url.path", "%PATH(WQ)%"),
+    ("http.response.status_code", "%RESPONSE_CODE%"),
+    ("keygate.duration_ms", "%DURATION%"),
+    ("keygate.upstream_ms", "%COMMON_DURATION(US_TX_BEG:US_RX_END:ms)%"),
+    ("http.request.body.size", "%BYTES_RECEIVED%"),
+    ("http.response.body.size", "%BYTES_SENT%"),
+    ("keygate.request_id", "%REQ(X-REQUEST-ID)%"),
+    ("keygate", "%FILTER_STATE(wasm.keygate:PLAIN)%"),
+]
+BODIES_ATTRIBUTE = ("keygate.bodies", "%FILTER_STATE(wasm.keygate_bodies:PLAIN)%")
+SHIPPED_BUFFER = 64 << 10  # the shipped loggers' buffer_size_bytes
+# What the shipped configs send: the same fields as one body line, keygate's state first (one
+# formatter instead of one per attribute)
+HISTORY_LINE = ("%FILTER_STATE(wasm.keygate:PLAIN)% method=%REQ(:METHOD)% status=%RESPONSE_CODE% "
+                "duration_ms=%DURATION% upstream_ms=%COMMON_DURATION(US_TX_BEG:US_RX_END:ms)% "
+                "bytes_in=%BYTES_RECEIVED% bytes_out=%BYTES_SENT% path=%PATH(WQ)% request_id=%REQ(X-REQUEST-ID)%")
+# The excerpt filter as Astalty's profile configures it (the first 4 KiB of each body, redacted),
+# and the body the bodies variants POST (a JSON record of ~1 KiB with a field it redacts).
+EXCERPT_CONFIG = {"max_bytes": 4096, "credentials": {"api_key_headers": ["X-API-Key"], "query_param": "_apikey"},
+                  "redact_fields": ["date_of_birth", "medicare_number", "phone"]}
+BODY_JSON = json.dumps({"first_name": "Ada", "last_name": "Lovelace", "phone": "0400 000 000",
+                        "notes": "x" * 900, "tags": ["a", "b", "c"]}).encode()
+
+
+def otel_access_log(attributes: list[tuple[str, str]], body: str | None = None, buffer: int | None = None,
+                    flush_s: int | None = None) -> list[dict]:
+    cfg = {
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.open_telemetry.v3.OpenTelemetryAccessLogConfig",
+        "http_service": {"http_uri": {"uri": "http://keyservice/v1/logs", "cluster": KEYSERVICE_CLUSTER,
+                                      "timeout": "1s"}},
+    }
+    if attributes:
+        cfg["attributes"] = {"values": [{"key": k, "value": {"string_value": v}} for k, v in attributes]}
+    if body:
+        cfg["body"] = {"string_value": body}
+    if buffer:
+        cfg["buffer_size_bytes"] = buffer
+    if flush_s:
+        cfg["buffer_flush_interval"] = f"{flush_s}s"
+    return [{"name": "envoy.access_loggers.open_telemetry", "typed_config": cfg}]
+
+
+def file_access_log() -> list[dict]:
+    fmt = " ".join(f"{k}={v}" for k, v in HISTORY_ATTRIBUTES) + "\n"
+    return [{
+        "name": "envoy.access_loggers.file",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": str(RUN_DIR / "access.log"),
+            "log_format": {"text_format_source": {"inline_string": fmt}},
+        },
+    }]
+
+
 # One dict per keygate scenario, each served on its own listener. Fields:
 #   name      variant name (table row)
 #   headers   request headers sent by wrk and by the sanity check
@@ -262,6 +323,38 @@ KEYGATE_SCENARIOS: list[dict] = [
     {"name": "kg_remote_unknown", "headers": {"X-API-Key": REMOTE_UNKNOWN_KEY}, "config": REMOTE_CONFIG_NO_THROTTLE,
      "keyservice": [], "keyservice_calls": 0, "prime": 1, "expect": 401,
      "note": "401 expected; key service, cached refusal"},
+    # Request history, for instructions.py (history off is kg_header itself: keygate is the same):
+    # a plain file access log of the history's fields, and Envoy's OpenTelemetry logger to the
+    # key service (metadata only).
+    {"name": "kg_file_log", "headers": {"X-API-Key": BENCH_KEY}, "expect_headers": RATELIMIT_HEADERS,
+     "access_log": "file", "instructions_only": True,
+     "note": "kg_header + a file access log of the history's fields"},
+    {"name": "kg_history", "headers": {"X-API-Key": BENCH_KEY}, "expect_headers": RATELIMIT_HEADERS,
+     "access_log": "otel", "keyservice": [], "instructions_only": True,
+     "note": "kg_header + the OpenTelemetry access logger to the key service (history, metadata; "
+             "one body line, as shipped)"},
+    # the same fields as nine attributes (a formatter each), and the shipped line with a 1 MiB
+    # buffer flushed every 5 s (fewer, larger exports)
+    {"name": "kg_history_attrs", "headers": {"X-API-Key": BENCH_KEY}, "expect_headers": RATELIMIT_HEADERS,
+     "access_log": "otel_attrs", "keyservice": [], "instructions_only": True},
+    {"name": "kg_history_big", "headers": {"X-API-Key": BENCH_KEY}, "expect_headers": RATELIMIT_HEADERS,
+     "access_log": "otel_big", "keyservice": [], "instructions_only": True},
+    # Envoy's default 16 KiB buffer (flushed every second; the shipped configs set 64 KiB), and the
+    # line without its request id
+    {"name": "kg_history_16k", "headers": {"X-API-Key": BENCH_KEY}, "expect_headers": RATELIMIT_HEADERS,
+     "access_log": "otel_16k", "keyservice": [], "instructions_only": True},
+    {"name": "kg_history_noid", "headers": {"X-API-Key": BENCH_KEY}, "expect_headers": RATELIMIT_HEADERS,
+     "access_log": "otel_noid", "keyservice": [], "instructions_only": True},
+    # History with bodies, on a route with a body: a ~1 KiB JSON POST to an upstream (the authorizer
+    # Envoy, answering "ok"); kg_post is the same request with history off, router_upstream_post
+    # without keygate.
+    {"name": "kg_post", "headers": {"X-API-Key": BENCH_KEY, "Content-Type": "application/json"},
+     "method": "POST", "body": BODY_JSON, "upstream": "authz", "expect_headers": RATELIMIT_HEADERS,
+     "instructions_only": True, "note": "kg_header's key, a JSON POST to an upstream; history off"},
+    {"name": "kg_history_bodies", "headers": {"X-API-Key": BENCH_KEY, "Content-Type": "application/json"},
+     "method": "POST", "body": BODY_JSON, "upstream": "authz", "expect_headers": RATELIMIT_HEADERS,
+     "access_log": "otel_bodies", "excerpt": True, "keyservice": [], "instructions_only": True,
+     "note": "kg_post + the excerpt filter + the OpenTelemetry logger with the bodies attribute"},
     # Rolling windows, for instructions.py only (wrk's rate would exceed 1,000 a second): the
     # allowed path at N = 1,000 (a 4,012-byte value rewritten per request), the 429 at N = 100.
     {"name": "kg_rolling_1000", "headers": {"X-API-Key": ROLLING_KEY}, "config": ROLLING_CONFIG,
@@ -368,6 +461,14 @@ def variants() -> list[dict]:
          "expect_headers": RATELIMIT_HEADERS},
         {"name": "ext_authz", "filters": EXT_AUTHZ_FILTERS},
         {"name": "noop_wasm", "filters": [wasm_filter("noop", "noop", STAGED[NOOP_WASM], "")]},
+        # the history's loggers alone, for the breakdown (instructions.py): Envoy's OpenTelemetry
+        # logger to the key service, and a plain file access log of the same fields, no keygate
+        {"name": "router_otel", "filters": [], "access_log": "otel", "keyservice": [], "instructions_only": True,
+         "note": "router + the OpenTelemetry access logger (history, metadata, as shipped)"},
+        {"name": "router_otel_attrs", "filters": [], "access_log": "otel_attrs", "keyservice": [],
+         "instructions_only": True, "note": "router + the OpenTelemetry access logger, nine attributes"},
+        {"name": "router_file_log", "filters": [], "access_log": "file", "instructions_only": True,
+         "note": "router + a file access log of the history's fields"},
         # keygate's host calls for a cached X-API-Key request, constant data, no logic: the floor
         # under kg_header (tests/bench/floor-filter)
         {"name": "floor_keygate", "filters": [wasm_filter("floor", "floor-keygate", STAGED[FLOOR_WASM], "keygate")],
@@ -383,6 +484,9 @@ def variants() -> list[dict]:
     # Envoy (which answers 200): compare them with each other, not with the direct-response rows.
     out.append({"name": "router_upstream", "filters": [], "upstream": "authz",
                 "note": "router to an upstream Envoy: the baseline of native_rls"})
+    out.append({"name": "router_upstream_post", "filters": [], "upstream": "authz", "method": "POST",
+                "body": BODY_JSON, "headers": {"Content-Type": "application/json"}, "instructions_only": True,
+                "note": "kg_post's request without keygate: the baseline of the bodies variants"})
     out.append({"name": "native_rls", "upstream": "authz", "rls": True, "headers": {"X-API-Key": BENCH_KEY},
                 "filters": [wasm_filter("keygate", "keygate", STAGED[KEYGATE_WASM],
                                         json.dumps(KEYGATE_CONFIG, separators=(",", ":"))), NATIVE_RLS_FILTER],
@@ -393,7 +497,27 @@ def variants() -> list[dict]:
         cfg = json.dumps(v.pop("config", KEYGATE_CONFIG), separators=(",", ":"))
         vm_id = "keygate" if cfg == default_cfg else f"keygate-{sha256_hex(cfg)[:8]}"
         v["filters"] = [wasm_filter("keygate", vm_id, STAGED[KEYGATE_WASM], cfg)]
+        if v.pop("excerpt", False):  # before keygate, as where bodies are recorded
+            v["filters"].insert(0, wasm_filter("excerpt", "keygate-excerpt", STAGED[EXCERPT_WASM],
+                                               json.dumps(EXCERPT_CONFIG, separators=(",", ":"))))
         out.append(v)
+    for v in out:
+        log = v.get("access_log")
+        if log == "file":
+            v["access_log"] = file_access_log()
+        elif log == "otel":  # as shipped
+            v["access_log"] = otel_access_log([], body=HISTORY_LINE, buffer=SHIPPED_BUFFER)
+        elif log == "otel_16k":
+            v["access_log"] = otel_access_log([], body=HISTORY_LINE)
+        elif log == "otel_bodies":
+            v["access_log"] = otel_access_log([BODIES_ATTRIBUTE], body=HISTORY_LINE, buffer=SHIPPED_BUFFER)
+        elif log == "otel_attrs":
+            v["access_log"] = otel_access_log(HISTORY_ATTRIBUTES, buffer=SHIPPED_BUFFER)
+        elif log == "otel_big":
+            v["access_log"] = otel_access_log([], body=HISTORY_LINE, buffer=1 << 20, flush_s=5)
+        elif log == "otel_noid":
+            v["access_log"] = otel_access_log([], body=HISTORY_LINE.replace(" request_id=%REQ(X-REQUEST-ID)%", ""),
+                                              buffer=SHIPPED_BUFFER)
     for v in out:
         v.setdefault("headers", {})
         v.setdefault("path", "/bench")
@@ -410,6 +534,9 @@ def variants() -> list[dict]:
         v.setdefault("note", "")
         v.setdefault("rls", False)
         v.setdefault("upstream", None)
+        v.setdefault("access_log", None)
+        v.setdefault("method", "GET")
+        v.setdefault("body", None)
     return out
 
 
@@ -423,9 +550,11 @@ def static_cluster(name: str, port: int) -> dict:
     }
 
 
-def listener(name: str, http_filters: list[dict], status: int = 200, upstream: str | None = None) -> dict:
+def listener(name: str, http_filters: list[dict], status: int = 200, upstream: str | None = None,
+             access_log: list[dict] | None = None) -> dict:
     """A listener on an Envoy-chosen loopback port whose only route is a direct response (or, with
-    `upstream`, a route to that cluster carrying the native ratelimit filter's descriptor)."""
+    `upstream`, a route to that cluster carrying the native ratelimit filter's descriptor), with
+    the HTTP connection manager's `access_log` if given."""
     route = ({"match": {"prefix": "/"}, "route": {"cluster": upstream, "rate_limits": NATIVE_RLS_ACTIONS}}
              if upstream else
              {"match": {"prefix": "/"}, "direct_response": {"status": status, "body": {"inline_string": "ok\n"}}})
@@ -443,6 +572,7 @@ def listener(name: str, http_filters: list[dict], status: int = 200, upstream: s
                     "routes": [route],
                 }]},
                 "http_filters": http_filters + [ROUTER],
+                **({"access_log": access_log} if access_log else {}),
             },
         }]}],
     }
@@ -639,8 +769,11 @@ class KeyService:
     def stats(self) -> dict:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=10) as r:
             text = r.read().decode()
-        m = re.search(r"^keyservice_verify_calls_total (\d+)$", text, re.M)
-        return {"verify_calls": int(m.group(1)) if m else 0}
+        def counter(name: str) -> int:
+            m = re.search(rf"^{name} (\d+)$", text, re.M)
+            return int(m.group(1)) if m else 0
+        return {"verify_calls": counter("keyservice_verify_calls_total"),
+                "revocation_calls": counter("keyservice_revocation_calls_total")}
 
     def verify_calls(self) -> int:
         return int(self.stats()["verify_calls"])
@@ -668,8 +801,8 @@ class KeyService:
 # --------------------------------------------------------------------------------------------
 
 
-def fetch(port: int, path: str, headers: dict) -> tuple[int, dict]:
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)
+def fetch(port: int, path: str, headers: dict, method: str = "GET", body: bytes | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers, method=method, data=body)
     try:
         with urllib.request.urlopen(req, timeout=5) as r:
             r.read()
@@ -684,12 +817,12 @@ def sanity_check(v: dict, port: int, ks: KeyService | None = None) -> None:
         return v["sanity_headers"]() if v["sanity_headers"] else v["headers"]
 
     for _ in range(v["prime"]):
-        fetch(port, v["path"], request_headers())
+        fetch(port, v["path"], request_headers(), v["method"], v["body"])
     count_calls = ks is not None and v["keyservice_calls"] is not None
     n = 3 if count_calls else 1  # a few requests, to see the steady state's calls per request
     calls0 = ks.verify_calls() if count_calls else 0
     for _ in range(n):
-        status, headers = fetch(port, v["path"], request_headers())
+        status, headers = fetch(port, v["path"], request_headers(), v["method"], v["body"])
         if status != v["expect"]:
             raise BenchError(f"variant {v['name']} is misconfigured: GET {v['path']} on :{port} gave {status}, "
                              f"expected {v['expect']} (headers: {headers})")
@@ -839,6 +972,7 @@ def measure(procs: Procs, envoy: Envoy, v: dict, port: int, seconds: int, warmup
 def build(skip: bool) -> None:
     steps = [(m.parent.name, ["cargo", "build", "--release", "--target", "wasm32-wasip1", "--manifest-path",
                               str(m)]) for m in (NOOP_MANIFEST, FLOOR_MANIFEST)]
+    steps.append(("excerpt", ["cargo", "excerpt"]))
     if not skip:
         steps.insert(0, ("keygate", ["envoy/build-wasm.sh"]))
     for name, cmd in steps:
@@ -846,7 +980,7 @@ def build(skip: bool) -> None:
         r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         if r.returncode != 0:
             raise BenchError(f"building {name} failed:\n{r.stderr[-3000:]}")
-    for p in (KEYGATE_WASM, NOOP_WASM, FLOOR_WASM):
+    for p in (KEYGATE_WASM, NOOP_WASM, FLOOR_WASM, EXCERPT_WASM):
         if not p.exists():
             raise BenchError(f"{p} is missing (run envoy/build-wasm.sh in {ROOT})")
 
@@ -1078,7 +1212,7 @@ def benchmark(args: argparse.Namespace, vs: list[dict]) -> dict:
     old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         clusters, ks = start_backends(procs, vs)
-        envoy = Envoy(procs, "envoy", envoy_config([listener(v["name"], v["filters"], upstream=v["upstream"]) for v in vs], clusters),
+        envoy = Envoy(procs, "envoy", envoy_config([listener(v["name"], v["filters"], upstream=v["upstream"], access_log=v["access_log"]) for v in vs], clusters),
                       ENVOY_CPU)
         envoy.wait_ready()
         ready_at = time.monotonic()

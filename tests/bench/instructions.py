@@ -112,7 +112,8 @@ def scale_variants() -> list[dict]:
         for k, d in (("headers", {}), ("path", "/bench"), ("expect", 200), ("prime", 0), ("clusters", []),
                      ("keyservice", None), ("keyservice_calls", None), ("sanity_headers", None),
                      ("instructions_only", True), ("lua", None), ("saturates", True), ("rls", False),
-                     ("upstream", None), ("stub", False), ("cycle", None), ("start", 0), ("pace", 0)):
+                     ("upstream", None), ("stub", False), ("cycle", None), ("start", 0), ("pace", 0),
+                     ("method", "GET"), ("body", None), ("access_log", None)):
             v.setdefault(k, d)
         if v["cycle"]:
             gen = cycling(*v["cycle"], start=v["start"])
@@ -194,7 +195,7 @@ def drive(port: int, v: dict, n: int) -> None:
             if pace:
                 time.sleep(max(0.0, t0 + i / pace - time.monotonic()))
             headers = v["next_headers"]() if v.get("next_headers") else v["headers"]
-            conn.request("GET", v["path"], headers=headers)
+            conn.request(v.get("method", "GET"), v["path"], body=v.get("body"), headers=headers)
             r = conn.getresponse()
             r.read()
             if r.status != v["expect"]:
@@ -229,7 +230,8 @@ def measure_group(vs: list[dict], n: int) -> dict[str, float]:
         if any(v.get("stub") for v in vs):
             stub = Stub(procs)
             clusters.append(bench.static_cluster(STUB_CLUSTER, stub.port))
-        cfg = bench.envoy_config([bench.listener(v["name"], v["filters"], upstream=v["upstream"]) for v in vs], clusters)
+        cfg = bench.envoy_config([bench.listener(v["name"], v["filters"], upstream=v["upstream"],
+                                                 access_log=v.get("access_log")) for v in vs], clusters)
         # glibc copies blocks past its `rep movsb` threshold (8-16 KB) with that one instruction,
         # which callgrind counts once per byte: raised, a copy counts what the processor does
         # (a rolling window's value of 16 + 4N bytes is copied several times a request)
@@ -238,7 +240,9 @@ def measure_group(vs: list[dict], n: int) -> dict[str, float]:
                 f"--callgrind-out-file={bench.RUN_DIR}/callgrind.out.%p"]
         envoy = bench.Envoy(procs, "envoy-callgrind", cfg, bench.ENVOY_CPU, wrap=wrap, envoy=native_envoy())
         envoy.wait_ready(timeout=300)
-        if ks:
+        # keygate polls the feed only where it verifies keys remotely (the history variants use
+        # the key service as a receiver only)
+        if ks and any(v.get("keyservice_calls") is not None for v in vs):
             ks.wait_for_feed(time.monotonic(), timeout=60)
         if any(v.get("stub") for v in vs):
             time.sleep(1.5)  # keygate caches nothing before its first revocation-feed poll

@@ -24,6 +24,10 @@ ROOT = Path(__file__).resolve().parents[2]
 # KEYGATE_WASM: run the suite against another build (e.g. an older commit's, to see a test fail)
 WASM = Path(os.environ.get("KEYGATE_WASM") or ROOT / "target" / "wasm32-wasip1" / "release" / "keygate.wasm")
 
+# keygate's excerpt filter (envoy/excerpt; built by tests/run.sh): body excerpts for the history
+EXCERPT_WASM = Path(os.environ.get("KEYGATE_EXCERPT_WASM") or
+                    ROOT / "target" / "excerpt" / "wasm32-wasip1" / "release" / "keygate_excerpt.wasm")
+
 # Envoy's tag extraction turns keygate's flat metric names into labelled Prometheus series.
 STATS_TAGS = [
     {"tag_name": "decision", "regex": r"^wasmcustom\.keygate\.requests(\.(.+))$"},
@@ -354,7 +358,8 @@ class Upstream:
         self.srv.server_close()
 
 
-KEY_SERVICE_BIN = ROOT / "target" / "release" / "keyservice"
+# KEYGATE_KEYSERVICE_BIN: run the suite against another build of the key service (as KEYGATE_WASM)
+KEY_SERVICE_BIN = Path(os.environ.get("KEYGATE_KEYSERVICE_BIN") or ROOT / "target" / "release" / "keyservice")
 FAULT_PROXY = ROOT / "tests" / "services" / "faultproxy.py"
 
 

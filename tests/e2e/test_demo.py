@@ -3,6 +3,7 @@ real Envoy and answer the README's curls as documented (ports rewritten to free 
 import base64
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -160,7 +161,8 @@ def test_demo_sh_refuses_busy_ports_before_starting_anything():
 
 
 def test_demo_sh_runs_a_profile_on_other_ports_and_prints_its_keys():
-    ports = {n: free_port() for n in ("KEYGATE_PORT", "KEYGATE_ADMIN_PORT", "KEYGATE_UPSTREAM_PORT")}
+    ports = {n: free_port() for n in ("KEYGATE_PORT", "KEYGATE_ADMIN_PORT", "KEYGATE_UPSTREAM_PORT",
+                                      "KEYGATE_KEYSERVICE_PORT")}
     p = demo_sh("evon", env={k: str(v) for k, v in ports.items()})
     try:
         def answered():
@@ -172,6 +174,12 @@ def test_demo_sh_runs_a_profile_on_other_ports_and_prints_its_keys():
         r = wait_until(answered, 60, 0.1, "the demo to answer")
         assert r.status == 200 and r.json()["path"] == "/organization"  # the echo upstream, on its moved port
         assert request(ports["KEYGATE_PORT"], "GET", "/organization").json()["error"] == "API key is required"
+        # the request history is on: the key service (on its moved port) stored the keyed request
+        def stored():
+            text = request(ports["KEYGATE_KEYSERVICE_PORT"], "GET", "/metrics").body.decode()
+            m = re.search(r'^keyservice_history_records_total\{outcome="stored"\} (\d+)$', text, re.M)
+            return m and int(m.group(1)) >= 1
+        wait_until(stored, 10, 0.2, "the demo's history to store a record")
     finally:
         os.killpg(p.pid, signal.SIGTERM)
         _, err = p.communicate(timeout=30)
@@ -219,7 +227,8 @@ def test_demo_sh_remote_runs_the_reference_key_service():
 def test_demo_sh_stops_on_sigterm_to_its_own_pid():
     """A supervisor or `timeout` signals the script's PID only, not its process group: the demo
     must stop at once, and take Envoy and its upstream down with it."""
-    ports = {n: free_port() for n in ("KEYGATE_PORT", "KEYGATE_ADMIN_PORT", "KEYGATE_UPSTREAM_PORT")}
+    ports = {n: free_port() for n in ("KEYGATE_PORT", "KEYGATE_ADMIN_PORT", "KEYGATE_UPSTREAM_PORT",
+                                      "KEYGATE_KEYSERVICE_PORT")}
     p = demo_sh("evon", env={k: str(v) for k, v in ports.items()})
     try:
         def answered():

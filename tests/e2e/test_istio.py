@@ -222,3 +222,89 @@ def test_two_keygate_plugins_on_one_proxy_keep_their_own_config(upstream, keyser
     assert r.status == 401 and r.header("www-authenticate") == 'APIKey realm="a"'
     # and both gates pass a request carrying both keys
     assert e.req("GET", "/x", [("x-a-key", "secret-a"), ("x-b-key", "secret-b")]).status == 200
+
+
+# ------------------------------------------------------------------------------------------------
+# The request history in Istio (history.yaml): the mesh's envoyOtelAls provider, a collector
+# forwarding OTLP/HTTP to the key service, the Telemetry resource on the gated workload
+# ------------------------------------------------------------------------------------------------
+
+def history_docs() -> dict[str, dict]:
+    docs = [d for d in yaml.safe_load_all((ISTIO / "history.yaml").read_text()) if d]
+    by_kind = {d["kind"]: d for d in docs}
+    assert len(by_kind) == len(docs) == 5, [d["kind"] for d in docs]
+    return by_kind
+
+
+def demo_history_line() -> str:
+    cfg = yaml.safe_load((ROOT / "envoy" / "demo.yaml").read_text())
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    [otel] = [a for a in hcm["access_log"] if a["name"] == "envoy.access_loggers.open_telemetry"]
+    return otel["typed_config"]["body"]["string_value"]
+
+
+def test_history_recipe_wires_provider_collector_and_key_service():
+    d = history_docs()
+    [provider] = d["IstioOperator"]["spec"]["meshConfig"]["extensionProviders"]
+    als = provider["envoyOtelAls"]
+    # the provider's service is the collector's Service, on its OTLP/gRPC port
+    svc = d["Service"]
+    assert als["service"] == f"{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc.cluster.local"
+    [port] = svc["spec"]["ports"]
+    assert als["port"] == port["port"] == 4317 and port["name"].startswith("grpc")
+    # the records carry exactly the demo's line (the key service reads its fields by name)
+    assert als["logFormat"]["text"] == demo_history_line()
+    assert "%REQ(:PATH)%" not in json.dumps(als) and " path=%PATH(WQ)% " in als["logFormat"]["text"]
+    # the Telemetry resource turns that provider on where the WasmPlugin runs, inbound only
+    tel, plugin = d["Telemetry"], wasmplugin()
+    assert tel["apiVersion"].startswith("telemetry.istio.io/")
+    assert tel["metadata"]["namespace"] == plugin["metadata"]["namespace"]
+    assert tel["spec"]["selector"] == plugin["spec"]["selector"]
+    [logging] = tel["spec"]["accessLogging"]
+    assert logging["providers"] == [{"name": provider["name"]}] and logging["match"] == {"mode": "SERVER"}
+    # the collector: OTLP in, OTLP/HTTP (identity-encoded protobuf, with the ingest token) out to
+    # the key service's Service (serviceentry.yaml) at /v1/logs; bounded memory
+    col = yaml.safe_load(d["ConfigMap"]["data"]["config.yaml"])
+    assert col["receivers"]["otlp"]["protocols"]["grpc"]["endpoint"].endswith(f":{port['port']}")
+    [(name, exp)] = col["exporters"].items()
+    assert name.startswith("otlphttp")
+    host = CLUSTER.split("|")[3]
+    assert exp["logs_endpoint"] == f"http://{host}:{CLUSTER.split('|')[1]}/v1/logs"
+    assert exp["encoding"] == "proto" and exp["compression"] == "none"
+    assert exp["headers"]["x-keyservice-ingest-token"] == "${env:KEYSERVICE_INGEST_TOKEN}"
+    assert exp["sending_queue"]["queue_size"] > 0
+    logs = col["service"]["pipelines"]["logs"]
+    assert logs["receivers"] == ["otlp"] and logs["exporters"] == [name]
+    assert "memory_limiter" in logs["processors"]
+    [container] = d["Deployment"]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert "secretKeyRef" in env["KEYSERVICE_INGEST_TOKEN"]["valueFrom"]  # never in the manifest
+    assert container["resources"]["limits"]["memory"]
+    assert d["Deployment"]["spec"]["template"]["metadata"]["labels"] == svc["spec"]["selector"]
+
+
+def test_history_recipe_format_is_what_the_key_service_stores(upstream):
+    """The recipe's format as istiod writes it (its text the body of each record), in a real
+    Envoy's OpenTelemetry logger, to the real key service: each request of a key is in its
+    owner's history with its method, path (never the query) and status."""
+    from test_history import KEYGATE, TOKEN, HistoryEnvoy, Owner, history_cluster, otel_log, wait_stored
+    text = history_docs()["IstioOperator"]["spec"]["meshConfig"]["extensionProviders"][0]["envoyOtelAls"][
+        "logFormat"]["text"]
+    otel = otel_log()
+    otel["typed_config"]["body"] = {"string_value": text}
+    otel["typed_config"].pop("attributes")
+    ks = KeyService(faults=False, extra_args=["--ingest-token", TOKEN]).start()
+    e = HistoryEnvoy(KEYGATE, upstream.port, extra_clusters=[ks.cluster(), history_cluster(ks.port)], otel=otel)
+    try:
+        e.start()
+        key = "kgb_demo_acme_business_0001"
+        assert e.req("GET", "/v1/orders/7?token=" + key, [("X-API-Key", key)]).status == 200
+        assert e.req("DELETE", "/v1/orders/8", [("X-API-Key", key)]).status == 200
+        wait_stored(ks, 2)
+        rows = Owner(ks, "alice@example.com", "alice-password").requests("bk_demo_acme")
+        assert sorted((r["method"], r["path"], r["status"]) for r in rows) == [
+            ("DELETE", "/v1/orders/8", "200"), ("GET", "/v1/orders/7", "200")]
+        assert all(r["total"].isdigit() for r in rows)
+    finally:
+        e.stop()
+        ks.stop()

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import ROOT, Envoy, KeyService, wait_until
+from harness import ROOT, Envoy, KeyService, free_port, wait_until
 
 PROFILES = ROOT / "envoy" / "profiles"
 NAMES = ["eventlyte", "evon", "eventstaff", "eventicat", "astalty"]
@@ -101,6 +101,8 @@ class ProfileEnvoy(Envoy):
                     ep["endpoint"]["address"]["socket_address"]["port_value"] = self.cluster_ports[c["name"]]
         h = hcm(cfg)
         for log in h["access_log"]:  # stdout -> a file the test can read, same format
+            if log["name"] == "envoy.access_loggers.open_telemetry":
+                continue  # the history's records, to the cluster keyservice_history
             fmt = log["typed_config"]["log_format"]
             log["name"] = "envoy.access_loggers.file"
             log["typed_config"] = {
@@ -108,9 +110,10 @@ class ProfileEnvoy(Envoy):
                 "path": str(self.access_log_path), "log_format": fmt,
             }
         w = wasm_config(cfg)
-        code = w["vm_config"]["code"]["local"]
-        if not Path(code["filename"]).is_absolute():
-            code["filename"] = str(ROOT / code["filename"])
+        for f in h["http_filters"]:  # keygate, and the excerpt filter where bodies are on
+            code = f["typed_config"].get("config", {}).get("vm_config", {}).get("code", {}).get("local")
+            if code and not Path(code["filename"]).is_absolute():
+                code["filename"] = str(ROOT / code["filename"])
         if self.patch is not None:
             pc = plugin_config(cfg)
             self.patch(pc)
@@ -124,9 +127,11 @@ def start(upstream):
     started = []
 
     def run(name: str, patch=None, keyservice: KeyService | None = None) -> ProfileEnvoy:
-        ports = {"upstream": upstream.port}
+        # the history's receiver: the key service, or a port where nothing listens (its records
+        # are then dropped and counted, and requests go on as ever)
+        ports = {"upstream": upstream.port, "keyservice_history": free_port()}
         if keyservice is not None:
-            ports["keyservice"] = keyservice.port
+            ports["keyservice"] = ports["keyservice_history"] = keyservice.port
         e = ProfileEnvoy(load(name), ports, patch)
         started.append(e)
         return e.start()
@@ -210,7 +215,8 @@ def test_profile_has_the_demo_shape(name):
     assert listener["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 10000}
     assert cfg["admin"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": 9901}
     clusters = {c["name"]: c for c in cfg["static_resources"]["clusters"]}
-    expected = {"upstream": 8080, **({"keyservice": 8081} if name == "eventstaff" else {})}
+    expected = {"upstream": 8080, "keyservice_history": 8081,
+                **({"keyservice": 8081} if name == "eventstaff" else {})}
     assert set(clusters) == set(expected)
     for cname, port in expected.items():
         [group] = clusters[cname]["load_assignment"]["endpoints"]
@@ -218,8 +224,25 @@ def test_profile_has_the_demo_shape(name):
         assert ep["endpoint"]["address"]["socket_address"] == {"address": "127.0.0.1", "port_value": port}
     h = hcm(cfg)
     assert h["normalize_path"] is True and h["merge_slashes"] is True
-    [log] = h["access_log"]
+    [log, history] = h["access_log"]
     fmt = log["typed_config"]["log_format"]["text_format_source"]["inline_string"]
+    # the request history: Envoy's OpenTelemetry logger to the key service, every field it keeps
+    assert history["name"] == "envoy.access_loggers.open_telemetry"
+    hc = history["typed_config"]
+    assert hc["http_service"]["http_uri"]["cluster"] == "keyservice_history"
+    assert hc["buffer_size_bytes"] == 65536  # bounded per worker; fewer exports than the 16 KiB default
+    # one line (the cheap form): keygate's state first (only it may name the owner), then every
+    # field the key service keeps; the path without its query
+    line = hc["body"]["string_value"]
+    assert line.startswith("%FILTER_STATE(wasm.keygate:PLAIN)% ")
+    fields = dict(t.split("=", 1) for t in line.split(" ")[1:])
+    assert fields == {"method": "%REQ(:METHOD)%", "status": "%RESPONSE_CODE%", "duration_ms": "%DURATION%",
+                      "upstream_ms": "%COMMON_DURATION(US_TX_BEG:US_RX_END:ms)%", "bytes_in": "%BYTES_RECEIVED%",
+                      "bytes_out": "%BYTES_SENT%", "path": "%PATH(WQ)%", "request_id": "%REQ(X-REQUEST-ID)%"}
+    attrs = {a["key"]: a["value"]["string_value"] for a in hc.get("attributes", {}).get("values", [])}
+    # Astalty's seed document promises request and response bodies: the excerpt filter, first
+    bodies = name == "astalty"
+    assert attrs == ({"keygate.bodies": "%FILTER_STATE(wasm.keygate_bodies:PLAIN)%"} if bodies else {})
     assert "%FILTER_STATE(wasm.keygate:PLAIN)%" in fmt  # decision, key id, account, plan
     assert "%PATH(NQ)%" in fmt and "%REQ(:PATH)%" not in fmt
     # a profile whose keygate reads bodies (an owner check that reads them, or routes that name
@@ -228,7 +251,8 @@ def test_profile_has_the_demo_shape(name):
     routes = plugin_config(cfg).get("routes", [])
     reads_bodies = any(r.get("owner", {}).get("query") and r["owner"].get("body", "read") == "read"
                        for r in routes) or any(r.get("methods") for r in routes)
-    assert [f["name"] for f in h["http_filters"]] == ["envoy.filters.http.wasm"] + (
+    assert [f["name"] for f in h["http_filters"]] == (["keygate.excerpt"] if bodies else []) + [
+        "envoy.filters.http.wasm"] + (
         ["envoy.filters.http.buffer"] if reads_bodies else []) + ["envoy.filters.http.router"]
     w = wasm_config(cfg)
     assert w["vm_config"]["code"]["local"]["filename"] == WASM_REL
@@ -881,3 +905,40 @@ def test_astalty_60_per_minute_then_short_delay_and_retry(start):
     assert e.req("GET", PARTICIPANTS, [bearer(AST_VIEWER), ACCEPT]).status == 200  # per key
     time.sleep(delay)  # time itself: "Build a short delay and retry into your integration"
     assert e.req("GET", PARTICIPANTS, [bearer(AST_OWNER), ACCEPT]).status == 200
+
+
+# ------------------------------------------------------------------------------------------------
+# Astalty's API Dashboard: "Every API request made with your keys is logged ..., where you can
+# inspect the status, timing, request body and response body." The shipped profile, its history
+# in the key service, as the key's owner sees it.
+# ------------------------------------------------------------------------------------------------
+
+def test_astalty_history_shows_status_timing_and_both_bodies(start):
+    from test_history import Owner, wait_stored
+    ks = KeyService(faults=False).start()
+    try:
+        ks.admin("POST", "/admin/accounts", {"name": "demo-clinic", "plan": "public-api"})
+        ks.admin("POST", "/admin/users", {"name": "clinic-owner", "email": "owner@demo-clinic.example",
+                                          "account": "demo-clinic", "password": "clinic-password-0001"})
+        e = start("astalty", keyservice=ks)
+        body = json.dumps({"first_name": "Ada", "medicare_number": "2123 45670 1", "password": "pw-secret-1"})
+        r = e.req("POST", "/public/v1/participants", [
+            ("Authorization", "Bearer ast_demo_owner_0001"), ("Content-Type", "application/json"),
+            ("Accept", "application/json")], body.encode())
+        assert r.status == 200
+        assert e.req("GET", "/public/v1/participants", [("Authorization", "Bearer ast_demo_viewer_0002")]).status == 200
+        wait_stored(ks, 2)
+        owner = Owner(ks, "owner@demo-clinic.example", "clinic-password-0001")
+        assert set(owner.usage()) == {"ast-demo-owner", "ast-demo-revoked"} or set(owner.usage()) == {"ast-demo-owner"}
+        [row] = owner.requests("ast-demo-owner")
+        assert (row["method"], row["path"], row["status"]) == ("POST", "/public/v1/participants", "200")
+        assert row["total"].isdigit() and row["upstream"].isdigit()
+        status, page = owner.get(f"/dashboard/keys/ast-demo-owner/history/{row['rid']}")
+        assert status == 200 and 'id="req-body"' in page and 'id="resp-body"' in page
+        assert "Ada" in page and "[REDACTED]" in page
+        for secret in ("2123 45670 1", "pw-secret-1", "ast_demo_owner_0001"):
+            assert secret not in page
+        # the viewer's key belongs to another account: not this owner's
+        assert owner.get("/dashboard/keys/ast-demo-viewer/history")[0] == 404
+    finally:
+        ks.stop()

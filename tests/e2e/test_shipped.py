@@ -97,7 +97,8 @@ def plugin_config(path: Path) -> dict:
     doc = yaml.safe_load(path.read_text())
     for h in connection_managers(doc):
         for f in h["http_filters"]:
-            if f.get("typed_config", {}).get("@type") == WASM:
+            # keygate's filter, not the excerpt filter (keygate.excerpt) a config records bodies with
+            if f.get("typed_config", {}).get("@type") == WASM and f.get("name") != "keygate.excerpt":
                 return json.loads(f["typed_config"]["config"]["configuration"]["value"])
     raise AssertionError(f"no keygate filter in {path}")
 

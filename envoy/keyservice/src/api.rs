@@ -153,7 +153,9 @@ enum Action {
     AdminCreateUser,
     AdminListUsers,
     AdminDisableUser,
+    AdminUsage,
     Metrics,
+    Ingest,
 }
 
 impl Action {
@@ -170,6 +172,7 @@ impl Action {
                 | Action::AdminCreateUser
                 | Action::AdminListUsers
                 | Action::AdminDisableUser
+                | Action::AdminUsage
         )
     }
 }
@@ -210,7 +213,10 @@ fn routes_for(path: &str) -> Vec<(Method, Action, Option<String>)> {
             p(Method::POST, AdminCreateUser),
         ],
         "/admin/users/disable" => vec![p(Method::POST, AdminDisableUser)],
+        "/admin/usage" => vec![p(Method::GET, AdminUsage)],
         "/metrics" => vec![p(Method::GET, Metrics)],
+        // OTLP/HTTP logs: Envoy's OpenTelemetry access logger, or a collector (crate::ingest)
+        "/v1/logs" => vec![p(Method::POST, Ingest)],
         _ => {
             let with_id = |prefix: &str, suffix: &str| {
                 path.strip_prefix(prefix)
@@ -275,6 +281,26 @@ pub async fn handle(
         Some((Action::Revocations, _)) => app.metrics.count_revocations(),
         _ => {}
     }
+    let max_body = if matches!(found, Some((Action::Ingest, _))) {
+        crate::ingest::MAX_EXPORT_BYTES
+    } else {
+        MAX_BODY_BYTES
+    };
+    // at most INGEST_SLOTS exports are read at once: more are refused before their bodies are
+    let _slot = if matches!(found, Some((Action::Ingest, _))) {
+        match app.history.slots.try_acquire() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                app.history
+                    .counters
+                    .exports_refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return ingest_refused(crate::ingest::Refused::Busy);
+            }
+        }
+    } else {
+        None
+    };
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
@@ -282,10 +308,8 @@ pub async fn handle(
         .and_then(|v| v.parse::<u64>().ok());
     let body = match declared {
         // refused before reading: a client announcing too much is not waited for
-        Some(n) if n > MAX_BODY_BYTES as u64 => Err(()),
-        _ => axum::body::to_bytes(body, MAX_BODY_BYTES)
-            .await
-            .map_err(|_| ()),
+        Some(n) if n > max_body as u64 => Err(()),
+        _ => axum::body::to_bytes(body, max_body).await.map_err(|_| ()),
     };
     let body = match body {
         Ok(b) => b.to_vec(),
@@ -294,7 +318,7 @@ pub async fn handle(
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "payload-too-large",
-                    format!("the body exceeds {MAX_BODY_BYTES} bytes"),
+                    format!("the body exceeds {max_body} bytes"),
                 ),
                 contract,
             );
@@ -370,10 +394,64 @@ async fn dispatch(app: &App, action: Action, id: Option<String>, c: Call) -> Api
         AdminDisableUser => admin_disable_user(app, &c).await,
         Metrics => Ok(json_response(
             StatusCode::OK,
-            app.metrics.prometheus().into_bytes(),
+            format!("{}{}", app.metrics.prometheus(), app.history.prometheus()).into_bytes(),
             "text/plain; version=0.0.4",
         )),
+        Ingest => Ok(ingest(app, &c)),
+        AdminUsage => crate::usage::admin_usage(app, &c).await,
     }
+}
+
+/// `POST /v1/logs`: an OTLP export of access-log records (`crate::ingest`).
+fn ingest(app: &App, c: &Call) -> Response {
+    let h = |n: &str| c.headers.get(n).and_then(|v| v.to_str().ok());
+    match crate::ingest::accept(
+        &app.history,
+        c.headers
+            .get("x-keyservice-ingest-token")
+            .map(|v| v.as_bytes()),
+        h("content-type"),
+        h("content-encoding"),
+        &c.body,
+        crate::model::now_s().saturating_mul(1000),
+    ) {
+        Ok(body) => json_response(StatusCode::OK, body, "application/x-protobuf"),
+        Err(e) => {
+            if e != crate::ingest::Refused::Full {
+                app.history
+                    .counters
+                    .exports_refused
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            ingest_refused(e)
+        }
+    }
+}
+
+fn ingest_refused(e: crate::ingest::Refused) -> Response {
+    use crate::ingest::Refused;
+    let (status, text) = match e {
+        Refused::Token => (
+            StatusCode::FORBIDDEN,
+            "a valid x-keyservice-ingest-token header is required".to_string(),
+        ),
+        Refused::MediaType => (
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "OTLP/HTTP protobuf only: content-type application/x-protobuf, no content-encoding"
+                .to_string(),
+        ),
+        Refused::Body(m) => (StatusCode::BAD_REQUEST, m),
+        Refused::Busy | Refused::Full => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the history queue is full; the records were dropped (counted)".to_string(),
+        ),
+    };
+    let mut r = json_response(status, text.into_bytes(), "text/plain; charset=utf-8");
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    r
 }
 
 fn require_admin(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {

@@ -39,6 +39,17 @@ pub struct Config {
     /// What the dashboard calls a business key and a named token ("API key", "access token", …).
     pub key_label: String,
     pub pat_label: String,
+    /// Request history: the newest requests kept per key, and for how many days.
+    pub history_per_key: usize,
+    pub history_days: i64,
+    /// Daily usage counts are kept this many days (billing).
+    pub usage_days: i64,
+    /// History records held in memory before they are stored (a full queue refuses exports).
+    pub history_queue: usize,
+    /// The token an export must carry in `x-keyservice-ingest-token` (none: any export).
+    pub ingest_token: Option<String>,
+    /// Key prefixes masked in stored paths and bodies (besides what keygate's filter masks).
+    pub redact_prefixes: Vec<String>,
 }
 
 impl Default for Config {
@@ -58,6 +69,12 @@ impl Default for Config {
             api_url: "http://127.0.0.1:10000".into(),
             key_label: "API key".into(),
             pat_label: "personal access token".into(),
+            history_per_key: 1_000,
+            history_days: 30,
+            usage_days: 400,
+            history_queue: 10_000,
+            ingest_token: None,
+            redact_prefixes: crate::history::default_prefixes(),
         }
     }
 }
@@ -100,6 +117,8 @@ pub struct App {
     /// A hash of no one's password: an unknown email costs what a known one does.
     pub dummy_hash: String,
     pub metrics: Metrics,
+    /// The request history's queue and counters (`crate::ingest`).
+    pub history: Arc<crate::ingest::Sink>,
 }
 
 impl App {
@@ -114,11 +133,16 @@ impl App {
             store,
             admin_token_hash: admin_token.map(|t| sha256_hex(t.as_bytes())),
             verbose,
-            cfg,
             throttle: Mutex::new(Throttle::new(100_000, 900)),
             hash_slots: Semaphore::new(slots),
             dummy_hash: auth::hash_password(&auth::token()?)?,
             metrics: Metrics::default(),
+            history: Arc::new(crate::ingest::Sink::new(
+                cfg.history_queue,
+                cfg.ingest_token.as_deref(),
+                cfg.redact_prefixes.clone(),
+            )),
+            cfg,
         })
     }
 
@@ -289,6 +313,7 @@ pub async fn serve(app: Arc<App>, host: &str, port: u16) -> Result<(), String> {
         tokio::spawn(async move {
             let mut t = tokio::time::interval(std::time::Duration::from_secs(1));
             let mut purged_at = 0;
+            let mut history_purged_at = 0;
             loop {
                 t.tick().await;
                 let now = now_s();
@@ -300,6 +325,15 @@ pub async fn serve(app: Arc<App>, host: &str, port: u16) -> Result<(), String> {
                 if let Err(e) = app.store.revocation_cursor().await {
                     eprintln!("keyservice: reading the feed's cursor: {e}");
                 }
+                if now - history_purged_at >= 60 {
+                    history_purged_at = now;
+                    let ms = now.saturating_mul(1000);
+                    let before_ms = ms - app.cfg.history_days * 86_400_000;
+                    let before_day = crate::history::day_of(ms) - app.cfg.usage_days;
+                    if let Err(e) = app.store.purge_history(before_ms, before_day).await {
+                        eprintln!("keyservice: purging old history: {e}");
+                    }
+                }
                 if now - purged_at >= 3_600 {
                     purged_at = now;
                     if let Err(e) = app.store.purge(now - app.cfg.retention_s).await {
@@ -309,6 +343,11 @@ pub async fn serve(app: Arc<App>, host: &str, port: u16) -> Result<(), String> {
             }
         })
     };
+    let writer = tokio::spawn(crate::ingest::writer(
+        app.history.clone(),
+        app.store.clone(),
+        app.cfg.history_per_key,
+    ));
     let router = app.router();
     let result = axum::serve(
         listener,
@@ -318,6 +357,7 @@ pub async fn serve(app: Arc<App>, host: &str, port: u16) -> Result<(), String> {
     .await
     .map_err(|e| e.to_string());
     ticker.abort();
+    writer.abort();
     result
 }
 

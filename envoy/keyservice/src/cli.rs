@@ -35,7 +35,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Serve the API and the dashboard.
-    Serve(Serve),
+    Serve(Box<Serve>),
     /// Accounts: `add NAME [--plan P]`, `list`, `disable NAME`, `enable NAME`.
     Account {
         #[command(subcommand)]
@@ -51,6 +51,16 @@ enum Cmd {
     Import { file: String },
     /// Create (or restore) the demo accounts, users and keys.
     SeedDemo,
+    /// Requests per account and day by status class (billing), as CSV: `--from YYYY-MM-DD`
+    /// `--to YYYY-MM-DD` (default: the last 30 days), `--account A`.
+    Usage {
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        account: Option<String>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -104,6 +114,27 @@ struct Serve {
     /// x-forwarded-for behind Envoy). Only when every request comes through that proxy.
     #[arg(long)]
     client_ip_header: Option<String>,
+    /// Request history: the newest requests kept per key.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    history_per_key: u64,
+    /// Request history: days a request is kept.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(i64).range(1..=3650))]
+    history_days: i64,
+    /// Days the daily usage counts (billing) are kept.
+    #[arg(long, default_value_t = 400, value_parser = clap::value_parser!(i64).range(1..=36_500))]
+    usage_days: i64,
+    /// History records held in memory before they are stored; a full queue refuses exports
+    /// (counted at /metrics).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    history_queue: u64,
+    /// The token Envoy's access logger (or a collector) must send in x-keyservice-ingest-token
+    /// to POST /v1/logs. Prefer the environment variable.
+    #[arg(long, env = "KEYSERVICE_INGEST_TOKEN", hide_env_values = true)]
+    ingest_token: Option<String>,
+    /// A prefix of your keys' secrets, masked in stored paths and bodies (repeatable; default:
+    /// this service's kgb_, kgp_, kgn_).
+    #[arg(long = "history-redact-prefix")]
+    redact_prefixes: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -188,6 +219,18 @@ async fn run(cli: Cli) -> Result<(), String> {
                 key_label: s.key_label,
                 retention_s: s.retention_days * 86_400,
                 pat_label: s.pat_label,
+                history_per_key: s.history_per_key as usize,
+                history_days: s.history_days,
+                usage_days: s.usage_days,
+                history_queue: s.history_queue as usize,
+                ingest_token: s.ingest_token.filter(|t| !t.is_empty()),
+                redact_prefixes: if s.redact_prefixes.is_empty() {
+                    crate::history::default_prefixes()
+                } else {
+                    let mut p = crate::history::default_prefixes();
+                    p.extend(s.redact_prefixes.into_iter().filter(|p| !p.is_empty()));
+                    p
+                },
                 ..Config::default()
             };
             let app = Arc::new(App::new(store, s.admin_token.as_deref(), s.verbose, cfg)?);
@@ -209,6 +252,15 @@ async fn admin(app: &App, cmd: Cmd) -> Result<(), String> {
     match cmd {
         Cmd::Serve(_) => Ok(()),
         Cmd::SeedDemo => app.seed_demo().await,
+        Cmd::Usage { from, to, account } => {
+            let today = crate::history::day_of(now_s().saturating_mul(1000));
+            let (from, to) = crate::usage::range(from.as_deref(), to.as_deref(), today)?;
+            let data = crate::usage::usage_of(s.as_ref(), account.as_deref(), from, to)
+                .await
+                .map_err(e)?;
+            print!("{}", crate::usage::csv(&data));
+            Ok(())
+        }
         Cmd::Account { cmd } => match cmd {
             AccountCmd::Add { name, plan } => {
                 if !api::name_ok(&name) {

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use askama::Template;
-use axum::extract::{ConnectInfo, DefaultBodyLimit, Form, Path, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Form, Path, RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -25,7 +25,7 @@ use crate::api::{self, LoginError};
 use crate::app::App;
 use crate::auth;
 use crate::model::{now_s, sha256_hex, KeyRecord, Kind, Session, State as KeyState, User};
-use crate::store::KeyFilter;
+use crate::store::{HistoryQuery, HistoryRow, KeyFilter, StatusFilter, UsageOf};
 
 const SESSION_COOKIE: &str = "ks_session";
 const LOGIN_COOKIE: &str = "ks_login";
@@ -45,6 +45,9 @@ pub fn routes() -> Router<Arc<App>> {
         .route("/dashboard/keys", post(create))
         .route("/dashboard/keys/{id}/rotate", post(rotate))
         .route("/dashboard/keys/{id}/revoke", post(revoke))
+        .route("/dashboard/usage", get(usage_page))
+        .route("/dashboard/keys/{id}/history", get(history_page))
+        .route("/dashboard/keys/{id}/history/{rid}", get(request_page))
         .route(
             "/dashboard/static/app.css",
             get(|| async { asset(CSS, "text/css") }),
@@ -265,6 +268,7 @@ struct Row {
     expires: String,
     state: String,
     live: bool,
+    last_used: String,
 }
 
 #[derive(Template)]
@@ -332,6 +336,7 @@ fn row(k: &KeyRecord, now: i64) -> Row {
         expires: k.expires_at.map_or_else(|| "never".into(), when),
         state: label,
         live: state == KeyState::Valid && k.replaced_by.is_none(),
+        last_used: "never".into(),
     }
 }
 
@@ -367,6 +372,17 @@ async fn index(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
             "the database failed; try again",
         );
     };
+    let used = app
+        .store
+        .key_activity(&s.user.account, ACTIVITY_LIMIT)
+        .await
+        .unwrap_or_default();
+    let last_used = |mut r: Row| {
+        if let Some(a) = used.iter().find(|a| a.key_id == r.id) {
+            r.last_used = when_ms(a.last_used_ms);
+        }
+        r
+    };
     let cfg = &app.cfg;
     let mut graces: Vec<i64> = vec![0, 3_600, 86_400, 7 * 86_400, cfg.default_grace_s];
     graces.retain(|g| *g <= cfg.max_grace_s);
@@ -388,8 +404,8 @@ async fn index(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
             key_label: &cfg.key_label,
             key_label_title: title_case(&cfg.key_label),
             pat_label: &cfg.pat_label,
-            business: business.iter().map(|k| row(k, now)).collect(),
-            named: named.iter().map(|k| row(k, now)).collect(),
+            business: business.iter().map(|k| last_used(row(k, now))).collect(),
+            named: named.iter().map(|k| last_used(row(k, now))).collect(),
             graces: graces.into_iter().map(|g| (g, grace_label(g))).collect(),
             default_grace: cfg.default_grace_s,
             lifetimes,
@@ -703,64 +719,5 @@ async fn revoke(
     }
 }
 
-#[cfg(test)]
-#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dates() {
-        assert_eq!(when(0), "1970-01-01 00:00 UTC");
-        assert_eq!(when(951_782_400), "2000-02-29 00:00 UTC");
-        assert_eq!(when(1_796_592_600), "2026-12-06 21:30 UTC");
-    }
-
-    #[test]
-    fn origins() {
-        let mut h = HeaderMap::new();
-        h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8081"));
-        assert!(same_origin(&h));
-        h.insert(
-            header::ORIGIN,
-            HeaderValue::from_static("http://127.0.0.1:8081"),
-        );
-        assert!(same_origin(&h));
-        h.insert(
-            header::ORIGIN,
-            HeaderValue::from_static("http://evil.example"),
-        );
-        assert!(!same_origin(&h));
-        h.insert(header::ORIGIN, HeaderValue::from_static("null"));
-        assert!(!same_origin(&h));
-    }
-
-    #[test]
-    fn a_cookie_sent_twice_is_no_cookie() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::COOKIE,
-            HeaderValue::from_static("a=1; ks_session=abc; b=2"),
-        );
-        assert_eq!(cookie(&h, "ks_session").as_deref(), Some("abc"));
-        h.append(
-            header::COOKIE,
-            HeaderValue::from_static("ks_session=planted"),
-        );
-        assert_eq!(cookie(&h, "ks_session"), None);
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::COOKIE,
-            HeaderValue::from_static("ks_session=abc; ks_session=planted"),
-        );
-        assert_eq!(cookie(&h, "ks_session"), None);
-        assert_eq!(cookie(&h, "other"), None);
-    }
-
-    #[test]
-    fn grace_labels() {
-        assert_eq!(grace_label(86_400), "1 day");
-        assert_eq!(grace_label(7 * 86_400), "7 days");
-        assert_eq!(grace_label(3_600), "1 hour");
-        assert_eq!(grace_label(0), "no longer (revoke now)");
-    }
-}
+mod usage;
+use usage::*;

@@ -8,8 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
+use keyservice::history::{Excerpt, HistoryRecord};
 use keyservice::model::{sha256_hex, Account, KeyRecord, Kind, Session, State, User};
-use keyservice::store::{self, KeyFilter, Store, StoreError};
+use keyservice::store::{self, HistoryQuery, KeyFilter, StatusFilter, Store, StoreError, UsageOf};
 
 fn key(id: &str, kind: Kind, account: &str, user: Option<&str>, created_at: i64) -> KeyRecord {
     KeyRecord {
@@ -455,6 +456,176 @@ async fn suite(s: Arc<dyn Store>) {
             .unwrap()
             .password_hash,
         "$argon2id$other"
+    );
+    history_suite(s).await;
+}
+
+fn req(key: &str, account: &str, at_ms: i64, status: u16) -> HistoryRecord {
+    HistoryRecord {
+        key_id: key.into(),
+        account: account.into(),
+        plan: "free".into(),
+        at_ms,
+        method: "GET".into(),
+        path: format!("/r/{status}"),
+        status,
+        duration_ms: Some(3),
+        upstream_ms: (status != 429).then_some(2),
+        bytes_in: 0,
+        bytes_out: 10,
+        decision: "allowed".into(),
+        request_id: format!("rid-{at_ms}"),
+        req_body: None,
+        resp_body: None,
+    }
+}
+
+/// Request history: bounded per key, counted per day and class, last use, filters, purge.
+async fn history_suite(s: &dyn Store) {
+    const DAY: i64 = 86_400_000;
+    let t0 = 20_000 * DAY + 1_000; // day 20000
+    let mut a: Vec<HistoryRecord> = [200, 201, 404, 500, 0]
+        .iter()
+        .enumerate()
+        .map(|(i, st)| req("hk_a", "acme", t0 + i as i64, *st))
+        .collect();
+    a[4].req_body = Some(Excerpt {
+        content_type: "application/json".into(),
+        bytes: Some(11),
+        text: "{\"a\": \"b\"}".into(),
+        truncated: false,
+        omitted: None,
+    });
+    let b = vec![
+        req("hk_b", "globex", t0 + DAY, 429),
+        req("hk_b", "globex", t0 + DAY + 5, 200),
+    ];
+    assert_eq!(s.record_history(&a, 3).await.unwrap(), 5);
+    assert_eq!(s.record_history(&b, 3).await.unwrap(), 2);
+    // a late record older than the newest 3 is not kept
+    s.record_history(&[req("hk_a", "acme", t0 - 1, 204)], 3)
+        .await
+        .unwrap();
+    assert_eq!(s.record_history(&[], 3).await.unwrap(), 0);
+    let q = |key: &'static str, status| HistoryQuery {
+        key_id: key,
+        status,
+        from_ms: 0,
+        to_ms: i64::MAX,
+        before: None,
+        limit: 100,
+    };
+    // the newest 3 of hk_a stay, newest first
+    let rows = s.history(&q("hk_a", StatusFilter::Any)).await.unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.record.status).collect::<Vec<_>>(),
+        [0, 500, 404]
+    );
+    assert_eq!(rows[0].record, a[4]);
+    assert_eq!(rows[1].record, a[3]);
+    // filters: a class, a status, outside the classes, time, pages
+    let st = |f| async move {
+        s.history(&q("hk_a", f))
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.record.status)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(st(StatusFilter::Range(400, 499)).await, [404]);
+    assert_eq!(st(StatusFilter::Range(500, 500)).await, [500]);
+    assert_eq!(st(StatusFilter::Other).await, [0]);
+    assert_eq!(st(StatusFilter::Range(200, 299)).await, Vec::<u16>::new());
+    let mut timed = q("hk_a", StatusFilter::Any);
+    (timed.from_ms, timed.to_ms) = (t0 + 3, t0 + 4);
+    assert_eq!(s.history(&timed).await.unwrap().len(), 1);
+    let mut page = q("hk_a", StatusFilter::Any);
+    page.limit = 2;
+    let first = s.history(&page).await.unwrap();
+    page.before = Some((first[1].record.at_ms, first[1].id));
+    let second = s.history(&page).await.unwrap();
+    assert_eq!(second.len(), 1);
+    assert_eq!(second[0].record.status, 404);
+    // one request, only under its own key
+    assert_eq!(
+        s.history_entry("hk_a", rows[0].id)
+            .await
+            .unwrap()
+            .unwrap()
+            .record,
+        a[4]
+    );
+    assert!(s.history_entry("hk_b", rows[0].id).await.unwrap().is_none());
+    // usage counts every request (the history keeps only the newest), per day and class
+    let u = s
+        .usage(UsageOf::Account("acme"), 0, i64::MAX / DAY)
+        .await
+        .unwrap();
+    assert_eq!(u.len(), 1);
+    assert_eq!(u[0].counts.day, 20_000);
+    assert_eq!(u[0].counts.counts, [3, 0, 1, 1, 1]);
+    s.record_history(&[req("hk_a", "acme", t0 + 10, 302)], 3)
+        .await
+        .unwrap();
+    let u = s
+        .usage(UsageOf::Keys(&["hk_a".into()]), 20_000, 20_000)
+        .await
+        .unwrap();
+    assert_eq!(u[0].counts.counts, [3, 1, 1, 1, 1]);
+    let all = s.usage(UsageOf::All, 0, 30_000).await.unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(
+        (all[1].account.as_str(), all[1].counts.day),
+        ("globex", 20_001)
+    );
+    assert_eq!(all[1].counts.counts, [1, 0, 1, 0, 0]);
+    assert!(s
+        .usage(UsageOf::All, 20_002, 30_000)
+        .await
+        .unwrap()
+        .is_empty());
+    // last use, per account
+    let act = s.key_activity("acme", 10).await.unwrap();
+    assert_eq!(act.len(), 1);
+    assert_eq!(
+        (act[0].key_id.as_str(), act[0].last_used_ms),
+        ("hk_a", t0 + 10)
+    );
+    // a late record does not move "last used" back
+    s.record_history(&[req("hk_a", "acme", t0, 200)], 3)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.key_activity("acme", 10).await.unwrap()[0].last_used_ms,
+        t0 + 10
+    );
+    assert!(s.key_activity("nobody", 10).await.unwrap().is_empty());
+    // purge: requests before an instant, usage before a day
+    let gone = s.purge_history(t0 + DAY, 20_001).await.unwrap();
+    assert!(gone >= 4, "{gone}");
+    assert!(s
+        .history(&q("hk_a", StatusFilter::Any))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        s.history(&q("hk_b", StatusFilter::Any))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert!(s
+        .usage(UsageOf::Account("acme"), 0, 30_000)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        s.usage(UsageOf::Account("globex"), 0, 30_000)
+            .await
+            .unwrap()
+            .len(),
+        1
     );
 }
 

@@ -16,7 +16,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{KeyChange, KeyFilter, Result, Store};
+use super::{
+    HistoryQuery, HistoryRow, KeyActivity, KeyChange, KeyFilter, Result, Store, UsageOf, UsageRow,
+};
+use crate::history::HistoryRecord;
 use crate::model::{Account, FeedEntry, KeyRecord, Kind, Session, User};
 
 struct Memory {
@@ -213,5 +216,26 @@ impl Store for CachedStore {
     }
     async fn delete_user_sessions(&self, user: &str) -> Result<()> {
         self.inner.delete_user_sessions(user).await
+    }
+    // request history: no key changes, nothing to forget
+    async fn record_history(&self, batch: &[HistoryRecord], keep_per_key: usize) -> Result<u64> {
+        self.inner.record_history(batch, keep_per_key).await
+    }
+    async fn history(&self, q: &HistoryQuery<'_>) -> Result<Vec<HistoryRow>> {
+        self.inner.history(q).await
+    }
+    async fn history_entry(&self, key_id: &str, id: i64) -> Result<Option<HistoryRow>> {
+        self.inner.history_entry(key_id, id).await
+    }
+    async fn usage(&self, of: UsageOf<'_>, from_day: i64, to_day: i64) -> Result<Vec<UsageRow>> {
+        self.inner.usage(of, from_day, to_day).await
+    }
+    async fn key_activity(&self, account: &str, limit: usize) -> Result<Vec<KeyActivity>> {
+        self.inner.key_activity(account, limit).await
+    }
+    async fn purge_history(&self, history_before_ms: i64, usage_before_day: i64) -> Result<u64> {
+        self.inner
+            .purge_history(history_before_ms, usage_before_day)
+            .await
     }
 }

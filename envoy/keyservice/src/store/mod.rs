@@ -4,6 +4,7 @@
 
 use async_trait::async_trait;
 
+use crate::history::{DayCounts, HistoryRecord};
 use crate::model::{Account, FeedEntry, KeyRecord, Kind, Session, User};
 
 pub mod cache;
@@ -53,6 +54,60 @@ pub struct KeyFilter<'a> {
     pub include_revoked: bool,
     /// At most this many, newest first when set (the dashboard), oldest first otherwise.
     pub limit: Option<usize>,
+}
+
+/// Which statuses a history listing returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusFilter {
+    Any,
+    /// From .. to, inclusive (a class, or one status: `(404, 404)`).
+    Range(u16, u16),
+    /// Outside 200-599 (no response, 1xx, nonsense).
+    Other,
+}
+
+/// A page of one key's requests, newest first (by start time, then arrival).
+#[derive(Clone, Debug)]
+pub struct HistoryQuery<'a> {
+    pub key_id: &'a str,
+    pub status: StatusFilter,
+    /// Requests that started in [from_ms, to_ms).
+    pub from_ms: i64,
+    pub to_ms: i64,
+    /// Only rows after this one (its start time and id) in that order: the next page.
+    pub before: Option<(i64, i64)>,
+    pub limit: usize,
+}
+
+/// One stored request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HistoryRow {
+    pub id: i64,
+    pub record: HistoryRecord,
+}
+
+/// Requests per day and class of one key under one account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageRow {
+    pub key_id: String,
+    pub account: String,
+    pub counts: DayCounts,
+}
+
+/// Whose usage: one account's keys, some keys, or every account (the operator's billing).
+#[derive(Clone, Copy, Debug)]
+pub enum UsageOf<'a> {
+    Account(&'a str),
+    Keys(&'a [String]),
+    All,
+}
+
+/// A key seen in the history: when it was last used and under which account.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyActivity {
+    pub key_id: String,
+    pub account: String,
+    pub last_used_ms: i64,
 }
 
 #[async_trait]
@@ -136,6 +191,23 @@ pub trait Store: Send + Sync + 'static {
     async fn session(&self, id_hash: &str, now: i64) -> Result<Option<Session>>;
     async fn delete_session(&self, id_hash: &str) -> Result<()>;
     async fn delete_user_sessions(&self, user: &str) -> Result<()>;
+
+    // -- request history ----------------------------------------------------------------------
+    /// Stores a batch of requests in one transaction: each in its key's history (then only the
+    /// newest `keep_per_key` of each key it touched stay, by start time), counted in its key's usage of the day
+    /// by status class, and as the key's last use. Returns how many were stored.
+    async fn record_history(&self, batch: &[HistoryRecord], keep_per_key: usize) -> Result<u64>;
+    /// A page of one key's requests, newest first (by start time, then arrival).
+    async fn history(&self, q: &HistoryQuery<'_>) -> Result<Vec<HistoryRow>>;
+    /// One request of a key.
+    async fn history_entry(&self, key_id: &str, id: i64) -> Result<Option<HistoryRow>>;
+    /// Usage per key, account and day in [from_day, to_day], ordered by day.
+    async fn usage(&self, of: UsageOf<'_>, from_day: i64, to_day: i64) -> Result<Vec<UsageRow>>;
+    /// The keys an account used (as the history recorded them), most recently used first.
+    async fn key_activity(&self, account: &str, limit: usize) -> Result<Vec<KeyActivity>>;
+    /// Deletes requests that started before `history_before_ms` and usage of days before
+    /// `usage_before_day`; returns how many rows went.
+    async fn purge_history(&self, history_before_ms: i64, usage_before_day: i64) -> Result<u64>;
 }
 
 /// Opens `--db`: a `postgres://` or `postgresql://` URL, or an SQLite file path; applies the
@@ -151,6 +223,35 @@ pub async fn open(db: &str) -> Result<std::sync::Arc<dyn Store>> {
             100_000,
         )))
     }
+}
+
+/// What a batch of requests adds: counts per (key, day, account) and each key's last use
+/// (and the account of its newest request), in a stable order (rows locked in the same order by
+/// every writer).
+pub(crate) struct BatchSums {
+    pub usage: std::collections::BTreeMap<(String, i64, String), [u64; 5]>,
+    pub last: std::collections::BTreeMap<String, (String, i64)>,
+}
+
+pub(crate) fn sums(batch: &[HistoryRecord]) -> BatchSums {
+    let mut out = BatchSums {
+        usage: Default::default(),
+        last: Default::default(),
+    };
+    for r in batch {
+        let day = crate::history::day_of(r.at_ms);
+        out.usage
+            .entry((r.key_id.clone(), day, r.account.clone()))
+            .or_default()[crate::history::class_of(r.status)] += 1;
+        let e = out
+            .last
+            .entry(r.key_id.clone())
+            .or_insert_with(|| (r.account.clone(), r.at_ms));
+        if r.at_ms >= e.1 {
+            *e = (r.account.clone(), r.at_ms);
+        }
+    }
+    out
 }
 
 /// JSON columns (scopes, resources, ratelimit) are kept as text in both backends.
@@ -174,6 +275,10 @@ pub(crate) mod cols {
 
     pub fn resources(s: &str) -> Result<BTreeMap<String, Vec<String>>> {
         serde_json::from_str(s).map_err(|_| bad("resources"))
+    }
+
+    pub fn excerpt(s: Option<String>) -> Option<crate::history::Excerpt> {
+        s.and_then(|s| serde_json::from_str(&s).ok())
     }
 
     pub fn ratelimit(s: Option<String>) -> Result<Option<RateLimit>> {
