@@ -218,13 +218,20 @@ pub fn place(
     let mut dropped_free = false;
     // the lowest-ranked evictable entry: (index, rank)
     let mut victim: Option<(usize, u64)> = None;
+    // the ways (of the first 64) classed free, so the copy below need not class them again
+    let mut free: u64 = 0;
     for (i, (t, b)) in entries(v).take(ways).enumerate() {
         if t == tag {
             own = true;
             continue;
         }
         match class(b) {
-            Class::Free => dropped_free = true,
+            Class::Free => {
+                dropped_free = true;
+                if i < 64 {
+                    free |= 1 << i;
+                }
+            }
             Class::Evictable(r) => {
                 if victim.is_none_or(|(_, s)| r < s) {
                     victim = Some((i, r));
@@ -246,7 +253,12 @@ pub fn place(
         }
     };
     for (i, (t, b)) in entries(v).take(ways).enumerate() {
-        if t == tag || evict == Some(i) || class(b) == Class::Free {
+        let is_free = if i < 64 {
+            free & (1 << i) != 0
+        } else {
+            class(b) == Class::Free
+        };
+        if t == tag || evict == Some(i) || is_free {
             continue;
         }
         push_entry(out, t, b);

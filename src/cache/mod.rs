@@ -23,6 +23,7 @@ use std::rc::Rc;
 
 use crate::contract;
 use crate::hash::{credential_id_from_hash, Digest32};
+use crate::ratelimit::Limit;
 use crate::slots::{self, Class, Placed, Spot, Table};
 use crate::store::{SetOutcome, SharedStore};
 use crate::verdict::{Identity, Refusal, Verdict};
@@ -160,6 +161,136 @@ fn count(c: &Cell<u64>) {
 const MAGIC: &[u8; 3] = b"KG2";
 const HEADER: usize = 3 + 8 + 8 + 1;
 
+/// In a valid entry's binding byte: the identity follows in the binary form below, not as the
+/// contract's JSON (read by builds that wrote JSON before; a build that knows only JSON finds an
+/// unknown binding, a miss). Decoding JSON was most of a cached request's cost when many keys are
+/// active: a key read from shared data is decoded afresh.
+const BINARY: u8 = 0x10;
+
+/// The binary form of an identity: strings as a `u16` length and UTF-8, lists as a `u16` count
+/// and their items, `expires_at` and the per-key limit as a presence byte and `u64`s. `None`
+/// when a length does not fit (the caller writes JSON instead).
+fn put_identity(out: &mut Vec<u8>, id: &Identity) -> Option<()> {
+    fn n(out: &mut Vec<u8>, len: usize) -> Option<()> {
+        out.extend_from_slice(&u16::try_from(len).ok()?.to_le_bytes());
+        Some(())
+    }
+    fn s(out: &mut Vec<u8>, v: &str) -> Option<()> {
+        n(out, v.len())?;
+        out.extend_from_slice(v.as_bytes());
+        Some(())
+    }
+    fn list(out: &mut Vec<u8>, v: &[String]) -> Option<()> {
+        n(out, v.len())?;
+        v.iter().try_for_each(|x| s(out, x))
+    }
+    s(out, &id.key_id)?;
+    s(out, &id.subject)?;
+    s(out, &id.account)?;
+    s(out, &id.plan)?;
+    list(out, &id.scopes)?;
+    match id.expires_at {
+        None => out.push(0),
+        Some(t) => {
+            out.push(1);
+            out.extend_from_slice(&t.to_le_bytes());
+        }
+    }
+    match id.rate_limit {
+        None => out.push(0),
+        Some(l) => {
+            out.push(1);
+            for x in [l.requests, l.window_s, l.burst] {
+                out.extend_from_slice(&x.to_le_bytes());
+            }
+        }
+    }
+    n(out, id.resources.len())?;
+    for (name, v) in &id.resources {
+        s(out, name)?;
+        list(out, v)?;
+    }
+    Some(())
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, k: usize) -> Option<&[u8]> {
+        let (a, b) = (self.0.get(..k)?, self.0.get(k..)?);
+        self.0 = b;
+        Some(a)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        self.take(1)?.first().copied()
+    }
+    fn u16(&mut self) -> Option<usize> {
+        Some(usize::from(u16::from_le_bytes(
+            self.take(2)?.try_into().ok()?,
+        )))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take(8)?.try_into().ok()?))
+    }
+    fn str(&mut self) -> Option<String> {
+        let k = self.u16()?;
+        std::str::from_utf8(self.take(k)?).ok().map(str::to_string)
+    }
+    fn list(&mut self) -> Option<Vec<String>> {
+        let k = self.u16()?;
+        // each item is at least its 2-byte length: a count past the bytes left is not an entry
+        if k > self.0.len() / 2 {
+            return None;
+        }
+        (0..k).map(|_| self.str()).collect()
+    }
+    fn opt(&mut self) -> Option<bool> {
+        match self.u8()? {
+            0 => Some(false),
+            1 => Some(true),
+            _ => None,
+        }
+    }
+}
+
+fn get_identity(r: &mut Reader<'_>) -> Option<Identity> {
+    let key_id = r.str()?;
+    let subject = r.str()?;
+    let account = r.str()?;
+    let plan = r.str()?;
+    let scopes = r.list()?;
+    let expires_at = if r.opt()? { Some(r.u64()?) } else { None };
+    let rate_limit = if r.opt()? {
+        Some(Limit {
+            requests: r.u64()?,
+            window_s: r.u64()?,
+            burst: r.u64()?,
+        })
+    } else {
+        None
+    };
+    let k = r.u16()?;
+    if k > r.0.len() / 4 {
+        return None;
+    }
+    let resources = (0..k)
+        .map(|_| Some((r.str()?, r.list()?)))
+        .collect::<Option<Vec<_>>>()?;
+    if !r.0.is_empty() {
+        return None;
+    }
+    Some(Identity {
+        key_id,
+        subject,
+        account,
+        plan,
+        scopes,
+        expires_at,
+        rate_limit,
+        resources,
+    })
+}
+
 /// Which presentations of a secret a cached valid verdict holds for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Binding {
@@ -203,6 +334,8 @@ pub struct Entry {
     pub revoked_at_ms: u64,
 }
 
+/// The bytes of an entry; empty when a valid verdict's identity has a string or list too long
+/// for the binary form (then it is not cached).
 pub fn encode(e: &Entry) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + 200);
     out.extend_from_slice(MAGIC);
@@ -212,16 +345,20 @@ pub fn encode(e: &Entry) -> Vec<u8> {
         Verdict::Valid(id) => {
             out.push(0);
             match &e.binding {
-                Binding::NoUser => out.push(0),
-                Binding::AnyUser => out.push(2),
+                Binding::NoUser => out.push(BINARY),
+                Binding::AnyUser => out.push(BINARY | 2),
                 Binding::User(u) => {
-                    out.push(1);
+                    out.push(BINARY | 1);
                     let n = u16::try_from(u.len()).unwrap_or(u16::MAX);
                     out.extend_from_slice(&n.to_le_bytes());
                     out.extend_from_slice(u.as_bytes().get(..usize::from(n)).unwrap_or_default());
                 }
             }
-            out.extend_from_slice(contract::identity_json(id).to_string().as_bytes());
+            if put_identity(&mut out, id).is_none() {
+                // a length past the binary form's (never from a parsed answer, whose strings and
+                // lists are far shorter): not an entry, and not cached
+                out.clear();
+            }
         }
         Verdict::Refused(_) => {
             out.push(1);
@@ -240,7 +377,8 @@ pub fn decode(b: &[u8]) -> Option<Entry> {
     let rest = &b[HEADER..];
     let (verdict, binding, revoked_at_ms) = match b[19] {
         0 => {
-            let (binding, json) = match rest.first()? {
+            let form = *rest.first()?;
+            let (binding, body) = match form & !BINARY {
                 0 => (Binding::NoUser, rest.get(1..)?),
                 2 => (Binding::AnyUser, rest.get(1..)?),
                 1 => {
@@ -250,7 +388,11 @@ pub fn decode(b: &[u8]) -> Option<Entry> {
                 }
                 _ => return None,
             };
-            let verdict = contract::parse_verify(Some(200), json).ok()?.verdict;
+            let verdict = if form & BINARY != 0 {
+                Verdict::Valid(Rc::new(get_identity(&mut Reader(body))?))
+            } else {
+                contract::parse_verify(Some(200), body).ok()?.verdict
+            };
             (verdict, binding, 0)
         }
         _ => {
@@ -452,7 +594,7 @@ pub fn store_valid(
         if read_floor(store, table) >= started_ms {
             return Stored::Unsure;
         }
-        if e.len() > MAX_ENTRY_BYTES {
+        if e.is_empty() || e.len() > MAX_ENTRY_BYTES {
             return Stored::NotCached;
         }
         let placed = slots::place(

@@ -321,6 +321,67 @@ fn entries_round_trip_and_garbage_is_a_miss() {
 }
 
 #[test]
+fn valid_entries_are_binary_and_round_trip_whole() {
+    let id = Rc::new(Identity {
+        key_id: "k1".into(),
+        subject: "al\u{e9}ce".into(),
+        account: String::new(),
+        plan: "pro".into(),
+        scopes: vec!["read".into(), "write:all".into()],
+        expires_at: Some(1_900_000_000),
+        rate_limit: Some(crate::ratelimit::Limit {
+            requests: 5,
+            window_s: 60,
+            burst: 7,
+        }),
+        resources: vec![
+            ("z".into(), vec![]),
+            ("agg".into(), vec!["a1".into(), "a2".into()]),
+        ],
+    });
+    for binding in [
+        Binding::NoUser,
+        Binding::AnyUser,
+        Binding::User("bob".into()),
+    ] {
+        let e = Entry {
+            fresh_until_ms: 5,
+            stale_until_ms: 9,
+            verdict: Verdict::Valid(id.clone()),
+            binding,
+            revoked_at_ms: 0,
+        };
+        let b = encode(&e);
+        assert_ne!(b[HEADER] & BINARY, 0, "binary form");
+        assert!(!b.windows(6).any(|w| w == b"key_id"), "no JSON");
+        assert_eq!(decode(&b), Some(e.clone()));
+        // every cut and every trailing byte is not an entry (never a shorter identity)
+        for cut in HEADER..b.len() {
+            assert_eq!(decode(&b[..cut]), None, "cut at {cut}");
+        }
+        let mut longer = b.clone();
+        longer.push(0);
+        assert_eq!(decode(&longer), None);
+    }
+}
+
+#[test]
+fn json_entries_written_before_still_decode() {
+    let id = ident(Some(7));
+    let mut b = Vec::new();
+    b.extend_from_slice(MAGIC);
+    b.extend_from_slice(&5u64.to_le_bytes());
+    b.extend_from_slice(&9u64.to_le_bytes());
+    b.push(0);
+    b.push(0);
+    b.extend_from_slice(crate::contract::identity_json(&id).to_string().as_bytes());
+    let e = decode(&b).unwrap();
+    assert_eq!(e.verdict, Verdict::Valid(id));
+    assert_eq!(e.binding, Binding::NoUser);
+    assert_eq!(e.fresh_until_ms, 5);
+}
+
+#[test]
 fn negative_cache_is_bounded() {
     let mut n = NegativeCache::new(100);
     for i in 0..10_000u32 {
