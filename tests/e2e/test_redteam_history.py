@@ -200,3 +200,80 @@ def test_a_protobuf_bomb_is_refused_before_it_is_decoded():
         wait_stored(ks, 3)
     finally:
         ks.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Forging fields of the line: the method is the only value a client chooses that Envoy writes
+#    before the status. Over HTTP/2 a method is any bytes to the client; a record must keep the
+#    status Envoy sent (the usage per status class is what an account is billed on).
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["GET status=200", "GET\tstatus=200", "GET\x0bstatus=200"])
+def test_a_method_cannot_forge_the_status(envoy, ks, method):
+    before = metrics(ks)["stored"]
+    path = f"/status/503/m{abs(hash(method)) % 1000}"
+    r = request2(envoy.port, method, path, [("authorization", f"Bearer {ACME_A}")])
+    if r.status == 0:  # Envoy refused the method: nothing to forge
+        return
+    wait_stored(ks, before + 1)
+    rows = [x for x in stored_rows(ks, ACME_A_ID) if x["path"] == path]
+    assert rows and all(x["status"] == r.status for x in rows), (r.status, rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. The excerpt filter reconfigured: an operator adds a field to redact over LDS. The new
+#    listener's filter has a new configuration on the same VM (same vm_id and code) while the
+#    old one still drains; the new one must be taken (and applied to the new listener's
+#    streams), never refused with the old redaction kept.
+# ---------------------------------------------------------------------------------------------
+
+from test_history import excerpt_filter, EXCERPT  # noqa: E402
+from test_reconfigure import LdsEnvoy  # noqa: E402
+
+
+class LdsHistoryEnvoy(LdsEnvoy, HistoryEnvoy):
+    def reexcerpt(self, config: dict) -> None:
+        self.filters_before = [excerpt_filter(config, disabled=True)]
+        self.write_lds(HistoryEnvoy.config(self)["static_resources"]["listeners"][0])
+
+
+def stat(e, name: str) -> int:
+    m = re.search(rf"^{re.escape(name)}: (\d+)$", e.admin(f"/stats?filter={re.escape(name)}"), re.M)
+    return int(m.group(1)) if m else 0
+
+
+def test_the_excerpt_filter_takes_a_new_redaction_over_lds(api, ks):
+    e = LdsHistoryEnvoy(KEYGATE, api, extra_clusters=[ks.cluster(), history_cluster(ks.port)],
+                        filters_before=[excerpt_filter(EXCERPT, disabled=True)], body_routes=True)
+    e.start().wait_feed_polled()
+    try:
+        # bodies are recorded before the change
+        before = metrics(ks)["stored"]
+        assert e.req("POST", "/bodies/lds-before", bearer(ACME_A) + [("content-type", "application/json")],
+                     b'{"a": 1}').status == 200
+        wait_stored(ks, before + 1)
+        assert [x["req_body"] for x in stored_rows(ks, ACME_A_ID) if x["path"] == "/bodies/lds-before"] != [None]
+        ok, bad = stat(e, "listener_manager.lds.update_success"), stat(e, "listener_manager.lds.update_rejected")
+        e.reexcerpt({**EXCERPT, "redact_fields": ["ssn", "passport_no"]})
+        wait_until(lambda: stat(e, "listener_manager.lds.update_success") > ok
+                   or stat(e, "listener_manager.lds.update_rejected") > bad, 15, 0.1, "the LDS update")
+        assert stat(e, "listener_manager.lds.update_rejected") == bad, "the new excerpt configuration was refused"
+        before = metrics(ks)["stored"]
+        path = "/bodies/lds-passport"
+        body = b'{"passport_no": "X1234567-passport", "ssn": "123-45-6789"}'
+
+        def sent_and_redacted():
+            r = e.req("POST", path, bearer(ACME_A) + [("content-type", "application/json")], body)
+            assert r.status == 200
+            return r
+        sent_and_redacted()
+        wait_stored(ks, before + 1)
+        rows = [x for x in stored_rows(ks, ACME_A_ID) if x["path"] == path]
+        assert rows
+        for x in rows:
+            assert x["req_body"] and "[REDACTED]" in x["req_body"], x  # recorded, redacted
+            stored = " ".join(str(v) for v in x.values())
+            assert "123-45-6789" not in stored
+            assert "X1234567-passport" not in stored, stored
+    finally:
+        e.stop()
