@@ -277,3 +277,37 @@ def test_the_excerpt_filter_takes_a_new_redaction_over_lds(api, ks):
             assert "X1234567-passport" not in stored, stored
     finally:
         e.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# 1c. Secrets in bodies that are not the request's own credential (another key of the service,
+#     so only the key-shaped mask can catch it), spelled as readers decode it: percent-encoded
+#     in a form, JSON-escaped. Envoy's excerpt filter masks `kgb_…` as written; the key service's
+#     second net must mask what the readers read.
+# ---------------------------------------------------------------------------------------------
+
+GLOBEX_KEY = "kgb_demo_globex_business_0001"
+
+
+@pytest.mark.parametrize("proto", ["h1", "h2"])
+@pytest.mark.parametrize("ctype,body", [
+    ("application/x-www-form-urlencoded", b"other=kgb%5Fdemo%5Fglobex_business_0001&x=1"),
+    ("application/json", b'{"other": "kgb\\u005fdemo_globex_business_0001"}'),
+    ("text/plain", b"key %6Bgb_demo_globex_business_0001 end"),
+])
+def test_another_key_spelled_in_a_body_is_masked(envoy, ks, proto, ctype, body):
+    before = metrics(ks)["stored"]
+    path = f"/bodies/spelled-{proto}-{abs(hash(body)) % 10000}"
+    hdrs = [("authorization", f"Bearer {ACME_A}"), ("content-type", ctype)]
+    send = request1 if proto == "h1" else request2
+    r = send(envoy.port, "POST", path, hdrs, body)
+    assert r.status == 200
+    wait_stored(ks, before + 1)
+    rows = [x for x in stored_rows(ks, ACME_A_ID) if x["path"] == path]
+    assert rows and rows[0]["req_body"], rows
+    for x in rows:
+        for col in ("req_body", "resp_body"):
+            text = x[col] or ""
+            decoded = re.sub(r"%([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), text)
+            decoded = re.sub(r"\\+u00([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), decoded)
+            assert GLOBEX_KEY not in decoded, (col, text)

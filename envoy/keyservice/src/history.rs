@@ -420,7 +420,7 @@ fn text(s: &str, max: usize) -> (String, bool) {
 }
 
 fn bound_excerpt(e: Excerpt, redact_prefixes: &[String]) -> Excerpt {
-    let (body, cut) = text(&redact(&e.text, redact_prefixes), MAX_EXCERPT_BYTES);
+    let (body, cut) = text(&redact_spelled(&e.text, redact_prefixes), MAX_EXCERPT_BYTES);
     Excerpt {
         content_type: text(&e.content_type, MAX_FIELD_CHARS).0,
         bytes: e.bytes,
@@ -438,11 +438,11 @@ pub fn redact<'a>(s: &'a str, prefixes: &[String]) -> Cow<'a, str> {
 }
 
 /// `redact`, also where a key is percent-encoded (`kgb%5F…`, `%6Bgb_…`: the same URI once its
-/// unreserved characters are decoded). Where something is masked, the decoded form is kept;
-/// elsewhere the text is kept as sent.
+/// unreserved characters are decoded) or JSON-escaped (`kgb\u005f…`). Where something is
+/// masked, the decoded form is kept; elsewhere the text is kept as sent.
 pub fn redact_spelled<'a>(s: &'a str, prefixes: &[String]) -> Cow<'a, str> {
     let masked = redact(s, prefixes);
-    if !s.contains('%') {
+    if !s.contains('%') && !s.contains("\\u") {
         return masked;
     }
     let decoded = decode_unreserved(&masked);
@@ -452,27 +452,39 @@ pub fn redact_spelled<'a>(s: &'a str, prefixes: &[String]) -> Cow<'a, str> {
     }
 }
 
-/// Decodes `%XX` where it stands for an unreserved character (RFC 3986: letters, digits,
-/// `-._~`); everything else is left as it is.
+/// Decodes `%XX` and `\u00XX` where they stand for an unreserved character (RFC 3986:
+/// letters, digits, `-._~`); everything else is left as it is.
 fn decode_unreserved(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = String::with_capacity(s.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' {
-            let hex = b
-                .get(i + 1..i + 3)
-                .and_then(|h| std::str::from_utf8(h).ok());
-            if let Some(c) = hex
-                .and_then(|h| u8::from_str_radix(h, 16).ok())
-                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~'))
-            {
-                out.push(char::from(c));
-                i += 3;
-                continue;
+        let (hex, used) = match b[i] {
+            b'%' => (b.get(i + 1..i + 3), 3),
+            // `\\u005f` too: a JSON string echoed inside another
+            b'\\' => {
+                let k = b[i..].iter().take_while(|c| **c == b'\\').count();
+                match b.get(i + k..i + k + 3) {
+                    Some(b"u00") => (b.get(i + k + 3..i + k + 5), k + 5),
+                    _ => (None, 1),
+                }
             }
+            _ => (None, 1),
+        };
+        if let Some(c) = hex
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~'))
+        {
+            out.push(char::from(c));
+            i += used;
+            continue;
         }
-        let n = s[i..].chars().next().map_or(1, char::len_utf8);
+        // a run of backslashes goes whole (read once: linear in any text)
+        let n = match b[i] {
+            b'\\' => b[i..].iter().take_while(|c| **c == b'\\').count(),
+            _ => s[i..].chars().next().map_or(1, char::len_utf8),
+        };
         out.push_str(&s[i..i + n]);
         i += n;
     }

@@ -298,12 +298,20 @@ fn percent_encoded_keys_are_masked_too() {
         "/x/kgb%5Fdemo_acme_business_0001/y",
         "/x/kgb%5fdemo%5facme%5Fbusiness%5F0001/y",
         "/x/%6Bgb_demo_acme_business_0001/y",
+        "/x/kgb\\u005fdemo_acme_business_0001/y",
+        "/x/kgb\\u005Fdemo\\u005facme_business_0001/y",
+        "/x/kgb\\\\u005Fdemo_acme_business_0001/y",
     ] {
         assert_eq!(redact_spelled(spelled, &p), "/x/kgb_[redacted]/y");
     }
     // nothing key-shaped: kept as sent, encodings included
     assert_eq!(redact_spelled("/a%20b/%5Fx%2F", &p), "/a%20b/%5Fx%2F");
     assert_eq!(redact_spelled("%", &p), "%");
+    assert_eq!(redact_spelled("\\u00", &p), "\\u00");
+    assert_eq!(redact_spelled("\\\\u00€x\\", &p), "\\\\u00€x\\");
+    let run = format!("{}kgb%5F{}", "\\".repeat(1 << 16), "a".repeat(20));
+    assert!(redact_spelled(&run, &p).ends_with("kgb_[redacted]")); // linear: at once
+    assert_eq!(redact_spelled("a\\u005fb \\u20ac", &p), "a\\u005fb \\u20ac");
     assert_eq!(redact_spelled("%e2%82%ac€%5", &p), "%e2%82%ac€%5");
 }
 
