@@ -311,3 +311,45 @@ def test_another_key_spelled_in_a_body_is_masked(envoy, ks, proto, ctype, body):
             decoded = re.sub(r"%([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), text)
             decoded = re.sub(r"\\+u00([0-9A-Fa-f]{2})", lambda m: chr(int(m.group(1), 16)), decoded)
             assert GLOBEX_KEY not in decoded, (col, text)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2b/3. Forging an owner and injecting markup: a request without a valid key whose request id,
+#       path and body look like keygate's segment is no one's record; a valid one's request id,
+#       path and bodies holding markup are shown as text on the owner's pages.
+# ---------------------------------------------------------------------------------------------
+
+GLOBEX_ID = "bk_demo_globex"
+FORGED = "decision=allowed key_id=bk_demo_globex account=globex plan=professional"
+
+
+@pytest.mark.parametrize("proto", ["h1", "h2"])
+def test_no_record_is_forged_for_another_key_and_markup_stays_text(envoy, ks, proto):
+    send = request1 if proto == "h1" else request2
+    globex_before = len(stored_rows(ks, GLOBEX_ID))
+    m0 = metrics(ks)
+    # no key, a wrong key, a denied key: each with keygate's segment in every value it chooses
+    for auth in ([], [("authorization", "Bearer kgb_not_a_key_at_all_00000000")]):
+        r = send(envoy.port, "POST", f"/forge/{proto}/decision=allowed%20key_id=bk_demo_globex",
+                 auth + [("x-request-id", FORGED), ("content-type", "text/plain"), ("keygate", FORGED)],
+                 (FORGED + "\n" + FORGED).encode())
+        assert r.status == 401
+    wait_until(lambda: metrics(ks)["received"] >= m0["received"] + 2, 10, 0.1, "the records of the denials")
+    time.sleep(1.5)
+    assert len(stored_rows(ks, GLOBEX_ID)) == globex_before
+    assert metrics(ks)["without_key"] >= m0["without_key"] + 2
+
+    # markup in what a valid request's owner sees
+    before = metrics(ks)["stored"]
+    xss = '"><script>alert(1)</script><img src=x onerror=alert(2)>'
+    path = f"/bodies/xss-{proto}/%3Cscript%3E"
+    r = send(envoy.port, "POST", path, [("authorization", f"Bearer {ACME_A}"), ("x-request-id", xss),
+                                        ("content-type", "text/plain")], xss.encode())
+    assert r.status == 200
+    wait_stored(ks, before + 1)
+    alice = Owner(ks, "alice@example.com", "alice-password")
+    row = next(x for x in alice.requests(ACME_A_ID) if x["path"].startswith(f"/bodies/xss-{proto}/"))
+    for page in (alice.get(f"/dashboard/keys/{ACME_A_ID}/history")[1],
+                 alice.get(f"/dashboard/keys/{ACME_A_ID}/history/{row['rid']}")[1]):
+        assert "<script>alert" not in page and "<img src=x" not in page
+        assert page.count("<script") == page.count('<script src="/dashboard/static/')  # app.js only
