@@ -27,6 +27,8 @@ const ACTION_CONTINUE: u32 = 0;
 const MAX_STREAMS: usize = 10_000;
 
 struct Stream {
+    /// The plugin (root context) the stream belongs to: its configuration applies.
+    root: u32,
     secrets: Vec<Vec<u8>>,
     window: usize,
     req: Capture,
@@ -38,7 +40,17 @@ struct Stream {
 struct Vm {
     /// The configuration of each root context (plugin) of this VM.
     configs: HashMap<u32, Settings>,
+    /// The root context of each stream context Envoy created (until it is deleted).
+    parents: HashMap<u32, u32>,
     streams: HashMap<u32, Stream>,
+}
+
+impl Vm {
+    /// A stream's plugin and its configuration.
+    fn settings_of(&self, ctx: u32) -> Option<(u32, Settings)> {
+        let root = *self.parents.get(&ctx)?;
+        Some((root, self.configs.get(&root)?.clone()))
+    }
 }
 
 thread_local! {
@@ -95,16 +107,9 @@ pub extern "C" fn proxy_on_configure(root: u32, size: usize) -> u32 {
     let raw = buffer(BufferType::PluginConfiguration as u32, 0, size).unwrap_or_default();
     match excerpt::configure(&raw) {
         Ok(s) => VM.with(|vm| {
-            let mut vm = vm.borrow_mut();
-            // one configuration per VM: a stream cannot tell which plugin it belongs to
-            if vm.configs.iter().any(|(r, c)| *r != root && *c != s) {
-                log(
-                    LogLevel::Error,
-                    "keygate excerpt: configuration refused: another excerpt configuration shares this VM; give each its own vm_id",
-                );
-                return 0;
-            }
-            vm.configs.insert(root, s);
+            // each plugin its own: a listener replaced over LDS brings a new one to this VM
+            // while the old one drains (its streams keep the old configuration)
+            vm.borrow_mut().configs.insert(root, s);
             log(LogLevel::Info, "keygate excerpt: configured");
             1
         }),
@@ -115,12 +120,23 @@ pub extern "C" fn proxy_on_configure(root: u32, size: usize) -> u32 {
     }
 }
 
+/// A stream context (`parent` its plugin's root context) or a root context (`parent` 0).
+#[no_mangle]
+pub extern "C" fn proxy_on_context_create(ctx: u32, parent: u32) {
+    VM.with(|vm| {
+        let mut vm = vm.borrow_mut();
+        if parent != 0 && vm.parents.len() < MAX_STREAMS {
+            vm.parents.insert(ctx, parent);
+        }
+    });
+}
+
 #[no_mangle]
 pub extern "C" fn proxy_on_request_headers(ctx: u32, _headers: usize, end_of_stream: u32) -> u32 {
     let raw = request_headers();
     VM.with(|vm| {
         let mut vm = vm.borrow_mut();
-        let Some(s) = vm.configs.values().next().cloned() else {
+        let Some((root, s)) = vm.settings_of(ctx) else {
             return;
         };
         if vm.streams.len() >= MAX_STREAMS {
@@ -138,6 +154,7 @@ pub extern "C" fn proxy_on_request_headers(ctx: u32, _headers: usize, end_of_str
         vm.streams.insert(
             ctx,
             Stream {
+                root,
                 secrets,
                 window,
                 req,
@@ -185,7 +202,12 @@ pub extern "C" fn proxy_on_request_trailers(ctx: u32, _trailers: usize) -> u32 {
 fn finish(ctx: u32) {
     VM.with(|vm| {
         let mut vm = vm.borrow_mut();
-        let Some(s) = vm.configs.values().next().cloned() else {
+        let Some(s) = vm
+            .streams
+            .get(&ctx)
+            .and_then(|st| vm.configs.get(&st.root))
+            .cloned()
+        else {
             return;
         };
         let Some(st) = vm.streams.get_mut(&ctx) else {
@@ -214,15 +236,22 @@ fn finish(ctx: u32) {
 pub extern "C" fn proxy_on_response_headers(ctx: u32, _headers: usize, end_of_stream: u32) -> u32 {
     let record = VM.with(|vm| {
         let vm = vm.borrow();
-        let on = vm.configs.values().next().is_some_and(|s| s.response);
-        on && vm.streams.contains_key(&ctx)
+        vm.streams
+            .get(&ctx)
+            .and_then(|st| vm.configs.get(&st.root))
+            .is_some_and(|s| s.response)
     });
     if record && end_of_stream == 0 {
         let ct = header(MapType::ResponseHeaders, "content-type");
         let ce = header(MapType::ResponseHeaders, "content-encoding");
         VM.with(|vm| {
             let mut vm = vm.borrow_mut();
-            let Some(s) = vm.configs.values().next().cloned() else {
+            let Some(s) = vm
+                .streams
+                .get(&ctx)
+                .and_then(|st| vm.configs.get(&st.root))
+                .cloned()
+            else {
                 return;
             };
             if let Some(st) = vm.streams.get_mut(&ctx) {
@@ -264,10 +293,14 @@ pub extern "C" fn proxy_on_response_trailers(ctx: u32, _trailers: usize) -> u32 
     ACTION_CONTINUE
 }
 
-/// The stream is gone (ended, reset, or the listener drained): its state goes with it.
+/// The stream is gone (ended, reset, or the listener drained): its state goes with it; a
+/// plugin that is gone takes its configuration.
 #[no_mangle]
 pub extern "C" fn proxy_on_delete(ctx: u32) {
     VM.with(|vm| {
-        vm.borrow_mut().streams.remove(&ctx);
+        let mut vm = vm.borrow_mut();
+        vm.streams.remove(&ctx);
+        vm.parents.remove(&ctx);
+        vm.configs.remove(&ctx);
     });
 }

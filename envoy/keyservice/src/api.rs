@@ -286,8 +286,18 @@ pub async fn handle(
     } else {
         MAX_BODY_BYTES
     };
-    // at most INGEST_SLOTS exports are read at once: more are refused before their bodies are
-    let _slot = if matches!(found, Some((Action::Ingest, _))) {
+    // at most INGEST_SLOTS exports are read at once: more are refused before their bodies are;
+    // an export without the token is refused before it may hold a slot
+    let ingest = matches!(found, Some((Action::Ingest, _)));
+    let _slot = if ingest {
+        let token = parts.headers.get("x-keyservice-ingest-token");
+        if !app.history.token_ok(token.map(|v| v.as_bytes())) {
+            app.history
+                .counters
+                .exports_refused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return ingest_refused(crate::ingest::Refused::Token);
+        }
         match app.history.slots.try_acquire() {
             Ok(permit) => Some(permit),
             Err(_) => {
@@ -309,6 +319,15 @@ pub async fn handle(
     let body = match declared {
         // refused before reading: a client announcing too much is not waited for
         Some(n) if n > max_body as u64 => Err(()),
+        // an export holds one of the few slots while it is read: a sender that dribbles it
+        // loses it after READ_DEADLINE
+        _ if ingest => tokio::time::timeout(
+            crate::ingest::READ_DEADLINE,
+            axum::body::to_bytes(body, max_body),
+        )
+        .await
+        .map_err(|_| ())
+        .and_then(|r| r.map_err(|_| ())),
         _ => axum::body::to_bytes(body, max_body).await.map_err(|_| ()),
     };
     let body = match body {

@@ -148,6 +148,14 @@ pub struct Decoded {
 
 /// Decodes an OTLP/HTTP protobuf `ExportLogsServiceRequest`.
 pub fn decode(body: &[u8], now_ms: i64, redact_prefixes: &[String]) -> Result<Decoded, String> {
+    // what decoding would allocate is bounded before it is done: an empty record costs two
+    // bytes on the wire and some hundred in memory
+    let mut budget = MAX_ELEMENTS;
+    if !within(body, 0, &mut budget) {
+        return Err(format!(
+            "an export holds at most {MAX_ELEMENTS} messages and fields, nested {MAX_DEPTH} deep"
+        ));
+    }
     let req = ExportLogsServiceRequest::decode(body)
         .map_err(|_| "the body is not an OTLP ExportLogsServiceRequest (protobuf)".to_string())?;
     let mut out = Decoded::default();
@@ -175,6 +183,72 @@ pub fn decode(body: &[u8], now_ms: i64, redact_prefixes: &[String]) -> Result<De
         }
     }
     Ok(out)
+}
+
+/// Length-delimited fields (messages, strings, bytes) one export may hold, at any depth: an
+/// OTLP collector's batch of 8,192 records holds some 100,000.
+pub const MAX_ELEMENTS: usize = 250_000;
+/// Nesting deeper than this is refused (prost's own limit is 100).
+const MAX_DEPTH: u32 = 40;
+
+/// Counts the length-delimited fields of `b` read as protobuf, and those of every one of them
+/// that reads as a message, against `budget`: `false` when it runs out or a message nests too
+/// deep. Bytes that are not a message (a string) count once. No schema: a string that happens
+/// to read as a message is counted twice, which errs on the safe side.
+fn within(b: &[u8], depth: u32, budget: &mut usize) -> bool {
+    fn varint(b: &[u8], i: &mut usize) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..64).step_by(7) {
+            let c = *b.get(*i)?;
+            *i += 1;
+            v |= u64::from(c & 0x7f) << shift;
+            if c & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    // the fields of `b` if it reads as a message: (start, end) of each length-delimited one;
+    // more than `max` (then the budget is spent) ends the reading
+    fn fields(b: &[u8], max: usize) -> Option<Vec<(usize, usize)>> {
+        let (mut i, mut out) = (0, Vec::new());
+        while i < b.len() {
+            let tag = varint(b, &mut i)?;
+            if tag >> 3 == 0 {
+                return None;
+            }
+            let skip = match tag & 7 {
+                0 => varint(b, &mut i).map(|_| 0)?,
+                1 => 8,
+                5 => 4,
+                2 => {
+                    let n = usize::try_from(varint(b, &mut i)?).ok()?;
+                    let end = i.checked_add(n).filter(|e| *e <= b.len())?;
+                    out.push((i, end));
+                    if out.len() > max {
+                        return Some(out);
+                    }
+                    n
+                }
+                _ => return None,
+            };
+            i = i.checked_add(skip).filter(|e| *e <= b.len())?;
+        }
+        Some(out)
+    }
+    let Some(found) = fields(b, *budget) else {
+        return true; // not a message: a leaf, counted by its parent
+    };
+    if found.is_empty() {
+        return true;
+    }
+    if depth >= MAX_DEPTH || found.len() > *budget {
+        return false;
+    }
+    *budget -= found.len();
+    found
+        .into_iter()
+        .all(|(s, e)| e == s || within(&b[s..e], depth + 1, budget))
 }
 
 /// A record whose body is the line form (and which has no `keygate` attribute): its fields as
@@ -310,7 +384,7 @@ fn record(
         method: attr(attrs, ATTR_METHOD)
             .map(|m| field(&m).chars().take(16).collect())
             .unwrap_or_else(|| "-".into()),
-        path: text(&redact(path, redact_prefixes), MAX_PATH_CHARS).0,
+        path: text(&redact_spelled(path, redact_prefixes), MAX_PATH_CHARS).0,
         status: int_attr(attrs, ATTR_STATUS, 999)
             .and_then(|s| u16::try_from(s).ok())
             .unwrap_or(0),
@@ -319,8 +393,9 @@ fn record(
         bytes_in: int_attr(attrs, ATTR_BYTES_IN, MAX_BYTES).unwrap_or(0),
         bytes_out: int_attr(attrs, ATTR_BYTES_OUT, MAX_BYTES).unwrap_or(0),
         decision: logfmt(&kg, "decision").map(field).unwrap_or_default(),
+        // a value the client may choose (Envoy keeps an internal client's x-request-id)
         request_id: attr(attrs, ATTR_REQUEST_ID)
-            .map(|r| field(&r))
+            .map(|r| field(&redact_spelled(&r, redact_prefixes)))
             .unwrap_or_default(),
         req_body,
         resp_body,
@@ -345,7 +420,7 @@ fn text(s: &str, max: usize) -> (String, bool) {
 }
 
 fn bound_excerpt(e: Excerpt, redact_prefixes: &[String]) -> Excerpt {
-    let (body, cut) = text(&redact(&e.text, redact_prefixes), MAX_EXCERPT_BYTES);
+    let (body, cut) = text(&redact_spelled(&e.text, redact_prefixes), MAX_EXCERPT_BYTES);
     Excerpt {
         content_type: text(&e.content_type, MAX_FIELD_CHARS).0,
         bytes: e.bytes,
@@ -360,6 +435,60 @@ fn bound_excerpt(e: Excerpt, redact_prefixes: &[String]) -> Excerpt {
 /// the same rule keygate's excerpt filter applies.
 pub fn redact<'a>(s: &'a str, prefixes: &[String]) -> Cow<'a, str> {
     keygate::excerpt::mask_prefixed(s, prefixes)
+}
+
+/// `redact`, also where a key is percent-encoded (`kgb%5F…`, `%6Bgb_…`: the same URI once its
+/// unreserved characters are decoded) or JSON-escaped (`kgb\u005f…`). Where something is
+/// masked, the decoded form is kept; elsewhere the text is kept as sent.
+pub fn redact_spelled<'a>(s: &'a str, prefixes: &[String]) -> Cow<'a, str> {
+    let masked = redact(s, prefixes);
+    if !s.contains('%') && !s.contains("\\u") {
+        return masked;
+    }
+    let decoded = decode_unreserved(&masked);
+    match redact(&decoded, prefixes) {
+        Cow::Owned(m) => Cow::Owned(m),
+        Cow::Borrowed(_) => masked,
+    }
+}
+
+/// Decodes `%XX` and `\u00XX` where they stand for an unreserved character (RFC 3986:
+/// letters, digits, `-._~`); everything else is left as it is.
+fn decode_unreserved(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = String::with_capacity(s.len());
+    let mut i = 0;
+    while i < b.len() {
+        let (hex, used) = match b[i] {
+            b'%' => (b.get(i + 1..i + 3), 3),
+            // `\\u005f` too: a JSON string echoed inside another
+            b'\\' => {
+                let k = b[i..].iter().take_while(|c| **c == b'\\').count();
+                match b.get(i + k..i + k + 3) {
+                    Some(b"u00") => (b.get(i + k + 3..i + k + 5), k + 5),
+                    _ => (None, 1),
+                }
+            }
+            _ => (None, 1),
+        };
+        if let Some(c) = hex
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~'))
+        {
+            out.push(char::from(c));
+            i += used;
+            continue;
+        }
+        // a run of backslashes goes whole (read once: linear in any text)
+        let n = match b[i] {
+            b'\\' => b[i..].iter().take_while(|c| **c == b'\\').count(),
+            _ => s[i..].chars().next().map_or(1, char::len_utf8),
+        };
+        out.push_str(&s[i..i + n]);
+        i += n;
+    }
+    out
 }
 
 /// The default prefixes `redact` masks: the service's own key format.

@@ -23,6 +23,8 @@ use crate::store::Store;
 pub const MAX_EXPORT_BYTES: usize = 8 << 20;
 /// Exports decoded at once.
 pub const INGEST_SLOTS: usize = 4;
+/// The longest an export's body may take to arrive (it holds a slot meanwhile).
+pub const READ_DEADLINE: Duration = Duration::from_secs(5);
 /// Records stored per transaction.
 const BATCH: usize = 1000;
 /// How long a key's account (from the key store) is reused by the writer.
@@ -69,6 +71,13 @@ impl Sink {
             token_hash: token.map(|t| crate::model::sha256_hex(t.as_bytes())),
             redact_prefixes,
         }
+    }
+
+    /// Whether an export carries the token (any export does when none is set).
+    pub fn token_ok(&self, token: Option<&[u8]>) -> bool {
+        self.token_hash
+            .as_ref()
+            .is_none_or(|want| crate::model::sha256_hex(token.unwrap_or_default()) == *want)
     }
 
     fn queue(&self) -> std::sync::MutexGuard<'_, Vec<HistoryRecord>> {
@@ -217,11 +226,8 @@ pub fn accept(
     body: &[u8],
     now_ms: i64,
 ) -> Result<Vec<u8>, Refused> {
-    if let Some(want) = &sink.token_hash {
-        let given = token.unwrap_or_default();
-        if crate::model::sha256_hex(given) != *want {
-            return Err(Refused::Token);
-        }
+    if !sink.token_ok(token) {
+        return Err(Refused::Token);
     }
     let media = content_type
         .and_then(|c| c.split(';').next())

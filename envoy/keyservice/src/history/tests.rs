@@ -259,6 +259,63 @@ fn key_shaped_tokens_are_masked() {
 }
 
 #[test]
+fn exports_that_would_decode_into_too_much_are_refused() {
+    fn ld(field: u8, data: &[u8]) -> Vec<u8> {
+        let mut out = vec![field << 3 | 2];
+        let mut n = data.len();
+        loop {
+            let b = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(b);
+                break;
+            }
+            out.push(b | 0x80);
+        }
+        out.extend_from_slice(data);
+        out
+    }
+    // millions of empty records: two bytes each on the wire
+    let bomb = ld(1, &ld(2, &b"\x12\x00".repeat(MAX_ELEMENTS + 1)));
+    assert!(decode(&bomb, NOW, &[]).unwrap_err().contains("at most"));
+    let fine = ld(1, &ld(2, &b"\x12\x00".repeat(MAX_ELEMENTS - 2)));
+    assert_eq!(
+        decode(&fine, NOW, &[]).unwrap().without_key,
+        (MAX_ELEMENTS - 2) as u64
+    );
+    // nested past the bound
+    let mut deep = b"\x0a\x00".to_vec();
+    for _ in 0..60 {
+        deep = ld(1, &deep);
+    }
+    assert!(decode(&deep, NOW, &[]).is_err());
+}
+
+#[test]
+fn percent_encoded_keys_are_masked_too() {
+    let p = default_prefixes();
+    for spelled in [
+        "/x/kgb%5Fdemo_acme_business_0001/y",
+        "/x/kgb%5fdemo%5facme%5Fbusiness%5F0001/y",
+        "/x/%6Bgb_demo_acme_business_0001/y",
+        "/x/kgb\\u005fdemo_acme_business_0001/y",
+        "/x/kgb\\u005Fdemo\\u005facme_business_0001/y",
+        "/x/kgb\\\\u005Fdemo_acme_business_0001/y",
+    ] {
+        assert_eq!(redact_spelled(spelled, &p), "/x/kgb_[redacted]/y");
+    }
+    // nothing key-shaped: kept as sent, encodings included
+    assert_eq!(redact_spelled("/a%20b/%5Fx%2F", &p), "/a%20b/%5Fx%2F");
+    assert_eq!(redact_spelled("%", &p), "%");
+    assert_eq!(redact_spelled("\\u00", &p), "\\u00");
+    assert_eq!(redact_spelled("\\\\u00€x\\", &p), "\\\\u00€x\\");
+    let run = format!("{}kgb%5F{}", "\\".repeat(1 << 16), "a".repeat(20));
+    assert!(redact_spelled(&run, &p).ends_with("kgb_[redacted]")); // linear: at once
+    assert_eq!(redact_spelled("a\\u005fb \\u20ac", &p), "a\\u005fb \\u20ac");
+    assert_eq!(redact_spelled("%e2%82%ac€%5", &p), "%e2%82%ac€%5");
+}
+
+#[test]
 fn dates_and_days() {
     assert_eq!(date(0), "1970-01-01");
     assert_eq!(date(day_of(1_796_592_600_000)), "2026-12-06");
