@@ -238,7 +238,7 @@ def test_profile_has_the_demo_shape(name):
     fields = dict(t.split("=", 1) for t in line.split(" ")[1:])
     assert fields == {"method": "%REQ(:METHOD)%", "status": "%RESPONSE_CODE%", "duration_ms": "%DURATION%",
                       "upstream_ms": "%COMMON_DURATION(US_TX_BEG:US_RX_END:ms)%", "bytes_in": "%BYTES_RECEIVED%",
-                      "bytes_out": "%BYTES_SENT%", "path": "%PATH(WQ)%", "request_id": "%REQ(X-REQUEST-ID)%"}
+                      "bytes_out": "%BYTES_SENT%", "path": "%PATH(NQ)%", "request_id": "%REQ(X-REQUEST-ID)%"}
     attrs = {a["key"]: a["value"]["string_value"] for a in hc.get("attributes", {}).get("values", [])}
     # Astalty's seed document promises request and response bodies: the excerpt filter, first
     bodies = name == "astalty"
