@@ -126,6 +126,28 @@ const INSERT_KEY: &str =
      scopes, resources, ratelimit, created_at, expires_at, revoked_at, disabled, replaced_by) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)";
 
+/// What disabling an account or a user touches: its row, its live keys (revoked into the feed)
+/// and, for a user, its sessions. The names are constants, never input.
+struct Holder {
+    table: &'static str,
+    live_keys: &'static str,
+    reason: &'static str,
+    sessions: bool,
+}
+
+const ACCOUNT: Holder = Holder {
+    table: "accounts",
+    live_keys: "account = $3 AND revoked_at IS NULL AND disabled = FALSE",
+    reason: "account disabled",
+    sessions: false,
+};
+const USER: Holder = Holder {
+    table: "users",
+    live_keys: "username = $3 AND revoked_at IS NULL AND disabled = FALSE",
+    reason: "user disabled",
+    sessions: true,
+};
+
 impl PgStore {
     pub async fn open(url: &str) -> Result<PgStore> {
         let mut cfg = deadpool_postgres::Config::new();
@@ -183,6 +205,39 @@ impl PgStore {
             .map_err(db)?;
         let row = c.query_opt(&st, &[&arg]).await.map_err(db)?;
         row.as_ref().map(key_row).transpose()
+    }
+
+    async fn set_disabled(&self, h: &Holder, name: &str, disabled: bool, at: i64) -> Result<bool> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(db)?;
+        let cur = tx
+            .query_opt(
+                &format!(
+                    "SELECT disabled FROM {} WHERE name = $1 FOR UPDATE",
+                    h.table
+                ),
+                &[&name],
+            )
+            .await
+            .map_err(db)?;
+        let Some(cur) = cur else { return Ok(false) };
+        let cur: bool = cur.try_get(0).map_err(db)?;
+        if disabled && !cur {
+            record(&tx, h.live_keys, &[&name], h.reason, at).await?;
+            if h.sessions {
+                tx.execute("DELETE FROM sessions WHERE username = $1", &[&name])
+                    .await
+                    .map_err(db)?;
+            }
+        }
+        tx.execute(
+            &format!("UPDATE {} SET disabled = $2 WHERE name = $1", h.table),
+            &[&name, &disabled],
+        )
+        .await
+        .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        Ok(true)
     }
 }
 
@@ -580,35 +635,7 @@ impl Store for PgStore {
     }
 
     async fn set_account_disabled(&self, name: &str, disabled: bool, at: i64) -> Result<bool> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(db)?;
-        let cur = tx
-            .query_opt(
-                "SELECT disabled FROM accounts WHERE name = $1 FOR UPDATE",
-                &[&name],
-            )
-            .await
-            .map_err(db)?;
-        let Some(cur) = cur else { return Ok(false) };
-        let cur: bool = cur.try_get(0).map_err(db)?;
-        if disabled && !cur {
-            record(
-                &tx,
-                "account = $3 AND revoked_at IS NULL AND disabled = FALSE",
-                &[&name],
-                "account disabled",
-                at,
-            )
-            .await?;
-        }
-        tx.execute(
-            "UPDATE accounts SET disabled = $2 WHERE name = $1",
-            &[&name, &disabled],
-        )
-        .await
-        .map_err(db)?;
-        tx.commit().await.map_err(db)?;
-        Ok(true)
+        self.set_disabled(&ACCOUNT, name, disabled, at).await
     }
 
     async fn create_user(&self, u: &User) -> Result<()> {
@@ -654,38 +681,7 @@ impl Store for PgStore {
     }
 
     async fn set_user_disabled(&self, name: &str, disabled: bool, at: i64) -> Result<bool> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(db)?;
-        let cur = tx
-            .query_opt(
-                "SELECT disabled FROM users WHERE name = $1 FOR UPDATE",
-                &[&name],
-            )
-            .await
-            .map_err(db)?;
-        let Some(cur) = cur else { return Ok(false) };
-        let cur: bool = cur.try_get(0).map_err(db)?;
-        if disabled && !cur {
-            record(
-                &tx,
-                "username = $3 AND revoked_at IS NULL AND disabled = FALSE",
-                &[&name],
-                "user disabled",
-                at,
-            )
-            .await?;
-            tx.execute("DELETE FROM sessions WHERE username = $1", &[&name])
-                .await
-                .map_err(db)?;
-        }
-        tx.execute(
-            "UPDATE users SET disabled = $2 WHERE name = $1",
-            &[&name, &disabled],
-        )
-        .await
-        .map_err(db)?;
-        tx.commit().await.map_err(db)?;
-        Ok(true)
+        self.set_disabled(&USER, name, disabled, at).await
     }
 
     async fn set_password(&self, name: &str, password_hash: &str) -> Result<bool> {

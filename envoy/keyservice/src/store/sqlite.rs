@@ -170,6 +170,53 @@ fn record(
     Ok(n as u64)
 }
 
+/// What disabling an account or a user touches: its row, its live keys (revoked into the feed)
+/// and, for a user, its sessions. The names are constants, never input.
+struct Holder {
+    table: &'static str,
+    live_keys: &'static str,
+    reason: &'static str,
+    sessions: bool,
+}
+
+const ACCOUNT: Holder = Holder {
+    table: "accounts",
+    live_keys: "account = ?1 AND revoked_at IS NULL AND disabled = 0",
+    reason: "account disabled",
+    sessions: false,
+};
+const USER: Holder = Holder {
+    table: "users",
+    live_keys: "username = ?1 AND revoked_at IS NULL AND disabled = 0",
+    reason: "user disabled",
+    sessions: true,
+};
+
+fn set_disabled(c: &Connection, h: &Holder, name: &str, disabled: bool, at: i64) -> Result<bool> {
+    let cur: Option<i64> = c
+        .query_row(
+            &format!("SELECT disabled FROM {} WHERE name = ?1", h.table),
+            [name],
+            |r| r.get(0),
+        )
+        .optional()
+        .map_err(db)?;
+    let Some(cur) = cur else { return Ok(false) };
+    if disabled && cur == 0 {
+        record(c, h.live_keys, &[&name], h.reason, at)?;
+        if h.sessions {
+            c.execute("DELETE FROM sessions WHERE username = ?1", [name])
+                .map_err(db)?;
+        }
+    }
+    c.execute(
+        &format!("UPDATE {} SET disabled = ?2 WHERE name = ?1", h.table),
+        params![name, disabled as i64],
+    )
+    .map_err(db)?;
+    Ok(true)
+}
+
 impl SqliteStore {
     pub fn open(path: &str) -> Result<SqliteStore> {
         let mut w = connect(path)?;
@@ -587,32 +634,7 @@ impl Store for SqliteStore {
     }
 
     async fn set_account_disabled(&self, name: &str, disabled: bool, at: i64) -> Result<bool> {
-        self.tx(|c| {
-            let cur: Option<i64> = c
-                .query_row(
-                    "SELECT disabled FROM accounts WHERE name = ?1",
-                    [name],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(db)?;
-            let Some(cur) = cur else { return Ok(false) };
-            if disabled && cur == 0 {
-                record(
-                    c,
-                    "account = ?1 AND revoked_at IS NULL AND disabled = 0",
-                    &[&name],
-                    "account disabled",
-                    at,
-                )?;
-            }
-            c.execute(
-                "UPDATE accounts SET disabled = ?2 WHERE name = ?1",
-                params![name, disabled as i64],
-            )
-            .map_err(db)?;
-            Ok(true)
-        })
+        self.tx(|c| set_disabled(c, &ACCOUNT, name, disabled, at))
     }
 
     async fn create_user(&self, u: &User) -> Result<()> {
@@ -670,32 +692,7 @@ impl Store for SqliteStore {
     }
 
     async fn set_user_disabled(&self, name: &str, disabled: bool, at: i64) -> Result<bool> {
-        self.tx(|c| {
-            let cur: Option<i64> = c
-                .query_row("SELECT disabled FROM users WHERE name = ?1", [name], |r| {
-                    r.get(0)
-                })
-                .optional()
-                .map_err(db)?;
-            let Some(cur) = cur else { return Ok(false) };
-            if disabled && cur == 0 {
-                record(
-                    c,
-                    "username = ?1 AND revoked_at IS NULL AND disabled = 0",
-                    &[&name],
-                    "user disabled",
-                    at,
-                )?;
-                c.execute("DELETE FROM sessions WHERE username = ?1", [name])
-                    .map_err(db)?;
-            }
-            c.execute(
-                "UPDATE users SET disabled = ?2 WHERE name = ?1",
-                params![name, disabled as i64],
-            )
-            .map_err(db)?;
-            Ok(true)
-        })
+        self.tx(|c| set_disabled(c, &USER, name, disabled, at))
     }
 
     async fn set_password(&self, name: &str, password_hash: &str) -> Result<bool> {
