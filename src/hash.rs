@@ -75,11 +75,11 @@ pub(crate) fn hex_val(c: u8) -> Option<u8> {
 /// when full.
 pub struct DigestMemo {
     keys: (RandomState, RandomState),
-    /// The digest, and the secret's credential id without a user once asked for
-    /// ([`DigestMemo::entry_id`]).
-    map: HashMap<u128, (Digest32, Option<Digest32>), BuildHasherDefault<TagHasher>>,
+    /// The digest, and the secret's tag in the verdict table once asked for
+    /// ([`DigestMemo::verdict_tag`]).
+    map: HashMap<u128, (Digest32, Option<u128>), BuildHasherDefault<TagHasher>>,
     cap: usize,
-    /// The tag of the secret hashed last.
+    /// The key of the secret hashed last.
     last: u128,
 }
 
@@ -108,13 +108,14 @@ impl DigestMemo {
         d
     }
 
-    /// `credential_id_from_hash(None, digest)` for the digest [`DigestMemo::sha256`] just gave:
-    /// remembered with it (one SHA-256 less on every cached request of a key-service key).
-    pub fn entry_id(&mut self, digest: &Digest32) -> Digest32 {
+    /// `tag(digest)` for the digest [`DigestMemo::sha256`] just gave (its tag in the verdict
+    /// table, a keyed hash): remembered with it, so a key presented again is not hashed again.
+    /// A memo lives as long as its plugin's configuration, and so its tables.
+    pub fn verdict_tag(&mut self, digest: &Digest32, tag: impl FnOnce(&Digest32) -> u128) -> u128 {
         match self.map.get_mut(&self.last) {
-            Some((d, Some(id))) if d == digest => *id,
-            Some((d, slot)) if d == digest => *slot.insert(credential_id_from_hash(None, digest)),
-            _ => credential_id_from_hash(None, digest),
+            Some((d, Some(t))) if d == digest => *t,
+            Some((d, slot)) if d == digest => *slot.insert(tag(digest)),
+            _ => tag(digest),
         }
     }
 
@@ -161,15 +162,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_memo_gives_the_ids_it_would_compute() {
+    fn the_memo_gives_the_digests_it_would_compute() {
         let mut m = DigestMemo::new(4);
         for _ in 0..2 {
             for s in ["a", "b", "c", "d", "e"] {
                 let d = m.sha256(s.as_bytes());
                 assert_eq!(d, sha256(s.as_bytes()));
-                assert_eq!(m.entry_id(&d), credential_id(None, s));
+                let tag = |d: &Digest32| u128::from_le_bytes(d[..16].try_into().unwrap());
+                assert_eq!(m.verdict_tag(&d, tag), tag(&d));
+                assert_eq!(m.verdict_tag(&d, |_| 0), tag(&d), "remembered");
                 // a digest that is not the last one's: computed, not mixed up
-                assert_eq!(m.entry_id(&sha256(b"z")), credential_id(None, "z"));
+                let z = sha256(b"z");
+                assert_eq!(m.verdict_tag(&z, tag), tag(&z));
+                // a secret's id with a user is not its digest (the verdict table's name for it)
+                assert_ne!(credential_id(Some(""), s), sha256(s.as_bytes()));
             }
         }
         assert!(m.len() <= 4);

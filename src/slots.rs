@@ -152,6 +152,14 @@ impl Table {
         tag
     }
 
+    /// The key of the set `tag` lives in.
+    pub fn key_of(&self, tag: u128) -> String {
+        let mut key = String::with_capacity(self.stem.len() + 10);
+        key.push_str(&self.stem);
+        key.push_str(itoa::Buffer::new().format(self.set_of(tag)));
+        key
+    }
+
     pub fn spot(&self, name: &[u8]) -> Spot {
         let mut key = String::with_capacity(self.stem.len() + 10);
         let tag = self.locate(name, &mut key);

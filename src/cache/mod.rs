@@ -1,8 +1,8 @@
 //! Verdict caching. Policy, in one place:
 //!
-//! - **Positive verdicts** live in Envoy shared data (every worker benefits), keyed by
-//!   `{prefix}:v:{hex(credential_id(None, secret))}`, the secret's id *without* the Basic user:
-//!   neither key nor value holds the secret. The entry records which users it was given for
+//! - **Positive verdicts** live in Envoy shared data (every worker benefits), in the verdict
+//!   table (`slots`) under the secret's SHA-256 *without* the Basic user (the digest a
+//!   revocation feed names): neither key nor value holds the secret. The entry records which users it was given for
 //!   ([`Binding`]: no user, one Basic user, or any user when the service says its verdict does
 //!   not depend on the user), and a lookup for another user is a miss. So there is **at most one
 //!   entry per accepted secret**, whatever users clients send and whatever the service answers
@@ -21,6 +21,9 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::rc::Rc;
 
+mod memo;
+pub use memo::Memo;
+
 use crate::contract;
 use crate::hash::{credential_id_from_hash, Digest32};
 use crate::ratelimit::Limit;
@@ -34,8 +37,11 @@ pub struct CachePolicy {
     pub negative_ttl_ms: u64,
     pub stale_ms: u64,
     pub negative_entries: usize,
-    /// How long a worker uses a verdict it read from shared data before reading it again.
+    /// How often a worker reads the revocation log (`memo`): a revocation marked by another
+    /// worker is seen within this time. 0: no memo, every lookup reads shared data.
     pub recheck_ms: u64,
+    /// Verdicts a worker memoizes (`memo`).
+    pub memo_entries: usize,
     /// How long a revocation mark may not be evicted: longer than any key-service call that
     /// started before it can take to answer (`key_service.timeout_ms` and a margin).
     pub hold_ms: u64,
@@ -49,6 +55,7 @@ impl Default for CachePolicy {
             stale_ms: 600_000,
             negative_entries: 10_000,
             recheck_ms: 250,
+            memo_entries: memo::DEFAULT_ENTRIES,
             hold_ms: 500 + HOLD_MARGIN_MS,
         }
     }
@@ -77,14 +84,20 @@ pub fn entry_key<'a>(table: &'a Table, id: &Digest32) -> Slot<'a> {
     }
 }
 
-/// The shared-data key of the revocation floor of `table` (see [`mark_revoked`]).
-fn floor_key(table: &Table) -> String {
+/// The shared-data key `{prefix}:v:{name}` beside `table`'s sets: the revocation floor (see
+/// [`mark_revoked`]) and the revocation log (`memo`).
+fn side_key(table: &Table, name: &str) -> String {
     let mut k = table.spot(b"").key;
     while k.ends_with(|c: char| c.is_ascii_digit()) {
         k.pop();
     }
-    k.push_str(":floor");
+    k.push(':');
+    k.push_str(name);
     k
+}
+
+fn floor_key(table: &Table) -> String {
+    side_key(table, "floor")
 }
 
 /// The newest revocation whose mark was evicted while held (ms; 0: none).
@@ -420,100 +433,6 @@ pub enum Lookup {
     Miss,
 }
 
-/// Per-worker memo of decoded entries, keyed by credential id and validated by the shared-data
-/// CAS token: a hit costs at most one shared-data read and no JSON parsing. Any write to the
-/// entry (refresh, revocation) changes the token and so invalidates the memo.
-///
-/// Within `recheck_ms` of its last read, an entry is used without reading shared data at all:
-/// a read that returns data is the costliest host call keygate makes (the host calls back into
-/// the VM to allocate; tests/bench/RESULTS.md, "What single calls cost"). The price is that a revocation marked by
-/// another worker is seen up to `recheck_ms` later; the worker that marks it forgets its memo
-/// at once ([`Memo::forget`]).
-#[derive(Default)]
-pub struct Memo {
-    map: HashMap<Digest32, Memoed>,
-}
-
-struct Memoed {
-    cas: u32,
-    entry: Entry,
-    read_ms: u64,
-}
-
-const MEMO_MAX: usize = 4096;
-
-impl Memo {
-    /// `key` builds the entry's shared-data key (only when shared data is read); `id` is the
-    /// secret's id (no user), `user` the Basic user presented: a valid verdict given for another
-    /// user is a miss (a revoked mark holds for every user).
-    pub fn lookup<'t>(
-        &mut self,
-        store: &dyn SharedStore,
-        key: impl FnOnce() -> Slot<'t>,
-        id: &Digest32,
-        user: Option<&str>,
-        now_ms: u64,
-        recheck_ms: u64,
-    ) -> Lookup {
-        let entry = match self.map.get(id) {
-            Some(m) if now_ms >= m.read_ms && now_ms - m.read_ms < recheck_ms => m.entry.clone(),
-            _ => match self.read(store, &key(), id, now_ms) {
-                Some(e) => e,
-                None => return Lookup::Miss,
-            },
-        };
-        if matches!(entry.verdict, Verdict::Valid(_)) && !entry.binding.admits(user) {
-            return Lookup::Miss;
-        }
-        let verdict = entry.verdict.at(now_ms / 1000);
-        if now_ms < entry.fresh_until_ms {
-            Lookup::Fresh(verdict)
-        } else if now_ms < entry.stale_until_ms {
-            Lookup::Stale(verdict)
-        } else {
-            Lookup::Miss
-        }
-    }
-
-    /// Reads the entry's set from shared data; decodes the entry only when the set's CAS token
-    /// changed (a write to another entry of the set changes it too: then it is decoded again).
-    fn read(
-        &mut self,
-        store: &dyn SharedStore,
-        slot: &Slot<'_>,
-        id: &Digest32,
-        now_ms: u64,
-    ) -> Option<Entry> {
-        let Some((bytes, cas)) = store.get(&slot.spot.key) else {
-            self.map.remove(id);
-            return None;
-        };
-        if let Some(m) = self.map.get_mut(id).filter(|m| m.cas == cas) {
-            m.read_ms = now_ms;
-            return Some(m.entry.clone());
-        }
-        let Some(entry) = slots::find(Some(&bytes), slot.spot.tag).and_then(decode) else {
-            self.map.remove(id);
-            return None;
-        };
-        if self.map.len() >= MEMO_MAX {
-            self.map.clear();
-        }
-        let m = Memoed {
-            cas,
-            entry: entry.clone(),
-            read_ms: now_ms,
-        };
-        self.map.insert(*id, m);
-        Some(entry)
-    }
-
-    /// Drops what this worker remembers of `id` (it just wrote or revoked the entry).
-    pub fn forget(&mut self, id: &Digest32) {
-        self.map.remove(id);
-    }
-}
-
 /// What became of a valid answer offered to the cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stored {
@@ -626,7 +545,8 @@ pub fn store_valid(
 }
 
 /// Marks the secret revoked as of `now_ms`, over its entry or as a new one (the feed names real
-/// keys, not attacker input). Returns whether a valid entry was overwritten.
+/// keys, not attacker input), and logs it for the other workers' memos. Returns whether a valid
+/// entry was overwritten; `None` when the mark or its log entry could not be written.
 ///
 /// A mark is held (never evicted) for `hold_ms`: an answer to a call that started before the
 /// revocation can only come within that time, and finds the mark. When every way of the set
@@ -638,7 +558,7 @@ pub fn mark_revoked(
     slot: &Slot<'_>,
     policy: &CachePolicy,
     now_ms: u64,
-) -> bool {
+) -> Option<bool> {
     // outlives any answer still on its way (a call lasts at most the key-service timeout, far
     // below the TTLs), and any valid entry it replaces
     let until = now_ms.saturating_add(policy.positive_ttl_ms.max(policy.stale_ms).max(60_000));
@@ -677,7 +597,7 @@ pub fn mark_revoked(
                 .min()
                 .unwrap_or(now_ms);
             if !raise_floor(store, table, oldest) {
-                return false;
+                return None;
             }
             placed = slots::place(
                 set,
@@ -688,26 +608,29 @@ pub fn mark_revoked(
                 &mut out,
             );
         }
-        let Ok(p) = placed else { return false };
+        let Ok(p) = placed else { return None };
         match store.set(&spot.key, &out, cas) {
             SetOutcome::Written => {
                 if p == Placed::Evicted {
                     count(&table.counts.evicted);
                 }
-                return was_valid;
+                // logged after the mark: a worker that reads the log and forgets the secret
+                // reads the mark next, never the verdict it replaced
+                return memo::log_revoked(store, table, &spot.tag).then_some(was_valid);
             }
             SetOutcome::CasMismatch => continue,
-            SetOutcome::Failed => return false,
+            SetOutcome::Failed => return None,
         }
     }
-    false
+    None
 }
 
 /// Applies a page of the revocation feed (`(sha256(secret), user)` items) to this worker and to
 /// shared data: the worker forgets what it remembers of each secret and refuses it (per
 /// credential: the secret alone, and with the Basic user the feed names) until the negative TTL
 /// runs out; the shared entry is marked revoked for every worker. Returns how many valid cached
-/// verdicts were overwritten.
+/// verdicts were overwritten; `None` when a mark could not be written (the page must be applied
+/// again: the feed's cursor is not moved past it).
 pub fn apply_revocations(
     store: &dyn SharedStore,
     table: &Table,
@@ -716,13 +639,14 @@ pub fn apply_revocations(
     memo: &mut Memo,
     negative: &mut NegativeCache,
     now_ms: u64,
-) -> usize {
+) -> Option<usize> {
     let mut marked = 0;
     for (hash, user) in revoked {
         // one shared entry per secret, whatever the user; this worker's refusals are per
         // credential
-        let entry = credential_id_from_hash(None, hash);
-        memo.forget(&entry);
+        let entry = *hash;
+        let slot = entry_key(table, &entry);
+        memo.forget(slot.spot.tag);
         let until = now_ms.saturating_add(policy.negative_ttl_ms);
         negative.insert(entry, Refusal::Revoked, until, now_ms);
         if let Some(u) = user.as_deref().filter(|u| !u.is_empty()) {
@@ -733,11 +657,11 @@ pub fn apply_revocations(
                 now_ms,
             );
         }
-        if mark_revoked(store, &entry_key(table, &entry), policy, now_ms) {
+        if mark_revoked(store, &slot, policy, now_ms)? {
             marked += 1;
         }
     }
-    marked
+    Some(marked)
 }
 
 /// Per-worker cache of refusals, bounded: at capacity, expired entries go first, then arbitrary

@@ -68,15 +68,15 @@ fn fresh_then_stale_then_miss() {
     store_at(&st, &key, &ident(None), Binding::NoUser, None, &p, NOW);
     let mut m = Memo::default();
     assert!(matches!(
-        m.lookup(&st, || key.clone(), &id, None, NOW + 999, 0),
+        m.lookup(&st, key.table, key.spot.tag, None, NOW + 999, 0),
         Lookup::Fresh(Verdict::Valid(_))
     ));
     assert!(matches!(
-        m.lookup(&st, || key.clone(), &id, None, NOW + 1000, 0),
+        m.lookup(&st, key.table, key.spot.tag, None, NOW + 1000, 0),
         Lookup::Stale(Verdict::Valid(_))
     ));
     assert_eq!(
-        m.lookup(&st, || key.clone(), &id, None, NOW + 6000, 0),
+        m.lookup(&st, key.table, key.spot.tag, None, NOW + 6000, 0),
         Lookup::Miss
     );
 }
@@ -90,7 +90,7 @@ fn hint_and_key_expiry_shorten_the_ttl() {
     store_at(&st, &key, &ident(None), Binding::NoUser, Some(2), &p, NOW);
     let mut m = Memo::default();
     assert!(matches!(
-        m.lookup(&st, || key.clone(), &id, None, NOW + 2000, 0),
+        m.lookup(&st, key.table, key.spot.tag, None, NOW + 2000, 0),
         Lookup::Stale(_)
     ));
     // the key expires in 1.5 s: fresh never outlives it, and stale never serves past it
@@ -104,11 +104,11 @@ fn hint_and_key_expiry_shorten_the_ttl() {
         NOW + 500,
     );
     assert!(matches!(
-        m.lookup(&st, || key.clone(), &id, None, NOW + 900, 0),
+        m.lookup(&st, key.table, key.spot.tag, None, NOW + 900, 0),
         Lookup::Fresh(Verdict::Valid(_))
     ));
     assert_eq!(
-        m.lookup(&st, || key.clone(), &id, None, NOW + 1000, 0),
+        m.lookup(&st, key.table, key.spot.tag, None, NOW + 1000, 0),
         Lookup::Miss
     );
 }
@@ -123,27 +123,27 @@ fn revocation_marks_the_secret_for_every_user_and_invalidates_memos() {
     store_at(&st, &key, &ident(None), bound, None, &p, NOW);
     let mut m = Memo::default();
     assert!(matches!(
-        m.lookup(&st, || key.clone(), &id, Some("alice"), NOW, 0),
+        m.lookup(&st, key.table, key.spot.tag, Some("alice"), NOW, 0),
         Lookup::Fresh(Verdict::Valid(_))
     ));
     assert_eq!(
-        m.lookup(&st, || key.clone(), &id, Some("mallory"), NOW, 0),
+        m.lookup(&st, key.table, key.spot.tag, Some("mallory"), NOW, 0),
         Lookup::Miss
     );
     assert_eq!(
-        m.lookup(&st, || key.clone(), &id, None, NOW, 0),
+        m.lookup(&st, key.table, key.spot.tag, None, NOW, 0),
         Lookup::Miss
     );
-    assert!(mark_revoked(&st, &key, &p, NOW));
+    assert_eq!(mark_revoked(&st, &key, &p, NOW), Some(true));
     for user in [Some("alice"), Some("bob"), None] {
         assert_eq!(
-            m.lookup(&st, || key.clone(), &id, user, NOW + 1, 0),
+            m.lookup(&st, key.table, key.spot.tag, user, NOW + 1, 0),
             Lookup::Fresh(Verdict::Refused(Refusal::Revoked))
         );
     }
     // a mark for a secret nothing cached yet is written too (an answer may be on its way)
     let other = entry_key("kg", &credential_id(None, "t"));
-    assert!(!mark_revoked(&st, &other, &p, NOW));
+    assert_eq!(mark_revoked(&st, &other, &p, NOW), Some(false));
     let set = st.map.borrow()[&other.spot.key].0.clone();
     assert!(slots::find(Some(&set), other.spot.tag).is_some());
 }
@@ -175,13 +175,13 @@ fn an_answer_older_than_a_revocation_never_wins() {
     assert_eq!(valid(NOW + 100, NOW + 300), Stored::Revoked);
     let mut m = Memo::default();
     assert_eq!(
-        m.lookup(&st, || key.clone(), &id, None, NOW + 301, 0),
+        m.lookup(&st, key.table, key.spot.tag, None, NOW + 301, 0),
         Lookup::Fresh(Verdict::Refused(Refusal::Revoked))
     );
     // a call started after the revocation was known brings a newer verdict
     assert_eq!(valid(NOW + 101, NOW + 400), Stored::Written);
     assert!(matches!(
-        m.lookup(&st, || key.clone(), &id, None, NOW + 401, 0),
+        m.lookup(&st, key.table, key.spot.tag, None, NOW + 401, 0),
         Lookup::Fresh(Verdict::Valid(_))
     ));
 }
@@ -215,29 +215,36 @@ fn recent_reads_are_trusted_for_recheck_ms_only() {
     store_at(&st, &key, &ident(None), Binding::NoUser, None, &p, NOW);
     let mut m = Memo::default();
     let fresh = |l: Lookup| matches!(l, Lookup::Fresh(Verdict::Valid(_)));
-    assert!(fresh(m.lookup(&st, || key.clone(), &id, None, NOW, 250)));
+    assert!(fresh(m.lookup(
+        &st,
+        key.table,
+        key.spot.tag,
+        None,
+        NOW,
+        250
+    )));
     let reads = st.gets.get();
     assert!(fresh(m.lookup(
         &st,
-        || key.clone(),
-        &id,
+        key.table,
+        key.spot.tag,
         None,
         NOW + 249,
         250
     )));
     assert_eq!(st.gets.get(), reads, "a recent read is not repeated");
     // another worker revokes: seen once the window has passed
-    assert!(mark_revoked(&st, &key, &p, NOW + 100));
+    assert_eq!(mark_revoked(&st, &key, &p, NOW + 100), Some(true));
     assert!(fresh(m.lookup(
         &st,
-        || key.clone(),
-        &id,
+        key.table,
+        key.spot.tag,
         None,
         NOW + 200,
         250
     )));
     assert_eq!(
-        m.lookup(&st, || key.clone(), &id, None, NOW + 250, 250),
+        m.lookup(&st, key.table, key.spot.tag, None, NOW + 250, 250),
         Lookup::Fresh(Verdict::Refused(Refusal::Revoked))
     );
     // the worker that revokes forgets at once; a clock going back never extends trust
@@ -250,21 +257,21 @@ fn recent_reads_are_trusted_for_recheck_ms_only() {
         &p,
         NOW + 300,
     );
-    m.forget(&id); // as the host does after writing an entry
+    m.forget(key.spot.tag); // as the host does after writing an entry
     assert!(fresh(m.lookup(
         &st,
-        || key.clone(),
-        &id,
+        key.table,
+        key.spot.tag,
         None,
         NOW + 300,
         250
     )));
-    assert!(mark_revoked(&st, &key, &p, NOW + 301));
-    m.forget(&id);
+    assert_eq!(mark_revoked(&st, &key, &p, NOW + 301), Some(true));
+    m.forget(key.spot.tag);
     assert!(!fresh(m.lookup(
         &st,
-        || key.clone(),
-        &id,
+        key.table,
+        key.spot.tag,
         None,
         NOW + 302,
         250
@@ -278,20 +285,20 @@ fn recent_reads_are_trusted_for_recheck_ms_only() {
         &p,
         NOW + 400,
     );
-    m.forget(&id);
+    m.forget(key.spot.tag);
     assert!(fresh(m.lookup(
         &st,
-        || key.clone(),
-        &id,
+        key.table,
+        key.spot.tag,
         None,
         NOW + 400,
         250
     )));
-    assert!(mark_revoked(&st, &key, &p, NOW + 401));
+    assert_eq!(mark_revoked(&st, &key, &p, NOW + 401), Some(true));
     assert!(!fresh(m.lookup(
         &st,
-        || key.clone(),
-        &id,
+        key.table,
+        key.spot.tag,
         None,
         NOW + 10,
         250
@@ -399,13 +406,14 @@ fn negative_cache_is_bounded() {
 fn the_feed_revokes_a_secret_for_every_worker_and_each_of_its_credentials() {
     let st = MemoryStore::default();
     let p = CachePolicy::default();
-    let id = credential_id(None, "s");
+    // a secret's verdict is found by its digest, the name the feed gives
+    let id = crate::hash::sha256(b"s");
     let key = entry_key("kg", &id);
     store_at(&st, &key, &ident(None), Binding::NoUser, None, &p, NOW);
     let (mut memo, mut neg) = (Memo::default(), NegativeCache::new(16));
     // this worker remembers the valid verdict (it would not read shared data for 250 ms)
     assert!(matches!(
-        memo.lookup(&st, || key.clone(), &id, None, NOW, 250),
+        memo.lookup(&st, key.table, key.spot.tag, None, NOW, 250),
         Lookup::Fresh(Verdict::Valid(_))
     ));
     let feed = [
@@ -414,17 +422,18 @@ fn the_feed_revokes_a_secret_for_every_worker_and_each_of_its_credentials() {
     ];
     let marked = apply_revocations(&st, table(), &p, &feed, &mut memo, &mut neg, NOW + 1);
     assert_eq!(
-        marked, 1,
+        marked,
+        Some(1),
         "one valid verdict overwritten; the other secret gets a mark"
     );
     // every worker: the shared entry now says revoked
     assert_eq!(
-        Memo::default().lookup(&st, || key.clone(), &id, None, NOW + 2, 250),
+        Memo::default().lookup(&st, key.table, key.spot.tag, None, NOW + 2, 250),
         Lookup::Fresh(Verdict::Refused(Refusal::Revoked))
     );
     // this worker forgot what it remembered, at once
     assert_eq!(
-        memo.lookup(&st, || key.clone(), &id, None, NOW + 2, 250),
+        memo.lookup(&st, key.table, key.spot.tag, None, NOW + 2, 250),
         Lookup::Fresh(Verdict::Refused(Refusal::Revoked))
     );
     // and refuses the secret alone and with the user the feed named, until the negative TTL
@@ -444,7 +453,7 @@ fn the_feed_revokes_a_secret_for_every_worker_and_each_of_its_credentials() {
     // applied twice (a page read again), nothing new is overwritten
     assert_eq!(
         apply_revocations(&st, table(), &p, &feed, &mut memo, &mut neg, NOW + 4),
-        0
+        Some(0)
     );
 }
 
@@ -580,7 +589,7 @@ mod eviction {
                         }
                     }
                     Op::Lookup(k) => {
-                        let got = Memo::default().lookup(&st, || super::super::entry_key(&t, &ids[k]), &ids[k], None, now, 0);
+                        let got = Memo::default().lookup(&st, &t, t.tag(&ids[k]), None, now, 0);
                         if revoked_at[k].is_some() {
                             proptest::prop_assert!(
                                 !matches!(got, Lookup::Fresh(Verdict::Valid(_)) | Lookup::Stale(Verdict::Valid(_))),
@@ -666,4 +675,131 @@ mod eviction {
     fn ident_static() -> &'static Rc<Identity> {
         Box::leak(Box::new(ident(None)))
     }
+}
+
+/// Many keys: a worker reads each verdict once and uses it past `recheck_ms` while the
+/// revocation log is unchanged (one read of the log per `recheck_ms` for all of them); a
+/// revocation another worker marks is seen within `recheck_ms`, and only that key is forgotten.
+#[test]
+fn a_memo_reads_each_verdict_once_and_the_log_tells_it_what_was_revoked() {
+    let st = MemoryStore::default();
+    let p = CachePolicy::default();
+    let ids: Vec<Digest32> = (0..50)
+        .map(|k| crate::hash::sha256(format!("k{k}").as_bytes()))
+        .collect();
+    let t = table();
+    for id in &ids {
+        store_at(
+            &st,
+            &entry_key("kg", id),
+            &ident(None),
+            Binding::NoUser,
+            None,
+            &p,
+            NOW,
+        );
+    }
+    let fresh = |l: Lookup| matches!(l, Lookup::Fresh(Verdict::Valid(_)));
+    let mut m = Memo::default();
+    for id in &ids {
+        assert!(fresh(m.lookup(&st, t, t.tag(id), None, NOW, 250)));
+    }
+    assert_eq!(m.len(), 50);
+    // a minute later, every key again: one read (the log), no verdict read again
+    let reads = st.gets.get();
+    for id in &ids {
+        assert!(fresh(m.lookup(&st, t, t.tag(id), None, NOW + 60_000, 250)));
+    }
+    assert_eq!(st.gets.get(), reads + 1, "the log only");
+    // another worker revokes key 7 (its feed): seen at the next look at the log, within 250 ms
+    let mut other = Memo::default();
+    let feed = [(ids[7], None)];
+    let mut neg = NegativeCache::new(16);
+    assert_eq!(
+        apply_revocations(&st, t, &p, &feed, &mut other, &mut neg, NOW + 60_100),
+        Some(1)
+    );
+    assert!(
+        fresh(m.lookup(&st, t, t.tag(&ids[7]), None, NOW + 60_200, 250)),
+        "within the window"
+    );
+    assert_eq!(
+        m.lookup(&st, t, t.tag(&ids[7]), None, NOW + 60_250, 250),
+        Lookup::Fresh(Verdict::Refused(Refusal::Revoked))
+    );
+    // the others are still memoized: no read of theirs
+    let reads = st.gets.get();
+    for (k, id) in ids.iter().enumerate().filter(|(k, _)| *k != 7) {
+        assert!(
+            fresh(m.lookup(&st, t, t.tag(id), None, NOW + 60_300, 250)),
+            "key {k}"
+        );
+    }
+    assert_eq!(st.gets.get(), reads);
+}
+
+#[test]
+fn more_revocations_than_the_log_holds_or_a_broken_log_forget_everything() {
+    let st = MemoryStore::default();
+    let p = CachePolicy::default();
+    let t = table();
+    let kept = crate::hash::sha256(b"kept");
+    store_at(
+        &st,
+        &entry_key("kg", &kept),
+        &ident(None),
+        Binding::NoUser,
+        None,
+        &p,
+        NOW,
+    );
+    let mut m = Memo::default();
+    let fresh = |l: Lookup| matches!(l, Lookup::Fresh(Verdict::Valid(_)));
+    assert!(fresh(m.lookup(&st, t, t.tag(&kept), None, NOW, 250)));
+    // 65 revocations of other keys between two looks: the log holds 64, so the worker cannot
+    // know which it missed and forgets all (the kept key is read again, and still valid)
+    for k in 0..=memo::LOG_LEN {
+        let id = crate::hash::sha256(format!("gone{k}").as_bytes());
+        assert_eq!(
+            mark_revoked(&st, &entry_key("kg", &id), &p, NOW + 1),
+            Some(false)
+        );
+    }
+    let reads = st.gets.get();
+    assert!(fresh(m.lookup(&st, t, t.tag(&kept), None, NOW + 300, 250)));
+    assert_eq!(st.gets.get(), reads + 2, "the log, then the verdict again");
+    assert!(fresh(m.lookup(&st, t, t.tag(&kept), None, NOW + 600, 250)));
+    assert_eq!(st.gets.get(), reads + 3, "the log only");
+    // foreign bytes where the log is: everything forgotten, once
+    let log = side_key(t, "log");
+    st.set(&log, b"garbage", 0);
+    assert!(fresh(m.lookup(&st, t, t.tag(&kept), None, NOW + 900, 250)));
+    assert_eq!(st.gets.get(), reads + 5, "the log, then the verdict again");
+    // the next revocation rewrites the log from the start: the sequence went back, forget all
+    let gone = crate::hash::sha256(b"gone-after");
+    assert_eq!(
+        mark_revoked(&st, &entry_key("kg", &gone), &p, NOW + 1000),
+        Some(false)
+    );
+    let reads = st.gets.get();
+    assert!(fresh(m.lookup(&st, t, t.tag(&kept), None, NOW + 1200, 250)));
+    assert_eq!(st.gets.get(), reads + 2, "the log, then the verdict again");
+    // a verdict past its freshness is read again (another worker may have refreshed it)
+    store_at(
+        &st,
+        &entry_key("kg", &kept),
+        &ident(None),
+        Binding::NoUser,
+        None,
+        &p,
+        NOW + 400_000,
+    );
+    assert!(fresh(m.lookup(
+        &st,
+        t,
+        t.tag(&kept),
+        None,
+        NOW + p.positive_ttl_ms + 1,
+        250
+    )));
 }

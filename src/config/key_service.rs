@@ -27,8 +27,11 @@ pub const NEGATIVE_TTL_S: Bound = Bound::new(30, 1, 86_400);
 pub const STALE_TTL_S: Bound = Bound::new(600, 0, 604_800);
 /// `key_service.negative_cache_entries`: refusals a worker remembers.
 pub const NEGATIVE_CACHE_ENTRIES: Bound = Bound::new(10_000, 16, 1_000_000);
-/// `key_service.shared_recheck_ms`: how long a worker reuses a verdict read from shared data.
+/// `key_service.shared_recheck_ms`: how often a worker reads the revocation log, so the longest
+/// a revocation another worker marked takes to reach it.
 pub const SHARED_RECHECK_MS: Bound = Bound::new(250, 0, 60_000);
+/// `key_service.worker_cache_entries`: verdicts a worker keeps decoded (about 0.3 KB each).
+pub const WORKER_CACHE_ENTRIES: Bound = Bound::new(4096, 16, 4_000_000);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OnFailure {
@@ -73,6 +76,7 @@ pub(super) struct RawKeyService {
     pub(super) stale_ttl_s: Option<u64>,
     pub(super) negative_cache_entries: Option<u64>,
     pub(super) shared_recheck_ms: Option<u64>,
+    pub(super) worker_cache_entries: Option<u64>,
     pub(super) on_failure: Option<String>,
     pub(super) key_format: Option<RawKeyFormat>,
 }
@@ -123,6 +127,11 @@ pub(super) fn parse_key_service(o: RawKeyService) -> Result<KeyServiceConfig, Co
             o.shared_recheck_ms,
             SHARED_RECHECK_MS,
         )?,
+        memo_entries: bounded(
+            &f("worker_cache_entries"),
+            o.worker_cache_entries,
+            WORKER_CACHE_ENTRIES,
+        )? as usize,
         hold_ms: timeout_ms.saturating_add(crate::cache::HOLD_MARGIN_MS),
     };
     let on_failure = match o.on_failure.as_deref() {

@@ -190,7 +190,7 @@ impl<H: Host> Worker<H> {
                 };
                 let stored =
                     cache::store_valid(self.host.store(), &key, offer, &ks.cache, now.ms());
-                self.memo.forget(&call.entry);
+                self.memo.forget(key.spot.tag);
                 if stored == Stored::Revoked {
                     // revoked while the answer was on its way: a verdict older than a
                     // revocation never wins
@@ -276,12 +276,15 @@ impl<H: Host> Worker<H> {
         self.feed_ready
     }
 
+    /// The feed's lease and cursor name the verdict table's scheme (`r2`: verdicts found by the
+    /// secret's digest): a build with another scheme in the same Envoy (an upgrade under way)
+    /// polls the feed itself and marks its own entries, never trusting this one to.
     fn lease_key(&self) -> String {
-        format!("{}:rev:lease", self.gate.cfg.shared_prefix)
+        format!("{}:r2:lease", self.gate.cfg.shared_prefix)
     }
 
     fn cursor_key(&self) -> String {
-        format!("{}:rev:cursor", self.gate.cfg.shared_prefix)
+        format!("{}:r2:cursor", self.gate.cfg.shared_prefix)
     }
 
     /// The tick period outside `resume_soon`'s one fast tick: fast until the revocation feed's
@@ -366,7 +369,7 @@ impl<H: Host> Worker<H> {
         };
         self.stats
             .add_now(&mut self.host, Metric::RevocationPolls, 1);
-        let marked = cache::apply_revocations(
+        let Some(marked) = cache::apply_revocations(
             self.host.store(),
             &self.gate.tables.verdicts,
             &ks.cache,
@@ -374,7 +377,14 @@ impl<H: Host> Worker<H> {
             &mut self.memo,
             &mut self.negative,
             now,
-        );
+        ) else {
+            // a mark or its log entry not written: the cursor stays, the page is read again
+            self.stats
+                .add_now(&mut self.host, Metric::RevocationFailures, 1);
+            log::warn!("keygate: revocation feed: marks not written; the page is applied again");
+            lease::release(self.host.store(), &lease, now.saturating_add(ks.poll_ms));
+            return;
+        };
         self.host
             .store()
             .set(&self.cursor_key(), r.cursor.to_string().as_bytes(), 0);

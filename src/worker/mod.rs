@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::rc::Rc;
 
-use crate::cache::{self, Lookup, Memo, NegativeCache};
+use crate::cache::{Lookup, Memo, NegativeCache};
 use crate::config::Config;
 use crate::flights::Flights;
 use crate::gate::{
@@ -126,6 +126,11 @@ impl<H: Host> Worker<H> {
             .key_service
             .as_ref()
             .map_or(16, |k| k.cache.negative_entries);
+        // a worker remembers the digest of each secret it memoizes a verdict for
+        let memo_cap = cfg
+            .key_service
+            .as_ref()
+            .map_or(16, |k| k.cache.memo_entries);
         let throttle = cfg.auth_throttle.map(Throttle::new);
         let held = Held::new(cfg.bodies.max_held, cfg.bodies.timeout_ms);
         // the prefix's shared-data tables: the geometry and seed the first VM stored
@@ -136,9 +141,9 @@ impl<H: Host> Worker<H> {
         }
         let mut w = Worker {
             gate: Rc::new(Gate::with_tables(cfg, tables)),
-            memo: Memo::default(),
+            memo: Memo::new(memo_cap),
             guesses: RefCell::new(Guesses::default()),
-            digests: DigestMemo::new(DIGEST_MEMO_ENTRIES),
+            digests: DigestMemo::new(DIGEST_MEMO_ENTRIES.max(memo_cap)),
             negative: NegativeCache::new(negative_cap),
             flights: Flights::default(),
             calls: HashMap::new(),
@@ -332,9 +337,9 @@ impl<H: Host> Worker<H> {
             return self.run(ctx, next, false);
         };
         let c = &pending.credential;
-        // the secret's id without a user is memoized with its digest; with no user it is the
-        // credential's id too
-        let entry = self.digests.entry_id(&secret_sha256);
+        // the secret's verdict is found by its digest; with no user that is the credential's
+        // id too (with a Basic user, the id names the pair: refusals and calls are per pair)
+        let entry = secret_sha256;
         let id = match c.user.as_deref() {
             None => entry,
             user => credential_id_from_hash(user, &secret_sha256),
@@ -344,13 +349,13 @@ impl<H: Host> Worker<H> {
             let next = self.conclude(ctx, pending, Verdict::Refused(r));
             return self.run(ctx, next, false);
         }
-        let key = || cache::entry_key(&gate.tables.verdicts, &entry);
-        let user = c.user.as_deref();
+        let table = &gate.tables.verdicts;
+        let tag = self.digests.verdict_tag(&entry, |d| table.tag(d));
         let looked = self.memo.lookup(
             self.host.store(),
-            key,
-            &entry,
-            user,
+            table,
+            tag,
+            c.user.as_deref(),
             now.ms(),
             ks.cache.recheck_ms,
         );

@@ -211,3 +211,35 @@ def test_limits_stay_exact_while_colliding_owners_share_ways(upstream):
     finally:
         e.stop()
         stub.stop()
+
+
+def test_a_revocation_reaches_every_workers_memo(upstream):
+    """Each worker keeps the verdicts it read and uses them while fresh (an hour here) without
+    reading shared data; a revocation marked by whichever worker polls the feed reaches the
+    others through the revocation log within `shared_recheck_ms`. 201 keys, each read by both
+    workers over 16 connections; well past `shared_recheck_ms`, two of them are revoked: within
+    the feed's poll and `shared_recheck_ms` every request with them is refused on every
+    connection, and the others are still served from the memos (no call to the service). A build
+    whose marks are not logged serves the revoked keys from the other worker's memo for the hour."""
+    stub = Stub("big")
+    cfg = config({"verdicts": 4096, "states": 4096}, {"big": {"requests": 1_000_000_000, "window_s": 1}})
+    cfg["key_service"].update({"positive_ttl_s": 3600, "shared_recheck_ms": 250})
+    e = start(cfg, upstream.port, stub, hcm=DIRECT)
+    try:
+        keys = [key(i) for i in range(201)]  # 201 and 16 connections: every connection meets every key
+        assert flood(e.port, [get("/x", {"X-API-Key": k}) for _ in range(16) for k in keys],
+                     connections=16) == {200: 16 * 201}
+        time.sleep(1.0)  # four times shared_recheck_ms: the memos are what serves now
+        calls = stub.verify_calls()
+        marked = counter(e, "keygate.revocations.marked")
+        stub.revoke(keys[5], keys[150])
+        wait_until(lambda: counter(e, "keygate.revocations.marked") >= marked + 2, 5, message="the marks")
+        time.sleep(0.4)  # shared_recheck_ms and a margin
+        revoked = [get("/x", {"X-API-Key": k}) for _ in range(32) for k in (keys[5], keys[150])]
+        assert flood(e.port, revoked, connections=16) == {401: 64}
+        others = [get("/x", {"X-API-Key": k}) for _ in range(2) for k in keys if k not in (keys[5], keys[150])]
+        assert flood(e.port, others, connections=16) == {200: 2 * 199}
+        assert stub.verify_calls() == calls, "the other keys came from the memos and shared data"
+    finally:
+        e.stop()
+        stub.stop()

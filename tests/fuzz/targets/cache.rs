@@ -61,22 +61,22 @@ fn one(
     data: &[u8],
     raw: bool,
 ) {
-    let id = *id;
+    assert_eq!(key.spot.tag, key.table.tag(id), "the slot is the id's");
     let mut memo = Memo::default();
-    let before = memo.lookup(store, || key.clone(), &id, Some("alice"), NOW_MS, 0);
+    let before = memo.lookup(store, key.table, key.spot.tag, Some("alice"), NOW_MS, 0);
     if cache::decode(data).is_none() || raw {
         assert_eq!(before, Lookup::Miss);
     }
     // Second lookup hits the memo: it must agree with the first.
     assert_eq!(
-        memo.lookup(store, || key.clone(), &id, Some("alice"), NOW_MS, 0),
+        memo.lookup(store, key.table, key.spot.tag, Some("alice"), NOW_MS, 0),
         before
     );
 
     let policy = CachePolicy::default();
     cache::mark_revoked(store, key, &policy, NOW_MS);
     {
-        match memo.lookup(store, || key.clone(), &id, Some("alice"), NOW_MS, 0) {
+        match memo.lookup(store, key.table, key.spot.tag, Some("alice"), NOW_MS, 0) {
             Lookup::Fresh(Verdict::Valid(_)) | Lookup::Stale(Verdict::Valid(_)) => {
                 panic!("a revoked entry still serves Valid")
             }
