@@ -2,10 +2,12 @@
 """Measurements with many keys in a real Envoy (not a test: minutes, and its figures go in
 tests/bench/RESULTS.md). Loopback only; every process it starts is stopped at the end.
 
-    python3 tests/tools/scale_measure.py embedded --keys 100000 [--wasm PATH]
+    python3 tests/tools/scale_measure.py embedded --keys 100000 [--wasm PATH] [--check BIN]
         Envoy (2 workers) with N embedded keys: seconds from Envoy's start until a request with
         the last key is served, the CPU time Envoy used by then (all threads) and the machine's
-        load, Envoy's /memory and RSS.
+        load, Envoy's /memory, RSS and peak RSS. With --check, first the time and peak RSS of
+        keygate-check (e.g. target/release/keygate-check) on the keygate and Envoy configurations.
+        Envoy is stopped when the machine's available memory falls below --min-free-mb.
     python3 tests/tools/scale_measure.py remote --keys 1000000 [--slots '{}'] [--wasm PATH]
         N distinct valid keys from tests/services/stubkeys.py through Envoy (8 connections),
         each a miss, a call and a stored verdict; Envoy's /memory every 100,000 keys, and the
@@ -57,15 +59,55 @@ def memory(e) -> dict:
             "rss_mb": rss_mb(e.proc.pid)}
 
 
+def mem_available_mb() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident set so far (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def timed_check(binary: str, path: Path) -> dict:
+    """keygate-check on one file: its wall time, exit status and peak RSS."""
+    import subprocess
+    t = time.monotonic()
+    proc = subprocess.Popen([binary, str(path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return {"file": path.name, "file_mb": round(path.stat().st_size / 2**20, 1), "exit": proc.returncode,
+            "wall_s": round(time.monotonic() - t, 2), "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+            "peak_rss_mb": round(usage.ru_maxrss / 1024, 1), "said": out.decode(errors="replace").strip()[-200:]}
+
+
 def embedded(args) -> None:
-    import harness
-    from harness import Envoy, Upstream, wait_until
+    import tempfile
+    from harness import Envoy, Upstream
     n = args.keys
     keys = [{"id": f"e{i}", "sha256": hashlib.sha256(f"kg_emb_{i}".encode()).hexdigest(), "plan": "big"}
             for i in range(n)]
     cfg = {"keys": keys, "rate_limit": {"plans": {"big": {"requests": 1000, "window_s": 1}}}}
     up = Upstream()
     e = Envoy(cfg, up.port)
+    if args.check:
+        d = Path(tempfile.mkdtemp(prefix="keygate-check-"))
+        (d / "keygate.json").write_text(json.dumps(cfg))
+        e.workdir = d  # the log paths in the configuration; start() makes its own
+        (d / "envoy.json").write_text(json.dumps(e.config()))
+        e.workdir = None
+        for f in ("keygate.json", "envoy.json"):
+            print(json.dumps({"keygate_check": timed_check(args.check, d / f), "load_1min": os.getloadavg()[0]}),
+                  flush=True)
+            (d / f).unlink()
+        d.rmdir()
     t0 = time.monotonic()
     e.start(wait_ready=False)
     last = f"kg_emb_{n - 1}"
@@ -76,11 +118,30 @@ def embedded(args) -> None:
         except OSError:
             return False
     try:
-        wait_until(served, 900, 0.05, message="a request with the last key served")
+        low = mem_available_mb()
+        ready_s = None
+        while not served():
+            if e.proc.poll() is not None:
+                raise RuntimeError(f"envoy exited with {e.proc.returncode}:\n{e.logs()[-3000:]}")
+            low = min(low, mem_available_mb())
+            if low < args.min_free_mb:
+                raise RuntimeError(f"aborted: the machine's available memory fell to {low:.0f} MB "
+                                   f"(Envoy RSS {rss_mb(e.proc.pid):.0f} MB, after {time.monotonic() - t0:.1f} s)")
+            if time.monotonic() - t0 > args.max_s:
+                raise RuntimeError(f"aborted: not serving after {args.max_s} s")
+            if ready_s is None:
+                try:
+                    if e.admin("/ready").strip() == "LIVE":
+                        ready_s = round(time.monotonic() - t0, 2)
+                except OSError:
+                    pass
+            time.sleep(0.05)
         took = time.monotonic() - t0
         cpu = cpu_s(e.proc.pid)
         print(json.dumps({"keys": n, "config_bytes": len(json.dumps(cfg)), "serving_after_s": round(took, 2),
-                          "envoy_cpu_s": round(cpu, 2), "load_1min": os.getloadavg()[0], **memory(e)}))
+                          "admin_ready_after_s": ready_s, "envoy_cpu_s": round(cpu, 2),
+                          "load_1min": os.getloadavg()[0], "peak_rss_mb": round(peak_rss_mb(e.proc.pid), 1),
+                          "machine_available_mb_lowest": round(low), **memory(e)}), flush=True)
     finally:
         e.stop()
         up.stop()
@@ -95,7 +156,14 @@ def remote(args) -> None:
     cfg = config(slots, {"big": {"requests": 1_000_000_000, "window_s": 1}})
     cfg.pop("slots") if not slots else None
     up = Upstream()
-    e = Envoy(cfg, up.port, extra_clusters=[stub.cluster()], hcm=DIRECT)
+    import tempfile
+    log = Path(tempfile.mkdtemp(prefix="keygate-remote-")) / "access.log"
+    # Envoy's own duration of each request (ms), beside the probe's: a slow probe that Envoy
+    # served fast waited outside Envoy's processing (the client's threads, a core)
+    hcm = {**DIRECT, "access_log": [{"name": "envoy.access_loggers.file", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+        "path": str(log), "log_format": {"text_format_source": {"inline_string": "%PATH(NQ)% %DURATION%\n"}}}}]}
+    e = Envoy(cfg, up.port, extra_clusters=[stub.cluster()], hcm=hcm)
     e.start().wait_feed_polled()
     lat: list[float] = []
     stop = threading.Event()
@@ -105,7 +173,7 @@ def remote(args) -> None:
         c = http.client.HTTPConnection("127.0.0.1", e.port, timeout=10)
         while not stop.is_set():
             t = time.monotonic()
-            c.request("GET", "/probe", headers={"X-API-Key": "kg_stub_999999999"})
+            c.request("GET", f"/probe/{len(lat)}", headers={"X-API-Key": "kg_stub_999999999"})
             c.getresponse().read()
             lat.append(time.monotonic() - t)
             time.sleep(0.02)
@@ -124,6 +192,17 @@ def remote(args) -> None:
                               "elapsed_s": round(time.monotonic() - t0, 1), **memory(e)}), flush=True)
         stop.set()
         th.join()
+        time.sleep(1.5)  # the access log flushed
+        slow = {i: x for i, x in enumerate(lat) if x > 0.010}
+        envoy_ms = {}
+        for line in log.read_text().splitlines():
+            path, _, dur = line.partition(" ")
+            if path.startswith("/probe/") and int(path[7:]) in slow:
+                envoy_ms[int(path[7:])] = int(dur)
+        print(json.dumps({"probes_over_10ms": len(slow),
+                          "of_which_envoy_duration_over_10ms": sum((envoy_ms.get(i) or 0) >= 10 for i in slow),
+                          "worst_probe_ms_and_envoy_ms": sorted((round(x * 1000, 1), envoy_ms.get(i))
+                                                                for i, x in slow.items())[-10:]}))
         lat.sort()
         print(json.dumps({"probe_requests": len(lat), "p50_ms": round(lat[len(lat) // 2] * 1000, 2),
                           "p99_ms": round(lat[int(len(lat) * 0.99)] * 1000, 2), "max_ms": round(lat[-1] * 1000, 1),
@@ -367,7 +446,11 @@ def main() -> None:
     ap.add_argument("--slots", default="{}", help="the slots section as JSON ({}: the defaults)")
     ap.add_argument("--wasm", help="another keygate.wasm (an older build)")
     ap.add_argument("--slice-s", type=float, default=2.0, help="spikes: seconds per variant per turn")
-    ap.add_argument("--max-s", type=float, default=1500, help="spikes: stop after this long even short of --keys")
+    ap.add_argument("--max-s", type=float, default=1500,
+                    help="spikes: stop after this long even short of --keys; embedded: give up after this long")
+    ap.add_argument("--check", help="embedded: time this keygate-check binary on the configuration first")
+    ap.add_argument("--min-free-mb", type=float, default=3072,
+                    help="embedded: stop Envoy when the machine's available memory falls below this")
     args = ap.parse_args()
     if args.wasm:
         os.environ["KEYGATE_WASM"] = args.wasm
