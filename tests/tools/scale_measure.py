@@ -12,7 +12,8 @@ tests/bench/RESULTS.md). Loopback only; every process it starts is stopped at th
         N distinct valid keys from tests/services/stubkeys.py through Envoy (8 connections),
         each a miss, a call and a stored verdict; Envoy's /memory every 100,000 keys, and the
         latency of a probe request (one hot key, every 20 ms, its own connection) throughout:
-        count over 10 ms, 50 ms, and the worst.
+        count over 10 ms, 50 ms, and the worst, and Envoy's own duration of each slow probe (the
+        probe is a thread beside the flood's: what Envoy did not spend, the client waited).
     python3 tests/tools/scale_measure.py spikes --keys 1000000 [--slice-s 2] [--max-s 1500]
         Where tail latency comes from, side by side in one run: three Envoys (2 workers each,
         direct responses) driven in turn, in short slices, by one single-threaded client (8
@@ -20,8 +21,9 @@ tests/bench/RESULTS.md). Loopback only; every process it starts is stopped at th
         (keygate, a new stub key every request: a miss, a call, a verdict stored, until --keys),
         `hot` (keygate, one cached key), `router` (no keygate), and `stub` (the stub key service
         itself, a verify call). Per variant: every request's latency as the client saw it (p50 to
-        max, counts over 10/50/100 ms), Envoy's own duration for each slow one (its access log),
-        Envoy's histograms and keygate's slot counters, the load average of each slice.
+        max, counts over 10/50/100 ms, stalls), Envoy's own duration for each slow one (its access
+        log), Envoy's histograms and keygate's counters, the load average of each slice, and how
+        long the client's, the stub's and that Envoy's threads waited for a core (schedstat).
 """
 from __future__ import annotations
 
@@ -215,27 +217,25 @@ def remote(args) -> None:
         stub.stop()
 
 
-class RouterEnvoy:
+def router_envoy(*a, **kw):
     """An Envoy without keygate: the harness's configuration with the wasm filter taken out."""
+    from harness import Envoy
 
-    @staticmethod
-    def make(*a, **kw):
-        from harness import Envoy
-
-        class _Router(Envoy):
-            def config(self) -> dict:
-                cfg = super().config()
-                hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-                hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.wasm"]
-                return cfg
-        return _Router(*a, **kw)
+    class Router(Envoy):
+        def config(self) -> dict:
+            cfg = super().config()
+            hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+            hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.wasm"]
+            return cfg
+    return Router(*a, **kw)
 
 
 def drive(port: int, make: "Callable[[int], bytes]", seq: int, conns: int, seconds: float,
-          out: list) -> int:
+          out: list, other: dict) -> int:
     """One client thread, `conns` keep-alive connections, one request in flight on each, for
-    `seconds`: appends (start, latency, seq) per response to `out` (time.monotonic seconds);
-    returns the next sequence number. Requests already sent when time is up are awaited."""
+    `seconds`: appends (start, latency, seq) per 200 response to `out` (time.monotonic seconds),
+    and counts any other status in `other` (status: [count, first body]); returns the next
+    sequence number. Requests already sent when time is up are awaited."""
     import selectors
     import socket
     sel = selectors.DefaultSelector()
@@ -279,9 +279,11 @@ def drive(port: int, make: "Callable[[int], bytes]", seq: int, conns: int, secon
                 continue
             t = time.monotonic()
             status = int(head[9:12])
-            if status != 200:
-                raise RuntimeError(f"status {status}: {bytes(buf[:200])!r}")
-            out.append((st[1], t - st[1], st[2]))
+            if status == 200:
+                out.append((st[1], t - st[1], st[2]))
+            else:
+                other.setdefault(status, [0, bytes(buf[end + 4:end + 4 + length]).decode(errors="replace")])[0] += 1
+            del buf[:end + 4 + length]
             if t < deadline:
                 send(c)
             else:
@@ -291,6 +293,17 @@ def drive(port: int, make: "Callable[[int], bytes]", seq: int, conns: int, secon
         c.close()
     sel.close()
     return seq
+
+
+def runq_wait_s(pid: int | str) -> float:
+    """Seconds the process's threads have spent runnable but waiting for a core (schedstat)."""
+    total = 0
+    for t in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((t / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / 1e9
 
 
 def quantiles(lat: list[float]) -> dict:
@@ -336,7 +349,7 @@ def spikes(args) -> None:
     envoys = {
         "distinct": Envoy(cfg, up.port, extra_clusters=[stub.cluster()], hcm=hcm("distinct")),
         "hot": Envoy(cfg, up.port, extra_clusters=[stub.cluster()], hcm=hcm("hot")),
-        "router": RouterEnvoy.make(cfg, up.port, extra_clusters=[stub.cluster()], hcm=hcm("router")),
+        "router": router_envoy(cfg, up.port, extra_clusters=[stub.cluster()], hcm=hcm("router")),
     }
     hot = "kg_stub_999999999"
     makers = {
@@ -353,6 +366,7 @@ def spikes(args) -> None:
     names = ["distinct", "hot", "router", "stub"]
     recs: dict[str, list] = {n: [] for n in names}
     seqs = {n: 0 for n in names}
+    others: dict[str, dict] = {n: {} for n in names}  # statuses other than 200
     slices: list[dict] = []
     try:
         for name, e in envoys.items():
@@ -363,6 +377,8 @@ def spikes(args) -> None:
         ports = {n: e.port for n, e in envoys.items()}
         ports["stub"] = stub.port
         print(json.dumps({"start": {n: memory(e) for n, e in envoys.items()}, "load": os.getloadavg()}), flush=True)
+        # whose threads waited for a core during each slice: the client, the Envoy or stub it drives
+        pids = {"client": "self", "stub": stub.proc.pid, **{n: e.proc.pid for n, e in envoys.items()}}
         gc.collect()
         gc.freeze()
         t0 = time.monotonic()
@@ -371,12 +387,13 @@ def spikes(args) -> None:
             order = names[r % 4:] + names[:r % 4]
             for name in order:
                 gc.disable()
+                w0 = {w: runq_wait_s(pid) for w, pid in pids.items()}
                 s0 = time.monotonic()
                 before = len(recs[name])
-                seqs[name] = drive(ports[name], makers[name], seqs[name], 8, args.slice_s, recs[name])
+                seqs[name] = drive(ports[name], makers[name], seqs[name], 8, args.slice_s, recs[name], others[name])
                 gc.enable()
                 slices.append({"round": r, "variant": name, "start": s0 - t0, "requests": len(recs[name]) - before,
-                               "load": os.getloadavg()[0]})
+                               "load": os.getloadavg()[0], "wait": {w: runq_wait_s(pid) - w0[w] for w, pid in pids.items()}})
                 gc.collect()
             r += 1
             if r % 10 == 0:
@@ -385,11 +402,16 @@ def spikes(args) -> None:
                                                                      for n, e in envoys.items()}}), flush=True)
         print(json.dumps({"rounds": r, "elapsed_s": round(time.monotonic() - t0, 1), "slice_s": args.slice_s,
                           "load_per_slice": [min(s["load"] for s in slices), max(s["load"] for s in slices)]}))
-        time.sleep(1.5)  # the access logs flushed
+        time.sleep(5.5)  # the access logs flushed, the histograms merged (every 5 s)
         for name in names:
             lat = [x[1] for x in recs[name]]
             secs = sum(s_["requests"] and args.slice_s for s_ in slices if s_["variant"] == name)
-            row = {"variant": name, **quantiles(lat), "rps": round(len(lat) / secs)}
+            row = {"variant": name, **quantiles(lat), "rps": round(len(lat) / secs), "not_200": others[name]}
+            mine = [s_ for s_ in slices if s_["variant"] == name]
+            # ms a second of this variant's slices that threads waited for a core
+            row["runq_wait_ms_per_s"] = {w: round(sum(s_["wait"][w] for s_ in mine) * 1000 / secs, 1)
+                                         for w in ("client", "stub", name) if w in pids}
+            row["load_min_max"] = [min(s_["load"] for s_ in mine), max(s_["load"] for s_ in mine)]
             if name in envoys:
                 e = envoys[name]
                 row["envoy_downstream_rq_time"] = histogram(e, "http.ingress.downstream_rq_time")
