@@ -639,9 +639,9 @@ pub fn mark_revoked(
     policy: &CachePolicy,
     now_ms: u64,
 ) -> bool {
-    // outlives any answer still on its way (a call lasts at most the key-service timeout, far
-    // below the TTLs), and any valid entry it replaces
+    // outlives its hold (an answer on its way: up to 70 s) and any valid entry it replaces
     let until = now_ms.saturating_add(policy.positive_ttl_ms.max(policy.stale_ms).max(60_000));
+    let until = until.max(now_ms.saturating_add(policy.hold_ms));
     let e = encode(&Entry {
         fresh_until_ms: until,
         stale_until_ms: until,

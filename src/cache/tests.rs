@@ -186,6 +186,35 @@ fn an_answer_older_than_a_revocation_never_wins() {
     ));
 }
 
+/// A mark lives at least as long as it is held: with the longest key-service timeout (60 s,
+/// held 70 s) and the shortest TTLs (1 s fresh, no stale), an answer to a call that started
+/// before the revocation and came 65 s after it (a callback late, a worker's clock behind: what
+/// the hold's margin is for) still loses, rather than finding the mark expired and caching
+/// "valid" over it.
+#[test]
+fn a_mark_outlives_its_hold_whatever_the_ttls() {
+    let st = MemoryStore::default();
+    let p = CachePolicy {
+        positive_ttl_ms: 1000,
+        stale_ms: 0,
+        hold_ms: 60_000 + HOLD_MARGIN_MS,
+        ..CachePolicy::default()
+    };
+    let id = credential_id(None, "s");
+    let key = entry_key("kg", &id);
+    mark_revoked(&st, &key, &p, NOW);
+    let late = Offer {
+        identity: &ident(None),
+        binding: Binding::NoUser,
+        ttl_hint_s: None,
+        started_ms: NOW - 1,
+    };
+    assert_eq!(
+        store_valid(&st, &key, late, &p, NOW + 65_000),
+        Stored::Revoked
+    );
+}
+
 proptest::proptest! {
     /// Whatever Basic users clients send and whatever the service binds, one secret has
     /// one shared-data entry.
