@@ -132,3 +132,84 @@ def test_a_foreign_seed_entry_does_not_split_the_tables_per_worker(upstream, tmp
     finally:
         e.stop()
         stub.stop()
+
+
+def lds_envoy(cfg: dict, upstream, stub: Stub):
+    from test_reconfigure import LdsEnvoy
+    e = LdsEnvoy(cfg, upstream.port, extra_clusters=[stub.cluster()])
+    e.start().wait_feed_polled()
+    return e
+
+
+def reconfigure(e, cfg: dict, realm: str) -> None:
+    """Pushes `cfg` (with `realm`) over LDS and waits until new connections get it."""
+    e.reconfigure(dict(cfg, realm=realm))
+    want = f'Bearer realm="{realm}"'
+    wait_until(lambda: e.req("GET", "/realm").header("www-authenticate") == want, 15, 0.05,
+               f"the challenge to name realm {realm!r}")
+
+
+def test_a_window_lengthened_over_lds_decides_the_same_whether_or_not_a_co_tenant_took_the_way(upstream):
+    """One set of 8 count ways (every owner collides). Key 1 spends a rolling window of 2 a 2 s;
+    a configuration pushed over LDS makes it 2 a minute. Once the old window is past, key 1's
+    count held nothing under the configuration that wrote it, so any other owner's request to the
+    set drops it. Key 1's next answer must not depend on whether that happened: before the fix,
+    with no co-tenant request key 1 was refused for a minute (its instants re-read under the new
+    length) while with one it was admitted afresh, so a client that owns a second key could reset
+    its first at will. Checked both ways on two Envoys; the upstream receives exactly what was
+    admitted."""
+    plan = lambda w: {"w": {"requests": 2, "window_s": w, "algorithm": "rolling_window"}}  # noqa: E731
+    outcomes = {}
+    for co_tenant in (False, True):
+        stub = Stub("w")
+        cfg = config({"verdicts": 256, "states": 8}, plan(2), realm="before")
+        e = lds_envoy(cfg, upstream, stub)
+        try:
+            upstream.clear()
+            assert [e.req("GET", "/win/1", [("X-API-Key", key(1))]).status for _ in range(3)] == [200, 200, 429]
+            t0 = time.monotonic()
+            reconfigure(e, config({"verdicts": 256, "states": 8}, plan(60)), "after")
+            time.sleep(max(0.0, t0 + 2.5 - time.monotonic()))
+            if co_tenant:
+                assert e.req("GET", "/win/2", [("X-API-Key", key(2))]).status == 200
+            got = [e.req("GET", "/win/1", [("X-API-Key", key(1))]).status for _ in range(3)]
+            outcomes[co_tenant] = got
+            assert len(upstream_paths(upstream, "/win/1")) == 2 + got.count(200)
+        finally:
+            e.stop()
+            stub.stop()
+    assert outcomes[False] == outcomes[True], outcomes
+    # the state at the change carries over, as for a token bucket: a full window, 2 more
+    assert outcomes[True] == [200, 200, 429]
+
+
+def test_an_lds_update_keeps_the_sizes_and_seed_and_every_live_count(upstream):
+    """A configuration pushed over LDS asks for bigger tables, changes the plan's limit and its
+    algorithm while counts are live. The tables keep the sizes they were created with (logged):
+    the set that was full is still full (a 9th owner still refused, the 8 owners' counts not
+    forgotten), and key 1's spent tokens carry into its new rolling window. The upstream receives
+    exactly the admitted requests."""
+    stub = Stub("p")
+    before = config({"verdicts": 256, "states": 8}, {"p": {"requests": 3, "window_s": 60}}, realm="before")
+    e = lds_envoy(before, upstream, stub)
+    try:
+        upstream.clear()
+        assert [e.req("GET", "/lds/1", [("X-API-Key", key(1))]).status for _ in range(4)] == [200] * 3 + [429]
+        for k in range(2, 9):
+            assert e.req("GET", f"/lds/{k}", [("X-API-Key", key(k))]).status == 200
+        r = e.req("GET", "/lds/9", [("X-API-Key", key(9))])
+        assert r.status == 429 and b"no room" in r.body, (r.status, r.body[:200])
+        after = config({"verdicts": 4096, "states": 4096},
+                       {"p": {"requests": 5, "window_s": 60, "algorithm": "rolling_window"}})
+        reconfigure(e, after, "after")
+        e.wait_for(e.logs, "keep the capacity they were created with (256 verdict slots, 8 state slots)")
+        r = e.req("GET", "/lds/9", [("X-API-Key", key(9))])
+        assert r.status == 429 and b"no room" in r.body, (r.status, r.body[:200])
+        # 3 spent of a bucket become 3 instants of a window of 5: 2 more, then refused
+        got = [e.req("GET", "/lds/1", [("X-API-Key", key(1))]).status for _ in range(3)]
+        assert got == [200, 200, 429], got
+        assert len(upstream_paths(upstream, "/lds/1")) == 5
+        assert upstream_paths(upstream, "/lds/9") == []
+    finally:
+        e.stop()
+        stub.stop()
