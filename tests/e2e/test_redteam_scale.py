@@ -213,3 +213,106 @@ def test_an_lds_update_keeps_the_sizes_and_seed_and_every_live_count(upstream):
     finally:
         e.stop()
         stub.stop()
+
+
+@pytest.mark.parametrize("algorithm", ["token_bucket", "rolling_window"])
+def test_parallel_h1_and_h2_clients_on_two_workers_admit_exactly_the_limit_in_one_set(upstream, algorithm):
+    """One set of 8 count ways and 8 keys, so every write of every key is a compare-and-swap of the
+    same shared-data value from both workers at once: per key, 10 raw HTTP/1.1 requests on their
+    own connections and 2 HTTP/2 connections of 10 streams each, all in flight together. Each key
+    is admitted exactly its limit (5), whatever the interleaving; the upstream receives exactly
+    the 40 admitted; a 9th key finds the set full and is refused, not admitted by dropping a
+    count."""
+    stub = Stub("p")
+    plan = {"requests": 5, "window_s": 60, "algorithm": algorithm}
+    e = start_plain(config({"verdicts": 256, "states": 8}, {"p": plan}), upstream, stub)
+    try:
+        upstream.clear()
+        results: dict[int, list[int]] = {k: [] for k in range(1, 9)}
+        lock = threading.Lock()
+        gate = threading.Barrier(8 * 12)
+
+        def h1(k: int) -> None:
+            gate.wait()
+            s = request1(e.port, "GET", f"/race/{k}", [("X-API-Key", key(k))]).status
+            with lock:
+                results[k].append(s)
+
+        def h2(k: int) -> None:
+            c = H2Conn(e.port)
+            try:
+                gate.wait()
+                sids = []
+                for _ in range(10):
+                    sid = c.open("GET", f"/race/{k}", [("x-api-key", key(k))])
+                    c.data(sid, b"", True)
+                    sids.append(sid)
+                got = c.answers(sids, timeout=20)
+            finally:
+                c.close()
+            with lock:
+                results[k].extend(a.status for a in got.values())
+
+        ts = [threading.Thread(target=h1, args=(k,)) for k in range(1, 9) for _ in range(10)]
+        ts += [threading.Thread(target=h2, args=(k,)) for k in range(1, 9) for _ in range(2)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        for k, got in results.items():
+            assert len(got) == 30 and got.count(200) == 5 and got.count(429) == 25, (k, sorted(got))
+        for k in range(1, 9):
+            assert len(upstream_paths(upstream, f"/race/{k}")) == 5, k
+        r = e.req("GET", "/race/9", [("X-API-Key", key(9))])
+        assert r.status == 429 and b"no room" in r.body, (r.status, r.body[:200])
+        assert upstream_paths(upstream, "/race/9") == []
+    finally:
+        e.stop()
+        stub.stop()
+
+
+def start_plain(cfg: dict, upstream, stub: Stub, **kw) -> Envoy:
+    e = Envoy(cfg, upstream.port, extra_clusters=[stub.cluster()], **kw)
+    e.start().wait_feed_polled()
+    return e
+
+
+def test_a_client_holds_a_full_set_only_while_it_keeps_paying_for_it(upstream):
+    """The DoS budget of a full set. One set of 8 count ways (every owner collides, as a client
+    that learned 8 of its keys share a set from a "no room" 429 would arrange). 2 requests a 2 s
+    per key: one request keeps a bucket below full for one interval (1 s), so an attacker holds
+    the set with 8 valid keys and 8 requests a second (more requests only hold it longer). Meanwhile every other owner of that set is
+    refused with 429 "no room" and an honest Retry-After (when the first way frees), and the upstream sees none of
+    them; the attacker's own keys are never admitted over their limit. When the attacker stops,
+    the victim is admitted within that Retry-After. (What it costs: a way is held for
+    window_s / requests after each request, so a plan with a long window, or a key service's
+    per-key limit of 1 a year, makes one request hold a way that long: size `slots.states` for
+    it, scale.md.)"""
+    stub = Stub("p")
+    e = start_plain(config({"verdicts": 256, "states": 8}, {"p": {"requests": 2, "window_s": 2}}), upstream, stub)
+    try:
+        upstream.clear()
+        refused = []
+        admitted_attacker = {k: 0 for k in range(1, 9)}
+        t_end = time.monotonic() + 3
+        while time.monotonic() < t_end:
+            for k in range(1, 9):
+                s = e.req("GET", f"/dos/{k}", [("X-API-Key", key(k))]).status
+                assert s in (200, 429)
+                admitted_attacker[k] += s == 200
+            r = e.req("GET", "/dos/victim", [("X-API-Key", key(100))])
+            refused.append((r.status, r.header("retry-after"), b"no room" in r.body))
+            time.sleep(0.5)
+        # honest: the first way frees within the Retry-After, at most a bucket's refill (2 s)
+        assert refused and all(x[0] == 429 and x[1] in ("1", "2") and x[2] for x in refused), refused
+        assert upstream_paths(upstream, "/dos/victim") == []
+        # 3 s of a bucket of 2 refilling 1 a second: at most 2 + 3 (+1 for the edges) per key
+        assert all(n <= 6 for n in admitted_attacker.values()), admitted_attacker
+        # the attacker stops paying: the first way frees within the Retry-After it was told
+        time.sleep(int(refused[-1][1]) + 0.05)
+        r = e.req("GET", "/dos/victim", [("X-API-Key", key(100))])
+        assert r.status == 200, (r.status, r.body[:200])
+        assert len(upstream_paths(upstream, "/dos/victim")) == 1
+    finally:
+        e.stop()
+        stub.stop()
