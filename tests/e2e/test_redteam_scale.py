@@ -28,7 +28,8 @@ import pytest
 
 from attack_clients import H2Conn, request1
 from harness import Envoy, wait_until
-from test_scale import Stub, config, counter, key
+from test_scale import STUB, Stub, config, counter, key
+from harness import free_port
 
 WAT = """(module
  (import "env" "proxy_set_shared_data" (func $set (param i32 i32 i32 i32 i32) (result i32)))
@@ -313,6 +314,53 @@ def test_a_client_holds_a_full_set_only_while_it_keeps_paying_for_it(upstream):
         r = e.req("GET", "/dos/victim", [("X-API-Key", key(100))])
         assert r.status == 200, (r.status, r.body[:200])
         assert len(upstream_paths(upstream, "/dos/victim")) == 1
+    finally:
+        e.stop()
+        stub.stop()
+
+
+class BigStub(Stub):
+    """The stub key service with `--big-scopes`: keys numbered from 1,000,000 carry a verdict
+    larger than keygate caches."""
+
+    def __init__(self, plan: str, big_scopes: int) -> None:
+        import sys
+        self.port = free_port()
+        self.proc = subprocess.Popen([sys.executable, str(STUB), "--port", str(self.port), "--plan", plan,
+                                      "--big-scopes", str(big_scopes)], stdout=subprocess.PIPE)
+        assert self.proc.stdout is not None
+        self.proc.stdout.readline()
+
+
+def test_a_verdict_over_1_kib_is_never_cached_and_its_revocation_holds_at_once(upstream):
+    """A key whose verdict is 60 scopes of 24 bytes (~1.7 KiB, over the 1 KiB a way may hold):
+    every request asks the key service (nothing stored, so nothing evicted for it), the upstream
+    receives every scope, and once the key is revoked the very next request is refused, before
+    any feed poll, on every connection. A small key beside it is cached as usual."""
+    stub = BigStub("p", 60)
+    e = start_plain(config({"verdicts": 4, "states": 64}, {"p": {"requests": 1000, "window_s": 1}}),
+                    upstream, stub)
+    big = key(1_000_001)
+    try:
+        upstream.clear()
+        calls = stub.verify_calls()
+        for i in range(4):
+            assert e.req("GET", f"/big/{i}", [("X-API-Key", big)]).status == 200
+        assert stub.verify_calls() == calls + 4
+        got = [x for x in upstream.received() if x["path"].startswith("/big/")]
+        assert len(got) == 4
+        scopes = dict((k.lower(), v) for k, v in got[0]["headers"]).get("x-keygate-scopes", "")
+        assert len(scopes.split()) == 60, scopes[:200]
+        # a small key is cached: one call for three requests
+        calls = stub.verify_calls()
+        for _ in range(3):
+            assert e.req("GET", "/small", [("X-API-Key", key(7))]).status == 200
+        assert stub.verify_calls() == calls + 1
+        stub.revoke(big)
+        upstream.clear()
+        after = burst(e, "/big/revoked", big, 8)
+        assert after == [401] * 8, after
+        assert upstream_paths(upstream, "/big/revoked") == []
     finally:
         e.stop()
         stub.stop()
