@@ -364,3 +364,117 @@ def test_a_verdict_over_1_kib_is_never_cached_and_its_revocation_holds_at_once(u
     finally:
         e.stop()
         stub.stop()
+
+
+def reader_filter(tmp: Path, names: list[str]) -> dict:
+    """An HTTP filter of a hand-written module on keygate's vm_id that, every 200 ms, reads each
+    shared-data entry of `names` and logs its bytes as they are (`dump <name> =` then the value)
+    to Envoy's log: the only way to see what keygate keeps in shared data in a real Envoy."""
+    if not shutil.which("wasm-as"):
+        pytest.skip("wasm-as (Debian: binaryen) is needed to build the reader module")
+    esc = lambda b: "".join(f"\\{c:02x}" for c in b)  # noqa: E731
+    segs, body, at = [], [], 16
+    for n in names:
+        label = f"dump {n} = ".encode()
+        key = n.encode()
+        segs.append(f'(data (i32.const {at}) "{esc(key)}")')
+        segs.append(f'(data (i32.const {at + 256}) "{esc(label)}")')
+        body.append(f"""
+  (i32.store (i32.const 8) (i32.const 0))
+  (if (i32.eqz (call $get (i32.const {at}) (i32.const {len(key)}) (i32.const 0) (i32.const 4) (i32.const 12)))
+   (then
+    (call $cat (i32.const {at + 256}) (i32.const {len(label)}))))""")
+        at += 512
+    wat = f"""(module
+ (import "env" "proxy_get_shared_data" (func $get (param i32 i32 i32 i32 i32) (result i32)))
+ (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+ (import "env" "proxy_set_tick_period_milliseconds" (func $tick (param i32) (result i32)))
+ (memory (export "memory") 4)
+ (global $bump (mut i32) (i32.const {at + 1024}))
+ {" ".join(segs)}
+ (func (export "proxy_abi_version_0_2_1"))
+ (func $alloc (export "proxy_on_memory_allocate") (param $n i32) (result i32)
+  (local $p i32)
+  (local.set $p (global.get $bump))
+  (global.set $bump (i32.add (global.get $bump) (i32.and (i32.add (local.get $n) (i32.const 15)) (i32.const -16))))
+  (if (i32.gt_u (global.get $bump) (i32.mul (memory.size) (i32.const 65536)))
+   (then (drop (memory.grow (i32.add (i32.div_u (local.get $n) (i32.const 65536)) (i32.const 1))))))
+  (local.get $p))
+ ;; logs label ++ value (value at mem[0], length mem[4]) at level warn
+ (func $cat (param $l i32) (param $ln i32)
+  (local $buf i32)
+  (local.set $buf (call $alloc (i32.add (local.get $ln) (i32.load (i32.const 4)))))
+  (memory.copy (local.get $buf) (local.get $l) (local.get $ln))
+  (memory.copy (i32.add (local.get $buf) (local.get $ln)) (i32.load (i32.const 0)) (i32.load (i32.const 4)))
+  (drop (call $log (i32.const 3) (local.get $buf) (i32.add (local.get $ln) (i32.load (i32.const 4))))))
+ (func (export "proxy_on_tick") (param i32)
+  (local $save i32)
+  (local.set $save (global.get $bump))
+  {"".join(body)}
+  (global.set $bump (local.get $save)))
+ (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
+ (func (export "proxy_on_configure") (param i32 i32) (result i32) (drop (call $tick (i32.const 200))) (i32.const 1))
+ (func (export "proxy_on_context_create") (param i32 i32))
+)
+"""
+    (tmp / "reader.wat").write_text(wat)
+    out = tmp / "reader.wasm"
+    subprocess.run(["wasm-as", "--enable-bulk-memory", str(tmp / "reader.wat"), "-o", str(out)], check=True)
+    return {"name": "envoy.filters.http.wasm", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+        "config": {"name": "reader", "root_id": "reader",
+                   "vm_config": {"vm_id": "keygate", "runtime": "envoy.wasm.runtime.v8",
+                                 "code": {"local": {"filename": str(out)}}}}}}
+
+
+def test_no_raw_key_in_shared_data_or_in_keygate_logs_at_trace_level(upstream, tmp_path):
+    """Mixed traffic through tiny tables (every key in one verdict set and one count set): valid
+    keys as a header, a Bearer token, a query parameter and Basic; unknown keys; a revoked key;
+    keys refused by their limit and by a full set; a verdict over 1 KiB. Then every shared-data
+    entry keygate keeps (the two tables' sets, the seed, the floor, the feed's lease and cursor)
+    is read by another module on keygate's vm_id and written to Envoy's log, with keygate's own
+    log at trace level (`wasm:trace`): no raw key, no key's SHA-256 in hex, appears anywhere in
+    that log, the access log or the stats. (The dump must show the sets, so the test also checks
+    it saw them: key ids `s<n>` are there, the secrets are not.)"""
+    import base64
+    import hashlib
+    stub = BigStub("p", 60)
+    names = ["rt:slots", "rt:v0", "rt:s0", "rt:v:floor", "rt:rev:lease", "rt:rev:cursor"]
+    cfg = config({"verdicts": 4, "states": 8}, {"p": {"requests": 2, "window_s": 60}}, shared_prefix="rt")
+    e = Envoy(cfg, upstream.port, extra_clusters=[stub.cluster()], filters_before=[reader_filter(tmp_path, names)])
+    secrets = [key(n) for n in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 1_000_001)] + ["kg_stub_nope", "not-a-key-zz9"]
+    try:
+        e.start(component_levels="wasm:trace").wait_feed_polled()
+        upstream.clear()
+        for n in range(1, 12):
+            k = key(n)
+            for how in ("header", "bearer", "query", "basic"):
+                if how == "header":
+                    e.req("GET", f"/sweep/{n}", [("X-API-Key", k)])
+                elif how == "bearer":
+                    e.req("GET", f"/sweep/{n}", [("Authorization", f"Bearer {k}")])
+                elif how == "query":
+                    e.req("GET", f"/sweep/{n}?_apikey={k}")
+                else:
+                    tok = base64.b64encode(f"user{n}:{k}".encode()).decode()
+                    e.req("GET", f"/sweep/{n}", [("Authorization", f"Basic {tok}")])
+        for k in secrets[-3:]:
+            e.req("GET", "/sweep/other", [("X-API-Key", k)])
+        stub.revoke(key(3))
+        time.sleep(0.5)  # the feed is polled every 100 ms
+        e.req("GET", "/sweep/revoked", [("X-API-Key", key(3))])
+        time.sleep(0.6)  # two dumps after the last request
+        e.prometheus("keygate_requests")
+        log = e.wait_for(e.logs, "dump rt:v0 = kgS1", "dump rt:s0 = kgS1", "dump rt:slots = kgM1")
+        assert "s1" in log  # a key id, in a verdict
+        stats = e.admin("/stats") + e.admin("/stats/prometheus")
+        everything = log + e.access_log() + stats
+        for s in secrets:
+            assert s not in everything, s
+            assert hashlib.sha256(s.encode()).hexdigest() not in everything, s
+        # what reached the upstream carried no key either (query parameter and headers stripped)
+        for x in upstream.received():
+            assert not any(s in x["path"] for s in secrets), x["path"]
+    finally:
+        e.stop()
+        stub.stop()
