@@ -28,6 +28,9 @@ use crate::slots::{self, Class, Placed, Spot, Table};
 use crate::store::{SetOutcome, SharedStore};
 use crate::verdict::{Identity, Refusal, Verdict};
 
+mod negative;
+pub use negative::NegativeCache;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CachePolicy {
     pub positive_ttl_ms: u64,
@@ -626,7 +629,8 @@ pub fn store_valid(
 }
 
 /// Marks the secret revoked as of `now_ms`, over its entry or as a new one (the feed names real
-/// keys, not attacker input). Returns whether a valid entry was overwritten.
+/// keys, not attacker input). Returns whether a valid entry was overwritten; `None`: the mark
+/// could not be written (a set too busy for its compare-and-swap, the store failing).
 ///
 /// A mark is held (never evicted) for `hold_ms`: an answer to a call that started before the
 /// revocation can only come within that time, and finds the mark. When every way of the set
@@ -638,7 +642,7 @@ pub fn mark_revoked(
     slot: &Slot<'_>,
     policy: &CachePolicy,
     now_ms: u64,
-) -> bool {
+) -> Option<bool> {
     // outlives its hold (an answer on its way: up to 70 s) and any valid entry it replaces
     let until = now_ms.saturating_add(policy.positive_ttl_ms.max(policy.stale_ms).max(60_000));
     let until = until.max(now_ms.saturating_add(policy.hold_ms));
@@ -677,7 +681,7 @@ pub fn mark_revoked(
                 .min()
                 .unwrap_or(now_ms);
             if !raise_floor(store, table, oldest) {
-                return false;
+                return None;
             }
             placed = slots::place(
                 set,
@@ -688,26 +692,27 @@ pub fn mark_revoked(
                 &mut out,
             );
         }
-        let Ok(p) = placed else { return false };
+        let Ok(p) = placed else { return None };
         match store.set(&spot.key, &out, cas) {
             SetOutcome::Written => {
                 if p == Placed::Evicted {
                     count(&table.counts.evicted);
                 }
-                return was_valid;
+                return Some(was_valid);
             }
             SetOutcome::CasMismatch => continue,
-            SetOutcome::Failed => return false,
+            SetOutcome::Failed => return None,
         }
     }
-    false
+    None
 }
 
 /// Applies a page of the revocation feed (`(sha256(secret), user)` items) to this worker and to
 /// shared data: the worker forgets what it remembers of each secret and refuses it (per
 /// credential: the secret alone, and with the Basic user the feed names) until the negative TTL
 /// runs out; the shared entry is marked revoked for every worker. Returns how many valid cached
-/// verdicts were overwritten.
+/// verdicts were overwritten, and whether every mark was written (if not, the page must be
+/// applied again: other workers may still hold a valid verdict of a secret not marked).
 pub fn apply_revocations(
     store: &dyn SharedStore,
     table: &Table,
@@ -716,8 +721,8 @@ pub fn apply_revocations(
     memo: &mut Memo,
     negative: &mut NegativeCache,
     now_ms: u64,
-) -> usize {
-    let mut marked = 0;
+) -> (usize, bool) {
+    let (mut marked, mut all) = (0, true);
     for (hash, user) in revoked {
         // one shared entry per secret, whatever the user; this worker's refusals are per
         // credential
@@ -733,66 +738,13 @@ pub fn apply_revocations(
                 now_ms,
             );
         }
-        if mark_revoked(store, &entry_key(table, &entry), policy, now_ms) {
-            marked += 1;
+        match mark_revoked(store, &entry_key(table, &entry), policy, now_ms) {
+            Some(true) => marked += 1,
+            Some(false) => {}
+            None => all = false,
         }
     }
-    marked
-}
-
-/// Per-worker cache of refusals, bounded: at capacity, expired entries go first, then arbitrary
-/// ones (HashMap order is randomly seeded on wasm32-wasip1, so an attacker cannot aim evictions).
-pub struct NegativeCache {
-    map: HashMap<Digest32, (Refusal, u64)>,
-    cap: usize,
-    /// Expired entries are swept at most once a second, so a full cache under a flood of random
-    /// keys costs O(1) per insert, not a scan.
-    next_sweep_ms: u64,
-}
-
-impl NegativeCache {
-    pub fn new(cap: usize) -> Self {
-        NegativeCache {
-            map: HashMap::new(),
-            cap: cap.max(1),
-            next_sweep_ms: 0,
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-
-    pub fn get(&self, id: &Digest32, now_ms: u64) -> Option<Refusal> {
-        match self.map.get(id) {
-            Some((r, until)) if now_ms < *until => Some(*r),
-            _ => None,
-        }
-    }
-
-    pub fn insert(&mut self, id: Digest32, r: Refusal, until_ms: u64, now_ms: u64) {
-        if self.map.len() >= self.cap && !self.map.contains_key(&id) {
-            if now_ms >= self.next_sweep_ms {
-                self.map.retain(|_, (_, u)| *u > now_ms);
-                self.next_sweep_ms = now_ms.saturating_add(1000);
-            }
-            while self.map.len() >= self.cap {
-                let Some(k) = self.map.keys().next().copied() else {
-                    break;
-                };
-                self.map.remove(&k);
-            }
-        }
-        self.map.insert(id, (r, until_ms));
-    }
-
-    pub fn remove(&mut self, id: &Digest32) {
-        self.map.remove(id);
-    }
+    (marked, all)
 }
 
 #[cfg(test)]

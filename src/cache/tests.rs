@@ -134,7 +134,7 @@ fn revocation_marks_the_secret_for_every_user_and_invalidates_memos() {
         m.lookup(&st, || key.clone(), &id, None, NOW, 0),
         Lookup::Miss
     );
-    assert!(mark_revoked(&st, &key, &p, NOW));
+    assert_eq!(mark_revoked(&st, &key, &p, NOW), Some(true));
     for user in [Some("alice"), Some("bob"), None] {
         assert_eq!(
             m.lookup(&st, || key.clone(), &id, user, NOW + 1, 0),
@@ -143,7 +143,7 @@ fn revocation_marks_the_secret_for_every_user_and_invalidates_memos() {
     }
     // a mark for a secret nothing cached yet is written too (an answer may be on its way)
     let other = entry_key("kg", &credential_id(None, "t"));
-    assert!(!mark_revoked(&st, &other, &p, NOW));
+    assert_eq!(mark_revoked(&st, &other, &p, NOW), Some(false));
     let set = st.map.borrow()[&other.spot.key].0.clone();
     assert!(slots::find(Some(&set), other.spot.tag).is_some());
 }
@@ -256,7 +256,7 @@ fn recent_reads_are_trusted_for_recheck_ms_only() {
     )));
     assert_eq!(st.gets.get(), reads, "a recent read is not repeated");
     // another worker revokes: seen once the window has passed
-    assert!(mark_revoked(&st, &key, &p, NOW + 100));
+    assert_eq!(mark_revoked(&st, &key, &p, NOW + 100), Some(true));
     assert!(fresh(m.lookup(
         &st,
         || key.clone(),
@@ -288,7 +288,7 @@ fn recent_reads_are_trusted_for_recheck_ms_only() {
         NOW + 300,
         250
     )));
-    assert!(mark_revoked(&st, &key, &p, NOW + 301));
+    assert_eq!(mark_revoked(&st, &key, &p, NOW + 301), Some(true));
     m.forget(&id);
     assert!(!fresh(m.lookup(
         &st,
@@ -316,7 +316,7 @@ fn recent_reads_are_trusted_for_recheck_ms_only() {
         NOW + 400,
         250
     )));
-    assert!(mark_revoked(&st, &key, &p, NOW + 401));
+    assert_eq!(mark_revoked(&st, &key, &p, NOW + 401), Some(true));
     assert!(!fresh(m.lookup(
         &st,
         || key.clone(),
@@ -443,7 +443,8 @@ fn the_feed_revokes_a_secret_for_every_worker_and_each_of_its_credentials() {
     ];
     let marked = apply_revocations(&st, table(), &p, &feed, &mut memo, &mut neg, NOW + 1);
     assert_eq!(
-        marked, 1,
+        marked,
+        (1, true),
         "one valid verdict overwritten; the other secret gets a mark"
     );
     // every worker: the shared entry now says revoked
@@ -473,7 +474,14 @@ fn the_feed_revokes_a_secret_for_every_worker_and_each_of_its_credentials() {
     // applied twice (a page read again), nothing new is overwritten
     assert_eq!(
         apply_revocations(&st, table(), &p, &feed, &mut memo, &mut neg, NOW + 4),
-        0
+        (0, true)
+    );
+    // a mark that loses every compare-and-swap is reported, not counted as done
+    st.conflicts.set(8);
+    let once = [(crate::hash::sha256(b"s"), None)];
+    assert_eq!(
+        apply_revocations(&st, table(), &p, &once, &mut memo, &mut neg, NOW + 5),
+        (0, false)
     );
 }
 

@@ -366,7 +366,7 @@ impl<H: Host> Worker<H> {
         };
         self.stats
             .add_now(&mut self.host, Metric::RevocationPolls, 1);
-        let marked = cache::apply_revocations(
+        let (marked, all_marked) = cache::apply_revocations(
             self.host.store(),
             &self.gate.tables.verdicts,
             &ks.cache,
@@ -375,6 +375,15 @@ impl<H: Host> Worker<H> {
             &mut self.negative,
             now,
         );
+        if !all_marked {
+            // a mark not written (its set too busy): the cursor stays, the page is applied
+            // again on the next tick, or another worker would serve the key from its verdict
+            self.stats
+                .add_now(&mut self.host, Metric::RevocationFailures, 1);
+            log::warn!("keygate: revocation feed: a mark could not be written; retrying");
+            lease::release(self.host.store(), &lease, 0);
+            return;
+        }
         self.host
             .store()
             .set(&self.cursor_key(), r.cursor.to_string().as_bytes(), 0);
