@@ -478,3 +478,48 @@ def test_no_raw_key_in_shared_data_or_in_keygate_logs_at_trace_level(upstream, t
     finally:
         e.stop()
         stub.stop()
+
+
+def test_a_flood_of_new_valid_keys_cannot_evict_a_held_mark_before_a_late_answer_lands(upstream):
+    """One set of 4 verdict ways, a slow key service (every answer takes 1.5 s, timeout 3 s). A
+    call for key 2 is on its way when key 2 is revoked; 40 other valid keys then race their own
+    (equally slow) answers into the same set, on both workers, to push key 2's mark out before
+    key 2's "valid" lands. The mark is held (timeout + 10 s), so every one of them either takes
+    another way or is not cached; key 2's answer finds its mark: refused, and the upstream never
+    sees it. The 40 keys themselves are served. (A build whose marks are not held, `cache::class`
+    without the hold, serves key 2's late answer: 200.)"""
+    stub = Stub("big", delay_ms=1500)
+    e = start_plain(config({"verdicts": 4, "states": 256}, {"big": {"requests": 1000, "window_s": 1}},
+                           timeout_ms=3000), upstream, stub)
+    try:
+        upstream.clear()
+        got: dict[str, int] = {}
+        lock = threading.Lock()
+
+        def one(name: str, path: str, k: str) -> None:
+            s = e.req("GET", path, [("X-API-Key", k)], timeout=15).status
+            with lock:
+                got[name] = s
+        # the flood's calls start first, so their answers land after key 2's mark (0.1 s after
+        # key 2's call starts, seen by the feed within 0.2 s) and before key 2's answer
+        flood = [threading.Thread(target=one, args=(f"k{i}", f"/held/{i}", key(300 + i))) for i in range(40)]
+        for t in flood:
+            t.start()
+        time.sleep(0.25)
+        late = threading.Thread(target=one, args=("late", "/held/late", key(2)))
+        late.start()
+        time.sleep(0.1)
+        stub.revoke(key(2))
+        for t in flood + [late]:
+            t.join()
+        e.prometheus("keygate_slots_verdicts_evicted")
+        assert counter(e, "keygate.slots.verdicts.evicted") >= 30  # the flood did churn the set
+        assert got["late"] in (401, 503), got["late"]
+        assert upstream_paths(upstream, "/held/late") == []
+        assert all(got[f"k{i}"] == 200 for i in range(40)), got
+        assert len(upstream_paths(upstream, "/held/")) == 40
+        # and from then on refused as revoked, on every connection
+        assert burst(e, "/held/after", key(2), 8) == [401] * 8
+    finally:
+        e.stop()
+        stub.stop()
