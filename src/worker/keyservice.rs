@@ -271,7 +271,9 @@ impl<H: Host> Worker<H> {
                 .key_service
                 .as_ref()
                 .is_none_or(|k| k.revocations_path.is_none());
-            self.feed_ready = no_feed || self.host.store().get(&self.cursor_key()).is_some();
+            // an emptied cursor (another module on the vm_id) is no cursor
+            let cursor = self.host.store().get(&self.cursor_key());
+            self.feed_ready = no_feed || cursor.is_some_and(|(v, _)| !v.is_empty());
         }
         self.feed_ready
     }

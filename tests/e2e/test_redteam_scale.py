@@ -156,8 +156,8 @@ def test_a_window_lengthened_over_lds_decides_the_same_whether_or_not_a_co_tenan
     count held nothing under the configuration that wrote it, so any other owner's request to the
     set drops it. Key 1's next answer must not depend on whether that happened: before the fix,
     with no co-tenant request key 1 was refused for a minute (its instants re-read under the new
-    length) while with one it was admitted afresh, so a client that owns a second key could reset
-    its first at will. Checked both ways on two Envoys; the upstream receives exactly what was
+    length) while with one it was admitted afresh: a client owning a second key could, once per
+    such change, reset its first. Checked both ways on two Envoys; the upstream receives exactly what was
     admitted."""
     plan = lambda w: {"w": {"requests": 2, "window_s": w, "algorithm": "rolling_window"}}  # noqa: E731
     outcomes = {}
