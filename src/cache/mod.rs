@@ -90,37 +90,51 @@ fn floor_key(table: &Table) -> String {
     k
 }
 
-/// The newest revocation whose mark was evicted while held (ms; 0: none).
-fn read_floor(store: &dyn SharedStore, table: &Table) -> u64 {
+/// The floor entry: the newest revocation whose mark was evicted while held (ms; 0: none), and
+/// the longest hold any configuration of the prefix registered ([`register_hold`]; 0: none).
+fn read_floor(store: &dyn SharedStore, table: &Table) -> (u64, u64) {
     store
         .get(&floor_key(table))
-        .and_then(|(v, _)| v.get(..8).and_then(|b| b.try_into().ok()))
-        .map_or(0, u64::from_le_bytes)
+        .map_or((0, 0), |(v, _)| floor_of(&v))
 }
 
-/// Raises the revocation floor to `at` (never lowers it). Whether it holds at least `at` now.
-fn raise_floor(store: &dyn SharedStore, table: &Table, at: u64) -> bool {
+fn floor_of(v: &[u8]) -> (u64, u64) {
+    let at = |i: usize| {
+        v.get(i..i + 8)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    (at(0), at(8))
+}
+
+/// Raises the revocation floor to `at` and the registered hold to `hold` (never lowers either).
+/// Whether the entry holds at least both now.
+fn raise_floor(store: &dyn SharedStore, table: &Table, at: u64, hold: u64) -> bool {
     let key = floor_key(table);
     for _ in 0..8 {
-        let (cur, cas) = match store.get(&key) {
-            None => (0, crate::store::ABSENT_CAS),
-            Some((v, cas)) => (
-                v.get(..8)
-                    .and_then(|b| b.try_into().ok())
-                    .map_or(0, u64::from_le_bytes),
-                cas,
-            ),
+        let ((cur, cur_hold), cas) = match store.get(&key) {
+            None => ((0, 0), crate::store::ABSENT_CAS),
+            Some((v, cas)) => (floor_of(&v), cas),
         };
-        if cur >= at {
+        if cur >= at && cur_hold >= hold {
             return true;
         }
-        match store.set(&key, &at.to_le_bytes(), cas) {
+        let mut v = cur.max(at).to_le_bytes().to_vec();
+        v.extend_from_slice(&cur_hold.max(hold).to_le_bytes());
+        match store.set(&key, &v, cas) {
             SetOutcome::Written => return true,
             SetOutcome::CasMismatch => continue,
             SetOutcome::Failed => return false,
         }
     }
     false
+}
+
+/// Registers a configuration's hold (`CachePolicy::hold_ms`) for the prefix: every worker holds
+/// a mark for the longest hold registered, so a configuration with a short key-service timeout
+/// never evicts a mark an answer under a longer one (an LDS update in progress) may still need.
+pub fn register_hold(store: &dyn SharedStore, table: &Table, hold_ms: u64) -> bool {
+    raise_floor(store, table, 0, hold_ms)
 }
 
 /// How the verdict table's rule sees an entry when room is needed at `now_ms`: a dead one (or
@@ -594,9 +608,11 @@ pub fn store_valid(
             }
         }
         // read after the set: a mark evicted before this read raised the floor first
-        if read_floor(store, table) >= started_ms {
+        let (floor, hold) = read_floor(store, table);
+        if floor >= started_ms {
             return Stored::Unsure;
         }
+        let hold = hold.max(policy.hold_ms);
         if e.is_empty() || e.len() > MAX_ENTRY_BYTES {
             return Stored::NotCached;
         }
@@ -605,7 +621,7 @@ pub fn store_valid(
             table.geometry().ways,
             spot.tag,
             &e,
-            |b| class(b, now_ms, policy.hold_ms),
+            |b| class(b, now_ms, hold),
             &mut out,
         );
         match placed {
@@ -643,9 +659,11 @@ pub fn mark_revoked(
     policy: &CachePolicy,
     now_ms: u64,
 ) -> Option<bool> {
-    // outlives its hold (an answer on its way: up to 70 s) and any valid entry it replaces
+    // held for the longest hold of the prefix's configurations; outlives that hold (an answer
+    // on its way: up to 70 s) and any valid entry it replaces
+    let hold = read_floor(store, slot.table).1.max(policy.hold_ms);
     let until = now_ms.saturating_add(policy.positive_ttl_ms.max(policy.stale_ms).max(60_000));
-    let until = until.max(now_ms.saturating_add(policy.hold_ms));
+    let until = until.max(now_ms.saturating_add(hold));
     let e = encode(&Entry {
         fresh_until_ms: until,
         stale_until_ms: until,
@@ -670,7 +688,7 @@ pub fn mark_revoked(
             ways,
             spot.tag,
             &e,
-            |b| class(b, now_ms, policy.hold_ms),
+            |b| class(b, now_ms, hold),
             &mut out,
         );
         if placed.is_err() {
@@ -680,7 +698,7 @@ pub fn mark_revoked(
                 .map(|(_, b)| held(b))
                 .min()
                 .unwrap_or(now_ms);
-            if !raise_floor(store, table, oldest) {
+            if !raise_floor(store, table, oldest, 0) {
                 return None;
             }
             placed = slots::place(

@@ -630,6 +630,57 @@ mod eviction {
         }
     }
 
+    /// Two configurations on one prefix at once (an LDS update lowered `key_service.timeout_ms`
+    /// from 60 s to 0.5 s; the old one still has calls in flight): a mark is held for the longest
+    /// hold any of them registered, so the new configuration's valid verdicts cannot evict it
+    /// 10.5 s after the revocation while an answer under the old one may still come for 70 s.
+    #[test]
+    fn a_mark_is_held_for_the_longest_hold_of_any_configuration_of_the_prefix() {
+        let st = MemoryStore::default();
+        let t = small(1);
+        let long = CachePolicy {
+            hold_ms: 60_000 + HOLD_MARGIN_MS,
+            ..Default::default()
+        };
+        let short = CachePolicy {
+            hold_ms: TIMEOUT + HOLD_MARGIN_MS,
+            ..Default::default()
+        };
+        register_hold(&st, &t, long.hold_ms);
+        register_hold(&st, &t, short.hold_ms);
+        let k = credential_id(None, "k");
+        let offer = |started| Offer {
+            identity: ident_static(),
+            binding: Binding::NoUser,
+            ttl_hint_s: None,
+            started_ms: started,
+        };
+        // the new configuration's feed marks k; its valid verdicts fill the set 20 s later
+        mark_revoked(&st, &super::super::entry_key(&t, &k), &short, NOW);
+        for i in 0..3 {
+            let id = credential_id(None, &format!("o{i}"));
+            let at = NOW + 20_000 + i;
+            store_valid(
+                &st,
+                &super::super::entry_key(&t, &id),
+                offer(at),
+                &short,
+                at,
+            );
+        }
+        // the old configuration's call, started before the revocation, answers at 40 s
+        assert_eq!(
+            store_valid(
+                &st,
+                &super::super::entry_key(&t, &k),
+                offer(NOW - 1),
+                &long,
+                NOW + 40_000
+            ),
+            Stored::Revoked
+        );
+    }
+
     #[test]
     fn a_held_mark_evicted_raises_the_floor() {
         // one set of two ways: three revocations at once, then a late answer for the first

@@ -134,6 +134,10 @@ impl<H: Host> Worker<H> {
         for n in &notes {
             log::warn!("{n}");
         }
+        if let Some(ks) = cfg.key_service.as_ref() {
+            // marks are held for the longest hold of any configuration of the prefix
+            cache::register_hold(host.store(), &tables.verdicts, ks.cache.hold_ms);
+        }
         let mut w = Worker {
             gate: Rc::new(Gate::with_tables(cfg, tables)),
             memo: Memo::default(),
