@@ -416,15 +416,19 @@ pub fn establish(
     let key = format!("{prefix}:slots");
     let mut chosen = None;
     for _ in 0..4 {
-        match store.get(&key).as_ref().and_then(|(v, _)| decode_meta(v)) {
+        let cur = store.get(&key);
+        match cur.as_ref().and_then(|(v, _)| decode_meta(v)) {
             Some(stored) => {
                 chosen = Some(stored);
                 break;
             }
             None => {
                 let seed = wanted.seed.unwrap_or_else(random_seed);
-                // insert only: a racing VM's first write wins, and is read on the retry
-                if store.set(&key, &encode_meta(wanted, seed), ABSENT_CAS) == SetOutcome::Written {
+                // absent: insert only; bytes this build cannot read (another format, a value
+                // emptied): replaced under their token. Either way a racing VM's first write
+                // wins and is read on the retry, so every VM of the prefix keeps one seed
+                let cas = cur.map_or(ABSENT_CAS, |(_, cas)| cas);
+                if store.set(&key, &encode_meta(wanted, seed), cas) == SetOutcome::Written {
                     chosen = Some((*wanted, seed));
                     break;
                 }
@@ -556,6 +560,31 @@ mod tests {
         assert_eq!(c.states.seed, (1, 2));
         // the seed decides the placement: two seeds, different tags
         assert_ne!(a.states.tag(b"x"), c.states.tag(b"x"));
+    }
+
+    #[test]
+    fn a_foreign_seed_entry_is_taken_over_once_and_every_vm_agrees() {
+        // `{prefix}:slots` holding bytes this build cannot read (another version's format,
+        // another plugin on the vm_id, a value "removed" to empty): every VM must still end up
+        // with one seed, or each worker counts and marks revocations in its own tables
+        for foreign in [&b"kgM0 an older layout"[..], b"", &[0u8; META_LEN][..]] {
+            let st = MemoryStore::default();
+            assert_eq!(st.set("kg:slots", foreign, 0), SetOutcome::Written);
+            let mut notes = Vec::new();
+            let vms: Vec<Tables> = (0..3)
+                .map(|_| establish(&st, "kg", &Wanted::default(), &mut notes))
+                .collect();
+            assert!(vms
+                .iter()
+                .all(|t| t.states.tag(b"x") == vms[0].states.tag(b"x")));
+            assert!(vms
+                .iter()
+                .all(|t| t.verdicts.tag(b"x") == vms[0].verdicts.tag(b"x")));
+            assert!(st
+                .get("kg:slots")
+                .and_then(|(v, _)| decode_meta(&v))
+                .is_some());
+        }
     }
 
     proptest::proptest! {

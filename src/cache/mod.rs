@@ -18,7 +18,6 @@
 //!   service may have checked the key before it was revoked.
 
 use std::cell::Cell;
-use std::collections::HashMap;
 use std::rc::Rc;
 
 mod memo;
@@ -30,6 +29,9 @@ use crate::ratelimit::Limit;
 use crate::slots::{self, Class, Placed, Spot, Table};
 use crate::store::{SetOutcome, SharedStore};
 use crate::verdict::{Identity, Refusal, Verdict};
+
+mod negative;
+pub use negative::NegativeCache;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CachePolicy {
@@ -100,37 +102,51 @@ fn floor_key(table: &Table) -> String {
     side_key(table, "floor")
 }
 
-/// The newest revocation whose mark was evicted while held (ms; 0: none).
-fn read_floor(store: &dyn SharedStore, table: &Table) -> u64 {
+/// The floor entry: the newest revocation whose mark was evicted while held (ms; 0: none), and
+/// the longest hold any configuration of the prefix registered ([`register_hold`]; 0: none).
+fn read_floor(store: &dyn SharedStore, table: &Table) -> (u64, u64) {
     store
         .get(&floor_key(table))
-        .and_then(|(v, _)| v.get(..8).and_then(|b| b.try_into().ok()))
-        .map_or(0, u64::from_le_bytes)
+        .map_or((0, 0), |(v, _)| floor_of(&v))
 }
 
-/// Raises the revocation floor to `at` (never lowers it). Whether it holds at least `at` now.
-fn raise_floor(store: &dyn SharedStore, table: &Table, at: u64) -> bool {
+fn floor_of(v: &[u8]) -> (u64, u64) {
+    let at = |i: usize| {
+        v.get(i..i + 8)
+            .and_then(|b| b.try_into().ok())
+            .map_or(0, u64::from_le_bytes)
+    };
+    (at(0), at(8))
+}
+
+/// Raises the revocation floor to `at` and the registered hold to `hold` (never lowers either).
+/// Whether the entry holds at least both now.
+fn raise_floor(store: &dyn SharedStore, table: &Table, at: u64, hold: u64) -> bool {
     let key = floor_key(table);
     for _ in 0..8 {
-        let (cur, cas) = match store.get(&key) {
-            None => (0, crate::store::ABSENT_CAS),
-            Some((v, cas)) => (
-                v.get(..8)
-                    .and_then(|b| b.try_into().ok())
-                    .map_or(0, u64::from_le_bytes),
-                cas,
-            ),
+        let ((cur, cur_hold), cas) = match store.get(&key) {
+            None => ((0, 0), crate::store::ABSENT_CAS),
+            Some((v, cas)) => (floor_of(&v), cas),
         };
-        if cur >= at {
+        if cur >= at && cur_hold >= hold {
             return true;
         }
-        match store.set(&key, &at.to_le_bytes(), cas) {
+        let mut v = cur.max(at).to_le_bytes().to_vec();
+        v.extend_from_slice(&cur_hold.max(hold).to_le_bytes());
+        match store.set(&key, &v, cas) {
             SetOutcome::Written => return true,
             SetOutcome::CasMismatch => continue,
             SetOutcome::Failed => return false,
         }
     }
     false
+}
+
+/// Registers a configuration's hold (`CachePolicy::hold_ms`) for the prefix: every worker holds
+/// a mark for the longest hold registered, so a configuration with a short key-service timeout
+/// never evicts a mark an answer under a longer one (an LDS update in progress) may still need.
+pub fn register_hold(store: &dyn SharedStore, table: &Table, hold_ms: u64) -> bool {
+    raise_floor(store, table, 0, hold_ms)
 }
 
 /// How the verdict table's rule sees an entry when room is needed at `now_ms`: a dead one (or
@@ -510,9 +526,11 @@ pub fn store_valid(
             }
         }
         // read after the set: a mark evicted before this read raised the floor first
-        if read_floor(store, table) >= started_ms {
+        let (floor, hold) = read_floor(store, table);
+        if floor >= started_ms {
             return Stored::Unsure;
         }
+        let hold = hold.max(policy.hold_ms);
         if e.is_empty() || e.len() > MAX_ENTRY_BYTES {
             return Stored::NotCached;
         }
@@ -521,7 +539,7 @@ pub fn store_valid(
             table.geometry().ways,
             spot.tag,
             &e,
-            |b| class(b, now_ms, policy.hold_ms),
+            |b| class(b, now_ms, hold),
             &mut out,
         );
         match placed {
@@ -546,7 +564,8 @@ pub fn store_valid(
 
 /// Marks the secret revoked as of `now_ms`, over its entry or as a new one (the feed names real
 /// keys, not attacker input), and logs it for the other workers' memos. Returns whether a valid
-/// entry was overwritten; `None` when the mark or its log entry could not be written.
+/// entry was overwritten; `None`: the mark or its log entry could not be written (a set too busy
+/// for its compare-and-swap, the store failing).
 ///
 /// A mark is held (never evicted) for `hold_ms`: an answer to a call that started before the
 /// revocation can only come within that time, and finds the mark. When every way of the set
@@ -559,9 +578,11 @@ pub fn mark_revoked(
     policy: &CachePolicy,
     now_ms: u64,
 ) -> Option<bool> {
-    // outlives any answer still on its way (a call lasts at most the key-service timeout, far
-    // below the TTLs), and any valid entry it replaces
+    // held for the longest hold of the prefix's configurations; outlives that hold (an answer
+    // on its way: up to 70 s) and any valid entry it replaces
+    let hold = read_floor(store, slot.table).1.max(policy.hold_ms);
     let until = now_ms.saturating_add(policy.positive_ttl_ms.max(policy.stale_ms).max(60_000));
+    let until = until.max(now_ms.saturating_add(hold));
     let e = encode(&Entry {
         fresh_until_ms: until,
         stale_until_ms: until,
@@ -586,7 +607,7 @@ pub fn mark_revoked(
             ways,
             spot.tag,
             &e,
-            |b| class(b, now_ms, policy.hold_ms),
+            |b| class(b, now_ms, hold),
             &mut out,
         );
         if placed.is_err() {
@@ -596,7 +617,7 @@ pub fn mark_revoked(
                 .map(|(_, b)| held(b))
                 .min()
                 .unwrap_or(now_ms);
-            if !raise_floor(store, table, oldest) {
+            if !raise_floor(store, table, oldest, 0) {
                 return None;
             }
             placed = slots::place(
@@ -629,8 +650,9 @@ pub fn mark_revoked(
 /// shared data: the worker forgets what it remembers of each secret and refuses it (per
 /// credential: the secret alone, and with the Basic user the feed names) until the negative TTL
 /// runs out; the shared entry is marked revoked for every worker. Returns how many valid cached
-/// verdicts were overwritten; `None` when a mark could not be written (the page must be applied
-/// again: the feed's cursor is not moved past it).
+/// verdicts were overwritten, and whether every mark (and its entry in the revocation log) was
+/// written (if not, the page must be applied again: other workers may still hold a valid verdict
+/// of a secret not marked).
 pub fn apply_revocations(
     store: &dyn SharedStore,
     table: &Table,
@@ -639,8 +661,8 @@ pub fn apply_revocations(
     memo: &mut Memo,
     negative: &mut NegativeCache,
     now_ms: u64,
-) -> Option<usize> {
-    let mut marked = 0;
+) -> (usize, bool) {
+    let (mut marked, mut all) = (0, true);
     for (hash, user) in revoked {
         // one shared entry per secret, whatever the user; this worker's refusals are per
         // credential
@@ -657,66 +679,13 @@ pub fn apply_revocations(
                 now_ms,
             );
         }
-        if mark_revoked(store, &slot, policy, now_ms)? {
-            marked += 1;
+        match mark_revoked(store, &slot, policy, now_ms) {
+            Some(true) => marked += 1,
+            Some(false) => {}
+            None => all = false,
         }
     }
-    Some(marked)
-}
-
-/// Per-worker cache of refusals, bounded: at capacity, expired entries go first, then arbitrary
-/// ones (HashMap order is randomly seeded on wasm32-wasip1, so an attacker cannot aim evictions).
-pub struct NegativeCache {
-    map: HashMap<Digest32, (Refusal, u64)>,
-    cap: usize,
-    /// Expired entries are swept at most once a second, so a full cache under a flood of random
-    /// keys costs O(1) per insert, not a scan.
-    next_sweep_ms: u64,
-}
-
-impl NegativeCache {
-    pub fn new(cap: usize) -> Self {
-        NegativeCache {
-            map: HashMap::new(),
-            cap: cap.max(1),
-            next_sweep_ms: 0,
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-
-    pub fn get(&self, id: &Digest32, now_ms: u64) -> Option<Refusal> {
-        match self.map.get(id) {
-            Some((r, until)) if now_ms < *until => Some(*r),
-            _ => None,
-        }
-    }
-
-    pub fn insert(&mut self, id: Digest32, r: Refusal, until_ms: u64, now_ms: u64) {
-        if self.map.len() >= self.cap && !self.map.contains_key(&id) {
-            if now_ms >= self.next_sweep_ms {
-                self.map.retain(|_, (_, u)| *u > now_ms);
-                self.next_sweep_ms = now_ms.saturating_add(1000);
-            }
-            while self.map.len() >= self.cap {
-                let Some(k) = self.map.keys().next().copied() else {
-                    break;
-                };
-                self.map.remove(&k);
-            }
-        }
-        self.map.insert(id, (r, until_ms));
-    }
-
-    pub fn remove(&mut self, id: &Digest32) {
-        self.map.remove(id);
-    }
+    (marked, all)
 }
 
 #[cfg(test)]

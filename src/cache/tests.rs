@@ -186,6 +186,35 @@ fn an_answer_older_than_a_revocation_never_wins() {
     ));
 }
 
+/// A mark lives at least as long as it is held: with the longest key-service timeout (60 s,
+/// held 70 s) and the shortest TTLs (1 s fresh, no stale), an answer to a call that started
+/// before the revocation and came 65 s after it (a callback late, a worker's clock behind: what
+/// the hold's margin is for) still loses, rather than finding the mark expired and caching
+/// "valid" over it.
+#[test]
+fn a_mark_outlives_its_hold_whatever_the_ttls() {
+    let st = MemoryStore::default();
+    let p = CachePolicy {
+        positive_ttl_ms: 1000,
+        stale_ms: 0,
+        hold_ms: 60_000 + HOLD_MARGIN_MS,
+        ..CachePolicy::default()
+    };
+    let id = credential_id(None, "s");
+    let key = entry_key("kg", &id);
+    mark_revoked(&st, &key, &p, NOW);
+    let late = Offer {
+        identity: &ident(None),
+        binding: Binding::NoUser,
+        ttl_hint_s: None,
+        started_ms: NOW - 1,
+    };
+    assert_eq!(
+        store_valid(&st, &key, late, &p, NOW + 65_000),
+        Stored::Revoked
+    );
+}
+
 proptest::proptest! {
     /// Whatever Basic users clients send and whatever the service binds, one secret has
     /// one shared-data entry.
@@ -423,7 +452,7 @@ fn the_feed_revokes_a_secret_for_every_worker_and_each_of_its_credentials() {
     let marked = apply_revocations(&st, table(), &p, &feed, &mut memo, &mut neg, NOW + 1);
     assert_eq!(
         marked,
-        Some(1),
+        (1, true),
         "one valid verdict overwritten; the other secret gets a mark"
     );
     // every worker: the shared entry now says revoked
@@ -453,7 +482,14 @@ fn the_feed_revokes_a_secret_for_every_worker_and_each_of_its_credentials() {
     // applied twice (a page read again), nothing new is overwritten
     assert_eq!(
         apply_revocations(&st, table(), &p, &feed, &mut memo, &mut neg, NOW + 4),
-        Some(0)
+        (0, true)
+    );
+    // a mark that loses every compare-and-swap is reported, not counted as done
+    st.conflicts.set(8);
+    let once = [(crate::hash::sha256(b"s"), None)];
+    assert_eq!(
+        apply_revocations(&st, table(), &p, &once, &mut memo, &mut neg, NOW + 5),
+        (0, false)
     );
 }
 
@@ -602,6 +638,57 @@ mod eviction {
         }
     }
 
+    /// Two configurations on one prefix at once (an LDS update lowered `key_service.timeout_ms`
+    /// from 60 s to 0.5 s; the old one still has calls in flight): a mark is held for the longest
+    /// hold any of them registered, so the new configuration's valid verdicts cannot evict it
+    /// 10.5 s after the revocation while an answer under the old one may still come for 70 s.
+    #[test]
+    fn a_mark_is_held_for_the_longest_hold_of_any_configuration_of_the_prefix() {
+        let st = MemoryStore::default();
+        let t = small(1);
+        let long = CachePolicy {
+            hold_ms: 60_000 + HOLD_MARGIN_MS,
+            ..Default::default()
+        };
+        let short = CachePolicy {
+            hold_ms: TIMEOUT + HOLD_MARGIN_MS,
+            ..Default::default()
+        };
+        register_hold(&st, &t, long.hold_ms);
+        register_hold(&st, &t, short.hold_ms);
+        let k = credential_id(None, "k");
+        let offer = |started| Offer {
+            identity: ident_static(),
+            binding: Binding::NoUser,
+            ttl_hint_s: None,
+            started_ms: started,
+        };
+        // the new configuration's feed marks k; its valid verdicts fill the set 20 s later
+        mark_revoked(&st, &super::super::entry_key(&t, &k), &short, NOW);
+        for i in 0..3 {
+            let id = credential_id(None, &format!("o{i}"));
+            let at = NOW + 20_000 + i;
+            store_valid(
+                &st,
+                &super::super::entry_key(&t, &id),
+                offer(at),
+                &short,
+                at,
+            );
+        }
+        // the old configuration's call, started before the revocation, answers at 40 s
+        assert_eq!(
+            store_valid(
+                &st,
+                &super::super::entry_key(&t, &k),
+                offer(NOW - 1),
+                &long,
+                NOW + 40_000
+            ),
+            Stored::Revoked
+        );
+    }
+
     #[test]
     fn a_held_mark_evicted_raises_the_floor() {
         // one set of two ways: three revocations at once, then a late answer for the first
@@ -717,7 +804,7 @@ fn a_memo_reads_each_verdict_once_and_the_log_tells_it_what_was_revoked() {
     let mut neg = NegativeCache::new(16);
     assert_eq!(
         apply_revocations(&st, t, &p, &feed, &mut other, &mut neg, NOW + 60_100),
-        Some(1)
+        (1, true)
     );
     assert!(
         fresh(m.lookup(&st, t, t.tag(&ids[7]), None, NOW + 60_200, 250)),

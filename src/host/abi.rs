@@ -165,7 +165,7 @@ pub fn shared_get(key: &str) -> Option<(Vec<u8>, u32)> {
     let (mut p, mut n, mut cas) = (null_mut(), 0usize, 0u32);
     // SAFETY: valid slice and out-pointers.
     let st = unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut p, &mut n, &mut cas) };
-    (st == STATUS_OK && !p.is_null()).then(|| (take(p, n), cas))
+    (st == STATUS_OK).then(|| (take(p, n), cas)) // an emptied value: Some(empty), its token
 }
 
 #[allow(unsafe_code)] // FFI: proxy_set_shared_data

@@ -173,6 +173,13 @@ fn free_at_ms(limit: &Limit, algorithm: Algorithm, v: &[u8]) -> u64 {
     }
 }
 
+/// Whether a way's count still holds something at `now_ms` (its free-from instant is later).
+fn counts(way: &[u8], now_ms: u64) -> bool {
+    way.get(..FREE_AT)
+        .and_then(|x| x.try_into().ok())
+        .is_some_and(|x| u64::from_le_bytes(x) > now_ms)
+}
+
 /// [`take`] on the owner named `name` in the table of local counts (`slots`): the owner's count
 /// is one way of a set. A new owner takes a way whose count holds nothing (full bucket, empty
 /// window: reusing it forgets nothing); when every way of the set still counts, the request is
@@ -203,7 +210,13 @@ pub fn take_in(
     } = bufs;
     let mut evicted = false;
     let r = update(store, key, buf, |set, out| {
-        let own = slots::find(set, tag).and_then(|b| b.get(FREE_AT..));
+        // a count that holds nothing under the configuration that wrote it is read as absent,
+        // as it is once any other owner's write to the set takes its way (`place`): whether a
+        // co-tenant wrote in between never changes this owner's decision (a window lengthened
+        // over LDS would re-read instants a reused way forgot)
+        let own = slots::find(set, tag)
+            .filter(|b| counts(b, now_ms))
+            .and_then(|b| b.get(FREE_AT..));
         way.clear();
         way.extend_from_slice(&[0; FREE_AT]);
         let (d, w) = match algorithm {
@@ -215,9 +228,9 @@ pub fn take_in(
                 let free = free_at_ms(limit, algorithm, value);
                 way[..FREE_AT].copy_from_slice(&free.to_le_bytes());
                 way.extend_from_slice(value);
-                let class = |b: &[u8]| match b.get(..FREE_AT).and_then(|x| x.try_into().ok()) {
-                    Some(x) if u64::from_le_bytes(x) > now_ms => slots::Class::Keep,
-                    _ => slots::Class::Free,
+                let class = |b: &[u8]| match counts(b, now_ms) {
+                    true => slots::Class::Keep,
+                    false => slots::Class::Free,
                 };
                 match slots::place(set, ways, tag, way, class, out) {
                     Ok(p) => {

@@ -294,6 +294,40 @@ mod slotted {
         }
     }
 
+    /// A count that held nothing under the configuration that wrote it is reused by any other
+    /// owner's write to its set (`place` drops it). Its owner's next decision must not depend on
+    /// whether that happened: a window lengthened over LDS (2 a 2 s to 2 a minute), or turned
+    /// into a slow bucket, decides the same for an owner whose way was taken as for one whose
+    /// way was not. Before: the owner whose way stayed was refused (its old instants re-read
+    /// under the new length), and whether it was depended on a co-tenant's request.
+    #[test]
+    fn a_count_free_when_written_decides_the_same_whether_or_not_its_way_was_taken() {
+        let old = lim(2, 2, 2);
+        for (alg, new) in [
+            (Algorithm::RollingWindow, lim(2, 60, 2)),
+            (Algorithm::TokenBucket, lim(2, 60, 2)),
+        ] {
+            let decide = |co_tenant: bool| {
+                let st = MemoryStore::default();
+                let table = Table::new("kg", 's', Geometry::of(2, 2), (5, 6));
+                let (mut buf, mut bufs) = (Vec::new(), Bufs::default());
+                let mut take = |o: &str, l: &Limit, a: Algorithm, t: u64| {
+                    take_in(&st, &table, o, l, a, t, &mut buf, &mut bufs).unwrap()
+                };
+                let w = Algorithm::RollingWindow;
+                assert!(take("o0", &old, w, T0).allowed && take("o0", &old, w, T0).allowed);
+                // the old window is past: o0's count holds nothing under the config that wrote it
+                if co_tenant {
+                    assert!(take("o1", &new, alg, T0 + 3 * S).allowed);
+                }
+                (0..3)
+                    .map(|i| take("o0", &new, alg, T0 + 4 * S + i).allowed)
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(decide(true), decide(false), "{alg:?}");
+        }
+    }
+
     #[test]
     fn a_full_set_refuses_a_new_owner_until_a_way_frees() {
         // one set of 2 ways, 1 request an hour: o0 and o1 hold both ways

@@ -271,7 +271,9 @@ impl<H: Host> Worker<H> {
                 .key_service
                 .as_ref()
                 .is_none_or(|k| k.revocations_path.is_none());
-            self.feed_ready = no_feed || self.host.store().get(&self.cursor_key()).is_some();
+            // an emptied cursor (another module on the vm_id) is no cursor
+            let cursor = self.host.store().get(&self.cursor_key());
+            self.feed_ready = no_feed || cursor.is_some_and(|(v, _)| !v.is_empty());
         }
         self.feed_ready
     }
@@ -369,7 +371,7 @@ impl<H: Host> Worker<H> {
         };
         self.stats
             .add_now(&mut self.host, Metric::RevocationPolls, 1);
-        let Some(marked) = cache::apply_revocations(
+        let (marked, all_marked) = cache::apply_revocations(
             self.host.store(),
             &self.gate.tables.verdicts,
             &ks.cache,
@@ -377,14 +379,16 @@ impl<H: Host> Worker<H> {
             &mut self.memo,
             &mut self.negative,
             now,
-        ) else {
-            // a mark or its log entry not written: the cursor stays, the page is read again
+        );
+        if !all_marked {
+            // a mark not written (its set too busy): the cursor stays, the page is applied
+            // again on the next tick, or another worker would serve the key from its verdict
             self.stats
                 .add_now(&mut self.host, Metric::RevocationFailures, 1);
-            log::warn!("keygate: revocation feed: marks not written; the page is applied again");
-            lease::release(self.host.store(), &lease, now.saturating_add(ks.poll_ms));
+            log::warn!("keygate: revocation feed: a mark could not be written; retrying");
+            lease::release(self.host.store(), &lease, 0);
             return;
-        };
+        }
         self.host
             .store()
             .set(&self.cursor_key(), r.cursor.to_string().as_bytes(), 0);

@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::rc::Rc;
 
-use crate::cache::{Lookup, Memo, NegativeCache};
+use crate::cache::{self, Lookup, Memo, NegativeCache};
 use crate::config::Config;
 use crate::flights::Flights;
 use crate::gate::{
@@ -138,6 +138,10 @@ impl<H: Host> Worker<H> {
         let tables = slots::establish(host.store(), &cfg.shared_prefix, &cfg.slots, &mut notes);
         for n in &notes {
             log::warn!("{n}");
+        }
+        if let Some(ks) = cfg.key_service.as_ref() {
+            // marks are held for the longest hold of any configuration of the prefix
+            cache::register_hold(host.store(), &tables.verdicts, ks.cache.hold_ms);
         }
         let mut w = Worker {
             gate: Rc::new(Gate::with_tables(cfg, tables)),

@@ -9,9 +9,11 @@ keep-alive, no framework: it answers tens of thousands of calls a second, so a t
 100,000 distinct keys through Envoy in seconds.
 
     python3 tests/services/stubkeys.py --port 8090 [--prefix kg_stub_] [--plan big] [--delay-ms 0]
+        [--big-scopes 0]
 
 `--delay-ms` holds every verify answer that long (a slow service: answers in flight while a
-revocation lands).
+revocation lands). `--big-scopes N` gives keys whose number is at least 1,000,000 N scopes
+of 24 bytes each (a verdict larger than keygate caches, for N of 50 or more).
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ import sys
 
 
 class Keys:
-    def __init__(self, prefix: str, plan: str, delay_ms: int) -> None:
+    def __init__(self, prefix: str, plan: str, delay_ms: int, big_scopes: int = 0) -> None:
+        self.big_scopes = big_scopes
         self.prefix = prefix
         self.plan = plan
         self.delay = delay_ms / 1000
@@ -43,7 +46,10 @@ class Keys:
         if hashlib.sha256(key.encode()).hexdigest() in self.revoked_set:
             return {"contract": 1, "valid": False, "code": "REVOKED"}
         n = key[len(self.prefix):]
-        return {"contract": 1, "valid": True, "key_id": f"s{n}", "plan": self.plan, "user_bound": False}
+        answer = {"contract": 1, "valid": True, "key_id": f"s{n}", "plan": self.plan, "user_bound": False}
+        if self.big_scopes and int(n) >= 1_000_000:
+            answer["scopes"] = [f"scope.{i:06d}.xxxxxxxxxxxx" for i in range(self.big_scopes)]
+        return answer
 
     def feed(self, since: int) -> dict:
         if since < 0:
@@ -109,8 +115,9 @@ async def main(argv: list[str]) -> None:
     ap.add_argument("--prefix", default="kg_stub_")
     ap.add_argument("--plan", default="default")
     ap.add_argument("--delay-ms", type=int, default=0)
+    ap.add_argument("--big-scopes", type=int, default=0)
     args = ap.parse_args(argv)
-    keys = Keys(args.prefix, args.plan, args.delay_ms)
+    keys = Keys(args.prefix, args.plan, args.delay_ms, args.big_scopes)
     server = await asyncio.start_server(lambda r, w: handle(keys, r, w), "127.0.0.1", args.port)
     print(f"stubkeys on 127.0.0.1:{args.port}", flush=True)
     async with server:

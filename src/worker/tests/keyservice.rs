@@ -167,3 +167,25 @@ fn the_feed_pages_at_once_and_then_waits_poll_ms() {
         .unwrap()
         .ends_with("since=9"));
 }
+
+#[test]
+fn an_emptied_cursor_is_no_cursor_verdicts_wait_for_the_feed() {
+    // another module on the vm_id "removed" the cursor (an empty value): a verdict is not cached
+    // until a poll has written a cursor again (an empty value reads as present since the host
+    // returns it with its token)
+    use crate::store::SharedStore;
+    let mut sim = Sim::new(&remote(""));
+    let key = "keygate.v1:rev:cursor";
+    sim.process.store.set(key, b"", 0);
+    for ctx in [1, 2] {
+        assert_eq!(sim.get(ctx, "/a", "k-1"), Action::Pause);
+        let c = sim.last_call();
+        assert_eq!(
+            c.header(":path"),
+            Some("/v1/keys/verify"),
+            "not cached: asked again"
+        );
+        sim.answer(c.token, valid("k-1", "free"));
+        assert_eq!(sim.resumed(ctx), 1);
+    }
+}

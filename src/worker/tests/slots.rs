@@ -186,3 +186,39 @@ fn colliding_owners_are_refused_never_forgiven() {
     sim.tick(ROOT);
     assert_eq!(sim.metric("keygate.slots.states.reused"), 1);
 }
+
+#[test]
+fn a_revocation_whose_mark_could_not_be_written_is_applied_again_not_skipped() {
+    // rule: the feed's cursor moves past a revocation only once its mark is in shared data. A
+    // mark that loses every compare-and-swap (a busy set) was dropped while the cursor moved
+    // on: every other worker kept serving the revoked key from its cached verdict until the TTL
+    let cfg = remote("");
+    let mut sim = Sim::new(&cfg);
+    feed_ready(&mut sim);
+    admit(&mut sim, 1, "secret-r");
+    let mut other = Sim::in_process(sim.process.clone(), &cfg);
+    assert_eq!(other.get(2, "/a", "secret-r"), Action::Continue, "cached");
+    sim.advance(1000);
+    sim.tick(ROOT);
+    let poll = sim.last_call();
+    let feed = format!(
+        r#"{{"cursor":1,"revoked":[{{"key_hash":"{}"}}]}}"#,
+        to_hex(&sha256(b"secret-r"))
+    );
+    // each of the mark's 8 attempts mismatches (another worker writing the set each time)
+    sim.process.store.conflicts.set(8);
+    sim.answer(poll.token, fake::http(200, &feed));
+    assert_eq!(sim.process.store.conflicts.get(), 0);
+    // the next poll asks from the same cursor again, and the mark is written this time
+    sim.advance(1000);
+    sim.tick(ROOT);
+    let poll = sim.last_call();
+    assert!(
+        poll.header(":path").unwrap().contains("since=0"),
+        "the cursor did not move past an unapplied revocation: {poll:?}"
+    );
+    sim.answer(poll.token, fake::http(200, &feed));
+    assert_eq!(other.get(3, "/a", "secret-r"), Action::Pause);
+    assert_eq!(other.status(3), Some(401));
+    assert_eq!(other.slug(3).as_deref(), Some("credential-revoked"));
+}
