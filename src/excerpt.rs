@@ -327,49 +327,7 @@ impl Settings {
     /// The request's credentials, as found in its headers: every value that must not appear in
     /// an excerpt.
     pub fn secrets(&self, headers: &[(&str, &[u8])]) -> Vec<Vec<u8>> {
-        let mut out = Vec::new();
-        let mut add = |v: &[u8]| {
-            let v = v.trim_ascii();
-            if (4..=MAX_SECRET).contains(&v.len()) && !out.iter().any(|s: &Vec<u8>| s == v) {
-                out.push(v.to_vec());
-            }
-        };
-        for (name, value) in headers {
-            if name.eq_ignore_ascii_case("authorization") {
-                add(value);
-                let whole: &[u8] = value;
-                for part in std::iter::once(whole).chain(value.split(|c| *c == b',')) {
-                    let part = part.trim_ascii();
-                    let token = part
-                        .iter()
-                        .position(|c| *c == b' ' || *c == b'\t')
-                        .map_or(part, |i| &part[i + 1..]);
-                    add(token);
-                    if let Ok(raw) = base64_decode(token.trim_ascii()) {
-                        add(&raw);
-                        if let Some(i) = raw.iter().position(|c| *c == b':') {
-                            add(&raw[i + 1..]);
-                        }
-                    }
-                }
-            } else if self.headers.iter().any(|h| h.eq_ignore_ascii_case(name)) {
-                add(value);
-            } else if *name == ":path" {
-                if let Some(q) = value.splitn(2, |c| *c == b'?').nth(1) {
-                    for pair in q.split(|c| *c == b'&' || *c == b';') {
-                        let (n, v) = match pair.iter().position(|c| *c == b'=') {
-                            Some(i) => (&pair[..i], &pair[i + 1..]),
-                            None => continue,
-                        };
-                        if normalise(n) == normalise(self.query.as_bytes()) {
-                            add(v);
-                            add(&percent_decode(v));
-                        }
-                    }
-                }
-            }
-        }
-        out
+        presented(headers, &self.headers, &self.query)
     }
 
     /// How many bytes of a body the filter holds: enough past `max_bytes` that a secret, a
@@ -430,6 +388,55 @@ impl Settings {
         let values = scrub_values(&fields, secrets);
         mask_prefixed(&values, &self.prefixes).into_owned()
     }
+}
+
+/// The credentials a request presents, as found in its headers (`key_headers`: the API-key
+/// headers; `query`: the key's query parameter): every value that must not appear in what is
+/// recorded of it (an excerpt, keygate's access-log path and request id).
+pub fn presented(headers: &[(&str, &[u8])], key_headers: &[String], query: &str) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut add = |v: &[u8]| {
+        let v = v.trim_ascii();
+        if (4..=MAX_SECRET).contains(&v.len()) && !out.iter().any(|s: &Vec<u8>| s == v) {
+            out.push(v.to_vec());
+        }
+    };
+    for (name, value) in headers {
+        if name.eq_ignore_ascii_case("authorization") {
+            add(value);
+            let whole: &[u8] = value;
+            for part in std::iter::once(whole).chain(value.split(|c| *c == b',')) {
+                let part = part.trim_ascii();
+                let token = part
+                    .iter()
+                    .position(|c| *c == b' ' || *c == b'\t')
+                    .map_or(part, |i| &part[i + 1..]);
+                add(token);
+                if let Ok(raw) = base64_decode(token.trim_ascii()) {
+                    add(&raw);
+                    if let Some(i) = raw.iter().position(|c| *c == b':') {
+                        add(&raw[i + 1..]);
+                    }
+                }
+            }
+        } else if key_headers.iter().any(|h| h.eq_ignore_ascii_case(name)) {
+            add(value);
+        } else if *name == ":path" {
+            if let Some(q) = value.splitn(2, |c| *c == b'?').nth(1) {
+                for pair in q.split(|c| *c == b'&' || *c == b';') {
+                    let (n, v) = match pair.iter().position(|c| *c == b'=') {
+                        Some(i) => (&pair[..i], &pair[i + 1..]),
+                        None => continue,
+                    };
+                    if normalise(n) == normalise(query.as_bytes()) {
+                        add(v);
+                        add(&percent_decode(v));
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 pub const REDACTED: &str = "[REDACTED]";

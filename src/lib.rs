@@ -22,6 +22,7 @@ pub mod keyformat;
 pub mod keystore;
 pub mod lease;
 pub mod limiter;
+pub mod logline;
 pub mod metrics;
 pub mod path;
 pub mod plugins;

@@ -142,9 +142,9 @@ pub struct Pending {
     pub credential: Credential,
     carriers: Carriers,
     route: Option<usize>,
-    path: Vec<u8>,
+    pub(crate) path: Vec<u8>,
     /// The client's `x-request-id` as sent: checked (`printable_id`) only if a problem is built.
-    request_id: Option<Vec<u8>>,
+    pub(crate) request_id: Option<Vec<u8>>,
     /// Identity / API-key headers the client sent (to remove).
     strip: Vec<String>,
     /// How the client reads a denial (gRPC, gRPC-Web or HTTP).

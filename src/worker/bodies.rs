@@ -140,6 +140,7 @@ impl<H: Host> Worker<H> {
         let action = match later {
             None => {
                 self.held.take(ctx);
+                self.log_tails.remove(&ctx); // its last access-log value is written
                 self.stats.inc(&mut self.host, Metric::of_outcome(outcome));
                 Action::Continue
             }

@@ -66,6 +66,10 @@ const STARTUP_TICK_MS: u32 = 100;
 const METRICS_FLUSH_MS: u32 = 1000;
 const RESPONSE_HEADERS_MAX_AGE_MS: u64 = 600_000;
 const WEB_REPLIES: usize = 64;
+/// Access-log tails (`logline`) kept for requests decided after their headers' callback, and
+/// how long one is kept (a request waits at most its calls' and its body's timeouts).
+const LOG_TAILS: usize = 1024;
+const LOG_TAIL_MAX_AGE_MS: u64 = 60_000;
 
 /// What happens to a request once its verdict is known.
 enum Next {
@@ -107,6 +111,16 @@ pub struct Worker<H: Host> {
     stats: Stats,
     /// The access-log value is written here (kept across requests: no allocation each time).
     log_buf: String,
+    /// The request of the headers' callback in progress (`None`: none, or no access-log state),
+    /// and its ` path=… request_id=…` (`logline`), appended to its access-log value.
+    log_cur: Option<u32>,
+    log_tail: String,
+    /// Its last access-log value is written (not a request whose body is held).
+    log_final: bool,
+    /// The tails of requests still undecided when their headers' callback returned (a call, a
+    /// held body), by stream, with the time they were kept: taken by their last decision, the
+    /// rest swept by age when full; a request that finds no room is logged without them.
+    log_tails: HashMap<u32, (String, Time), BuildHasherDefault<TagHasher>>,
     /// The wall clock, read once at the start of the current callback.
     now: Time,
     /// The revocation feed's cursor exists (or there is no feed): verdicts may be cached.
@@ -160,6 +174,10 @@ impl<H: Host> Worker<H> {
             throttle,
             stats: Stats::default(),
             log_buf: String::with_capacity(128),
+            log_cur: None,
+            log_tail: String::with_capacity(64),
+            log_final: false,
+            log_tails: HashMap::default(),
             now: Time::default(),
             feed_ready: false,
             steady_ticks: false,
@@ -208,6 +226,17 @@ impl<H: Host> Worker<H> {
         let log = d.log();
         if self.gate.cfg.access_log_state {
             set_log_fields(&mut self.log_buf, log);
+            // the request's path and id (never another request's: none when it has no tail)
+            let last = !matches!(&d, Decision::Allow(a) if a.body.is_some());
+            if self.log_cur == Some(ctx) {
+                self.log_buf.push_str(&self.log_tail);
+                self.log_final |= last;
+            } else if let Some((tail, _)) = self.log_tails.get(&ctx) {
+                self.log_buf.push_str(tail);
+                if last {
+                    self.log_tails.remove(&ctx);
+                }
+            }
             self.host.set_log_state(ctx, self.log_buf.as_bytes());
         }
         // a request whose body a check still reads is counted when it is decided
@@ -309,10 +338,68 @@ impl<H: Host> Worker<H> {
         headers: &[(&str, &[u8])],
         has_body: bool,
     ) -> Action {
+        if !self.gate.cfg.access_log_state {
+            return self.request_headers(ctx, headers, has_body);
+        }
+        self.log_cur = Some(ctx);
+        self.log_final = false;
+        self.log_tail.clear();
+        let action = self.request_headers(ctx, headers, has_body);
+        if !self.log_final {
+            self.keep_log_tail(ctx);
+        }
+        self.log_cur = None;
+        action
+    }
+
+    /// Keeps the current request's access-log tail for its later decisions.
+    fn keep_log_tail(&mut self, ctx: u32) {
+        if self.log_tails.len() >= LOG_TAILS {
+            let now = self.now;
+            self.log_tails
+                .retain(|_, (_, t)| now.ms_since(*t) < LOG_TAIL_MAX_AGE_MS);
+            if self.log_tails.len() >= LOG_TAILS {
+                return;
+            }
+        }
+        self.log_tails
+            .insert(ctx, (self.log_tail.clone(), self.now));
+    }
+
+    /// The current request's access-log tail (`logline`): its path and id with the credential
+    /// it presents (`verify`'s) replaced; for a request decided before its credential was read
+    /// (public, closed, refused), every credential its headers carry (`excerpt::presented`).
+    fn note_request(&mut self, headers: &[(&str, &[u8])], verify: Option<&Pending>) {
+        if self.log_cur.is_none() {
+            return;
+        }
+        if let Some(p) = verify {
+            let secret = [p.credential.secret.as_bytes()];
+            let id = p.request_id.as_deref();
+            crate::logline::push_request(&mut self.log_tail, Some(&p.path), id, &secret);
+            return;
+        }
+        let (mut path, mut id) = (None, None);
+        for &(n, v) in headers {
+            match n {
+                ":path" => path = Some(v),
+                "x-request-id" => id = (v.len() <= 128).then_some(v),
+                _ => {}
+            }
+        }
+        let c = &self.gate.cfg.credentials;
+        let query = c.query_param.as_deref().unwrap_or_default();
+        let presented = crate::excerpt::presented(headers, &c.api_key_headers, query);
+        let secrets: Vec<&[u8]> = presented.iter().map(Vec::as_slice).collect();
+        crate::logline::push_request(&mut self.log_tail, path, id, &secrets);
+    }
+
+    fn request_headers(&mut self, ctx: u32, headers: &[(&str, &[u8])], has_body: bool) -> Action {
         self.read_clock();
         let gate = self.gate.clone();
         let pending = match gate.begin_request(headers, has_body) {
             Step::Done(d) => {
+                self.note_request(headers, None);
                 if let Outcome::Denied(
                     Kind::CredentialMalformed
                     | Kind::CredentialConflict
@@ -327,6 +414,7 @@ impl<H: Host> Worker<H> {
             }
             Step::Verify(p) => p,
         };
+        self.note_request(headers, Some(&pending));
         let now = self.now;
         // one SHA-256 of the secret (memoized per worker) serves the embedded store and the
         // cache id
@@ -517,7 +605,8 @@ impl<H: Host> Worker<H> {
 }
 
 /// One filter-state value for the access log, `%FILTER_STATE(wasm.keygate:PLAIN)%`, in logfmt:
-/// `decision=allowed key_id=k1 account=acme plan=free` (`-` for none). One host call a request:
+/// `decision=allowed key_id=k1 account=acme plan=free` (`-` for none), then the request's
+/// ` path=… request_id=…` (`logline`, appended by `apply_then`). One host call a request:
 /// four separate properties cost ~2-3 us more per request here (each `set_property` creates a
 /// filter-state object in Envoy).
 fn set_log_fields(v: &mut String, l: &LogFields) {

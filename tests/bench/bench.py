@@ -226,7 +226,7 @@ SHIPPED_BUFFER = 64 << 10  # the shipped loggers' buffer_size_bytes
 # formatter instead of one per attribute)
 HISTORY_LINE = ("%FILTER_STATE(wasm.keygate:PLAIN)% method=%REQ(:METHOD)% status=%RESPONSE_CODE% "
                 "duration_ms=%DURATION% upstream_ms=%COMMON_DURATION(US_TX_BEG:US_RX_END:ms)% "
-                "bytes_in=%BYTES_RECEIVED% bytes_out=%BYTES_SENT% path=%PATH(NQ)% request_id=%REQ(X-REQUEST-ID)%")
+                "bytes_in=%BYTES_RECEIVED% bytes_out=%BYTES_SENT%")
 # The excerpt filter as Astalty's profile configures it (the first 4 KiB of each body, redacted),
 # and the body the bodies variants POST (a JSON record of ~1 KiB with a field it redacts).
 EXCERPT_CONFIG = {"max_bytes": 4096, "credentials": {"api_key_headers": ["X-API-Key"], "query_param": "_apikey"},

@@ -44,7 +44,7 @@ SECRETS = [ACME_A, ACME_B, GLOBEX, EMBEDDED, "alice-password", "bob-password", "
 # as an attribute where the excerpt filter records them
 HISTORY_LINE = ("%FILTER_STATE(wasm.keygate:PLAIN)% method=%REQ(:METHOD)% status=%RESPONSE_CODE% "
                 "duration_ms=%DURATION% upstream_ms=%COMMON_DURATION(US_TX_BEG:US_RX_END:ms)% "
-                "bytes_in=%BYTES_RECEIVED% bytes_out=%BYTES_SENT% path=%PATH(NQ)% request_id=%REQ(X-REQUEST-ID)%")
+                "bytes_in=%BYTES_RECEIVED% bytes_out=%BYTES_SENT%")
 HISTORY_ATTRIBUTES = [
     ("keygate.bodies", "%FILTER_STATE(wasm.keygate_bodies:PLAIN)%"),
 ]

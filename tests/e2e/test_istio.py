@@ -254,7 +254,9 @@ def test_history_recipe_wires_provider_collector_and_key_service():
     assert als["port"] == port["port"] == 4317 and port["name"].startswith("grpc")
     # the records carry exactly the demo's line (the key service reads its fields by name)
     assert als["logFormat"]["text"] == demo_history_line()
-    assert "%REQ(:PATH)%" not in json.dumps(als) and " path=%PATH(NQ)% " in als["logFormat"]["text"]
+    # the path and request id come from keygate's state (the credential replaced), never Envoy's
+    assert "%REQ(:PATH)%" not in json.dumps(als) and "%PATH" not in als["logFormat"]["text"]
+    assert "X-REQUEST-ID" not in als["logFormat"]["text"]
     # the Telemetry resource turns that provider on where the WasmPlugin runs, inbound only
     tel, plugin = d["Telemetry"], wasmplugin()
     assert tel["apiVersion"].startswith("telemetry.istio.io/")

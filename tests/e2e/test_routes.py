@@ -1,4 +1,6 @@
 """Issue: route policy and what reaches the upstream."""
+import re
+
 import pytest
 
 from keys import sha, basic
@@ -144,11 +146,15 @@ def test_access_log_records_who_and_what_without_secret(envoy):
     envoy.req("GET", f"/v1/logged?_apikey={KEY}")
     envoy.req("GET", "/v1/logged", [("X-API-Key", "wrong-key-xyz")])
     envoy.req("GET", "/health")
-    allowed = "decision=allowed key_id=kw account=acme plan=p status=200 method=GET path=/v1/logged"
-    refused = "decision=credential-invalid key_id=- account=- plan=- status=401 method=GET path=/v1/logged"
-    public = "decision=public key_id=- account=- plan=- status=200 method=GET path=/health"
+    # keygate's state: its decision, then the path without its query and the request id
+    allowed = "decision=allowed key_id=kw account=acme plan=p path=/v1/logged request_id="
+    refused = "decision=credential-invalid key_id=- account=- plan=- path=/v1/logged request_id="
+    public = "decision=public key_id=- account=- plan=- path=/health request_id="
     log = envoy.wait_for(envoy.access_log, allowed, refused, public)
-    assert allowed in log and refused in log and public in log
+    for needle, rest in ((allowed, "status=200 method=GET path=/v1/logged"),
+                         (refused, "status=401 method=GET path=/v1/logged"),
+                         (public, "status=200 method=GET path=/health")):
+        assert re.search(re.escape(needle) + r"[0-9a-f-]{36} " + re.escape(rest), log), log
     assert KEY not in log and "wrong-key-xyz" not in log
 
 

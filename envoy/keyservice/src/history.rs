@@ -47,6 +47,11 @@ pub const LINE_FIELDS: [(&str, &str); 8] = [
 ];
 /// keygate's own fields, which only its filter state at the line's start may give.
 const KEYGATE_FIELDS: [&str; 4] = ["decision", "key_id", "account", "plan"];
+/// The request's fields keygate's state gives after its own (`path=… request_id=…`, the
+/// request's credential replaced, every space escaped): preferred over the same fields later in
+/// the line (Envoy's `%PATH(NQ)%` and `%REQ(X-REQUEST-ID)%` in a line not yet updated, which hold
+/// whatever the client wrote).
+const KEYGATE_REQUEST_FIELDS: [&str; 2] = ["path", "request_id"];
 /// The longest line read.
 const MAX_LINE_BYTES: usize = 8 * 1024;
 
@@ -254,8 +259,9 @@ fn within(b: &[u8], depth: u32, budget: &mut usize) -> bool {
 /// A record whose body is the line form (and which has no `keygate` attribute): its fields as
 /// the attributes they stand for, followed by the record's own attributes (bodies). keygate's
 /// fields come only from the leading `decision=…` segment, which keygate writes (its values hold
-/// no space); every other field counts once, its first time: a value a client chose (a request
-/// id) cannot give a record another key or owner.
+/// no space), and so do the path and request id where it gives them (`KEYGATE_REQUEST_FIELDS`);
+/// every other field counts once, its first time: a value a client chose (a request id) cannot
+/// give a record another key or owner.
 fn line(lr: &opentelemetry_proto::tonic::logs::v1::LogRecord) -> Option<Vec<KeyValue>> {
     if lr.attributes.iter().any(|kv| kv.key == ATTR_KEYGATE) {
         return None;
@@ -273,10 +279,21 @@ fn line(lr: &opentelemetry_proto::tonic::logs::v1::LogRecord) -> Option<Vec<KeyV
     }
     let mut tokens = body.split(' ').peekable();
     let mut keygate = Vec::new();
+    let mut request: Vec<(&str, &str)> = Vec::new();
     while let Some(t) = tokens.peek() {
         match t.split_once('=') {
-            Some((k, _)) if KEYGATE_FIELDS.contains(&k) && keygate.len() < KEYGATE_FIELDS.len() => {
+            Some((k, _))
+                if KEYGATE_FIELDS.contains(&k)
+                    && keygate.len() < KEYGATE_FIELDS.len()
+                    && request.is_empty() =>
+            {
                 keygate.push(*t);
+                tokens.next();
+            }
+            Some((k, v))
+                if KEYGATE_REQUEST_FIELDS.contains(&k) && !request.iter().any(|(n, _)| *n == k) =>
+            {
+                request.push((k, v));
                 tokens.next();
             }
             _ => break,
@@ -290,6 +307,11 @@ fn line(lr: &opentelemetry_proto::tonic::logs::v1::LogRecord) -> Option<Vec<KeyV
         ..Default::default()
     };
     let mut out = vec![string(ATTR_KEYGATE, &keygate.join(" "))];
+    for (k, v) in request {
+        if let Some((_, attr)) = LINE_FIELDS.iter().find(|(name, _)| *name == k) {
+            out.push(string(attr, v));
+        }
+    }
     for t in tokens {
         let Some((k, v)) = t.split_once('=') else {
             continue;

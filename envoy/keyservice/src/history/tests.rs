@@ -130,6 +130,46 @@ fn a_line_gives_no_owner_that_keygate_did_not() {
 }
 
 #[test]
+fn keygates_path_and_request_id_are_preferred_to_the_lines() {
+    // keygate's state gives them (the credential replaced, spaces escaped): a line that still
+    // sends Envoy's raw fields after it does not replace them, nor does a value forge them
+    let d = decode(
+        &export_lines(vec![
+            (
+                "decision=allowed key_id=bk_1 account=acme plan=free path=/emb/[REDACTED]/x \
+                 request_id=[REDACTED] method=GET status=200 path=/emb/embedded-key-0003/x \
+                 request_id=embedded-key-0003",
+                vec![],
+            ),
+            (
+                "decision=allowed key_id=bk_1 account=acme plan=free \
+                 path=/a%20request_id=forged%20key_id=bk_victim request_id=r-2 status=200",
+                vec![],
+            ),
+            // keygate's fields come first or not at all
+            (
+                "decision=allowed path=/p key_id=bk_victim account=victim plan=free status=200",
+                vec![],
+            ),
+        ]),
+        NOW,
+        &default_prefixes(),
+    )
+    .unwrap();
+    let [a, b] = &d.records[..] else {
+        panic!("{d:?}")
+    };
+    assert_eq!(
+        (a.path.as_str(), a.request_id.as_str()),
+        ("/emb/[REDACTED]/x", "[REDACTED]")
+    );
+    assert_eq!(a.status, 200);
+    assert_eq!(b.path, "/a%20request_id=forged%20key_id=bk_victim");
+    assert_eq!((b.key_id.as_str(), b.request_id.as_str()), ("bk_1", "r-2"));
+    assert_eq!(d.without_key, 1);
+}
+
+#[test]
 fn a_record_as_envoy_sends_it() {
     let body = export(vec![
         vec![
