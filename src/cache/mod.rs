@@ -720,4 +720,6 @@ impl NegativeCache {
 }
 
 #[cfg(test)]
+mod redteam;
+#[cfg(test)]
 mod tests;
