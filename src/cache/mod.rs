@@ -476,6 +476,9 @@ pub fn store_valid(
         ttl_hint_s,
         started_ms,
     } = offer;
+    // the clock went back while the call was on its way: a mark's time cannot be ordered with
+    // the call's start, so any live mark wins and any evicted one makes the answer unsure
+    let started_ms = if now_ms < started_ms { 0 } else { started_ms };
     let mut ttl = policy.positive_ttl_ms;
     if let Some(h) = ttl_hint_s {
         ttl = ttl.min(h.saturating_mul(1000));
@@ -510,7 +513,8 @@ pub fn store_valid(
             }
         }
         // read after the set: a mark evicted before this read raised the floor first
-        if read_floor(store, table) >= started_ms {
+        let floor = read_floor(store, table);
+        if floor != 0 && floor >= started_ms {
             return Stored::Unsure;
         }
         if e.is_empty() || e.len() > MAX_ENTRY_BYTES {

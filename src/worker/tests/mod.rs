@@ -9,6 +9,7 @@ mod bodies;
 mod fake;
 mod fleet;
 mod keyservice;
+mod memo;
 mod slots;
 
 use crate::hash::{sha256, to_hex};
