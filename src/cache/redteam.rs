@@ -402,3 +402,54 @@ fn keys_an_attacker_sends_grow_no_memo_and_nothing_in_shared_data() {
         }
     }
 }
+
+/// A store whose writes to the revocation log fail while `down`.
+struct LogDown<'a> {
+    inner: &'a MemoryStore,
+    down: Cell<bool>,
+}
+
+impl SharedStore for LogDown<'_> {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.inner.get(key)
+    }
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> SetOutcome {
+        if self.down.get() && key.ends_with(":log") {
+            return SetOutcome::Failed;
+        }
+        self.inner.set(key, value, cas)
+    }
+}
+
+#[test]
+fn a_mark_whose_log_entry_cannot_be_written_is_applied_again_and_then_reaches_every_memo() {
+    let t = table_of("kg");
+    let st = MemoryStore::default();
+    let p = CachePolicy::default();
+    store(&st, t, "x", Binding::NoUser, None, NOW);
+    let mut m = Memo::default();
+    assert!(valid(&m.lookup(&st, t, tag(t, "x"), None, NOW, RECHECK)));
+    let down = LogDown {
+        inner: &st,
+        down: Cell::new(true),
+    };
+    let page = [(sha256(b"x"), None)];
+    let mut other = Memo::default();
+    let mut neg = NegativeCache::new(16);
+    // the mark is written, its log entry is not: the page is not done (the cursor stays)
+    assert_eq!(
+        apply_revocations(&down, t, &p, &page, &mut other, &mut neg, NOW + 1),
+        None
+    );
+    // the page again, once the log can be written: every memo forgets x
+    down.down.set(false);
+    assert_eq!(
+        apply_revocations(&down, t, &p, &page, &mut other, &mut neg, NOW + 1001),
+        Some(0),
+        "already marked"
+    );
+    assert_eq!(
+        m.lookup(&st, t, tag(t, "x"), None, NOW + 1001 + RECHECK, RECHECK),
+        Lookup::Fresh(Verdict::Refused(Refusal::Revoked))
+    );
+}
