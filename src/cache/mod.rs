@@ -477,7 +477,10 @@ pub fn store_valid(
         started_ms,
     } = offer;
     // the clock went back while the call was on its way: a mark's time cannot be ordered with
-    // the call's start, so any live mark wins and any evicted one makes the answer unsure
+    // the call's start, so any live mark wins and any evicted one makes the answer unsure. A
+    // step back shorter than the call is not seen so: a mark wins over a call that started up
+    // to `hold_ms` (longer than any call) after it by the clock (the service refuses a revoked
+    // key anyway; this only keeps a late answer from being cached over the mark)
     let started_ms = if now_ms < started_ms { 0 } else { started_ms };
     let mut ttl = policy.positive_ttl_ms;
     if let Some(h) = ttl_hint_s {
@@ -506,7 +509,7 @@ pub fn store_valid(
         };
         if let Some(old) = slots::find(set.as_deref(), spot.tag).and_then(decode) {
             if old.verdict == Verdict::Refused(Refusal::Revoked)
-                && old.revoked_at_ms >= started_ms
+                && old.revoked_at_ms.saturating_add(policy.hold_ms) >= started_ms
                 && now_ms < old.stale_until_ms
             {
                 return Stored::Revoked;

@@ -131,3 +131,25 @@ fn the_feed_is_polled_after_the_clock_goes_back_an_hour() {
     w2.advance(250);
     refused_revoked(&mut w2, 8, "secret-1");
 }
+
+#[test]
+fn a_clock_step_back_shorter_than_the_call_never_lets_a_valid_answer_beat_a_revocation() {
+    // the call lasts 600 ms; 100 ms into it the clock steps back 500 ms, and w2 marks the key
+    // revoked: by the clock the mark is 300 ms older than the call's start, and the answer comes
+    // after it (the step is not seen as one). The answer may let its own request in (the key was
+    // revoked while it was on its way: within "one call"), but it must not be cached over the
+    // mark: every worker would serve the key for the positive TTL
+    let cfg = remote("");
+    let mut w1 = Sim::new(&cfg);
+    feed_ready(&mut w1);
+    let mut w2 = Sim::in_process(w1.process.clone(), &cfg);
+    w1.advance(2000);
+    assert_eq!(w1.get(7, "/a", "secret-1"), Action::Pause);
+    let verify = w1.last_call();
+    w1.process.now.set(START.plus_ms(2000 + 100 - 500));
+    poll(&mut w2, revoking(1, "secret-1"));
+    w1.advance(500);
+    w1.answer(verify.token, valid("k1", "free"));
+    let mut w3 = Sim::in_process(w1.process.clone(), &cfg);
+    refused_revoked(&mut w3, 8, "secret-1");
+}
