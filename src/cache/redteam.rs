@@ -78,13 +78,16 @@ fn valid(l: &Lookup) -> bool {
     )
 }
 
+/// Another worker's writes, run once by [`Hooked`].
+type Hook<'a> = Box<dyn FnOnce(&MemoryStore) + 'a>;
+
 /// A store that runs `hook` once, just before its `n`-th call (gets and sets counted together):
 /// another worker's writes landing between two host calls of this one.
 struct Hooked<'a> {
     inner: &'a MemoryStore,
     calls: Cell<u32>,
     n: u32,
-    hook: RefCell<Option<Box<dyn FnOnce(&MemoryStore) + 'a>>>,
+    hook: RefCell<Option<Hook<'a>>>,
 }
 
 impl<'a> Hooked<'a> {
