@@ -12,9 +12,14 @@ fn held_until(store: &dyn SharedStore, key: &str) -> (u64, u32) {
 }
 
 /// Takes the lease until `until_ms` if nobody holds it at `now_ms`; whether this caller has it.
+/// A lease held further ahead than twice the length asked for (`until_ms - now_ms`; a release's
+/// pace is no longer) was taken by a clock that has gone back since: it has lapsed, or the chore
+/// would wait as long as the clock stepped back.
 pub fn take(store: &dyn SharedStore, key: &str, now_ms: u64, until_ms: u64) -> bool {
     let (held, cas) = held_until(store, key);
-    held <= now_ms && store.set(key, &until_ms.to_le_bytes(), cas) == SetOutcome::Written
+    let longest = now_ms.saturating_add(until_ms.saturating_sub(now_ms).saturating_mul(2));
+    (held <= now_ms || held > longest)
+        && store.set(key, &until_ms.to_le_bytes(), cas) == SetOutcome::Written
 }
 
 /// Hands the lease back: nobody may take it before `next_ms` (0: at once).
@@ -39,6 +44,22 @@ mod tests {
         assert!(take(&st, "l", 2500, 3000));
         release(&st, "l", 0);
         assert!(take(&st, "l", 2600, 3100), "released at once");
+    }
+
+    #[test]
+    fn a_lease_taken_before_the_clock_went_back_lapses() {
+        let st = MemoryStore::default();
+        assert!(take(&st, "l", 10_000_000, 10_001_500));
+        release(&st, "l", 10_002_000);
+        // a step back of a second: within twice the length asked for, still held
+        assert!(!take(&st, "l", 10_001_000, 10_002_500));
+        // a step back of an hour: lapsed, not held for the hour
+        let back = 10_002_000 - 3_600_000;
+        assert!(take(&st, "l", back, back + 1500));
+        assert!(
+            !take(&st, "l", back + 1, back + 1501),
+            "and then held as usual"
+        );
     }
 
     /// Two workers that both read the lease free: the CAS lets exactly one write it, also when

@@ -183,6 +183,16 @@ fn parse_log(v: &[u8]) -> (u64, Vec<u128>) {
     parsed.unwrap_or((u64::MAX, Vec::new()))
 }
 
+/// Where a log rewritten over foreign bytes restarts: a random sequence in `[2^62, 2^63)`, more
+/// than [`LOG_LEN`] past any a reader counted up from 0 (and below `u64::MAX`, what a reader of
+/// the foreign bytes holds), so every reader forgets everything once (a reader of an earlier
+/// restart meets the same sequence with a chance of about 2^-55).
+fn restart_seq() -> u64 {
+    use std::hash::BuildHasher;
+    let r = std::collections::hash_map::RandomState::new().hash_one(0u8);
+    (1 << 62) | (r >> 2)
+}
+
 /// Appends `tag` to the revocation log of `table` (after its mark was written). Whether it was
 /// logged.
 pub(super) fn log_revoked(store: &dyn SharedStore, table: &Table, tag: &u128) -> bool {
@@ -192,8 +202,10 @@ pub(super) fn log_revoked(store: &dyn SharedStore, table: &Table, tag: &u128) ->
             None => (0, Vec::new(), ABSENT_CAS),
             Some((v, cas)) => {
                 let (seq, tags) = parse_log(&v);
-                // a malformed log starts again from a sequence no reader has seen
-                (if seq == u64::MAX { 0 } else { seq }, tags, cas)
+                // a malformed log starts again from a sequence no reader has seen: not 0 (a
+                // reader that saw no log, or the log before the foreign bytes, holds a small
+                // one and would forget only what came after)
+                (if seq == u64::MAX { restart_seq() } else { seq }, tags, cas)
             }
         };
         tags.push(*tag);

@@ -492,6 +492,12 @@ pub fn store_valid(
         ttl_hint_s,
         started_ms,
     } = offer;
+    // the clock went back while the call was on its way: a mark's time cannot be ordered with
+    // the call's start, so any live mark wins and any evicted one makes the answer unsure. A
+    // step back shorter than the call is not seen so: a mark wins over a call that started up
+    // to `hold_ms` (longer than any call) after it by the clock (the service refuses a revoked
+    // key anyway; this only keeps a late answer from being cached over the mark)
+    let started_ms = if now_ms < started_ms { 0 } else { started_ms };
     let mut ttl = policy.positive_ttl_ms;
     if let Some(h) = ttl_hint_s {
         ttl = ttl.min(h.saturating_mul(1000));
@@ -519,7 +525,7 @@ pub fn store_valid(
         };
         if let Some(old) = slots::find(set.as_deref(), spot.tag).and_then(decode) {
             if old.verdict == Verdict::Refused(Refusal::Revoked)
-                && old.revoked_at_ms >= started_ms
+                && old.revoked_at_ms.saturating_add(policy.hold_ms) >= started_ms
                 && now_ms < old.stale_until_ms
             {
                 return Stored::Revoked;
@@ -527,7 +533,7 @@ pub fn store_valid(
         }
         // read after the set: a mark evicted before this read raised the floor first
         let (floor, hold) = read_floor(store, table);
-        if floor >= started_ms {
+        if floor != 0 && floor >= started_ms {
             return Stored::Unsure;
         }
         let hold = hold.max(policy.hold_ms);
@@ -688,5 +694,7 @@ pub fn apply_revocations(
     (marked, all)
 }
 
+#[cfg(test)]
+mod redteam;
 #[cfg(test)]
 mod tests;

@@ -178,10 +178,13 @@ fn an_answer_older_than_a_revocation_never_wins() {
         m.lookup(&st, key.table, key.spot.tag, None, NOW + 301, 0),
         Lookup::Fresh(Verdict::Refused(Refusal::Revoked))
     );
-    // a call started after the revocation was known brings a newer verdict
-    assert_eq!(valid(NOW + 101, NOW + 400), Stored::Written);
+    // a call started after the revocation was known brings a newer verdict, once no step
+    // back of the clock during a call (at most `hold_ms`) can have put it after the mark
+    assert_eq!(valid(NOW + 101, NOW + 400), Stored::Revoked);
+    let later = NOW + 101 + p.hold_ms;
+    assert_eq!(valid(later, later + 300), Stored::Written);
     assert!(matches!(
-        m.lookup(&st, key.table, key.spot.tag, None, NOW + 401, 0),
+        m.lookup(&st, key.table, key.spot.tag, None, later + 301, 0),
         Lookup::Fresh(Verdict::Valid(_))
     ));
 }
@@ -276,54 +279,27 @@ fn recent_reads_are_trusted_for_recheck_ms_only() {
         m.lookup(&st, key.table, key.spot.tag, None, NOW + 250, 250),
         Lookup::Fresh(Verdict::Refused(Refusal::Revoked))
     );
-    // the worker that revokes forgets at once; a clock going back never extends trust
-    store_at(
-        &st,
-        &key,
-        &ident(None),
-        Binding::NoUser,
-        None,
-        &p,
-        NOW + 300,
-    );
+    // the worker that revokes forgets at once; a clock going back never extends trust (a valid
+    // verdict over a mark comes from a call started `hold_ms` after it)
+    let l = NOW + 101 + p.hold_ms;
+    let l2 = l + 101 + p.hold_ms;
+    store_at(&st, &key, &ident(None), Binding::NoUser, None, &p, l);
     m.forget(key.spot.tag); // as the host does after writing an entry
-    assert!(fresh(m.lookup(
-        &st,
-        key.table,
-        key.spot.tag,
-        None,
-        NOW + 300,
-        250
-    )));
-    assert_eq!(mark_revoked(&st, &key, &p, NOW + 301), Some(true));
+    assert!(fresh(m.lookup(&st, key.table, key.spot.tag, None, l, 250)));
+    assert_eq!(mark_revoked(&st, &key, &p, l + 1), Some(true));
     m.forget(key.spot.tag);
     assert!(!fresh(m.lookup(
         &st,
         key.table,
         key.spot.tag,
         None,
-        NOW + 302,
+        l + 2,
         250
     )));
-    store_at(
-        &st,
-        &key,
-        &ident(None),
-        Binding::NoUser,
-        None,
-        &p,
-        NOW + 400,
-    );
+    store_at(&st, &key, &ident(None), Binding::NoUser, None, &p, l2);
     m.forget(key.spot.tag);
-    assert!(fresh(m.lookup(
-        &st,
-        key.table,
-        key.spot.tag,
-        None,
-        NOW + 400,
-        250
-    )));
-    assert_eq!(mark_revoked(&st, &key, &p, NOW + 401), Some(true));
+    assert!(fresh(m.lookup(&st, key.table, key.spot.tag, None, l2, 250)));
+    assert_eq!(mark_revoked(&st, &key, &p, l2 + 1), Some(true));
     assert!(!fresh(m.lookup(
         &st,
         key.table,

@@ -10,6 +10,7 @@ mod fake;
 mod fleet;
 mod keyservice;
 mod logline;
+mod memo;
 mod slots;
 
 use crate::hash::{sha256, to_hex};

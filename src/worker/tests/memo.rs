@@ -1,0 +1,155 @@
+//! A red team on the worker memo across callbacks and workers: a revocation marked by one
+//! worker reaches a verdict another memoized (fresh, past its freshness, while the service
+//! fails, across a reconfiguration), and clocks that go back neither let a late valid answer
+//! beat a revocation nor stop the feed.
+
+use super::fake::{self, valid, Sim, ROOT, START};
+use super::{feed_ready, remote};
+use crate::hash::{sha256, to_hex};
+use crate::worker::host::Time;
+use crate::worker::Action;
+
+fn revoking(cursor: u64, secret: &str) -> fake::Answer {
+    fake::http(
+        200,
+        &format!(
+            r#"{{"cursor":{cursor},"revoked":[{{"key_hash":"{}"}}]}}"#,
+            to_hex(&sha256(secret.as_bytes()))
+        ),
+    )
+}
+
+/// `sim` polls the feed now and is answered with `answer`.
+fn poll(sim: &mut Sim, answer: fake::Answer) {
+    let before = sim.calls().len();
+    sim.tick(ROOT);
+    assert_eq!(sim.calls().len(), before + 1, "a poll: {:?}", sim.calls());
+    let c = sim.last_call();
+    assert!(c.header(":path").unwrap().contains("since="), "{c:?}");
+    sim.answer(c.token, answer);
+}
+
+/// `sim` lets `secret` through on stream `ctx`, asking the service if it must.
+fn admitted(sim: &mut Sim, ctx: u32, secret: &str) {
+    let calls = sim.calls().len();
+    sim.get(ctx, "/a", secret);
+    if sim.calls().len() > calls {
+        let c = sim.last_call();
+        sim.answer(c.token, valid("k1", "free"));
+    }
+    assert_eq!(sim.status(ctx), None, "{:?}", sim.slug(ctx));
+    assert_eq!(sim.resumed(ctx) + u32::from(sim.calls().len() == calls), 1);
+}
+
+fn refused_revoked(sim: &mut Sim, ctx: u32, secret: &str) {
+    let calls = sim.calls().len();
+    assert_eq!(sim.get(ctx, "/a", secret), Action::Pause);
+    assert_eq!(sim.status(ctx), Some(401), "{:?}", sim.calls());
+    assert_eq!(sim.slug(ctx).as_deref(), Some("credential-revoked"));
+    assert_eq!(sim.calls().len(), calls, "from the mark, no call");
+}
+
+#[test]
+fn a_revocation_reaches_another_workers_memo_fresh_past_freshness_and_while_the_service_fails() {
+    let cfg = remote("");
+    let mut w1 = Sim::new(&cfg);
+    feed_ready(&mut w1);
+    let mut w2 = Sim::in_process(w1.process.clone(), &cfg);
+    admitted(&mut w2, 7, "secret-1");
+    admitted(&mut w2, 8, "secret-1");
+    admitted(&mut w2, 9, "secret-2");
+    w2.advance(1000);
+    let calls = w2.calls().len();
+    admitted(&mut w2, 10, "secret-1");
+    assert_eq!(w2.calls().len(), calls, "memoized");
+    // w1 polls: secret-1 revoked; w2 refuses it within shared_recheck_ms (250)
+    poll(&mut w1, revoking(1, "secret-1"));
+    w2.advance(250);
+    refused_revoked(&mut w2, 11, "secret-1");
+    // secret-2 past its freshness (300 s) and revoked while the service fails: the stale verdict
+    // w2 memoized is not served, the mark is read
+    w2.advance(301_000);
+    poll(&mut w1, revoking(2, "secret-2"));
+    w2.rec.borrow_mut().refuse_dispatch = 5;
+    refused_revoked(&mut w2, 12, "secret-2");
+}
+
+#[test]
+fn a_reconfigured_worker_reads_the_marks_written_meanwhile() {
+    let cfg = remote("");
+    let mut w1 = Sim::new(&cfg);
+    feed_ready(&mut w1);
+    let mut w2 = Sim::in_process(w1.process.clone(), &cfg);
+    admitted(&mut w2, 7, "secret-1");
+    admitted(&mut w2, 8, "secret-1");
+    w2.advance(1000);
+    poll(&mut w1, revoking(1, "secret-1"));
+    // LDS: w2's plugin configured again (a new memo) right after the mark
+    assert!(w2.configure(
+        ROOT,
+        &cfg.replace("\"auth_throttle\":false", "\"auth_throttle\":false ")
+    ));
+    refused_revoked(&mut w2, 9, "secret-1");
+}
+
+#[test]
+fn a_valid_answer_to_a_call_started_before_the_clock_went_back_never_beats_a_revocation() {
+    // the wall clock steps back 500 ms while w1's call is on its way; w2 marks the key revoked
+    // meanwhile: the mark's time is before the call's start by the clock, not in fact. The valid
+    // answer must neither let the request in nor be cached over the mark
+    let cfg = remote("");
+    let mut w1 = Sim::new(&cfg);
+    feed_ready(&mut w1);
+    let mut w2 = Sim::in_process(w1.process.clone(), &cfg);
+    w1.advance(2000);
+    assert_eq!(w1.get(7, "/a", "secret-1"), Action::Pause);
+    let verify = w1.last_call();
+    assert_eq!(verify.header(":path"), Some("/v1/keys/verify"));
+    w1.process.now.set(START.plus_ms(1500));
+    poll(&mut w2, revoking(1, "secret-1"));
+    w1.advance(5);
+    w1.answer(verify.token, valid("k1", "free"));
+    assert_eq!(w1.resumed(7), 0, "let through");
+    assert_eq!(w1.status(7), Some(401));
+    let mut w3 = Sim::in_process(w1.process.clone(), &cfg);
+    refused_revoked(&mut w3, 8, "secret-1");
+}
+
+#[test]
+fn the_feed_is_polled_after_the_clock_goes_back_an_hour() {
+    // the lease was released until `poll_ms` after the last poll, by the clock of then; the
+    // clock steps back an hour: the feed must still be polled within `poll_ms`, or a revocation
+    // waits the hour
+    let cfg = remote("");
+    let mut w1 = Sim::new(&cfg);
+    feed_ready(&mut w1);
+    let mut w2 = Sim::in_process(w1.process.clone(), &cfg);
+    admitted(&mut w2, 7, "secret-1");
+    w1.process.now.set(Time::from_ms(START.ms() - 3_600_000));
+    w1.advance(1000);
+    poll(&mut w1, revoking(1, "secret-1"));
+    w2.advance(250);
+    refused_revoked(&mut w2, 8, "secret-1");
+}
+
+#[test]
+fn a_clock_step_back_shorter_than_the_call_never_lets_a_valid_answer_beat_a_revocation() {
+    // the call lasts 600 ms; 100 ms into it the clock steps back 500 ms, and w2 marks the key
+    // revoked: by the clock the mark is 300 ms older than the call's start, and the answer comes
+    // after it (the step is not seen as one). The answer may let its own request in (the key was
+    // revoked while it was on its way: within "one call"), but it must not be cached over the
+    // mark: every worker would serve the key for the positive TTL
+    let cfg = remote("");
+    let mut w1 = Sim::new(&cfg);
+    feed_ready(&mut w1);
+    let mut w2 = Sim::in_process(w1.process.clone(), &cfg);
+    w1.advance(2000);
+    assert_eq!(w1.get(7, "/a", "secret-1"), Action::Pause);
+    let verify = w1.last_call();
+    w1.process.now.set(START.plus_ms(2000 + 100 - 500));
+    poll(&mut w2, revoking(1, "secret-1"));
+    w1.advance(500);
+    w1.answer(verify.token, valid("k1", "free"));
+    let mut w3 = Sim::in_process(w1.process.clone(), &cfg);
+    refused_revoked(&mut w3, 8, "secret-1");
+}
