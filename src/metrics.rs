@@ -69,6 +69,7 @@ metrics! {
     RateLimitUnavailable = "keygate.requests.rate_limit_unavailable",
     Internal = "keygate.requests.internal",
     CacheHit = "keygate.cache.hit",
+    CacheMemoHit = "keygate.cache.memo_hit",
     CacheNegativeHit = "keygate.cache.negative_hit",
     CacheMiss = "keygate.cache.miss",
     CacheStaleServed = "keygate.cache.stale_served",

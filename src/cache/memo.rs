@@ -42,6 +42,8 @@ pub struct Memo {
     seq: Option<u64>,
     /// When it last read the log (ms).
     synced_ms: u64,
+    /// Lookups served from the memo since the last [`Memo::take_served`].
+    served: u64,
 }
 
 impl Default for Memo {
@@ -58,6 +60,7 @@ impl Memo {
             cap: cap.max(1),
             seq: None,
             synced_ms: 0,
+            served: 0,
         }
     }
 
@@ -90,7 +93,10 @@ impl Memo {
                 .cloned()
         };
         let entry = match memoed {
-            Some(e) => e,
+            Some(e) => {
+                self.served = self.served.wrapping_add(1);
+                e
+            }
             None => match self.read(store, table, tag, recheck_ms > 0) {
                 Some(e) => e,
                 None => return Lookup::Miss,
@@ -156,6 +162,11 @@ impl Memo {
         }
         self.seq = Some(seq);
         self.synced_ms = now_ms;
+    }
+
+    /// How many lookups the memo served since the last call (for the metrics, on a tick).
+    pub fn take_served(&mut self) -> u64 {
+        std::mem::take(&mut self.served)
     }
 
     /// Forgets the secret of `tag` (this worker just wrote or revoked its entry).

@@ -768,12 +768,18 @@ fn a_memo_reads_each_verdict_once_and_the_log_tells_it_what_was_revoked() {
         assert!(fresh(m.lookup(&st, t, t.tag(id), None, NOW, 250)));
     }
     assert_eq!(m.len(), 50);
+    assert_eq!(m.take_served(), 0, "each read from shared data");
     // a minute later, every key again: one read (the log), no verdict read again
     let reads = st.gets.get();
     for id in &ids {
         assert!(fresh(m.lookup(&st, t, t.tag(id), None, NOW + 60_000, 250)));
     }
     assert_eq!(st.gets.get(), reads + 1, "the log only");
+    assert_eq!(
+        m.take_served(),
+        50,
+        "each from the memo (keygate.cache.memo_hit)"
+    );
     // another worker revokes key 7 (its feed): seen at the next look at the log, within 250 ms
     let mut other = Memo::default();
     let feed = [(ids[7], None)];

@@ -310,6 +310,11 @@ impl<H: Host> Worker<H> {
     /// taken by CAS.
     pub(super) fn tick(&mut self) {
         self.stats.slots(&mut self.host, &self.gate.tables);
+        let memo = i64::try_from(self.memo.take_served()).unwrap_or(i64::MAX);
+        if memo > 0 {
+            self.stats
+                .add_now(&mut self.host, Metric::CacheMemoHit, memo);
+        }
         self.stats.flush(&mut self.host);
         let gate = self.gate.clone();
         let Some(ks) = gate.cfg.key_service.as_ref() else {

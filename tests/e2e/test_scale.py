@@ -240,6 +240,8 @@ def test_a_revocation_reaches_every_workers_memo(upstream):
         others = [get("/x", {"X-API-Key": k}) for _ in range(2) for k in keys if k not in (keys[5], keys[150])]
         assert flood(e.port, others, connections=16) == {200: 2 * 199}
         assert stub.verify_calls() == calls, "the other keys came from the memos and shared data"
+        # the memos served them (counted on the workers' next tick)
+        wait_until(lambda: counter(e, "keygate.cache.memo_hit") >= 2 * 199, 5, message="memo hits")
     finally:
         e.stop()
         stub.stop()
