@@ -169,6 +169,16 @@ impl Memo {
         std::mem::take(&mut self.served)
     }
 
+    /// Keeps `entry`, the verdict of `tag` this worker just wrote to shared data (the answer to
+    /// its own call): a revocation marked after that write is logged after it, and the next look
+    /// at the log forgets it.
+    pub fn remember(&mut self, tag: u128, entry: Entry) {
+        if self.map.len() >= self.cap {
+            self.map.clear();
+        }
+        self.map.insert(tag, entry);
+    }
+
     /// Forgets the secret of `tag` (this worker just wrote or revoked its entry).
     pub fn forget(&mut self, tag: u128) {
         self.map.remove(&tag);

@@ -475,6 +475,36 @@ pub struct Offer<'a> {
     pub started_ms: u64,
 }
 
+/// The entry [`store_valid`] writes for a valid verdict given at `now_ms`: fresh for the
+/// positive TTL (or the service's shorter hint), then stale for `stale_ms`, never past the key's
+/// expiry.
+pub fn valid_entry(
+    id: &Rc<Identity>,
+    binding: Binding,
+    ttl_hint_s: Option<u64>,
+    policy: &CachePolicy,
+    now_ms: u64,
+) -> Entry {
+    let mut ttl = policy.positive_ttl_ms;
+    if let Some(h) = ttl_hint_s {
+        ttl = ttl.min(h.saturating_mul(1000));
+    }
+    let mut fresh = now_ms.saturating_add(ttl);
+    let mut stale = fresh.saturating_add(policy.stale_ms);
+    if let Some(exp) = id.expires_at {
+        let exp_ms = exp.saturating_mul(1000);
+        fresh = fresh.min(exp_ms);
+        stale = stale.min(exp_ms);
+    }
+    Entry {
+        fresh_until_ms: fresh,
+        stale_until_ms: stale,
+        verdict: Verdict::Valid(id.clone()),
+        binding,
+        revoked_at_ms: 0,
+    }
+}
+
 /// Stores a positive verdict brought by a call started at `offer.started_ms`, unless a
 /// revocation marked since then is in the way (CAS on the whole set: a mark written between the
 /// read and the write makes the write mismatch and the mark is seen on the retry), or a
@@ -498,24 +528,7 @@ pub fn store_valid(
     // to `hold_ms` (longer than any call) after it by the clock (the service refuses a revoked
     // key anyway; this only keeps a late answer from being cached over the mark)
     let started_ms = if now_ms < started_ms { 0 } else { started_ms };
-    let mut ttl = policy.positive_ttl_ms;
-    if let Some(h) = ttl_hint_s {
-        ttl = ttl.min(h.saturating_mul(1000));
-    }
-    let mut fresh = now_ms.saturating_add(ttl);
-    let mut stale = fresh.saturating_add(policy.stale_ms);
-    if let Some(exp) = id.expires_at {
-        let exp_ms = exp.saturating_mul(1000);
-        fresh = fresh.min(exp_ms);
-        stale = stale.min(exp_ms);
-    }
-    let e = encode(&Entry {
-        fresh_until_ms: fresh,
-        stale_until_ms: stale,
-        verdict: Verdict::Valid(id.clone()),
-        binding,
-        revoked_at_ms: 0,
-    });
+    let e = encode(&valid_entry(id, binding, ttl_hint_s, policy, now_ms));
     let Slot { table, spot } = slot;
     let mut out = Vec::new();
     for _ in 0..4 {

@@ -182,15 +182,23 @@ impl<H: Host> Worker<H> {
         if let Ok(a) = result.as_mut() {
             if let (Verdict::Valid(identity), true) = (&a.verdict, call.cacheable) {
                 let key = cache::entry_key(&gate.tables.verdicts, &call.entry);
+                let binding = Binding::of(call.user.as_deref(), a.user_bound);
                 let offer = Offer {
                     identity,
-                    binding: Binding::of(call.user.as_deref(), a.user_bound),
+                    binding: binding.clone(),
                     ttl_hint_s: a.ttl_hint_s,
                     started_ms: call.started.ms(),
                 };
                 let stored =
                     cache::store_valid(self.host.store(), &key, offer, &ks.cache, now.ms());
                 self.memo.forget(key.spot.tag);
+                if stored == Stored::Written && ks.cache.recheck_ms > 0 {
+                    // the worker that asked keeps the answer it wrote (a key whose entry is
+                    // evicted from a busy set is then still served without a call)
+                    let e =
+                        cache::valid_entry(identity, binding, a.ttl_hint_s, &ks.cache, now.ms());
+                    self.memo.remember(key.spot.tag, e);
+                }
                 if stored == Stored::Revoked {
                     // revoked while the answer was on its way: a verdict older than a
                     // revocation never wins

@@ -153,3 +153,35 @@ fn a_clock_step_back_shorter_than_the_call_never_lets_a_valid_answer_beat_a_revo
     let mut w3 = Sim::in_process(w1.process.clone(), &cfg);
     refused_revoked(&mut w3, 8, "secret-1");
 }
+
+/// The worker that asked the service keeps the answer it wrote: a key whose entry other keys
+/// evict from a full set is still served without a call while fresh, and its revocation, marked
+/// by another worker, still reaches it through the log.
+#[test]
+fn the_worker_that_asked_keeps_its_answer_through_evictions_and_a_revocation_reaches_it() {
+    // one set of 4 verdict ways: every key collides
+    let cfg = remote(r#","slots":{"verdicts":4,"states":64}"#);
+    let mut w1 = Sim::new(&cfg);
+    feed_ready(&mut w1);
+    let mut w2 = Sim::in_process(w1.process.clone(), &cfg);
+    let calls = w1.calls().len();
+    admitted(&mut w1, 7, "secret-1");
+    assert_eq!(w1.calls().len(), calls + 1, "asked once");
+    // five more keys through the one set: secret-1's entry is evicted from shared data
+    for (i, s) in ["s2", "s3", "s4", "s5", "s6"].iter().enumerate() {
+        admitted(&mut w1, 10 + i as u32, s);
+    }
+    let calls = w1.calls().len();
+    w1.advance(1000);
+    admitted(&mut w1, 20, "secret-1");
+    assert_eq!(w1.calls().len(), calls, "served from the worker's memo, no call");
+    // another worker has not read it: it asks (the entry is gone from shared data)
+    let calls2 = w2.calls().len();
+    admitted(&mut w2, 21, "secret-1");
+    assert_eq!(w2.calls().len(), calls2 + 1);
+    // revoked, marked by w2's feed: w1 forgets it at its next look at the log
+    w2.advance(1000);
+    poll(&mut w2, revoking(1, "secret-1"));
+    w1.advance(300);
+    refused_revoked(&mut w1, 22, "secret-1");
+}
