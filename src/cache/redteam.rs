@@ -456,3 +456,263 @@ fn a_mark_whose_log_entry_cannot_be_written_is_applied_again_and_then_reaches_ev
         Lookup::Fresh(Verdict::Refused(Refusal::Revoked))
     );
 }
+
+/// The red team on [`Memo::remember`] (the worker that asked keeps the answer it wrote).
+mod remember {
+    use super::*;
+
+    fn rich(expires_at: Option<u64>) -> Rc<Identity> {
+        Rc::new(Identity {
+            key_id: "k".into(),
+            subject: "alice".into(),
+            account: "a".into(),
+            plan: "p".into(),
+            scopes: vec!["read".into(), "write".into()],
+            expires_at,
+            rate_limit: Some(crate::ratelimit::Limit {
+                requests: 5,
+                window_s: 60,
+                burst: 9,
+            }),
+            resources: vec![("aggregator".into(), vec!["a1".into(), "a2".into()])],
+        })
+    }
+
+    /// Writes `secret`'s valid verdict as the worker that asked does, and keeps it in `m`.
+    #[allow(clippy::too_many_arguments)]
+    fn write_and_remember(
+        st: &dyn SharedStore,
+        m: &mut Memo,
+        t: &Table,
+        secret: &str,
+        id: &Rc<Identity>,
+        binding: Binding,
+        hint: Option<u64>,
+        now: u64,
+    ) -> Stored {
+        let p = CachePolicy::default();
+        let slot = entry_key(t, &sha256(secret.as_bytes()));
+        let offer = Offer {
+            identity: id,
+            binding: binding.clone(),
+            ttl_hint_s: hint,
+            started_ms: now,
+        };
+        let stored = store_valid(st, &slot, offer, &p, now);
+        m.forget(slot.spot.tag);
+        if stored == Stored::Written {
+            m.remember(slot.spot.tag, valid_entry(id, binding, hint, &p, now));
+        }
+        stored
+    }
+
+    #[test]
+    fn what_a_worker_remembers_is_what_it_wrote_with_a_ttl_hint_an_expiry_and_a_user() {
+        let t = table_of("kg");
+        let exp_s = NOW / 1000 + 100;
+        for (i, (exp, hint, binding)) in [
+            (None, None, Binding::NoUser),
+            (Some(exp_s), None, Binding::AnyUser),
+            (None, Some(5), Binding::User("alice".into())),
+            (Some(exp_s), Some(1000), Binding::User("bob".into())),
+            (Some(NOW / 1000 - 1), None, Binding::NoUser),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let st = MemoryStore::default();
+            let mut m = Memo::default();
+            let secret = format!("x{i}");
+            let id = rich(exp);
+            let stored =
+                write_and_remember(&st, &mut m, t, &secret, &id, binding.clone(), hint, NOW);
+            assert_eq!(stored, Stored::Written);
+            let slot = entry_key(t, &sha256(secret.as_bytes()));
+            let (bytes, _) = st.get(&slot.spot.key).unwrap();
+            let written = slots::find(Some(&bytes), slot.spot.tag)
+                .and_then(decode)
+                .unwrap();
+            let kept = valid_entry(&id, binding.clone(), hint, &CachePolicy::default(), NOW);
+            assert_eq!(written, kept, "case {i}");
+            // and every lookup, at every instant, from the memo or from shared data, agrees
+            let user = match &binding {
+                Binding::User(u) => Some(u.as_str()),
+                Binding::AnyUser => Some("zed"),
+                Binding::NoUser => None,
+            };
+            let mut reader = Memo::default();
+            for at in [
+                NOW,
+                NOW + 4_999,
+                NOW + 5_000,
+                NOW + 99_999,
+                NOW + 100_000,
+                NOW + 900_000,
+            ] {
+                let a = m.lookup(&st, t, slot.spot.tag, user, at, 1_000_000);
+                let b = reader.lookup(&st, t, slot.spot.tag, user, at, 0);
+                assert_eq!(a, b, "case {i} at +{}", at - NOW);
+            }
+        }
+    }
+
+    #[test]
+    fn a_mark_written_between_the_write_and_remember_is_forgotten_at_the_next_look() {
+        let t = table_of("kg");
+        for synced in [false, true] {
+            let st = MemoryStore::default();
+            let mut m = Memo::default();
+            if synced {
+                // the memo looked at the log just before (the call's answer comes between looks)
+                let _ = m.lookup(&st, t, tag(t, "y"), None, NOW, RECHECK);
+            }
+            let id = ident(None);
+            let p = CachePolicy::default();
+            let slot = entry_key(t, &sha256(b"x"));
+            let offer = Offer {
+                identity: &id,
+                binding: Binding::NoUser,
+                ttl_hint_s: None,
+                started_ms: NOW,
+            };
+            assert_eq!(store_valid(&st, &slot, offer, &p, NOW + 1), Stored::Written);
+            // another worker marks x (and logs it) before this one remembers
+            revoke(&st, t, "x", NOW + 1);
+            m.remember(
+                slot.spot.tag,
+                valid_entry(&id, Binding::NoUser, None, &p, NOW + 1),
+            );
+            let l = m.lookup(&st, t, tag(t, "x"), None, NOW + 1 + RECHECK, RECHECK);
+            assert_eq!(
+                l,
+                Lookup::Fresh(Verdict::Refused(Refusal::Revoked)),
+                "synced before: {synced}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_memo_that_never_looked_at_the_log_forgets_what_it_remembered_at_its_first_look() {
+        let t = table_of("kg");
+        let st = MemoryStore::default();
+        // the log already holds revocations of other keys
+        for k in 0..3 {
+            revoke(&st, t, &format!("o{k}"), NOW - 10);
+        }
+        let mut m = Memo::default();
+        let stored = write_and_remember(
+            &st,
+            &mut m,
+            t,
+            "x",
+            &ident(None),
+            Binding::NoUser,
+            None,
+            NOW,
+        );
+        assert_eq!(stored, Stored::Written);
+        revoke(&st, t, "x", NOW + 1);
+        // the first look (seq None): everything forgotten, the mark read
+        assert_eq!(
+            m.lookup(&st, t, tag(t, "x"), None, NOW + 2, RECHECK),
+            Lookup::Fresh(Verdict::Refused(Refusal::Revoked))
+        );
+    }
+
+    #[test]
+    fn more_revocations_than_the_log_holds_after_remember_forget_it() {
+        let t = table_of("kg");
+        let st = MemoryStore::default();
+        let mut m = Memo::default();
+        let _ = m.lookup(&st, t, tag(t, "y"), None, NOW, RECHECK);
+        let stored = write_and_remember(
+            &st,
+            &mut m,
+            t,
+            "x",
+            &ident(None),
+            Binding::NoUser,
+            None,
+            NOW,
+        );
+        assert_eq!(stored, Stored::Written);
+        revoke(&st, t, "x", NOW + 1);
+        for k in 0..memo::LOG_LEN + 3 {
+            revoke(&st, t, &format!("o{k}"), NOW + 2);
+        }
+        assert_eq!(
+            m.lookup(&st, t, tag(t, "x"), None, NOW + 2 + RECHECK, RECHECK),
+            Lookup::Fresh(Verdict::Refused(Refusal::Revoked))
+        );
+    }
+
+    #[test]
+    fn a_revoked_or_unsure_or_uncached_answer_is_never_written_so_never_remembered() {
+        let t = table_of("kg");
+        let p = CachePolicy::default();
+        // revoked while on its way
+        let st = MemoryStore::default();
+        let mut m = Memo::default();
+        revoke(&st, t, "x", NOW + 5);
+        let s = write_and_remember(
+            &st,
+            &mut m,
+            t,
+            "x",
+            &ident(None),
+            Binding::NoUser,
+            None,
+            NOW,
+        );
+        assert_eq!((s, m.len()), (Stored::Revoked, 0));
+        // a huge identity (> MAX_ENTRY_BYTES): not cached, not remembered
+        let st = MemoryStore::default();
+        let mut big = (*ident(None)).clone();
+        big.scopes = (0..40).map(|i| format!("scope-{i:040}")).collect();
+        let s = write_and_remember(
+            &st,
+            &mut m,
+            t,
+            "x",
+            &Rc::new(big),
+            Binding::NoUser,
+            None,
+            NOW,
+        );
+        assert_eq!((s, m.len()), (Stored::NotCached, 0));
+        // unsure: the floor above the call's start
+        let small: &'static Table = Box::leak(Box::new(Table::new(
+            "kg",
+            'v',
+            slots::Geometry::of(4, 4),
+            (7, 9),
+        )));
+        let st = MemoryStore::default();
+        let mut page = vec![(sha256(b"x"), None)];
+        page.extend((0..10).map(|k| (sha256(format!("o{k}").as_bytes()), None)));
+        let mut neg = NegativeCache::new(16);
+        let mut other = Memo::default();
+        assert!(apply_revocations(&st, small, &p, &page, &mut other, &mut neg, NOW + 1).1);
+        let offer = Offer {
+            identity: &ident(None),
+            binding: Binding::NoUser,
+            ttl_hint_s: None,
+            started_ms: NOW,
+        };
+        let slot = entry_key(small, &sha256(b"z"));
+        assert_eq!(
+            store_valid(&st, &slot, offer, &p, NOW + 300),
+            Stored::Unsure
+        );
+    }
+
+    #[test]
+    fn remember_is_bounded_by_the_cap() {
+        let mut m = Memo::new(16);
+        let p = CachePolicy::default();
+        for k in 0..1000u128 {
+            m.remember(k, valid_entry(&ident(None), Binding::NoUser, None, &p, NOW));
+            assert!(m.len() <= 16);
+        }
+    }
+}

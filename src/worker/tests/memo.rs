@@ -174,7 +174,11 @@ fn the_worker_that_asked_keeps_its_answer_through_evictions_and_a_revocation_rea
     let calls = w1.calls().len();
     w1.advance(1000);
     admitted(&mut w1, 20, "secret-1");
-    assert_eq!(w1.calls().len(), calls, "served from the worker's memo, no call");
+    assert_eq!(
+        w1.calls().len(),
+        calls,
+        "served from the worker's memo, no call"
+    );
     // another worker has not read it: it asks (the entry is gone from shared data)
     let calls2 = w2.calls().len();
     admitted(&mut w2, 21, "secret-1");
@@ -184,4 +188,155 @@ fn the_worker_that_asked_keeps_its_answer_through_evictions_and_a_revocation_rea
     poll(&mut w2, revoking(1, "secret-1"));
     w1.advance(300);
     refused_revoked(&mut w1, 22, "secret-1");
+}
+
+/// Red team on `remember`: the answer to a call that a revocation overtook (marked while it was
+/// on its way) is not kept: the same worker, asked again before its next look at the log, reads
+/// the mark, never a remembered valid verdict.
+#[test]
+fn a_valid_answer_overtaken_by_a_revocation_is_not_remembered_by_the_worker_that_asked() {
+    let cfg = remote("");
+    let mut w1 = Sim::new(&cfg);
+    feed_ready(&mut w1);
+    let mut w2 = Sim::in_process(w1.process.clone(), &cfg);
+    // w1 has looked at the log (a memo lookup)
+    assert_eq!(w1.get(7, "/a", "secret-1"), Action::Pause);
+    let verify = w1.last_call();
+    w2.advance(1000);
+    poll(&mut w2, revoking(1, "secret-1"));
+    // w1 looks at the log (a lookup of another key) after the mark, then the answer comes
+    w1.advance(5);
+    admitted(&mut w1, 6, "other");
+    w1.answer(verify.token, valid("k1", "free"));
+    assert_eq!(w1.status(7), Some(401));
+    // within shared_recheck_ms of w1's last look: no log read, the memo is asked first
+    w1.advance(5);
+    refused_revoked(&mut w1, 8, "secret-1");
+    // past the negative TTL (30 s) the memo is asked first, and the log has nothing new
+    w1.advance(31_000);
+    refused_revoked(&mut w1, 9, "secret-1");
+}
+
+/// A call started before a revocation whose mark a mass revocation evicted (the floor): the
+/// answer is unsure, never remembered: asked again at once, the worker calls again.
+#[test]
+fn an_unsure_answer_is_not_remembered() {
+    let cfg = remote(r#","slots":{"verdicts":4,"states":64}"#);
+    let mut w1 = Sim::new(&cfg);
+    feed_ready(&mut w1);
+    let mut w2 = Sim::in_process(w1.process.clone(), &cfg);
+    assert_eq!(w1.get(7, "/a", "secret-1"), Action::Pause);
+    let verify = w1.last_call();
+    // one page revoking secret-1 and 8 others through the one set: secret-1's mark is evicted
+    let mut items = vec![format!(
+        r#"{{"key_hash":"{}"}}"#,
+        to_hex(&sha256(b"secret-1"))
+    )];
+    for i in 0..8 {
+        items.push(format!(
+            r#"{{"key_hash":"{}"}}"#,
+            to_hex(&sha256(format!("r{i}").as_bytes()))
+        ));
+    }
+    w2.advance(1000);
+    poll(
+        &mut w2,
+        fake::http(
+            200,
+            &format!(r#"{{"cursor":1,"revoked":[{}]}}"#, items.join(",")),
+        ),
+    );
+    w1.advance(5);
+    admitted(&mut w1, 6, "other");
+    w1.answer(verify.token, valid("k1", "free"));
+    assert_eq!(w1.status(7), Some(503), "{:?}", w1.slug(7));
+    w1.advance(5);
+    let calls = w1.calls().len();
+    assert_eq!(w1.get(8, "/a", "secret-1"), Action::Pause);
+    assert_eq!(
+        w1.calls().len(),
+        calls + 1,
+        "asked again, nothing remembered"
+    );
+    assert_eq!(w1.resumed(8), 0);
+}
+
+/// `shared_recheck_ms: 0` keeps no memo: a key whose entry was evicted is asked again.
+#[test]
+fn recheck_zero_remembers_no_answer() {
+    let cfg = remote(r#","slots":{"verdicts":4,"states":64}"#).replace(
+        r#""revocation_poll_ms":1000}"#,
+        r#""revocation_poll_ms":1000,"shared_recheck_ms":0}"#,
+    );
+    assert!(cfg.contains("shared_recheck_ms"));
+    let mut w1 = Sim::new(&cfg);
+    feed_ready(&mut w1);
+    admitted(&mut w1, 7, "secret-1");
+    for (i, s) in ["s2", "s3", "s4", "s5", "s6"].iter().enumerate() {
+        admitted(&mut w1, 10 + i as u32, s);
+    }
+    let calls = w1.calls().len();
+    admitted(&mut w1, 20, "secret-1");
+    assert_eq!(w1.calls().len(), calls + 1, "no memo: asked again");
+}
+
+fn basic(user: &str, secret: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{secret}"))
+    )
+}
+
+/// The answer remembered for Basic user alice is never served to bob (a miss: bob is asked
+/// for), even with the shared entry evicted.
+#[test]
+fn an_answer_remembered_for_one_basic_user_is_not_served_to_another() {
+    let cfg = remote(r#","slots":{"verdicts":4,"states":64}"#);
+    let mut w1 = Sim::new(&cfg);
+    feed_ready(&mut w1);
+    let get_as = |w: &mut Sim, ctx: u32, user: &str| {
+        let auth = basic(user, "secret-1");
+        w.headers(
+            ctx,
+            &[
+                (":method", "GET"),
+                (":path", "/a"),
+                ("authorization", &auth),
+            ],
+            false,
+        )
+    };
+    let calls = w1.calls().len();
+    get_as(&mut w1, 7, "alice");
+    assert_eq!(w1.calls().len(), calls + 1);
+    let c = w1.last_call();
+    w1.answer(c.token, valid("k1", "free"));
+    assert_eq!(
+        w1.resumed(7),
+        1,
+        "{:?} {:?} {:?}",
+        w1.status(7),
+        w1.slug(7),
+        c
+    );
+    // evict the shared entry
+    for (i, s) in ["s2", "s3", "s4", "s5", "s6"].iter().enumerate() {
+        admitted(&mut w1, 10 + i as u32, s);
+    }
+    w1.advance(10);
+    let calls = w1.calls().len();
+    assert_eq!(get_as(&mut w1, 20, "alice"), Action::Continue);
+    assert_eq!(w1.calls().len(), calls, "alice: from the memo");
+    assert_eq!(get_as(&mut w1, 21, "bob"), Action::Pause);
+    assert_eq!(
+        w1.calls().len(),
+        calls + 1,
+        "bob: asked for, not alice's verdict"
+    );
+    assert_eq!((w1.resumed(21), w1.status(21)), (0, None));
+    // an x-api-key (no user) is not alice either
+    assert_eq!(w1.get(22, "/a", "secret-1"), Action::Pause);
+    assert_eq!(w1.calls().len(), calls + 2);
+    assert_eq!((w1.resumed(22), w1.status(22)), (0, None));
 }
