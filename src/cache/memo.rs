@@ -92,11 +92,9 @@ impl Memo {
                 .filter(|e| now_ms < e.fresh_until_ms)
                 .cloned()
         };
+        let from_memo = memoed.is_some();
         let entry = match memoed {
-            Some(e) => {
-                self.served = self.served.wrapping_add(1);
-                e
-            }
+            Some(e) => e,
             None => match self.read(store, table, tag, recheck_ms > 0) {
                 Some(e) => e,
                 None => return Lookup::Miss,
@@ -104,6 +102,10 @@ impl Memo {
         };
         if matches!(entry.verdict, Verdict::Valid(_)) && !entry.binding.admits(user) {
             return Lookup::Miss;
+        }
+        if from_memo {
+            // a hit (fresh): a verdict for another user above is a miss, not a memo hit
+            self.served = self.served.wrapping_add(1);
         }
         let verdict = entry.verdict.at(now_ms / 1000);
         if now_ms < entry.fresh_until_ms {

@@ -716,3 +716,38 @@ mod remember {
         }
     }
 }
+
+/// `keygate.cache.memo_hit` counts cache hits served from the memo: a memoized verdict that does
+/// not hold for the user presented is a miss (the service is asked), not a memo hit.
+#[test]
+fn a_memoized_verdict_for_another_user_is_no_memo_hit() {
+    let t = table_of("kg");
+    let st = MemoryStore::default();
+    store(&st, t, "x", Binding::User("alice".into()), None, NOW);
+    let mut m = Memo::default();
+    assert!(valid(&m.lookup(
+        &st,
+        t,
+        tag(t, "x"),
+        Some("alice"),
+        NOW,
+        RECHECK
+    )));
+    assert_eq!(m.take_served(), 0, "read from shared data");
+    assert!(valid(&m.lookup(
+        &st,
+        t,
+        tag(t, "x"),
+        Some("alice"),
+        NOW,
+        RECHECK
+    )));
+    assert_eq!(m.take_served(), 1, "from the memo");
+    for user in [Some("bob"), None] {
+        assert_eq!(
+            m.lookup(&st, t, tag(t, "x"), user, NOW, RECHECK),
+            Lookup::Miss
+        );
+    }
+    assert_eq!(m.take_served(), 0, "two misses, no memo hit");
+}

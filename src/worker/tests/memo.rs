@@ -339,4 +339,8 @@ fn an_answer_remembered_for_one_basic_user_is_not_served_to_another() {
     assert_eq!(w1.get(22, "/a", "secret-1"), Action::Pause);
     assert_eq!(w1.calls().len(), calls + 2);
     assert_eq!((w1.resumed(22), w1.status(22)), (0, None));
+    // keygate.cache.memo_hit: alice's hit only (bob's and the plain key's lookups were misses)
+    let before = w1.metric("keygate.cache.memo_hit");
+    w1.tick(ROOT);
+    assert_eq!(w1.metric("keygate.cache.memo_hit") - before, 1);
 }
