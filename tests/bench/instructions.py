@@ -316,7 +316,8 @@ def main(argv: list[str]) -> int:
     print("|---|---:|---:|---:|")
     for name, per, router in results:
         print(f"| {name} | {per:,.0f} | {router / per:.2f} | {per - router:+,.0f} |")
-    print(f"\n- keygate.wasm {wasm['keygate.wasm']['bytes']:,} B; `× router` = router's count / the "
+    size = Path(args.wasm).stat().st_size if args.wasm else wasm["keygate.wasm"]["bytes"]
+    print(f"\n- keygate.wasm {size:,} B; `× router` = router's count / the "
           "variant's (the same direction as bench.py's throughput ratio)")
     return 0
 
