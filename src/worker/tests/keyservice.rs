@@ -1,7 +1,7 @@
 //! The key service across callbacks: calls shared by waiters, late answers, the feed.
 
 use super::fake::{self, refused, valid, Sim, ROOT};
-use super::{feed_ready, remote};
+use super::{feed_ready, remote, two_workers};
 use crate::hash::{sha256, to_hex};
 use crate::worker::Action;
 
@@ -11,9 +11,7 @@ fn a_revocation_racing_a_late_answer_wins() {
     // marks the key revoked; the valid answer that arrives afterwards must not let the request
     // in, nor be cached
     let cfg = remote("");
-    let mut w1 = Sim::new(&cfg);
-    feed_ready(&mut w1);
-    let mut w2 = Sim::in_process(w1.process.clone(), &cfg);
+    let (mut w1, mut w2) = two_workers(&cfg);
     assert_eq!(w1.get(7, "/a", "secret-1"), Action::Pause);
     let verify = w1.last_call();
     assert_eq!(verify.header(":path"), Some("/v1/keys/verify"));

@@ -4,7 +4,7 @@
 //! beat a revocation nor stop the feed.
 
 use super::fake::{self, valid, Sim, ROOT, START};
-use super::{feed_ready, remote};
+use super::{feed_ready, remote, two_workers};
 use crate::hash::{sha256, to_hex};
 use crate::worker::host::Time;
 use crate::worker::Action;
@@ -52,9 +52,7 @@ fn refused_revoked(sim: &mut Sim, ctx: u32, secret: &str) {
 #[test]
 fn a_revocation_reaches_another_workers_memo_fresh_past_freshness_and_while_the_service_fails() {
     let cfg = remote("");
-    let mut w1 = Sim::new(&cfg);
-    feed_ready(&mut w1);
-    let mut w2 = Sim::in_process(w1.process.clone(), &cfg);
+    let (mut w1, mut w2) = two_workers(&cfg);
     admitted(&mut w2, 7, "secret-1");
     admitted(&mut w2, 8, "secret-1");
     admitted(&mut w2, 9, "secret-2");
@@ -77,9 +75,7 @@ fn a_revocation_reaches_another_workers_memo_fresh_past_freshness_and_while_the_
 #[test]
 fn a_reconfigured_worker_reads_the_marks_written_meanwhile() {
     let cfg = remote("");
-    let mut w1 = Sim::new(&cfg);
-    feed_ready(&mut w1);
-    let mut w2 = Sim::in_process(w1.process.clone(), &cfg);
+    let (mut w1, mut w2) = two_workers(&cfg);
     admitted(&mut w2, 7, "secret-1");
     admitted(&mut w2, 8, "secret-1");
     w2.advance(1000);
@@ -98,9 +94,7 @@ fn a_valid_answer_to_a_call_started_before_the_clock_went_back_never_beats_a_rev
     // meanwhile: the mark's time is before the call's start by the clock, not in fact. The valid
     // answer must neither let the request in nor be cached over the mark
     let cfg = remote("");
-    let mut w1 = Sim::new(&cfg);
-    feed_ready(&mut w1);
-    let mut w2 = Sim::in_process(w1.process.clone(), &cfg);
+    let (mut w1, mut w2) = two_workers(&cfg);
     w1.advance(2000);
     assert_eq!(w1.get(7, "/a", "secret-1"), Action::Pause);
     let verify = w1.last_call();
@@ -121,9 +115,7 @@ fn the_feed_is_polled_after_the_clock_goes_back_an_hour() {
     // clock steps back an hour: the feed must still be polled within `poll_ms`, or a revocation
     // waits the hour
     let cfg = remote("");
-    let mut w1 = Sim::new(&cfg);
-    feed_ready(&mut w1);
-    let mut w2 = Sim::in_process(w1.process.clone(), &cfg);
+    let (mut w1, mut w2) = two_workers(&cfg);
     admitted(&mut w2, 7, "secret-1");
     w1.process.now.set(Time::from_ms(START.ms() - 3_600_000));
     w1.advance(1000);
@@ -140,9 +132,7 @@ fn a_clock_step_back_shorter_than_the_call_never_lets_a_valid_answer_beat_a_revo
     // revoked while it was on its way: within "one call"), but it must not be cached over the
     // mark: every worker would serve the key for the positive TTL
     let cfg = remote("");
-    let mut w1 = Sim::new(&cfg);
-    feed_ready(&mut w1);
-    let mut w2 = Sim::in_process(w1.process.clone(), &cfg);
+    let (mut w1, mut w2) = two_workers(&cfg);
     w1.advance(2000);
     assert_eq!(w1.get(7, "/a", "secret-1"), Action::Pause);
     let verify = w1.last_call();
@@ -161,9 +151,7 @@ fn a_clock_step_back_shorter_than_the_call_never_lets_a_valid_answer_beat_a_revo
 fn the_worker_that_asked_keeps_its_answer_through_evictions_and_a_revocation_reaches_it() {
     // one set of 4 verdict ways: every key collides
     let cfg = remote(r#","slots":{"verdicts":4,"states":64}"#);
-    let mut w1 = Sim::new(&cfg);
-    feed_ready(&mut w1);
-    let mut w2 = Sim::in_process(w1.process.clone(), &cfg);
+    let (mut w1, mut w2) = two_workers(&cfg);
     let calls = w1.calls().len();
     admitted(&mut w1, 7, "secret-1");
     assert_eq!(w1.calls().len(), calls + 1, "asked once");
@@ -196,9 +184,7 @@ fn the_worker_that_asked_keeps_its_answer_through_evictions_and_a_revocation_rea
 #[test]
 fn a_valid_answer_overtaken_by_a_revocation_is_not_remembered_by_the_worker_that_asked() {
     let cfg = remote("");
-    let mut w1 = Sim::new(&cfg);
-    feed_ready(&mut w1);
-    let mut w2 = Sim::in_process(w1.process.clone(), &cfg);
+    let (mut w1, mut w2) = two_workers(&cfg);
     // w1 has looked at the log (a memo lookup)
     assert_eq!(w1.get(7, "/a", "secret-1"), Action::Pause);
     let verify = w1.last_call();
@@ -222,9 +208,7 @@ fn a_valid_answer_overtaken_by_a_revocation_is_not_remembered_by_the_worker_that
 #[test]
 fn an_unsure_answer_is_not_remembered() {
     let cfg = remote(r#","slots":{"verdicts":4,"states":64}"#);
-    let mut w1 = Sim::new(&cfg);
-    feed_ready(&mut w1);
-    let mut w2 = Sim::in_process(w1.process.clone(), &cfg);
+    let (mut w1, mut w2) = two_workers(&cfg);
     assert_eq!(w1.get(7, "/a", "secret-1"), Action::Pause);
     let verify = w1.last_call();
     // one page revoking secret-1 and 8 others through the one set: secret-1's mark is evicted

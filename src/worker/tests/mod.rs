@@ -42,3 +42,11 @@ fn feed_ready(sim: &mut Sim) {
     assert!(c.header(":path").unwrap().contains("since=-1"), "{c:?}");
     sim.answer(c.token, fake::http(200, r#"{"cursor":0,"revoked":[]}"#));
 }
+
+/// Two workers of one process configured with `cfg`, the first with its feed polled once.
+fn two_workers(cfg: &str) -> (Sim, Sim) {
+    let mut w1 = Sim::new(cfg);
+    feed_ready(&mut w1);
+    let w2 = Sim::in_process(w1.process.clone(), cfg);
+    (w1, w2)
+}

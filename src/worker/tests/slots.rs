@@ -4,7 +4,7 @@
 //! collide in one set of counts are refused rather than forgiven.
 
 use super::fake::{self, valid, Sim, ROOT};
-use super::{feed_ready, remote};
+use super::{feed_ready, remote, two_workers};
 use crate::hash::{sha256, to_hex};
 use crate::slots;
 use crate::worker::Action;
@@ -103,9 +103,7 @@ fn an_answer_older_than_an_evicted_held_mark_is_never_served() {
     // after the floor rises to its time; a valid answer to a call that started before the floor
     // is not used (503, retryable) and not cached, whichever key it is for
     let cfg = one_verdict_set(4096);
-    let mut w1 = Sim::new(&cfg);
-    feed_ready(&mut w1);
-    let mut w2 = Sim::in_process(w1.process.clone(), &cfg);
+    let (mut w1, mut w2) = two_workers(&cfg);
     assert_eq!(w1.get(7, "/a", "secret-0"), Action::Pause);
     let verify = w1.last_call();
     w1.advance(1000);
